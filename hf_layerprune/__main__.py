@@ -1,0 +1,3 @@
+from hf_layerprune.cli import main
+
+main()

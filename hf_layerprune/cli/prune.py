@@ -1,0 +1,1 @@
+"""`hf-layerprune prune` (placeholder until the foundation lands)."""

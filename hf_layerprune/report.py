@@ -1,0 +1,67 @@
+"""The run record, `layerprune.json`, written beside the weights; the model card is rendered from it alone.
+
+It is a plain JSON object so that other tools can read it without this package. Top-level keys (see
+docs/report.md for the full schema); every stage adds its own section and never rewrites another's:
+
+- ``format_version`` (int), ``tool`` ({name, version}), ``command`` (the exact CLI line, token-free)
+- ``base_model`` (Hub id, local path or GGUF path as given), ``base_revision`` (commit sha or null),
+  ``model_type``, ``dtype``
+- ``granularity`` ("block" | "attention" | "mlp"), ``num_layers_before``, ``num_layers_after``,
+  ``removed_layers`` and ``kept_layers`` (0-based indices into the base model),
+  ``removed_sublayers`` ({"attention": [...], "mlp": [...]} for sub-layer pruning, else absent)
+- ``parameters_before``, ``parameters_after``
+- ``recipe``: the Recipe as a dict (reproduces the run)
+- ``scoring``: {metric, selection, granularity, calibration: {...}, scores: {...}, ...}   (scoring stage)
+- ``healing``: {method, steps, tokens, seconds, losses: [...], ...}                           (healing stage)
+- ``evaluation``: {settings, base: {...}, pruned: {...}}, ``perplexity``, ``speed``           (evaluation stage)
+- ``versions``: library versions; ``timings``: seconds per stage
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPORT_FILENAME = "layerprune.json"
+FORMAT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide a run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("hf-layerprune", "torch", "transformers", "huggingface_hub", "peft", "lm_eval", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def read_report(directory: str | os.PathLike) -> dict[str, Any]:
+    path = Path(directory) / REPORT_FILENAME
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_report(directory: str | os.PathLike, report: dict[str, Any]) -> Path:
+    path = Path(directory) / REPORT_FILENAME
+    tmp = path.with_suffix(".json.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
