@@ -1,1 +1,35 @@
-"""`hf-layerprune prune` (placeholder until the foundation lands)."""
+"""`hf-layerprune prune MODEL (--drop N | --layers ...) --output-dir DIR`."""
+
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
+from hf_layerprune.errors import cli_errors
+
+console = Console(stderr=True)
+
+
+@app.command()
+@cli_errors
+@with_recipe_options
+def prune(
+    model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
+    output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where to write the pruned model.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --output-dir if it exists.")] = False,
+    *,
+    recipe_options: dict[str, Any],
+) -> None:
+    """Remove decoder layers (chosen by a metric, or given exactly) and save a model stock transformers loads."""
+    from hf_layerprune.pipeline import run
+
+    recipe = build_recipe(model, recipe_options, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
+    report = run(recipe, command=command_line(), log=lambda msg: console.print(msg, highlight=False))
+    console.print(
+        f"[green]Saved[/green] {recipe.output_dir}: {report['num_layers_before']} -> {report['num_layers_after']} layers, "
+        f"removed {report['removed_layers']}"
+    )

@@ -1,0 +1,116 @@
+"""The options shared by `prune`, `push` and `sweep`, declared once and added to each command's signature.
+
+Every option defaults to None ("not given") so that a `--recipe run.yaml` value is only overridden by a flag
+the user actually typed; the Recipe's own defaults fill the rest.
+"""
+
+
+import functools
+import inspect
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from hf_layerprune.recipe import Recipe, parse_layers
+
+P = inspect.Parameter
+
+
+def _opt(name: str, annotation: Any, help: str, flag: Optional[str] = None, panel: str = "Pruning") -> P:
+    flags = [flag] if flag else []
+    return P(name, P.KEYWORD_ONLY, default=None,
+             annotation=Annotated[annotation, typer.Option(*flags, help=help, rich_help_panel=panel, show_default=False)])
+
+
+RECIPE_OPTIONS: list[P] = [
+    _opt("revision", Optional[str], "Hub revision (branch, tag or commit) of MODEL."),
+    _opt("drop", Optional[int], "Number of layers (or sub-layers) to remove, chosen by --metric."),
+    _opt("layers", Optional[str], "Exact 0-based indices to remove, e.g. 3,4,5 or 20-27."),
+    _opt("granularity", Optional[str], "Unit to remove: block (default), attention or mlp."),
+    _opt("metric", Optional[str], "Importance metric used by --drop (see `analyze --help`)."),
+    _opt("selection", Optional[str], "contiguous | topk | greedy (default: the metric's own)."),
+    _opt("protect", Optional[str], "Layers never removed: first,last and/or indices."),
+    _opt("calibration", Optional[str], "Calibration text: self, a Hub dataset id[:config[:split]], or files.", panel="Calibration"),
+    _opt("calibration_samples", Optional[int], "Number of calibration sequences.", panel="Calibration"),
+    _opt("seq_len", Optional[int], "Tokens per calibration sequence.", panel="Calibration"),
+    _opt("seed", Optional[int], "Random seed for sampling and training.", panel="Calibration"),
+    _opt("text_column", Optional[str], "Text column of a calibration dataset.", panel="Calibration"),
+    _opt("heal", Optional[str], "Healing method: none, lora, qlora, distill, replace, bias, linear, projection.", panel="Healing"),
+    _opt("heal_steps", Optional[int], "Optimizer steps for trained healers.", panel="Healing"),
+    _opt("heal_tokens", Optional[int], "Token budget for trained healers (alternative to --heal-steps).", panel="Healing"),
+    _opt("heal_data", Optional[str], "Healing text source (default: the calibration source).", panel="Healing"),
+    _opt("learning_rate", Optional[float], "Learning rate for trained healers.", panel="Healing"),
+    _opt("lora_rank", Optional[int], "LoRA rank.", panel="Healing"),
+    _opt("lora_targets", Optional[str], "Comma-separated module names LoRA adapts.", panel="Healing"),
+    _opt("evaluate", Optional[bool], "Benchmark base and pruned model (lm-eval, perplexity, speed).", "--eval/--no-eval", panel="Evaluation"),
+    _opt("tasks", Optional[str], "Comma-separated lm-eval tasks.", panel="Evaluation"),
+    _opt("limit", Optional[int], "Documents per task (for quick runs).", panel="Evaluation"),
+    _opt("num_fewshot", Optional[int], "Few-shot examples per task.", panel="Evaluation"),
+    _opt("batch_size", Optional[int], "Evaluation batch size.", panel="Evaluation"),
+    _opt("include_path", Optional[str], "Directory of extra lm-eval task YAMLs (offline tasks).", panel="Evaluation"),
+    _opt("perplexity", Optional[str], "Perplexity text: wikitext (default) or a local file.", panel="Evaluation"),
+    _opt("dtype", Optional[str], "auto, float32, bfloat16 or float16.", panel="Runtime"),
+    _opt("device", Optional[str], "cpu, cuda, cuda:1 ...", panel="Runtime"),
+    _opt("allow_pickle", Optional[bool], "Allow loading pickle .bin checkpoints.", "--allow-pickle", panel="Runtime"),
+    _opt("max_shard_size", Optional[str], "Largest safetensors shard, e.g. 5GB.", panel="Runtime"),
+    _opt("recipe", Optional[Path], "YAML recipe; flags given on the command line override it.", panel="Runtime"),
+]
+LIST_OPTIONS = {"protect": str, "tasks": str, "lora_targets": str}
+
+
+def with_recipe_options(func: Callable) -> Callable:
+    """Add RECIPE_OPTIONS to a command; the command receives them collected in `recipe_options: dict`."""
+    sig = inspect.signature(func)
+    own = [p for p in sig.parameters.values() if p.name != "recipe_options"]
+    names = {p.name for p in RECIPE_OPTIONS}
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        recipe_options = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
+        return func(*args, recipe_options=recipe_options, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + RECIPE_OPTIONS)  # type: ignore[attr-defined]
+    return wrapper
+
+
+def build_recipe(model: str, options: dict[str, Any], **extra: Any) -> Recipe:
+    """A Recipe from `--recipe` (if any) overridden by the flags given and by `extra` (e.g. output_dir)."""
+    options = dict(options)
+    recipe_path = options.pop("recipe", None)
+    data: dict[str, Any] = Recipe.from_yaml(recipe_path).to_dict() if recipe_path else {}
+    given = {k: v for k, v in options.items() if v is not None}
+    if "layers" in given:
+        given["layers"] = parse_layers(given["layers"])
+    for key in LIST_OPTIONS:
+        if key in given:
+            given[key] = [s.strip() for s in given[key].split(",") if s.strip()]
+    data.update(given)
+    data.update({k: v for k, v in extra.items() if v is not None})
+    if model:
+        data["model"] = model
+    return Recipe.from_dict(data)
+
+
+def command_line(redact: tuple[str, ...] = ("--token",)) -> str:
+    """The command as typed, for the report and card, with secrets replaced by ***."""
+    argv = ["hf-layerprune", *sys.argv[1:]]
+    out = []
+    skip = False
+    for arg in argv:
+        if skip:
+            out.append("***")
+            skip = False
+            continue
+        name, eq, _ = arg.partition("=")
+        if name in redact:
+            if eq:
+                out.append(f"{name}=***")
+            else:
+                out.append(arg)
+                skip = True
+            continue
+        out.append(arg)
+    return shlex.join(out)

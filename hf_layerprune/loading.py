@@ -1,0 +1,176 @@
+"""Resolve a model source (Hub id + revision, local directory, or .gguf file) and load it.
+
+- ``resolve_source`` classifies the user's MODEL argument and checks it exists, without loading weights.
+- ``local_checkpoint`` gives a local safetensors directory for the on-disk streaming path (downloads a Hub
+  snapshot with ``snapshot_download`` when needed).
+- ``load_model`` returns ``(model, tokenizer)`` through ``AutoModelForCausalLM.from_pretrained``
+  (``gguf_file=`` for GGUF, which transformers dequantizes; needs the ``gguf`` package).
+
+Pickle ``.bin`` checkpoints are refused unless ``allow_pickle=True``: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_layerprune.errors import LayerPruneError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model comes from. `kind` is "dir", "gguf" or "hub"."""
+
+    kind: str
+    name: str  # as the user gave it (used in the card as base_model)
+    path: Path | None = None  # local directory (dir, gguf: its folder)
+    gguf_file: str | None = None
+    revision: str | None = None
+
+    @property
+    def pretrained_id(self) -> str:
+        return str(self.path) if self.path is not None else self.name
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def _looks_local(name: str) -> bool:
+    """A name that cannot be a Hub repo id (``org/name``) is a path the user expected to exist."""
+    return not _HUB_ID.match(name) or name.endswith((".gguf", ".safetensors", ".bin"))
+
+
+def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool = False) -> Source:
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return Source("gguf", name, path.parent, path.name, revision)
+    if path.is_dir():
+        _check_weights(path, allow_pickle, name)
+        return Source("dir", name, path, None, revision)
+    if path.exists():
+        raise LayerPruneError(f"{name} is a file but not a .gguf model; give a model directory, a .gguf file or a Hub id")
+    if _looks_local(name):
+        raise LayerPruneError(f"model path not found: {name}")
+    return Source("hub", name, None, None, revision)
+
+
+def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
+    if not (directory / "config.json").exists() and not list(directory.glob("*.gguf")):
+        raise LayerPruneError(f"{name} has no config.json; is it a transformers model directory?")
+    has_safetensors = any(directory.glob("*.safetensors"))
+    has_pickle = any(p.suffix in PICKLE_SUFFIXES for p in directory.iterdir())
+    if not has_safetensors and has_pickle and not allow_pickle:
+        raise LayerPruneError(
+            f"{name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
+        )
+    if not has_safetensors and not has_pickle:
+        raise LayerPruneError(f"no weights (*.safetensors) found in {name}")
+
+
+def hub_files(source: Source, token: str | None = None) -> list[str]:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return HfApi(token=token).list_repo_files(source.name, revision=source.revision)
+    except RepositoryNotFoundError:
+        raise LayerPruneError(f"model {source.name!r} not found on the Hub (or it is private/gated: check your token)") from None
+    except RevisionNotFoundError:
+        raise LayerPruneError(f"revision {source.revision!r} not found in {source.name}") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise LayerPruneError(f"could not reach the Hub for {source.name}: {type(exc).__name__}") from None
+
+
+def local_checkpoint(source: Source, *, allow_pickle: bool = False, token: str | None = None) -> Path:
+    """A local directory holding the source checkpoint's safetensors, config and tokenizer files."""
+    if source.kind == "dir":
+        return source.path  # type: ignore[return-value]
+    if source.kind == "gguf":
+        raise LayerPruneError("GGUF files are pruned in memory; the on-disk path needs safetensors")
+    from huggingface_hub import snapshot_download
+
+    files = hub_files(source, token)
+    if not any(f.endswith(".safetensors") for f in files):
+        if not allow_pickle:
+            raise LayerPruneError(
+                f"{source.name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
+            )
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md", "additional_chat_templates/*"]
+    if allow_pickle and not any(f.endswith(".safetensors") for f in files):
+        patterns.append("*.bin")
+    return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=patterns, token=token))
+
+
+def resolved_revision(source: Source, token: str | None = None) -> str | None:
+    """The commit sha of a Hub source (recorded so a run can be reproduced exactly)."""
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(token=token).model_info(source.name, revision=source.revision).sha
+    except Exception:  # offline or mirrors without sha: the requested revision is still recorded
+        return source.revision
+
+
+def torch_dtype(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return "auto"
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise LayerPruneError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16")
+    return table[name]
+
+
+def load_model(
+    source: Source | str,
+    *,
+    revision: str | None = None,
+    dtype: str | None = "auto",
+    device: str | None = None,
+    allow_pickle: bool = False,
+    token: str | None = None,
+    need_tokenizer: bool = True,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``; the tokenizer is None when the checkpoint has none and it is not needed."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(source, str):
+        source = resolve_source(source, revision, allow_pickle=allow_pickle)
+    kwargs: dict[str, Any] = {"revision": source.revision, "token": token}
+    if source.kind == "gguf":
+        kwargs["gguf_file"] = source.gguf_file
+    want = torch_dtype(dtype)
+    if source.kind == "gguf" and want == "auto":
+        want = torch.float32  # GGUF weights are dequantized; keep full precision unless asked otherwise
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs
+        )
+    except LayerPruneError:
+        raise
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LayerPruneError(f"could not load {source.name}: {first}") from None
+    from hf_layerprune.architectures import get_architecture
+
+    get_architecture(model.config)  # unknown families fail here, before any work
+    tokenizer = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.pretrained_id, **kwargs)
+    except Exception as exc:  # tiny test checkpoints have no tokenizer
+        if need_tokenizer:
+            raise LayerPruneError(f"could not load a tokenizer for {source.name}: {type(exc).__name__}") from None
+    if device:
+        model.to(device)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,221 @@
+"""run(recipe) -> report: load, score, select, cut, heal, evaluate, save, card — one stage after another.
+
+Two routes give byte-identical weights (tests/test_surgery.py):
+- streaming: when no stage needs the model in memory (explicit --layers or a config-only rule such as
+  `last`, `--heal none`, no evaluation), the safetensors shards are rewritten on disk without loading it;
+- in memory: the model is loaded once, scored, cut with `surgery.remove_layers`, healed, evaluated and saved
+  with `save_pretrained`.
+Everything is written to a temporary directory that replaces `recipe.output_dir` only at the end.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from hf_layerprune import __version__
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision
+from hf_layerprune.outputs import check_output_dir, staging_dir
+from hf_layerprune.recipe import Recipe
+from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
+from hf_layerprune.surgery import (
+    checkpoint_files,
+    copy_side_files,
+    kept_layers,
+    prune_checkpoint,
+    read_safetensors_header,
+    remove_layers,
+    validate_removed,
+)
+
+Log = Callable[[str], None]
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def config_rule_layers(rule: str, num_layers: int, n: int) -> list[int]:
+    """Selections that need only the depth: Gromov's `last` (deepest before the final layer), `reverse`."""
+    if rule == "last":
+        return list(range(num_layers - 1 - n, num_layers - 1))
+    if rule == "reverse":
+        return list(range(num_layers - n, num_layers))
+    raise LayerPruneError(f"{rule!r} is not a config-only rule")
+
+
+CONFIG_RULES = ("last", "reverse")
+
+
+def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
+    if source.kind == "gguf" or recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate:
+        return True
+    if recipe.layers:
+        return False
+    return (recipe.metric or default_metric()) not in CONFIG_RULES
+
+
+def default_metric() -> str:
+    try:
+        from hf_layerprune.scoring import DEFAULT_METRIC
+    except ImportError:  # until scoring lands, Gromov et al.'s heuristic
+        return "last"
+    return DEFAULT_METRIC
+
+
+def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict[str, Any]:
+    recipe.validate_target()
+    if not recipe.output_dir:
+        raise LayerPruneError("give --output-dir DIR for the pruned model")
+    check_output_dir(recipe.output_dir, recipe.overwrite)
+    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    timer = Timer()
+    report: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "tool": {"name": "hf-layerprune", "version": __version__},
+        "command": command,
+        "base_model": source.name,
+        "base_revision": resolved_revision(source) if source.kind == "hub" else source.revision,
+        "granularity": recipe.granularity,
+    }
+    if needs_model_in_memory(recipe, source):
+        _run_in_memory(recipe, source, report, timer, log)
+    else:
+        _run_streaming(recipe, source, report, timer, log)
+    return report
+
+
+def _finish_report(report: dict[str, Any], recipe: Recipe, timer: Timer) -> None:
+    report["recipe"] = recipe.to_dict()
+    report["versions"] = library_versions()
+    report["timings"] = timer.timings
+
+
+def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
+    from transformers import AutoConfig
+
+    with timer.stage("load"):
+        src = local_checkpoint(source, allow_pickle=recipe.allow_pickle)
+        config = AutoConfig.from_pretrained(src)
+    from hf_layerprune.architectures import get_architecture
+
+    get_architecture(config)
+    num_layers = config.num_hidden_layers
+    removed = _explicit_or_rule(recipe, num_layers)
+    report.update(model_type=config.model_type, dtype=str(getattr(config, "dtype", None) or "auto").replace("torch.", ""))
+    report["parameters_before"] = _checkpoint_parameters(src)
+    log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
+    with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
+        with timer.stage("cut"):
+            info = prune_checkpoint(src, tmp, removed, max_shard_size=recipe.max_shard_size)
+        report.update(
+            num_layers_before=num_layers,
+            num_layers_after=len(info["kept_layers"]),
+            removed_layers=info["removed_layers"],
+            kept_layers=info["kept_layers"],
+            parameters_after=_checkpoint_parameters(tmp),
+            route="streaming",
+        )
+        _write_outputs(tmp, report, recipe, timer)
+
+
+def _explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
+    if recipe.layers:
+        return validate_removed(recipe.layers, num_layers)
+    if recipe.drop >= num_layers:
+        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+    return validate_removed(config_rule_layers(recipe.metric or default_metric(), num_layers, recipe.drop), num_layers)
+
+
+def _checkpoint_parameters(directory: Path) -> int:
+    import math
+
+    total = 0
+    for path in checkpoint_files(Path(directory)):
+        header, _ = read_safetensors_header(path)
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
+    needs_text = bool(recipe.drop and (recipe.metric or default_metric()) not in CONFIG_RULES) or recipe.heal != "none" or recipe.evaluate
+    with timer.stage("load"):
+        log(f"Loading {source.name}")
+        model, tokenizer = load_model(
+            source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text
+        )
+    num_layers = model.config.num_hidden_layers
+    report.update(
+        model_type=model.config.model_type,
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        num_layers_before=num_layers,
+        parameters_before=count_parameters(model),
+    )
+    with timer.stage("score"):
+        if recipe.layers or recipe.drop is not None and (recipe.metric or default_metric()) in CONFIG_RULES:
+            removed = _explicit_or_rule(recipe, num_layers)
+        else:
+            if recipe.drop >= num_layers:
+                raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+            from hf_layerprune.scoring import select_for_recipe
+
+            removed, scoring = select_for_recipe(model, tokenizer, recipe, log=log)
+            report["scoring"] = scoring
+    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal in ("distill",) else None
+    if recipe.granularity != "block":
+        raise LayerPruneError("sub-layer pruning (--granularity attention|mlp) export is not available yet")
+    with timer.stage("cut"):
+        log(f"Removing layers {removed} of {num_layers}")
+        remove_layers(model, removed)
+    report.update(
+        num_layers_after=model.config.num_hidden_layers,
+        removed_layers=removed,
+        kept_layers=kept_layers(removed, num_layers),
+        parameters_after=count_parameters(model),
+        route="in-memory",
+    )
+    if recipe.heal != "none":
+        with timer.stage("heal"):
+            from hf_layerprune.healing import heal_for_recipe
+
+            report["healing"] = heal_for_recipe(model, tokenizer, recipe, report, base_model=base_model, log=log)
+    if recipe.evaluate:
+        with timer.stage("evaluate"):
+            from hf_layerprune.evaluation import evaluate_for_recipe
+
+            report["evaluation"] = evaluate_for_recipe(base_model, model, tokenizer, recipe, log=log)
+    with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
+        with timer.stage("save"):
+            if source.kind == "dir":
+                copy_side_files(source.path, tmp)
+            model.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        _write_outputs(tmp, report, recipe, timer)
+
+
+def _write_outputs(tmp: Path, report: dict, recipe: Recipe, timer: Timer) -> None:
+    _finish_report(report, recipe, timer)
+    write_report(tmp, report)
+    try:
+        from hf_layerprune.card import render_card
+    except ImportError:
+        return
+    render_card(tmp)

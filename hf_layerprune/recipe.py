@@ -1,0 +1,117 @@
+"""The Recipe: everything a run needs, built from CLI flags or loaded from YAML (`--recipe run.yaml`).
+
+It is stored verbatim in `layerprune.json` so that any run can be reproduced with one command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_layerprune.errors import LayerPruneError
+
+GRANULARITIES = ("block", "attention", "mlp")
+
+
+@dataclass
+class Recipe:
+    model: str = ""
+    revision: str | None = None
+    output_dir: str | None = None
+    overwrite: bool = False
+    # what to remove
+    drop: int | None = None
+    layers: list[int] | None = None
+    granularity: str = "block"
+    metric: str | None = None  # None: the default metric (see scoring registry)
+    selection: str | None = None  # None: the metric's default strategy
+    protect: list[str | int] = field(default_factory=list)
+    # calibration
+    calibration: str = "self"
+    calibration_samples: int = 32
+    seq_len: int = 256
+    seed: int = 0
+    text_column: str | None = None
+    # healing
+    heal: str = "none"
+    heal_steps: int | None = None
+    heal_tokens: int | None = None
+    heal_data: str | None = None
+    learning_rate: float | None = None
+    lora_rank: int | None = None
+    lora_targets: list[str] | None = None
+    # evaluation
+    evaluate: bool = False
+    tasks: list[str] | None = None
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = 8
+    include_path: str | None = None
+    perplexity: str | None = None
+    # runtime
+    dtype: str = "auto"
+    device: str | None = None
+    allow_pickle: bool = False
+    max_shard_size: str = "5GB"
+
+    def __post_init__(self) -> None:
+        self.validate_basic()
+
+    def validate_basic(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise LayerPruneError(f"unknown --granularity {self.granularity!r}; use one of {', '.join(GRANULARITIES)}")
+
+    def validate_target(self) -> None:
+        """Exactly one of drop/layers; drop >= 1. Range checks against the model happen at selection time."""
+        if self.drop is None and not self.layers:
+            raise LayerPruneError("say what to remove: give --drop N or --layers i,j,k")
+        if self.drop is not None and self.layers:
+            raise LayerPruneError("give either --drop or --layers, not both")
+        if self.drop is not None and self.drop < 1:
+            raise LayerPruneError(f"--drop must be at least 1 (got {self.drop})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LayerPruneError(f"unknown recipe key(s): {', '.join(unknown)}")
+        return cls(**{k.replace("-", "_"): v for k, v in data.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "Recipe":
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise LayerPruneError(f"recipe file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise LayerPruneError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise LayerPruneError(f"recipe {path} must be a mapping of option names to values")
+        return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()})
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """`3,4,5` or `3-5,9` -> [3, 4, 5, 9] (0-based). Duplicates are kept so that validation can refuse them."""
+    if text is None or text == "":
+        return None
+    out: list[int] = []
+    for part in str(text).split(","):
+        part = part.strip()
+        try:
+            span = re.fullmatch(r"(\d+)-(\d+)", part)
+            out.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
+        except ValueError:
+            raise LayerPruneError(f"cannot read --layers {text!r}: use 0-based indices like 3,4,5 or 3-5") from None
+    return out

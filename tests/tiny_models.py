@@ -1,0 +1,74 @@
+"""Tiny random models of every supported family, built from configs (no downloads), for fast tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+VOCAB = 128
+COMMON = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+)
+
+# Family-specific settings chosen so that per-layer fields are non-trivial (sliding/full mixes, dense/sparse).
+FAMILY_KWARGS = {
+    "llama": {},
+    "mistral": dict(sliding_window=16),
+    "qwen2": dict(use_sliding_window=True, sliding_window=8, max_window_layers=3),
+    "qwen3": dict(use_sliding_window=True, sliding_window=8, max_window_layers=2, head_dim=8),
+    "gemma2": dict(head_dim=8, sliding_window=8, query_pre_attn_scalar=8),
+    "gemma3_text": dict(head_dim=8, sliding_window=8, sliding_window_pattern=3, query_pre_attn_scalar=8),
+    "phi3": {},
+    "qwen2_moe": dict(
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=32,
+        decoder_sparse_step=2,
+        mlp_only_layers=[4],
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=2,
+    ),
+    "qwen3_moe": dict(
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=2, mlp_only_layers=[2], head_dim=8
+    ),
+    "opt": dict(
+        ffn_dim=64, word_embed_proj_dim=32, num_attention_heads=4, max_position_embeddings=256, do_layer_norm_before=True
+    ),
+}
+FAMILIES = list(FAMILY_KWARGS)
+
+
+def tiny_config(model_type: str, num_layers: int = 6, **overrides):
+    kwargs = dict(COMMON)
+    if model_type == "opt":
+        kwargs = dict(vocab_size=VOCAB, hidden_size=32, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    kwargs.update(FAMILY_KWARGS[model_type])
+    kwargs.update(num_hidden_layers=num_layers, **overrides)
+    return AutoConfig.for_model(model_type, **kwargs)
+
+
+def tiny_model(model_type: str = "llama", num_layers: int = 6, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, num_layers, **overrides)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random norms/biases too, so that skipping a layer is never a no-op by accident
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def sample_ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
