@@ -148,7 +148,11 @@ def load_model(
         source = resolve_source(source, revision, allow_pickle=allow_pickle)
     kwargs: dict[str, Any] = {"revision": source.revision, "token": token}
     if source.kind == "gguf":
+        from transformers import GgufConfig
+
         kwargs["gguf_file"] = source.gguf_file
+        # Unpack into a plain dense model: GGUF-block weights are not serializable and cannot be trained.
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     want = torch_dtype(dtype)
     if source.kind == "gguf" and want == "auto":
         want = torch.float32  # GGUF weights are dequantized; keep full precision unless asked otherwise
@@ -166,7 +170,8 @@ def load_model(
     get_architecture(model.config)  # unknown families fail here, before any work
     tokenizer = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.pretrained_id, **kwargs)
+        tok_kwargs = {k: v for k, v in kwargs.items() if k != "quantization_config"}
+        tokenizer = AutoTokenizer.from_pretrained(source.pretrained_id, **tok_kwargs)
     except Exception as exc:  # tiny test checkpoints have no tokenizer
         if need_tokenizer:
             raise LayerPruneError(f"could not load a tokenizer for {source.name}: {type(exc).__name__}") from None

@@ -109,6 +109,8 @@ def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, l
 
     with timer.stage("load"):
         src = local_checkpoint(source, allow_pickle=recipe.allow_pickle)
+        if not any(src.glob("*.safetensors")):  # pickle weights (allowed by the user) are cut in memory
+            return _run_in_memory(recipe, Source("dir", source.name, src, None, source.revision), report, timer, log)
         config = AutoConfig.from_pretrained(src)
     from hf_layerprune.architectures import get_architecture
 

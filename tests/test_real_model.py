@@ -1,0 +1,33 @@
+"""Real-model tests on SmolLM2-135M-Instruct (GGUF, 30 layers). Slow: run with `pytest -m slow`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_layerprune.cli import app
+from tiny_models import smollm2_gguf
+
+pytestmark = pytest.mark.slow
+
+
+def test_smollm2_gguf_prunes_and_reloads(tmp_path):
+    gguf = smollm2_gguf()
+    out = tmp_path / "smol"
+    result = CliRunner().invoke(app, ["prune", str(gguf), "--layers", "0,27,29", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    assert report["num_layers_before"] == 30 and report["num_layers_after"] == 27
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.tie_word_embeddings and model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True)
+        plain = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(cached, plain)
