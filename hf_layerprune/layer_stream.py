@@ -29,6 +29,12 @@ from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.surgery import _LAYER_KEY, checkpoint_files, read_safetensors_header
 
 
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
 class _Relay(nn.Module):
     """Stands in for decoder layer `index`: records its inputs, or injects a hidden state at the last layer."""
 
@@ -77,31 +83,31 @@ class StreamedModel:
         self.skeleton = skeleton.to(self.device).eval()
 
     # ------------------------------------------------------------------------------------------- weights
-    def _index_files(self) -> dict[str, tuple[Path, dict]]:
+    def _index_files(self) -> dict[str, tuple[Path, int, dict]]:
         out = {}
         for path in checkpoint_files(self.dir):
-            header, _ = read_safetensors_header(path)
+            header, data_start = read_safetensors_header(path)
             for key, info in header.items():
                 if key != "__metadata__":
-                    out[key] = (path, info)
+                    out[key] = (path, data_start, info)
         return out
 
     def _checkpoint_dtype(self) -> torch.dtype:
-        table = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-        kinds = {info["dtype"] for _, info in self._files.values()}
-        return next((table[k] for k in ("BF16", "F16", "F32") if k in kinds), torch.float32)
+        kinds = {info["dtype"] for _, _, info in self._files.values()}
+        return next((SAFETENSORS_DTYPES[k] for k in ("BF16", "F16", "F32") if k in kinds), torch.float32)
 
     def _tensors(self, keys: Sequence[str]) -> dict[str, torch.Tensor]:
-        from safetensors import safe_open
-
-        by_file: dict[Path, list[str]] = {}
-        for key in keys:
-            by_file.setdefault(self._files[key][0], []).append(key)
+        """Read exactly these tensors' bytes (pread, no mmap of whole shards), cast to the working dtype."""
         out = {}
-        for path, names in by_file.items():
-            with safe_open(path, "pt", device=str(self.device)) as f:
-                for name in names:
-                    out[name] = f.get_tensor(name).to(self.dtype)
+        for key in keys:
+            path, data_start, info = self._files[key]
+            begin, end = info["data_offsets"]
+            with open(path, "rb", buffering=0) as f:
+                buf = bytearray(end - begin)
+                f.seek(data_start + begin)
+                f.readinto(buf)
+            tensor = torch.frombuffer(buf, dtype=SAFETENSORS_DTYPES[info["dtype"]]) if buf else torch.empty(0)
+            out[key] = tensor.reshape(info["shape"]).to(device=self.device, dtype=self.dtype if tensor.is_floating_point() else None)
         return out
 
     def _load_non_layer_weights(self, skeleton: nn.Module) -> None:
