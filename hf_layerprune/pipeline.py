@@ -157,13 +157,19 @@ def count_parameters(model) -> int:
 
 
 def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
-    needs_text = bool(recipe.drop and (recipe.metric or default_metric()) not in CONFIG_RULES) or recipe.heal != "none" or recipe.evaluate
+    # `self` calibration samples token ids from the model, so scoring alone needs no tokenizer (tiny checkpoints)
+    scoring_text = bool(recipe.drop and (recipe.metric or default_metric()) not in CONFIG_RULES) and recipe.calibration != "self"
+    needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
     with timer.stage("load"):
         log(f"Loading {source.name}")
         model, tokenizer = load_model(
             source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text
         )
     num_layers = model.config.num_hidden_layers
+    if recipe.granularity != "block":
+        from hf_layerprune.sublayer import check_sublayer_support
+
+        check_sublayer_support(model.config.model_type)
     report.update(
         model_type=model.config.model_type,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
@@ -180,9 +186,9 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
 
             removed, scoring = select_for_recipe(model, tokenizer, recipe, log=log)
             report["scoring"] = scoring
-    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal in ("distill",) else None
+    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal != "none" else None
     if recipe.granularity != "block":
-        raise LayerPruneError("sub-layer pruning (--granularity attention|mlp) export is not available yet")
+        return _finish_sublayer(model, tokenizer, base_model, removed, recipe, source, report, timer, log)
     with timer.stage("cut"):
         log(f"Removing layers {removed} of {num_layers}")
         remove_layers(model, removed)
@@ -193,6 +199,18 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
         parameters_after=count_parameters(model),
         route="in-memory",
     )
+    _heal_and_evaluate(model, tokenizer, base_model, recipe, report, timer, log)
+    with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
+        with timer.stage("save"):
+            if source.kind == "dir":
+                copy_side_files(source.path, tmp)
+            model.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+        _write_outputs(tmp, report, recipe, timer)
+
+
+def _heal_and_evaluate(model, tokenizer, base_model, recipe: Recipe, report: dict, timer: Timer, log: Log) -> None:
     if recipe.heal != "none":
         with timer.stage("heal"):
             from hf_layerprune.healing import heal_for_recipe
@@ -203,13 +221,50 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
             from hf_layerprune.evaluation import evaluate_for_recipe
 
             report["evaluation"] = evaluate_for_recipe(base_model, model, tokenizer, recipe, log=log)
+
+
+def _finish_sublayer(model, tokenizer, base_model, removed, recipe: Recipe, source: Source, report: dict,
+                     timer: Timer, log: Log) -> None:
+    """Attention-only / MLP-only removal: exported as a DeciLM (Nemotron-NAS) checkpoint, healed after reload."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_layerprune.sublayer import export_decilm
+
+    removed_attention = removed if recipe.granularity == "attention" else []
+    removed_mlp = removed if recipe.granularity == "mlp" else []
+    num_layers = model.config.num_hidden_layers
     with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
-        with timer.stage("save"):
-            if source.kind == "dir":
-                copy_side_files(source.path, tmp)
-            model.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
+        with timer.stage("cut"):
+            log(f"Removing {recipe.granularity} sub-layers {removed} of {num_layers} (DeciLM / Nemotron-NAS export)")
+            summary = export_decilm(model, removed_attention, removed_mlp, tmp, max_shard_size=recipe.max_shard_size,
+                                    overwrite=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+        whole = summary["removed_layers"]
+        report.update(
+            removed_sublayers={"attention": summary["removed_attention"], "mlp": summary["removed_mlp"]},
+            removed_layers=whole,
+            kept_layers=kept_layers(whole, num_layers),
+            num_layers_after=num_layers - len(whole),
+            export={
+                "format": "decilm",
+                "architecture": "DeciLMForCausalLM",
+                "trust_remote_code": True,
+                "block_configs": summary["block_configs"],
+                "kv_cache_bytes_per_token": summary["kv_cache_bytes_per_token"],
+            },
+            route="in-memory",
+        )
+        del model
+        if recipe.heal != "none" or recipe.evaluate:
+            pruned = AutoModelForCausalLM.from_pretrained(tmp, trust_remote_code=True, dtype="auto").eval()
+            report["parameters_after"] = count_parameters(pruned)
+            _heal_and_evaluate(pruned, tokenizer, base_model, recipe, report, timer, log)
+            if recipe.heal != "none":
+                with timer.stage("save"):
+                    pruned.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
+        else:
+            report["parameters_after"] = _checkpoint_parameters(tmp)
         _write_outputs(tmp, report, recipe, timer)
 
 
