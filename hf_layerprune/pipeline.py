@@ -68,6 +68,41 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
     return (recipe.metric or default_metric()) not in CONFIG_RULES
 
 
+def source_config(source: Source, token: str | None = None):
+    """The source's config alone (no weights): checked before any heavy work."""
+    from transformers import AutoConfig
+
+    from hf_layerprune.architectures import get_architecture
+
+    kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
+    try:
+        config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LayerPruneError(f"could not read the config of {source.name}: {first}") from None
+    get_architecture(config)  # unknown families fail here
+    return config
+
+
+def check_target_against(recipe: Recipe, num_layers: int) -> None:
+    if recipe.layers:
+        validate_removed(recipe.layers, num_layers)
+    elif recipe.granularity == "block" and recipe.drop >= num_layers:
+        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+    elif recipe.drop > num_layers:
+        raise LayerPruneError(f"--drop {recipe.drop} is more than the {num_layers} {recipe.granularity} sub-layers")
+
+
+def planned_num_layers(recipe: Recipe, token: str | None = None) -> int:
+    """Depth of the output, known before any work (for the default repo name): from the source config alone."""
+    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    config = source_config(source, token)
+    check_target_against(recipe, config.num_hidden_layers)
+    if recipe.granularity != "block":
+        return config.num_hidden_layers
+    return config.num_hidden_layers - (len(recipe.layers) if recipe.layers else recipe.drop)
+
+
 def default_metric() -> str:
     try:
         from hf_layerprune.scoring import DEFAULT_METRIC
@@ -82,6 +117,8 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     check_output_dir(recipe.output_dir, recipe.overwrite)
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
+        check_target_against(recipe, source_config(source).num_hidden_layers)
     timer = Timer()
     report: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -8,7 +8,6 @@ the user actually typed; the Recipe's own defaults fill the rest.
 import functools
 import inspect
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -61,18 +60,21 @@ RECIPE_OPTIONS: list[P] = [
 LIST_OPTIONS = {"protect": str, "tasks": str, "lora_targets": str}
 
 
-def with_recipe_options(func: Callable) -> Callable:
-    """Add RECIPE_OPTIONS to a command; the command receives them collected in `recipe_options: dict`."""
+def with_recipe_options(func: Optional[Callable] = None, *, exclude: tuple = ()) -> Callable:
+    """Add RECIPE_OPTIONS (but `exclude`) to a command; it receives them collected in `recipe_options: dict`."""
+    if func is None:
+        return functools.partial(with_recipe_options, exclude=exclude)
     sig = inspect.signature(func)
     own = [p for p in sig.parameters.values() if p.name != "recipe_options"]
-    names = {p.name for p in RECIPE_OPTIONS}
+    added = [p for p in RECIPE_OPTIONS if p.name not in exclude]
+    names = {p.name for p in added}
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         recipe_options = {name: kwargs.pop(name) for name in list(kwargs) if name in names}
         return func(*args, recipe_options=recipe_options, **kwargs)
 
-    wrapper.__signature__ = sig.replace(parameters=own + RECIPE_OPTIONS)  # type: ignore[attr-defined]
+    wrapper.__signature__ = sig.replace(parameters=own + added)  # type: ignore[attr-defined]
     return wrapper
 
 
@@ -94,23 +96,24 @@ def build_recipe(model: str, options: dict[str, Any], **extra: Any) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def command_line(redact: tuple[str, ...] = ("--token",)) -> str:
-    """The command as typed, for the report and card, with secrets replaced by ***."""
-    argv = ["hf-layerprune", *sys.argv[1:]]
-    out = []
-    skip = False
-    for arg in argv:
-        if skip:
-            out.append("***")
-            skip = False
+def command_line(redact: tuple[str, ...] = ("token",)) -> str:
+    """The running command, rebuilt from what click parsed (so it is exact however it was invoked), with the
+    options the user set, and secrets replaced by ***. Stored in the report and the card."""
+    from typer import _click as click  # typer >= 0.20 vendors its own click
+
+    ctx = click.globals.get_current_context()
+    words = ["hf-layerprune", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or param.name == "recipe_options":
             continue
-        name, eq, _ = arg.partition("=")
-        if name in redact:
-            if eq:
-                out.append(f"{name}=***")
-            else:
-                out.append(arg)
-                skip = True
+        if param.param_type_name == "argument":
+            words.append(str(value))
             continue
-        out.append(arg)
-    return shlex.join(out)
+        if param.name in redact:
+            words += [param.opts[0], "***"]
+        elif isinstance(value, bool):
+            words.append(param.opts[0] if value else (param.secondary_opts or [f"--no-{param.opts[0][2:]}"])[0])
+        else:
+            words += [param.opts[0], str(value)]
+    return shlex.join(words)

@@ -1,0 +1,91 @@
+"""Shared fixtures.
+
+`hub_server`: a fresh local Hub (tests/hub_server.py) per test, with this process pointed at it. huggingface_hub
+reads HF_ENDPOINT and friends once, at import, into `huggingface_hub.constants`; so besides the environment (for
+subprocesses) the fixture patches those constants and the HfApi instances that copied the endpoint at creation.
+`pruned_model_dir(seed)`: a folder as `prune --output-dir` leaves it, to publish.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hub_server import HubServer
+
+WRITE_TOKEN = "hf_TestWriteToken0123456789abcdefXYZ"  # distinctive, so leak checks can grep for it
+READ_TOKEN = "hf_TestReadToken0123456789abcdefXYZ"
+USER, ORG = "alice", "acme"
+
+
+def point_hub_client_at(url: str, cache_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make huggingface_hub (and transformers) in this process use `url`, `cache_dir` and no ambient token."""
+    import transformers.utils.hub as transformers_hub
+    from huggingface_hub import constants, hf_api
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    token_path = str(cache_dir / "no-token-file")  # never the developer's own `hf auth login` token
+    env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_HUB_CACHE": str(cache_dir),
+           "HF_TOKEN_PATH": token_path, "HF_HUB_DISABLE_TELEMETRY": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_URL_HOSTS", constants.HF_URL_HOSTS | {"127.0.0.1"})
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # mandatory: xet has no fallback to LFS
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache_dir))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", token_path)
+    monkeypatch.setattr(hf_api.api, "endpoint", url)  # module-level HfApi() behind hf_api.whoami, model_info...
+    monkeypatch.setattr(transformers_hub, "_hf_api", None)  # transformers caches its own HfApi
+
+
+@pytest.fixture
+def hub_server(tmp_path, monkeypatch):
+    """A running local Hub with user `alice` (member of org `acme`): `WRITE_TOKEN` writes, `READ_TOKEN` reads.
+
+    This process's huggingface_hub points at it; `hub_server.env(cache_dir, token)` gives a subprocess the same.
+    """
+    server = HubServer(tmp_path / "hub-server").start()
+    server.add_token(WRITE_TOKEN, USER, "write", orgs={ORG: "write"})
+    server.add_token(READ_TOKEN, USER, "read", orgs={ORG: "write"})
+    cache_dir = tmp_path / "hf-cache"
+    cache_dir.mkdir()
+    point_hub_client_at(server.url, cache_dir, monkeypatch)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pruned_model_dir(tmp_path_factory):
+    """Factory: `pruned_model_dir(seed=0)` -> a folder as `prune` leaves it (tiny Llama in several safetensors
+    shards, a tokenizer, layerprune.json). Built once per seed; treat it as read-only."""
+    built = {}
+
+    def build(seed: int = 0):
+        if seed not in built:
+            built[seed] = _write_pruned_model(tmp_path_factory.mktemp(f"pruned-{seed}"), seed)
+        return built[seed]
+
+    return build
+
+
+def _write_pruned_model(directory, seed: int):
+    from tiny_models import VOCAB, tiny_model
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from hf_layerprune.report import write_report
+
+    model = tiny_model("llama", num_layers=3, seed=seed)
+    model.save_pretrained(directory, max_shard_size="60KB")  # several shards: several LFS uploads
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}  # "w<id>" -> id
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<pad>", pad_token="<pad>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(directory)
+    write_report(directory, {
+        "format_version": 1, "base_model": "acme-labs/Tiny-Llama-4L", "num_layers_before": 4, "num_layers_after": 3,
+        "removed_layers": [2], "kept_layers": [0, 1, 3], "parameters_before": 46000,
+        "parameters_after": model.num_parameters(), "command": "hf-layerprune prune acme-labs/Tiny-Llama-4L --layers 2",
+    })
+    return directory
