@@ -193,7 +193,7 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
+def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log):
     # `self` calibration samples token ids from the model, so scoring alone needs no tokenizer (tiny checkpoints)
     scoring_text = bool(recipe.drop and (recipe.metric or default_metric()) not in CONFIG_RULES) and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
@@ -202,7 +202,6 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
         model, tokenizer = load_model(
             source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text
         )
-    num_layers = model.config.num_hidden_layers
     if recipe.granularity != "block":
         from hf_layerprune.sublayer import check_sublayer_support
 
@@ -210,22 +209,38 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
     report.update(
         model_type=model.config.model_type,
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
-        num_layers_before=num_layers,
+        num_layers_before=model.config.num_hidden_layers,
         parameters_before=count_parameters(model),
     )
+    return model, tokenizer
+
+
+def _uses_metric(recipe: Recipe) -> bool:
+    return not recipe.layers and (recipe.metric or default_metric()) not in CONFIG_RULES
+
+
+def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
+    model, tokenizer = _load_for_memory(recipe, source, report, timer, log)
+    num_layers = model.config.num_hidden_layers
+    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal != "none" else None
+    if recipe.rounds > 1 and _uses_metric(recipe) and recipe.granularity == "block":
+        return _run_rounds(model, tokenizer, base_model, recipe, source, report, timer, log)
     with timer.stage("score"):
-        if recipe.layers or recipe.drop is not None and (recipe.metric or default_metric()) in CONFIG_RULES:
-            removed = _explicit_or_rule(recipe, num_layers)
-        else:
-            if recipe.drop >= num_layers:
-                raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+        if _uses_metric(recipe):
             from hf_layerprune.scoring import select_for_recipe
 
-            removed, scoring = select_for_recipe(model, tokenizer, recipe, log=log)
-            report["scoring"] = scoring
-    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal != "none" else None
+            removed, report["scoring"] = select_for_recipe(model, tokenizer, recipe, log=log)
+        else:
+            removed = _explicit_or_rule(recipe, num_layers)
     if recipe.granularity != "block":
         return _finish_sublayer(model, tokenizer, base_model, removed, recipe, source, report, timer, log)
+    _cut(model, removed, report, timer, log)
+    _heal_and_evaluate(model, tokenizer, base_model, recipe, report, timer, log)
+    _save(model, tokenizer, recipe, source, report, timer)
+
+
+def _cut(model, removed: list[int], report: dict, timer: Timer, log: Log) -> None:
+    num_layers = model.config.num_hidden_layers
     with timer.stage("cut"):
         log(f"Removing layers {removed} of {num_layers}")
         remove_layers(model, removed)
@@ -236,7 +251,9 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
         parameters_after=count_parameters(model),
         route="in-memory",
     )
-    _heal_and_evaluate(model, tokenizer, base_model, recipe, report, timer, log)
+
+
+def _save(model, tokenizer, recipe: Recipe, source: Source, report: dict, timer: Timer) -> Path:
     with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
         with timer.stage("save"):
             if source.kind == "dir":
@@ -245,6 +262,74 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         _write_outputs(tmp, report, recipe, timer)
+    return Path(recipe.output_dir)
+
+
+def round_sizes(total: int, rounds: int) -> list[int]:
+    """Split `total` removals over `rounds` (earlier rounds take the remainder): 8 over 3 -> [3, 3, 2]."""
+    rounds = max(1, min(rounds, total))
+    return [total // rounds + (1 if i < total % rounds else 0) for i in range(rounds)]
+
+
+def _run_rounds(model, tokenizer, base_model, recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
+    """Iterative prune -> heal -> rescore: each round scores the current (healed) model and removes its share."""
+    import dataclasses
+
+    from hf_layerprune.scoring import select_for_recipe
+
+    original = list(range(model.config.num_hidden_layers))  # original index of each current layer
+    removed_all: list[int] = []
+    rounds = []
+    for k, n in enumerate(round_sizes(recipe.drop, recipe.rounds), start=1):
+        log(f"Round {k}: removing {n} more layers")
+        step = dataclasses.replace(recipe, drop=n, protect=_protect_in_current(recipe.protect, original))
+        with timer.stage("score"):
+            removed_now, scoring = select_for_recipe(model, tokenizer, step, log=log)
+        removed_original = [original[i] for i in removed_now]
+        with timer.stage("cut"):
+            remove_layers(model, removed_now)
+        original = [i for j, i in enumerate(original) if j not in set(removed_now)]
+        removed_all = sorted(removed_all + removed_original)
+        entry = {"round": k, "removed_layers": sorted(removed_original), "scoring": scoring}
+        if recipe.heal != "none":
+            step_report = {**report, "removed_layers": removed_all, "kept_layers": original,
+                           "num_layers_after": len(original)}
+            with timer.stage("heal"):
+                from hf_layerprune.healing import heal_for_recipe
+
+                entry["healing"] = heal_for_recipe(model, tokenizer, step, step_report, base_model=base_model, log=log)
+            original = step_report["kept_layers"]  # a replacement healer may keep a layer back
+            removed_all = step_report["removed_layers"]
+        rounds.append(entry)
+    report.update(
+        rounds=rounds,
+        scoring=rounds[-1]["scoring"],
+        num_layers_after=model.config.num_hidden_layers,
+        removed_layers=removed_all,
+        kept_layers=original,
+        parameters_after=count_parameters(model),
+        route="in-memory",
+    )
+    if recipe.heal != "none":
+        report["healing"] = rounds[-1]["healing"]
+    if recipe.evaluate:
+        with timer.stage("evaluate"):
+            from hf_layerprune.evaluation import evaluate_for_recipe
+
+            report["evaluation"] = evaluate_for_recipe(base_model, model, tokenizer, recipe, log=log)
+    _save(model, tokenizer, recipe, source, report, timer)
+
+
+def _protect_in_current(protect: list, original: list[int]) -> list:
+    """`--protect` names original layers; in a later round they have new indices (first/last stay words)."""
+    out = []
+    for item in protect:
+        if str(item).lstrip("-").isdigit():
+            if int(item) in original:
+                out.append(original.index(int(item)))
+        else:
+            out.append(item)
+    return out
 
 
 def _heal_and_evaluate(model, tokenizer, base_model, recipe: Recipe, report: dict, timer: Timer, log: Log) -> None:

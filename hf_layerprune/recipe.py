@@ -31,6 +31,7 @@ class Recipe:
     metric: str | None = None  # None: the default metric (see scoring registry)
     selection: str | None = None  # None: the metric's default strategy
     protect: list[str | int] = field(default_factory=list)
+    rounds: int = 1  # iterative prune -> heal -> rescore in this many rounds
     # calibration
     calibration: str = "self"
     calibration_samples: int = 32

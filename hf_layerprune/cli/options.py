@@ -32,6 +32,7 @@ RECIPE_OPTIONS: list[P] = [
     _opt("metric", Optional[str], "Importance metric used by --drop (see `analyze --help`)."),
     _opt("selection", Optional[str], "contiguous | topk | greedy (default: the metric's own)."),
     _opt("protect", Optional[str], "Layers never removed: first,last and/or indices."),
+    _opt("rounds", Optional[int], "Iterative prune -> heal -> rescore in K rounds (deep cuts)."),
     _opt("calibration", Optional[str], "Calibration text: self, a Hub dataset id[:config[:split]], or files.", panel="Calibration"),
     _opt("calibration_samples", Optional[int], "Number of calibration sequences.", panel="Calibration"),
     _opt("seq_len", Optional[int], "Tokens per calibration sequence.", panel="Calibration"),
