@@ -119,6 +119,10 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
     if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
         check_target_against(recipe, source_config(source).num_hidden_layers)
+    if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
+        from hf_layerprune.evaluation import check_tasks, settings_from_recipe
+
+        check_tasks(settings_from_recipe(recipe))
     timer = Timer()
     report: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -139,7 +139,8 @@ def test_summary_step_reports_the_repo_and_headline_numbers(tmp_path):
     report = {"base_model": "acme-labs/Tiny-Llama-4L", "num_layers_before": 4, "num_layers_after": 3,
               "removed_layers": [2], "parameters_before": 46000, "parameters_after": 36000,
               "scoring": {"metric": "angular"}, "healing": {"method": "lora"},
-              "evaluation": {"base": {"arc_easy": 0.61}, "pruned": {"arc_easy": 0.58}}}
+              "evaluation": {"comparison": {"arc_easy": {"acc": {"base": 0.61, "pruned": 0.58, "delta": -0.03,
+                                                                  "retention_pct": 95.08, "higher_is_better": True}}}}}
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "layerprune.json").write_text(json.dumps(report))
     summary = tmp_path / "summary.md"
@@ -150,7 +151,7 @@ def test_summary_step_reports_the_repo_and_headline_numbers(tmp_path):
     text = summary.read_text()
     assert "### [acme/tiny-llama-drop1](https://huggingface.co/acme/tiny-llama-drop1)" in text
     assert "| layers | 4 -> 3 (removed [2]) |" in text and "| parameters | 46000 -> 36000 |" in text
-    assert "| metric / healing | angular / lora |" in text and "| arc_easy | 0.61 -> 0.58 |" in text
+    assert "| metric / healing | angular / lora |" in text and "| arc_easy acc | 0.61 -> 0.58 (95.1% retained) |" in text
 
     (tmp_path / "out" / "layerprune.json").unlink()  # a failed run still gets a line, and the step passes
     assert run_script(script, env, tmp_path).returncode == 0

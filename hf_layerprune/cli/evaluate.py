@@ -1,0 +1,169 @@
+"""`hf-layerprune evaluate MODEL [--base BASE]`: lm-eval tasks, perplexity and speed, before and after."""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hf_layerprune.cli.app import app
+from hf_layerprune.errors import LayerPruneError, cli_errors
+
+console = Console(stderr=True)
+
+
+def _limit(text: str | None) -> int | float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise LayerPruneError(f"--limit {text!r}: give a number of documents (20) or a fraction (0.1)") from None
+    if value <= 0:
+        raise LayerPruneError("--limit must be positive")
+    return int(value) if value >= 1 and value == int(value) else value
+
+
+def _load(name: str, revision: str | None, dtype: str, device: str | None, allow_pickle: bool):
+    from hf_layerprune.loading import load_model, resolve_source, resolved_revision
+
+    source = resolve_source(name, revision, allow_pickle=allow_pickle)
+    sha = resolved_revision(source) if source.kind == "hub" else None
+    console.print(f"Loading {name}" + (f" @ {sha or revision}" if (sha or revision) else ""), highlight=False)
+    model, tokenizer = load_model(source, dtype=dtype, device=device, allow_pickle=allow_pickle, need_tokenizer=False)
+    local = str(source.path) if source.kind == "dir" else None
+    return model, tokenizer, sha or revision, local
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def summary_table(section: dict[str, Any]) -> Table:
+    """A terminal table of the main numbers of an ``evaluation`` section."""
+    has_base = bool(section.get("base"))
+    table = Table(title="Evaluation", show_lines=False)
+    for col in ["task", "metric", "n-shot"] + (["base"] if has_base else []) + ["pruned" if has_base else "score"] + (
+        ["Δ", "retention"] if has_base else []
+    ):
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    comparison = section.get("comparison") or {}
+    for task, metrics in (section.get("pruned") or {}).items():
+        for metric, rec in metrics.items():
+            if rec.get("parent"):
+                continue
+            row = [task, metric, str(rec.get("n_shot", ""))]
+            cmp = (comparison.get(task) or {}).get(metric)
+            if has_base:
+                base = ((section.get("base") or {}).get(task) or {}).get(metric) or {}
+                row.append(f"{base['value']:.4f}" if base.get("value") is not None else "–")
+            row.append(f"{rec['value']:.4f}")
+            if has_base:
+                row.append(f"{cmp['delta']:+.4f}" if cmp else "–")
+                row.append(f"{cmp['retention_pct']:.1f}%" if cmp and cmp.get("retention_pct") is not None else "–")
+            table.add_row(*row)
+    ppl = section.get("perplexity") or {}
+    for who in ("base", "pruned"):
+        rec = ppl.get(who)
+        if rec and (has_base or who == "pruned"):
+            table.add_row(f"perplexity ({who})", f"{rec['seq_len']}-token windows", "", *([""] if has_base else []),
+                          f"{rec['perplexity']:.3f}", *(["", ""] if has_base else []))
+    return table
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Pruned output directory, model directory, .gguf file or Hub id.")],
+    base: Annotated[Optional[str], typer.Option(help="Base model to compare with (default: the base_model recorded in MODEL/layerprune.json).")] = None,
+    no_base: Annotated[bool, typer.Option("--no-base", help="Evaluate MODEL alone.")] = False,
+    tasks: Annotated[Optional[str], typer.Option(help="Comma-separated lm-eval tasks or presets: default, default+mmlu, local, local+mmlu; 'none' skips lm-eval.")] = None,
+    limit: Annotated[Optional[str], typer.Option(help="Documents per task (20) or a fraction (0.1); for quick checks only.")] = None,
+    num_fewshot: Annotated[Optional[int], typer.Option(help="Few-shot examples per task (default: each task's own).")] = None,
+    batch_size: Annotated[int, typer.Option(help="lm-eval batch size.")] = 8,
+    include_path: Annotated[Optional[Path], typer.Option(help="Directory of extra lm-eval task YAMLs (offline tasks).")] = None,
+    perplexity: Annotated[str, typer.Option(help="Perplexity text: wikitext, a Hub dataset id[:config[:split]], a local .txt/.raw/.jsonl file, or none.")] = "wikitext",
+    seq_len: Annotated[int, typer.Option(help="Perplexity context length (tokens per window).")] = 512,
+    perplexity_max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the perplexity text.")] = None,
+    speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure throughput, memory and size.")] = True,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the evaluation section to this JSON file.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of MODEL.")] = None,
+    base_revision: Annotated[Optional[str], typer.Option(help="Hub revision of --base (default: the one recorded).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the lm-eval results cache.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading pickle .bin checkpoints.")] = False,
+) -> None:
+    """Benchmark a (pruned) model, and its base with identical settings: lm-eval tasks, perplexity, speed and size.
+
+    When MODEL is a hf-layerprune output, the results are written into its layerprune.json (`evaluation`) and its
+    model card is re-rendered.
+    """
+    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section
+    from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
+
+    out_dir = Path(model).expanduser()
+    report = read_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
+    if no_base and base:
+        raise LayerPruneError("give either --base or --no-base, not both")
+    if base is None and not no_base and report is not None:
+        base = report.get("base_model")
+        base_revision = base_revision or report.get("base_revision")
+    task_list = [] if tasks and tasks.strip().lower() == "none" else tasks
+    settings = EvalSettings(
+        tasks=task_list, num_fewshot=num_fewshot, limit=_limit(limit), batch_size=batch_size,
+        include_path=str(include_path) if include_path else None,
+        perplexity=None if perplexity.strip().lower() == "none" else perplexity, seq_len=seq_len,
+        ppl_max_tokens=perplexity_max_tokens, speed=speed, device=device, use_cache=not no_cache,
+    )
+    check_tasks(settings)  # unknown tasks fail before any model is loaded
+    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
+    start = time.perf_counter()
+    base_result = None
+    if base:
+        base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle)
+        if base_tok is None:
+            raise LayerPruneError(f"no tokenizer found for {base}")
+        base_result = evaluate_model(base_model, base_tok, settings, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
+        del base_model
+        _free()
+    pruned_model, tokenizer, sha, local = _load(model, revision, dtype, device, allow_pickle)
+    if tokenizer is None:
+        if base is None:
+            raise LayerPruneError(f"no tokenizer found for {model}")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
+    pruned_result = evaluate_model(pruned_model, tokenizer, settings, model_id=model if sha else None, revision=sha,
+                                   model_dir=local, log=log)
+    del pruned_model
+    _free()
+    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start)
+    if base:
+        section["settings"]["base_model"] = base
+        section["settings"]["base_revision"] = base_revision
+    Console().print(summary_table(section))
+    if json_path:
+        json_path.write_text(json.dumps(section, indent=2) + "\n", encoding="utf-8")
+        console.print(f"Wrote {json_path}", highlight=False)
+    if report is not None:
+        report["evaluation"] = section
+        write_report(out_dir, report)
+        console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)
+        if (out_dir / "README.md").is_file():
+            from hf_layerprune.card import render_card
+
+            console.print(f"Re-rendered {render_card(out_dir)}", highlight=False)

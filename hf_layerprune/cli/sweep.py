@@ -1,0 +1,60 @@
+"""`hf-layerprune sweep MODEL --drop 4,8,12 --output-dir ROOT`: several depths from one scoring pass."""
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
+from hf_layerprune.errors import LayerPruneError, cli_errors
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def parse_depths(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LayerPruneError(f"cannot read --drop {text!r}: give depths like 4,8,12") from None
+
+
+@app.command()
+@cli_errors
+@with_recipe_options(exclude=("drop", "layers"))
+def sweep(
+    model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
+    drop: Annotated[str, typer.Option("--drop", help="Comma-separated depths to remove, e.g. 4,8,12.")],
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder that receives one model per depth.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace existing variant folders.")] = False,
+    repo_prefix: Annotated[Optional[str], typer.Option("--repo-prefix", help="Also push each variant to <prefix>-<N>L.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repos as private.")] = False,
+    token: Annotated[Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")] = None,
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace models on main of existing repos.")] = False,
+    *,
+    recipe_options: dict[str, Any],
+) -> None:
+    """Prune MODEL to several depths from ONE scoring pass; each output's card carries the sweep's Pareto plot."""
+    from hf_layerprune.sweep import run_sweep
+
+    depths = parse_depths(drop)
+    recipe = build_recipe(model, recipe_options, drop=max(depths) if depths else None, overwrite=overwrite or None)
+    user = None
+    if repo_prefix:
+        from hf_layerprune import hub
+
+        token = hub.resolve_token(token)
+        user = hub.check_write_access(token, repo_prefix)
+    outputs = run_sweep(recipe, depths, output_dir, command=command_line(), log=lambda msg: console.print(msg))
+    for out in outputs:
+        console.print(f"[green]Saved[/green] {out}")
+    if repo_prefix:
+        from hf_layerprune.cli.upload import publish_and_verify
+        from hf_layerprune.report import read_report
+
+        for out in outputs:
+            report = read_report(out)
+            publish_and_verify(out, report, f"{repo_prefix}-{report['num_layers_after']}L", user=user, token=token,
+                               private=private, revision=None, create_pr=False, commit_message=None,
+                               exist_ok=exist_ok, verify=True)

@@ -1,0 +1,311 @@
+"""Evaluation stage: lm-eval tasks, perplexity, speed and size, for the base and the pruned model alike.
+
+- ``run_lm_eval`` (lm_eval_runner.py): lm-eval on an in-memory model, results cached on disk.
+- ``perplexity`` (perplexity.py): the standard WikiText-2 recipe, context length stated.
+- ``measure_speed`` (speed.py): parameters, prefill/decode tokens/s, peak memory, KV-cache bytes/token, disk size.
+- ``evaluate_model`` runs all three with one ``EvalSettings``; ``evaluate_pair`` runs it on base and pruned with the
+  same settings and adds the comparison (deltas, retention %). The result is the report's ``evaluation`` section
+  (docs/report.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.evaluation.lm_eval_runner import (
+    DEFAULT_TASKS,
+    LOCAL_TASKS,
+    OPTIONAL_TASKS,
+    PRESETS,
+    resolve_tasks,
+    run_lm_eval,
+)
+from hf_layerprune.evaluation.perplexity import perplexity
+from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed
+
+Log = Callable[[str], None]
+
+__all__ = [
+    "DEFAULT_TASKS",
+    "LOCAL_TASKS",
+    "OPTIONAL_TASKS",
+    "PRESETS",
+    "EvalSettings",
+    "check_tasks",
+    "compare",
+    "evaluate_for_recipe",
+    "evaluate_model",
+    "evaluate_pair",
+    "evaluation_section",
+    "headline",
+    "main_metric",
+    "kv_cache_bytes_per_token",
+    "measure_speed",
+    "perplexity",
+    "resolve_tasks",
+    "run_lm_eval",
+]
+
+
+@dataclass
+class EvalSettings:
+    """Everything that decides an evaluation's numbers; stored as ``evaluation.settings``.
+
+    ``tasks=[]`` skips lm-eval, ``perplexity=None`` skips perplexity, ``speed=False`` skips speed.
+    """
+
+    tasks: list[str] | None = None  # None: DEFAULT_TASKS; presets allowed ("local", "default+mmlu")
+    num_fewshot: int | None = None
+    limit: int | float | None = None
+    batch_size: int = 8
+    include_path: str | None = None
+    bootstrap_iters: int = 1000
+    perplexity: str | None = "wikitext"
+    seq_len: int = 512
+    stride: int | None = None
+    ppl_max_tokens: int | None = None
+    speed: bool = True
+    prompt_len: int = 128
+    decode_tokens: int = 32
+    speed_batch_size: int = 1
+    device: str | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+
+    @classmethod
+    def coerce(cls, settings: "EvalSettings | dict[str, Any] | None") -> "EvalSettings":
+        if settings is None:
+            return cls()
+        if isinstance(settings, cls):
+            return settings
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise LayerPruneError(f"unknown evaluation setting(s): {', '.join(unknown)}")
+        return cls(**settings)
+
+    def to_record(self) -> dict[str, Any]:
+        """The settings as stored in the report (cache location left out: it does not change numbers)."""
+        out = dataclasses.asdict(self)
+        for key in ("cache_dir", "use_cache"):
+            out.pop(key)
+        out["tasks"] = resolve_tasks(self.tasks) if self.tasks != [] else []
+        return out
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    settings: EvalSettings | dict[str, Any] | None = None,
+    *,
+    model_id: str | None = None,
+    revision: str | None = None,
+    model_dir: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """{"lm_eval": {task: {metric: {...}}}, "perplexity": {...} | None, "speed": {...} | None, "lm_eval_settings"}."""
+    s = EvalSettings.coerce(settings)
+    if s.device is not None:
+        model.to(s.device)
+    out: dict[str, Any] = {"lm_eval": {}, "perplexity": None, "speed": None}
+    if s.tasks != []:
+        run = run_lm_eval(
+            model, tokenizer, s.tasks, num_fewshot=s.num_fewshot, limit=s.limit, batch_size=s.batch_size,
+            include_path=s.include_path, cache_dir=s.cache_dir, use_cache=s.use_cache, model_id_for_cache=model_id,
+            revision=revision, bootstrap_iters=s.bootstrap_iters, log=log,
+        )
+        out["lm_eval"] = run["results"]
+        out["lm_eval_settings"] = run["settings"]
+    if s.perplexity:
+        log(f"Perplexity on {s.perplexity} at {s.seq_len} tokens of context")
+        out["perplexity"] = perplexity(
+            model, tokenizer, s.perplexity, seq_len=s.seq_len, stride=s.stride, max_tokens=s.ppl_max_tokens,
+        )
+    if s.speed:
+        log(f"Speed: prefill {s.prompt_len} tokens, decode {s.decode_tokens} tokens, batch {s.speed_batch_size}")
+        out["speed"] = measure_speed(
+            model, tokenizer, prompt_len=s.prompt_len, decode_tokens=s.decode_tokens,
+            batch_size=s.speed_batch_size, model_dir=model_dir,
+        )
+    return out
+
+
+def check_tasks(settings: EvalSettings | dict[str, Any] | None) -> list[str]:
+    """Resolve the settings' tasks and check lm-eval knows them (call before loading models); returns the names."""
+    from hf_layerprune.evaluation.lm_eval_runner import default_local_include_path, task_manager
+
+    s = EvalSettings.coerce(settings)
+    if s.tasks == []:
+        return []
+    names = resolve_tasks(s.tasks)
+    include = s.include_path
+    if include is None and any(n.startswith("local_") for n in names):
+        include = default_local_include_path()
+    task_manager(include, names)
+    return names
+
+
+def _retention(base: float, pruned: float, higher_is_better: bool | None) -> float | None:
+    """% of the base score kept: pruned/base for higher-is-better metrics, base/pruned for lower-is-better ones."""
+    if higher_is_better is False:
+        return 100.0 * base / pruned if pruned else None
+    return 100.0 * pruned / base if base else None
+
+
+def compare(base: dict[str, Any] | None, pruned: dict[str, Any]) -> dict[str, Any]:
+    """{task: {metric: {base, pruned, delta, retention_pct, higher_is_better}}} for metrics present in both."""
+    out: dict[str, Any] = {}
+    for task, metrics in (pruned or {}).items():
+        for metric, p in metrics.items():
+            b = ((base or {}).get(task) or {}).get(metric)
+            if not b or b.get("value") is None or p.get("value") is None:
+                continue
+            hib = p.get("higher_is_better", b.get("higher_is_better"))
+            out.setdefault(task, {})[metric] = {
+                "base": b["value"],
+                "pruned": p["value"],
+                "delta": p["value"] - b["value"],
+                "retention_pct": _retention(b["value"], p["value"], hib),
+                "higher_is_better": hib,
+            }
+    return out
+
+
+def evaluation_section(settings: EvalSettings, base: dict[str, Any] | None, pruned: dict[str, Any],
+                       seconds: float | None = None) -> dict[str, Any]:
+    """Assemble the report's ``evaluation`` section from evaluate_model outputs (base may be None)."""
+    record = settings.to_record()
+    lm = pruned.get("lm_eval_settings") or (base or {}).get("lm_eval_settings") or {}
+    for key in ("lm_eval_version", "device", "dtype"):
+        if key in lm:
+            record[key] = lm[key]
+    if lm.get("include_path") and not record.get("include_path"):
+        record["include_path"] = lm["include_path"]  # the rendered local tasks actually used
+    record["harness"] = "lm-eval"
+    section: dict[str, Any] = {
+        "settings": record,
+        "base": (base or {}).get("lm_eval", {}) if base is not None else None,
+        "pruned": pruned.get("lm_eval", {}),
+    }
+    section["comparison"] = compare(section["base"], section["pruned"]) if base is not None else {}
+    ppl = {"base": (base or {}).get("perplexity"), "pruned": pruned.get("perplexity")}
+    if ppl["base"] or ppl["pruned"]:
+        if ppl["base"] and ppl["pruned"]:
+            ppl["delta"] = ppl["pruned"]["perplexity"] - ppl["base"]["perplexity"]
+            ppl["ratio"] = ppl["pruned"]["perplexity"] / ppl["base"]["perplexity"]
+        section["perplexity"] = ppl
+    speed = {"base": (base or {}).get("speed"), "pruned": pruned.get("speed")}
+    if speed["base"] or speed["pruned"]:
+        section["speed"] = speed
+    if seconds is not None:
+        section["seconds"] = round(seconds, 3)
+    return section
+
+
+def evaluate_pair(
+    base_model,
+    pruned_model,
+    tokenizer,
+    settings: EvalSettings | dict[str, Any] | None = None,
+    *,
+    base_id: str | None = None,
+    base_revision: str | None = None,
+    pruned_dir: str | None = None,
+    base_dir: str | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Evaluate base and pruned with identical settings; returns the report's ``evaluation`` section.
+
+    ``base_model=None`` evaluates the pruned model alone (``base`` is null, no comparison).
+    """
+    s = EvalSettings.coerce(settings)
+    start = time.perf_counter()
+    base = None
+    if base_model is not None:
+        log("Evaluating the base model")
+        base = evaluate_model(base_model, tokenizer, s, model_id=base_id, revision=base_revision, model_dir=base_dir, log=log)
+    log("Evaluating the pruned model")
+    pruned = evaluate_model(pruned_model, tokenizer, s, model_dir=pruned_dir, log=log)
+    return evaluation_section(s, base, pruned, time.perf_counter() - start)
+
+
+ACCURACY_METRICS = ("acc_norm", "acc", "exact_match", "f1")  # the main metric of a task, in this order
+
+
+def main_metric(metrics: dict[str, Any]) -> str | None:
+    """The metric that stands for a task in averages and plots: acc_norm when the task has it, else acc, ..."""
+    for name in ACCURACY_METRICS:
+        if name in metrics:
+            return name
+    return None
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers that summarise a pruned model's evaluation (sweep points, CI summaries).
+
+    {"mean_accuracy", "mean_accuracy_base", "retention_pct", "accuracy_tasks" (how many tasks averaged),
+    "perplexity", "perplexity_base", "perplexity_seq_len"}; values are None when the report lacks them. The mean is
+    over top-level tasks of each task's main metric (``main_metric``), on the tasks the base has too when it exists.
+    """
+    ev = report.get("evaluation") or {}
+    pruned, base = ev.get("pruned") or {}, ev.get("base") or {}
+    pairs = []
+    for task, metrics in pruned.items():
+        if not isinstance(metrics, dict) or any(isinstance(r, dict) and r.get("parent") for r in metrics.values()):
+            continue
+        name = main_metric(metrics)
+        if name is None or not isinstance((metrics[name] or {}).get("value"), (int, float)):
+            continue
+        b = ((base.get(task) or {}).get(name) or {}).get("value")
+        pairs.append((metrics[name]["value"], b if isinstance(b, (int, float)) else None))
+    both = [(p, b) for p, b in pairs if b is not None]
+    used = both if base and both else pairs
+    mean = sum(p for p, _ in used) / len(used) if used else None
+    mean_base = sum(b for _, b in both) / len(both) if base and both else None
+    ppl = ev.get("perplexity") or {}
+    p_ppl, b_ppl = ppl.get("pruned") or {}, ppl.get("base") or {}
+    return {
+        "mean_accuracy": mean,
+        "mean_accuracy_base": mean_base,
+        "retention_pct": 100.0 * mean / mean_base if mean is not None and mean_base else None,
+        "accuracy_tasks": len(used),
+        "perplexity": p_ppl.get("perplexity"),
+        "perplexity_base": b_ppl.get("perplexity"),
+        "perplexity_seq_len": (p_ppl or b_ppl).get("seq_len"),
+    }
+
+
+def settings_from_recipe(recipe) -> EvalSettings:
+    return EvalSettings(
+        tasks=recipe.tasks,
+        num_fewshot=recipe.num_fewshot,
+        limit=recipe.limit,
+        batch_size=recipe.batch_size,
+        include_path=recipe.include_path,
+        perplexity=recipe.perplexity or "wikitext",
+        seq_len=getattr(recipe, "eval_seq_len", None) or 512,
+        device=recipe.device,
+    )
+
+
+def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = print) -> dict[str, Any]:
+    """The pipeline's evaluation stage. When the recipe does not name a perplexity text and WikiText cannot be
+    loaded (offline), perplexity is skipped with a note instead of failing the run."""
+    s = settings_from_recipe(recipe)
+    if not recipe.perplexity:
+        try:
+            from hf_layerprune.evaluation.perplexity import load_text_rows
+
+            load_text_rows(s.perplexity)
+        except LayerPruneError as exc:
+            log(f"Skipping perplexity: {exc}")
+            s.perplexity = None
+    base_id = getattr(recipe, "model", None)
+    section = evaluate_pair(base_model, model, tokenizer, s, base_id=base_id, base_revision=recipe.revision, log=log)
+    if s.perplexity is None and not recipe.perplexity:
+        section["perplexity_skipped"] = "WikiText-2 was not reachable; pass --perplexity FILE"
+    return section

@@ -1,0 +1,139 @@
+"""Depth sweep: one model load and one scoring pass, then one pruned output per depth, with a Pareto plot.
+
+Greedy metrics are run once to the deepest cut and every shallower depth takes a prefix of the greedy order
+(the greedy path is the same whatever the target); other metrics score once and select per depth from the same
+scores. Each variant is cut from a copy of the loaded model, healed, evaluated and saved as `prune` would, then
+every card gets the sweep's Pareto plot (parameters vs mean accuracy, or vs perplexity without lm-eval tasks).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.loading import resolve_source
+from hf_layerprune.pipeline import (
+    Timer,
+    _cut,
+    _heal_and_evaluate,
+    _load_for_memory,
+    _save,
+    check_target_against,
+    source_config,
+)
+from hf_layerprune.recipe import Recipe
+from hf_layerprune.report import read_report, write_report
+
+Log = Callable[[str], None]
+PARETO_PNG = "sweep_pareto.png"
+
+
+def variant_dir(root: Path, base_model: str, num_layers_after: int) -> Path:
+    from hf_layerprune.hub import _model_name
+
+    return root / f"{_model_name(base_model)}-pruned-{num_layers_after}L"
+
+
+def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log) -> dict[int, tuple[list[int], dict]]:
+    """{depth: (removed layers, scoring record)} from one calibration set and one capture pass."""
+    from hf_layerprune.scoring import DEFAULT_METRIC, build_context, get_metric, run_metric
+
+    metric = get_metric(recipe.metric or DEFAULT_METRIC)
+    ctx, calibration = build_context(
+        model, tokenizer, [metric], granularity="block", calibration=recipe.calibration,
+        samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
+        log=log,
+    )
+    strategy = recipe.selection or metric.default_selection
+    out: dict[int, tuple[list[int], dict]] = {}
+    if strategy == "greedy":
+        deepest = run_metric(metric, ctx, drop=max(depths), selection=strategy, protect=recipe.protect)
+        for n in depths:
+            record = {**deepest, "selected": sorted(deepest["greedy_order"][:n]), "calibration": calibration,
+                      "sweep_prefix_of": max(depths)}
+            out[n] = (record["selected"], record)
+        return out
+    for n in depths:
+        record = run_metric(metric, ctx, drop=n, selection=strategy, protect=recipe.protect)
+        record["calibration"] = calibration
+        out[n] = (record["selected"], record)
+    return out
+
+
+def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: str | None = None,
+              log: Log = print) -> list[Path]:
+    from hf_layerprune import __version__
+    from hf_layerprune.report import FORMAT_VERSION
+
+    if not depths or len(set(depths)) != len(depths):
+        raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
+    if recipe.granularity != "block":
+        raise LayerPruneError("sweep removes whole layers; use prune --granularity for sub-layers")
+    root = Path(root)
+    if not root.parent.exists():
+        raise LayerPruneError(f"parent directory of {root} does not exist")
+    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    config = source_config(source)
+    for n in depths:
+        check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
+    targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
+    for path in targets.values():
+        if path.exists() and not recipe.overwrite:
+            raise LayerPruneError(f"output directory {path} already exists; pass --overwrite to replace it")
+    root.mkdir(exist_ok=True)
+
+    timer = Timer()
+    base_report: dict[str, Any] = {
+        "format_version": FORMAT_VERSION, "tool": {"name": "hf-layerprune", "version": __version__},
+        "command": command, "base_model": source.name, "base_revision": source.revision, "granularity": "block",
+    }
+    model, tokenizer = _load_for_memory(dataclasses.replace(recipe, drop=max(depths)), source, base_report, timer, log)
+    base_model = model if (recipe.evaluate or recipe.heal != "none") else None
+    with timer.stage("score"):
+        selections = select_depths(model, tokenizer, recipe, sorted(depths), log)
+    outputs = []
+    for n in sorted(depths):
+        variant = dataclasses.replace(recipe, drop=n, layers=None, output_dir=str(targets[n]))
+        report = {**copy.deepcopy(base_report), "scoring": selections[n][1]}
+        pruned = copy.deepcopy(model)
+        vtimer = Timer()
+        vtimer.timings.update(timer.timings)
+        _cut(pruned, selections[n][0], report, vtimer, log)
+        _heal_and_evaluate(pruned, tokenizer, base_model, variant, report, vtimer, log)
+        outputs.append(_save(pruned, tokenizer, variant, source, report, vtimer))
+        del pruned
+    add_pareto(outputs)
+    return outputs
+
+
+def sweep_points(outputs: list[Path]) -> list[dict[str, Any]]:
+    """One point per variant: depth, parameters, and the quality numbers its report has."""
+    from hf_layerprune.evaluation import headline
+
+    points = []
+    for out in outputs:
+        report = read_report(out)
+        points.append({"output": out.name, "num_layers_after": report["num_layers_after"],
+                       "removed_layers": report["removed_layers"], "parameters": report["parameters_after"],
+                       "parameters_before": report["parameters_before"], **headline(report)})
+    return points
+
+
+def add_pareto(outputs: list[Path]) -> None:
+    """Write the sweep's points and Pareto plot into every variant and re-render its card."""
+    from hf_layerprune.plots import plot_pareto
+
+    points = sweep_points(outputs)
+    for out in outputs:
+        report = read_report(out)
+        report["sweep"] = {"points": points, "plot": PARETO_PNG}
+        plot_pareto(points, out / PARETO_PNG, current=out.name)
+        write_report(out, report)
+        try:
+            from hf_layerprune.card import render_card
+        except ImportError:
+            continue
+        render_card(out)

@@ -1,0 +1,397 @@
+"""Model card rendering from layerprune.json alone: metadata, license inheritance, escaping, optional sections."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from hf_layerprune.card import code, codeblock, find_base_card, md, render_card
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.report import read_report, write_report
+
+
+def _task(acc, acc_norm=None, n=500, shot=0, limit=None):
+    rec = lambda v: {"value": v, "stderr": 0.01, "n_shot": shot, "limit": limit, "samples": n, "samples_total": n,  # noqa: E731
+                     "version": 1.0, "higher_is_better": True}
+    out = {"acc": rec(acc)}
+    if acc_norm is not None:
+        out["acc_norm"] = rec(acc_norm)
+    return out
+
+
+def realistic_report(**overrides):
+    """What a full `prune --drop 8 --heal lora --eval` run on Llama-2-7B writes (numbers made up but plausible)."""
+    L, removed = 32, list(range(21, 29))
+    base = {"arc_easy": _task(0.7626, 0.7458, 2376), "arc_challenge": _task(0.4334, 0.4625, 1172),
+            "hellaswag": _task(0.5716, 0.7600, 10042), "boolq": _task(0.7774, None, 3270)}
+    pruned = {"arc_easy": _task(0.6881, 0.6532, 2376), "arc_challenge": _task(0.3805, 0.4113, 1172),
+              "hellaswag": _task(0.5012, 0.6699, 10042), "boolq": _task(0.7162, None, 3270)}
+    ppl = lambda v: {"perplexity": v, "nll": math.log(v), "tokens": 340000, "tokens_total": 341469, "windows": 667,  # noqa: E731
+                     "seq_len": 512, "stride": 512, "max_tokens": None, "source": "wikitext:wikitext-2-raw-v1:test"}
+    speed = lambda layers, tps: {"device": "cuda:0", "dtype": "bfloat16", "batch_size": 1, "prompt_len": 128,  # noqa: E731
+                                 "decode_tokens": 32, "parameters": 6738415616 * layers // 32, "num_layers": layers,
+                                 "prefill_tokens_per_s": tps * 200, "decode_tokens_per_s": tps,
+                                 "decode_ms_per_token": 1000 / tps, "peak_memory_bytes": 13_900_000_000 * layers // 32,
+                                 "peak_memory_kind": "cuda_max_allocated", "kv_cache_bytes_per_token": 16384 * layers}
+    report = {
+        "format_version": 1,
+        "tool": {"name": "hf-layerprune", "version": "0.1.0"},
+        "command": "hf-layerprune prune meta-llama/Llama-2-7b-hf --drop 8 --heal lora --eval -o llama2-24L",
+        "base_model": "meta-llama/Llama-2-7b-hf",
+        "base_revision": "01c7f73d771dfac7d292323805ebc428287df4f9",
+        "model_type": "llama", "dtype": "bfloat16", "granularity": "block",
+        "num_layers_before": L, "num_layers_after": L - len(removed),
+        "removed_layers": removed, "kept_layers": [i for i in range(L) if i not in removed],
+        "parameters_before": 6738415616, "parameters_after": 5120704512,
+        "recipe": {"model": "meta-llama/Llama-2-7b-hf", "output_dir": "llama2-24L", "drop": 8, "metric": "angular",
+                   "calibration": "allenai/c4:en:validation", "heal": "lora", "heal_steps": 500, "evaluate": True},
+        "scoring": {"metric": "angular", "selection": "contiguous", "granularity": "block",
+                    "higher_is_more_important": True,
+                    "calibration": {"source": "allenai/c4:en:validation", "kind": "hub", "samples": 64, "seq_len": 1024,
+                                    "seed": 0},
+                    "scores": {"per_layer": [round(0.9 - 0.8 * math.sin(math.pi * i / 31), 4) for i in range(L)],
+                               "blocks": {"8": [round(0.5 - 0.3 * math.sin(math.pi * i / 24), 4) for i in range(25)]}},
+                    "selected": removed},
+        "healing": {"method": "lora", "steps": 500, "tokens": 16384000, "seconds": 2710.5, "learning_rate": 3e-4,
+                    "lora_rank": 8, "targets": ["down_proj", "gate_proj", "up_proj"],
+                    "data": {"source": "HuggingFaceFW/fineweb-edu", "kind": "hub"},
+                    "losses": [3.2 * math.exp(-i / 30) + 1.9 for i in range(100)], "loss_before": 5.1, "loss_after": 1.93},
+        "evaluation": {
+            "settings": {"harness": "lm-eval", "lm_eval_version": "0.4.13", "tasks": list(base), "num_fewshot": None,
+                         "limit": None, "batch_size": 16, "perplexity": "wikitext", "seq_len": 512,
+                         "device": "cuda:0", "dtype": "bfloat16"},
+            "base": base, "pruned": pruned,
+            "perplexity": {"base": ppl(5.47), "pruned": ppl(8.21)},
+            "speed": {"base": speed(32, 41.2), "pruned": speed(24, 53.9)},
+        },
+        "versions": {"hf-layerprune": "0.1.0", "torch": "2.13.0", "transformers": "5.23.0"},
+        "timings": {"load": 20.1, "score": 41.2},
+    }
+    report.update(overrides)
+    return report
+
+
+def bare_report():
+    """What `prune MODEL --layers 2,3 --heal none --no-eval` writes through the streaming route."""
+    return {
+        "format_version": 1, "tool": {"name": "hf-layerprune", "version": "0.1.0"},
+        "command": "hf-layerprune prune ./tiny --layers 2,3 -o cut", "base_model": "./tiny", "base_revision": None,
+        "granularity": "block", "model_type": "llama", "dtype": "float32", "parameters_before": 100000,
+        "num_layers_before": 6, "num_layers_after": 4, "removed_layers": [2, 3], "kept_layers": [0, 1, 4, 5],
+        "parameters_after": 70000, "route": "streaming",
+        "recipe": {"model": "./tiny", "layers": [2, 3], "heal": "none", "evaluate": False},
+        "versions": {"hf-layerprune": "0.1.0"}, "timings": {"cut": 0.1},
+    }
+
+
+def write(tmp_path: Path, report: dict, name: str = "out") -> Path:
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, json.loads(json.dumps(report)))
+    return out
+
+
+def front_matter(text: str) -> str:
+    assert text.startswith("---\n")
+    return text[4: text.index("\n---\n", 4)]
+
+
+def html_of(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    body = text[text.index("\n---\n", 4) + 5:]
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(body)
+
+
+# ------------------------------------------------------------------------------------------- metadata
+def test_card_metadata_parses_and_eval_results_round_trip(tmp_path):
+    report = realistic_report(base_card={"license": "llama2", "source": "https://huggingface.co/meta-llama/Llama-2-7b-hf"})
+    out = write(tmp_path, report)
+    path = render_card(out, repo_id="alice/Llama-2-7b-24L", online=False)
+    card = ModelCard.load(path)
+    data = card.data
+    assert data.base_model == "meta-llama/Llama-2-7b-hf"
+    assert data.to_dict()["base_model_relation"] == "finetune"
+    assert data.license == "llama2"
+    assert data.library_name == "transformers" and data.pipeline_tag == "text-generation"
+    assert {"layer-pruning", "angular-distance", "lora"} <= set(data.tags)
+    assert data.datasets == ["allenai/c4", "HuggingFaceFW/fineweb-edu"]
+    assert "model-index" in data.to_dict() and data.model_name == "alice/Llama-2-7b-24L"
+    got = {(r.dataset_name, r.metric_type): r for r in data.eval_results}
+    names = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag", "boolq": "BoolQ"}
+    for task, metrics in report["evaluation"]["pruned"].items():
+        for metric, rec in metrics.items():
+            result = got.pop((names[task], metric))
+            assert result.metric_value == round(rec["value"], 4)
+            assert result.dataset_args == {"num_few_shot": 0} and result.task_type == "text-generation"
+    assert [(k, r.metric_value, r.dataset_type) for k, r in got.items()] == [
+        (("WikiText-2 (raw)", "perplexity"), 8.21, "wikitext")]
+    # plots are files next to the card, linked relatively
+    for png in ("layerprune_scores.png", "layerprune_healing_loss.png", "layerprune_evaluation.png"):
+        assert (out / png).stat().st_size > 1000 and f"]({png})" in card.text
+    body = card.text
+    assert "21–28" in body and "`[21, 22, 23, 24, 25, 26, 27, 28]`" in body and "0–20, 29–31" in body
+    assert "trust_remote_code" not in body
+    assert "gromov2024unreasonable" in body and "hu2021lora" in body
+    assert "76.3 ± 1.0" in body and "68.8 ± 1.0" in body and "−7.4 pts" in body and "90.2%" in body
+
+
+def test_bare_report_renders_without_optional_sections(tmp_path):
+    out = write(tmp_path, bare_report())
+    text = render_card(out, online=False).read_text()
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license is None and "license" not in front_matter(text)  # unknown: omitted, never guessed
+    assert card.data.base_model is None  # a local path is no Hub id
+    assert "model-index" not in front_matter(text) and card.data.eval_results is None
+    for absent in ("## Healing", "## Evaluation", "### Speed", "## Citation", ".png", "apache-2.0"):
+        assert absent not in text, absent
+    assert "**not healed**" in text and "could not be determined" in text and "`[2, 3]`" in text
+    assert "has not been benchmarked" in text
+    assert not re.search(r"\n{3,}", text)
+
+
+def test_rerender_from_report_alone_is_deterministic(tmp_path):
+    out = write(tmp_path, realistic_report(base_card={"license": "apache-2.0", "source": "test"}))
+    first = render_card(out, online=False).read_text()
+    pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    for p in list(out.glob("*.png")) + [out / "README.md"]:
+        p.unlink()
+    assert sorted(p.name for p in out.iterdir()) == ["layerprune.json"]  # no weights, no config: the report is enough
+    second = render_card(out, online=False).read_text()
+    assert first == second
+    assert {p.name: p.read_bytes() for p in out.glob("*.png")} == pngs
+    # dropping a section from the report drops its plot on the next render
+    report = read_report(out)
+    del report["healing"]
+    write_report(out, report)
+    render_card(out, online=False)
+    assert not (out / "layerprune_healing_loss.png").exists()
+
+
+def test_card_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from hf_layerprune.cli import app
+
+    out = write(tmp_path, bare_report())
+    result = CliRunner().invoke(app, ["card", str(out), "--offline", "--repo-id", "alice/tiny-cut"])
+    assert result.exit_code == 0, result.output
+    assert ModelCard.load(out / "README.md").data is not None
+    assert 'model_id = "alice/tiny-cut"' in (out / "README.md").read_text()
+    missing = CliRunner().invoke(app, ["card", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "layerprune.json" in missing.output
+
+
+# ------------------------------------------------------------------------------------------- license
+BASE_README = """---
+license: other
+license_name: acme-community-license
+license_link: LICENSE
+language:
+- en
+- fr
+extra_gated_prompt: You agree to the ACME terms.
+---
+
+# Base model
+"""
+
+
+def test_license_inherited_from_local_base_card_with_custom_name_and_link(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text(BASE_README)
+    report = bare_report()
+    report["base_model"] = str(base)
+    out = write(tmp_path, report)
+    (out / "LICENSE").write_text("ACME license text")  # copied beside the weights by the pipeline
+    text = render_card(out, online=False).read_text()
+    data = ModelCard.load(out / "README.md").data
+    assert (data.license, data.license_name, data.license_link) == ("other", "acme-community-license", "LICENSE")
+    assert data.language == ["en", "fr"]
+    assert "gated" in text and "acme-community-license" in text
+    # remembered in the report: a later render works with the base model gone
+    assert read_report(out)["base_card"]["license_name"] == "acme-community-license"
+    (base / "README.md").unlink()
+    (out / "LICENSE").unlink()
+    data = ModelCard.load(render_card(out, online=False)).data
+    assert (data.license, data.license_name) == ("other", "acme-community-license")
+    assert data.license_link is None  # a relative link to a file that is not there is dropped
+
+
+def test_license_from_hub_card_data_and_relative_link(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    calls = []
+
+    def fake_model_info(self, repo_id, revision=None, expand=None, **kw):
+        calls.append((repo_id, revision, tuple(expand or ())))
+        return SimpleNamespace(card_data={"license": "other", "license_name": "llama3", "license_link": "LICENSE"},
+                               gated="manual")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake_model_info)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    report = realistic_report(base_model="meta-llama/Meta-Llama-3-8B", base_revision="b" * 40)
+    info = find_base_card(report)
+    assert info["license_name"] == "llama3" and info["gated"] is True
+    out = write(tmp_path, report)
+    data = ModelCard.load(render_card(out)).data
+    assert data.license == "other" and data.license_name == "llama3"
+    assert data.license_link == f"https://huggingface.co/meta-llama/Meta-Llama-3-8B/blob/{'b' * 40}/LICENSE"
+    assert calls and calls[0][0] == "meta-llama/Meta-Llama-3-8B"
+    # offline: no Hub call; the license recorded in the report is used
+    calls.clear()
+    data = ModelCard.load(render_card(out, online=False)).data
+    assert data.license_name == "llama3" and not calls
+
+
+def test_license_from_explicit_card_file_and_never_a_default(tmp_path):
+    card_file = tmp_path / "BASE.md"
+    card_file.write_text("---\nlicense: cc-by-nc-4.0\n---\n# x\n")
+    out = write(tmp_path, bare_report())
+    assert ModelCard.load(render_card(out, base_card=card_file, online=False)).data.license == "cc-by-nc-4.0"
+    with pytest.raises(LayerPruneError, match="not found"):
+        render_card(out, base_card=tmp_path / "missing.md")
+
+
+# ------------------------------------------------------------------------------------------- escaping
+HOSTILE = 'evil/model"\n---\nlicense: mit\n<script>alert(1)</script> {{ 7*7 }} [x](javascript:alert(1)) | `tick`'
+
+
+def test_hostile_strings_cannot_break_metadata_or_inject_markup(tmp_path):
+    report = realistic_report(base_card={"license": "llama2", "source": HOSTILE})
+    report["base_model"] = HOSTILE
+    report["model_type"] = "<img src=x onerror=alert(1)>"
+    report["command"] = "hf-layerprune prune x ```\n<script>alert(2)</script>\n``` {{ 7*7 }}"
+    report["scoring"]["calibration"]["source"] = "<script>alert(3)</script>"
+    report["healing"]["targets"] = ["q_proj` <b>bold</b> `"]
+    report["healing"]["method"] = "lora<svg onload=alert(4)>"
+    report["evaluation"]["pruned"]["x|y<b>"] = _task(0.5)
+    report["evaluation"]["base"]["x|y<b>"] = _task(0.6)
+    report["versions"] = {"torch": "2.13 <iframe src=evil>"}
+    report["hub"] = {"repo_id": "alice/model\n---\nlicense: mit"}
+    out = write(tmp_path, report)
+    text = render_card(out, online=False).read_text()
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == "llama2"  # the injected "license: mit" never became metadata
+    assert card.data.base_model is None  # not a valid Hub id
+    assert "license: mit" not in front_matter(text)
+    assert text.count("\n---\n") == 1  # exactly one closing delimiter of the YAML header
+
+    html = html_of(text)
+    for bad in ("<script", "<img src=x", "<svg", "<iframe", "<b>", 'href="javascript'):
+        assert bad not in html, bad  # only escaped forms (&lt;script ...) survive
+    assert "{{ 7*7 }}" in html  # shown literally, never evaluated
+    # the command's own fence cannot close the code block it is shown in
+    assert re.search(r"````+bash\n.*<script>alert\(2\)</script>", text, re.S)
+    # a pipe in a task name does not split the table row
+    row = next(line for line in text.splitlines() if "x\\|y" in line)
+    assert row.count(" | ") == 7
+
+
+def test_escaping_helpers():
+    assert str(md("a_b*c|d<e>&f{{x}}")) == r"a\_b\*c\|d&lt;e&gt;&amp;f\{\{x\}\}"
+    assert str(md("two\nlines")) == "two lines"
+    assert str(code("has ` tick")) == "`` has ` tick ``"
+    block = str(codeblock("```\nx\n```", "bash"))
+    assert block.startswith("````bash\n") and block.endswith("\n````")
+
+
+# ------------------------------------------------------------------------------------------- variants
+def test_sublayer_decilm_card_mentions_remote_code_and_kv_saving(tmp_path):
+    report = bare_report()
+    report.update(granularity="attention", removed_layers=[], kept_layers=list(range(6)), num_layers_after=6,
+                  removed_sublayers={"attention": [2, 3, 4], "mlp": []},
+                  export={"format": "decilm", "trust_remote_code": True,
+                          "kv_cache_bytes_per_token": {"before": 6 * 4096, "after": 3 * 4096}})
+    out = write(tmp_path, report)
+    text = render_card(out, online=False).read_text()
+    assert "trust_remote_code=True" in text and "DeciLMForCausalLM" in text
+    assert "24.00 KiB → 12.00 KiB" in text and "−50.0%" in text
+    assert "`[2, 3, 4]`" in text and "attention-pruning" in front_matter(text)
+
+
+@pytest.mark.parametrize("metric,selection,healer,expected,unexpected", [
+    ("bi", "topk", "bias", {"men2024shortgpt", "siddiqui2024deeper"}, {"gromov2024unreasonable"}),
+    ("ppl", "topk", "none", {"song2024sleb", "kim2024shortened"}, {"hu2021lora"}),
+    ("gradient", "greedy", "projection", {"liu2026gradmap"}, set()),
+    ("cosine", "contiguous", "replace", {"chen2024streamlining"}, set()),
+    ("taylor", "topk", "linear", {"kim2024shortened", "shopkhoev2025replaceme"}, set()),
+    ("random", "topk", "none", set(), {"@article"}),
+])
+def test_citations_follow_metric_and_healer(tmp_path, metric, selection, healer, expected, unexpected):
+    report = realistic_report(base_card={"license": "mit", "source": "t"})
+    report["scoring"].update(metric=metric, selection=selection)
+    if healer == "none":
+        del report["healing"]
+    else:
+        report["healing"]["method"] = healer
+    text = render_card(write(tmp_path, report), online=False).read_text()
+    for key in expected:
+        assert f"{{{key}," in text, key
+    for key in unexpected:
+        assert key not in text, key
+
+
+def test_limit_and_pruned_only_evaluation(tmp_path):
+    report = realistic_report(base_card={"license": "mit", "source": "t"})
+    ev = report["evaluation"]
+    ev["base"] = None
+    ev["settings"]["limit"] = 20
+    for metrics in ev["pruned"].values():
+        for rec in metrics.values():
+            rec.update(limit=20, samples=20)
+    ev["speed"]["base"] = None
+    ev["perplexity"]["base"] = None
+    text = render_card(write(tmp_path, report), online=False).read_text()
+    assert "first 20 documents" in text and "| Task | Metric | n-shot | Docs | Score |" in text
+    assert "20 of 2,376" in text and "Retention" not in text
+    data = ModelCard.load(Path(tmp_path / "out" / "README.md")).data
+    assert all(r.dataset_args.get("limit") == 20 for r in data.eval_results if r.metric_type != "perplexity")
+
+
+def test_report_without_json_is_a_clear_error(tmp_path):
+    with pytest.raises(LayerPruneError, match="layerprune.json"):
+        render_card(tmp_path)
+    (tmp_path / "layerprune.json").write_text("{oops")
+    with pytest.raises(LayerPruneError, match="not valid JSON"):
+        render_card(tmp_path)
+
+
+def test_report_is_not_mutated_by_rendering_except_base_card(tmp_path):
+    report = realistic_report()
+    out = write(tmp_path, report)
+    before = read_report(out)
+    render_card(out, online=False)
+    assert read_report(out) == before  # no license found offline: nothing recorded
+
+
+def test_sweep_section_and_pareto_plot(tmp_path):
+    from hf_layerprune.evaluation import headline
+    from hf_layerprune.plots import plot_pareto
+
+    points = []
+    for n, acc in [(28, 0.66), (24, 0.60), (20, 0.52)]:
+        points.append({"output": f"m-pruned-{n}L", "num_layers_after": n, "removed_layers": list(range(n - 1, 31)),
+                       "parameters": 210_000_000 * n, "parameters_before": 210_000_000 * 32,
+                       **headline(realistic_report()), "mean_accuracy": acc})
+    report = realistic_report(base_card={"license": "mit", "source": "t"}, removed_layers=list(range(23, 31)),
+                              sweep={"points": points, "plot": "sweep_pareto.png"})
+    out = write(tmp_path, report, "m-pruned-24L")
+    assert plot_pareto(points, out / "sweep_pareto.png", current=out.name).stat().st_size > 1000
+    text = render_card(out, online=False).read_text()
+    section = text[text.index("## Depth sweep"):text.index("## How to use")]
+    assert "| **this model** | 24 | 23–30 | 5.04B | 60.0 |" in section
+    assert "](sweep_pareto.png)" in section
+    # a plot name that is not a plain file name beside the card is not linked
+    report["sweep"]["plot"] = "../../etc/passwd.png"
+    write_report(out, report)
+    assert "passwd" not in render_card(out, online=False).read_text()
