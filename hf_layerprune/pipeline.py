@@ -113,6 +113,7 @@ def default_metric() -> str:
 
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict[str, Any]:
     recipe.validate_target()
+    recipe.resolve_defaults()
     if not recipe.output_dir:
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     check_output_dir(recipe.output_dir, recipe.overwrite)

@@ -39,7 +39,7 @@ class Recipe:
     seed: int = 0
     text_column: str | None = None
     # healing
-    heal: str = "none"
+    heal: str | None = None  # None: the default healer (healing.DEFAULT_HEALER)
     heal_steps: int | None = None
     heal_tokens: int | None = None
     heal_data: str | None = None
@@ -47,7 +47,7 @@ class Recipe:
     lora_rank: int | None = None
     lora_targets: list[str] | None = None
     # evaluation
-    evaluate: bool = False
+    evaluate: bool = True
     tasks: list[str] | None = None
     limit: int | None = None
     num_fewshot: int | None = None
@@ -75,6 +75,14 @@ class Recipe:
             raise LayerPruneError("give either --drop or --layers, not both")
         if self.drop is not None and self.drop < 1:
             raise LayerPruneError(f"--drop must be at least 1 (got {self.drop})")
+
+    def resolve_defaults(self) -> "Recipe":
+        """Fill the choices left to the tool (the default healer) so that the report names what really ran."""
+        if self.heal is None:
+            from hf_layerprune.healing import DEFAULT_HEALER
+
+            self.heal = DEFAULT_HEALER
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -68,6 +68,7 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     from hf_layerprune import __version__
     from hf_layerprune.report import FORMAT_VERSION
 
+    recipe.resolve_defaults()
     if not depths or len(set(depths)) != len(depths):
         raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
     if recipe.granularity != "block":

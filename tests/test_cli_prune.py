@@ -22,6 +22,9 @@ def checkpoint(tmp_path_factory):
     return path
 
 
+FAST = ("--heal", "none", "--no-eval")  # the cut alone (defaults heal and evaluate)
+
+
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
@@ -32,7 +35,7 @@ def snapshot(directory):
 
 def test_prune_layers_writes_loadable_model_and_report(checkpoint, tmp_path):
     out = tmp_path / "out"
-    result = invoke("prune", checkpoint, "--layers", "0,4-5", "--output-dir", out)
+    result = invoke("prune", checkpoint, "--layers", "0,4-5", "--output-dir", out, *FAST)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "layerprune.json").read_text())
     assert report["base_model"] == str(checkpoint)
@@ -49,7 +52,7 @@ def test_prune_drop_uses_a_rule_and_overwrite_replaces(checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
-    result = invoke("prune", checkpoint, "--drop", "2", "--metric", "last", "-o", out, "--overwrite")
+    result = invoke("prune", checkpoint, "--drop", "2", "--metric", "last", "-o", out, "--overwrite", *FAST)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "layerprune.json").read_text())
     assert report["removed_layers"] == [3, 4]  # Gromov: deepest layers before the final one
@@ -60,7 +63,7 @@ def test_recipe_file_with_flag_override(checkpoint, tmp_path):
     recipe = tmp_path / "run.yaml"
     recipe.write_text(f"model: {checkpoint}\nlayers: [1, 2]\nmax_shard_size: 10KB\n")
     out = tmp_path / "out"
-    result = invoke("prune", checkpoint, "--recipe", recipe, "--layers", "3", "-o", out)
+    result = invoke("prune", checkpoint, "--recipe", recipe, "--layers", "3", "-o", out, *FAST)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "layerprune.json").read_text())
     assert report["removed_layers"] == [3]
@@ -85,7 +88,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
 def test_bad_selection_is_refused_without_writing(checkpoint, tmp_path, args, message):
     before = snapshot(tmp_path)
-    result = invoke("prune", checkpoint, *args, "-o", tmp_path / "out")
+    result = invoke("prune", checkpoint, *args, "-o", tmp_path / "out", *FAST)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -106,7 +109,7 @@ def test_unknown_architecture_is_refused(tmp_path):
     GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
     before = snapshot(tmp_path)
     for args in (["--layers", "1"], ["--drop", "1", "--metric", "last", "--dtype", "float32", "--eval"]):
-        result = invoke("prune", tmp_path / "gpt2", *args, "-o", tmp_path / "out")
+        result = invoke("prune", tmp_path / "gpt2", *args, "-o", tmp_path / "out", *FAST)
         assert result.exit_code == 2, result.output
         assert "unsupported architecture model_type='gpt2'" in result.stderr and "llama" in result.stderr
     assert snapshot(tmp_path) == before
@@ -122,7 +125,7 @@ def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path):
     result = invoke("prune", src, "--layers", "1", "-o", tmp_path / "out")
     assert result.exit_code == 2 and "--allow-pickle" in result.stderr
     assert snapshot(tmp_path) == before
-    result = invoke("prune", src, "--layers", "1", "--allow-pickle", "-o", tmp_path / "out")
+    result = invoke("prune", src, "--layers", "1", "--allow-pickle", "-o", tmp_path / "out", *FAST)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "layerprune.json").read_text())
     assert report["route"] == "in-memory"

@@ -341,7 +341,7 @@ def test_prune_cli_attention_granularity_exports_decilm(tmp_path, modules_cache)
     src = tmp_path / "src"
     model.save_pretrained(src)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["prune", str(src), "--granularity", "attention", "--layers", "1,3", "-o", str(out)])
+    result = CliRunner().invoke(app, ["prune", str(src), "--granularity", "attention", "--layers", "1,3", "-o", str(out), "--heal", "none", "--no-eval"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "layerprune.json").read_text())
     assert report["removed_sublayers"] == {"attention": [1, 3], "mlp": []}
@@ -356,6 +356,6 @@ def test_prune_cli_attention_granularity_exports_decilm(tmp_path, modules_cache)
 
     qwen3 = tiny_model("qwen3", num_layers=4)
     qwen3.save_pretrained(tmp_path / "qwen3")
-    result = CliRunner().invoke(app, ["prune", str(tmp_path / "qwen3"), "--granularity", "mlp", "--layers", "1", "-o", str(tmp_path / "q")])
+    result = CliRunner().invoke(app, ["prune", str(tmp_path / "qwen3"), "--granularity", "mlp", "--layers", "1", "-o", str(tmp_path / "q"), "--heal", "none", "--no-eval"])
     assert result.exit_code == 2 and "block only" in result.stderr
     assert not (tmp_path / "q").exists()

@@ -129,7 +129,7 @@ def job_env(token: str, server_url: str, **inputs: str) -> dict[str, str]:
     """The publish job's `env:`, rendered as GitHub would for one matrix entry."""
     context = {"secrets.HF_TOKEN": token, "inputs.model": "acme-labs/Tiny-Llama-4L", "matrix.drop": "1",
                "inputs.metric": "last", "inputs.healer": "none", "inputs.repo-prefix": "acme/tiny-llama",
-               "inputs.private": "true", "inputs.torch-index-url": ""}
+               "inputs.private": "true", "inputs.torch-index-url": "", "inputs.extra-args": "--no-eval"}
     context.update({f"inputs.{k}": v for k, v in inputs.items()})
     env = {key: render(str(value), context) for key, value in load(PUBLISH)["jobs"]["publish"]["env"].items()}
     return {**env, "HF_ENDPOINT": server_url}
