@@ -54,6 +54,7 @@ class Recipe:
     batch_size: int = 8
     include_path: str | None = None
     perplexity: str | None = None
+    perplexity_tokens: int | None = None  # cap on evaluated tokens (None: the whole text)
     # runtime
     dtype: str = "auto"
     device: str | None = None

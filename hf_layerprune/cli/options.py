@@ -52,6 +52,7 @@ RECIPE_OPTIONS: list[P] = [
     _opt("batch_size", Optional[int], "Evaluation batch size.", panel="Evaluation"),
     _opt("include_path", Optional[str], "Directory of extra lm-eval task YAMLs (offline tasks).", panel="Evaluation"),
     _opt("perplexity", Optional[str], "Perplexity text: wikitext (default) or a local file.", panel="Evaluation"),
+    _opt("perplexity_tokens", Optional[int], "Evaluate perplexity on at most this many tokens.", panel="Evaluation"),
     _opt("dtype", Optional[str], "auto, float32, bfloat16 or float16.", panel="Runtime"),
     _opt("device", Optional[str], "cpu, cuda, cuda:1 ...", panel="Runtime"),
     _opt("allow_pickle", Optional[bool], "Allow loading pickle .bin checkpoints.", "--allow-pickle", panel="Runtime"),
