@@ -139,6 +139,7 @@ def load_model(
     allow_pickle: bool = False,
     token: str | None = None,
     need_tokenizer: bool = True,
+    device_map: str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``; the tokenizer is None when the checkpoint has none and it is not needed."""
     import torch
@@ -154,6 +155,8 @@ def load_model(
         # Unpack into a plain dense model: GGUF-block weights are not serializable and cannot be trained.
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
     want = torch_dtype(dtype)
+    if device_map:
+        kwargs["device_map"] = device_map
     if source.kind == "gguf" and want == "auto":
         want = torch.float32  # GGUF weights are dequantized; keep full precision unless asked otherwise
     try:
@@ -175,7 +178,7 @@ def load_model(
     except Exception as exc:  # tiny test checkpoints have no tokenizer
         if need_tokenizer:
             raise LayerPruneError(f"could not load a tokenizer for {source.name}: {type(exc).__name__}") from None
-    if device:
+    if device and not device_map:
         model.to(device)
     model.eval()
     return model, tokenizer

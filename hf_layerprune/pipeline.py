@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 from hf_layerprune import __version__
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision
+from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
@@ -63,7 +63,7 @@ CONFIG_RULES = ("last", "reverse")
 def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
     if source.kind == "gguf" or recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate:
         return True
-    if recipe.layers:
+    if recipe.layers or recipe.offload:
         return False
     return (recipe.metric or default_metric()) not in CONFIG_RULES
 
@@ -158,7 +158,11 @@ def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, l
 
     get_architecture(config)
     num_layers = config.num_hidden_layers
-    removed = _explicit_or_rule(recipe, num_layers)
+    if _uses_metric(recipe):
+        with timer.stage("score"):
+            removed, report["scoring"] = streamed_selection(src, recipe, log)
+    else:
+        removed = _explicit_or_rule(recipe, num_layers)
     report.update(model_type=config.model_type, dtype=str(getattr(config, "dtype", None) or "auto").replace("torch.", ""))
     report["parameters_before"] = _checkpoint_parameters(src)
     log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
@@ -174,6 +178,40 @@ def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, l
             route="streaming",
         )
         _write_outputs(tmp, report, recipe, timer)
+
+
+def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list[int], dict]:
+    """--offload: score with one layer in memory at a time (scoring/streamed.py) on a text calibration set."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from hf_layerprune.calibration import calibration_batches, calibration_record
+    from hf_layerprune.layer_stream import StreamedModel
+    from hf_layerprune.scoring import DEFAULT_METRIC, get_metric, run_metric
+    from hf_layerprune.scoring.run import default_batch_size
+    from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
+
+    metric = get_metric(recipe.metric or DEFAULT_METRIC)
+    check_streamable(metric.name)
+    if recipe.granularity != "block":
+        raise LayerPruneError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
+    if recipe.calibration == "self":
+        raise LayerPruneError("--offload cannot sample `self` calibration text (that needs the whole model); "
+                              "give --calibration a dataset or text files")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except Exception:
+        raise LayerPruneError(f"--offload with text calibration needs the tokenizer files in {checkpoint}") from None
+    cal = dict(samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column)
+    batches = calibration_batches(recipe.calibration, tokenizer, **cal)
+    dtype = None if recipe.dtype in (None, "auto") else torch_dtype(recipe.dtype)
+    streamed = StreamedModel(checkpoint, device=recipe.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+    ctx = StreamedScoringContext(streamed, batches, batch_size=default_batch_size(recipe.seq_len), seed=recipe.seed, log=log)
+    log(f"Scoring {streamed.num_layers} layers with {metric.name}, one layer in memory at a time")
+    record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
+    record["calibration"] = calibration_record(recipe.calibration, tokenizer, batches=batches, **cal)
+    record["offload"] = True
+    return record["selected"], record
 
 
 def _explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
@@ -205,7 +243,8 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
     with timer.stage("load"):
         log(f"Loading {source.name}")
         model, tokenizer = load_model(
-            source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text
+            source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text,
+            device_map=recipe.device_map,
         )
     if recipe.granularity != "block":
         from hf_layerprune.sublayer import check_sublayer_support
@@ -225,13 +264,19 @@ def _uses_metric(recipe: Recipe) -> bool:
 
 
 def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
+    streamed = None
+    if recipe.offload and _uses_metric(recipe):  # score before the model is loaded, one layer at a time
+        with timer.stage("score"):
+            streamed = streamed_selection(local_checkpoint(source, allow_pickle=recipe.allow_pickle), recipe, log)
     model, tokenizer = _load_for_memory(recipe, source, report, timer, log)
     num_layers = model.config.num_hidden_layers
     base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal != "none" else None
-    if recipe.rounds > 1 and _uses_metric(recipe) and recipe.granularity == "block":
+    if recipe.rounds > 1 and _uses_metric(recipe) and recipe.granularity == "block" and streamed is None:
         return _run_rounds(model, tokenizer, base_model, recipe, source, report, timer, log)
     with timer.stage("score"):
-        if _uses_metric(recipe):
+        if streamed is not None:
+            removed, report["scoring"] = streamed
+        elif _uses_metric(recipe):
             from hf_layerprune.scoring import select_for_recipe
 
             removed, report["scoring"] = select_for_recipe(model, tokenizer, recipe, log=log)

@@ -59,6 +59,8 @@ class Recipe:
     dtype: str = "auto"
     device: str | None = None
     allow_pickle: bool = False
+    offload: bool = False  # score one layer at a time from the safetensors shards (models larger than memory)
+    device_map: str | None = None  # e.g. "auto": accelerate spreads the loaded model over the GPUs / CPU
     max_shard_size: str = "5GB"
 
     def __post_init__(self) -> None:

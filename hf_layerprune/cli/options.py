@@ -56,6 +56,8 @@ RECIPE_OPTIONS: list[P] = [
     _opt("dtype", Optional[str], "auto, float32, bfloat16 or float16.", panel="Runtime"),
     _opt("device", Optional[str], "cpu, cuda, cuda:1 ...", panel="Runtime"),
     _opt("allow_pickle", Optional[bool], "Allow loading pickle .bin checkpoints.", "--allow-pickle", panel="Runtime"),
+    _opt("offload", Optional[bool], "Score one layer at a time from disk (models larger than memory).", "--offload", panel="Runtime"),
+    _opt("device_map", Optional[str], "accelerate device map for loading, e.g. auto (several GPUs).", panel="Runtime"),
     _opt("max_shard_size", Optional[str], "Largest safetensors shard, e.g. 5GB.", panel="Runtime"),
     _opt("recipe", Optional[Path], "YAML recipe; flags given on the command line override it.", panel="Runtime"),
 ]
