@@ -11,7 +11,6 @@ Pickle ``.bin`` checkpoints are refused unless ``allow_pickle=True``: unpickling
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

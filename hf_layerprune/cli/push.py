@@ -10,7 +10,7 @@ from rich.console import Console
 
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
-from hf_layerprune.errors import LayerPruneError, cli_errors
+from hf_layerprune.errors import cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
