@@ -332,6 +332,9 @@ class Handler(BaseHTTPRequestHandler):
         self.user: Token | None = None
         self._body_read = False
         status = 500
+        # logged before the answer goes out (a test may read the log as soon as its client has the response)
+        record = {"method": self.command, "path": url.path, "query": dict(self.query), "status": None, "user": None}
+        self.hub.requests.append(record)
         try:
             self.user = self._authenticate()
             for method, pattern, name in self.ROUTES:
@@ -345,8 +348,7 @@ class Handler(BaseHTTPRequestHandler):
             status = err.status
             self._send_error(err)
         finally:
-            self.hub.requests.append({"method": self.command, "path": url.path, "query": dict(self.query),
-                                      "status": status, "user": self.user.user if self.user else None})
+            record.update(status=status, user=self.user.user if self.user else None)
 
     def _authenticate(self) -> Token | None:
         header = self.headers.get("Authorization", "")
