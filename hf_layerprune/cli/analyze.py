@@ -1,0 +1,121 @@
+"""`hf-layerprune analyze MODEL [--metric all] [--drop N] [--json scores.json] [--plot scores.png]`."""
+
+
+import functools
+import inspect
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import RECIPE_OPTIONS, build_recipe
+from hf_layerprune.errors import cli_errors
+
+console = Console()
+log_console = Console(stderr=True)
+
+SHARED = ("revision", "drop", "granularity", "metric", "selection", "protect", "calibration", "calibration_samples",
+          "seq_len", "seed", "text_column", "dtype", "device", "allow_pickle")
+ANALYZE_OPTIONS = [p for p in RECIPE_OPTIONS if p.name in SHARED]
+
+
+def with_analyze_options(func):
+    """Add the recipe options `analyze` shares with `prune` (same flags, same help)."""
+    sig = inspect.signature(func)
+    own = [p for p in sig.parameters.values() if p.name != "options"]
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        options = {name: kwargs.pop(name) for name in SHARED if name in kwargs}
+        return func(*args, options=options, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + ANALYZE_OPTIONS)  # type: ignore[attr-defined]
+    return wrapper
+
+
+@app.command()
+@cli_errors
+@with_analyze_options
+def analyze(
+    model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write every score as JSON (docs/scoring.md).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG: heatmaps for block metrics, bars otherwise.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Calibration sequences per forward pass.")] = None,
+    *,
+    options: dict[str, Any],
+) -> None:
+    """Score every layer (or sub-layer) with one, several (comma-separated) or `all` metrics; suggest layers for --drop."""
+    from hf_layerprune.loading import load_model
+    from hf_layerprune.scoring import DEFAULT_METRIC, analyze as run_analysis
+
+    metric_spec = options.pop("metric", None) or DEFAULT_METRIC
+    recipe = build_recipe(model, options)
+    log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731
+    log(f"Loading {model}")
+    loaded, tokenizer = load_model(
+        model, revision=recipe.revision, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle,
+        need_tokenizer=False,
+    )
+    result = run_analysis(
+        loaded, tokenizer, metric_spec, granularity=recipe.granularity, calibration=recipe.calibration,
+        samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
+        drop=recipe.drop, selection=recipe.selection, protect=recipe.protect, batch_size=batch_size, log=log,
+    )
+    result = {"model": model, **result}
+    print_tables(result)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        log(f"[green]Wrote[/green] {json_path}")
+    if plot:
+        from hf_layerprune.plots_scoring import plot_analysis
+
+        plot_analysis(result, plot)
+        log(f"[green]Wrote[/green] {plot}")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    metrics = result["metrics"]
+    unit = "layer" if result["granularity"] == "block" else result["granularity"]
+    per_unit = {k: v for k, v in metrics.items() if "blocks" not in v["scores"]}
+    if per_unit:
+        table = Table(title=f"Importance per {unit} (* = suggested for --drop {result['drop']})" if result["drop"] else f"Importance per {unit}")
+        table.add_column(unit, justify="right")
+        for name, entry in per_unit.items():
+            arrow = "↑" if entry["higher_is_more_important"] else "↓"
+            table.add_column(f"{name} {arrow}", justify="right")
+        for u in range(result["num_layers"]):
+            row = [str(u)]
+            for entry in per_unit.values():
+                values = entry["scores"].get("per_layer") or entry["scores"].get("per_unit")
+                mark = "*" if u in (entry.get("selected") or []) else ""
+                row.append(_fmt(values[u]) + mark)
+            table.add_row(*row)
+        console.print(table)
+    for name, entry in metrics.items():
+        if "blocks" not in entry["scores"]:
+            continue
+        best = min if entry["higher_is_more_important"] else max
+        table = Table(title=f"{name}: best block of n {unit}s ({'lower' if entry['higher_is_more_important'] else 'higher'} = removable)")
+        for col in ("n", "start", "layers", "score"):
+            table.add_column(col, justify="right")
+        for n, values in entry["scores"]["blocks"].items():
+            start = values.index(best(values))
+            style = "bold" if result["drop"] and int(n) == result["drop"] else None
+            table.add_row(n, str(start), f"{start}-{start + int(n) - 1}", _fmt(values[start]), style=style)
+        console.print(table)
+    if result["drop"]:
+        table = Table(title=f"Suggested {unit}s to remove for --drop {result['drop']} (0-based)")
+        for col in ("metric", "selection", "remove"):
+            table.add_column(col)
+        for name, entry in metrics.items():
+            table.add_row(name, entry["selection"], ",".join(map(str, entry["selected"] or [])))
+        console.print(table)

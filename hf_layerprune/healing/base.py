@@ -1,0 +1,167 @@
+"""The Healer record, the options every healer shares, and `--heal NAME:key=value,...` parsing.
+
+A healer is one function ``run(ctx, options) -> record`` plus an options dataclass (peft style: the dataclass
+carries the defaults and documents them). ``--heal-steps``, ``--heal-tokens``, ``--learning-rate``,
+``--lora-rank``, ``--lora-targets`` and ``--seed`` fill the shared fields; anything else is given after the name,
+e.g. ``--heal distill:temperature=2,alpha=0.5`` or ``--heal replace:mode=lm``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+import torch
+
+from hf_layerprune.errors import LayerPruneError
+
+Log = Callable[[str], None]
+DEFAULT_STEPS = 100
+
+
+@dataclass
+class HealOptions:
+    """Options of every healer.
+
+    steps / tokens: training budget of trained healers (tokens = steps x batch_size x seq_len); for the
+        closed-form healers `tokens` sets how much calibration text the fit sees.
+    learning_rate: None means the healer's own default (`default_learning_rate`).
+    batch_size: sequences per optimizer step (trained healers) or per forward pass (closed-form healers).
+    eval_samples: held-out sequences on which loss_before / loss_after are measured.
+    progress: show the Trainer's progress bar.
+    """
+
+    steps: int | None = None
+    tokens: int | None = None
+    learning_rate: float | None = None
+    seed: int = 0
+    batch_size: int = 4
+    eval_samples: int = 4
+    progress: bool = False
+
+    default_learning_rate: typing.ClassVar[float] = 3e-4
+
+    def lr(self) -> float:
+        return float(self.learning_rate if self.learning_rate is not None else self.default_learning_rate)
+
+    def resolve_steps(self, seq_len: int) -> int:
+        """Optimizer steps: --heal-steps, else --heal-tokens / (batch_size x seq_len), else DEFAULT_STEPS."""
+        if self.steps is not None:
+            if self.steps < 1:
+                raise LayerPruneError(f"--heal-steps must be at least 1 (got {self.steps})")
+            return int(self.steps)
+        if self.tokens is not None:
+            if self.tokens < 1:
+                raise LayerPruneError(f"--heal-tokens must be at least 1 (got {self.tokens})")
+            return max(1, math.ceil(self.tokens / (self.batch_size * seq_len)))
+        return DEFAULT_STEPS
+
+
+@dataclass
+class HealContext:
+    """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one
+    (never modified); `report` the run's report (removed_layers, kept_layers, num_layers_before; `replace`
+    updates it); `train_ids` / `eval_ids` token ids [samples, seq_len]."""
+
+    model: Any
+    train_ids: torch.Tensor
+    eval_ids: torch.Tensor
+    base_model: Any = None
+    report: dict = field(default_factory=dict)
+    log: Log = print
+
+    def require_base(self, method: str) -> Any:
+        if self.base_model is None:
+            raise LayerPruneError(f"--heal {method} needs the unpruned model (base_model) to compare with; none was given")
+        return self.base_model
+
+    def removed_and_kept(self, method: str) -> tuple[list[int], list[int], int]:
+        try:
+            removed = sorted(self.report["removed_layers"])
+            kept = sorted(self.report["kept_layers"])
+            before = int(self.report["num_layers_before"])
+        except KeyError as exc:
+            raise LayerPruneError(f"--heal {method} needs report[{exc.args[0]!r}] from the cut stage") from None
+        return removed, kept, before
+
+
+@dataclass(frozen=True)
+class Healer:
+    name: str
+    run: Callable[[HealContext, Any], dict]
+    options: type = HealOptions
+    summary: str = ""
+    needs_base_model: bool = False
+    trained: bool = True  # trained healers consume steps x batch_size sequences; closed-form ones a calibration set
+
+
+def contiguous_runs(indices: list[int]) -> list[list[int]]:
+    """[3, 4, 5, 9, 10] -> [[3, 4, 5], [9, 10]]."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------ options
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """`distill:temperature=2,alpha=0.5` -> ("distill", {"temperature": "2", "alpha": "0.5"})."""
+    name, _, rest = str(spec).strip().partition(":")
+    raw: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise LayerPruneError(f"cannot read healer option {item!r} in --heal {spec!r}; write NAME:key=value,key=value")
+        raw[key.strip().replace("-", "_")] = value.strip()
+    return name.strip(), raw
+
+
+def build_options(cls: type, method: str, raw: dict[str, Any]) -> Any:
+    """An options dataclass from strings (CLI) or values (Python), with one-line errors for bad keys/values."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise LayerPruneError(
+            f"unknown option(s) {', '.join(unknown)} for --heal {method}; it takes: {', '.join(sorted(known))}"
+        )
+    values = {k: _convert(v, hints[k], method, k) for k, v in raw.items()}
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, method: str, key: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    if text.lower() in ("none", "null", "") and type(None) in typing.get_args(hint):
+        return None
+    kind = args[0]
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind is int:
+            return int(float(text)) if float(text).is_integer() else int(text)
+        if kind is float:
+            return float(text)
+        if typing.get_origin(kind) is list:
+            return [s.strip() for s in text.replace("+", " ").split() if s.strip()]
+    except ValueError:
+        raise LayerPruneError(f"--heal {method}: option {key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+    return text
+
+
+def options_record(options: Any) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(options).items() if k not in ("progress",)}

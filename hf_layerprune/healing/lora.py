@@ -1,0 +1,209 @@
+"""`lora` and `qlora`: LoRA (peft) on the pruned model with the LM loss, merged into stock weights.
+
+- ``lora`` trains the adapter on the pruned model as it is (fp32/bf16, CPU or GPU) and merges it in place
+  (``merge_and_unload``).
+- ``qlora`` trains the adapter on a 4-bit NF4 copy of the pruned model (bitsandbytes, CUDA; gradient
+  checkpointing, paged AdamW 8-bit, bf16 compute), then loads the adapter's weights into a LoRA wrapper over the
+  *original-precision* pruned model and merges there (pitfall 8: never merge into dequantized 4-bit weights).
+
+Default targets follow Gromov et al.: the MLP only (gate/up/down; OPT fc1/fc2; Phi-3 gate_up_proj/down_proj).
+With tied embeddings `lm_head` is never adapted: asking for it adapts the shared embedding instead (pitfall 5).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from hf_layerprune.architectures import get_architecture
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.healing.base import HealContext, HealOptions, options_record
+from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, gradient_checkpointing, lm_loss, train
+
+MLP_TARGETS = {"opt": ("fc1", "fc2"), "phi3": ("gate_up_proj", "down_proj")}
+DEFAULT_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class LoraOptions(HealOptions):
+    """rank / lora_alpha (None: 2 x rank) / dropout / targets (module names; None: the MLP, as Gromov et al.).
+    gradient_checkpointing: None means on for qlora and for CUDA training, off on CPU."""
+
+    rank: int = 8
+    lora_alpha: float | None = None
+    dropout: float = 0.05
+    targets: list[str] | None = None
+    gradient_checkpointing: bool | None = None
+
+
+def lora_targets(model, targets: list[str] | None, log: Callable[[str], None] = print) -> list[str]:
+    """Module names to adapt; `lm_head` becomes the input embedding when the two are tied."""
+    model_type = model.config.model_type
+    names = list(targets) if targets else list(MLP_TARGETS.get(model_type, DEFAULT_MLP_TARGETS))
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    if tied and "lm_head" in names:
+        embed_name = get_architecture(model.config).embed.rpartition(".")[2]
+        log(f"lm_head is tied to the input embeddings: adapting {embed_name} instead")
+        names = [embed_name if n == "lm_head" else n for n in names]
+    present = {name.rpartition(".")[2] for name, _ in model.named_modules()} | {name for name, _ in model.named_modules()}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise LayerPruneError(f"--lora-targets {', '.join(missing)} not found in {model_type} (module names such as {', '.join(DEFAULT_MLP_TARGETS)})")
+    return list(dict.fromkeys(names))
+
+
+def lora_config(model, options: LoraOptions, log: Callable[[str], None] = print):
+    from peft import LoraConfig
+
+    if options.rank < 1:
+        raise LayerPruneError(f"--lora-rank must be at least 1 (got {options.rank})")
+    return LoraConfig(
+        r=options.rank,
+        lora_alpha=options.lora_alpha if options.lora_alpha is not None else 2 * options.rank,
+        lora_dropout=options.dropout,
+        target_modules=lora_targets(model, options.targets, log),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def merge_adapter(model, config, adapter_state: dict[str, torch.Tensor]):
+    """Load LoRA weights trained elsewhere (e.g. on a 4-bit copy) into `model` and merge them: in place."""
+    from peft import get_peft_model, set_peft_model_state_dict
+
+    peft_model = get_peft_model(model, config)
+    device = next(model.parameters()).device
+    result = set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in adapter_state.items()})
+    if getattr(result, "unexpected_keys", None):
+        raise LayerPruneError(f"adapter does not match the model: unexpected {result.unexpected_keys[:3]}")
+    return peft_model.merge_and_unload()
+
+
+def train_adapter(
+    ctx: HealContext,
+    options: LoraOptions,
+    method: str,
+    *,
+    target=None,
+    loss: Callable[[Any], torch.nn.Module] = LMLoss,
+    optim: str = "adamw_torch",
+    gradient_checkpointing_default: bool | None = None,
+) -> tuple[dict, dict, Any, Any]:
+    """Train a LoRA adapter on `target` (default: the pruned model itself) with `loss(peft_model)` as module.
+
+    Returns (training record, adapter state dict, LoraConfig, peft model); `target` is left wrapped in peft."""
+    from peft import get_peft_model, get_peft_model_state_dict
+
+    target = ctx.model if target is None else target
+    config = lora_config(ctx.model, options, ctx.log)
+    torch.manual_seed(options.seed)
+    peft_model = get_peft_model(target, config)
+    seq_len = ctx.train_ids.shape[1]
+    steps = options.resolve_steps(seq_len)
+    use_gc = options.gradient_checkpointing
+    if use_gc is None:
+        use_gc = gradient_checkpointing_default
+    if use_gc is None:
+        use_gc = next(target.parameters()).device.type == "cuda"
+    settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(), seed=options.seed,
+                             optim=optim, progress=options.progress)
+    ctx.log(f"Healing with {method}: rank {config.r} on {', '.join(sorted(config.target_modules))}, {steps} steps "
+            f"x {options.batch_size} x {seq_len} tokens")
+    with gradient_checkpointing(target, use_gc):
+        run = train(loss(peft_model), Rows(input_ids=ctx.train_ids), settings)
+    run.update(gradient_checkpointing=bool(use_gc), optimizer=optim)
+    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    return run, state, config, peft_model
+
+
+def training_record(method: str, options: LoraOptions, config, run: dict, ctx: HealContext, seconds: float) -> dict:
+    steps = run["steps"]
+    tokens = steps * options.batch_size * ctx.train_ids.shape[1]
+    return {
+        "method": method,
+        "steps": steps,
+        "tokens": tokens,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(tokens / max(run["seconds"], 1e-9), 2),
+        "learning_rate": options.lr(),
+        "lora_rank": config.r,
+        "lora_alpha": config.lora_alpha,
+        "targets": sorted(config.target_modules),
+        "options": options_record(options),
+        "gradient_checkpointing": run["gradient_checkpointing"],
+        "optimizer": run["optimizer"],
+        "losses": run["losses"],
+    }
+
+
+def heal_lora(ctx: HealContext, options: LoraOptions) -> dict:
+    start = time.perf_counter()
+    loss_before = lm_loss(ctx.model, ctx.eval_ids)
+    run, _, config, peft_model = train_adapter(ctx, options, "lora")
+    peft_model.merge_and_unload()  # in place: ctx.model gets plain Linear modules with W + BA back
+    record = training_record("lora", options, config, run, ctx, time.perf_counter() - start)
+    record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids), merged_into=str(next(ctx.model.parameters()).dtype))
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ qlora
+
+
+def check_qlora_available(method: str = "qlora") -> None:
+    """One-line errors when 4-bit training cannot run here."""
+    if not torch.cuda.is_available():
+        raise LayerPruneError(f"--heal {method} needs a CUDA GPU (bitsandbytes 4-bit); none is visible. Use --heal lora on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LayerPruneError(f"--heal {method} needs bitsandbytes: pip install bitsandbytes (or use --heal lora)")
+
+
+def quantized_copy(model, compute_dtype: torch.dtype = torch.bfloat16):
+    """A 4-bit NF4 (double-quantized) copy of `model` on the current CUDA device, via a temporary checkpoint."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+    with tempfile.TemporaryDirectory(prefix="hf-layerprune-4bit-") as tmp:
+        model.save_pretrained(tmp)
+        return AutoModelForCausalLM.from_pretrained(
+            tmp, quantization_config=quant, dtype=compute_dtype, device_map={"": torch.cuda.current_device()}
+        )
+
+
+def paged_optimizer() -> str:
+    return "paged_adamw_8bit" if importlib.util.find_spec("bitsandbytes") is not None else "adamw_torch"
+
+
+def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
+    """Train on a 4-bit copy, merge into the original-precision pruned model."""
+    check_qlora_available()
+    from peft import prepare_model_for_kbit_training
+
+    start = time.perf_counter()
+    loss_before = lm_loss(ctx.model, ctx.eval_ids)
+    ctx.log("Quantizing the pruned model to 4-bit NF4 for training")
+    quantized = quantized_copy(ctx.model)
+    use_gc = options.gradient_checkpointing is not False
+    quantized = prepare_model_for_kbit_training(
+        quantized, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    sub = HealContext(quantized, ctx.train_ids, ctx.eval_ids, ctx.base_model, ctx.report, ctx.log)
+    run, state, config, _ = train_adapter(sub, options, "qlora", optim=paged_optimizer(), gradient_checkpointing_default=False)
+    run["gradient_checkpointing"] = use_gc
+    del quantized, sub
+    torch.cuda.empty_cache()
+    merge_adapter(ctx.model, config, state)  # into the bf16/fp32 weights, not dequant(W4)
+    record = training_record("qlora", options, config, run, ctx, time.perf_counter() - start)
+    record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids), quantization="nf4 double-quant, bf16 compute",
+                  merged_into=str(next(ctx.model.parameters()).dtype))
+    return record

@@ -1,0 +1,163 @@
+"""Shared training plumbing: one transformers `Trainer` run for every trained healer, and LM-loss evaluation.
+
+Each trained healer wraps what it trains in a small module whose ``forward(**batch)`` returns ``{"loss": ...}``
+(LM loss, KL to a teacher, or MSE to captured hidden states), so the stock Trainer runs it unchanged and
+``accelerate launch hf-layerprune ...`` gives DDP / FSDP / DeepSpeed. Per-step losses come from the Trainer's
+log history (``logging_steps=1``).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+class Rows(torch.utils.data.Dataset):
+    """A dataset of equal-length tensors: row i is {name: tensor[i]} (input_ids, captured hidden states...)."""
+
+    def __init__(self, **columns: torch.Tensor) -> None:
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"columns of different lengths: {lengths}")
+        self.columns = columns
+        self.length = lengths.pop()
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.columns.items()}
+
+
+class LMLoss(torch.nn.Module):
+    """Next-token cross-entropy of `model` on its input ids (labels = inputs, as for causal-LM pretraining)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"loss": self.model(input_ids=input_ids, labels=input_ids, use_cache=False).loss}
+
+
+@dataclass
+class TrainSettings:
+    steps: int
+    batch_size: int
+    learning_rate: float
+    seed: int = 0
+    warmup: float = 0.05  # fraction of steps
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    scheduler: str = "cosine"
+    bf16: bool | None = None  # None: on CUDA when supported
+    optim: str = "adamw_torch"
+    progress: bool = False
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: TrainSettings) -> dict[str, Any]:
+    """Train the parameters of `module` that require grad with the transformers Trainer.
+
+    Returns {"steps", "losses", "seconds", "samples_per_second"}. The module is left in eval mode."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    on_cpu = model_device(module).type == "cpu"
+    bf16 = settings.bf16
+    if bf16 is None:
+        bf16 = (not on_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    with tempfile.TemporaryDirectory(prefix="hf-layerprune-heal-") as out:
+        args = TrainingArguments(
+            output_dir=out,
+            max_steps=settings.steps,
+            per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type=settings.scheduler,
+            warmup_steps=settings.warmup,
+            weight_decay=settings.weight_decay,
+            max_grad_norm=settings.max_grad_norm,
+            optim=settings.optim,
+            bf16=bf16,
+            logging_steps=1,
+            logging_strategy="steps",
+            save_strategy="no",
+            report_to=[],
+            seed=settings.seed,
+            data_seed=settings.seed,
+            use_cpu=on_cpu,
+            disable_tqdm=not settings.progress,
+            remove_unused_columns=False,
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=module, args=args, train_dataset=dataset)
+        if not settings.progress:
+            trainer.remove_callback(PrinterCallback)  # quiet: the losses are in the record
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        history = trainer.state.log_history
+        del trainer
+    module.eval()
+    losses = [round(float(h["loss"]), 6) for h in history if "loss" in h]
+    return {"steps": settings.steps, "losses": losses, "seconds": round(seconds, 3),
+            "samples_per_second": round(settings.steps * settings.batch_size / max(seconds, 1e-9), 3)}
+
+
+@contextmanager
+def only_trainable(model: torch.nn.Module, params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Freeze every parameter of `model` except `params`; restore the flags afterwards."""
+    saved = {p: p.requires_grad for p in model.parameters()}
+    keep = {id(p) for p in params}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def gradient_checkpointing(model, enabled: bool) -> Iterator[None]:
+    """Activation checkpointing on the HF model for the duration (non-reentrant: frozen inputs are fine)."""
+    if not enabled or not getattr(model, "supports_gradient_checkpointing", False):
+        yield
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.gradient_checkpointing_disable()
+
+
+@torch.no_grad()
+def lm_loss(model, ids: torch.Tensor, batch_size: int = 4) -> float:
+    """Mean next-token negative log-likelihood of `ids` (per predicted token), in fp32."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size].to(device)
+            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+            total += float(nll)
+            count += batch[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return round(total / max(count, 1), 6)
+
+
+def perplexity(loss: float) -> float:
+    return round(math.exp(loss), 4) if loss < 50 else float("inf")

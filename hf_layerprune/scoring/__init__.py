@@ -1,0 +1,45 @@
+"""Layer-importance scoring: every metric from the papers in one registry, on one shared calibration pass.
+
+Metrics (stable names; one small class each, docstrings cite the paper):
+
+| name     | paper                      | granularities        | default selection |
+|----------|----------------------------|----------------------|-------------------|
+| angular  | Gromov et al. 2024         | block                | contiguous        |
+| bi       | ShortGPT                   | block, attention, mlp| topk              |
+| cosine   | LLM-Streamline             | block                | contiguous        |
+| shapley  | Siddiqui et al. 2024       | block, attention, mlp| topk              |
+| ppl      | SLEB (greedy)              | block, attention, mlp| greedy            |
+| gradient | GradMAP                    | block, attention, mlp| greedy            |
+| taylor   | Shortened LLaMA            | block, attention, mlp| topk              |
+| last     | Gromov et al. heuristic    | all                  | topk (= the rule) |
+| reverse  | Lu et al. reverse order    | all                  | topk (= the rule) |
+| random   | seeded baseline            | all                  | topk              |
+
+``select_for_recipe(model, tokenizer, recipe)`` is the pipeline's scoring stage; ``analyze(...)`` scores several
+metrics for the `analyze` command. See docs/scoring.md.
+"""
+
+from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric, register
+# Registration order is the order of `--metric all`.
+from hf_layerprune.scoring import static  # noqa: F401,E402
+from hf_layerprune.scoring import leave_one_out  # noqa: F401,E402
+from hf_layerprune.scoring import gradient  # noqa: F401,E402
+from hf_layerprune.scoring import baselines  # noqa: F401,E402
+from hf_layerprune.scoring.run import analyze, build_context, run_metric, select_for_recipe
+
+# Measured on SmolLM2-135M-Instruct, unhealed WikiText-2 perplexity at drop 3/6/9 (benchmarks/RESULTS_scoring.md).
+DEFAULT_METRIC = "bi"
+
+__all__ = [
+    "DEFAULT_METRIC",
+    "Metric",
+    "Scores",
+    "ScoringContext",
+    "analyze",
+    "available_metrics",
+    "build_context",
+    "get_metric",
+    "register",
+    "run_metric",
+    "select_for_recipe",
+]

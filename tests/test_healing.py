@@ -1,0 +1,269 @@
+"""Healing on tiny random models: every healer lowers its loss, folds exactly and saves stock weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.healing import DEFAULT_HEALER, HEALERS, check_heal, heal, heal_for_recipe, needs_base_model
+from hf_layerprune.healing.base import HealContext
+from hf_layerprune.healing.compensation import ClosedFormOptions, enable_mlp_bias, fit_site, site_for_block
+from hf_layerprune.healing.lora import LoraOptions, merge_adapter, train_adapter
+from hf_layerprune.recipe import Recipe
+from hf_layerprune.surgery import kept_layers, remove_layers
+from tiny_models import VOCAB, tiny_model
+
+LAYERS = 6
+QUIET = dict(log=lambda message: None)
+
+
+def markov_ids(samples: int, length: int = 32, seed: int = 0) -> torch.Tensor:
+    """Learnable text: each token is followed by one of two fixed successors (same chain for every seed)."""
+    successors = torch.randint(3, VOCAB, (VOCAB, 2), generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.empty(samples, length, dtype=torch.long)
+    ids[:, 0] = torch.randint(3, VOCAB, (samples,), generator=g)
+    for t in range(1, length):
+        ids[:, t] = successors[ids[:, t - 1], torch.randint(0, 2, (samples,), generator=g)]
+    return ids
+
+
+def pruned(family: str = "llama", removed=(2, 3), **overrides):
+    base = tiny_model(family, num_layers=LAYERS, **overrides)
+    model = copy.deepcopy(base)
+    remove_layers(model, list(removed))
+    report = {"removed_layers": list(removed), "kept_layers": kept_layers(removed, LAYERS), "num_layers_before": LAYERS}
+    return base, model, report
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=False).logits
+
+
+def assert_stock_reload(model, tmp_path) -> AutoModelForCausalLM:
+    """Saved weights load with the stock class, no missing/unexpected keys, no remote code, same outputs."""
+    model.save_pretrained(tmp_path)
+    reloaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert getattr(reloaded.config, "auto_map", None) is None
+    assert not list(tmp_path.glob("*.py"))
+    ids = markov_ids(2, 12, seed=77)
+    torch.testing.assert_close(logits(reloaded.eval(), ids), logits(model, ids), rtol=1e-5, atol=1e-5)
+    return reloaded
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+
+def test_registry_names_options_and_errors():
+    assert set(HEALERS) == {"lora", "qlora", "distill", "replace", "bias", "linear", "projection"}
+    assert DEFAULT_HEALER in HEALERS
+    assert needs_base_model("distill:alpha=0.5") and needs_base_model("linear") and not needs_base_model("lora")
+    assert not needs_base_model("none") and not needs_base_model(None)
+    check_heal("distill:temperature=2,alpha=0.5")
+    for bad, words in [("nope", "unknown --heal"), ("linear:foo=1", "unknown option"), ("replace:steps=x", "not a valid int"),
+                       ("lora:rank", "key=value")]:
+        with pytest.raises(LayerPruneError, match=words) as err:
+            check_heal(bad)
+        assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------------------------- lora / qlora
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_lora_lowers_heldout_loss_and_saves_stock_weights(family, tmp_path):
+    _, model, _ = pruned(family)
+    record = heal(model, "lora", markov_ids(32), eval_ids=markov_ids(8, seed=9), steps=30, learning_rate=3e-3, **QUIET)
+    assert record["loss_after"] < record["loss_before"]
+    assert record["targets"] == (["fc1", "fc2"] if family == "opt" else ["down_proj", "gate_proj", "up_proj"])
+    assert len(record["losses"]) == record["steps"] == 30 and record["tokens"] == 30 * 4 * 32
+    assert not [m for m in model.modules() if type(m).__module__.startswith("peft")]  # merged and unloaded
+    assert_stock_reload(model, tmp_path)
+
+
+def test_lora_never_targets_tied_lm_head(tmp_path):
+    _, model, _ = pruned(tie_word_embeddings=True)
+    record = heal(model, "lora", markov_ids(8), steps=2, targets=["lm_head", "down_proj"], **QUIET)
+    assert record["targets"] == ["down_proj", "embed_tokens"]
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert_stock_reload(model, tmp_path)
+
+
+def test_adapter_trained_on_a_copy_merges_into_the_original_weights():
+    """The qlora merge path: train on another copy (4-bit on GPU), merge into the original-precision model."""
+    _, model, _ = pruned()
+    trained_on = copy.deepcopy(model)
+    ctx = HealContext(trained_on, markov_ids(8), markov_ids(2), **QUIET)
+    _, state, config, peft_model = train_adapter(ctx, LoraOptions(steps=5, learning_rate=1e-2), "qlora")
+    merged_copy = peft_model.merge_and_unload()
+    ids = markov_ids(2, seed=3)
+    assert not torch.allclose(logits(merged_copy, ids), logits(model, ids))
+    merge_adapter(model, config, state)
+    torch.testing.assert_close(logits(model, ids), logits(merged_copy, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_qlora_and_4bit_teacher_fail_cleanly_without_cuda_or_bitsandbytes(monkeypatch):
+    base, model, report = pruned()
+    ids = markov_ids(4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for method in ("qlora", "distill:teacher=4bit"):
+        with pytest.raises(LayerPruneError, match="CUDA") as err:
+            heal(model, method, ids, base_model=base, report=report, steps=1, **QUIET)
+        assert "\n" not in str(err.value)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(LayerPruneError, match="pip install bitsandbytes"):
+        heal(model, "qlora", ids, steps=1, **QUIET)
+
+
+# ----------------------------------------------------------------------------------------------- distill
+
+
+def test_distill_lowers_kl_to_the_unpruned_model(tmp_path):
+    base, model, report = pruned()
+    record = heal(model, "distill", markov_ids(16), base_model=base, report=report, eval_ids=markov_ids(8, seed=9),
+                  steps=20, learning_rate=3e-3, temperature=2.0, **QUIET)
+    assert record["kd_after"] < record["kd_before"]
+    assert record["temperature"] == 2.0 and record["alpha"] == 1.0 and len(record["losses"]) == 20
+    assert all(p.requires_grad for p in base.parameters())  # the teacher is left as it was
+    assert_stock_reload(model, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- replace
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "qwen2"])
+def test_replace_gives_l_minus_n_plus_1_stock_layers(family, tmp_path):
+    base, model, report = pruned(family, removed=(1, 2, 3))
+    record = heal(model, "replace", markov_ids(16), base_model=base, report=report, steps=20, learning_rate=1e-3, **QUIET)
+    assert model.config.num_hidden_layers == LAYERS - 3 + 1 == len(model.get_decoder().layers)
+    assert report["removed_layers"] == [2, 3] and report["kept_layers"] == [0, 1, 4, 5] and report["num_layers_after"] == 4
+    assert record["replaced"] == {"layers": [1, 2, 3], "initialised_from": 1, "index": 1,
+                                  "trainable_parameters": record["replaced"]["trainable_parameters"]}
+    assert record["block_mse_after"] < record["block_mse_init"] and record["block_mse_after"] < record["block_mse_before"]
+    layers = model.get_decoder().layers
+    assert [layer.self_attn.layer_idx for layer in layers] == [0, 1, 2, 3]
+    if family == "qwen2":
+        assert model.config.layer_types == [base.config.layer_types[i] for i in (0, 1, 4, 5)]
+    reloaded = assert_stock_reload(model, tmp_path)
+    reloaded.generate(markov_ids(1, 5), max_new_tokens=4, do_sample=False)  # KV cache indexed by the new layer_idx
+
+
+def test_replace_lm_mode_lowers_lm_loss():
+    base, model, report = pruned(removed=(2, 3))
+    record = heal(model, "replace:mode=lm", markov_ids(16), base_model=base, report=report,
+                  eval_ids=markov_ids(8, seed=9), steps=20, learning_rate=3e-3, **QUIET)
+    assert record["loss_after"] < record["loss_before"] and record["mode"] == "lm"
+
+
+@pytest.mark.parametrize("removed, words", [((1, 3), "one contiguous block"), ((2,), "n >= 2")])
+def test_replace_refuses_what_it_cannot_do(removed, words):
+    base, model, report = pruned(removed=removed)
+    with pytest.raises(LayerPruneError, match=words):
+        heal(model, "replace", markov_ids(4), base_model=base, report=report, steps=1, **QUIET)
+
+
+# ----------------------------------------------------------------------------------------------- closed form
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("method", ["bias", "linear", "projection"])
+def test_closed_form_lowers_block_mse_and_saves_stock_weights(family, method, tmp_path):
+    base, model, report = pruned(family)
+    ids = markov_ids(48)
+    record = heal(model, method, ids, base_model=base, report=report, eval_ids=ids, **QUIET)  # on the calibration set
+    assert all(after < before for before, after in zip(record["block_mse_before"], record["block_mse_after"]))
+    assert all(c["fusion_error"] < 1e-5 for c in record["corrections"])
+    reloaded = assert_stock_reload(model, tmp_path)
+    if method == "bias" and family == "llama":
+        assert reloaded.config.mlp_bias and record["config_changes"]["zero_biases_added"] == [
+            "down_proj.bias", "gate_proj.bias", "up_proj.bias"]
+
+
+def test_linear_generalises_to_heldout_text():
+    base, model, report = pruned("opt")
+    record = heal(model, "linear", markov_ids(64), base_model=base, report=report, eval_ids=markov_ids(16, seed=9), **QUIET)
+    assert record["block_mse_after"][0] < 0.5 * record["block_mse_before"][0]
+
+
+@pytest.mark.parametrize(
+    "family, removed, method",
+    [("llama", (2, 3), "bias"), ("llama", (2, 3), "linear"), ("opt", (2, 3), "bias"), ("opt", (1, 3), "linear"),
+     ("llama", (0, 1), "linear"), ("llama", (0, 1), "bias"), ("qwen2", (2, 3), "linear")],
+)
+def test_fusion_equals_the_explicit_correction(family, removed, method):
+    """Folding into weights == the unfused pruned model with a forward hook adding y·Δ + c to the site's output."""
+    base, model, report = pruned(family, removed)
+    if method == "bias":
+        before = logits(model, markov_ids(2, seed=4))
+        enable_mlp_bias(model)
+        torch.testing.assert_close(logits(model, markov_ids(2, seed=4)), before)  # zero biases change nothing
+    ctx = HealContext(model, markov_ids(32), markov_ids(2), base, report, **QUIET)
+    blocks = [[removed[0]], [removed[1]]] if removed[1] != removed[0] + 1 else [list(removed)]
+    site = site_for_block(model, blocks[0], report["kept_layers"], method)
+    correction = fit_site(ctx, site, blocks[0][-1] + 1, ClosedFormOptions(), mode=method)
+    delta = correction.delta.float() if correction.delta is not None else torch.zeros(32, 32)
+    bias = correction.bias.float() if correction.bias is not None else torch.zeros(32)
+    assert delta.abs().max() > 0 or bias.abs().max() > 0
+    ids = markov_ids(3, seed=5)
+    handle = site.module(model).register_forward_hook(lambda m, a, out: out + out @ delta + bias)
+    want = logits(model, ids)
+    handle.remove()
+    assert not torch.allclose(want, logits(model, ids))
+    correction.fuse(model)
+    torch.testing.assert_close(logits(model, ids), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma2", "phi3", "qwen2_moe", "mistral"])
+def test_bias_refuses_families_without_a_bias(family):
+    base, model, report = pruned(family)
+    with pytest.raises(LayerPruneError, match=family) as err:
+        heal(model, "bias", markov_ids(4), base_model=base, report=report, **QUIET)
+    assert "\n" not in str(err.value)
+
+
+def test_fold_refusals_name_the_reason():
+    base, model, report = pruned("gemma2")
+    with pytest.raises(LayerPruneError, match="not 'rest \\+ its output'"):
+        heal(model, "linear", markov_ids(4), base_model=base, report=report, **QUIET)
+    base, model, report = pruned("llama", removed=(0, 1), tie_word_embeddings=True)
+    with pytest.raises(LayerPruneError, match="tied to lm_head"):
+        heal(model, "linear", markov_ids(4), base_model=base, report=report, **QUIET)
+    base, model, report = pruned("opt", removed=(2, 3), do_layer_norm_before=False)
+    with pytest.raises(LayerPruneError, match="not 'rest \\+ its output'"):
+        heal(model, "bias", markov_ids(4), base_model=base, report=report, **QUIET)
+
+
+def test_projection_picks_the_most_drifted_layer():
+    base, model, report = pruned(removed=(2, 3))
+    record = heal(model, "projection", markov_ids(32), base_model=base, report=report, layers=2, **QUIET)
+    shifts = record["mean_shift"]
+    assert shifts[0] == 0 and shifts[1] == 0 and min(shifts[2:]) > 0  # nothing before the cut has moved
+    top = sorted(range(1, len(shifts)), key=lambda j: -shifts[j])[:2]
+    assert [c["layer"] for c in record["corrections"]] == sorted(j - 1 for j in top)
+
+
+# ----------------------------------------------------------------------------------------------- pipeline stage
+
+
+@pytest.mark.parametrize("method, extra", [("linear", {}), ("lora", {"heal_steps": 2, "lora_rank": 4})])
+def test_heal_for_recipe_builds_data_and_record(method, extra):
+    base, model, report = pruned()
+    recipe = Recipe(model="tiny", drop=2, heal=method, calibration="self", calibration_samples=6, seq_len=16, **extra)
+    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)
+    for key in ("method", "steps", "tokens", "seconds", "losses", "loss_before", "loss_after", "data"):
+        assert key in record, key
+    assert record["data"]["source"] == "self" and record["data"]["seq_len"] == 16
+    if method == "lora":
+        assert record["lora_rank"] == 4 and record["steps"] == 2 and record["data"]["samples"] == 2 * 4 + 4
+    else:
+        assert record["data"]["samples"] == 6 + 4
