@@ -156,7 +156,7 @@ def main() -> None:
 def markdown(result: dict, drops: list[int]) -> str:
     best = {d: min(r["drops"][d]["ppl"] for r in result["rows"]) for d in drops}
     lines = [
-        f"| metric | selection | " + " | ".join(f"drop {d}: layers | ppl" for d in drops) + " | scoring s |",
+        "| metric | selection | " + " | ".join(f"drop {d}: layers | ppl" for d in drops) + " | scoring s |",
         "|---|---|" + "---|---|" * len(drops) + "---|",
     ]
     for r in result["rows"]:

@@ -76,7 +76,7 @@ def test_analyze_sublayers(checkpoint, tmp_path):
 def test_analyze_bad_input_is_one_line(checkpoint, args, message):
     result = invoke("analyze", checkpoint, *args, *CAL)
     assert result.exit_code == 2
-    assert message in result.output and len([l for l in result.output.splitlines() if l.startswith("Error")]) == 1
+    assert message in result.output and len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
 
 
 def test_prune_drop_with_metric_end_to_end(checkpoint, tmp_path):
