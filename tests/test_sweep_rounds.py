@@ -76,3 +76,29 @@ def test_prune_in_rounds_rescored_between_rounds(checkpoint, tmp_path):
     assert report["kept_layers"] == [i for i in range(6) if i not in report["removed_layers"]]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 3
+
+
+def test_default_pipeline_end_to_end(pruned_model_dir, tmp_path):
+    """`prune MODEL --drop N` with no other choice: default metric, default healer, evaluation, card."""
+    from hf_layerprune.healing import DEFAULT_HEALER
+    from hf_layerprune.scoring import DEFAULT_METRIC
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(TINY_TASK.format(path=json.dumps(str((DATA / "tiny_mc.jsonl").resolve()))))
+    text = tmp_path / "text.raw"
+    text.write_text(TEXT * 4, encoding="utf-8")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", str(pruned_model_dir(0)), "--drop", "1", "--tasks", "tiny_mc",
+                                 "--include-path", str(tasks), "--perplexity", str(text),
+                                 "--calibration-samples", "4", "--seq-len", "16", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    assert report["scoring"]["metric"] == DEFAULT_METRIC and report["healing"]["method"] == DEFAULT_HEALER
+    assert report["recipe"]["heal"] == DEFAULT_HEALER
+    ev = report["evaluation"]
+    assert ev["base"]["tiny_mc"]["acc"]["value"] is not None and ev["pruned"]["tiny_mc"]["acc"]["value"] is not None
+    card = (out / "README.md").read_text()
+    assert "tiny_mc" in card and DEFAULT_HEALER in card
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]

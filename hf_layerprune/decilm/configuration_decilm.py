@@ -39,7 +39,7 @@ def _to_plain(value):
 
 class DeciLMConfig(PretrainedConfig):
     model_type = "nemotron-nas"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     def __init__(
         self,

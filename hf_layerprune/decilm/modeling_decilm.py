@@ -10,6 +10,7 @@ The KV cache holds one layer per block *with* attention: each attention module's
 masks, cache) are transformers' own, so this file follows the library's attention and cache interfaces.
 """
 
+import inspect
 from types import SimpleNamespace
 
 import torch
@@ -33,6 +34,11 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_decilm import DeciLMConfig
+
+# transformers 5.24 renamed `past_key_values` to `cache` (argument of forward and of the mask helpers, and field of
+# the model outputs). This file speaks both: `cache` inside, the library's own name at its boundaries.
+_MASK_CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class DeciLMAttention(nn.Module):
@@ -61,7 +67,7 @@ class DeciLMAttention(nn.Module):
         self.v_proj = nn.Linear(hidden, kv_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(q_size, hidden, bias=config.attention_bias)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, **kwargs):
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -69,8 +75,8 @@ class DeciLMAttention(nn.Module):
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
 
         attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -112,13 +118,13 @@ class DeciLMDecoderLayer(GradientCheckpointingLayer):
             self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
             self.mlp = LlamaMLP(mlp_config)
 
-    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, past_key_values=None, **kwargs):
+    def forward(self, hidden_states, attention_mask=None, position_embeddings=None, cache=None, **kwargs):
         if self.has_attention:
             attn_output, _ = self.self_attn(
                 hidden_states=self.input_layernorm(hidden_states),
                 position_embeddings=position_embeddings,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 **kwargs,
             )
             hidden_states = hidden_states + attn_output
@@ -133,7 +139,7 @@ class DeciLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DeciLMDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -172,15 +178,15 @@ class DeciLMModel(DeciLMPreTrainedModel):
         )
         return DynamicCache(config=kv_config)
 
-    def _prepare_kv_cache(self, past_key_values):
-        if past_key_values is None:
+    def _prepare_kv_cache(self, cache):
+        if cache is None:
             return self.new_kv_cache()
         # `generate` builds DynamicCache(config) with one layer per *block*; while it is still empty, give it the
         # kept attention layers instead (in place, so that `generate` keeps using the same object).
-        if isinstance(past_key_values, DynamicCache) and past_key_values.get_seq_length() == 0:
-            if len(past_key_values.layers) != len(self.kv_cache_layer_types):
-                past_key_values.layers = self.new_kv_cache().layers
-        return past_key_values
+        if isinstance(cache, DynamicCache) and cache.get_seq_length() == 0:
+            if len(cache.layers) != len(self.kv_cache_layer_types):
+                cache.layers = self.new_kv_cache().layers
+        return cache
 
     @merge_with_config_defaults
     @capture_outputs
@@ -189,19 +195,21 @@ class DeciLMModel(DeciLMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        cache = cache if cache is not None else past_key_values
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache:
-            past_key_values = self._prepare_kv_cache(past_key_values)
+            cache = self._prepare_kv_cache(cache)
         if position_ids is None:
-            past_seen_tokens = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
@@ -210,8 +218,8 @@ class DeciLMModel(DeciLMPreTrainedModel):
                 config=self.config,
                 inputs_embeds=inputs_embeds,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
                 position_ids=position_ids,
+                **{_MASK_CACHE_ARG: cache},
             )
             mask_mapping = {"full_attention": create_causal_mask(**mask_kwargs)}
             if "sliding_attention" in self.config.layer_types:
@@ -225,13 +233,13 @@ class DeciLMModel(DeciLMPreTrainedModel):
                 attention_mask=mask_mapping[layer.attention_type],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
                 **kwargs,
             )
         return BaseModelOutputWithPast(
             last_hidden_state=self.norm(hidden_states),
-            past_key_values=past_key_values if use_cache else None,
+            **{_OUTPUT_CACHE_FIELD: cache if use_cache else None},
         )
 
 
@@ -251,18 +259,19 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -276,8 +285,8 @@ class DeciLMForCausalLM(DeciLMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{_OUTPUT_CACHE_FIELD: getattr(outputs, _OUTPUT_CACHE_FIELD)},
             attentions=outputs.attentions,
         )
 

@@ -12,6 +12,8 @@ Peak memory is what the device can tell us, and the result says which (``peak_me
 
 from __future__ import annotations
 
+import inspect
+
 import os
 import statistics
 import threading
@@ -170,12 +172,15 @@ def measure_speed(
     def prefill():
         return model(input_ids=ids, use_cache=True)
 
+    # transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache`.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
     def decode(out) -> None:
-        past = out.past_key_values
+        past = out.get("cache", out.get("past_key_values"))
         nxt = out.logits[:, -1:].argmax(-1)
         for _ in range(decode_tokens):
-            step = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past = step.past_key_values
+            step = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
+            past = step.get("cache", step.get("past_key_values"))
             nxt = step.logits[:, -1:].argmax(-1)
 
     was_training = model.training
