@@ -164,6 +164,20 @@ def _eos_id(model, tokenizer) -> int | None:
     return eos
 
 
+# Generated batches, reused when the same weights are asked for the same batch again (the pipeline samples
+# calibration text from the model and then healing text from its unpruned copy: the first batches are the same).
+_SELF_MEMO: dict[tuple, list[list[int]]] = {}
+_SELF_MEMO_SIZE = 64
+
+
+@torch.no_grad()
+def weights_fingerprint(model) -> tuple:
+    """Identity of the weights' values (not of the object): equal for a deep copy, different after any edit."""
+    sums = torch.stack([p.detach().float().sum() for p in model.parameters()])
+    return (type(model).__name__, tuple(sums.shape), float(sums.double().sum()), float(sums.double().abs().sum()),
+            float((sums.double() * torch.arange(1, len(sums) + 1, dtype=torch.float64, device=sums.device)).sum()))
+
+
 def _self_samples(model, tokenizer, samples: int, seq_len: int, seed: int) -> torch.Tensor:
     """[samples, seq_len]: each row is its prompt followed by tokens sampled from the model (KV cache, batched).
 
@@ -175,9 +189,14 @@ def _self_samples(model, tokenizer, samples: int, seq_len: int, seed: int) -> to
     rng = torch.Generator().manual_seed(seed)
     devices = [device] if device.type == "cuda" else []
     rows: list[list[int]] = []
+    identity = (weights_fingerprint(model), getattr(tokenizer, "name_or_path", None), seq_len, seed)
     for number, first in enumerate(range(0, samples, SELF_BATCH)):
         prompts = _start_ids(model, tokenizer, min(SELF_BATCH, samples - first), rng)
         prompts = [p if len(p) <= seq_len // 2 else p[:1] for p in prompts]  # short windows: first token only
+        key = (*identity, number, tuple(map(tuple, prompts)))
+        if key in _SELF_MEMO:
+            rows.extend(_SELF_MEMO[key])
+            continue
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left padding
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -189,8 +208,11 @@ def _self_samples(model, tokenizer, samples: int, seq_len: int, seed: int) -> to
                     max_new_tokens=seq_len - min(len(p) for p in prompts), pad_token_id=pad, eos_token_id=None,
                     use_cache=True,
                 )
-        for prompt, row in zip(prompts, out[:, width:].tolist()):
-            rows.append(prompt + row[: seq_len - len(prompt)])
+        batch = [prompt + row[: seq_len - len(prompt)] for prompt, row in zip(prompts, out[:, width:].tolist())]
+        if len(_SELF_MEMO) >= _SELF_MEMO_SIZE:
+            _SELF_MEMO.pop(next(iter(_SELF_MEMO)))
+        _SELF_MEMO[key] = batch
+        rows.extend(batch)
     return torch.tensor(rows, dtype=torch.long)
 
 

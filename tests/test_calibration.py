@@ -111,6 +111,24 @@ def test_self_calibration_without_tokenizer_is_seeded_and_starts_at_bos():
     assert record["sampling"]["prompt"] == "bos-token-ids (no tokenizer)" and record["kind"] == "self"
 
 
+def test_self_samples_are_reused_only_for_the_same_weights():
+    import copy
+
+    from hf_layerprune import calibration
+
+    model = tiny_model("llama", 2)
+    calibration._SELF_MEMO.clear()
+    fresh = calibration_batches("self", None, model=model, samples=3, seq_len=20, seed=1)
+    twin = copy.deepcopy(model)  # the pipeline's unpruned copy: same values, another object
+    assert calibration._SELF_MEMO and torch.equal(calibration_batches("self", None, model=twin, samples=3, seq_len=20, seed=1), fresh)
+    calibration._SELF_MEMO.clear()
+    assert torch.equal(calibration_batches("self", None, model=twin, samples=3, seq_len=20, seed=1), fresh)  # memo = regeneration
+    with torch.no_grad():
+        twin.model.norm.weight.mul_(30.0)  # sharper logits: other samples
+    assert calibration.weights_fingerprint(twin) != calibration.weights_fingerprint(model)
+    assert not torch.equal(calibration_batches("self", None, model=twin, samples=3, seq_len=20, seed=1), fresh)
+
+
 def test_self_calibration_of_an_instruct_model_starts_from_the_assistant_turn():
     model = tiny_model("llama", 2)
     tok = char_tokenizer(CHAT)

@@ -191,6 +191,12 @@ def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
 
     start = time.perf_counter()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
+    # The original-precision weights wait in host memory while the 4-bit copy trains: the GPU holds only the
+    # 4-bit model, the adapter and its optimizer state (this is where the memory saving over plain peft comes from).
+    home = next(ctx.model.parameters()).device
+    if home.type == "cuda":
+        ctx.model.to("cpu")
+        torch.cuda.empty_cache()
     ctx.log("Quantizing the pruned model to 4-bit NF4 for training")
     quantized = quantized_copy(ctx.model)
     use_gc = options.gradient_checkpointing is not False
@@ -202,6 +208,7 @@ def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
     run["gradient_checkpointing"] = use_gc
     del quantized, sub
     torch.cuda.empty_cache()
+    ctx.model.to(home)
     merge_adapter(ctx.model, config, state)  # into the bf16/fp32 weights, not dequant(W4)
     record = training_record("qlora", options, config, run, ctx, time.perf_counter() - start)
     record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids), quantization="nf4 double-quant, bf16 compute",
