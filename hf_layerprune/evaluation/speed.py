@@ -176,11 +176,11 @@ def measure_speed(
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def decode(out) -> None:
-        past = out.get("cache", out.get("past_key_values"))
+        past = out["cache"] if "cache" in out.keys() else out["past_key_values"]
         nxt = out.logits[:, -1:].argmax(-1)
         for _ in range(decode_tokens):
             step = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
-            past = step.get("cache", step.get("past_key_values"))
+            past = step["cache"] if "cache" in step.keys() else step["past_key_values"]
             nxt = step.logits[:, -1:].argmax(-1)
 
     was_training = model.training

@@ -58,6 +58,20 @@ def available_healers() -> list[str]:
     return ["none", *HEALERS]
 
 
+def split_chain(spec: str) -> list[str]:
+    """`linear+distill:alpha=0.5` -> ["linear", "distill:alpha=0.5"]: healers run one after another.
+
+    A `+` that does not start a healer name belongs to an option value (`lora:targets=q_proj+v_proj`)."""
+    parts: list[str] = []
+    for piece in str(spec).split("+"):
+        name = piece.partition(":")[0].strip()
+        if parts and ":" in parts[-1] and name not in HEALERS and name not in ("none", "default"):
+            parts[-1] += "+" + piece
+        else:
+            parts.append(piece)
+    return parts
+
+
 def get_healer(spec: str) -> tuple[Healer, dict[str, str]]:
     """The healer of `--heal NAME[:options]` and its raw options; one-line error for unknown names."""
     name, raw = split_spec(spec)
@@ -68,18 +82,39 @@ def get_healer(spec: str) -> tuple[Healer, dict[str, str]]:
     return HEALERS[name], raw
 
 
+def _stages(spec: str | None) -> list[str]:
+    """The healers of a `--heal` value, `none` left out."""
+    if not spec:
+        return []
+    return [part for part in split_chain(spec) if split_spec(part)[0] != "none"]
+
+
 def needs_base_model(spec: str | None) -> bool:
     """Whether the pipeline must keep a copy of the unpruned model for this `--heal` value."""
-    if not spec or split_spec(spec)[0] == "none":
-        return False
-    return get_healer(spec)[0].needs_base_model
+    return any(get_healer(part)[0].needs_base_model for part in _stages(spec))
 
 
 def check_heal(spec: str | None) -> None:
-    """Validate a `--heal` value (name and options) before any work is done."""
-    if spec and split_spec(spec)[0] != "none":
-        healer, raw = get_healer(spec)
+    """Validate a `--heal` value (names and options, every stage of a chain) before any work is done."""
+    for part in _stages(spec):
+        healer, raw = get_healer(part)
         build_options(healer.options, healer.name, raw)
+
+
+def chain_record(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """One healing record for healers run in sequence: the first loss before, the last loss after, all losses."""
+    if len(stages) == 1:
+        return stages[0]
+    return {
+        "method": "+".join(r["method"] for r in stages),
+        "stages": stages,
+        "steps": sum(r.get("steps") or 0 for r in stages),
+        "tokens": sum(r.get("tokens") or 0 for r in stages),
+        "seconds": round(sum(r.get("seconds") or 0 for r in stages), 3),
+        "loss_before": stages[0].get("loss_before"),
+        "loss_after": stages[-1].get("loss_after"),
+        "losses": [loss for r in stages for loss in r.get("losses") or []],
+    }
 
 
 def heal(
@@ -98,17 +133,22 @@ def heal(
     `report` needs removed_layers / kept_layers / num_layers_before (0-based, of the base model) for the
     healers that compare with `base_model`. `eval_ids` (default: the first `eval_samples` rows of `ids`) is
     where loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
-    healer, raw = get_healer(method)
-    opts = build_options(healer.options, healer.name, {**raw, **options})
-    if eval_ids is None:
-        eval_ids = ids[: max(1, opts.eval_samples)]
-    ctx = HealContext(model, ids, eval_ids, base_model, report if report is not None else {}, log)
-    was_training = model.training
-    try:
-        record = healer.run(ctx, opts)
-    finally:
-        model.train(was_training)
-    return record
+    parts = _stages(method)
+    stages = []
+    for part in parts:
+        healer, raw = get_healer(part)
+        given = options if len(parts) == 1 else {k: v for k, v in options.items() if k in healer.options.__dataclass_fields__}
+        opts = build_options(healer.options, healer.name, {**raw, **given})
+        stage_eval = ids[: max(1, opts.eval_samples)] if eval_ids is None else eval_ids
+        ctx = HealContext(model, ids, stage_eval, base_model, report if report is not None else {}, log)
+        was_training = model.training
+        try:
+            stages.append(healer.run(ctx, opts))
+        finally:
+            model.train(was_training)
+    if not stages:
+        raise LayerPruneError(f"--heal {method!r} names no healer; use one of {', '.join(available_healers())}")
+    return chain_record(stages)
 
 
 def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, log: Log = print) -> dict[str, Any]:
@@ -116,31 +156,38 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
     `seq_len` windows, then `heal`. Returns the report's "healing" record (with the data description)."""
     from hf_layerprune.calibration import calibration_batches, calibration_record
 
-    healer, raw = get_healer(recipe.heal)
     given = {opt: getattr(recipe, field) for field, opt in RECIPE_FIELDS.items() if getattr(recipe, field, None) is not None}
-    known = set(healer.options.__dataclass_fields__)
-    unused = sorted(k for k in given if k not in known)
-    if unused:
-        log(f"--heal {healer.name} does not use: {', '.join(unused)}")
-    opts = build_options(healer.options, healer.name, {**{k: v for k, v in given.items() if k in known}, **raw})
-    opts.progress = True
-    if healer.needs_base_model and base_model is None:
-        raise LayerPruneError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
-    if healer.trained:
-        train_samples = opts.resolve_steps(recipe.seq_len) * opts.batch_size
-    else:
-        train_samples = max(1, opts.tokens // recipe.seq_len) if opts.tokens else recipe.calibration_samples
-    samples = train_samples + opts.eval_samples
+    plan = []  # (healer, options, training samples) per stage of the chain
+    for part in _stages(recipe.heal):
+        healer, raw = get_healer(part)
+        known = set(healer.options.__dataclass_fields__)
+        unused = sorted(k for k in given if k not in known)
+        if unused:
+            log(f"--heal {healer.name} does not use: {', '.join(unused)}")
+        opts = build_options(healer.options, healer.name, {**{k: v for k, v in given.items() if k in known}, **raw})
+        opts.progress = True
+        if healer.needs_base_model and base_model is None:
+            raise LayerPruneError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
+        if healer.trained:
+            train_samples = opts.resolve_steps(recipe.seq_len) * opts.batch_size
+        else:
+            train_samples = max(1, opts.tokens // recipe.seq_len) if opts.tokens else recipe.calibration_samples
+        plan.append((healer, opts, train_samples))
+    held_out = max(opts.eval_samples for _, opts, _ in plan)
+    samples = max(n for _, _, n in plan) + held_out
     source = recipe.heal_data or recipe.calibration
-    log(f"Healing data: {samples} x {recipe.seq_len} tokens from {source} ({opts.eval_samples} held out)")
+    log(f"Healing data: {samples} x {recipe.seq_len} tokens from {source} ({held_out} held out)")
     generator = base_model if base_model is not None else model  # `self` text comes from the unpruned model
     ids = calibration_batches(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
                               seed=recipe.seed, text_column=recipe.text_column)
     data = calibration_record(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
                               seed=recipe.seed, text_column=recipe.text_column, batches=ids)
-    ctx = HealContext(model, ids[:train_samples], ids[train_samples:], base_model, report, log)
-    record = healer.run(ctx, opts)
-    model.eval()
+    stages = []
+    for healer, opts, train_samples in plan:
+        ctx = HealContext(model, ids[:train_samples], ids[samples - held_out:], base_model, report, log)
+        stages.append(healer.run(ctx, opts))
+        model.eval()
+    record = chain_record(stages)
     record["data"] = data
     return record
 
@@ -152,10 +199,12 @@ __all__ = [
     "HealContext",
     "HealOptions",
     "available_healers",
+    "chain_record",
     "check_heal",
     "get_healer",
     "heal",
     "heal_for_recipe",
     "needs_base_model",
     "register",
+    "split_chain",
 ]
