@@ -82,9 +82,13 @@ class Recipe:
     def resolve_defaults(self) -> "Recipe":
         """Fill the choices left to the tool (the default healer) so that the report names what really ran."""
         if self.heal is None:
-            from hf_layerprune.healing import DEFAULT_HEALER
+            from hf_layerprune.healing import default_healer
 
-            self.heal = DEFAULT_HEALER
+            self.heal = default_healer(self.granularity)
+        if self.metric is None and self.drop and not self.layers:
+            from hf_layerprune.scoring import default_metric
+
+            self.metric = default_metric(self.granularity)
         return self
 
     def to_dict(self) -> dict[str, Any]:

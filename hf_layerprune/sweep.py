@@ -39,9 +39,9 @@ def variant_dir(root: Path, base_model: str, num_layers_after: int) -> Path:
 
 def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log) -> dict[int, tuple[list[int], dict]]:
     """{depth: (removed layers, scoring record)} from one calibration set and one capture pass."""
-    from hf_layerprune.scoring import DEFAULT_METRIC, build_context, get_metric, run_metric
+    from hf_layerprune.scoring import build_context, default_metric, get_metric, run_metric
 
-    metric = get_metric(recipe.metric or DEFAULT_METRIC)
+    metric = get_metric(recipe.metric or default_metric(recipe.granularity))
     ctx, calibration = build_context(
         model, tokenizer, [metric], granularity="block", calibration=recipe.calibration,
         samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,

@@ -359,3 +359,29 @@ def test_prune_cli_attention_granularity_exports_decilm(tmp_path, modules_cache)
     result = CliRunner().invoke(app, ["prune", str(tmp_path / "qwen3"), "--granularity", "mlp", "--layers", "1", "-o", str(tmp_path / "q"), "--heal", "none", "--no-eval"])
     assert result.exit_code == 2 and "block only" in result.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_prune_cli_attention_drop_with_defaults(tmp_path, modules_cache):
+    """`--granularity attention --drop N` alone: the sub-layer metric, no healing, layer 0's attention kept."""
+    from typer.testing import CliRunner
+
+    from hf_layerprune.cli import app
+    from hf_layerprune.healing import DEFAULT_SUBLAYER_HEALER
+    from hf_layerprune.scoring import DEFAULT_SUBLAYER_METRIC
+
+    model = tiny_model("llama", num_layers=4)
+    with torch.no_grad():  # make layer 0's attention the most skippable: the export must still keep it
+        model.model.layers[0].self_attn.o_proj.weight.zero_()
+    model.save_pretrained(tmp_path / "src")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["prune", str(tmp_path / "src"), "--granularity", "attention", "--drop", "2", "-o",
+                                      str(out), "--no-eval", "--calibration-samples", "4", "--seq-len", "16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    assert report["recipe"]["metric"] == DEFAULT_SUBLAYER_METRIC and report["recipe"]["heal"] == DEFAULT_SUBLAYER_HEALER
+    removed = report["removed_sublayers"]["attention"]
+    assert len(removed) == 2 and 0 not in removed
+    pruned = load(out)
+    ids = sample_ids()
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(ids).logits, reference_logits(model, ids, removed, []), atol=1e-5, rtol=1e-5)

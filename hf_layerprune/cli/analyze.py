@@ -50,10 +50,11 @@ def analyze(
 ) -> None:
     """Score every layer (or sub-layer) with one, several (comma-separated) or `all` metrics; suggest layers for --drop."""
     from hf_layerprune.loading import load_model
-    from hf_layerprune.scoring import DEFAULT_METRIC, analyze as run_analysis
+    from hf_layerprune.scoring import analyze as run_analysis, default_metric
 
-    metric_spec = options.pop("metric", None) or DEFAULT_METRIC
+    metric_spec = options.pop("metric", None)
     recipe = build_recipe(model, options)
+    metric_spec = metric_spec or default_metric(recipe.granularity)
     log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731
     log(f"Loading {model}")
     loaded, tokenizer = load_model(

@@ -48,6 +48,13 @@ register(Healer("projection", heal_projection, ProjectionOptions, "GradMAP-style
 
 # Chosen on SmolLM2-135M-Instruct (benchmarks/RESULTS_healing.md, docs/healing.md): best perplexity per second.
 DEFAULT_HEALER = "linear"
+# The closed-form healers fold a correction for removed *whole* layers; sub-layer cuts are left unhealed unless
+# asked (`--heal lora|qlora|distill` train on the DeciLM model).
+DEFAULT_SUBLAYER_HEALER = "none"
+
+
+def default_healer(granularity: str = "block") -> str:
+    return DEFAULT_HEALER if granularity == "block" else DEFAULT_SUBLAYER_HEALER
 
 # recipe field -> options field
 RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate": "learning_rate",
@@ -194,6 +201,7 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
 
 __all__ = [
     "DEFAULT_HEALER",
+    "DEFAULT_SUBLAYER_HEALER",
     "HEALERS",
     "Healer",
     "HealContext",
@@ -201,6 +209,7 @@ __all__ = [
     "available_healers",
     "chain_record",
     "check_heal",
+    "default_healer",
     "get_healer",
     "heal",
     "heal_for_recipe",

@@ -33,15 +33,24 @@ from hf_layerprune.scoring.run import analyze, build_context, run_metric, select
 # 96.0% of the 3-task accuracy at drop 6 (WikiText-2 ppl 64.1) where bi + linear kept 83.8% (ppl 74.4) and bi
 # unhealed 94.9% (ppl 78.8).
 DEFAULT_METRIC = "angular"
+# Sub-layers (--granularity attention|mlp): angular and cosine compare block boundaries only; `bi` scores any unit
+# from the one capture pass (ShortGPT's signal, used per sub-layer by LLM-Drop).
+DEFAULT_SUBLAYER_METRIC = "bi"
+
+
+def default_metric(granularity: str = "block") -> str:
+    return DEFAULT_METRIC if granularity == "block" else DEFAULT_SUBLAYER_METRIC
 
 __all__ = [
     "DEFAULT_METRIC",
+    "DEFAULT_SUBLAYER_METRIC",
     "Metric",
     "Scores",
     "ScoringContext",
     "analyze",
     "available_metrics",
     "build_context",
+    "default_metric",
     "get_metric",
     "register",
     "run_metric",

@@ -111,10 +111,10 @@ def build_context(
 
 def select_for_recipe(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any]]:
     """The pipeline's scoring stage: (sorted 0-based units to remove, the report's "scoring" record)."""
-    from hf_layerprune.scoring import DEFAULT_METRIC
+    from hf_layerprune.scoring import default_metric
 
     start = time.perf_counter()
-    metric = get_metric(recipe.metric or DEFAULT_METRIC)
+    metric = get_metric(recipe.metric or default_metric(recipe.granularity))
     metric.check_granularity(recipe.granularity)
     check_strategy(recipe.selection or metric.default_selection)
     ctx, calibration = build_context(
@@ -123,7 +123,11 @@ def select_for_recipe(model, tokenizer, recipe, *, log: Log = print) -> tuple[li
         log=log,
     )
     log(f"Scoring {ctx.num_units} {_unit_word(ctx.granularity)} with {metric.name} ({metric.summary})")
-    record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
+    protect = list(parse_protect(recipe.protect, ctx.num_units))
+    if recipe.granularity == "attention" and 0 not in protect:
+        protect.append(0)  # the DeciLM export needs attention in its first block (vLLM's nemotron_nas)
+        log("Keeping layer 0's attention: the Nemotron-NAS layout needs attention in the first block")
+    record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=protect)
     record["calibration"] = calibration
     record["seconds"] = round(time.perf_counter() - start, 3)
     return record["selected"], record
