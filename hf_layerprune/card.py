@@ -631,6 +631,9 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
             "retention": Markup(f"{100 * p_avg / b_avg:.1f}%") if b_avg else Markup("–"),
             "retention_value": 100 * p_avg / b_avg if b_avg else None,
         }
+        per_task = [100 * p / b for b, p in kept if b]
+        if per_task:  # an average can hide a task that collapsed (or one that drifts to its majority class)
+            average["range"] = Markup(f"{min(per_task):.1f}%–{max(per_task):.1f}%")
     return {"rows": rows, "bars": bars, "average": average, "has_base": bool(base)}
 
 
