@@ -242,6 +242,9 @@ def model_link(value: Any) -> Markup:
     rid = hub_id(value)
     if rid:
         return Markup(f"[{code(rid)}]({HUB}/{rid})")
+    text = str(value)
+    if text.startswith(("/", "~", "./", "../")) or "\\" in text:  # a local path: its name, not the author's disk layout
+        return code(text.replace("\\", "/").rstrip("/").rpartition("/")[2]) + Markup(" (a local checkpoint)")
     return code(value)
 
 
