@@ -92,7 +92,7 @@ def run_method(model: str, name: str, drop: int, args, work: Path) -> tuple[dict
         overrides = {**seed_calibration(), **overrides}
     recipe = Recipe(
         model=model, drop=drop, output_dir=str(work / "out"), overwrite=True, dtype="float32",
-        evaluate=True, tasks=list(MAIN_TASKS + SIDE_TASKS), limit=args.limit, include_path=str(include_path()),
+        evaluate=True, tasks=list(MAIN_TASKS + (SIDE_TASKS if getattr(args, "side", True) else ())), limit=args.limit, include_path=str(include_path()),
         perplexity=str(data_dir() / "wikitext2_raw" / "wiki.test.raw"), perplexity_tokens=args.ppl_tokens, **overrides,
     )
     start = time.perf_counter()
@@ -134,21 +134,26 @@ def header(model: str, args) -> str:
             f"perplexity on WikiText-2 test (512-token windows, first {args.ppl_tokens} tokens)\n")
 
 
+def side(value) -> str:
+    return f"{value:.3f}" if value is not None else "–"
+
+
 def table(rows: list[dict], base: dict) -> str:
     lines = ["| drop | method | removed | hellaswag | arc_easy | piqa | mean | retention | boolq | openbookqa | WT2 ppl "
-             "| params (M) | KV B/token | time (s) |", "|" + "---|" * 14]
+             "| params (M) | KV B/token | heal (s) | time (s) |", "|" + "---|" * 15]
     b = base
     lines.append(f"| 0 | base | – | {b['tasks'][0]:.3f} | {b['tasks'][1]:.3f} | {b['tasks'][2]:.3f} | {b['mean']:.3f} | "
-                 f"100.0% | {b['side'][0]:.3f} | {b['side'][1]:.3f} | {b['ppl']:.1f} | {fmt_m(b['parameters'])} | "
-                 f"{b['kv_bytes'] or '–'} | – |")
+                 f"100.0% | {side(b['side'][0])} | {side(b['side'][1])} | {b['ppl']:.1f} | {fmt_m(b['parameters'])} | "
+                 f"{b['kv_bytes'] or '–'} | – | – |")
     for r in rows:
         t, s = r["tasks"], r["side"]
         removed = r["removed"]
         if isinstance(removed, dict):
             removed = "; ".join(f"{k} {v}" for k, v in removed.items() if v)
         lines.append(f"| {r['drop']} | {r['method']} ({r['metric']} / {r['heal']}) | {removed} | {t[0]:.3f} | {t[1]:.3f} | "
-                     f"{t[2]:.3f} | {r['mean']:.3f} | {r['retention']:.1f}% | {s[0]:.3f} | {s[1]:.3f} | {r['ppl']:.1f} | "
-                     f"{fmt_m(r['parameters'])} | {r['kv_bytes'] or '–'} | {r['seconds']:.0f} |")
+                     f"{t[2]:.3f} | {r['mean']:.3f} | {r['retention']:.1f}% | {side(s[0])} | {side(s[1])} | {r['ppl']:.1f} | "
+                     f"{fmt_m(r['parameters'])} | {r['kv_bytes'] or '–'} | {(r.get('timings') or {}).get('heal', 0):.0f} | "
+                     f"{r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -164,8 +169,15 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated METHODS names or key=value+key=value")
     parser.add_argument("--seed-calibration", choices=["paper", "same"], default="paper")
     parser.add_argument("--ppl-tokens", type=int, default=16384)
+    parser.add_argument("--no-side", dest="side", action="store_false", help="skip boolq and openbookqa")
     parser.add_argument("--json", default=None, help="also write the raw numbers here (rewritten after every method)")
+    parser.add_argument("--render", nargs="+", default=None, metavar="JSON",
+                        help="print one table from the --json files of earlier runs instead of running")
     args = parser.parse_args()
+    if args.render:
+        saved = [json.loads(Path(p).read_text()) for p in args.render]
+        print(table([r for d in saved for r in d["rows"]], saved[0]["base"]))
+        return
 
     model = args.model or str(smollm2())
     rows, base = [], None
