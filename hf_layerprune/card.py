@@ -169,6 +169,8 @@ METRICS: dict[str, tuple[str, str, list[str]]] = {
     "last": ("the deepest layers before the final one (a rule, no calibration)", "last-layers", ["gromov2024"]),
     "reverse": ("the final layers (a rule, no calibration)", "reverse-order", ["lu2024"]),
     "random": ("a seeded random choice (a baseline)", "random-baseline", []),
+    "auto": ("the best of the angular, cosine and bi selections, judged by held-out calibration loss after healing",
+             "auto-selection", ["gromov2024", "streamline", "shortgpt"]),
 }
 # healer name -> (what it does, tag, papers)
 HEALERS: dict[str, tuple[str, str, list[str]]] = {
@@ -802,6 +804,9 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
 
     metric = scoring.get("metric") or recipe.get("metric")
     metric_info = METRICS.get(metric) if isinstance(metric, str) else None
+    chosen = scoring.get("chosen_metric")
+    if metric == "auto" and isinstance(chosen, str) and metric_info:  # name the metric whose selection won
+        metric_info = (f"{metric_info[0]}; here the {chosen} selection won", *metric_info[1:])
     heal_method = healing.get("method") if healing.get("method") not in (None, "none") else None
     heal_info = _heal_info(heal_method)
     if isinstance(healing.get("stages"), list):  # a chain: show the trained stage's settings beside the totals

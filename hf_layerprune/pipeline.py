@@ -185,10 +185,13 @@ def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list
 
     from hf_layerprune.calibration import calibration_batches, calibration_record
     from hf_layerprune.layer_stream import StreamedModel
-    from hf_layerprune.scoring import get_metric, run_metric
+    from hf_layerprune.scoring import AUTO, get_metric, run_metric
     from hf_layerprune.scoring.run import default_batch_size
     from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
 
+    if (recipe.metric or default_metric(recipe)) == AUTO:
+        raise LayerPruneError("--offload scores one layer at a time, which --metric auto cannot (it heals candidate "
+                              "copies of the whole model); give --metric angular, bi, cosine, shapley or ppl")
     metric = get_metric(recipe.metric or default_metric(recipe))
     check_streamable(metric.name)
     if recipe.granularity != "block":

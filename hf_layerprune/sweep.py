@@ -39,8 +39,12 @@ def variant_dir(root: Path, base_model: str, num_layers_after: int) -> Path:
 
 def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log) -> dict[int, tuple[list[int], dict]]:
     """{depth: (removed layers, scoring record)} from one calibration set and one capture pass."""
-    from hf_layerprune.scoring import build_context, default_metric, get_metric, run_metric
+    import dataclasses
 
+    from hf_layerprune.scoring import AUTO, auto_select, build_context, default_metric, get_metric, run_metric
+
+    if (recipe.metric or default_metric(recipe.granularity)) == AUTO:  # candidates are judged per depth
+        return {n: auto_select(model, tokenizer, dataclasses.replace(recipe, drop=n), log=log) for n in depths}
     metric = get_metric(recipe.metric or default_metric(recipe.granularity))
     ctx, calibration = build_context(
         model, tokenizer, [metric], granularity="block", calibration=recipe.calibration,

@@ -395,3 +395,37 @@ def test_unpruned_scores_are_computed_once_per_context(monkeypatch):
     monkeypatch.setattr(Shapley, "score", lambda self, *a, **k: calls.append(a) or original(self, *a, **k))
     one, two = run_metric(get_metric("shapley"), ctx, drop=1), run_metric(get_metric("shapley"), ctx, drop=2)
     assert len(calls) == 1 and one["scores"] == two["scores"] and one["selected"][0] in two["selected"]
+
+
+# ----------------------------------------------------------------------------------------------- auto
+
+
+@pytest.mark.parametrize("heal", ["linear", "none"])
+def test_auto_keeps_the_candidate_with_the_lowest_held_out_loss(heal):
+    """Identity layers 1 and 4 are not contiguous: only bi's top-k finds both, and removing them changes nothing,
+    so `auto` must pick them over angular/cosine's best block, with or without the judging healer."""
+    from hf_layerprune.recipe import Recipe
+    from hf_layerprune.scoring import AUTO_METRICS, DEFAULT_METRIC, auto_select
+    from hf_layerprune.scoring.auto import HELD_OUT, ranking_healer
+
+    assert DEFAULT_METRIC == "auto"
+    assert ranking_healer("linear+distill") == "linear" and ranking_healer("lora") == "none"
+    model = planted("llama", identity=[1, 4])
+    before = copy.deepcopy(model.state_dict())
+    recipe = Recipe(model="tiny", drop=2, heal=heal, calibration="self", calibration_samples=8, seq_len=32)
+    selected, record = auto_select(model, None, recipe, log=quiet)
+    assert selected == [1, 4] and record["metric"] == "auto" and record["chosen_metric"] == "bi"
+    assert {m for c in record["candidates"] for m in c["metrics"]} == set(AUTO_METRICS)
+    assert len(record["candidates"]) >= 2 and record["judged_with"]["heal"] == heal
+    held_out = self_batches(model, samples=8 + HELD_OUT, seq_len=32)[-HELD_OUT:]
+    best = min(c["held_out_loss"] for c in record["candidates"])
+    assert best == pytest.approx(mean_loss(model, held_out), abs=1e-5)  # removing identities is lossless
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left unchanged
+
+
+def test_auto_refuses_sublayers():
+    from hf_layerprune.recipe import Recipe
+    from hf_layerprune.scoring import auto_select
+
+    with pytest.raises(LayerPruneError, match="whole layers"):
+        auto_select(planted("llama"), None, Recipe(model="tiny", drop=1, granularity="attention"), log=quiet)

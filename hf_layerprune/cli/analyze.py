@@ -55,6 +55,10 @@ def analyze(
     metric_spec = options.pop("metric", None)
     recipe = build_recipe(model, options)
     metric_spec = metric_spec or default_metric(recipe.granularity)
+    if metric_spec == "auto":  # the default pipeline's choice: show the metrics it chooses between
+        from hf_layerprune.scoring import AUTO_METRICS
+
+        metric_spec = ",".join(AUTO_METRICS)
     log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731
     log(f"Loading {model}")
     loaded, tokenizer = load_model(

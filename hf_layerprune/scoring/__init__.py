@@ -26,13 +26,13 @@ from hf_layerprune.scoring import leave_one_out  # noqa: F401,E402
 from hf_layerprune.scoring import gradient  # noqa: F401,E402
 from hf_layerprune.scoring import baselines  # noqa: F401,E402
 from hf_layerprune.scoring.run import analyze, build_context, run_metric, select_for_recipe
+from hf_layerprune.scoring.auto import AUTO, AUTO_METRICS, auto_select
 
-# Chosen for the default *pipeline* (metric + healer), measured on SmolLM2-135M-Instruct in benchmarks/RESULTS.md:
-# unhealed, bi/ppl/cosine pick better layers than angular (metric table), but the default healer (`linear`,
-# ReplaceMe) fits one transform per removed block, and it works on one contiguous block: angular + linear kept
-# 96.0% of the 3-task accuracy at drop 6 (WikiText-2 ppl 64.1) where bi + linear kept 83.8% (ppl 74.4) and bi
-# unhealed 94.9% (ppl 78.8).
-DEFAULT_METRIC = "angular"
+# The default *pipeline* metric, chosen from benchmarks/RESULTS.md (SmolLM2-135M-Instruct, quality table): no
+# single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and WikiText-2
+# perplexity 2379 at drop 9), so `auto` (scoring/auto.py) compares the selections of angular, cosine and bi after
+# the default healer on held-out calibration text and keeps the best.
+DEFAULT_METRIC = "auto"
 # Sub-layers (--granularity attention|mlp): angular and cosine compare block boundaries only; `bi` scores any unit
 # from the one capture pass (ShortGPT's signal, used per sub-layer by LLM-Drop).
 DEFAULT_SUBLAYER_METRIC = "bi"
@@ -42,12 +42,15 @@ def default_metric(granularity: str = "block") -> str:
     return DEFAULT_METRIC if granularity == "block" else DEFAULT_SUBLAYER_METRIC
 
 __all__ = [
+    "AUTO",
+    "AUTO_METRICS",
     "DEFAULT_METRIC",
     "DEFAULT_SUBLAYER_METRIC",
     "Metric",
     "Scores",
     "ScoringContext",
     "analyze",
+    "auto_select",
     "available_metrics",
     "build_context",
     "default_metric",

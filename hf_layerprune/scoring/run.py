@@ -111,8 +111,10 @@ def build_context(
 
 def select_for_recipe(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any]]:
     """The pipeline's scoring stage: (sorted 0-based units to remove, the report's "scoring" record)."""
-    from hf_layerprune.scoring import default_metric
+    from hf_layerprune.scoring import AUTO, auto_select, default_metric
 
+    if (recipe.metric or default_metric(recipe.granularity)) == AUTO:
+        return auto_select(model, tokenizer, recipe, log=log)
     start = time.perf_counter()
     metric = get_metric(recipe.metric or default_metric(recipe.granularity))
     metric.check_granularity(recipe.granularity)

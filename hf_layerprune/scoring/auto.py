@@ -1,0 +1,102 @@
+"""`--metric auto` (the default for whole layers): the best of several metrics' selections, judged after healing.
+
+The static metrics disagree, and which one is right depends on the model and the depth (SmolLM2-135M-Instruct:
+angular's contiguous block was best at drop 6 and a disaster at drop 9, where bi's scattered layers held up;
+benchmarks/RESULTS.md). So `auto` does what the issue of healability asks for:
+
+1. score ``AUTO_METRICS`` (angular, cosine, bi) from one shared capture pass, each with its own selection;
+2. for each distinct candidate set, cut a copy of the model and heal it with the recipe's closed-form healer
+   (`linear`, `bias`, `projection`; the closed-form head of a chain such as `linear+distill`; none for trained
+   healers, whose cost would multiply);
+3. keep the candidate with the lowest next-token loss on held-out calibration text: ``HELD_OUT`` more sequences
+   from the same source (for `self`, sampled from the model like the calibration set), never the evaluation text.
+
+Cost: one capture pass, then per distinct candidate one healing fit and one loss pass. Memory: one extra copy of
+the model while a candidate is evaluated (pick a metric explicitly to avoid it).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from typing import Any, Callable
+
+AUTO = "auto"
+AUTO_METRICS = ("angular", "cosine", "bi")
+HELD_OUT = 8
+
+Log = Callable[[str], None]
+
+
+def ranking_healer(heal: str | None) -> str:
+    """The healer used to judge candidates: the recipe's closed-form healers (the head of a chain), else none."""
+    from hf_layerprune.healing import HEALERS, split_chain
+    from hf_layerprune.healing.base import split_spec
+
+    head = []
+    for part in split_chain(heal or "none"):
+        name = split_spec(part)[0]
+        if name not in HEALERS or HEALERS[name].trained:
+            break
+        head.append(part)
+    return "+".join(head) or "none"
+
+
+def auto_select(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any]]:
+    """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged)."""
+    from hf_layerprune.calibration import calibration_batches
+    from hf_layerprune.errors import LayerPruneError
+    from hf_layerprune.healing import heal_for_recipe
+    from hf_layerprune.healing.training import lm_loss
+    from hf_layerprune.scoring.base import get_metric
+    from hf_layerprune.scoring.run import build_context, run_metric
+    from hf_layerprune.surgery import kept_layers, remove_layers
+
+    if recipe.granularity != "block":
+        raise LayerPruneError("--metric auto chooses whole layers; give --metric bi|shapley|ppl for sub-layers")
+    start = time.perf_counter()
+    metrics = [get_metric(name) for name in AUTO_METRICS]
+    ctx, calibration = build_context(
+        model, tokenizer, metrics, calibration=recipe.calibration, samples=recipe.calibration_samples,
+        seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column, log=log,
+    )
+    candidates: dict[tuple[int, ...], dict[str, Any]] = {}
+    for metric in metrics:
+        record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
+        entry = candidates.setdefault(tuple(record["selected"]), {"metrics": [], "record": record})
+        entry["metrics"].append(metric.name)
+    held_out = calibration_batches(
+        recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
+        seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
+    )[-HELD_OUT:]
+    judge = ranking_healer(recipe.heal)
+    num_layers = model.config.num_hidden_layers
+    quiet = dataclasses.replace(recipe, heal=judge)
+    log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
+        f"by held-out loss after --heal {judge}")
+    results = []
+    for selected, entry in candidates.items():
+        candidate = copy.deepcopy(model)
+        removed = list(selected)
+        remove_layers(candidate, removed)
+        if judge != "none":
+            report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers),
+                      "num_layers_before": num_layers}
+            heal_for_recipe(candidate, tokenizer, quiet, report, base_model=model, log=lambda message: None)
+        loss = lm_loss(candidate, held_out)
+        del candidate
+        results.append({"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss})
+        log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out loss {loss:.4f}")
+    best = min(results, key=lambda r: r["held_out_loss"])
+    chosen = candidates[tuple(best["selected"])]["record"]
+    record = {
+        **chosen,
+        "metric": AUTO,
+        "chosen_metric": best["metrics"][0],
+        "candidates": results,
+        "judged_with": {"heal": judge, "held_out_samples": HELD_OUT, "seq_len": recipe.seq_len},
+        "calibration": calibration,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    return best["selected"], record
