@@ -304,3 +304,19 @@ def test_chain_in_the_pipeline_stage_and_the_card(tmp_path):
     assert {"linear-compensation", "lora"} <= set(_tags(report))
     assert {"replaceme", "lora"} <= {c["key"] for c in _citations(report)}
     assert_stock_reload(model, tmp_path)
+
+
+def test_a_correction_that_raises_the_held_out_loss_is_undone(monkeypatch):
+    from hf_layerprune.healing import compensation
+
+    base, model, report = pruned()
+    harmful = lambda ctx, site, target, options, *, mode: compensation.Correction(  # noqa: E731
+        site.path, delta=torch.randn(32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3)
+    monkeypatch.setattr(compensation, "fit_site", harmful)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    record = heal(model, "linear", markov_ids(8), base_model=base, report=report, eval_ids=markov_ids(4, seed=9), **QUIET)
+    assert record["reverted"] and record["loss_after_fit"] > record["loss_before"] == record["loss_after"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    kept = heal(model, "linear:keep_if_better=false", markov_ids(8), base_model=base, report=report,
+                eval_ids=markov_ids(4, seed=9), **QUIET)
+    assert "reverted" not in kept and kept["loss_after"] > kept["loss_before"]
