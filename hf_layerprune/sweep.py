@@ -42,9 +42,12 @@ def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log)
     import dataclasses
 
     from hf_layerprune.scoring import AUTO, auto_select, build_context, default_metric, get_metric, run_metric
+    from hf_layerprune.scoring.auto import auto_context
 
-    if (recipe.metric or default_metric(recipe.granularity)) == AUTO:  # candidates are judged per depth
-        return {n: auto_select(model, tokenizer, dataclasses.replace(recipe, drop=n), log=log) for n in depths}
+    if (recipe.metric or default_metric(recipe.granularity)) == AUTO:  # one capture pass; candidates judged per depth
+        shared = auto_context(model, tokenizer, recipe, log)
+        return {n: auto_select(model, tokenizer, dataclasses.replace(recipe, drop=n), shared=shared, log=log)
+                for n in depths}
     metric = get_metric(recipe.metric or default_metric(recipe.granularity))
     ctx, calibration = build_context(
         model, tokenizer, [metric], granularity="block", calibration=recipe.calibration,

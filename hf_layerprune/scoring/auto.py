@@ -43,24 +43,35 @@ def ranking_healer(heal: str | None) -> str:
     return "+".join(head) or "none"
 
 
-def auto_select(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any]]:
-    """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged)."""
+def auto_context(model, tokenizer, recipe, log: Log = print):
+    """The shared calibration set and capture pass of the AUTO_METRICS: (ScoringContext, calibration record)."""
+    from hf_layerprune.scoring.base import get_metric
+    from hf_layerprune.scoring.run import build_context
+
+    return build_context(
+        model, tokenizer, [get_metric(name) for name in AUTO_METRICS], calibration=recipe.calibration,
+        samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
+        log=log,
+    )
+
+
+def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> tuple[list[int], dict[str, Any]]:
+    """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
+
+    `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
     from hf_layerprune.calibration import calibration_batches
     from hf_layerprune.errors import LayerPruneError
     from hf_layerprune.healing import heal_for_recipe
     from hf_layerprune.healing.training import lm_loss
     from hf_layerprune.scoring.base import get_metric
-    from hf_layerprune.scoring.run import build_context, run_metric
+    from hf_layerprune.scoring.run import run_metric
     from hf_layerprune.surgery import kept_layers, remove_layers
 
     if recipe.granularity != "block":
         raise LayerPruneError("--metric auto chooses whole layers; give --metric bi|shapley|ppl for sub-layers")
     start = time.perf_counter()
     metrics = [get_metric(name) for name in AUTO_METRICS]
-    ctx, calibration = build_context(
-        model, tokenizer, metrics, calibration=recipe.calibration, samples=recipe.calibration_samples,
-        seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column, log=log,
-    )
+    ctx, calibration = shared or auto_context(model, tokenizer, recipe, log)
     candidates: dict[tuple[int, ...], dict[str, Any]] = {}
     for metric in metrics:
         record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
