@@ -141,8 +141,11 @@ def gradient_checkpointing(model, enabled: bool) -> Iterator[None]:
 
 
 @torch.no_grad()
-def lm_loss(model, ids: torch.Tensor, batch_size: int = 4) -> float:
-    """Mean next-token negative log-likelihood of `ids` (per predicted token), in fp32."""
+def lm_loss(model, ids: torch.Tensor, batch_size: int = 1) -> float:
+    """Mean next-token negative log-likelihood of `ids` (per predicted token), in fp32.
+
+    One sequence at a time by default: the fp32 logits of a batch (batch x seq_len x vocab) would otherwise set the
+    healer's peak memory (measured: +0.24 GiB over plain peft for 4 x 256 tokens and a 32k vocabulary)."""
     was_training = model.training
     model.eval()
     device = model_device(model)
