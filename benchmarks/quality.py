@@ -117,6 +117,21 @@ def run_method(model: str, name: str, drop: int, args, work: Path) -> tuple[dict
     return row, base
 
 
+def run_plan(model: str, plan: list[tuple[int, str]], args, prefix: str) -> tuple[list[dict], dict]:
+    """Run (drop, method) pairs one after another; rewrite `args.json` after each. Returns (rows, base)."""
+    rows, base = [], None
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        for drop, method in plan:
+            row, base = run_method(model, method, drop, args, work)
+            rows.append(row)
+            if args.json:
+                Path(args.json).write_text(json.dumps({"base": base, "rows": rows}, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return rows, base
+
+
 def kv_bytes(ev: dict, side: str):
     speed = (ev.get("speed") or {}).get(side) or {}
     return speed.get("kv_cache_bytes_per_token")
@@ -180,17 +195,9 @@ def main() -> None:
         return
 
     model = args.model or str(smollm2())
-    rows, base = [], None
-    work = Path(tempfile.mkdtemp(prefix="quality-"))
-    try:
-        for drop in [int(d) for d in args.drops.split(",")]:
-            for name in [n.strip() for n in args.methods.split(",") if n.strip()]:
-                row, base = run_method(model, name, drop, args, work)
-                rows.append(row)
-                if args.json:
-                    Path(args.json).write_text(json.dumps({"base": base, "rows": rows}, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    methods = [n.strip() for n in args.methods.split(",") if n.strip()]
+    plan = [(int(drop), name) for drop in args.drops.split(",") for name in methods]
+    rows, base = run_plan(model, plan, args, "quality-")
     print(header(model, args))
     print(table(rows, base))
 

@@ -11,15 +11,12 @@ test perplexity) and the table adds the parameter count and the KV-cache bytes p
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import header, run_method, smollm2, table  # noqa: E402
+from quality import header, run_plan, smollm2, table  # noqa: E402
 
 
 def parameter_shapes(model: str) -> tuple[int, int, int]:
@@ -59,16 +56,7 @@ def main() -> None:
         plan.append((n_layers, f"metric={args.block_metric}+heal={args.heal}"))
     print(f"attention sub-layer: {attention / 1e6:.2f}M parameters, whole layer: {whole / 1e6:.2f}M; plan: {plan}",
           file=sys.stderr)
-    rows, base = [], None
-    work = Path(tempfile.mkdtemp(prefix="sublayer-"))
-    try:
-        for drop, method in plan:
-            row, base = run_method(model, method, drop, args, work)
-            rows.append(row)
-            if args.json:
-                Path(args.json).write_text(json.dumps({"base": base, "rows": rows}, indent=2))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    rows, base = run_plan(model, plan, args, "sublayer-")
     print(header(model, args))
     print(f"one attention sub-layer = {attention / 1e6:.2f}M parameters, one whole layer = {whole / 1e6:.2f}M; "
           "`drop` counts attention sub-layers for the attention rows and whole layers otherwise\n")
