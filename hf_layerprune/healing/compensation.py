@@ -286,6 +286,21 @@ def undo_unless_better(ctx: HealContext, sites: list[Site], options: "ClosedForm
         record.update(reverted=True, loss_after_fit=record["loss_after"], loss_after=lm_loss(ctx.model, ctx.eval_ids))
 
 
+def finish_record(record: dict, start: float, options: "ClosedFormOptions", corrections: list[dict],
+                  mse_before: list[float], mse_after: list[float], **extra) -> dict:
+    """The rest of a closed-form healer's record (losses are filled by `undo_unless_better`)."""
+    record.update(
+        seconds=round(time.perf_counter() - start, 3),
+        options=options_record(options),
+        **extra,
+        corrections=corrections,
+        block_mse_before=mse_before,
+        block_mse_after=mse_after,
+        losses=[],
+    )
+    return record
+
+
 # ------------------------------------------------------------------------------------------------ healers
 
 
@@ -334,14 +349,7 @@ def _heal_blocks(ctx: HealContext, options: ClosedFormOptions, method: str, mode
                 **({"delta_norm": round(float(correction.delta.norm()), 6)} if correction.delta is not None else {}),
             })
         mse_after = stream_mse(ctx.model, ctx.base_model, ctx.eval_ids, pairs, options.batch_size)
-    record.update(
-        seconds=round(time.perf_counter() - start, 3),
-        options=options_record(options),
-        corrections=corrections,
-        block_mse_before=mse_before,
-        block_mse_after=mse_after,
-        losses=[],
-    )
+    finish_record(record, start, options, corrections, mse_before, mse_after)
     if added:
         record["config_changes"] = {get_architecture(ctx.model.config).mlp_bias_field: True, "zero_biases_added": added}
     return record
@@ -402,13 +410,4 @@ def heal_projection(ctx: HealContext, options: ProjectionOptions) -> dict:
             corrections.append({"layer": site.point - 1, "site": site.path, "fusion_error": fusion_error,
                                 "delta_norm": round(float(correction.delta.norm()), 6)})
         mse_after = stream_mse(ctx.model, ctx.base_model, ctx.eval_ids, pairs, options.batch_size)
-    record.update(
-        seconds=round(time.perf_counter() - start, 3),
-        options=options_record(options),
-        mean_shift=shifts,
-        corrections=corrections,
-        block_mse_before=mse_before,
-        block_mse_after=mse_after,
-        losses=[],
-    )
-    return record
+    return finish_record(record, start, options, corrections, mse_before, mse_after, mean_shift=shifts)
