@@ -13,7 +13,6 @@ Peak memory is what the device can tell us, and the result says which (``peak_me
 from __future__ import annotations
 
 import inspect
-
 import os
 import statistics
 import threading
@@ -175,12 +174,15 @@ def measure_speed(
     # transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache`.
     cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
+    def cache_of(out):
+        return out["cache"] if "cache" in out.keys() else out["past_key_values"]
+
     def decode(out) -> None:
-        past = out["cache"] if "cache" in out.keys() else out["past_key_values"]
+        past = cache_of(out)
         nxt = out.logits[:, -1:].argmax(-1)
         for _ in range(decode_tokens):
             step = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
-            past = step["cache"] if "cache" in step.keys() else step["past_key_values"]
+            past = cache_of(step)
             nxt = step.logits[:, -1:].argmax(-1)
 
     was_training = model.training

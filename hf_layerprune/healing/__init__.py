@@ -141,13 +141,14 @@ def heal(
     healers that compare with `base_model`. `eval_ids` (default: the first `eval_samples` rows of `ids`) is
     where loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
     parts = _stages(method)
+    report = report if report is not None else {}  # one report for every stage (`replace` updates it)
     stages = []
     for part in parts:
         healer, raw = get_healer(part)
         given = options if len(parts) == 1 else {k: v for k, v in options.items() if k in healer.options.__dataclass_fields__}
         opts = build_options(healer.options, healer.name, {**raw, **given})
         stage_eval = ids[: max(1, opts.eval_samples)] if eval_ids is None else eval_ids
-        ctx = HealContext(model, ids, stage_eval, base_model, report if report is not None else {}, log)
+        ctx = HealContext(model, ids, stage_eval, base_model, report, log)
         was_training = model.training
         try:
             stages.append(healer.run(ctx, opts))
