@@ -23,13 +23,19 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def test_sweep_writes_one_model_per_depth_with_pareto_plot(pruned_model_dir, tmp_path):
-    """One scoring pass (greedy `ppl`: shallower depths are prefixes), evaluated variants, a Pareto plot each."""
+def eval_inputs(tmp_path):
+    """(include dir with the tiny local lm-eval task, a perplexity text file) under `tmp_path`."""
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "tiny_mc.yaml").write_text(TINY_TASK.format(path=json.dumps(str((DATA / "tiny_mc.jsonl").resolve()))))
     text = tmp_path / "text.raw"
     text.write_text(TEXT * 4, encoding="utf-8")
+    return tasks, text
+
+
+def test_sweep_writes_one_model_per_depth_with_pareto_plot(pruned_model_dir, tmp_path):
+    """One scoring pass (greedy `ppl`: shallower depths are prefixes), evaluated variants, a Pareto plot each."""
+    tasks, text = eval_inputs(tmp_path)
     source = pruned_model_dir(0)  # tiny Llama, 3 layers, with a tokenizer
     root = tmp_path / "sweep"
     result = runner.invoke(app, ["sweep", str(source), "--drop", "1,2", "--metric", "ppl", "--heal", "none",
@@ -83,11 +89,7 @@ def test_default_pipeline_end_to_end(pruned_model_dir, tmp_path):
     from hf_layerprune.healing import DEFAULT_HEALER
     from hf_layerprune.scoring import DEFAULT_METRIC
 
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "tiny_mc.yaml").write_text(TINY_TASK.format(path=json.dumps(str((DATA / "tiny_mc.jsonl").resolve()))))
-    text = tmp_path / "text.raw"
-    text.write_text(TEXT * 4, encoding="utf-8")
+    tasks, text = eval_inputs(tmp_path)
     out = tmp_path / "out"
     result = runner.invoke(app, ["prune", str(pruned_model_dir(0)), "--drop", "1", "--tasks", "tiny_mc",
                                  "--include-path", str(tasks), "--perplexity", str(text),
