@@ -65,7 +65,7 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
         return True
     if recipe.layers or recipe.offload:
         return False
-    return (recipe.metric or default_metric(recipe)) not in CONFIG_RULES
+    return metric_for(recipe) not in CONFIG_RULES
 
 
 def source_config(source: Source, token: str | None = None):
@@ -103,10 +103,11 @@ def planned_num_layers(recipe: Recipe, token: str | None = None) -> int:
     return config.num_hidden_layers - (len(recipe.layers) if recipe.layers else recipe.drop)
 
 
-def default_metric(recipe: Recipe | None = None) -> str:
-    from hf_layerprune.scoring import default_metric as for_granularity
+def metric_for(recipe: Recipe) -> str:
+    """`scoring.metric_for`, imported when first needed, as the pipeline imports every stage."""
+    from hf_layerprune.scoring import metric_for as scoring_metric_for
 
-    return for_granularity(recipe.granularity if recipe is not None else "block")
+    return scoring_metric_for(recipe)
 
 
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict[str, Any]:
@@ -189,10 +190,10 @@ def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list
     from hf_layerprune.scoring.run import default_batch_size
     from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
 
-    if (recipe.metric or default_metric(recipe)) == AUTO:
+    if metric_for(recipe) == AUTO:
         raise LayerPruneError("--offload scores one layer at a time, which --metric auto cannot (it heals candidate "
                               "copies of the whole model); give --metric angular, bi, cosine, shapley or ppl")
-    metric = get_metric(recipe.metric or default_metric(recipe))
+    metric = get_metric(metric_for(recipe))
     check_streamable(metric.name)
     if recipe.granularity != "block":
         raise LayerPruneError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
@@ -220,7 +221,7 @@ def _explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
         return validate_removed(recipe.layers, num_layers)
     if recipe.drop >= num_layers:
         raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
-    return validate_removed(config_rule_layers(recipe.metric or default_metric(recipe), num_layers, recipe.drop), num_layers)
+    return validate_removed(config_rule_layers(metric_for(recipe), num_layers, recipe.drop), num_layers)
 
 
 def _checkpoint_parameters(directory: Path) -> int:
@@ -239,7 +240,7 @@ def count_parameters(model) -> int:
 
 def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log):
     # `self` calibration samples token ids from the model, so scoring alone needs no tokenizer (tiny checkpoints)
-    scoring_text = bool(recipe.drop and (recipe.metric or default_metric(recipe)) not in CONFIG_RULES) and recipe.calibration != "self"
+    scoring_text = bool(recipe.drop and metric_for(recipe) not in CONFIG_RULES) and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
     with timer.stage("load"):
         log(f"Loading {source.name}")
@@ -261,7 +262,7 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
 
 
 def _uses_metric(recipe: Recipe) -> bool:
-    return not recipe.layers and (recipe.metric or default_metric(recipe)) not in CONFIG_RULES
+    return not recipe.layers and metric_for(recipe) not in CONFIG_RULES
 
 
 def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:

@@ -41,14 +41,14 @@ def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log)
     """{depth: (removed layers, scoring record)} from one calibration set and one capture pass."""
     import dataclasses
 
-    from hf_layerprune.scoring import AUTO, auto_select, build_context, default_metric, get_metric, run_metric
+    from hf_layerprune.scoring import AUTO, auto_select, build_context, get_metric, metric_for, run_metric
     from hf_layerprune.scoring.auto import auto_context
 
-    if (recipe.metric or default_metric(recipe.granularity)) == AUTO:  # one capture pass; candidates judged per depth
+    if metric_for(recipe) == AUTO:  # one capture pass; candidates judged per depth
         shared = auto_context(model, tokenizer, recipe, log)
         return {n: auto_select(model, tokenizer, dataclasses.replace(recipe, drop=n), shared=shared, log=log)
                 for n in depths}
-    metric = get_metric(recipe.metric or default_metric(recipe.granularity))
+    metric = get_metric(metric_for(recipe))
     ctx, calibration = build_context(
         model, tokenizer, [metric], granularity="block", calibration=recipe.calibration,
         samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,

@@ -41,6 +41,11 @@ DEFAULT_SUBLAYER_METRIC = "bi"
 def default_metric(granularity: str = "block") -> str:
     return DEFAULT_METRIC if granularity == "block" else DEFAULT_SUBLAYER_METRIC
 
+
+def metric_for(recipe) -> str:
+    """The metric a recipe scores with: its own, else the default for its granularity."""
+    return recipe.metric or default_metric(recipe.granularity)
+
 __all__ = [
     "AUTO",
     "AUTO_METRICS",
@@ -54,6 +59,7 @@ __all__ = [
     "available_metrics",
     "build_context",
     "default_metric",
+    "metric_for",
     "get_metric",
     "register",
     "run_metric",

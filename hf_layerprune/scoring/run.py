@@ -111,12 +111,12 @@ def build_context(
 
 def select_for_recipe(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any]]:
     """The pipeline's scoring stage: (sorted 0-based units to remove, the report's "scoring" record)."""
-    from hf_layerprune.scoring import AUTO, auto_select, default_metric
+    from hf_layerprune.scoring import AUTO, auto_select, metric_for
 
-    if (recipe.metric or default_metric(recipe.granularity)) == AUTO:
+    if metric_for(recipe) == AUTO:
         return auto_select(model, tokenizer, recipe, log=log)
     start = time.perf_counter()
-    metric = get_metric(recipe.metric or default_metric(recipe.granularity))
+    metric = get_metric(metric_for(recipe))
     metric.check_granularity(recipe.granularity)
     check_strategy(recipe.selection or metric.default_selection)
     ctx, calibration = build_context(
