@@ -178,6 +178,8 @@ HEALERS: dict[str, tuple[str, str, list[str]]] = {
     "qlora": ("LoRA trained on a 4-bit NF4 copy, merged into the 16-bit weights", "qlora", ["qlora", "lora"]),
     "distill": ("LoRA trained to match the unpruned model's next-token distribution (KL), merged", "distillation", ["lora"]),
     "replace": ("the removed block replaced by one layer trained on the block's input and output", "layer-replacement", ["streamline"]),
+    "absorb": ("the kept layer before each removed block trained to do the block's work too (LLM-Streamline's "
+               "layer replacement at the requested depth)", "layer-absorption", ["streamline"]),
     "bias": ("the removed block's mean update added back as a bias", "bias-compensation", ["siddiqui2024"]),
     "linear": ("a least-squares linear transform fused into a down-projection", "linear-compensation", ["replaceme"]),
     "projection": ("a projection compensation of the most-drifted layer folded into its down-projection", "projection-compensation", ["gradmap"]),

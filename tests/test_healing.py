@@ -61,7 +61,7 @@ def assert_stock_reload(model, tmp_path) -> AutoModelForCausalLM:
 
 
 def test_registry_names_options_and_errors():
-    assert set(HEALERS) == {"lora", "qlora", "distill", "replace", "bias", "linear", "projection"}
+    assert set(HEALERS) == {"lora", "qlora", "distill", "replace", "absorb", "bias", "linear", "projection"}
     assert DEFAULT_HEALER in HEALERS
     assert needs_base_model("distill:alpha=0.5") and needs_base_model("linear") and not needs_base_model("lora")
     assert not needs_base_model("none") and not needs_base_model(None)
@@ -170,6 +170,52 @@ def test_replace_refuses_what_it_cannot_do(removed, words):
     base, model, report = pruned(removed=removed)
     with pytest.raises(LayerPruneError, match=words):
         heal(model, "replace", markov_ids(4), base_model=base, report=report, steps=1, **QUIET)
+
+
+# ----------------------------------------------------------------------------------------------- absorb
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "qwen2"])
+# each run is absorbed by the kept layer before it; a run starting at layer 0 by the kept layer after it
+@pytest.mark.parametrize("removed, absorbers", [((2, 3), {1}), ((0, 4), {1, 3}), ((1, 2, 5), {0, 4})])
+def test_absorb_keeps_the_depth_and_learns_each_blocks_job(family, removed, absorbers, tmp_path):
+    base, model, report = pruned(family, removed=removed)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    record = heal(model, "absorb", markov_ids(16), base_model=base, report=report, eval_ids=markov_ids(8, seed=9),
+                  steps=30, **QUIET)
+    assert model.config.num_hidden_layers == LAYERS - len(removed) and report["removed_layers"] == list(removed)
+    trained = {i for run in record["runs"] for i in run["layers"]}
+    assert trained == absorbers
+    kept = report["kept_layers"]
+    for name, p in model.named_parameters():
+        index = int(name.split("layers.")[1].split(".")[0]) if "layers." in name else None
+        changed = not torch.equal(before[name], p)
+        assert changed == (index is not None and kept[index] in trained and not record.get("reverted")), name
+    for run in record["runs"]:
+        assert run["block_mse_after"] < run["block_mse_before"], run
+    if not record.get("reverted"):
+        assert record["loss_after"] < record["loss_before"]
+    assert record["samples"] == min(30 * 8, 64, 16)
+    assert_stock_reload(model, tmp_path)
+
+
+def test_absorb_spans_take_up_to_width_kept_layers_and_never_cross_a_run():
+    from hf_layerprune.healing.absorb import spans
+
+    got = [(s.run, s.layers, s.end) for s in spans([0, 1, 4, 5, 7, 9], 10, width=2)]
+    assert got == [([0, 1, 4, 5], [2, 3], 6), ([7], [6], 8), ([9], [8], 10)]
+    assert [(s.layers, s.end) for s in spans([3, 4], 10, width=1)] == [([2], 5)]
+    assert [(s.layers, s.end) for s in spans([3, 4, 8], 10, width=3)] == [([0, 1, 2], 5), ([5, 6, 7], 9)]
+
+
+def test_absorb_undoes_a_layer_that_raises_the_held_out_loss():
+    base, model, report = pruned(removed=(2, 3))
+    before = [p.detach().clone() for p in model.parameters()]
+    # trained on one repeated token, judged on the Markov text: the fit cannot help there
+    record = heal(model, "absorb:learning_rate=0.05", torch.full((8, 32), 5), base_model=base, report=report,
+                  eval_ids=markov_ids(8, seed=9), steps=20, **QUIET)
+    assert record["reverted"] and record["loss_after"] == record["loss_before"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
 # ----------------------------------------------------------------------------------------------- closed form

@@ -9,6 +9,7 @@ stock architecture (adapters merged, corrections folded into existing weights), 
 | qlora      | LoRA trained on a 4-bit NF4 copy, merged into bf16/fp32       | lora.py         | no               |
 | distill    | LoRA trained with KL to the unpruned model's logits, merged   | distill.py      | yes              |
 | replace    | LLM-Streamline: n removed layers -> one trained layer         | replacement.py  | yes              |
+| absorb     | the kept layer before each removed block trained to replace it| absorb.py       | yes              |
 | bias       | Siddiqui: mean block update as a down_proj bias               | compensation.py | yes              |
 | linear     | ReplaceMe: least-squares T fused into the prior down_proj     | compensation.py | yes              |
 | projection | GradMAP-style: compensation at the most-drifted kept layer    | compensation.py | yes              |
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.healing.absorb import AbsorbOptions, heal_absorb
 from hf_layerprune.healing.base import Healer, HealContext, HealOptions, Log, build_options, split_spec
 from hf_layerprune.healing.compensation import ClosedFormOptions, ProjectionOptions, heal_bias, heal_linear, heal_projection
 from hf_layerprune.healing.distill import DistillOptions, heal_distill
@@ -42,6 +44,8 @@ register(Healer("lora", heal_lora, LoraOptions, "LoRA on the MLP with the LM los
 register(Healer("qlora", heal_qlora, LoraOptions, "LoRA trained on a 4-bit NF4 copy, merged into the original weights"))
 register(Healer("distill", heal_distill, DistillOptions, "LoRA trained with KL to the unpruned model, merged", needs_base_model=True))
 register(Healer("replace", heal_replace, ReplaceOptions, "LLM-Streamline: the removed block becomes one trained layer", needs_base_model=True))
+register(Healer("absorb", heal_absorb, AbsorbOptions, "the kept layer before each removed block is trained to do its job", needs_base_model=True,
+                  proxy="linear"))
 register(Healer("bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias", needs_base_model=True, trained=False))
 register(Healer("linear", heal_linear, ClosedFormOptions, "ReplaceMe: least-squares transform fused into down_proj", needs_base_model=True, trained=False))
 register(Healer("projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer", needs_base_model=True, trained=False))
@@ -177,7 +181,7 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
         if healer.needs_base_model and base_model is None:
             raise LayerPruneError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
         if healer.trained:
-            train_samples = opts.resolve_steps(recipe.seq_len) * opts.batch_size
+            train_samples = opts.training_samples(recipe.seq_len)
         else:
             train_samples = max(1, opts.tokens // recipe.seq_len) if opts.tokens else recipe.calibration_samples
         plan.append((healer, opts, train_samples))

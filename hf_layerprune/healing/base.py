@@ -59,6 +59,10 @@ class HealOptions:
             return max(1, math.ceil(self.tokens / (self.batch_size * seq_len)))
         return DEFAULT_STEPS
 
+    def training_samples(self, seq_len: int) -> int:
+        """Distinct training sequences a trained healer needs (one per sequence per step by default)."""
+        return self.resolve_steps(seq_len) * self.batch_size
+
 
 @dataclass
 class HealContext:
@@ -96,6 +100,7 @@ class Healer:
     summary: str = ""
     needs_base_model: bool = False
     trained: bool = True  # trained healers consume steps x batch_size sequences; closed-form ones a calibration set
+    proxy: str | None = None  # closed-form healer that stands in for this trained one when `auto` compares candidates
 
 
 def contiguous_runs(indices: list[int]) -> list[list[int]]:

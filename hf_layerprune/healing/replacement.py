@@ -44,18 +44,26 @@ class ReplaceOptions(HealOptions):
     default_learning_rate = 2e-4
 
 
-class BlockMSE(torch.nn.Module):
-    """Loss module: decoder layer `index` of `model` on the captured block input vs the captured block output."""
+def run_layers(model, indices: list[int], ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Decoder layers `indices` (consecutive) of `model` on stream `hidden`, each called as the stock forward calls it."""
+    layers = layers_of(model)
+    for index in indices:
+        args, kwargs = layer_call(model, index, ids)
+        hidden = layers[index](hidden, *args, **kwargs)
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+    return hidden
 
-    def __init__(self, model, index: int) -> None:
+
+class BlockMSE(torch.nn.Module):
+    """Loss module: decoder layer(s) `index` of `model` on the captured block input vs the captured block output."""
+
+    def __init__(self, model, index: int | list[int]) -> None:
         super().__init__()
         self.model = model
-        self.index = index
+        self.indices = [index] if isinstance(index, int) else list(index)
 
     def forward(self, input_ids: torch.Tensor, block_input: torch.Tensor, block_target: torch.Tensor) -> dict:
-        args, kwargs = layer_call(self.model, self.index, input_ids)
-        out = layers_of(self.model)[self.index](block_input, *args, **kwargs)
-        out = out[0] if isinstance(out, tuple) else out
+        out = run_layers(self.model, self.indices, input_ids, block_input)
         return {"loss": F.mse_loss(out.float(), block_target.float())}
 
 
@@ -117,11 +125,9 @@ def block_io(base_model, ids: torch.Tensor, block: list[int], batch_size: int = 
 
 
 @torch.no_grad()
-def layer_mse(model, index: int, ids: torch.Tensor, block_input: torch.Tensor, block_target: torch.Tensor) -> float:
+def layer_mse(model, index: int | list[int], ids: torch.Tensor, block_input: torch.Tensor, block_target: torch.Tensor) -> float:
     device = next(model.parameters()).device
-    args, kwargs = layer_call(model, index, ids)
-    out = layers_of(model)[index](block_input.to(device), *args, **kwargs)
-    out = out[0] if isinstance(out, tuple) else out
+    out = run_layers(model, [index] if isinstance(index, int) else index, ids.to(device), block_input.to(device))
     return round(float(F.mse_loss(out.float(), block_target.to(device).float())), 8)
 
 

@@ -6,8 +6,8 @@ benchmarks/RESULTS.md). So `auto` does what the issue of healability asks for:
 
 1. score ``AUTO_METRICS`` (angular, cosine, bi) from one shared capture pass, each with its own selection;
 2. for each distinct candidate set, cut a copy of the model and heal it with the recipe's closed-form healer
-   (`linear`, `bias`, `projection`; the closed-form head of a chain such as `linear+distill`; none for trained
-   healers, whose cost would multiply);
+   (`linear`, `bias`, `projection`; the closed-form head of a chain such as `linear+distill`; for `absorb` its
+   closed-form proxy `linear`; none for the other trained healers, whose cost would multiply);
 3. keep the candidate with the lowest next-token loss on held-out calibration text: ``HELD_OUT`` more sequences
    from the same source (for `self`, sampled from the model like the calibration set), never the evaluation text.
 
@@ -30,14 +30,21 @@ Log = Callable[[str], None]
 
 
 def ranking_healer(heal: str | None) -> str:
-    """The healer used to judge candidates: the recipe's closed-form healers (the head of a chain), else none."""
+    """The healer used to judge candidates: the recipe's closed-form healers (the head of a chain), then the
+    closed-form proxy of the first trained one (`absorb` -> `linear`: the same fold site, a linear map instead of
+    a trained layer); none for the other trained healers, whose cost would multiply."""
     from hf_layerprune.healing import HEALERS, split_chain
     from hf_layerprune.healing.base import split_spec
 
     head = []
     for part in split_chain(heal or "none"):
         name = split_spec(part)[0]
-        if name not in HEALERS or HEALERS[name].trained:
+        if name not in HEALERS:
+            break
+        if HEALERS[name].trained:
+            proxy = HEALERS[name].proxy
+            if proxy and proxy not in head:
+                head.append(proxy)
             break
         head.append(part)
     return "+".join(head) or "none"

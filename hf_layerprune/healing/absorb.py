@@ -1,0 +1,151 @@
+"""`absorb`: the kept layer next to each removed block is trained to do the block's job as well as its own.
+
+LLM-Streamline replaces a removed block by one *new* layer, which gives the model one layer back (`replace`).
+`absorb` keeps the requested depth instead: for a removed run of base layers ``a..b`` it trains the kept layer
+just before it (``a − 1``; ``b + 1`` when the run starts at layer 0) so that, on that layer's input, it produces
+the base model's stream after the run (base point ``b + 1``; ``b + 2`` for a leading run). For one contiguous
+run this is exactly LLM-Streamline's replacement of the ``n + 1`` layers ``a − 1..b`` by one layer initialised
+from layer ``a − 1`` — at the depth ``--drop n`` asks for — and it works for any selection (bi's scattered layers
+too): runs are healed one after another, left to right, each on the input the already-healed pruned model gives
+it (so an earlier run's residual error is corrected downstream) against the base model's output.
+
+Training (the Trainer, only that layer's parameters, layer called exactly as the stock forward calls it):
+MSE between the layer's output and the captured target (the paper's loss), AdamW with cosine decay. The
+training text is `samples` sequences, seen for as many epochs as ``steps × batch_size`` needs: the layer-local
+loss is cheap (one layer's forward and backward per step), so the budget is bounded by the healing text (for
+`self`, sampled from the base model). With `keep_if_better` the layer is restored when the held-out LM loss rose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from hf_layerprune.architectures import get_architecture
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.healing.activations import capture, layers_of
+from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
+from hf_layerprune.healing.compensation import Site, undo_unless_better
+from hf_layerprune.healing.replacement import BlockMSE, layer_mse
+from hf_layerprune.healing.training import Rows, TrainSettings, only_trainable, train
+
+DEFAULT_ABSORB_STEPS = 200
+
+
+@dataclass
+class AbsorbOptions(HealOptions):
+    """steps: optimizer steps per removed run (default 200); samples: distinct healing sequences (cycled for
+    epochs; None: steps x batch_size); layers: how many kept layers absorb each run (trained jointly);
+    learning_rate default 1e-3; weight_decay / max_grad_norm as LLM-Streamline;
+    keep_if_better: restore a layer whose training raised the held-out loss."""
+
+    batch_size: int = 8
+    samples: int | None = 64
+    layers: int = 1
+    weight_decay: float = 1e-3
+    max_grad_norm: float = 5.0
+    keep_if_better: bool = True
+
+    default_learning_rate = 1e-3
+
+    def training_samples(self, seq_len: int) -> int:
+        """Sequences the pipeline must provide for training."""
+        total = super().training_samples(seq_len)
+        return min(total, self.samples) if self.samples else total
+
+    def resolve_steps(self, seq_len: int) -> int:
+        if self.steps is None and self.tokens is None:
+            return DEFAULT_ABSORB_STEPS
+        return super().resolve_steps(seq_len)
+
+
+@dataclass(frozen=True)
+class Span:
+    """Removed base layers `run`, absorbed by the consecutive kept base layers `layers`; target: base point `end`."""
+
+    run: list[int]
+    layers: list[int]
+    end: int
+
+
+def spans(removed: list[int], num_layers: int, width: int = 1) -> list[Span]:
+    """Per removed run: up to `width` kept layers right before it (after it for a run that starts at layer 0).
+    Layers are never shared: a run right after a leading run's absorbers is absorbed by them too."""
+    out: list[Span] = []
+    runs = contiguous_runs(removed)
+    for k, run in enumerate(runs):
+        if run[0] == 0:
+            following = runs[k + 1][0] if k + 1 < len(runs) else num_layers
+            layers = list(range(run[-1] + 1, min(run[-1] + 1 + width, following)))
+            if not layers:
+                raise LayerPruneError("--heal absorb needs at least one kept layer")
+            out.append(Span(run, layers, layers[-1] + 1))
+            continue
+        used = max(out[-1].end - 1, out[-1].layers[-1]) if out else -1
+        layers = list(range(max(used + 1, run[0] - width), run[0]))
+        if layers:
+            out.append(Span(run, layers, run[-1] + 1))
+        else:  # the kept layers before it already absorb the previous run
+            out[-1] = Span(out[-1].run + run, out[-1].layers, run[-1] + 1)
+    return out
+
+
+@torch.no_grad()
+def stream_at(model, ids: torch.Tensor, point: int, batch_size: int) -> torch.Tensor:
+    """Residual stream at `point` for `ids`, on CPU."""
+    return torch.cat([capture(model, ids[i : i + batch_size], points=[point])["points"][point].cpu()
+                      for i in range(0, len(ids), batch_size)])
+
+
+def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
+    start = time.perf_counter()
+    ctx.require_base("absorb")
+    removed, kept, num_before = ctx.removed_and_kept("absorb")
+    if not removed:
+        raise LayerPruneError("--heal absorb: no layers were removed")
+    arch = get_architecture(ctx.model.config)
+    seq_len = ctx.train_ids.shape[1]
+    steps = options.resolve_steps(seq_len)
+    train_ids = ctx.train_ids[: options.training_samples(seq_len)]
+    chunk = max(1, options.batch_size)
+    if options.layers < 1:
+        raise LayerPruneError(f"--heal absorb:layers must be at least 1 (got {options.layers})")
+    plan = spans(removed, num_before, options.layers)
+    sites = [Site(f"{arch.layers}.{kept.index(i)}", 0, f"layer {i}") for s in plan for i in s.layers]
+    record: dict = {"method": "absorb", "steps": steps * len(plan), "learning_rate": options.lr(), "runs": []}
+    losses: list[float] = []
+    train_seconds = 0.0
+    with undo_unless_better(ctx, sites, options, record):
+        for span in plan:
+            indices = [kept.index(i) for i in span.layers]
+            names = ", ".join(map(str, span.layers))
+            ctx.log(f"Training layer(s) {names} to absorb removed layers {span.run[0]}-{span.run[-1]}")
+            point = indices[0]  # the first trained layer's input in the pruned model
+            eval_in = stream_at(ctx.model, ctx.eval_ids, point, chunk)
+            eval_out = stream_at(ctx.base_model, ctx.eval_ids, span.end, chunk)
+            mse_before = layer_mse(ctx.model, indices, ctx.eval_ids, eval_in, eval_out)
+            dataset = Rows(input_ids=train_ids, block_input=stream_at(ctx.model, train_ids, point, chunk),
+                           block_target=stream_at(ctx.base_model, train_ids, span.end, chunk))
+            params = [p for i in indices for p in layers_of(ctx.model)[i].parameters()]
+            settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(),
+                                     seed=options.seed, weight_decay=options.weight_decay,
+                                     max_grad_norm=options.max_grad_norm, progress=options.progress)
+            with only_trainable(ctx.model, params):
+                run = train(BlockMSE(ctx.model, indices), dataset, settings)
+            del dataset
+            train_seconds += run["seconds"]
+            losses += run["losses"]
+            record["runs"].append({"removed": span.run, "layers": span.layers, "block_mse_before": mse_before,
+                                   "block_mse_after": layer_mse(ctx.model, indices, ctx.eval_ids, eval_in, eval_out)})
+    tokens = steps * options.batch_size * seq_len * len(plan)
+    record.update(
+        tokens=tokens,
+        samples=len(train_ids),
+        seconds=round(time.perf_counter() - start, 3),
+        tokens_per_second=round(tokens / max(train_seconds, 1e-9), 2),
+        options=options_record(options),
+        losses=losses,
+    )
+    return record
