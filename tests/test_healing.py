@@ -181,8 +181,8 @@ def test_replace_refuses_what_it_cannot_do(removed, words):
 def test_absorb_keeps_the_depth_and_learns_each_blocks_job(family, removed, absorbers, tmp_path):
     base, model, report = pruned(family, removed=removed)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    record = heal(model, "absorb", markov_ids(16), base_model=base, report=report, eval_ids=markov_ids(8, seed=9),
-                  steps=30, **QUIET)
+    record = heal(model, "absorb:layers=1", markov_ids(16), base_model=base, report=report,
+                  eval_ids=markov_ids(8, seed=9), steps=30, **QUIET)
     assert model.config.num_hidden_layers == LAYERS - len(removed) and report["removed_layers"] == list(removed)
     trained = {i for run in record["runs"] for i in run["layers"]}
     assert trained == absorbers
@@ -301,7 +301,8 @@ def test_projection_picks_the_most_drifted_layer():
 # ----------------------------------------------------------------------------------------------- pipeline stage
 
 
-@pytest.mark.parametrize("method, extra", [("linear", {}), ("lora", {"heal_steps": 2, "lora_rank": 4})])
+@pytest.mark.parametrize("method, extra", [("linear", {}), ("lora", {"heal_steps": 2, "lora_rank": 4}),
+                                           ("absorb:samples=8", {"heal_steps": 3})])
 def test_heal_for_recipe_builds_data_and_record(method, extra):
     base, model, report = pruned()
     recipe = Recipe(model="tiny", drop=2, heal=method, calibration="self", calibration_samples=6, seq_len=16, **extra)
@@ -311,6 +312,8 @@ def test_heal_for_recipe_builds_data_and_record(method, extra):
     assert record["data"]["source"] == "self" and record["data"]["seq_len"] == 16
     if method == "lora":
         assert record["lora_rank"] == 4 and record["steps"] == 2 and record["data"]["samples"] == 2 * 4 + 4
+    elif method.startswith("absorb"):  # 3 steps x 8 per step, but only `samples` distinct sequences, cycled
+        assert record["steps"] == 3 and record["samples"] == 8 and record["data"]["samples"] == 8 + 4
     else:
         assert record["data"]["samples"] == 6 + 4
 

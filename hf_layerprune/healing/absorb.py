@@ -1,13 +1,14 @@
-"""`absorb`: the kept layer next to each removed block is trained to do the block's job as well as its own.
+"""`absorb`: the kept layer(s) next to each removed block are trained to do the block's job as well as their own.
 
 LLM-Streamline replaces a removed block by one *new* layer, which gives the model one layer back (`replace`).
-`absorb` keeps the requested depth instead: for a removed run of base layers ``a..b`` it trains the kept layer
-just before it (``a − 1``; ``b + 1`` when the run starts at layer 0) so that, on that layer's input, it produces
-the base model's stream after the run (base point ``b + 1``; ``b + 2`` for a leading run). For one contiguous
-run this is exactly LLM-Streamline's replacement of the ``n + 1`` layers ``a − 1..b`` by one layer initialised
-from layer ``a − 1`` — at the depth ``--drop n`` asks for — and it works for any selection (bi's scattered layers
-too): runs are healed one after another, left to right, each on the input the already-healed pruned model gives
-it (so an earlier run's residual error is corrected downstream) against the base model's output.
+`absorb` keeps the requested depth instead: for a removed run of base layers ``a..b`` it trains the ``layers``
+kept layers just before it (default 2: ``a − 2, a − 1``; the ones after it when the run starts at layer 0) so
+that, on their input, they produce the base model's stream after the run (base point ``b + 1``). With
+``layers=1`` and one contiguous run this is exactly LLM-Streamline's replacement of the ``n + 1`` layers
+``a − 1..b`` by one layer initialised from layer ``a − 1`` — at the depth ``--drop n`` asks for — and it works
+for any selection (bi's scattered layers too): runs are healed one after another, left to right, each on the input
+the already-healed pruned model gives it (so an earlier run's residual error is corrected downstream) against
+the base model's output.
 
 Training (the Trainer, only that layer's parameters, layer called exactly as the stock forward calls it):
 MSE between the layer's output and the captured target (the paper's loss), AdamW with cosine decay. The
@@ -43,7 +44,7 @@ class AbsorbOptions(HealOptions):
 
     batch_size: int = 8
     samples: int | None = 64
-    layers: int = 1
+    layers: int = 2
     weight_decay: float = 1e-3
     max_grad_norm: float = 5.0
     keep_if_better: bool = True
