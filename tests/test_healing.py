@@ -175,7 +175,7 @@ def test_replace_refuses_what_it_cannot_do(removed, words):
 # ----------------------------------------------------------------------------------------------- absorb
 
 
-@pytest.mark.parametrize("family", ["llama", "opt", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "opt", "qwen2", "qwen2_moe"])
 # each run is absorbed by the kept layer before it; a run starting at layer 0 by the kept layer after it
 @pytest.mark.parametrize("removed, absorbers", [((2, 3), {1}), ((0, 4), {1, 3}), ((1, 2, 5), {0, 4})])
 def test_absorb_keeps_the_depth_and_learns_each_blocks_job(family, removed, absorbers, tmp_path):

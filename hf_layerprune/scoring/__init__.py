@@ -31,7 +31,7 @@ from hf_layerprune.scoring.auto import AUTO, AUTO_METRICS, auto_select
 # The default *pipeline* metric, chosen from benchmarks/RESULTS.md (SmolLM2-135M-Instruct, quality table): no
 # single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and WikiText-2
 # perplexity 2379 at drop 9), so `auto` (scoring/auto.py) compares the selections of angular, cosine and bi after
-# the default healer on held-out calibration text and keeps the best.
+# the default healer's closed-form stand-in (`linear` for `absorb`) on held-out calibration text and keeps the best.
 DEFAULT_METRIC = "auto"
 # Sub-layers (--granularity attention|mlp): angular and cosine compare block boundaries only; `bi` scores any unit
 # from the one capture pass (ShortGPT's signal, used per sub-layer by LLM-Drop).

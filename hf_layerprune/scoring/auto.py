@@ -29,10 +29,11 @@ HELD_OUT = 8
 Log = Callable[[str], None]
 
 
-def ranking_healer(heal: str | None) -> str:
+def ranking_healer(heal: str | None, can_fold: bool = True) -> str:
     """The healer used to judge candidates: the recipe's closed-form healers (the head of a chain), then the
     closed-form proxy of the first trained one (`absorb` -> `linear`: the same fold site, a linear map instead of
-    a trained layer); none for the other trained healers, whose cost would multiply."""
+    a trained layer; only where a correction can be folded, `can_fold`: not for sparse-MoE MLPs); none for the
+    other trained healers, whose cost would multiply."""
     from hf_layerprune.healing import HEALERS, split_chain
     from hf_layerprune.healing.base import split_spec
 
@@ -43,7 +44,7 @@ def ranking_healer(heal: str | None) -> str:
             break
         if HEALERS[name].trained:
             proxy = HEALERS[name].proxy
-            if proxy and proxy not in head:
+            if proxy and can_fold and proxy not in head:
                 head.append(proxy)
             break
         head.append(part)
@@ -88,7 +89,9 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
         seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
     )[-HELD_OUT:]
-    judge = ranking_healer(recipe.heal)
+    from hf_layerprune.architectures import get_architecture
+
+    judge = ranking_healer(recipe.heal, can_fold=bool(get_architecture(model.config).down_proj))
     num_layers = model.config.num_hidden_layers
     quiet = dataclasses.replace(recipe, heal=judge)
     log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
