@@ -178,7 +178,7 @@ HEALERS: dict[str, tuple[str, str, list[str]]] = {
     "qlora": ("LoRA trained on a 4-bit NF4 copy, merged into the 16-bit weights", "qlora", ["qlora", "lora"]),
     "distill": ("LoRA trained to match the unpruned model's next-token distribution (KL), merged", "distillation", ["lora"]),
     "replace": ("the removed block replaced by one layer trained on the block's input and output", "layer-replacement", ["streamline"]),
-    "absorb": ("the kept layer before each removed block trained to do the block's work too (LLM-Streamline's "
+    "absorb": ("the kept layers before each removed block trained to do the block's work too (LLM-Streamline's "
                "layer replacement at the requested depth)", "layer-absorption", ["streamline"]),
     "bias": ("the removed block's mean update added back as a bias", "bias-compensation", ["siddiqui2024"]),
     "linear": ("a least-squares linear transform fused into a down-projection", "linear-compensation", ["replaceme"]),
@@ -197,6 +197,13 @@ TASK_DATASETS: dict[str, tuple[str, str, str | None, str]] = {
     "wikitext": ("EleutherAI/wikitext_document_level", "WikiText-2 (documents)", "wikitext-2-raw-v1", "test"),
 }
 PERCENT_METRICS = ("acc", "acc_norm", "exact_match", "em", "f1", "mc1", "mc2", "accuracy")
+
+
+def _absorb_runs(runs) -> Markup:
+    """`absorb`'s record: which kept layers absorbed which removed layers."""
+    parts = [f"{', '.join(map(str, r.get('layers') or []))} (for removed {', '.join(map(str, r.get('removed') or []))})"
+             for r in runs if isinstance(r, dict)]
+    return md("; ".join(parts))
 
 
 # ------------------------------------------------------------------------------------------------ escaping
@@ -894,8 +901,10 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
                     ("Learning rate", "learning_rate", lambda v: md(v)),
                     ("LoRA rank", "lora_rank", lambda v: md(v)),
                     ("Target modules", "targets", lambda v: code(", ".join(map(str, v)) if isinstance(v, list) else v)),
+                    ("Trained layers", "runs", _absorb_runs),
                     ("Data", "data", lambda v: code(v.get("source") if isinstance(v, dict) else v)),
                     ("Loss before → after", "_loss", lambda v: v),
+                    ("Kept", "reverted", lambda v: md("no: undone, it raised the held-out loss" if v else "yes")),
                     ("Wall time", "seconds", lambda v: md(f"{_num(v) / 60:.1f} min") if _num(v) is not None else md("–")),
                 )
                 if key == "_loss" and (_num(healing.get("loss_before")) is not None or _num(healing.get("loss_after")) is not None)

@@ -395,3 +395,15 @@ def test_sweep_section_and_pareto_plot(tmp_path):
     report["sweep"]["plot"] = "../../etc/passwd.png"
     write_report(out, report)
     assert "passwd" not in render_card(out, online=False).read_text()
+
+
+def test_absorb_card_names_the_trained_layers_and_whether_the_fit_was_kept(tmp_path):
+    report = realistic_report(base_card={"license": "mit", "source": "t"})
+    report["healing"].update(method="absorb", reverted=False,
+                             runs=[{"removed": [5], "layers": [3, 4]}, {"removed": [12, 13], "layers": [10, 11]}])
+    text = render_card(write(tmp_path, report), online=False).read_text()
+    assert "| Trained layers | 3, 4 (for removed 5); 10, 11 (for removed 12, 13) |" in text
+    assert "| Kept | yes |" in text and "layer-absorption" in text and "{chen2024streamlining," in text
+    report["healing"]["reverted"] = True
+    text = render_card(write(tmp_path, report, name="undone"), online=False).read_text()
+    assert "| Kept | no: undone, it raised the held-out loss |" in text
