@@ -37,6 +37,7 @@ SIDE_TASKS = ("local_boolq", "local_openbookqa")
 # them the default's calibration instead.
 METHODS: dict[str, dict] = {
     "default": {},
+    "previous default (auto + linear)": {"heal": "linear"},
     "last (Gromov rule)": {"metric": "last", "heal": "none"},
     "reverse": {"metric": "reverse", "heal": "none"},
     "angular (Gromov)": {"metric": "angular", "heal": "none"},
@@ -49,6 +50,10 @@ METHODS: dict[str, dict] = {
     "angular + linear (ReplaceMe)": {"metric": "angular", "heal": "linear"},
     "bi + lora": {"metric": "bi", "heal": "lora"},
 }
+
+
+# methods of this tool, calibrated like the default (self-generated text) rather than as the seed papers
+OWN_CALIBRATION = ("default", "previous default (auto + linear)")
 
 
 def seed_calibration() -> dict:
@@ -88,7 +93,7 @@ def run_method(model: str, name: str, drop: int, args, work: Path) -> tuple[dict
     from hf_layerprune.recipe import Recipe
 
     overrides = parse_method(name)
-    if name != "default" and args.seed_calibration == "paper":
+    if name not in OWN_CALIBRATION and args.seed_calibration == "paper":
         overrides = {**seed_calibration(), **overrides}
     recipe = Recipe(
         model=model, drop=drop, output_dir=str(work / "out"), overwrite=True, dtype="float32",
