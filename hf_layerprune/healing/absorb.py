@@ -122,7 +122,7 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
         for span in plan:
             indices = [kept.index(i) for i in span.layers]
             names = ", ".join(map(str, span.layers))
-            ctx.log(f"Training layer(s) {names} to absorb removed layers {span.run[0]}-{span.run[-1]}")
+            ctx.log(f"Training layer(s) {names} to absorb removed layers {', '.join(map(str, span.run))}")
             point = indices[0]  # the first trained layer's input in the pruned model
             eval_in = stream_at(ctx.model, ctx.eval_ids, point, chunk)
             eval_out = stream_at(ctx.base_model, ctx.eval_ids, span.end, chunk)
