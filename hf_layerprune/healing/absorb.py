@@ -26,7 +26,7 @@ import torch
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.healing.activations import capture, layers_of
+from hf_layerprune.healing.activations import iter_capture, layers_of
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.compensation import Site, undo_unless_better
 from hf_layerprune.healing.replacement import BlockMSE, layer_mse
@@ -96,8 +96,7 @@ def spans(removed: list[int], num_layers: int, width: int = 1) -> list[Span]:
 @torch.no_grad()
 def stream_at(model, ids: torch.Tensor, point: int, batch_size: int) -> torch.Tensor:
     """Residual stream at `point` for `ids`, on CPU."""
-    return torch.cat([capture(model, ids[i : i + batch_size], points=[point])["points"][point].cpu()
-                      for i in range(0, len(ids), batch_size)])
+    return torch.cat([got["points"][point].cpu() for _, got in iter_capture(model, ids, batch_size, points=[point])])
 
 
 def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:

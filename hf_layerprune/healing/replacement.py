@@ -44,10 +44,11 @@ class ReplaceOptions(HealOptions):
     default_learning_rate = 2e-4
 
 
-def run_layers(model, indices: list[int], ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-    """Decoder layers `indices` (consecutive) of `model` on stream `hidden`, each called as the stock forward calls it."""
+def run_layers(model, indices: int | list[int], ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Decoder layer(s) `indices` (one, or consecutive) of `model` on stream `hidden`, each called as the stock
+    forward calls it."""
     layers = layers_of(model)
-    for index in indices:
+    for index in [indices] if isinstance(indices, int) else indices:
         args, kwargs = layer_call(model, index, ids)
         hidden = layers[index](hidden, *args, **kwargs)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -60,10 +61,10 @@ class BlockMSE(torch.nn.Module):
     def __init__(self, model, index: int | list[int]) -> None:
         super().__init__()
         self.model = model
-        self.indices = [index] if isinstance(index, int) else list(index)
+        self.index = index
 
     def forward(self, input_ids: torch.Tensor, block_input: torch.Tensor, block_target: torch.Tensor) -> dict:
-        out = run_layers(self.model, self.indices, input_ids, block_input)
+        out = run_layers(self.model, self.index, input_ids, block_input)
         return {"loss": F.mse_loss(out.float(), block_target.float())}
 
 
@@ -127,7 +128,7 @@ def block_io(base_model, ids: torch.Tensor, block: list[int], batch_size: int = 
 @torch.no_grad()
 def layer_mse(model, index: int | list[int], ids: torch.Tensor, block_input: torch.Tensor, block_target: torch.Tensor) -> float:
     device = next(model.parameters()).device
-    out = run_layers(model, [index] if isinstance(index, int) else index, ids.to(device), block_input.to(device))
+    out = run_layers(model, index, ids.to(device), block_input.to(device))
     return round(float(F.mse_loss(out.float(), block_target.to(device).float())), 8)
 
 

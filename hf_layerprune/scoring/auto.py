@@ -67,6 +67,7 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
+    from hf_layerprune.architectures import get_architecture
     from hf_layerprune.calibration import calibration_batches
     from hf_layerprune.errors import LayerPruneError
     from hf_layerprune.healing import heal_for_recipe
@@ -89,8 +90,6 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
         seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
     )[-HELD_OUT:]
-    from hf_layerprune.architectures import get_architecture
-
     judge = ranking_healer(recipe.heal, can_fold=bool(get_architecture(model.config).down_proj))
     num_layers = model.config.num_hidden_layers
     quiet = dataclasses.replace(recipe, heal=judge)
