@@ -287,6 +287,12 @@ def test_fold_refusals_name_the_reason():
     base, model, report = pruned("opt", removed=(2, 3), do_layer_norm_before=False)
     with pytest.raises(LayerPruneError, match="not 'rest \\+ its output'"):
         heal(model, "bias", markov_ids(4), base_model=base, report=report, **QUIET)
+    base, model, report = pruned("qwen2_moe")
+    for method in ("linear", "projection", "bias", "absorb+linear"):
+        with pytest.raises(LayerPruneError, match="no single down_proj") as err:  # refused before any stage runs
+            heal(model, method, markov_ids(4), base_model=base, report=report, **QUIET)
+        assert str(err.value).startswith(f"--heal {method.split('+')[-1]}: qwen2_moe has sparse MoE MLPs")
+    assert HEALERS["linear"].refuses(base) and HEALERS["absorb"].refuses(base) is None
 
 
 def test_projection_picks_the_most_drifted_layer():

@@ -27,7 +27,9 @@ import torch
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.absorb import AbsorbOptions, heal_absorb
 from hf_layerprune.healing.base import Healer, HealContext, HealOptions, Log, build_options, split_spec
-from hf_layerprune.healing.compensation import ClosedFormOptions, ProjectionOptions, heal_bias, heal_linear, heal_projection
+from hf_layerprune.healing.compensation import (
+    ClosedFormOptions, ProjectionOptions, fold_refusal, heal_bias, heal_linear, heal_projection,
+)
 from hf_layerprune.healing.distill import DistillOptions, heal_distill
 from hf_layerprune.healing.lora import LoraOptions, heal_lora, heal_qlora
 from hf_layerprune.healing.replacement import ReplaceOptions, heal_replace
@@ -46,9 +48,9 @@ register(Healer("distill", heal_distill, DistillOptions, "LoRA trained with KL t
 register(Healer("replace", heal_replace, ReplaceOptions, "LLM-Streamline: the removed block becomes one trained layer", needs_base_model=True))
 register(Healer("absorb", heal_absorb, AbsorbOptions, "the kept layer before each removed block is trained to do its job", needs_base_model=True,
                   proxy="linear"))
-register(Healer("bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias", needs_base_model=True, trained=False))
-register(Healer("linear", heal_linear, ClosedFormOptions, "ReplaceMe: least-squares transform fused into down_proj", needs_base_model=True, trained=False))
-register(Healer("projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer", needs_base_model=True, trained=False))
+register(Healer("bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias", needs_base_model=True, trained=False, refusal=fold_refusal))
+register(Healer("linear", heal_linear, ClosedFormOptions, "ReplaceMe: least-squares transform fused into down_proj", needs_base_model=True, trained=False, refusal=fold_refusal))
+register(Healer("projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer", needs_base_model=True, trained=False, refusal=fold_refusal))
 
 # Chosen on SmolLM2-135M-Instruct (benchmarks/RESULTS.md "absorb", docs/healing.md): against `linear` (the previous
 # default) the same retention at drop 6 and more at drop 9, with a far lower perplexity at both depths.
@@ -113,6 +115,13 @@ def check_heal(spec: str | None) -> None:
         build_options(healer.options, healer.name, raw)
 
 
+def check_applies(healer: Healer, model) -> None:
+    """One-line error, before any work, when `healer` cannot run on `model` (e.g. `linear` on sparse MoE)."""
+    refusal = healer.refuses(model)
+    if refusal:
+        raise LayerPruneError(f"--heal {healer.name}: {refusal}")
+
+
 def chain_record(stages: list[dict[str, Any]]) -> dict[str, Any]:
     """One healing record for healers run in sequence: the first loss before, the last loss after, all losses."""
     if len(stages) == 1:
@@ -147,6 +156,8 @@ def heal(
     where loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
     parts = _stages(method)
     report = report if report is not None else {}  # one report for every stage (`replace` updates it)
+    for part in parts:
+        check_applies(get_healer(part)[0], model)
     stages = []
     for part in parts:
         healer, raw = get_healer(part)
@@ -181,6 +192,7 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
         opts.progress = True
         if healer.needs_base_model and base_model is None:
             raise LayerPruneError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
+        check_applies(healer, model)
         if healer.trained:
             train_samples = opts.training_samples(recipe.seq_len)
         else:

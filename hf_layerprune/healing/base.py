@@ -101,6 +101,11 @@ class Healer:
     needs_base_model: bool = False
     trained: bool = True  # trained healers consume steps x batch_size sequences; closed-form ones a calibration set
     proxy: str | None = None  # closed-form healer that stands in for this trained one when `auto` compares candidates
+    refusal: Callable[[Any], str | None] | None = None  # model -> why this healer cannot run on it (None: it can)
+
+    def refuses(self, model) -> str | None:
+        """Why this healer cannot heal `model` (e.g. no single down_proj to fold into), or None."""
+        return self.refusal(model) if self.refusal else None
 
 
 def contiguous_runs(indices: list[int]) -> list[list[int]]:

@@ -137,12 +137,19 @@ class Site:
         return get_submodule(model, self.path)
 
 
-def down_site(model, layer: int) -> Site:
+def fold_refusal(model) -> str | None:
+    """Why no correction can be folded into `model`'s MLPs (sparse MoE: no single down_proj), or None."""
     arch = get_architecture(model.config)
     if not arch.down_proj:
-        raise LayerPruneError(
-            f"{arch.model_type} has sparse MoE MLPs with no single down_proj to fold a correction into; use lora or replace"
-        )
+        return f"{arch.model_type} has sparse MoE MLPs with no single down_proj to fold a correction into; use lora or replace"
+    return None
+
+
+def down_site(model, layer: int) -> Site:
+    arch = get_architecture(model.config)
+    refusal = fold_refusal(model)
+    if refusal:
+        raise LayerPruneError(refusal)
     return Site(f"{arch.layers}.{layer}.{arch.down_proj}", layer + 1, f"layer {layer} {arch.down_proj}")
 
 

@@ -29,11 +29,11 @@ HELD_OUT = 8
 Log = Callable[[str], None]
 
 
-def ranking_healer(heal: str | None, can_fold: bool = True) -> str:
+def ranking_healer(heal: str | None, model=None) -> str:
     """The healer used to judge candidates: the recipe's closed-form healers (the head of a chain), then the
     closed-form proxy of the first trained one (`absorb` -> `linear`: the same fold site, a linear map instead of
-    a trained layer; only where a correction can be folded, `can_fold`: not for sparse-MoE MLPs); none for the
-    other trained healers, whose cost would multiply."""
+    a trained layer; only if the proxy does not refuse `model`, e.g. sparse-MoE MLPs with nowhere to fold); none
+    for the other trained healers, whose cost would multiply."""
     from hf_layerprune.healing import HEALERS, split_chain
     from hf_layerprune.healing.base import split_spec
 
@@ -44,7 +44,8 @@ def ranking_healer(heal: str | None, can_fold: bool = True) -> str:
             break
         if HEALERS[name].trained:
             proxy = HEALERS[name].proxy
-            if proxy and can_fold and proxy not in head:
+            usable = proxy and (model is None or HEALERS[proxy].refuses(model) is None)
+            if usable and proxy not in head:
                 head.append(proxy)
             break
         head.append(part)
@@ -67,7 +68,6 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
-    from hf_layerprune.architectures import get_architecture
     from hf_layerprune.calibration import calibration_batches
     from hf_layerprune.errors import LayerPruneError
     from hf_layerprune.healing import heal_for_recipe
@@ -90,7 +90,7 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
         seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
     )[-HELD_OUT:]
-    judge = ranking_healer(recipe.heal, can_fold=bool(get_architecture(model.config).down_proj))
+    judge = ranking_healer(recipe.heal, model)
     num_layers = model.config.num_hidden_layers
     quiet = dataclasses.replace(recipe, heal=judge)
     log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
