@@ -355,13 +355,18 @@ def test_evaluate_cli_updates_report_and_card(model, tok, tasks_dir, text_file, 
 
 
 # ------------------------------------------------------------------------------------------- local benchmark tasks
-def _local_tasks_module():
+def _benchmark_module(name: str):
+    """A script under benchmarks/ imported as a module (benchmarks/ is not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("local_tasks", REPO / "benchmarks" / "local_tasks.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _local_tasks_module():
+    return _benchmark_module("local_tasks")
 
 
 def test_local_tasks_render_with_absolute_paths(tmp_path):
@@ -392,3 +397,27 @@ def test_local_tasks_full_doc_counts_and_a_limit_20_run(tmp_path, tok):
     out = run_lm_eval(tiny_llama(), tok, list(lt.EXPECTED_DOCS), include_path=inc, limit=20, use_cache=False)
     for name in lt.EXPECTED_DOCS:
         assert name in out["results"], name
+
+
+def test_retention_adds_up_doc_ranges_and_pairs_the_same_docs(tmp_path):
+    rt = _benchmark_module("retention")
+    assert rt.parse_layers("13-18") == [13, 14, 15, 16, 17, 18] and rt.parse_layers("3,12-14,25") == [3, 12, 13, 14, 25]
+    tasks = rt.TASKS
+    # two ranges stored one after the other for base; the pruned model loses docs 1 and 3 of the first task only
+    base = {"spec": "base", "docs": {t: {} for t in tasks}}
+    for lo, hi in ((0, 2), (2, 4)):
+        for t in tasks:
+            base["docs"][t].update({str(i): 1.0 for i in range(lo, hi)})
+        rt.save(tmp_path, "base", base)
+    pruned = {"spec": "cut:1", "what": "unhealed cut:1",
+              "docs": {t: {str(i): (0.0 if t == tasks[0] and i in (1, 3) else 1.0) for i in range(4)} for t in tasks}}
+    rt.save(tmp_path, "cut", pruned)
+    base_mean, mean, diff, se, n = rt.paired(rt.load(tmp_path, "base"), rt.load(tmp_path, "cut"))
+    assert n == 4 and base_mean == 1.0 and mean == pytest.approx(1 - 0.5 / 3) and diff == pytest.approx(-0.5 / 3)
+    # paired SE: task 0 differences (0, -1, 0, -1) have sample variance 1/3 over 4 docs, weighted 1/9
+    assert se == pytest.approx(math.sqrt(1 / 3 / 4 / 9))
+    table = rt.render(tmp_path, ["base", "cut"], versus="base")
+    row = [line for line in table.splitlines() if line.startswith("| cut |")][0]
+    assert "unhealed cut:1 | 4 |" in row and "83.3%" in row and "-16.7 ± " in row
+    with pytest.raises(SystemExit, match="no base model"):
+        rt.render(tmp_path / "empty", ["cut"], versus=None)

@@ -1,0 +1,186 @@
+"""Retention on a range of docs, with per-doc scores, so that runs over disjoint ranges add up (issue 9).
+
+`quality.py` runs every method through the pipeline and evaluates the first `--limit` docs. At 200 docs one
+model's 3-task mean carries about ±4 points of retention of noise, more than the differences being measured. This
+script evaluates models that already exist (a pipeline output directory, the base model, or the base with some
+layers cut and no healing) on docs LO..HI-1 of each task through lm-eval's ``samples=``, stores the per-doc
+scores, and prints the retention over every doc stored so far, with a paired standard error against the base (and
+against `--versus`): the same docs for every model, so the difference between two models is far less noisy than
+either mean.
+
+    hf-layerprune prune MODEL --drop 6 -o out6 --no-eval                      # the default pipeline
+    python benchmarks/retention.py --model MODEL --docs 0:500 base=base default=out6 cosine=cut:13-18
+    python benchmarks/retention.py --model MODEL --docs 500:1000 base=base default=out6 cosine=cut:13-18
+    python benchmarks/retention.py --render --versus default      # table over docs 0-999 from the store
+
+Stored under ``--store`` (default ``~/.cache/hf-layerprune/retention``) as ``NAME.json``: per task, doc id ->
+acc_norm. Re-evaluating a doc overwrites it; a model is rendered over the docs that it and the base share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_tasks import include_path  # noqa: E402
+
+TASKS = ("local_hellaswag", "local_arc_easy", "local_piqa")
+STORE = Path.home() / ".cache" / "hf-layerprune" / "retention"
+
+
+def parse_layers(text: str) -> list[int]:
+    """"13-18" or "3,12,13" or "3,12-17,25" -> sorted layer indices."""
+    layers: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        layers.update(range(int(lo), int(hi or lo) + 1))
+    return sorted(layers)
+
+
+def build(spec: str, base, model_path: str):
+    """`base` | `cut:LAYERS` (the base with LAYERS removed, unhealed) | a saved model directory."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hf_layerprune.surgery import remove_layers
+
+    if spec == "base":
+        return base
+    if spec.startswith("cut:"):
+        model = copy.deepcopy(base)
+        remove_layers(model, parse_layers(spec[4:]))
+        return model
+    if not Path(spec).is_dir():
+        raise SystemExit(f"error: {spec!r} is neither base, cut:LAYERS nor a model directory")
+    return AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+
+
+def describe(spec: str) -> str:
+    """What a spec is, for the table: a pipeline output says its metric, healer and removed layers."""
+    report = Path(spec) / "layerprune.json"
+    if spec in ("base",) or spec.startswith("cut:") or not report.exists():
+        return "unhealed " + spec if spec.startswith("cut:") else spec
+    r = json.loads(report.read_text())
+    metric = r.get("scoring", {}).get("metric", "?")
+    heal = (r.get("healing") or {}).get("method", "none")
+    return f"pipeline output: {metric} + {heal}, removed {r.get('removed_layers')}"
+
+
+def evaluate(model, tokenizer, lo: int, hi: int, batch_size: int) -> dict[str, dict[str, float]]:
+    """acc_norm per doc id (as a string, for JSON) per task, on docs lo..hi-1."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from hf_layerprune.evaluation.lm_eval_runner import offline_datasets, task_manager
+
+    manager = task_manager(str(include_path()), list(TASKS))
+    with offline_datasets():
+        res = simple_evaluate(model=HFLM(pretrained=model.eval(), tokenizer=tokenizer, batch_size=batch_size),
+                              tasks=list(TASKS), task_manager=manager, samples={t: list(range(lo, hi)) for t in TASKS},
+                              log_samples=True, bootstrap_iters=0)
+    return {t: {str(s["doc_id"]): float(s["acc_norm"]) for s in res["samples"][t]} for t in TASKS}
+
+
+def load(store: Path, name: str) -> dict:
+    path = store / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {"spec": None, "docs": {t: {} for t in TASKS}}
+
+
+def save(store: Path, name: str, entry: dict) -> None:
+    store.mkdir(parents=True, exist_ok=True)
+    tmp = store / f".{name}.json.tmp"
+    tmp.write_text(json.dumps(entry))
+    tmp.replace(store / f"{name}.json")
+
+
+def paired(a: dict, b: dict) -> tuple[float, float, float, float, int]:
+    """(mean of a, mean of b, mean(b - a), its standard error, docs per task) of the 3-task mean over shared docs.
+
+    Each task weighs 1/3 (as in the retention mean); the SE adds the tasks' paired variances."""
+    mean_a = mean_b = diff = var = 0.0
+    counts = []
+    for task in TASKS:
+        ids = sorted(set(a["docs"][task]) & set(b["docs"][task]), key=int)
+        if len(ids) < 2:
+            raise SystemExit(f"error: fewer than 2 shared docs on {task}")
+        xs = [a["docs"][task][i] for i in ids]
+        ys = [b["docs"][task][i] for i in ids]
+        ds = [y - x for x, y in zip(xs, ys)]
+        n = len(ds)
+        mu = sum(ds) / n
+        mean_a += sum(xs) / n / 3
+        mean_b += sum(ys) / n / 3
+        diff += mu / 3
+        var += sum((d - mu) ** 2 for d in ds) / (n - 1) / n / 9
+        counts.append(n)
+    return mean_a, mean_b, diff, math.sqrt(var), min(counts)
+
+
+def render(store: Path, names: list[str], versus: str | None) -> str:
+    base = load(store, "base")
+    if not any(base["docs"].values()):
+        raise SystemExit(f"error: no base model scores in {store}; evaluate base=base first")
+    head = "| model | what | docs/task | " + " | ".join(t.removeprefix("local_") for t in TASKS) + " | mean | retention | vs base (paired) |"
+    cols = head.count("|") - 1
+    lines = [head, "|" + "---|" * cols]
+    if versus:
+        lines[0] += f" vs {versus} (paired) |"
+        lines[1] += "---|"
+    other = load(store, versus) if versus else None
+    for name in names:
+        entry = load(store, name)
+        base_mean, mean, diff, se, n = paired(base, entry)
+        shared = {t: sorted(set(base["docs"][t]) & set(entry["docs"][t]), key=int) for t in TASKS}
+        accs = [sum(entry["docs"][t][i] for i in shared[t]) / len(shared[t]) for t in TASKS]
+        row = (f"| {name} | {entry.get('what', entry['spec'])} | {n} | " + " | ".join(f"{a:.3f}" for a in accs) +
+               f" | {mean:.4f} | {mean / base_mean * 100:.1f}% | {diff / base_mean * 100:+.1f} ± {se / base_mean * 100:.1f} pts |")
+        if other is not None:
+            row += " – |" if name == versus else " {:+.1f} ± {:.1f} pts |".format(*(v / base_mean * 100 for v in paired(other, entry)[2:4]))
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="*", help="NAME=SPEC; SPEC is base, cut:LAYERS (e.g. cut:13-18) or a model directory")
+    parser.add_argument("--model", help="the base model (Hub id, directory or .gguf file)")
+    parser.add_argument("--docs", default="0:200", help="LO:HI, docs LO..HI-1 of every task")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--store", type=Path, default=STORE)
+    parser.add_argument("--render", action="store_true", help="print the table from the store (every stored model, or those named)")
+    parser.add_argument("--versus", help="also give each model's paired difference from this stored model")
+    args = parser.parse_args(argv)
+    pairs = [m.split("=", 1) if "=" in m else (m, None) for m in args.models]
+    if not args.render:
+        if not args.model or any(spec is None for _, spec in pairs) or not pairs:
+            parser.error("give --model and NAME=SPEC models to evaluate (or --render)")
+        from hf_layerprune.loading import load_model
+
+        lo, hi = (int(x) for x in args.docs.split(":"))
+        base, tokenizer = load_model(args.model, dtype="float32")
+        base.eval()
+        for name, spec in pairs:
+            start = time.perf_counter()
+            entry = load(args.store, name)
+            if entry["spec"] not in (None, spec):
+                raise SystemExit(f"error: {name} is stored as {entry['spec']!r}, not {spec!r}; use another name")
+            scores = evaluate(build(spec, base, args.model), tokenizer, lo, hi, args.batch_size)
+            entry["spec"], entry["what"] = spec, describe(spec)
+            for task in TASKS:
+                entry["docs"][task].update(scores[task])
+            save(args.store, name, entry)
+            print(f"{name}: docs {lo}-{hi - 1} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    names = [n for n, _ in pairs] or sorted(p.stem for p in args.store.glob("*.json"))
+    print(render(args.store, ["base", *[n for n in names if n != "base"]], args.versus))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
