@@ -11,7 +11,7 @@ either mean.
     hf-layerprune prune MODEL --drop 6 -o out6 --no-eval                      # the default pipeline
     python benchmarks/retention.py --model MODEL --docs 0:500 base=base default=out6 cosine=cut:13-18
     python benchmarks/retention.py --model MODEL --docs 500:1000 base=base default=out6 cosine=cut:13-18
-    python benchmarks/retention.py --render --versus default      # table over docs 0-999 from the store
+    python benchmarks/retention.py --render --versus default       # table over docs 0-999 from the store
 
 Stored under ``--store`` (default ``~/.cache/hf-layerprune/retention``) as ``NAME.json``: per task, doc id ->
 acc_norm. Re-evaluating a doc overwrites it; a model is rendered over the docs that it and the base share.
@@ -123,28 +123,30 @@ def paired(a: dict, b: dict) -> tuple[float, float, float, float, int]:
     return mean_a, mean_b, diff, math.sqrt(var), min(counts)
 
 
-def render(store: Path, names: list[str], versus: str | None) -> str:
+def render(store: Path, names: list[str], versus: list[str]) -> str:
     base = load(store, "base")
     if not any(base["docs"].values()):
         raise SystemExit(f"error: no base model scores in {store}; evaluate base=base first")
-    head = "| model | what | docs/task | " + " | ".join(t.removeprefix("local_") for t in TASKS) + " | mean | retention | vs base (paired) |"
-    cols = head.count("|") - 1
-    lines = [head, "|" + "---|" * cols]
-    if versus:
-        lines[0] += f" vs {versus} (paired) |"
-        lines[1] += "---|"
-    other = load(store, versus) if versus else None
+    head = ("| model | what | docs/task | " + " | ".join(t.removeprefix("local_") for t in TASKS) +
+            " | mean | retention | vs base (paired) |" + "".join(f" vs {v} (paired) |" for v in versus))
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    others = {v: load(store, v) for v in versus}
     for name in names:
         entry = load(store, name)
         base_mean, mean, diff, se, n = paired(base, entry)
         shared = {t: sorted(set(base["docs"][t]) & set(entry["docs"][t]), key=int) for t in TASKS}
         accs = [sum(entry["docs"][t][i] for i in shared[t]) / len(shared[t]) for t in TASKS]
         row = (f"| {name} | {entry.get('what', entry['spec'])} | {n} | " + " | ".join(f"{a:.3f}" for a in accs) +
-               f" | {mean:.4f} | {mean / base_mean * 100:.1f}% | {diff / base_mean * 100:+.1f} ± {se / base_mean * 100:.1f} pts |")
-        if other is not None:
-            row += " – |" if name == versus else " {:+.1f} ± {:.1f} pts |".format(*(v / base_mean * 100 for v in paired(other, entry)[2:4]))
+               f" | {mean:.4f} | {mean / base_mean * 100:.1f}% | {points(diff, se, base_mean)} |")
+        for v, other in others.items():
+            row += " – |" if name in (v, "base") else f" {points(*paired(other, entry)[2:4], base_mean)} |"
         lines.append(row)
     return "\n".join(lines)
+
+
+def points(diff: float, se: float, base_mean: float) -> str:
+    """A difference of means and its SE as points of retention (percent of the base mean)."""
+    return f"{diff / base_mean * 100:+.1f} ± {se / base_mean * 100:.1f} pts"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--render", action="store_true", help="print the table from the store (every stored model, or those named)")
-    parser.add_argument("--versus", help="also give each model's paired difference from this stored model")
+    parser.add_argument("--versus", default="", help="comma-separated stored models: also give each model's paired difference from them")
     args = parser.parse_args(argv)
     pairs = [m.split("=", 1) if "=" in m else (m, None) for m in args.models]
     if not args.render:
@@ -178,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             save(args.store, name, entry)
             print(f"{name}: docs {lo}-{hi - 1} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     names = [n for n, _ in pairs] or sorted(p.stem for p in args.store.glob("*.json"))
-    print(render(args.store, ["base", *[n for n in names if n != "base"]], args.versus))
+    print(render(args.store, ["base", *[n for n in names if n != "base"]], [v for v in args.versus.split(",") if v]))
     return 0
 
 

@@ -416,8 +416,8 @@ def test_retention_adds_up_doc_ranges_and_pairs_the_same_docs(tmp_path):
     assert n == 4 and base_mean == 1.0 and mean == pytest.approx(1 - 0.5 / 3) and diff == pytest.approx(-0.5 / 3)
     # paired SE: task 0 differences (0, -1, 0, -1) have sample variance 1/3 over 4 docs, weighted 1/9
     assert se == pytest.approx(math.sqrt(1 / 3 / 4 / 9))
-    table = rt.render(tmp_path, ["base", "cut"], versus="base")
+    table = rt.render(tmp_path, ["base", "cut"], versus=["cut"])
     row = [line for line in table.splitlines() if line.startswith("| cut |")][0]
-    assert "unhealed cut:1 | 4 |" in row and "83.3%" in row and "-16.7 ± " in row
+    assert "unhealed cut:1 | 4 |" in row and "83.3%" in row and "-16.7 ± " in row and row.endswith("| – |")
     with pytest.raises(SystemExit, match="no base model"):
-        rt.render(tmp_path / "empty", ["cut"], versus=None)
+        rt.render(tmp_path / "empty", ["cut"], versus=[])
