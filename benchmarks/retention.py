@@ -29,20 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_tasks import include_path  # noqa: E402
 
+from hf_layerprune.recipe import parse_layers  # noqa: E402  (`--layers` syntax: 13-18, 3,12-17,25)
+
 TASKS = ("local_hellaswag", "local_arc_easy", "local_piqa")
 STORE = Path.home() / ".cache" / "hf-layerprune" / "retention"
 
 
-def parse_layers(text: str) -> list[int]:
-    """"13-18" or "3,12,13" or "3,12-17,25" -> sorted layer indices."""
-    layers: set[int] = set()
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        layers.update(range(int(lo), int(hi or lo) + 1))
-    return sorted(layers)
-
-
-def build(spec: str, base, model_path: str):
+def build(spec: str, base):
     """`base` | `cut:LAYERS` (the base with LAYERS removed, unhealed) | a saved model directory."""
     import copy
 
@@ -55,7 +48,7 @@ def build(spec: str, base, model_path: str):
         return base
     if spec.startswith("cut:"):
         model = copy.deepcopy(base)
-        remove_layers(model, parse_layers(spec[4:]))
+        remove_layers(model, sorted(parse_layers(spec[4:])))
         return model
     if not Path(spec).is_dir():
         raise SystemExit(f"error: {spec!r} is neither base, cut:LAYERS nor a model directory")
@@ -64,9 +57,11 @@ def build(spec: str, base, model_path: str):
 
 def describe(spec: str) -> str:
     """What a spec is, for the table: a pipeline output says its metric, healer and removed layers."""
+    if spec.startswith("cut:"):
+        return "unhealed " + spec
     report = Path(spec) / "layerprune.json"
-    if spec in ("base",) or spec.startswith("cut:") or not report.exists():
-        return "unhealed " + spec if spec.startswith("cut:") else spec
+    if not report.exists():
+        return spec
     r = json.loads(report.read_text())
     metric = r.get("scoring", {}).get("metric", "?")
     heal = (r.get("healing") or {}).get("method", "none")
@@ -100,12 +95,13 @@ def save(store: Path, name: str, entry: dict) -> None:
     tmp.replace(store / f"{name}.json")
 
 
-def paired(a: dict, b: dict) -> tuple[float, float, float, float, int]:
-    """(mean of a, mean of b, mean(b - a), its standard error, docs per task) of the 3-task mean over shared docs.
+def paired(a: dict, b: dict) -> tuple[float, float, float, float, int, list[float]]:
+    """(mean of a, mean of b, mean(b - a), its standard error, docs per task, b's per-task means) of the 3-task
+    mean over the docs a and b share.
 
     Each task weighs 1/3 (as in the retention mean); the SE adds the tasks' paired variances."""
     mean_a = mean_b = diff = var = 0.0
-    counts = []
+    counts, task_means = [], []
     for task in TASKS:
         ids = sorted(set(a["docs"][task]) & set(b["docs"][task]), key=int)
         if len(ids) < 2:
@@ -116,11 +112,12 @@ def paired(a: dict, b: dict) -> tuple[float, float, float, float, int]:
         n = len(ds)
         mu = sum(ds) / n
         mean_a += sum(xs) / n / 3
-        mean_b += sum(ys) / n / 3
+        task_means.append(sum(ys) / n)
+        mean_b += task_means[-1] / 3
         diff += mu / 3
         var += sum((d - mu) ** 2 for d in ds) / (n - 1) / n / 9
         counts.append(n)
-    return mean_a, mean_b, diff, math.sqrt(var), min(counts)
+    return mean_a, mean_b, diff, math.sqrt(var), min(counts), task_means
 
 
 def render(store: Path, names: list[str], versus: list[str]) -> str:
@@ -133,9 +130,7 @@ def render(store: Path, names: list[str], versus: list[str]) -> str:
     others = {v: load(store, v) for v in versus}
     for name in names:
         entry = load(store, name)
-        base_mean, mean, diff, se, n = paired(base, entry)
-        shared = {t: sorted(set(base["docs"][t]) & set(entry["docs"][t]), key=int) for t in TASKS}
-        accs = [sum(entry["docs"][t][i] for i in shared[t]) / len(shared[t]) for t in TASKS]
+        base_mean, mean, diff, se, n, accs = paired(base, entry)
         row = (f"| {name} | {entry.get('what', entry['spec'])} | {n} | " + " | ".join(f"{a:.3f}" for a in accs) +
                f" | {mean:.4f} | {mean / base_mean * 100:.1f}% | {points(diff, se, base_mean)} |")
         for v, other in others.items():
@@ -173,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = load(args.store, name)
             if entry["spec"] not in (None, spec):
                 raise SystemExit(f"error: {name} is stored as {entry['spec']!r}, not {spec!r}; use another name")
-            scores = evaluate(build(spec, base, args.model), tokenizer, lo, hi, args.batch_size)
+            scores = evaluate(build(spec, base), tokenizer, lo, hi, args.batch_size)
             entry["spec"], entry["what"] = spec, describe(spec)
             for task in TASKS:
                 entry["docs"][task].update(scores[task])

@@ -402,6 +402,7 @@ def test_local_tasks_full_doc_counts_and_a_limit_20_run(tmp_path, tok):
 def test_retention_adds_up_doc_ranges_and_pairs_the_same_docs(tmp_path):
     rt = _benchmark_module("retention")
     assert rt.parse_layers("13-18") == [13, 14, 15, 16, 17, 18] and rt.parse_layers("3,12-14,25") == [3, 12, 13, 14, 25]
+    assert rt.describe("cut:13-18") == "unhealed cut:13-18" and rt.describe("base") == "base"
     tasks = rt.TASKS
     # two ranges stored one after the other for base; the pruned model loses docs 1 and 3 of the first task only
     base = {"spec": "base", "docs": {t: {} for t in tasks}}
@@ -412,8 +413,8 @@ def test_retention_adds_up_doc_ranges_and_pairs_the_same_docs(tmp_path):
     pruned = {"spec": "cut:1", "what": "unhealed cut:1",
               "docs": {t: {str(i): (0.0 if t == tasks[0] and i in (1, 3) else 1.0) for i in range(4)} for t in tasks}}
     rt.save(tmp_path, "cut", pruned)
-    base_mean, mean, diff, se, n = rt.paired(rt.load(tmp_path, "base"), rt.load(tmp_path, "cut"))
-    assert n == 4 and base_mean == 1.0 and mean == pytest.approx(1 - 0.5 / 3) and diff == pytest.approx(-0.5 / 3)
+    base_mean, mean, diff, se, n, accs = rt.paired(rt.load(tmp_path, "base"), rt.load(tmp_path, "cut"))
+    assert n == 4 and base_mean == 1.0 and accs == [0.5, 1.0, 1.0] and mean == pytest.approx(1 - 0.5 / 3) and diff == pytest.approx(-0.5 / 3)
     # paired SE: task 0 differences (0, -1, 0, -1) have sample variance 1/3 over 4 docs, weighted 1/9
     assert se == pytest.approx(math.sqrt(1 / 3 / 4 / 9))
     table = rt.render(tmp_path, ["base", "cut"], versus=["cut"])

@@ -156,11 +156,11 @@ def heal(
     where loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
     parts = _stages(method)
     report = report if report is not None else {}  # one report for every stage (`replace` updates it)
-    for part in parts:
-        check_applies(get_healer(part)[0], model)
+    resolved = [get_healer(part) for part in parts]
+    for healer, _ in resolved:  # every stage is refused before the first one runs
+        check_applies(healer, model)
     stages = []
-    for part in parts:
-        healer, raw = get_healer(part)
+    for healer, raw in resolved:
         given = options if len(parts) == 1 else {k: v for k, v in options.items() if k in healer.options.__dataclass_fields__}
         opts = build_options(healer.options, healer.name, {**raw, **given})
         stage_eval = ids[: max(1, opts.eval_samples)] if eval_ids is None else eval_ids
