@@ -70,19 +70,13 @@ def pruned_model_dir(tmp_path_factory):
 
 
 def _write_pruned_model(directory, seed: int):
-    from tiny_models import VOCAB, tiny_model
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tiny_models import save_word_tokenizer, tiny_model
 
     from hf_layerprune.report import write_report
 
     model = tiny_model("llama", num_layers=3, seed=seed)
     model.save_pretrained(directory, max_shard_size="60KB")  # several shards: several LFS uploads
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}  # "w<id>" -> id
-    words = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<pad>", pad_token="<pad>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(directory)
+    save_word_tokenizer(directory)  # "w<id>" -> id
     write_report(directory, {
         "format_version": 1, "base_model": "acme-labs/Tiny-Llama-4L", "num_layers_before": 4, "num_layers_after": 3,
         "removed_layers": [2], "kept_layers": [0, 1, 3], "parameters_before": 46000,

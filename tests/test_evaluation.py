@@ -422,3 +422,43 @@ def test_retention_adds_up_doc_ranges_and_pairs_the_same_docs(tmp_path):
     assert "unhealed cut:1 | 4 |" in row and "83.3%" in row and "-16.7 ± " in row and row.endswith("| – |")
     with pytest.raises(SystemExit, match="no base model"):
         rt.render(tmp_path / "empty", ["cut"], versus=[])
+
+
+def test_reheal_distils_a_pipeline_output_into_a_loadable_model(tmp_path):
+    """benchmarks/reheal.py: a further healer on a saved pruned model, from the unpruned one, saved atomically."""
+    from tiny_models import save_word_tokenizer, tiny_model
+    from transformers import AutoModelForCausalLM
+
+    from hf_layerprune.report import write_report
+    from hf_layerprune.surgery import remove_layers
+
+    base = tiny_model("llama", num_layers=4, seed=3)
+    with torch.no_grad():  # make the layer that is removed matter, so there is something to distil back
+        base.model.layers[2].mlp.down_proj.weight.mul_(30)
+    base.save_pretrained(tmp_path / "base")
+    save_word_tokenizer(tmp_path / "base")
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    remove_layers(pruned, [2])
+    pruned.save_pretrained(tmp_path / "out")
+    save_word_tokenizer(tmp_path / "out")
+    write_report(tmp_path / "out", {"removed_layers": [2], "kept_layers": [0, 1, 3], "num_layers_before": 4,
+                                    "healing": {"method": "absorb"}})
+    (tmp_path / "text.txt").write_text(" ".join(f"w{3 + i % 100}" for i in range(400)))
+    rh = _benchmark_module("reheal")
+    args = ["--model", str(tmp_path / "base"), "-o", str(tmp_path / "kd"), "--steps", "6", "--batch-size", "2",
+            "--seq-len", "16", "--self-samples", "6", "--eval-samples", "2", "--text", str(tmp_path / "text.txt"),
+            "--text-samples", "8", "--self-cache", str(tmp_path / "self.pt"), "--learning-rate", "2e-3"]
+    rh.main([str(tmp_path / "out"), *args])
+    healed, info = AutoModelForCausalLM.from_pretrained(tmp_path / "kd", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and healed.config.num_hidden_layers == 3
+    before = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    changed = [n for n, p in healed.state_dict().items() if not torch.equal(p, before.state_dict()[n])]
+    assert any("down_proj" in n for n in changed) and any("q_proj" in n for n in changed)  # LoRA on every linear, merged
+    report = json.loads((tmp_path / "kd" / "layerprune.json").read_text())
+    assert report["healing"]["method"] == "absorb+distill" and report["removed_layers"] == [2]
+    assert report["healing"]["extra_stage"]["kd_after"] < report["healing"]["extra_stage"]["kd_before"]
+    assert torch.load(tmp_path / "self.pt").shape == (6, 16)  # sampled once, cached
+    # a source without layerprune.json is refused and nothing is written
+    with pytest.raises(FileNotFoundError):
+        rh.main([str(tmp_path / "base"), *args[:3], str(tmp_path / "kd2"), *args[4:]])
+    assert not (tmp_path / "kd2").exists()

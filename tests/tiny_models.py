@@ -69,6 +69,18 @@ def tiny_model(model_type: str = "llama", num_layers: int = 6, seed: int = 0, **
     return model.eval()
 
 
+def save_word_tokenizer(directory) -> None:
+    """A word-level tokenizer over the tiny vocabulary ("w<id>" -> id) saved into `directory`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<pad>", pad_token="<pad>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(directory)
+
+
 def sample_ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=g)

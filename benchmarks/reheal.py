@@ -1,0 +1,94 @@
+"""Heal a pipeline output further with a trained healer from the unpruned model, for `retention.py` (issue 9).
+
+The default pipeline heals with `absorb` on 64 self-generated sequences. This script takes its output directory
+and runs one more healer on it (default: `distill`, LoRA on every linear module, KL to the unpruned model's
+logits) at a budget the CLI's defaults do not spend, on healing text mixed from sequences sampled from the base
+model and windows of a local text file, then saves the result where `retention.py` can evaluate it:
+
+    hf-layerprune prune MODEL --drop 6 -o out6 --no-eval
+    python benchmarks/reheal.py out6 --model MODEL -o out6_kd --steps 150 \\
+        --text /path/to/wikitext2_tokens/wiki.valid.tokens --text-samples 1000
+    python benchmarks/retention.py --model MODEL --docs 0:1000 base=base kd6=out6_kd
+
+Keep the text disjoint from the evaluation (WikiText-2 *valid* heals, *test* measures perplexity). Self-generated
+sequences are cached (``--self-cache``): sampling them costs ~9 minutes on one CPU thread for 160 x 256 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def healing_text(base, tokenizer, args) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, held-out rows): self-generated rows (the last `eval_samples` held out) plus file windows."""
+    from hf_layerprune.calibration import calibration_batches
+
+    cache = Path(args.self_cache)
+    if cache.exists():
+        self_ids = torch.load(cache)
+    else:
+        self_ids = calibration_batches("self", tokenizer, model=base, samples=args.self_samples, seq_len=args.seq_len, seed=1)
+        torch.save(self_ids, cache)
+    held_out, rows = self_ids[-args.eval_samples :], [self_ids[: -args.eval_samples]]
+    if args.text:
+        rows.append(calibration_batches(args.text, tokenizer, samples=args.text_samples, seq_len=args.seq_len, seed=3))
+    train = torch.cat(rows)
+    return train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))], held_out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a pipeline output directory (has layerprune.json)")
+    parser.add_argument("--model", required=True, help="the unpruned model it came from (Hub id, directory or .gguf)")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--heal", default="distill")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--text", help="a local text file for most of the healing windows")
+    parser.add_argument("--text-samples", type=int, default=1000)
+    parser.add_argument("--self-samples", type=int, default=160)
+    parser.add_argument("--eval-samples", type=int, default=8)
+    parser.add_argument("--self-cache", default=str(Path.home() / ".cache" / "hf-layerprune" / "self_ids.pt"))
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM
+
+    from hf_layerprune.healing import heal
+    from hf_layerprune.loading import load_model
+    from hf_layerprune.outputs import staging_dir
+
+    source = Path(args.source)
+    report = json.loads((source / "layerprune.json").read_text())
+    base, tokenizer = load_model(args.model, dtype="float32")
+    base.eval()
+    Path(args.self_cache).parent.mkdir(parents=True, exist_ok=True)
+    train, held_out = healing_text(base, tokenizer, args)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    start = time.perf_counter()
+    record = heal(model, args.heal, train, eval_ids=held_out, base_model=base, report=report, log=print,
+                  steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank,
+                  targets=LINEAR)
+    seconds = time.perf_counter() - start
+    keys = ("loss_before", "loss_after", "kd_before", "kd_after", "tokens_per_second")
+    print(f"{args.heal}: {seconds:.0f} s, {len(train)} rows,", {k: record.get(k) for k in keys})
+    first = report.get("healing") or {"method": "none"}
+    report["healing"] = {**first, "method": f"{first['method']}+{args.heal}", "extra_stage": {k: v for k, v in record.items() if k != "losses"}}
+    with staging_dir(args.output, overwrite=True) as stage:
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        (Path(stage) / "layerprune.json").write_text(json.dumps(report, indent=1, default=str))
+    print("saved", args.output)
+
+
+if __name__ == "__main__":
+    main()
