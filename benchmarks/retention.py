@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             if entry["spec"] not in (None, spec):
                 raise SystemExit(f"error: {name} is stored as {entry['spec']!r}, not {spec!r}; use another name")
             scores = evaluate(build(spec, base), tokenizer, lo, hi, args.batch_size)
+            entry = load(args.store, name)  # again: another process may have stored another range meanwhile
             entry["spec"], entry["what"] = spec, describe(spec)
             for task in TASKS:
                 entry["docs"][task].update(scores[task])
