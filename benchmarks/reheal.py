@@ -17,7 +17,6 @@ sequences are cached (``--self-cache``): sampling them costs ~9 minutes on one C
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -63,12 +62,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from hf_layerprune.healing import heal
+    from hf_layerprune.healing import chain_record, heal
     from hf_layerprune.loading import load_model
     from hf_layerprune.outputs import staging_dir
+    from hf_layerprune.report import read_report, write_report
 
     source = Path(args.source)
-    report = json.loads((source / "layerprune.json").read_text())
+    report = read_report(source)
     base, tokenizer = load_model(args.model, dtype="float32")
     base.eval()
     Path(args.self_cache).parent.mkdir(parents=True, exist_ok=True)
@@ -81,12 +81,13 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - start
     keys = ("loss_before", "loss_after", "kd_before", "kd_after", "tokens_per_second")
     print(f"{args.heal}: {seconds:.0f} s, {len(train)} rows,", {k: record.get(k) for k in keys})
-    first = report.get("healing") or {"method": "none"}
-    report["healing"] = {**first, "method": f"{first['method']}+{args.heal}", "extra_stage": {k: v for k, v in record.items() if k != "losses"}}
+    earlier = report.get("healing")  # recorded as the CLI records a chain (`--heal absorb+distill`)
+    stages = (earlier.get("stages") or [earlier]) if earlier else []
+    report["healing"] = {**chain_record([*stages, record]), "data": (earlier or {}).get("data")}
     with staging_dir(args.output, overwrite=True) as stage:
         model.save_pretrained(stage)
         tokenizer.save_pretrained(stage)
-        (Path(stage) / "layerprune.json").write_text(json.dumps(report, indent=1, default=str))
+        write_report(stage, report)
     print("saved", args.output)
 
 

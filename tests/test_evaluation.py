@@ -456,7 +456,8 @@ def test_reheal_distils_a_pipeline_output_into_a_loadable_model(tmp_path):
     assert any("down_proj" in n for n in changed) and any("q_proj" in n for n in changed)  # LoRA on every linear, merged
     report = json.loads((tmp_path / "kd" / "layerprune.json").read_text())
     assert report["healing"]["method"] == "absorb+distill" and report["removed_layers"] == [2]
-    assert report["healing"]["extra_stage"]["kd_after"] < report["healing"]["extra_stage"]["kd_before"]
+    assert [r["method"] for r in report["healing"]["stages"]] == ["absorb", "distill"]
+    assert report["healing"]["stages"][-1]["kd_after"] < report["healing"]["stages"][-1]["kd_before"]
     assert torch.load(tmp_path / "self.pt").shape == (6, 16)  # sampled once, cached
     # a source without layerprune.json is refused and nothing is written
     with pytest.raises(FileNotFoundError):
