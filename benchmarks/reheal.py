@@ -22,9 +22,6 @@ from pathlib import Path
 
 import torch
 
-LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
 def healing_text(base, tokenizer, args) -> tuple[torch.Tensor, torch.Tensor]:
     """(train rows, held-out rows): self-generated rows (the last `eval_samples` held out) plus file windows."""
     from hf_layerprune.calibration import calibration_batches
@@ -63,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM
 
     from hf_layerprune.healing import chain_record, heal
+    from hf_layerprune.healing.lora import ALL_LINEAR
     from hf_layerprune.loading import load_model
     from hf_layerprune.outputs import staging_dir
     from hf_layerprune.report import read_report, write_report
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     record = heal(model, args.heal, train, eval_ids=held_out, base_model=base, report=report, log=print,
                   steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank,
-                  targets=LINEAR)
+                  targets=[ALL_LINEAR])
     seconds = time.perf_counter() - start
     keys = ("loss_before", "loss_after", "kd_before", "kd_after", "tokens_per_second")
     print(f"{args.heal}: {seconds:.0f} s, {len(train)} rows,", {k: record.get(k) for k in keys})

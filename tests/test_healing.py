@@ -95,6 +95,22 @@ def test_lora_never_targets_tied_lm_head(tmp_path):
     assert_stock_reload(model, tmp_path)
 
 
+@pytest.mark.parametrize("family, names", [("llama", ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]),
+                                           ("opt", ["fc1", "fc2", "k_proj", "out_proj", "q_proj", "v_proj"])])
+def test_lora_all_linear_adapts_every_linear_module_but_the_head(family, names, tmp_path):
+    _, model, _ = pruned(family, tie_word_embeddings=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    record = heal(model, "lora", markov_ids(8), steps=3, learning_rate=1e-2, targets=["all-linear"], **QUIET)
+    assert record["targets"] == names
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert {n.split(".")[-2] for n in changed} == set(names)
+    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "layers." in n}
+    assert changed == linear  # every decoder linear weight, and nothing else (embeddings, norms, the tied head)
+    assert_stock_reload(model, tmp_path)
+    with pytest.raises(LayerPruneError, match="give it alone"):
+        heal(model, "lora", markov_ids(8), steps=1, targets=["all-linear", "q_proj"], **QUIET)
+
+
 def test_adapter_trained_on_a_copy_merges_into_the_original_weights():
     """The qlora merge path: train on another copy (4-bit on GPU), merge into the original-precision model."""
     _, model, _ = pruned()

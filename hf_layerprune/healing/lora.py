@@ -27,11 +27,13 @@ from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, gradient
 
 MLP_TARGETS = {"opt": ("fc1", "fc2"), "phi3": ("gate_up_proj", "down_proj")}
 DEFAULT_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = "all-linear"  # peft's selector: every linear module of the model except the output head
 
 
 @dataclass
 class LoraOptions(HealOptions):
-    """rank / lora_alpha (None: 2 x rank) / dropout / targets (module names; None: the MLP, as Gromov et al.).
+    """rank / lora_alpha (None: 2 x rank) / dropout / targets (module names, or ``all-linear`` for every linear
+    module but the output head; None: the MLP, as Gromov et al.).
     gradient_checkpointing: None means on for qlora and for CUDA training, off on CPU."""
 
     rank: int = 8
@@ -41,10 +43,15 @@ class LoraOptions(HealOptions):
     gradient_checkpointing: bool | None = None
 
 
-def lora_targets(model, targets: list[str] | None, log: Callable[[str], None] = print) -> list[str]:
-    """Module names to adapt; `lm_head` becomes the input embedding when the two are tied."""
+def lora_targets(model, targets: list[str] | None, log: Callable[[str], None] = print) -> list[str] | str:
+    """Module names to adapt; `lm_head` becomes the input embedding when the two are tied. ``all-linear`` is
+    passed to peft, which resolves it to the names of every linear module but the output head."""
     model_type = model.config.model_type
     names = list(targets) if targets else list(MLP_TARGETS.get(model_type, DEFAULT_MLP_TARGETS))
+    if ALL_LINEAR in names:
+        if len(names) > 1:
+            raise LayerPruneError(f"--lora-targets {ALL_LINEAR} already names every linear module; give it alone")
+        return ALL_LINEAR
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     tied = head is not None and head.weight is embed.weight
     if tied and "lm_head" in names:
