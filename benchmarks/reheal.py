@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heal", default="distill")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
+    parser.add_argument("--learning-rate", type=float, help="default: 2e-4 for a LoRA adapter, distill's own default for --adapter full")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--adapter", default="lora", help="distill's adapter: lora (rank --rank) or full (every weight but embeddings and head)")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--text", help="a local text file for most of the healing windows")
     parser.add_argument("--text-samples", type=int, default=1000)
@@ -73,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
     train, held_out = healing_text(base, tokenizer, args)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     start = time.perf_counter()
+    if args.learning_rate is None and args.adapter == "lora":
+        args.learning_rate = 2e-4
+    extra = {"adapter": args.adapter} if args.adapter != "lora" else {"targets": [ALL_LINEAR]}
     record = heal(model, args.heal, train, eval_ids=held_out, base_model=base, report=report, log=print,
-                  steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank,
-                  targets=[ALL_LINEAR])
+                  steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank, **extra)
     seconds = time.perf_counter() - start
     keys = ("loss_before", "loss_after", "kd_before", "kd_after", "tokens_per_second")
     print(f"{args.heal}: {seconds:.0f} s, {len(train)} rows,", {k: record.get(k) for k in keys})

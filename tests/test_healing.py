@@ -154,6 +154,33 @@ def test_distill_lowers_kl_to_the_unpruned_model(tmp_path):
     assert_stock_reload(model, tmp_path)
 
 
+def test_full_distill_trains_every_weight_but_embeddings_and_head(tmp_path):
+    base, model, report = pruned(tie_word_embeddings=True)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    teacher = {name: p.detach().clone() for name, p in base.named_parameters()}
+    record = heal(model, "distill:adapter=full", markov_ids(16), base_model=base, report=report,
+                  eval_ids=markov_ids(8, seed=9), steps=20, learning_rate=1e-3, **QUIET)
+    assert record["kd_after"] < record["kd_before"] and record["adapter"] == "full" and record["lora_rank"] is None
+    embed = model.get_input_embeddings().weight
+    assert model.get_output_embeddings().weight is embed  # still tied, and untouched
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == set(before) - {"model.embed_tokens.weight"}, set(before) - changed
+    assert record["trainable_parameters"] == sum(p.numel() for p in model.parameters()) - embed.numel()
+    assert all(torch.equal(p, teacher[name]) and p.requires_grad for name, p in base.named_parameters())
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+    assert_stock_reload(model, tmp_path)
+
+
+def test_full_distill_default_learning_rate_and_bad_adapter():
+    from hf_layerprune.healing.distill import FULL_LEARNING_RATE, DistillOptions
+
+    assert DistillOptions(adapter="full").lr() == FULL_LEARNING_RATE < DistillOptions().lr()
+    assert DistillOptions(adapter="full", learning_rate=5e-5).lr() == 5e-5
+    base, model, report = pruned()
+    with pytest.raises(LayerPruneError, match="adapter='qlora'; use lora or full"):
+        heal(model, "distill:adapter=qlora", markov_ids(4), base_model=base, report=report, steps=1, **QUIET)
+
+
 # ----------------------------------------------------------------------------------------------- replace
 
 

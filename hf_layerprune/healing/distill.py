@@ -1,8 +1,12 @@
-"""`distill`: LoRA on the pruned model trained to match the unpruned model's next-token distribution.
+"""`distill`: the pruned model trained to match the unpruned model's next-token distribution.
 
 loss = alpha · T² · KL(p_teacher^T ‖ p_student^T) + (1 − alpha) · LM loss, per token (forward KL, as Minitron;
 T = temperature). The teacher is `base_model` as given (bf16/fp32), or with ``teacher=4bit`` a 4-bit NF4 copy of
-it (CUDA + bitsandbytes) to save memory. The adapter is merged into the pruned model's weights like `lora`.
+it (CUDA + bitsandbytes) to save memory.
+
+What trains (``adapter``): ``lora`` (default) a LoRA adapter, merged into the pruned model's weights like `lora`;
+``full`` every weight of the pruned model except the input embeddings and the output head (tied on many small
+models; the vocabulary stays the teacher's), as Minitron and Sheared-LLaMA heal.
 """
 
 from __future__ import annotations
@@ -15,18 +19,32 @@ import torch.nn.functional as F
 
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.base import HealContext
-from hf_layerprune.healing.lora import LoraOptions, check_qlora_available, quantized_copy, train_adapter, training_record
+from hf_layerprune.healing.lora import (
+    LoraOptions, check_qlora_available, quantized_copy, run_training, train_adapter, training_record,
+)
 from hf_layerprune.healing.training import lm_loss, only_trainable
 
 
 @dataclass
 class DistillOptions(LoraOptions):
     """temperature: softening T of both distributions. alpha: weight of the KL term (1 − alpha on the LM loss).
-    teacher: "base" (the unpruned model as loaded) or "4bit" (an NF4 copy of it; CUDA + bitsandbytes)."""
+    teacher: "base" (the unpruned model as loaded) or "4bit" (an NF4 copy of it; CUDA + bitsandbytes).
+    adapter: "lora" (rank / targets as `lora`) or "full" (every weight but the embeddings and the head; its
+    default learning rate is FULL_LEARNING_RATE, a third of the adapter's, as full-weight continued training uses)."""
 
     temperature: float = 1.0
     alpha: float = 1.0
     teacher: str = "base"
+    adapter: str = "lora"
+
+    def lr(self) -> float:
+        if self.learning_rate is None and self.adapter == "full":
+            return FULL_LEARNING_RATE
+        return super().lr()
+
+
+FULL_LEARNING_RATE = 1e-4
+FULL_TARGETS = "all but embeddings and head"
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -64,6 +82,8 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         raise LayerPruneError(f"--heal distill needs 0 <= alpha <= 1 and temperature > 0 (got {options.alpha}, {options.temperature})")
     if options.teacher not in ("base", "4bit"):
         raise LayerPruneError(f"--heal distill:teacher={options.teacher!r}; use base or 4bit")
+    if options.adapter not in ("lora", "full"):
+        raise LayerPruneError(f"--heal distill:adapter={options.adapter!r}; use lora or full")
     teacher = ctx.require_base("distill")
     if options.teacher == "4bit":
         check_qlora_available("distill:teacher=4bit")
@@ -71,22 +91,42 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     teacher.eval()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
     kd_before = eval_kd(ctx.model, teacher, ctx.eval_ids, options.temperature)
+    loss = lambda student: DistillLoss(student, teacher, options.temperature, options.alpha)  # noqa: E731
     with only_trainable(teacher, []):
-        run, _, config, peft_model = train_adapter(
-            ctx, options, "distill", loss=lambda student: DistillLoss(student, teacher, options.temperature, options.alpha)
-        )
-    peft_model.merge_and_unload()
-    record = training_record("distill", options, config, run, ctx, time.perf_counter() - start)
+        if options.adapter == "full":
+            config, params = None, full_parameters(ctx.model, teacher)
+            trainable = sum(p.numel() for p in params)
+            with only_trainable(ctx.model, params):
+                run = run_training(ctx, options, "distill", f"{trainable / 1e6:.1f}M weights ({FULL_TARGETS})",
+                                   ctx.model, loss(ctx.model))
+        else:
+            run, _, config, peft_model = train_adapter(ctx, options, "distill", loss=loss)
+            peft_model.merge_and_unload()
+            trainable = None
+    record = training_record("distill", options, config, run, ctx, time.perf_counter() - start, targets=[FULL_TARGETS])
+    if trainable is not None:
+        record["trainable_parameters"] = trainable
     record.update(
         temperature=options.temperature,
         alpha=options.alpha,
         teacher=options.teacher,
+        adapter=options.adapter,
         loss_before=loss_before,
         loss_after=lm_loss(ctx.model, ctx.eval_ids),
         kd_before=kd_before,
         kd_after=eval_kd(ctx.model, teacher, ctx.eval_ids, options.temperature),
     )
     return record
+
+
+def full_parameters(model, teacher) -> list[torch.nn.Parameter]:
+    """Every parameter of `model` but those of the input embeddings and the output head (one tensor when tied)."""
+    ends = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
+    frozen = {id(p) for m in ends for p in m.parameters()}
+    params = [p for p in model.parameters() if id(p) not in frozen]
+    if {id(p) for p in params} & {id(p) for p in teacher.parameters()}:
+        raise LayerPruneError("--heal distill:adapter=full: the pruned model shares weights with the teacher; heal a copy")
+    return params
 
 
 @torch.no_grad()

@@ -111,6 +111,16 @@ def train_adapter(
     config = lora_config(ctx.model, options, ctx.log)
     torch.manual_seed(options.seed)
     peft_model = get_peft_model(target, config)
+    what = f"rank {config.r} on {', '.join(sorted(config.target_modules))}"
+    run = run_training(ctx, options, method, what, target, loss(peft_model), optim=optim,
+                       gradient_checkpointing_default=gradient_checkpointing_default)
+    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    return run, state, config, peft_model
+
+
+def run_training(ctx: HealContext, options: LoraOptions, method: str, what: str, target, module: torch.nn.Module, *,
+                 optim: str = "adamw_torch", gradient_checkpointing_default: bool | None = None) -> dict:
+    """One Trainer run of `module` (whose trainable parameters live in `target`) on ctx.train_ids."""
     seq_len = ctx.train_ids.shape[1]
     steps = options.resolve_steps(seq_len)
     use_gc = options.gradient_checkpointing
@@ -120,16 +130,16 @@ def train_adapter(
         use_gc = next(target.parameters()).device.type == "cuda"
     settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(), seed=options.seed,
                              optim=optim, progress=options.progress)
-    ctx.log(f"Healing with {method}: rank {config.r} on {', '.join(sorted(config.target_modules))}, {steps} steps "
-            f"x {options.batch_size} x {seq_len} tokens")
+    ctx.log(f"Healing with {method}: {what}, {steps} steps x {options.batch_size} x {seq_len} tokens")
     with gradient_checkpointing(target, use_gc):
-        run = train(loss(peft_model), Rows(input_ids=ctx.train_ids), settings)
+        run = train(module, Rows(input_ids=ctx.train_ids), settings)
     run.update(gradient_checkpointing=bool(use_gc), optimizer=optim)
-    state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
-    return run, state, config, peft_model
+    return run
 
 
-def training_record(method: str, options: LoraOptions, config, run: dict, ctx: HealContext, seconds: float) -> dict:
+def training_record(method: str, options: LoraOptions, config, run: dict, ctx: HealContext, seconds: float,
+                    targets: list[str] | None = None) -> dict:
+    """`config`: the LoraConfig, or None for full-parameter training of the modules in `targets`."""
     steps = run["steps"]
     tokens = steps * options.batch_size * ctx.train_ids.shape[1]
     return {
@@ -139,9 +149,9 @@ def training_record(method: str, options: LoraOptions, config, run: dict, ctx: H
         "seconds": round(seconds, 3),
         "tokens_per_second": round(tokens / max(run["seconds"], 1e-9), 2),
         "learning_rate": options.lr(),
-        "lora_rank": config.r,
-        "lora_alpha": config.lora_alpha,
-        "targets": sorted(config.target_modules),
+        "lora_rank": config.r if config is not None else None,
+        "lora_alpha": config.lora_alpha if config is not None else None,
+        "targets": sorted(config.target_modules) if config is not None else targets,
         "options": options_record(options),
         "gradient_checkpointing": run["gradient_checkpointing"],
         "optimizer": run["optimizer"],
