@@ -13,8 +13,9 @@ either mean.
     python benchmarks/retention.py --model MODEL --docs 500:1000 base=base default=out6 cosine=cut:13-18
     python benchmarks/retention.py --render --versus default       # table over docs 0-999 from the store
 
-Stored under ``--store`` (default ``~/.cache/hf-layerprune/retention``) as ``NAME.json``: per task, doc id ->
-acc_norm. Re-evaluating a doc overwrites it; a model is rendered over the docs that it and the base share.
+Stored under ``--store`` (default ``benchmarks/retention_store``, committed, so that a later session on a fresh
+machine can pair a new model with every model measured before) as ``NAME.json``: per task, doc id -> acc_norm.
+Re-evaluating a doc overwrites it; a model is rendered over the docs that it and the base share.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from local_tasks import include_path  # noqa: E402
 from hf_layerprune.recipe import parse_layers  # noqa: E402  (`--layers` syntax: 13-18, 3,12-17,25)
 
 TASKS = ("local_hellaswag", "local_arc_easy", "local_piqa")
-STORE = Path.home() / ".cache" / "hf-layerprune" / "retention"
+STORE = Path(__file__).resolve().parent / "retention_store"
 
 
 def build(spec: str, base):
