@@ -95,18 +95,18 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     with only_trainable(teacher, []):
         if options.adapter == "full":
             config, params = None, full_parameters(ctx.model, teacher)
-            trainable = sum(p.numel() for p in params)
+            full = {"trainable_parameters": sum(p.numel() for p in params)}
             with only_trainable(ctx.model, params):
-                run = run_training(ctx, options, "distill", f"{trainable / 1e6:.1f}M weights ({FULL_TARGETS})",
-                                   ctx.model, loss(ctx.model))
+                run = run_training(ctx, options, "distill", f"{full['trainable_parameters'] / 1e6:.1f}M weights "
+                                   f"({FULL_TARGETS})", ctx.model, loss(ctx.model))
         else:
             run, _, config, peft_model = train_adapter(ctx, options, "distill", loss=loss)
             peft_model.merge_and_unload()
-            trainable = None
-    record = training_record("distill", options, config, run, ctx, time.perf_counter() - start, targets=[FULL_TARGETS])
-    if trainable is not None:
-        record["trainable_parameters"] = trainable
+            full = {}
+    record = training_record("distill", options, config, run, ctx, time.perf_counter() - start,
+                             targets=[FULL_TARGETS] if full else None)
     record.update(
+        **full,
         temperature=options.temperature,
         alpha=options.alpha,
         teacher=options.teacher,
