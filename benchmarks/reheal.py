@@ -36,7 +36,7 @@ def healing_text(base, tokenizer, args) -> tuple[torch.Tensor, torch.Tensor]:
     if args.text:
         rows.append(calibration_batches(args.text, tokenizer, samples=args.text_samples, seq_len=args.seq_len, seed=3))
     train = torch.cat(rows)
-    return train[torch.randperm(len(train), generator=torch.Generator().manual_seed(0))], held_out
+    return train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))], held_out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-samples", type=int, default=1000)
     parser.add_argument("--self-samples", type=int, default=160)
     parser.add_argument("--eval-samples", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="row order and training seed; a further stage on an already re-healed output draws other rows with another")
     parser.add_argument("--self-cache", default=str(Path.home() / ".cache" / "hf-layerprune" / "self_ids.pt"))
     args = parser.parse_args(argv)
 
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         args.learning_rate = 2e-4
     extra = {"adapter": args.adapter} if args.adapter != "lora" else {"targets": [ALL_LINEAR]}
     record = heal(model, args.heal, train, eval_ids=held_out, base_model=base, report=report, log=print,
-                  steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank, **extra)
+                  steps=args.steps, seed=args.seed, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank, **extra)
     seconds = time.perf_counter() - start
     keys = ("loss_before", "loss_after", "kd_before", "kd_after", "tokens_per_second")
     print(f"{args.heal}: {seconds:.0f} s, {len(train)} rows,", {k: record.get(k) for k in keys})
