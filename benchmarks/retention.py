@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--render", action="store_true", help="print the table from the store (every stored model, or those named)")
-    parser.add_argument("--versus", default="", help="comma-separated stored models: also give each model's paired difference from them")
+    parser.add_argument("--versus", default="", help="comma-separated stored models: also give each model's paired difference from them (base always)")
     args = parser.parse_args(argv)
     pairs = [m.split("=", 1) if "=" in m else (m, None) for m in args.models]
     if not args.render:
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             save(args.store, name, entry)
             print(f"{name}: docs {lo}-{hi - 1} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     names = [n for n, _ in pairs] or sorted(p.stem for p in args.store.glob("*.json"))
-    print(render(args.store, ["base", *[n for n in names if n != "base"]], [v for v in args.versus.split(",") if v]))
+    print(render(args.store, ["base", *[n for n in names if n != "base"]], [v for v in args.versus.split(",") if v and v != "base"]))
     return 0
 
 
