@@ -181,6 +181,53 @@ def test_full_distill_default_learning_rate_and_bad_adapter():
         heal(model, "distill:adapter=qlora", markov_ids(4), base_model=base, report=report, steps=1, **QUIET)
 
 
+def test_distill_hidden_pairs_each_kept_layer_with_the_stream_it_read_in_the_base_model():
+    from hf_layerprune.healing.distill import DistillLoss, hidden_loss, point_pairs
+
+    assert point_pairs([0, 1, 3, 4, 5], 6) == [(1, 1), (2, 3), (3, 4), (4, 5), (5, 6)]
+    base = tiny_model("llama", num_layers=LAYERS)
+    with torch.no_grad():  # layer 2 adds nothing to the residual stream: removing it changes no point
+        base.model.layers[2].self_attn.o_proj.weight.zero_()
+        base.model.layers[2].mlp.down_proj.weight.zero_()
+    model = copy.deepcopy(base)
+    remove_layers(model, [2])
+    ids = markov_ids(4, 16)
+    pairs = point_pairs(kept_layers([2], LAYERS), LAYERS)
+    with torch.no_grad():
+        exact = DistillLoss(model, base, 1.0, 1.0, hidden=1.0, pairs=pairs)(ids)["loss"]
+        shifted = [(s, t + 1) for s, t in pairs[:-1]]  # one point off: the loss sees it
+        off = DistillLoss(model, base, 1.0, 1.0, hidden=1.0, pairs=shifted)(ids)["loss"]
+    assert float(exact) < 1e-6 and float(off) > 1e-2
+    same = torch.randn(2, 3, 8)
+    assert float(hidden_loss([same * 1.1], [same])) == pytest.approx(0.01, rel=1e-4)  # relative: 10% off -> 0.01
+
+
+def test_distill_hidden_lowers_the_intermediate_state_loss_more_than_logits_alone(tmp_path):
+    from hf_layerprune.healing.distill import DistillLoss, point_pairs
+
+    base, model, report = pruned(removed=(2, 3))
+    ids, held = markov_ids(16), markov_ids(8, seed=9)
+    pairs = point_pairs(report["kept_layers"], LAYERS)
+
+    @torch.no_grad()
+    def state_loss(student) -> float:  # (KL + hidden term) - KL
+        return float(DistillLoss(student, base, 1.0, 1.0, hidden=1.0, pairs=pairs)(held)["loss"]
+                     - DistillLoss(student, base, 1.0, 1.0)(held)["loss"])
+
+    logits_only = copy.deepcopy(model)
+    before = state_loss(model)
+    runs = {}
+    for student, spec in ((model, "distill:adapter=full,hidden=1"), (logits_only, "distill:adapter=full")):
+        runs[spec] = heal(student, spec, ids, base_model=base, report=report, eval_ids=held, steps=20,
+                          learning_rate=1e-3, **QUIET)
+    assert runs["distill:adapter=full,hidden=1"]["hidden"] == 1.0 and runs["distill:adapter=full"]["hidden"] == 0.0
+    assert runs["distill:adapter=full,hidden=1"]["kd_after"] < runs["distill:adapter=full,hidden=1"]["kd_before"]
+    assert state_loss(model) < 0.9 * state_loss(logits_only) < 0.9 * before
+    assert_stock_reload(model, tmp_path)
+    with pytest.raises(LayerPruneError, match="hidden=-1.0 must be >= 0"):
+        heal(model, "distill:hidden=-1", ids, base_model=base, report=report, steps=1, **QUIET)
+
+
 # ----------------------------------------------------------------------------------------------- replace
 
 

@@ -7,6 +7,8 @@ input is base point ``a`` and its output base point ``b + 1``.
 - ``capture(model, ids, points=..., modules=...)``: one forward that records the requested points and the outputs
   of some modules (a ``down_proj``, the input embedding), and stops after the deepest one needed.
 - ``iter_capture``: the same over micro-batches.
+- ``recording(model, points, detach=...)``: a context in which every forward records those points (with their
+  gradient when ``detach=False``: `distill`'s intermediate-state loss), and runs to the end.
 - ``layer_call(model, j, ids)``: the exact positional/keyword arguments the stock forward passes to layer ``j``
   (position embeddings, per-layer-type masks, ...), found cheaply by making layers ``< j`` pass-through.
 - ``check_additive``: proves numerically that the stream after a module is ``rest + module output``, so that a
@@ -15,7 +17,7 @@ input is base point ``a`` and its output base point ``b + 1``.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -53,6 +55,35 @@ def down_module(model, layer_index: int) -> torch.nn.Module:
     return get_submodule(arch.get_layers(model)[layer_index], arch.down_proj)
 
 
+@contextmanager
+def recording(model, points: Iterable[int], *, detach: bool = True) -> Iterator[dict[int, torch.Tensor]]:
+    """Within the context, each forward of `model` stores residual-stream point i in the yielded dict (point < L:
+    the input of layer i; point L: the last layer's output, before the final norm). Nothing stops the forward."""
+    layers = layers_of(model)
+    n = len(layers)
+    points = sorted(set(points))
+    if any(p < 0 or p > n for p in points):
+        raise ValueError(f"points {points} out of range for {n} layers")
+    got: dict[int, torch.Tensor] = {}
+    keep = (lambda t: t.detach()) if detach else (lambda t: t)  # noqa: E731
+
+    def record_input(i):
+        def hook(module, args, kwargs):
+            got[i] = keep(_hidden(args, kwargs))
+        return hook
+
+    def record_last(module, args, output):
+        got[n] = keep(_out(output))
+
+    with ExitStack() as stack:
+        for i in points:
+            if i < n:
+                stack.callback(layers[i].register_forward_pre_hook(record_input(i), with_kwargs=True).remove)
+            else:
+                stack.callback(layers[n - 1].register_forward_hook(record_last).remove)
+        yield got
+
+
 @torch.no_grad()
 def capture(
     model, ids: torch.Tensor, *, points: Iterable[int] = (), modules: dict[str, tuple[torch.nn.Module, int]] | None = None
@@ -66,38 +97,26 @@ def capture(
     points, modules = sorted(set(points)), dict(modules or {})
     if any(p < 0 or p > n for p in points) or any(not 0 <= depth <= n for _, depth in modules.values()):
         raise ValueError(f"points {points} out of range for {n} layers")
-    stop = max(points + [depth for _, depth in modules.values()])
+    deepest = max(points + [depth for _, depth in modules.values()])
     out: dict[str, dict] = {"points": {}, "modules": {}}
     shape = tuple(ids.shape)
-
-    def record_point(i):
-        def hook(module, args, kwargs):
-            out["points"][i] = _hidden(args, kwargs).detach()
-        return hook
 
     def record_module(label):
         def hook(module, args, output):
             out["modules"][label] = _out(output).detach().reshape(*shape, -1)
         return hook
 
-    def record_last(module, args, output):
-        if n in points:
-            out["points"][n] = _out(output).detach()
-        raise _Stop
-
-    def stop_pre(module, args, kwargs):
+    def stop(*_):
         raise _Stop
 
     with ExitStack() as stack:
+        out["points"] = stack.enter_context(recording(model, points))
         for label, (module, _) in modules.items():
             stack.callback(module.register_forward_hook(record_module(label)).remove)
-        for i in points:
-            if i < n:
-                stack.callback(layers[i].register_forward_pre_hook(record_point(i), with_kwargs=True).remove)
-        if stop < n:
-            stack.callback(layers[stop].register_forward_pre_hook(stop_pre, with_kwargs=True).remove)
-        else:
-            stack.callback(layers[n - 1].register_forward_hook(record_last).remove)
+        if deepest < n:
+            stack.callback(layers[deepest].register_forward_pre_hook(stop).remove)
+        else:  # registered after recording's hook on the same layer, so it runs after it
+            stack.callback(layers[n - 1].register_forward_hook(stop).remove)
         try:
             model(input_ids=ids.to(_device(model)), use_cache=False)
         except _Stop:

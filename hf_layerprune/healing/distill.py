@@ -1,7 +1,9 @@
 """`distill`: the pruned model trained to match the unpruned model's next-token distribution.
 
 loss = alpha · T² · KL(p_teacher^T ‖ p_student^T) + (1 − alpha) · LM loss, per token (forward KL, as Minitron;
-T = temperature). The teacher is `base_model` as given (bf16/fp32), or with ``teacher=4bit`` a 4-bit NF4 copy of
+T = temperature), plus with ``hidden=W`` W times the intermediate-state loss: the mean over the pruned model's
+residual-stream points of the per-token relative squared error ‖h_s − h_t‖² / ‖h_t‖² against the unpruned model's
+stream where the same kept layer reads it (Minitron adds such a term when depth is cut deeply). The teacher is `base_model` as given (bf16/fp32), or with ``teacher=4bit`` a 4-bit NF4 copy of
 it (CUDA + bitsandbytes) to save memory.
 
 What trains (``adapter``): ``lora`` (default) a LoRA adapter, merged into the pruned model's weights like `lora`;
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.healing.activations import layers_of, recording
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.lora import (
     LoraOptions, check_qlora_available, quantized_copy, run_training, train_adapter, training_record,
@@ -30,12 +33,14 @@ class DistillOptions(LoraOptions):
     """temperature: softening T of both distributions. alpha: weight of the KL term (1 − alpha on the LM loss).
     teacher: "base" (the unpruned model as loaded) or "4bit" (an NF4 copy of it; CUDA + bitsandbytes).
     adapter: "lora" (rank / targets as `lora`) or "full" (every weight but the embeddings and the head; its
-    default learning rate is FULL_LEARNING_RATE, a third of the adapter's, as full-weight continued training uses)."""
+    default learning rate is FULL_LEARNING_RATE, a third of the adapter's, as full-weight continued training uses).
+    hidden: weight of the intermediate-state loss (0: logits only)."""
 
     temperature: float = 1.0
     alpha: float = 1.0
     teacher: str = "base"
     adapter: str = "lora"
+    hidden: float = 0.0
 
     def lr(self) -> float:
         if self.learning_rate is None and self.adapter == "full":
@@ -55,24 +60,47 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(s, p, log_target=True, reduction="batchmean") * t * t
 
 
-class DistillLoss(torch.nn.Module):
-    """The student (a peft model) and a frozen teacher; forward returns the mixed KD/LM loss."""
+def hidden_loss(student_points: list[torch.Tensor], teacher_points: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over points and tokens of ‖s − t‖² / ‖t‖² (per token, so that a few huge-norm tokens do not dominate)."""
+    terms = [((s.float() - t.float()).pow(2).sum(-1) / t.float().pow(2).sum(-1).clamp_min(1e-6)).mean()
+             for s, t in zip(student_points, teacher_points)]
+    return torch.stack(terms).mean()
 
-    def __init__(self, student, teacher, temperature: float, alpha: float) -> None:
+
+def point_pairs(kept: list[int], num_layers_before: int) -> list[tuple[int, int]]:
+    """(student point, teacher point): the input of student layer j (j ≥ 1) against the input base layer kept[j]
+    had, and the student's last output against the base model's (points as in `activations`)."""
+    return [(j, kept[j]) for j in range(1, len(kept))] + [(len(kept), num_layers_before)]
+
+
+class DistillLoss(torch.nn.Module):
+    """The student (a peft model or the pruned model) and a frozen teacher; forward returns the mixed loss.
+    With `hidden` > 0, `pairs` (point_pairs) and `student_model` (the unwrapped pruned model) are needed."""
+
+    def __init__(self, student, teacher, temperature: float, alpha: float, hidden: float = 0.0,
+                 pairs: list[tuple[int, int]] = (), student_model=None) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
         self.temperature = temperature
         self.alpha = alpha
+        self.hidden = hidden
+        self.pairs = list(pairs)
+        self.student_model = student_model if student_model is not None else student
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
+        s_points, t_points = [s for s, _ in self.pairs], [t for _, t in self.pairs]
+        with torch.no_grad(), recording(self.teacher, t_points if self.hidden else []) as teacher_stream:
             teacher_logits = self.teacher(input_ids=input_ids, use_cache=False).logits
         labels = input_ids if self.alpha < 1 else None
-        out = self.student(input_ids=input_ids, labels=labels, use_cache=False)
+        with recording(self.student_model, s_points if self.hidden else [], detach=False) as student_stream:
+            out = self.student(input_ids=input_ids, labels=labels, use_cache=False)
         loss = kd_loss(out.logits, teacher_logits, self.temperature)
         if labels is not None:
             loss = self.alpha * loss + (1 - self.alpha) * out.loss
+        if self.hidden:
+            loss = loss + self.hidden * hidden_loss([student_stream[s] for s in s_points],
+                                                    [teacher_stream[t].to(student_stream[s].device) for s, t in self.pairs])
         return {"loss": loss}
 
 
@@ -84,6 +112,15 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         raise LayerPruneError(f"--heal distill:teacher={options.teacher!r}; use base or 4bit")
     if options.adapter not in ("lora", "full"):
         raise LayerPruneError(f"--heal distill:adapter={options.adapter!r}; use lora or full")
+    if options.hidden < 0:
+        raise LayerPruneError(f"--heal distill:hidden={options.hidden} must be >= 0")
+    pairs = []
+    if options.hidden:
+        _, kept, before = ctx.removed_and_kept("distill:hidden")
+        if len(kept) != len(layers_of(ctx.model)):
+            raise LayerPruneError(f"--heal distill:hidden: the report keeps {len(kept)} layers but the model has "
+                                  f"{len(layers_of(ctx.model))}")
+        pairs = point_pairs(kept, before)
     teacher = ctx.require_base("distill")
     if options.teacher == "4bit":
         check_qlora_available("distill:teacher=4bit")
@@ -91,7 +128,8 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     teacher.eval()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
     kd_before = eval_kd(ctx.model, teacher, ctx.eval_ids, options.temperature)
-    loss = lambda student: DistillLoss(student, teacher, options.temperature, options.alpha)  # noqa: E731
+    loss = lambda student: DistillLoss(student, teacher, options.temperature, options.alpha,  # noqa: E731
+                                       options.hidden, pairs, student_model=ctx.model)
     with only_trainable(teacher, []):
         if options.adapter == "full":
             config, params = None, full_parameters(ctx.model, teacher)
@@ -111,6 +149,7 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         alpha=options.alpha,
         teacher=options.teacher,
         adapter=options.adapter,
+        hidden=options.hidden,
         loss_before=loss_before,
         loss_after=lm_loss(ctx.model, ctx.eval_ids),
         kd_before=kd_before,
