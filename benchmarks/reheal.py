@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     record = heal(model, args.heal, train, eval_ids=held_out, base_model=base, report=report, log=print,
                   steps=args.steps, seed=args.seed, batch_size=args.batch_size, learning_rate=args.learning_rate, rank=args.rank, **extra)
     seconds = time.perf_counter() - start
-    keys = ("loss_before", "loss_after", "kd_before", "kd_after", "tokens_per_second")
+    keys = ("loss_before", "loss_after", "kd_before", "kd_after", "hidden_before", "hidden_after", "tokens_per_second")
     print(f"{args.heal}: {seconds:.0f} s, {len(train)} rows,", {k: record.get(k) for k in keys})
     earlier = report.get("healing")  # recorded as the CLI records a chain (`--heal absorb+distill`)
     stages = (earlier.get("stages") or [earlier]) if earlier else []

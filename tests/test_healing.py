@@ -221,8 +221,11 @@ def test_distill_hidden_lowers_the_intermediate_state_loss_more_than_logits_alon
         runs[spec] = heal(student, spec, ids, base_model=base, report=report, eval_ids=held, steps=20,
                           learning_rate=1e-3, **QUIET)
     assert runs["distill:adapter=full,hidden=1"]["hidden"] == 1.0 and runs["distill:adapter=full"]["hidden"] == 0.0
-    assert runs["distill:adapter=full,hidden=1"]["kd_after"] < runs["distill:adapter=full,hidden=1"]["kd_before"]
+    hidden = runs["distill:adapter=full,hidden=1"]
+    assert hidden["kd_after"] < hidden["kd_before"] and "hidden_before" not in runs["distill:adapter=full"]
     assert state_loss(model) < 0.9 * state_loss(logits_only) < 0.9 * before
+    assert hidden["hidden_before"] == pytest.approx(before, rel=1e-4)  # the record measures the same term
+    assert hidden["hidden_after"] == pytest.approx(state_loss(model), rel=1e-4)
     assert_stock_reload(model, tmp_path)
     with pytest.raises(LayerPruneError, match="hidden=-1.0 must be >= 0"):
         heal(model, "distill:hidden=-1", ids, base_model=base, report=report, steps=1, **QUIET)

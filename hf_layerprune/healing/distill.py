@@ -128,6 +128,7 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     teacher.eval()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
     kd_before = eval_kd(ctx.model, teacher, ctx.eval_ids, options.temperature)
+    hidden_before = eval_hidden(ctx.model, teacher, ctx.eval_ids, pairs) if pairs else None
     loss = lambda student: DistillLoss(student, teacher, options.temperature, options.alpha,  # noqa: E731
                                        options.hidden, pairs, student_model=ctx.model)
     with only_trainable(teacher, []):
@@ -150,6 +151,8 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         teacher=options.teacher,
         adapter=options.adapter,
         hidden=options.hidden,
+        **({"hidden_before": hidden_before, "hidden_after": eval_hidden(ctx.model, teacher, ctx.eval_ids, pairs)}
+           if pairs else {}),
         loss_before=loss_before,
         loss_after=lm_loss(ctx.model, ctx.eval_ids),
         kd_before=kd_before,
@@ -166,6 +169,20 @@ def full_parameters(model, teacher) -> list[torch.nn.Parameter]:
     if {id(p) for p in params} & {id(p) for p in teacher.parameters()}:
         raise LayerPruneError("--heal distill:adapter=full: the pruned model shares weights with the teacher; heal a copy")
     return params
+
+
+@torch.no_grad()
+def eval_hidden(student, teacher, ids: torch.Tensor, pairs: list[tuple[int, int]], batch_size: int = 4) -> float:
+    """Mean intermediate-state loss (`hidden_loss`) of `student` against `teacher` on `ids`."""
+    total = 0.0
+    device = next(student.parameters()).device
+    for start in range(0, len(ids), batch_size):
+        batch = ids[start : start + batch_size]
+        with recording(teacher, [t for _, t in pairs]) as t, recording(student, [s for s, _ in pairs]) as s:
+            teacher(input_ids=batch.to(next(teacher.parameters()).device), use_cache=False)
+            student(input_ids=batch.to(device), use_cache=False)
+        total += float(hidden_loss([s[i] for i, _ in pairs], [t[j].to(device) for _, j in pairs])) * len(batch)
+    return round(total / max(len(ids), 1), 6)
 
 
 @torch.no_grad()
