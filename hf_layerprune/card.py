@@ -894,7 +894,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
             "what": md(heal_info[0]) if heal_info else None,
             "papers": _paper_links(heal_info[2]) if heal_info else None,
             "fields": [
-                {"name": Markup(label), "value": fmt(healing.get(key))}
+                {"name": Markup(label), "value": fmt(healing.get(key)) if fmt else _before_after(healing, key)}
                 for label, key, fmt in (
                     ("Steps", "steps", lambda v: md(v)),
                     ("Tokens", "tokens", fmt_count),
@@ -903,12 +903,14 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
                     ("Target modules", "targets", lambda v: code(", ".join(map(str, v)) if isinstance(v, list) else v)),
                     ("Trained layers", "runs", _absorb_runs),
                     ("Data", "data", lambda v: code(v.get("source") if isinstance(v, dict) else v)),
-                    ("Loss before → after", "_loss", lambda v: v),
+                    ("Loss before → after", "loss", None),
+                    ("KL to the base model before → after", "kd", None),
+                    ("Intermediate-state loss before → after", "hidden", None),
                     ("Kept", "reverted", lambda v: md("no: undone, it raised the held-out loss" if v else "yes")),
                     ("Wall time", "seconds", lambda v: md(f"{_num(v) / 60:.1f} min") if _num(v) is not None else md("–")),
                 )
-                if key == "_loss" and (_num(healing.get("loss_before")) is not None or _num(healing.get("loss_after")) is not None)
-                or key != "_loss" and healing.get(key) not in (None, "", [], {})
+                if (fmt is None and _before_after(healing, key) is not None)
+                or (fmt is not None and healing.get(key) not in (None, "", [], {}))
             ],
         } if heal_method else None,
         "evaluation": ev,
@@ -936,11 +938,15 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "images": {k: (Markup(escape(images[k])) if images.get(k) else None) for k in PLOT_FILES},
         "tool_version": md((report.get("tool") or {}).get("version")) if isinstance(report.get("tool"), dict) else None,
     }
-    if healing and ctx["healing"] is not None:
-        for f in ctx["healing"]["fields"]:
-            if str(f["name"]).startswith("Loss"):
-                f["value"] = Markup(f"{fmt_float(healing.get('loss_before'), 4)} → {fmt_float(healing.get('loss_after'), 4)}")
     return ctx
+
+
+def _before_after(healing: dict, stem: str) -> Markup | None:
+    """"a → b" from the record's `<stem>_before` / `<stem>_after` (held-out loss, KL, ...); None when neither is there."""
+    before, after = healing.get(f"{stem}_before"), healing.get(f"{stem}_after")
+    if _num(before) is None and _num(after) is None:
+        return None
+    return Markup(f"{fmt_float(before, 4)} → {fmt_float(after, 4)}")
 
 
 # ------------------------------------------------------------------------------------------------ render

@@ -407,3 +407,13 @@ def test_absorb_card_names_the_trained_layers_and_whether_the_fit_was_kept(tmp_p
     report["healing"]["reverted"] = True
     text = render_card(write(tmp_path, report, name="undone"), online=False).read_text()
     assert "| Kept | no: undone, it raised the held-out loss |" in text
+
+
+def test_distill_card_gives_loss_kl_and_intermediate_state_before_and_after(tmp_path):
+    report = realistic_report(base_card={"license": "mit", "source": "t"})
+    text = render_card(write(tmp_path, report), online=False).read_text()
+    assert "| Loss before → after | 5.1000 → 1.9300 |" in text and "KL to the base model" not in text
+    report["healing"].update(method="distill", kd_before=0.5778, kd_after=0.5048, hidden_before=0.0669, hidden_after=0.05)
+    text = render_card(write(tmp_path, report, name="kd"), online=False).read_text()
+    assert "| KL to the base model before → after | 0.5778 → 0.5048 |" in text
+    assert "| Intermediate-state loss before → after | 0.0669 → 0.0500 |" in text
