@@ -122,6 +122,8 @@ def paired(a: dict, b: dict) -> tuple[float, float, float, float, int, list[floa
 
 
 def render(store: Path, names: list[str], versus: list[str]) -> str:
+    """The table; every row has its paired difference from base, and from each of `versus` (base there is dropped)."""
+    versus = [v for v in versus if v != "base"]
     base = load(store, "base")
     if not any(base["docs"].values()):
         raise SystemExit(f"error: no base model scores in {store}; evaluate base=base first")
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             save(args.store, name, entry)
             print(f"{name}: docs {lo}-{hi - 1} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     names = [n for n, _ in pairs] or sorted(p.stem for p in args.store.glob("*.json"))
-    print(render(args.store, ["base", *[n for n in names if n != "base"]], [v for v in args.versus.split(",") if v and v != "base"]))
+    print(render(args.store, ["base", *[n for n in names if n != "base"]], [v for v in args.versus.split(",") if v]))
     return 0
 
 

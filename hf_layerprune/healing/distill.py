@@ -3,8 +3,9 @@
 loss = alpha · T² · KL(p_teacher^T ‖ p_student^T) + (1 − alpha) · LM loss, per token (forward KL, as Minitron;
 T = temperature), plus with ``hidden=W`` W times the intermediate-state loss: the mean over the pruned model's
 residual-stream points of the per-token relative squared error ‖h_s − h_t‖² / ‖h_t‖² against the unpruned model's
-stream where the same kept layer reads it (Minitron adds such a term when depth is cut deeply). The teacher is `base_model` as given (bf16/fp32), or with ``teacher=4bit`` a 4-bit NF4 copy of
-it (CUDA + bitsandbytes) to save memory.
+stream where the same kept layer reads it (Minitron adds such a term when depth is cut deeply). The teacher is
+`base_model` as given (bf16/fp32), or with ``teacher=4bit`` a 4-bit NF4 copy of it (CUDA + bitsandbytes) to save
+memory.
 
 What trains (``adapter``): ``lora`` (default) a LoRA adapter, merged into the pruned model's weights like `lora`;
 ``full`` every weight of the pruned model except the input embeddings and the output head (tied on many small
@@ -85,21 +86,20 @@ class DistillLoss(torch.nn.Module):
         self.temperature = temperature
         self.alpha = alpha
         self.hidden = hidden
-        self.pairs = list(pairs)
+        self.pairs = list(pairs) if hidden else []
         self.student_model = student_model if student_model is not None else student
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        s_points, t_points = [s for s, _ in self.pairs], [t for _, t in self.pairs]
-        with torch.no_grad(), recording(self.teacher, t_points if self.hidden else []) as teacher_stream:
+        with torch.no_grad(), recording(self.teacher, [t for _, t in self.pairs]) as teacher_stream:
             teacher_logits = self.teacher(input_ids=input_ids, use_cache=False).logits
         labels = input_ids if self.alpha < 1 else None
-        with recording(self.student_model, s_points if self.hidden else [], detach=False) as student_stream:
+        with recording(self.student_model, [s for s, _ in self.pairs], detach=False) as student_stream:
             out = self.student(input_ids=input_ids, labels=labels, use_cache=False)
         loss = kd_loss(out.logits, teacher_logits, self.temperature)
         if labels is not None:
             loss = self.alpha * loss + (1 - self.alpha) * out.loss
-        if self.hidden:
-            loss = loss + self.hidden * hidden_loss([student_stream[s] for s in s_points],
+        if self.pairs:
+            loss = loss + self.hidden * hidden_loss([student_stream[s] for s, _ in self.pairs],
                                                     [teacher_stream[t].to(student_stream[s].device) for s, t in self.pairs])
         return {"loss": loss}
 
@@ -117,9 +117,9 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     pairs = []
     if options.hidden:
         _, kept, before = ctx.removed_and_kept("distill:hidden")
-        if len(kept) != len(layers_of(ctx.model)):
-            raise LayerPruneError(f"--heal distill:hidden: the report keeps {len(kept)} layers but the model has "
-                                  f"{len(layers_of(ctx.model))}")
+        depth = len(layers_of(ctx.model))
+        if len(kept) != depth:
+            raise LayerPruneError(f"--heal distill:hidden: the report keeps {len(kept)} layers but the model has {depth}")
         pairs = point_pairs(kept, before)
     teacher = ctx.require_base("distill")
     if options.teacher == "4bit":
@@ -127,8 +127,7 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         teacher = quantized_copy(teacher)
     teacher.eval()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
-    kd_before = eval_kd(ctx.model, teacher, ctx.eval_ids, options.temperature)
-    hidden_before = eval_hidden(ctx.model, teacher, ctx.eval_ids, pairs) if pairs else None
+    before = eval_distill(ctx.model, teacher, ctx.eval_ids, options.temperature, pairs)
     loss = lambda student: DistillLoss(student, teacher, options.temperature, options.alpha,  # noqa: E731
                                        options.hidden, pairs, student_model=ctx.model)
     with only_trainable(teacher, []):
@@ -144,6 +143,7 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
             full = {}
     record = training_record("distill", options, config, run, ctx, time.perf_counter() - start,
                              targets=[FULL_TARGETS] if full else None)
+    after = eval_distill(ctx.model, teacher, ctx.eval_ids, options.temperature, pairs)
     record.update(
         **full,
         temperature=options.temperature,
@@ -151,12 +151,11 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         teacher=options.teacher,
         adapter=options.adapter,
         hidden=options.hidden,
-        **({"hidden_before": hidden_before, "hidden_after": eval_hidden(ctx.model, teacher, ctx.eval_ids, pairs)}
-           if pairs else {}),
+        **({"hidden_before": before["hidden"], "hidden_after": after["hidden"]} if pairs else {}),
         loss_before=loss_before,
         loss_after=lm_loss(ctx.model, ctx.eval_ids),
-        kd_before=kd_before,
-        kd_after=eval_kd(ctx.model, teacher, ctx.eval_ids, options.temperature),
+        kd_before=before["kd"],
+        kd_after=after["kd"],
     )
     return record
 
@@ -172,28 +171,19 @@ def full_parameters(model, teacher) -> list[torch.nn.Parameter]:
 
 
 @torch.no_grad()
-def eval_hidden(student, teacher, ids: torch.Tensor, pairs: list[tuple[int, int]], batch_size: int = 4) -> float:
-    """Mean intermediate-state loss (`hidden_loss`) of `student` against `teacher` on `ids`."""
-    total = 0.0
-    device = next(student.parameters()).device
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start : start + batch_size]
-        with recording(teacher, [t for _, t in pairs]) as t, recording(student, [s for s, _ in pairs]) as s:
-            teacher(input_ids=batch.to(next(teacher.parameters()).device), use_cache=False)
-            student(input_ids=batch.to(device), use_cache=False)
-        total += float(hidden_loss([s[i] for i, _ in pairs], [t[j].to(device) for _, j in pairs])) * len(batch)
-    return round(total / max(len(ids), 1), 6)
-
-
-@torch.no_grad()
-def eval_kd(student, teacher, ids: torch.Tensor, temperature: float, batch_size: int = 4) -> float:
-    """Mean per-token KL(teacher ‖ student) on `ids`."""
-    total, count = 0.0, 0
+def eval_distill(student, teacher, ids: torch.Tensor, temperature: float, pairs: list[tuple[int, int]] = (),
+                 batch_size: int = 4) -> dict[str, float]:
+    """{"kd": mean per-token KL(teacher ‖ student) on `ids`, and with `pairs` "hidden": the mean `hidden_loss`},
+    from one forward of each model per batch."""
+    totals = {"kd": 0.0, "hidden": 0.0} if pairs else {"kd": 0.0}
     device = next(student.parameters()).device
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size].to(device)
-        s = student(input_ids=batch, use_cache=False).logits
-        t = teacher(input_ids=batch.to(next(teacher.parameters()).device), use_cache=False).logits.to(s.device)
-        total += float(kd_loss(s, t, temperature)) * batch.numel()
-        count += batch.numel()
-    return round(total / max(count, 1), 6)
+        with recording(teacher, [t for _, t in pairs]) as t_points, recording(student, [s for s, _ in pairs]) as s_points:
+            s = student(input_ids=batch, use_cache=False).logits
+            t = teacher(input_ids=batch.to(next(teacher.parameters()).device), use_cache=False).logits.to(s.device)
+        totals["kd"] += float(kd_loss(s, t, temperature)) * len(batch)
+        if pairs:
+            totals["hidden"] += float(hidden_loss([s_points[i] for i, _ in pairs],
+                                                  [t_points[j].to(device) for _, j in pairs])) * len(batch)
+    return {k: round(v / max(len(ids), 1), 6) for k, v in totals.items()}
