@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -68,7 +68,29 @@ def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
             f"{name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
         )
     if not has_safetensors and not has_pickle:
-        raise LayerPruneError(f"no weights (*.safetensors) found in {name}")
+        raise CheckpointError(f"no weights (*.safetensors) found in {name}")
+    if has_safetensors:
+        from hf_layerprune.checkpoint import check_weights
+
+        check_weights(directory)  # truncated or garbage shards fail here, in one line
+
+
+def check_device(device: str | None) -> None:
+    """`--device` names a device torch knows and this machine has (before anything is loaded)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown --device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available on this machine")
 
 
 def hub_files(source: Source, token: str | None = None) -> list[str]:
@@ -139,6 +161,7 @@ def load_model(
     token: str | None = None,
     need_tokenizer: bool = True,
     device_map: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``; the tokenizer is None when the checkpoint has none and it is not needed."""
     import torch
@@ -146,7 +169,9 @@ def load_model(
 
     if isinstance(source, str):
         source = resolve_source(source, revision, allow_pickle=allow_pickle)
-    kwargs: dict[str, Any] = {"revision": source.revision, "token": token}
+    check_device(device)
+    # never None: transformers then decides itself, and may ask on a terminal; code runs only when the user asked
+    kwargs: dict[str, Any] = {"revision": source.revision, "token": token, "trust_remote_code": trust_remote_code}
     if source.kind == "gguf":
         from transformers import GgufConfig
 
@@ -166,7 +191,10 @@ def load_model(
         raise
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerPruneError(f"could not load {source.name}: {first}") from None
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise ConfigError(f"{source.name} needs code of its own (auto_map) to load; pass --trust-remote-code only "
+                              "if you have read that code and trust it") from None
+        raise CheckpointError(f"could not load {source.name}: {first}") from None
     from hf_layerprune.architectures import get_architecture
 
     get_architecture(model.config)  # unknown families fail here, before any work

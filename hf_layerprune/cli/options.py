@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from hf_layerprune.recipe import Recipe, parse_layers
+from hf_layerprune.recipe import Recipe
 
 P = inspect.Parameter
 
@@ -56,12 +56,12 @@ RECIPE_OPTIONS: list[P] = [
     _opt("dtype", Optional[str], "auto, float32, bfloat16 or float16.", panel="Runtime"),
     _opt("device", Optional[str], "cpu, cuda, cuda:1 ...", panel="Runtime"),
     _opt("allow_pickle", Optional[bool], "Allow loading pickle .bin checkpoints.", "--allow-pickle", panel="Runtime"),
+    _opt("trust_remote_code", Optional[bool], "Let transformers run the checkpoint's own modeling code (auto_map). Only for code you have read.", "--trust-remote-code", panel="Runtime"),
     _opt("offload", Optional[bool], "Score one layer at a time from disk (models larger than memory).", "--offload", panel="Runtime"),
     _opt("device_map", Optional[str], "accelerate device map for loading, e.g. auto (several GPUs).", panel="Runtime"),
     _opt("max_shard_size", Optional[str], "Largest safetensors shard, e.g. 5GB.", panel="Runtime"),
     _opt("recipe", Optional[Path], "YAML recipe; flags given on the command line override it.", panel="Runtime"),
 ]
-LIST_OPTIONS = {"protect": str, "tasks": str, "lora_targets": str}
 
 
 def with_recipe_options(func: Optional[Callable] = None, *, exclude: tuple = ()) -> Callable:
@@ -87,13 +87,7 @@ def build_recipe(model: str, options: dict[str, Any], **extra: Any) -> Recipe:
     options = dict(options)
     recipe_path = options.pop("recipe", None)
     data: dict[str, Any] = Recipe.from_yaml(recipe_path).to_dict() if recipe_path else {}
-    given = {k: v for k, v in options.items() if v is not None}
-    if "layers" in given:
-        given["layers"] = parse_layers(given["layers"])
-    for key in LIST_OPTIONS:
-        if key in given:
-            given[key] = [s.strip() for s in given[key].split(",") if s.strip()]
-    data.update(given)
+    data.update({k: v for k, v in options.items() if v is not None})  # strings of lists are split by from_dict
     data.update({k: v for k, v in extra.items() if v is not None})
     if model:
         data["model"] = model
