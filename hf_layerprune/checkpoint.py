@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.errors import CheckpointError, ConfigError
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 
 SAFE_INDEX = "model.safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
@@ -120,6 +120,15 @@ def is_our_decilm(directory: Path) -> bool:
     return local == expected and all(sha256(directory / name) == sha256(ours / name) for name in expected)
 
 
+def loading_error(exc: BaseException, what: str, label: str, trust_remote_code: bool) -> LayerPruneError:
+    """One line for a failed from_pretrained; a model that needs its own code says how to allow it."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if not trust_remote_code and ("trust_remote_code" in str(exc) or "custom code" in str(exc)):
+        return ConfigError(f"{label} needs code of its own (auto_map) to load; pass --trust-remote-code only if "
+                           "you have read that code and trust it")
+    return CheckpointError(f"{what}: {text}")
+
+
 def remote_code(directory: Path) -> dict[str, Any] | None:
     """The config's auto_map when the folder asks for code of its own (or of another repo), else None."""
     config = read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
@@ -141,11 +150,7 @@ def load_checkpoint(path: Path, *, dtype: Any = "auto", trust_remote_code: bool 
             model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True,
                                                                trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        text = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        if remote_code(path) and not trust_remote_code and "trust_remote_code" in str(exc):
-            raise ConfigError(f"{label} needs code of its own (auto_map) to load; pass --trust-remote-code only if "
-                              "you have read that code and trust it") from None
-        raise CheckpointError(f"transformers cannot load {label}: {text}") from None
+        raise loading_error(exc, f"transformers cannot load {label}", label, trust_remote_code) from None
     if info["missing_keys"] or info["unexpected_keys"]:
         raise CheckpointError(f"{label}: weights do not match the config (missing {sorted(info['missing_keys'])[:3]}, "
                               f"unexpected {sorted(info['unexpected_keys'])[:3]})")

@@ -334,7 +334,7 @@ def _delete_branch(api, repo_id: str, branch: str) -> None:
 def _undo(api, repo_id: str, token: str, created_repo: bool, new_branch: str | None) -> None:
     """After a failed publication: delete what this call created (an empty repo, a branch with no new commit)."""
     try:
-        if created_repo:
+        if created_repo and set(retrying("list_repo_files", api.list_repo_files, repo_id)) <= KEEP_REMOTE:
             retrying("delete_repo", api.delete_repo, repo_id, missing_ok=True)
             logger.warning("deleted %s again: it was created by this push, which failed", repo_id)
         elif new_branch:

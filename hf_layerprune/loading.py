@@ -190,11 +190,9 @@ def load_model(
     except LayerPruneError:
         raise
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "trust_remote_code" in str(exc) and not trust_remote_code:
-            raise ConfigError(f"{source.name} needs code of its own (auto_map) to load; pass --trust-remote-code only "
-                              "if you have read that code and trust it") from None
-        raise CheckpointError(f"could not load {source.name}: {first}") from None
+        from hf_layerprune.checkpoint import loading_error
+
+        raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
     from hf_layerprune.architectures import get_architecture
 
     get_architecture(model.config)  # unknown families fail here, before any work

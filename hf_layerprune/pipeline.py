@@ -79,8 +79,9 @@ def source_config(source: Source, token: str | None = None, trust_remote_code: b
         config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token,
                                             trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LayerPruneError(f"could not read the config of {source.name}: {first}") from None
+        from hf_layerprune.checkpoint import loading_error
+
+        raise loading_error(exc, f"could not read the config of {source.name}", source.name, trust_remote_code) from None
     get_architecture(config)  # unknown families fail here
     return config
 
