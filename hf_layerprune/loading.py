@@ -47,6 +47,7 @@ def _looks_local(name: str) -> bool:
 def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool = False) -> Source:
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        _check_gguf(path)
         return Source("gguf", name, path.parent, path.name, revision)
     if path.is_dir():
         _check_weights(path, allow_pickle, name)
@@ -73,6 +74,17 @@ def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
         from hf_layerprune.checkpoint import check_weights
 
         check_weights(directory)  # truncated or garbage shards fail here, in one line
+
+
+def _check_gguf(path: Path) -> None:
+    """The file parses as GGUF (header, metadata, tensor table); reading it maps the file, it loads no weights."""
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError... on a damaged file
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointError(f"{path.name} is not a valid GGUF file: {text}") from None
 
 
 def check_device(device: str | None) -> None:

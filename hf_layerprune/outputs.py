@@ -57,6 +57,21 @@ def check_output_dir(path: str | Path, overwrite: bool, sources: Iterable[str | 
     return path
 
 
+def check_output_file(path: str | Path | None, option: str) -> None:
+    """A file the command will write (``--json``, ``--plot``): not a directory, in a writable directory."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is a directory; give a file name")
+    parent = path.parent
+    blocker = next((p for p in [parent, *parent.parents] if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise OutputError(f"cannot write {option} {path}: {blocker} is a file, not a directory")
+    if parent.is_dir():
+        _check_writable(parent)
+
+
 def _refuse_overlap(output: Path, source: Path, shown: Path) -> None:
     if output == source:
         raise OutputError(f"--output-dir {shown} is the source model itself; choose another directory")

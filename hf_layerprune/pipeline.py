@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hf_layerprune import __version__
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
@@ -87,6 +87,10 @@ def source_config(source: Source, token: str | None = None, trust_remote_code: b
 
 
 def check_target_against(recipe: Recipe, num_layers: int) -> None:
+    from hf_layerprune.selection import parse_protect
+
+    if recipe.protect and recipe.granularity == "block":
+        parse_protect(recipe.protect, num_layers)
     if recipe.layers:
         validate_removed(recipe.layers, num_layers)
     elif recipe.granularity == "block" and recipe.drop >= num_layers:
@@ -131,10 +135,21 @@ def check_recipe(recipe: Recipe) -> None:
     check_heal(recipe.heal)
     torch_dtype(recipe.dtype)
     check_device(recipe.device)
+    check_shard_size(recipe.max_shard_size)
     if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
         from hf_layerprune.evaluation import check_tasks, settings_from_recipe
 
         check_tasks(settings_from_recipe(recipe))
+
+
+def check_shard_size(text: str) -> None:
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        if convert_file_size_to_int(text) < 1:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ConfigError(f"cannot read --max-shard-size {text!r}: give a size like 5GB or 500MB") from None
 
 
 def source_paths(source: Source) -> list[Path]:
