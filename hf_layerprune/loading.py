@@ -44,13 +44,16 @@ def _looks_local(name: str) -> bool:
     return not _HUB_ID.match(name) or name.endswith((".gguf", ".safetensors", ".bin"))
 
 
-def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool = False) -> Source:
+def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool = False,
+                   check_files: bool = True) -> Source:
+    """Classify MODEL. With `check_files`, a local checkpoint's weight files are checked whole (headers and sizes,
+    `checkpoint.check_weights`); the pipeline defers that until the options that need only the config passed."""
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         _check_gguf(path)
         return Source("gguf", name, path.parent, path.name, revision)
     if path.is_dir():
-        _check_weights(path, allow_pickle, name)
+        _check_weights(path, allow_pickle, name, check_files)
         return Source("dir", name, path, None, revision)
     if path.exists():
         raise LayerPruneError(f"{name} is a file but not a .gguf model; give a model directory, a .gguf file or a Hub id")
@@ -59,7 +62,7 @@ def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool
     return Source("hub", name, None, None, revision)
 
 
-def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
+def _check_weights(directory: Path, allow_pickle: bool, name: str, check_files: bool = True) -> None:
     if not (directory / "config.json").exists() and not list(directory.glob("*.gguf")):
         raise LayerPruneError(f"{name} has no config.json; is it a transformers model directory?")
     has_safetensors = any(directory.glob("*.safetensors"))
@@ -70,7 +73,7 @@ def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
         )
     if not has_safetensors and not has_pickle:
         raise CheckpointError(f"no weights (*.safetensors) found in {name}")
-    if has_safetensors:
+    if has_safetensors and check_files:
         from hf_layerprune.checkpoint import check_weights
 
         check_weights(directory)  # truncated or garbage shards fail here, in one line

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hf_layerprune import __version__
+from hf_layerprune.checkpoint import check_weights
 from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.outputs import check_output_dir, staging_dir
@@ -167,10 +168,12 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
     check_recipe(recipe)
     if not recipe.output_dir:
         raise LayerPruneError("give --output-dir DIR for the pruned model")
-    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
     if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
         check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+    if source.kind == "dir" and any(source.path.glob("*.safetensors")):
+        check_weights(source.path)  # every shard whole, before the first stage reads one
     timer = Timer()
     report: dict[str, Any] = {
         "format_version": FORMAT_VERSION,

@@ -339,3 +339,35 @@ def test_publish_workflow_keeps_the_token_to_the_push_step():
     from hf_layerprune import __version__
 
     assert publish["env"]["LAYERPRUNE_RELEASE"] == f"v{__version__}"
+
+
+# --- 7. every check before any work -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--drop", "1", "--heal", "distill:adapter=ful"], "adapter='ful'"),
+    (["--drop", "1", "--metric", "angular:foo=1"], "no option 'foo'"),
+    (["--drop", "1", "--metric", "bi", "--protect", "nine"], "--protect"),
+    (["--recipe", "{recipe}"], "drop: '4' is not an integer"),
+])
+def test_mistyped_options_fail_before_any_weight_is_opened(source, tmp_path, monkeypatch, argv, phrase):
+    import builtins
+
+    import safetensors
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text('drop: "4"\n')
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        assert not str(file).endswith((".safetensors", ".bin")), f"opened {file}"
+        return real_open(file, *args, **kwargs)
+
+    def no_safe_open(*args, **kwargs):
+        raise AssertionError("safetensors.safe_open was called")
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(safetensors, "safe_open", no_safe_open)
+    args = [a.replace("{recipe}", str(recipe)) for a in argv]
+    message = error_of(invoke("prune", source, *args, "-o", tmp_path / "out", "--no-eval"))
+    assert phrase in message
