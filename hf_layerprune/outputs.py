@@ -50,7 +50,7 @@ def check_output_dir(path: str | Path, overwrite: bool, sources: Iterable[str | 
             raise OutputError(f"output path {path} exists and is not a directory")
         if not overwrite:
             raise OutputError(f"output directory {path} already exists; pass --overwrite to replace it")
-        if any(path.iterdir()) and not is_our_output(path):
+        if any(p.name != OWNER_FILE for p in path.iterdir()) and not is_our_output(path):
             raise OutputError(f"{path} is not an hf-layerprune output (it has no {REPORT_FILENAME}) and is not empty; "
                               "--overwrite only replaces an earlier output or an empty directory: choose another --output-dir")
     _check_writable(parent)

@@ -95,8 +95,9 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
     if not root.exists():
         check_output_dir(root, False, sources)
-    for path in targets.values():
-        check_output_dir(path, recipe.overwrite, sources)
+    else:
+        for path in targets.values():
+            check_output_dir(path, recipe.overwrite, sources)
     root.mkdir(exist_ok=True)
 
     timer = Timer()
