@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hf_layerprune import __version__
+from hf_layerprune import __version__, progress
 from hf_layerprune.checkpoint import check_weights
 from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
@@ -44,7 +44,8 @@ class Timer:
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with progress.stage(name):  # shown live by the CLI's display; nothing without one
+                yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
@@ -499,4 +500,5 @@ def _write_outputs(tmp: Path, report: dict, recipe: Recipe, timer: Timer) -> Non
         from hf_layerprune.card import render_card
     except ImportError:
         return
-    render_card(tmp)
+    with progress.stage("card"):
+        render_card(tmp)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
+from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -58,14 +58,18 @@ def push(
     out = Path(recipe.output_dir)
     finished = False
     try:
-        report = run(recipe, command=command_line(), log=lambda msg: console.print(msg))
-        finished = True
-        if dry_run:
-            console.print(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")
-            return
-        publish_and_verify(out, report, repo_id, user=user, token=token, private=private, revision=revision,
-                           create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
-                           trust_remote_code=recipe.trust_remote_code)
+        with open_display(recipe_options) as display:
+            report = run(recipe, command=command_line(), log=display.message)
+            finished = True
+            if dry_run:
+                display.message(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")
+                show_summary(display, report, str(out) if keep else None, None)
+                return
+            url = publish_and_verify(out, report, repo_id, user=user, token=token, private=private, revision=revision,
+                                     create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok,
+                                     verify=verify, trust_remote_code=recipe.trust_remote_code)
+            show_summary(display, report, str(out) if keep else None, url)
+        typer.echo(url)
     except LayerPruneError as exc:
         if not finished:
             raise

@@ -42,23 +42,35 @@ def upload(
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
     repo_id = repo_id or hub.default_repo_id(user, str(report.get("base_model", directory.name)), report.get("num_layers_after", 0))
-    publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
-                       create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
-                       trust_remote_code=trust_remote_code)
+    url = publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
+                             create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
+                             trust_remote_code=trust_remote_code)
+    typer.echo(url)
 
 
 def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
-                       exist_ok: bool, verify: bool, trust_remote_code: bool = False) -> None:
+                       exist_ok: bool, verify: bool, trust_remote_code: bool = False) -> str:
     """Probe `directory` locally, push it through a verified staging commit, print the URL (shared by push)."""
+    from hf_layerprune import progress
+
+    with progress.stage("publish"):
+        return _publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
+                            create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
+                            trust_remote_code=trust_remote_code)
+
+
+def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
+                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
+                        exist_ok: bool, verify: bool, trust_remote_code: bool) -> str:
     from hf_layerprune import checkpoint, hub
 
-    console.print(f"Checking {escape(directory.name)} locally (every shard, config, a forward pass)")
+    say(f"Checking {escape(directory.name)} locally (every shard, config, a forward pass)")
     probe = checkpoint.probe(directory, trust_remote_code=trust_remote_code)
     files = hub.local_files(directory)
     size_mb = sum((directory / f).stat().st_size for f in files) / 1e6
     where = "a pull request" if create_pr else (revision or "main")
-    console.print(f"Publishing {len(files)} files ({size_mb:.1f} MB) to [bold]{escape(repo_id)}[/bold] ({escape(where)}) as {escape(user)}")
+    say(f"Publishing {len(files)} files ({size_mb:.1f} MB) to [bold]{escape(repo_id)}[/bold] ({escape(where)}) as {escape(user)}")
 
     def verify_revision(rev: str) -> dict[str, Any]:
         return hub.verify_pushed(repo_id, rev, directory, token, probe=probe, trust_remote_code=trust_remote_code)
@@ -68,17 +80,27 @@ def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *,
         commit_message=commit_message or default_commit_message(report, directory), exist_ok=exist_ok,
         verify=verify_revision if verify else None,
     )
-    console.print(f"[green]Pushed[/green] commit {result.commit_oid[:10]} to {escape(result.web_url)}")
+    say(f"[green]Pushed[/green] commit {result.commit_oid[:10]} to {escape(result.web_url)}")
     check = result.verification
     if check is not None:
-        console.print(
+        say(
             f"[green]Verified[/green] before it reached {escape(result.revision)}: reloaded {escape(repo_id)}@{check['commit'][:10]} "
             f"from the Hub; files byte-identical, logits match the local model (max |diff| {check['max_abs_diff']:.2g} "
             f"on {check['probe_tokens']} tokens)"
         )
     else:
-        console.print("[yellow]Not verified[/yellow] (--no-verify): checked locally only")
-    typer.echo(result.web_url)
+        say("[yellow]Not verified[/yellow] (--no-verify): checked locally only")
+    return result.web_url
+
+
+def say(text: str) -> None:
+    """A progress line: into the run's display when one is active (push, sweep), else to stderr."""
+    from hf_layerprune import progress
+
+    if progress.active():
+        progress.message(text)
+    else:
+        console.print(text)
 
 
 def check_model_folder(directory: Path) -> dict[str, Any]:
