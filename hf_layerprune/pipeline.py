@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from hf_layerprune import __version__, progress
 from hf_layerprune.checkpoint import check_weights
 from hf_layerprune.errors import ConfigError, LayerPruneError
-from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
+from hf_layerprune.loading import Source, hub_files, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
@@ -104,6 +104,8 @@ def check_target_against(recipe: Recipe, num_layers: int) -> None:
 def planned_num_layers(recipe: Recipe, token: str | None = None) -> int:
     """Depth of the output, known before any work (for the default repo name): from the source config alone."""
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    if source.kind == "hub":
+        hub_files(source, token)
     config = source_config(source, token)
     check_target_against(recipe, config.num_hidden_layers)
     if recipe.granularity != "block":
@@ -173,6 +175,8 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
     check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
     if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
         check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+    if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
+        hub_files(source)
     if source.kind == "dir" and any(source.path.glob("*.safetensors")):
         check_weights(source.path)  # every shard whole, before the first stage reads one
     timer = Timer()

@@ -305,8 +305,9 @@ class Display:
             total = kwargs.get("total")
             if total is None and iterable is not None and hasattr(iterable, "__len__"):
                 total = len(iterable)
-            desc = kwargs.get("desc") or (args[1] if len(args) > 1 and isinstance(args[1], str) else None) or "working"
-            bar._layerprune = display.task(str(desc).rstrip(": "), total, kwargs.get("unit") or "")
+            desc = kwargs.get("desc") or (args[1] if len(args) > 1 and isinstance(args[1], str) else None)
+            # an unnamed bar says nothing a person can use: it is counted in the stage's time, not shown
+            bar._layerprune = display.task(str(desc).rstrip(": "), total, kwargs.get("unit") or "") if desc else None
 
         def update(bar, n=1):
             mirror = getattr(bar, "_layerprune", None)

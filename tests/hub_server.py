@@ -23,7 +23,9 @@ which the client retries; 403 is not retried), ``fail_commit_status = S`` makes 
 :meth:`HubServer.inject` answers chosen endpoints with an error (429 with ``Retry-After``, 5xx, ...) for the
 next N calls, before handling them or after (a lost answer: the call took effect); ``truncate_lfs_puts = N`` stores
 only the first half of the next N LFS uploads (storage corruption that only a download can reveal).
-Also served: ``GET /api/models/{repo}/commits/{rev}`` (list_repo_commits), ``DELETE /api/repos/delete``.
+Also served: ``GET /api/models/{repo}/commits/{rev}`` (list_repo_commits), ``DELETE /api/repos/delete``,
+``GET /api/models/{repo}/auth-check`` and gated repos (:meth:`HubServer.gate`: files answer 401/403 ``GatedRepo``),
+``GET /api/users/{name}/overview`` and ``/api/organizations/{name}/overview`` (404 for unknown owners).
 Inspection: :meth:`files`, :meth:`read`, :meth:`commits`, :meth:`refs`, :attr:`requests`, :meth:`count`.
 """
 
@@ -243,6 +245,7 @@ class HubServer:
         self.fail_lfs_status = 500
         self.fail_commit_status: int | None = None
         self.truncate_lfs_puts = 0
+        self.organizations: set[str] = set()  # organizations that exist besides the tokens' own
         self.faults: list[Fault] = []
         self._lfs_puts = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -308,6 +311,13 @@ class HubServer:
         assert oid is not None, f"{repo_id}@{revision} not found"
         return oid
 
+    def gate(self, repo_id: str, allowed: tuple[str, ...] = ()) -> None:
+        """Make `repo_id` gated: its files are served only to `allowed` users (and writers of its namespace)."""
+        with self.store.lock:
+            repo = self.store.repo(repo_id)
+            repo["gated"], repo["gated_allowed"] = True, list(allowed)
+            self.store.save_repo(repo_id, repo)
+
     def inject(self, method: str, path: str, status: int, times: int = 1, retry_after: str | None = None,
                after: bool = False) -> Fault:
         """Answer the next `times` `method` requests whose path matches the regex `path` with `status`."""
@@ -344,6 +354,9 @@ class Handler(BaseHTTPRequestHandler):
         ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/refs", "list_refs"),
         ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/commits/{SEGMENT}", "list_commits"),
         ("DELETE", r"/api/repos/delete", "delete_repo"),
+        ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/auth-check", "auth_check"),
+        ("GET", rf"/api/users/{SEGMENT}/overview", "user_overview"),
+        ("GET", rf"/api/organizations/{SEGMENT}/overview", "org_overview"),
         ("POST", rf"/api/models/{SEGMENT}/{SEGMENT}/branch/{SEGMENT}", "create_branch"),
         ("DELETE", rf"/api/models/{SEGMENT}/{SEGMENT}/branch/{SEGMENT}", "delete_branch"),
         ("POST", rf"/api/models/{SEGMENT}/{SEGMENT}/preupload/{SEGMENT}", "preupload"),
@@ -581,6 +594,32 @@ class Handler(BaseHTTPRequestHandler):
             store.save_repo(f"{ns}/{name}", repo)
         return self._send_json({})
 
+    def _check_gate(self, repo_id: str, repo: dict[str, Any]) -> None:
+        """A gated repo's files are served only to users the owner let in (its metadata and file list stay public)."""
+        if not repo.get("gated"):
+            return
+        ns = repo_id.split("/")[0]
+        if self.user is not None and (self.user.user in repo.get("gated_allowed", []) or self.user.can_write(ns)):
+            return
+        raise HubError(401 if self.user is None else 403,
+                       f"Access to model {repo_id} is restricted. You must have access to it and be authenticated "
+                       "to access it. Please log in.", "GatedRepo")
+
+    def auth_check(self, ns: str, name: str) -> int:
+        self._check_gate(f"{ns}/{name}", self._repo(ns, name))
+        return self._send_json({})
+
+    def user_overview(self, name: str) -> int:
+        if name not in {t.user for t in self.hub.tokens.values()}:
+            raise HubError(404, f"User {name} not found")
+        return self._send_json({"user": name, "fullname": name, "avatarUrl": "", "type": "user"})
+
+    def org_overview(self, name: str) -> int:
+        orgs = {org for t in self.hub.tokens.values() for org in t.orgs} | set(self.hub.organizations)
+        if name not in orgs:
+            raise HubError(404, f"Organization {name} not found")
+        return self._send_json({"name": name, "fullname": name, "avatarUrl": ""})
+
     def list_commits(self, ns: str, name: str, revision: str) -> int:
         repo = self._repo(ns, name)
         head = self._commit_of(repo, revision)
@@ -649,6 +688,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def resolve(self, ns: str, name: str, revision: str, path: str) -> int:
         repo = self._repo(ns, name)
+        self._check_gate(f"{ns}/{name}", repo)
         commit = self._commit_of(repo, revision)
         entry = commit["files"].get(path)
         if entry is None:

@@ -12,7 +12,7 @@ from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import cli_errors
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @app.command()
