@@ -140,7 +140,7 @@ class Display:
         if mode not in ("live", "plain", "quiet"):
             raise ValueError(f"unknown display mode {mode!r}")
         self.mode, self.verbose, self.interval, self.width = mode, verbose, interval, width
-        self.json = open(json_path, "a", encoding="utf-8") if json_path else None
+        self.json = open(json_path, "w", encoding="utf-8") if json_path else None
         self.stages: dict[str, dict[str, float | None]] = {}
         self.current: list[str] = []
         self.bars: list[Bar] = []
@@ -159,8 +159,8 @@ class Display:
         if self.mode == "live":
             from rich.live import Live
 
-            self._live = Live(self._render(), console=self._console, refresh_per_second=4, transient=False,
-                              redirect_stdout=False, redirect_stderr=False)
+            self._live = Live(console=self._console, refresh_per_second=4, transient=False, get_renderable=self._render,
+                              redirect_stdout=False, redirect_stderr=False)  # re-rendered on every refresh: times tick
             self._live.__enter__()
         self._token = _current.set(self)
         self._route_third_party()
@@ -173,7 +173,6 @@ class Display:
         if self._token is not None:
             _current.reset(self._token)
         if self._live is not None:
-            self._live.update(self._render())
             self._live.__exit__(*exc)
             self._live = None
         if self.json is not None:
@@ -240,7 +239,7 @@ class Display:
 
     def _refresh(self) -> None:
         if self._live is not None:
-            self._live.update(self._render())
+            self._live.refresh()
 
     def _render(self):
         from rich.console import Group

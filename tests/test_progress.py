@@ -74,6 +74,9 @@ def test_live_terminal_shows_stages_bars_and_the_summary(source, tmp_path):
 
         show_summary(display, report, recipe.output_dir, None)
     screen = stream.getvalue()
+    import os
+    if os.environ.get("LIVE_DEBUG"):
+        open(os.environ["LIVE_DEBUG"], "w").write(screen)
     for stage in ("load", "cut", "heal", "save", "card"):
         assert stage in screen
     assert "✓" in screen and "training" in screen and "2/2 steps" in screen
