@@ -31,7 +31,7 @@ RECIPES = {
 }
 SWEEP = ["--drop", "1,2", "--heal", "linear", "--no-eval"]
 DROPPED = {"seconds", "timings", "tokens_per_second", "versions", "command", "speed", "wall_seconds", "output_dir",
-           "model", "base_model", "include_path", "perplexity", "path", "memory", "preflight"}
+           "memory", "preflight"}
 
 
 def normalize(value, root: str):
