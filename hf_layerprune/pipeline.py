@@ -10,13 +10,13 @@ Everything is written to a temporary directory that replaces `recipe.output_dir`
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hf_layerprune import __version__
+from hf_layerprune.base_view import SharedBase
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.outputs import check_output_dir, staging_dir
@@ -272,7 +272,11 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
             streamed = streamed_selection(local_checkpoint(source, allow_pickle=recipe.allow_pickle), recipe, log)
     model, tokenizer = _load_for_memory(recipe, source, report, timer, log)
     num_layers = model.config.num_hidden_layers
-    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal != "none" else None
+    base_model = None
+    if recipe.evaluate or recipe.heal != "none":
+        # one copy of the weights: the base is a view over the pruned model (kept layers shared, removed layers held
+        # aside, changed modules copied on write); the sub-layer route reloads the pruned model, the base is `model`
+        base_model = SharedBase(model) if recipe.granularity == "block" else model
     if recipe.rounds > 1 and _uses_metric(recipe) and recipe.granularity == "block" and streamed is None:
         return _run_rounds(model, tokenizer, base_model, recipe, source, report, timer, log)
     with timer.stage("score"):

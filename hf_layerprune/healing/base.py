@@ -82,6 +82,31 @@ class HealContext:
             raise LayerPruneError(f"--heal {method} needs the unpruned model (base_model) to compare with; none was given")
         return self.base_model
 
+    def as_base(self):
+        """`with ctx.as_base() as base:` the unpruned model (a `SharedBase` view run as base, or a separate model)."""
+        from hf_layerprune.base_view import as_base
+
+        return as_base(self.base_model)
+
+    def protect(self, module: torch.nn.Module, names: list[str] | None = None) -> bool:
+        """Copy-on-write before changing `module` of the pruned model (see base_view): True when newly kept."""
+        from hf_layerprune.base_view import protect
+
+        return protect(self.base_model, module, names)
+
+    def snapshot(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """`module`'s parameters as they are now, to put back later: the view's originals when this call is the
+        first to protect them (no extra copy), else clones."""
+        from hf_layerprune.base_view import SharedBase
+
+        view, slots = self.base_model, _named_slots(module)
+        if isinstance(view, SharedBase):
+            first = not any((id(o), n) in view.originals for o, n in slots.values())
+            view.protect(module)
+            if first:
+                return {name: view.original(o, n) for name, (o, n) in slots.items() if view.original(o, n) is not None}
+        return {n: p.detach().clone() for n, p in module.named_parameters()}
+
     def removed_and_kept(self, method: str) -> tuple[list[int], list[int], int]:
         try:
             removed = sorted(self.report["removed_layers"])
@@ -106,6 +131,11 @@ class Healer:
     def refuses(self, model) -> str | None:
         """Why this healer cannot heal `model` (e.g. no single down_proj to fold into), or None."""
         return self.refusal(model) if self.refusal else None
+
+
+def _named_slots(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    return {f"{prefix}.{name}" if prefix else name: (owner, name)
+            for prefix, owner in module.named_modules() for name in owner._parameters}
 
 
 def contiguous_runs(indices: list[int]) -> list[list[int]]:
