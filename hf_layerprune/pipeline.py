@@ -19,6 +19,7 @@ from hf_layerprune import __version__
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
+from hf_layerprune.memory import MemoryMeter, summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
@@ -36,14 +37,19 @@ Log = Callable[[str], None]
 
 
 class Timer:
+    """Seconds and peak memory (memory.MemoryMeter) per stage; `weight_bytes` is what the peak is compared with."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.memory = MemoryMeter()
+        self.weight_bytes: int | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with self.memory.stage(name):
+                yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
@@ -136,6 +142,8 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         _run_in_memory(recipe, source, report, timer, log)
     else:
         _run_streaming(recipe, source, report, timer, log)
+    if report.get("memory"):
+        log(memory_summary(report["memory"]))
     return report
 
 
@@ -143,6 +151,7 @@ def _finish_report(report: dict[str, Any], recipe: Recipe, timer: Timer) -> None
     report["recipe"] = recipe.to_dict()
     report["versions"] = library_versions()
     report["timings"] = timer.timings
+    report["memory"] = timer.memory.record(timer.weight_bytes)
 
 
 def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
@@ -164,6 +173,7 @@ def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, l
         removed = _explicit_or_rule(recipe, num_layers)
     report.update(model_type=config.model_type, dtype=str(getattr(config, "dtype", None) or "auto").replace("torch.", ""))
     report["parameters_before"] = _checkpoint_parameters(src)
+    timer.weight_bytes = sum(path.stat().st_size for path in checkpoint_files(src))
     log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
     with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
         with timer.stage("cut"):
@@ -242,6 +252,8 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
     # `self` calibration samples token ids from the model, so scoring alone needs no tokenizer (tiny checkpoints)
     scoring_text = bool(recipe.drop and metric_for(recipe) not in CONFIG_RULES) and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
+    if not recipe.device_map:  # before loading: refuse a recipe that will not fit, naming what would
+        report["preflight"] = preflight(recipe, source, log)
     with timer.stage("load"):
         log(f"Loading {source.name}")
         model, tokenizer = load_model(
@@ -258,7 +270,22 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
         num_layers_before=model.config.num_hidden_layers,
         parameters_before=count_parameters(model),
     )
+    timer.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return model, tokenizer
+
+
+def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any]:
+    """memory.check_fits for the recipe on its device, from the source's config alone (no weights loaded)."""
+    import torch
+
+    from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
+
+    config = source_config(source)
+    device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    record = check_fits(shape_of(config, element_bytes(recipe, config, source.kind == "gguf")), recipe, device=device)
+    log(f"Memory estimate: {record['estimate_bytes'] / GiB:.1f} GiB of {record['budget_bytes'] / GiB:.1f} GiB "
+        f"({record['budget_from']})")
+    return record
 
 
 def _uses_metric(recipe: Recipe) -> bool:
