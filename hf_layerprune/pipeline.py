@@ -282,7 +282,13 @@ def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any]:
 
     config = source_config(source)
     device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    record = check_fits(shape_of(config, element_bytes(recipe, config, source.kind == "gguf")), recipe, device=device)
+    loaded, stored = element_bytes(recipe, config, source.kind == "gguf")
+    shape = shape_of(config, loaded)
+    if source.kind == "gguf":  # dequantized from the file, which is read whole
+        shape.load_extra = (source.path / source.gguf_file).stat().st_size
+    elif stored and stored != loaded:  # converted from the checkpoint's dtype: its (mmapped) pages are touched too
+        shape.load_extra = shape.parameters * stored
+    record = check_fits(shape, recipe, device=device)
     log(f"Memory estimate: {record['estimate_bytes'] / GiB:.1f} GiB of {record['budget_bytes'] / GiB:.1f} GiB "
         f"({record['budget_from']})")
     return record

@@ -10,7 +10,6 @@ added in place) and written over its own bytes (same dtype, same size). Peak mem
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
