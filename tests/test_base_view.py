@@ -137,16 +137,20 @@ def test_trial_restores_every_bit(heal_spec):
     assert same_state(state(model), before)
 
 
-def test_auto_judging_leaves_the_model_bit_identical():
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "qwen2_moe", "opt"])  # fold, sliding, refused, MoE
+def test_auto_judging_leaves_the_model_bit_identical(family):
     from hf_layerprune.recipe import Recipe
     from hf_layerprune.scoring.auto import auto_select
 
-    model = tiny_model("llama", num_layers=6)
+    model = tiny_model(family, num_layers=6)
     before = state(model)
     recipe = Recipe(model="x", drop=2, heal="absorb", calibration_samples=4, seq_len=16)
     recipe.resolve_defaults()
-    removed, record = auto_select(model, None, recipe, log=lambda m: None)
-    assert len(record["candidates"]) >= 1 and len(removed) == 2
+    try:
+        removed, record = auto_select(model, None, recipe, log=lambda m: None)
+        assert len(record["candidates"]) >= 1 and len(removed) == 2
+    except LayerPruneError as exc:  # gemma2/3: the judge `linear` finds no additive fold site (on main too)
+        assert "cannot fold" in str(exc)  # refused mid-candidate: the trial is undone all the same
     assert same_state(state(model), before)
 
 
