@@ -274,7 +274,7 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
     return model, tokenizer
 
 
-def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any]:
+def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None:
     """memory.check_fits for the recipe on its device, from the source's config alone (no weights loaded)."""
     import torch
 
@@ -283,7 +283,11 @@ def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any]:
     config = source_config(source)
     device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded, stored = element_bytes(recipe, config, source.kind == "gguf")
-    shape = shape_of(config, loaded)
+    try:
+        shape = shape_of(config, loaded)
+    except Exception as exc:  # a config transformers cannot build on the meta device: no estimate, no refusal
+        log(f"No memory estimate: {type(exc).__name__}")
+        return None
     if source.kind == "gguf":  # dequantized from the file, which is read whole
         shape.load_extra = (source.path / source.gguf_file).stat().st_size
     elif stored and stored != loaded:  # converted from the checkpoint's dtype: its (mmapped) pages are touched too

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from hf_layerprune.cli import app
 from hf_layerprune.memory import BUDGET_ENV, MemoryMeter, estimate, shape_of
 from hf_layerprune.recipe import Recipe
-from tiny_models import save_word_tokenizer, tiny_config, tiny_model
+from tiny_models import FAMILIES, save_word_tokenizer, tiny_config, tiny_model
 
 runner = CliRunner()
 MiB = 2**20
@@ -71,3 +72,10 @@ def test_the_report_has_peak_memory_per_stage_and_the_estimate(tmp_path, monkeyp
     assert memory["weight_bytes"] == 4 * report["parameters_before"]
     assert report["preflight"]["estimate_bytes"] > memory["weight_bytes"] and report["preflight"]["budget_bytes"] == 64 * 10**9
     assert "Peak RSS (GiB)" in result.output
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shape_from_the_config_alone_for_every_family(family):
+    shape = shape_of(tiny_config(family, 6), 4)
+    assert shape.parameters == tiny_model(family, 6).num_parameters()
+    assert 0 < shape.down_parameters < shape.layer_parameters and shape.num_layers == 6
