@@ -66,8 +66,10 @@ class HealOptions:
 
 @dataclass
 class HealContext:
-    """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one
-    (never modified); `report` the run's report (removed_layers, kept_layers, num_layers_before; `replace`
+    """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one: a
+    `base_view.SharedBase` over the same weights (the pipeline's) or a separate model, read only through
+    `with ctx.as_base() as base:`; a healer calls `ctx.protect(module)` (or `ctx.snapshot`) before it changes a
+    module of `model`, so that the base keeps the original (copy-on-write); `report` the run's report (removed_layers, kept_layers, num_layers_before; `replace`
     updates it); `train_ids` / `eval_ids` token ids [samples, seq_len]."""
 
     model: Any
