@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -186,6 +187,7 @@ def main() -> None:
         ckpt = work / f"llama-{args.shape}"
         size = build_checkpoint(ckpt, args.shape)
         print(f"checkpoint {ckpt}: {size / GiB:.2f} GiB bf16 ({time.perf_counter() - t0:.0f} s)")
+        weight_bytes = size * (2 if args.dtype in ("float32", "fp32") else 1)  # the weights as loaded
     tasks, text = eval_inputs(work)
     drop = args.drop or (8 if args.shape == "7b" else SHAPES[args.shape][2] // 4)
     samples, seq_len, steps = args.knobs.split(",")
@@ -195,6 +197,8 @@ def main() -> None:
     print("command: hf-layerprune prune " + " ".join(command).replace(str(work), "OUT") + " -o OUT/pruned")
     kill = int(args.kill_gib * GiB)
     rows = []
+    for stale in ("pruned-ours", "pruned-peer"):  # a run stopped early must not show an older run's report
+        shutil.rmtree(work / stale, ignore_errors=True)
     if not args.skip_ours:
         out = work / "pruned-ours"
         rows.append(("this tree", run(ROOT, [*command, "-o", str(out)], kill, work / "ours.log", args.time_limit), out))
@@ -203,7 +207,7 @@ def main() -> None:
         rows.append((args.peer, run(Path(args.peer), [*command, "-o", str(out)], kill, work / "peer.log", args.time_limit),
                      out))
     for name, result, out in rows:
-        if weight_bytes is None and (out / "layerprune.json").exists():
+        if weight_bytes is None and result["returncode"] == 0 and (out / "layerprune.json").exists():
             weight_bytes = json.loads((out / "layerprune.json").read_text())["memory"]["weight_bytes"]
             print(f"weights as loaded: {weight_bytes / GiB:.2f} GiB")
         ratio = result["peak_rss_bytes"] / (weight_bytes or 1)
