@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import torch
 
+from hf_layerprune import progress
 from hf_layerprune.errors import LayerPruneError
 
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
@@ -62,14 +63,15 @@ def calibration_batches(
     if samples < 1 or seq_len < 2:
         raise LayerPruneError(f"calibration needs samples >= 1 and seq_len >= 2 (got {samples} x {seq_len})")
     kind = source_kind(source)
-    if kind == "self":
-        if model is None:
-            raise LayerPruneError("--calibration self samples text from the model; no model was given")
-        return _self_samples(model, tokenizer, samples, seq_len, seed)
-    if tokenizer is None:
-        raise LayerPruneError(f"calibration text {source!r} needs a tokenizer and the model has none; use --calibration self")
-    docs = _local_documents(source, text_column) if kind == "files" else _hub_documents(source, text_column)
-    return _windows(docs, tokenizer, samples, seq_len, seed, source)
+    with progress.stage("calibrate"):
+        if kind == "self":
+            if model is None:
+                raise LayerPruneError("--calibration self samples text from the model; no model was given")
+            return _self_samples(model, tokenizer, samples, seq_len, seed)
+        if tokenizer is None:
+            raise LayerPruneError(f"calibration text {source!r} needs a tokenizer and the model has none; use --calibration self")
+        docs = _local_documents(source, text_column) if kind == "files" else _hub_documents(source, text_column)
+        return _windows(docs, tokenizer, samples, seq_len, seed, source)
 
 
 def calibration_record(
@@ -190,12 +192,14 @@ def _self_samples(model, tokenizer, samples: int, seq_len: int, seed: int) -> to
     devices = [device] if device.type == "cuda" else []
     rows: list[list[int]] = []
     identity = (weights_fingerprint(model), getattr(tokenizer, "name_or_path", None), seq_len, seed)
+    bar = progress.task("sampling text from the model", total=samples * seq_len, unit="tokens")
     for number, first in enumerate(range(0, samples, SELF_BATCH)):
         prompts = _start_ids(model, tokenizer, min(SELF_BATCH, samples - first), rng)
         prompts = [p if len(p) <= seq_len // 2 else p[:1] for p in prompts]  # short windows: first token only
         key = (*identity, number, tuple(map(tuple, prompts)))
         if key in _SELF_MEMO:
             rows.extend(_SELF_MEMO[key])
+            bar.advance(len(prompts) * seq_len)
             continue
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # left padding
@@ -206,14 +210,26 @@ def _self_samples(model, tokenizer, samples: int, seq_len: int, seed: int) -> to
                 out = model.generate(
                     input_ids=ids, attention_mask=mask, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, top_k=0,
                     max_new_tokens=seq_len - min(len(p) for p in prompts), pad_token_id=pad, eos_token_id=None,
-                    use_cache=True,
+                    use_cache=True, logits_processor=[_CountTokens(bar, len(prompts))],
                 )
         batch = [prompt + row[: seq_len - len(prompt)] for prompt, row in zip(prompts, out[:, width:].tolist())]
         if len(_SELF_MEMO) >= _SELF_MEMO_SIZE:
             _SELF_MEMO.pop(next(iter(_SELF_MEMO)))
         _SELF_MEMO[key] = batch
         rows.extend(batch)
+    bar.done()
     return torch.tensor(rows, dtype=torch.long)
+
+
+class _CountTokens:
+    """A logits processor that changes nothing: it advances the sampling bar by one token per row and step."""
+
+    def __init__(self, bar, rows: int) -> None:
+        self.bar, self.rows = bar, rows
+
+    def __call__(self, input_ids, scores):
+        self.bar.advance(self.rows)
+        return scores
 
 
 # ------------------------------------------------------------------------------------------ text sources

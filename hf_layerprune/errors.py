@@ -1,4 +1,15 @@
-"""User-facing errors: raised anywhere, printed by the CLI as one line with a non-zero exit code."""
+"""User-facing errors: raised anywhere, printed by the CLI as one line with a non-zero exit code.
+
+A small hierarchy in the huggingface_hub style, so that a library caller can tell the causes apart; every class
+is a ``LayerPruneError`` (one actionable line, exit code 2) and also the matching built-in where there is one:
+
+- ``ConfigError`` (``ValueError``): a bad option, recipe value or combination of options;
+- ``UnsupportedArchitecture`` (``ConfigError``): a ``model_type`` the tool has no adapter for;
+- ``CheckpointError``: a model folder or file that is missing, truncated, corrupt or inconsistent;
+- ``OutputError``: an output that may not be written (exists, is the source, read-only or full filesystem);
+- ``HubAccessError`` (``PermissionError``): a missing, invalid or too weak token, a gated or private repo;
+- ``HubError``: any other failure talking to the Hub (after retries).
+"""
 
 from __future__ import annotations
 
@@ -15,16 +26,53 @@ class LayerPruneError(Exception):
     exit_code = 2
 
 
+class ConfigError(LayerPruneError, ValueError):
+    """A bad option, recipe value or combination of options."""
+
+
+class UnsupportedArchitecture(ConfigError):
+    """The model's family has no architecture adapter."""
+
+
+class CheckpointError(LayerPruneError):
+    """A model folder or file that is missing, truncated, corrupt or inconsistent."""
+
+
+class OutputError(LayerPruneError):
+    """An output that may not be written."""
+
+
+class HubAccessError(LayerPruneError, PermissionError):
+    """The token cannot do what was asked (missing, invalid, read-only, not a member, gated repo)."""
+
+
+class HubError(LayerPruneError):
+    """A Hub call that failed (after retries)."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def cli_errors(func: F) -> F:
-    """Decorate a typer command so that a LayerPruneError becomes `Error: <message>` on stderr and exit 2."""
+    """Decorate a typer command so that a LayerPruneError becomes `Error: <message>` on stderr and exit 2.
+
+    An OSError that escapes a stage (a full disk, a read-only filesystem, a file that vanished) is an environment
+    problem too: it is printed the same way, naming the file, instead of as a traceback.
+    """
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
         except LayerPruneError as exc:
-            message = " ".join(str(exc).split())  # always a single line
-            print(f"Error: {message}", file=sys.stderr)
+            print(f"Error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
+        except OSError as exc:
+            from hf_layerprune.outputs import describe_os_error
+
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            print(f"Error: {one_line(describe_os_error(exc))}{where}", file=sys.stderr)
+            raise SystemExit(LayerPruneError.exit_code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -1,49 +1,60 @@
-"""Publish a pruned model folder to the Hugging Face Hub, safely, and prove the pushed revision loads.
+"""Publish a pruned model folder to the Hugging Face Hub, so that nothing unverified ever reaches the target branch.
 
 The `upload` and `push` commands call these functions in this order::
 
     token = resolve_token(cli_token)                      # --token, else HF_TOKEN / `hf auth login`
     user = check_write_access(token, repo_id)             # whoami, before any heavy work
-    repo_id = repo_id or default_repo_id(user, report["base_model"], report["num_layers_after"])
-    result = publish_folder(out_dir, repo_id, token=token, private=False, revision=None, create_pr=False)
-    check = verify_pushed(repo_id, result.commit_oid, out_dir, token)   # reload from the Hub, compare logits
+    probe = checkpoint.probe(out_dir)                     # every shard whole, config loads, forward pass: locally
+    result = publish_folder(out_dir, repo_id, token=token,
+                            verify=lambda rev: verify_pushed(repo_id, rev, out_dir, token, probe=probe))
 
 Guarantees:
 
-- **One commit.** Every file goes into a single `create_commit`, so a branch never holds half a model. The target
-  revision ends up mirroring the folder: remote files the folder lacks (stale shards of an older push) are deleted
-  in that same commit (`.gitattributes` is kept). `parent_commit` guards against a concurrent push in between.
-- **No accidental overwrite.** `main` of an existing repo that already holds a model (config.json or weights) is
-  only replaced with `exist_ok=True`; pushing to a branch (`revision=`, created from main when missing) or opening
-  a pull request (`create_pr=True`) never touches `main`. A repo that exists as public is refused for `private=True`.
-- **Resumable.** Weights go up (LFS or Xet) before the commit; if any upload fails, nothing is committed and the
-  error says so; re-running the same call skips what the Hub already has and commits.
-- **Bounded memory.** Files are passed to the client as paths and streamed; nothing is read whole into memory.
-- **No token leaks.** Errors are re-raised as one-line `LayerPruneError`s with the token scrubbed out, and a folder
-  containing the token in any small file is refused before anything is sent.
+- **Probed before sent.** The caller checks the folder locally first (``checkpoint.probe``): a truncated shard, an
+  index that disagrees with its shards or a config that does not load never leaves the machine.
+- **Verified before it lands.** With ``verify``, the folder is first committed to a staging branch
+  (``layerprune-staging-XXXX``, created from the target's head), downloaded from there into a throw-away cache,
+  compared byte for byte with the local files and reloaded with transformers (logits compared with the local
+  probe). Only then is the same file set committed to the target branch (the LFS objects are already on the Hub,
+  so that second commit uploads nothing), and the staging branch is deleted. A pull request (``create_pr``) is
+  its own staging area: it is verified and main is never touched.
+- **One commit on the target.** Every file goes into a single ``create_commit``, so a branch never holds half a
+  model; remote files the folder lacks (stale shards) are deleted in that same commit (``.gitattributes`` kept).
+  ``parent_commit`` guards against a concurrent push; a 412 says that another commit landed.
+- **No accidental overwrite.** ``main`` of a repo that already holds a model is only replaced with ``exist_ok``;
+  a repo that exists as public is refused for ``private=True``.
+- **Retries, then clean failure.** Every Hub call is retried on 429/5xx (``hub_calls.retrying``); a commit retried
+  after a lost answer is recognised when it did land. When publishing fails, the staging branch is deleted, and a
+  repo this call created is deleted again, so a failed push leaves nothing behind.
+- **No code runs.** Verification loads the pushed model without ``trust_remote_code`` unless asked; our own DeciLM
+  export is loaded with the package's classes after checking the pushed ``.py`` files are ours (checkpoint.py).
+- **No token leaks.** Errors are one-line ``LayerPruneError``s with the token scrubbed out, and a folder containing
+  the token in any small file is refused before anything is sent.
 
 Endpoint, cache and token follow huggingface_hub's own settings (`HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_TOKEN`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
+import copy
 import re
+import secrets
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.checkpoint import Probe, load_checkpoint, probe_model, sha256
+from hf_layerprune.errors import ConfigError, HubAccessError, HubError, LayerPruneError
+from hf_layerprune.hub_calls import hub_errors, logger, retrying, status_of
 
 TOKEN_HELP = "set HF_TOKEN, run `hf auth login`, or pass --token (create a write token at https://huggingface.co/settings/tokens)"
 MODEL_FILES = ("config.json",)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 KEEP_REMOTE = {".gitattributes"}  # never deleted when mirroring a folder
 SCAN_LIMIT = 10 * 1024 * 1024  # files up to this size are searched for the token before upload
+STAGING_PREFIX = "layerprune-staging-"
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class PublishResult:
     commit_oid: str  # the commit that holds the folder (40 hex)
     pr_url: str | None  # the pull request, with create_pr=True
     revision: str  # where the commit is: "main", the branch, or "refs/pr/N"
+    verification: dict[str, Any] | None = field(default=None)  # verify's record, when it ran
 
     @property
     def web_url(self) -> str:
@@ -70,37 +82,53 @@ def resolve_token(token: str | None = None) -> str | None:
         return token
     from huggingface_hub import get_token
 
-    with _hub_errors("reading the Hugging Face token", None):
+    with hub_errors("reading the Hugging Face token", None):
         return get_token()
+
+
+def check_repo_id(repo_id: str | None) -> None:
+    """A target repo id is `name` or `namespace/name` with the Hub's allowed characters."""
+    if repo_id is None:
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"invalid --repo-id {repo_id!r}: use namespace/name ({first})") from None
 
 
 def check_write_access(token: str | None, repo_id: str | None = None) -> str:
     """Ask the Hub who `token` belongs to and whether it may write to `repo_id`'s namespace; return the user name.
 
-    Raises LayerPruneError (one line, saying how to fix it) for a missing, invalid or read-only token, a
-    fine-grained token without `repo.write` on the namespace, or an organisation the user cannot write to.
+    Raises LayerPruneError (one line, saying how to fix it) for a malformed repo id, a missing, invalid or
+    read-only token, a fine-grained token without `repo.write` on the namespace, or an organisation the user
+    cannot write to.
     """
+    check_repo_id(repo_id)
     if not token:
-        raise LayerPruneError(f"no Hugging Face token found: {TOKEN_HELP}")
+        raise HubAccessError(f"no Hugging Face token found: {TOKEN_HELP}")
     api = _api(token)
     info = _whoami(api, token)
     user = info.get("name") or "?"
     namespace = repo_id.split("/")[0] if repo_id and "/" in repo_id else user
     problem = _write_problem(info, namespace)
     if problem:
-        raise LayerPruneError(f"the token of {user} cannot write to {namespace}: {problem}; {TOKEN_HELP}")
+        raise HubAccessError(f"the token of {user} cannot write to {namespace}: {problem}; {TOKEN_HELP}")
     return user
 
 
 def _whoami(api, token: str) -> dict[str, Any]:
     from huggingface_hub.errors import HfHubHTTPError
 
-    with _hub_errors("checking the Hugging Face token", token):
+    with hub_errors("checking the Hugging Face token", token):
         try:
-            return api.whoami(token=token)
+            return retrying("whoami", api.whoami, token=token)
         except HfHubHTTPError as exc:
-            if exc.response is not None and exc.response.status_code == 401:
-                raise LayerPruneError(
+            if status_of(exc) == 401:
+                raise HubAccessError(
                     f"the Hugging Face token was rejected by {api.endpoint} (invalid or expired): {TOKEN_HELP}"
                 ) from None
             raise
@@ -145,6 +173,14 @@ def _model_name(base_model: str) -> str:
     return name or "model"
 
 
+def public_name(base_model: str) -> str:
+    """How a base model is named in anything published: a Hub id as is, a local path by its last component."""
+    text = str(base_model)
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", text) and not Path(text).expanduser().exists():
+        return text
+    return PurePosixPath(text.replace("\\", "/").rstrip("/")).name or text
+
+
 # --- publishing -------------------------------------------------------------------------------------------------
 
 
@@ -159,8 +195,11 @@ def publish_folder(
     commit_message: str | None = None,
     commit_description: str | None = None,
     exist_ok: bool = False,
+    verify: Callable[[str], dict[str, Any]] | None = None,
 ) -> PublishResult:
-    """Push every file of `folder` to `repo_id` in one commit (see the module docstring for the guarantees)."""
+    """Push every file of `folder` to `repo_id` in one commit; with `verify(revision) -> record`, through a
+    verified staging branch first (see the module docstring for the guarantees)."""
+    check_repo_id(repo_id)
     folder = Path(folder)
     files = local_files(folder)
     if not files:
@@ -168,21 +207,140 @@ def publish_folder(
     _refuse_token_in_files(folder, files, token)
     branch = (revision or "main").removeprefix("refs/heads/")
     api = _api(token)
-    with _hub_errors(f"preparing {repo_id}", token):
-        _ensure_repo(api, repo_id, private)
+    created_repo = new_branch = False
+    with hub_errors(f"preparing {repo_id}", token):
+        created_repo = _ensure_repo(api, repo_id, private)
         if branch != "main" and not branch.startswith("refs/pr/"):
-            api.create_branch(repo_id, branch=branch, exist_ok=True)
-        head = api.repo_info(repo_id, revision=branch).sha
-        remote = set(api.list_repo_files(repo_id, revision=head))
-    _refuse_overwrite(repo_id, remote, branch, create_pr, exist_ok)
-    operations = _operations(folder, files, remote)
-    message = commit_message or f"Upload {folder.name} with hf-layerprune"
-    with _hub_errors(f"uploading to {repo_id}", token, after=f"nothing was committed, {repo_id}@{branch} is "
-                     "unchanged; run the same command again to resume (files already uploaded are skipped)"):
-        info = api.create_commit(repo_id, operations, commit_message=message, commit_description=commit_description,
-                                 revision=branch, create_pr=create_pr, parent_commit=head)
-    return PublishResult(url=f"{api.endpoint}/{repo_id}", commit_oid=info.oid, pr_url=info.pr_url,
-                         revision=info.pr_revision if create_pr else branch)
+            new_branch = branch not in _branches(api, repo_id)
+            if new_branch:
+                retrying("create_branch", api.create_branch, repo_id, branch=branch, exist_ok=True)
+        head = retrying("repo_info", api.repo_info, repo_id, revision=branch).sha
+        remote = set(retrying("list_repo_files", api.list_repo_files, repo_id, revision=head))
+    try:
+        _refuse_overwrite(repo_id, remote, branch, create_pr, exist_ok)
+        operations = _operations(folder, files, remote)
+        message = commit_message or f"Upload {folder.name} with hf-layerprune"
+        publish = _Publish(api, repo_id, token, operations, message, commit_description, head, branch)
+        if create_pr:
+            info = publish.commit(branch, create_pr=True)
+            check = verify(info.pr_revision) if verify else None
+            return PublishResult(f"{api.endpoint}/{repo_id}", info.oid, info.pr_url, info.pr_revision, check)
+        if verify is None:
+            info = publish.commit(branch)
+            return PublishResult(f"{api.endpoint}/{repo_id}", info.oid, None, branch)
+        staging = publish.staging_branch()
+        try:
+            staged = publish.commit(staging).oid
+            check = verify(staged)
+            info = publish.commit(branch, operations=[_fresh(op) for op in operations])
+            publish.same_tree(staged, info.oid)
+        finally:
+            _delete_branch(api, repo_id, staging)
+        return PublishResult(f"{api.endpoint}/{repo_id}", info.oid, None, branch, check)
+    except BaseException:
+        _undo(api, repo_id, token, created_repo, branch if new_branch else None)
+        raise
+
+
+class _Publish:
+    """The commits of one publication: all share the operations and the parent (the target's head)."""
+
+    def __init__(self, api, repo_id: str, token: str, operations: list, message: str, description: str | None,
+                 head: str, target: str) -> None:
+        self.api, self.repo_id, self.token, self.operations = api, repo_id, token, operations
+        self.message, self.description, self.head, self.target = message, description, head, target
+
+    def commit(self, branch: str, *, create_pr: bool = False, operations: list | None = None):
+        """One create_commit on `branch` (from `head`), retried; a retry that finds its commit landed returns it."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        where = f"{self.repo_id}@{branch}"
+        after = (f"nothing was committed, {self.repo_id}@{self.target} is unchanged; run the same command again to "
+                 "resume (files already uploaded are skipped)")
+        retried = []
+        with hub_errors(f"uploading to {self.repo_id}", self.token, after=after):
+            try:
+                return retrying(f"commit to {where}", self.api.create_commit, self.repo_id,
+                                operations or self.operations, commit_message=self.message,
+                                commit_description=self.description, revision=branch, create_pr=create_pr,
+                                parent_commit=self.head, on_retry=retried.append)
+            except HfHubHTTPError as exc:
+                if status_of(exc) != 412:
+                    raise
+                landed = self._landed(branch) if retried and not create_pr else None
+                if landed is not None:
+                    return landed
+                now = retrying("repo_info", self.api.repo_info, self.repo_id, revision=branch).sha
+                raise HubError(f"another commit ({now[:10]}) landed on {where} while publishing; nothing of this push "
+                               f"was committed there; run the same command again to publish on top of it") from None
+
+    def _landed(self, branch: str):
+        """After a retried commit got 412: our own first attempt, if it is the newest commit on top of `head`."""
+        from huggingface_hub import CommitInfo
+
+        commits = retrying("list_repo_commits", self.api.list_repo_commits, self.repo_id, revision=branch)
+        if len(commits) >= 2 and commits[0].title == self.message and commits[1].commit_id == self.head:
+            logger.warning("the commit to %s@%s landed before its answer was lost; not committing again",
+                           self.repo_id, branch)
+            url = f"{self.api.endpoint}/{self.repo_id}/commit/{commits[0].commit_id}"
+            return CommitInfo(commit_url=url, commit_message=self.message, commit_description="",
+                              oid=commits[0].commit_id)
+        return None
+
+    def staging_branch(self) -> str:
+        """A fresh branch made from the target's head, for the commit that is verified before the target gets it."""
+        staging = f"{STAGING_PREFIX}{secrets.token_hex(4)}"
+        with hub_errors(f"creating the staging branch of {self.repo_id}", self.token):
+            retrying("create_branch", self.api.create_branch, self.repo_id, branch=staging, revision=self.head)
+        return staging
+
+    def same_tree(self, staged: str, final: str) -> None:
+        """The target commit holds exactly the verified staging commit's files (same blob / LFS ids)."""
+        with hub_errors(f"comparing {self.repo_id}@{final[:10]} with the verified staging commit", self.token):
+            trees = [_tree(self.api, self.repo_id, oid) for oid in (staged, final)]
+        if trees[0] != trees[1]:
+            raise HubError(f"{self.repo_id}@{final[:10]} does not hold the files verified on the staging branch")
+
+
+def _tree(api, repo_id: str, revision: str) -> dict[str, str]:
+    entries = retrying("list_repo_tree", lambda: list(api.list_repo_tree(repo_id, revision=revision, recursive=True)))
+    return {e.path: (e.lfs.sha256 if getattr(e, "lfs", None) else e.blob_id) for e in entries if hasattr(e, "blob_id")}
+
+
+def _fresh(operation):
+    """The same operation for a second commit: its upload (and sha256) is reused, only the 'committed' mark reset."""
+    from huggingface_hub import CommitOperationAdd
+
+    if not isinstance(operation, CommitOperationAdd):
+        return operation
+    clone = copy.copy(operation)
+    clone._is_committed = False
+    return clone
+
+
+def _branches(api, repo_id: str) -> set[str]:
+    refs = retrying("list_repo_refs", api.list_repo_refs, repo_id)
+    return {b.name for b in refs.branches}
+
+
+def _delete_branch(api, repo_id: str, branch: str) -> None:
+    try:
+        retrying("delete_branch", api.delete_branch, repo_id, branch=branch)
+    except Exception as exc:  # best effort: the push itself succeeded or already failed for a better reason
+        logger.warning("could not delete the branch %s of %s (%s); delete it on the Hub", branch, repo_id,
+                       type(exc).__name__)
+
+
+def _undo(api, repo_id: str, token: str, created_repo: bool, new_branch: str | None) -> None:
+    """After a failed publication: delete what this call created (an empty repo, a branch with no new commit)."""
+    try:
+        if created_repo and set(retrying("list_repo_files", api.list_repo_files, repo_id)) <= KEEP_REMOTE:
+            retrying("delete_repo", api.delete_repo, repo_id, missing_ok=True)
+            logger.warning("deleted %s again: it was created by this push, which failed", repo_id)
+        elif new_branch:
+            _delete_branch(api, repo_id, new_branch)
+    except Exception as exc:
+        logger.warning("could not delete %s after the failed push (%s)", repo_id, type(exc).__name__)
 
 
 def check_target(repo_id: str, *, token: str | None, private: bool = False, revision: str | None = None,
@@ -190,18 +348,19 @@ def check_target(repo_id: str, *, token: str | None, private: bool = False, revi
     """Before any heavy work: refuse a target that `publish_folder` would refuse (read-only; creates nothing)."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
+    check_repo_id(repo_id)
     branch = (revision or "main").removeprefix("refs/heads/")
     api = _api(token)
-    with _hub_errors(f"checking {repo_id}", token):
+    with hub_errors(f"checking {repo_id}", token):
         try:
-            info = api.repo_info(repo_id)
+            info = retrying("repo_info", api.repo_info, repo_id)
         except RepositoryNotFoundError:
             return  # will be created
         if private and info.private is False:
-            raise LayerPruneError(f"{repo_id} exists and is public but --private was asked; make it private on the Hub "
-                                  "first, or publish to another --repo-id")
+            raise ConfigError(f"{repo_id} exists and is public but --private was asked; make it private on the Hub "
+                              "first, or publish to another --repo-id")
         try:
-            remote = set(api.list_repo_files(repo_id, revision=branch))
+            remote = set(retrying("list_repo_files", api.list_repo_files, repo_id, revision=branch))
         except RevisionNotFoundError:
             return  # a new branch
     _refuse_overwrite(repo_id, remote, branch, create_pr, exist_ok)
@@ -210,7 +369,7 @@ def check_target(repo_id: str, *, token: str | None, private: bool = False, revi
 def _refuse_overwrite(repo_id: str, remote: set[str], branch: str, create_pr: bool, exist_ok: bool) -> None:
     model_files = {f for f in remote if f in MODEL_FILES or f.endswith(WEIGHT_SUFFIXES)}
     if branch == "main" and not create_pr and not exist_ok and model_files:
-        raise LayerPruneError(
+        raise ConfigError(
             f"{repo_id} already holds a model on main ({', '.join(sorted(model_files))}); "
             "pass --exist-ok to replace it, --revision BRANCH to push to a branch, or --create-pr to open a pull request"
         )
@@ -225,17 +384,19 @@ def local_files(folder: Path) -> list[str]:
     )
 
 
-def _ensure_repo(api, repo_id: str, private: bool) -> None:
+def _ensure_repo(api, repo_id: str, private: bool) -> bool:
+    """Create the repo when missing; return True when this call created it."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        info = api.repo_info(repo_id)
+        info = retrying("repo_info", api.repo_info, repo_id)
     except RepositoryNotFoundError:
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        return
+        retrying("create_repo", api.create_repo, repo_id, private=private, exist_ok=True)
+        return True
     if private and info.private is False:
-        raise LayerPruneError(f"{repo_id} exists and is public but --private was asked; make it private on the Hub "
-                              "first, or publish to another --repo-id")
+        raise ConfigError(f"{repo_id} exists and is public but --private was asked; make it private on the Hub "
+                          "first, or publish to another --repo-id")
+    return False
 
 
 def _operations(folder: Path, files: list[str], remote: set[str]) -> list:
@@ -262,79 +423,51 @@ def _refuse_token_in_files(folder: Path, files: list[str], token: str | None) ->
 def verify_pushed(
     repo_id: str,
     revision: str,
-    local_model_dir_or_model: Any,
+    local: Any,
     token: str | None,
     *,
+    probe: Probe | None = None,
+    trust_remote_code: bool = False,
     atol: float = 1e-4,
 ) -> dict[str, Any]:
-    """Download `repo_id@revision` into a throw-away cache, load it with transformers and compare its logits on
-    fixed token ids with the local model (a folder, loaded in float32, or a model object). Raise LayerPruneError
-    when files are missing or the logits differ by more than `atol`; return a small record for the report.
+    """Download `repo_id@revision` into a throw-away cache and prove it is the local model: with a local folder,
+    every file byte-identical; then transformers loads it (no remote code unless `trust_remote_code`) and its
+    logits on fixed token ids match `probe` (or the local model object `local`) within `atol`. Raise
+    LayerPruneError otherwise; return a small record for the report.
     """
-    import torch
     from huggingface_hub import snapshot_download
 
-    local = local_model_dir_or_model
     local_dir = Path(local) if isinstance(local, (str, Path)) else None
+    if probe is None:
+        model = local if local_dir is None else load_checkpoint(local_dir, trust_remote_code=trust_remote_code)
+        probe = probe_model(model)
     with tempfile.TemporaryDirectory(prefix="layerprune-verify-") as cache:
-        with _hub_errors(f"downloading {repo_id}@{revision} to verify it", token):
-            pushed = Path(snapshot_download(repo_id, revision=revision, cache_dir=cache, token=token))
+        with hub_errors(f"downloading {repo_id}@{revision} to verify it", token):
+            pushed = Path(retrying("snapshot_download", snapshot_download, repo_id, revision=revision,
+                                   cache_dir=cache, token=token))
         pushed_files = local_files(pushed)
         if local_dir is not None:
-            missing = sorted(set(local_files(local_dir)) - set(pushed_files))
-            if missing:
-                raise LayerPruneError(f"{repo_id}@{revision} lacks {', '.join(missing)} after the push")
-        trust_code = local_dir is not None and _same_code(local_dir, pushed)
-        local_model = _load(local_dir, torch.float32, trust_code, str(local_dir)) if local_dir is not None else local
-        param = next(local_model.parameters())
-        remote_model = _load(pushed, param.dtype, trust_code, f"{repo_id}@{revision}").to(param.device)
-        ids = _probe_ids(local_model.config.vocab_size).to(param.device)
-        with torch.no_grad():
-            expected = local_model(ids).logits.float()
-            actual = remote_model(ids).logits.float()
-        diff = (expected - actual).abs().max().item() if expected.shape == actual.shape else float("inf")
+            _same_files(local_dir, pushed, pushed_files, f"{repo_id}@{revision}")
+        remote_model = load_checkpoint(pushed, dtype=probe.dtype, trust_remote_code=trust_remote_code,
+                                       label=f"{repo_id}@{revision}")
+        actual = probe_model(remote_model, probe.ids).logits
+        del remote_model
+    expected = probe.logits
+    diff = (expected - actual).abs().max().item() if expected.shape == actual.shape else float("inf")
     if not diff <= atol:
         raise LayerPruneError(f"{repo_id}@{revision} does not reproduce the local model: max |logit diff| {diff:.3g} > {atol:g}")
     return {"repo_id": repo_id, "revision": revision, "commit": pushed.name, "files": len(pushed_files),
-            "probe_tokens": ids.numel(), "max_abs_diff": diff, "atol": atol}
+            "probe_tokens": probe.ids.numel(), "max_abs_diff": diff, "atol": atol}
 
 
-def _load(path: Path, dtype, trust_remote_code: bool, label: str):
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True,
-                                                           trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise LayerPruneError(f"transformers cannot load {label}: {_describe(exc)}") from None
-    if info["missing_keys"] or info["unexpected_keys"]:
-        raise LayerPruneError(f"{label}: weights do not match the config (missing {sorted(info['missing_keys'])[:3]}, "
-                              f"unexpected {sorted(info['unexpected_keys'])[:3]})")
-    return model.eval()
-
-
-def _same_code(local_dir: Path, pushed: Path) -> bool:
-    """Remote code (auto_map) is only run when the pushed .py files are byte-identical to the local ones."""
-    config = json.loads((local_dir / "config.json").read_text()) if (local_dir / "config.json").exists() else {}
-    if "auto_map" not in config:
-        return False
-    local_py = {p.name: _sha256(p) for p in local_dir.glob("*.py")}
-    pushed_py = {p.name: _sha256(p) for p in pushed.glob("*.py")}
-    return bool(local_py) and local_py == pushed_py
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _probe_ids(vocab_size: int, batch: int = 2, length: int = 12):
-    import torch
-
-    generator = torch.Generator().manual_seed(1234)
-    return torch.randint(0, vocab_size, (batch, length), generator=generator)
-
-
-# --- errors -----------------------------------------------------------------------------------------------------
+def _same_files(local_dir: Path, pushed: Path, pushed_files: list[str], label: str) -> None:
+    local = local_files(local_dir)
+    missing = sorted(set(local) - set(pushed_files))
+    if missing:
+        raise LayerPruneError(f"{label} lacks {', '.join(missing)} after the push")
+    differ = [name for name in local if sha256(local_dir / name) != sha256(pushed / name)]
+    if differ:
+        raise LayerPruneError(f"{label} holds different bytes than the local folder for {', '.join(differ[:3])}")
 
 
 def _api(token: str | None):
@@ -343,46 +476,3 @@ def _api(token: str | None):
     from hf_layerprune import __version__
 
     return HfApi(token=token, library_name="hf-layerprune", library_version=__version__)
-
-
-@contextlib.contextmanager
-def _hub_errors(action: str, token: str | None, after: str = "") -> Iterator[None]:
-    """Turn client errors into one-line LayerPruneErrors without the token (and without the chained traceback)."""
-    from huggingface_hub.errors import HTTPError
-
-    try:
-        yield
-    except LayerPruneError:
-        raise
-    except (HTTPError, OSError, ValueError, RuntimeError) as exc:
-        message = f"{action} failed: {_describe(exc)}" + (f"; {after}" if after else "")
-        raise LayerPruneError(_scrub(message, token)) from None
-
-
-def _describe(exc: BaseException) -> str:
-    """The first line of each message along the exception's cause chain, e.g. 'upload of x failed (403 Forbidden)'."""
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    parts = []
-    while exc is not None and len(parts) < 3:
-        if isinstance(exc, RepositoryNotFoundError):
-            parts.append("repository not found, or not visible to this token")
-        elif isinstance(exc, RevisionNotFoundError):
-            parts.append("revision not found")
-        elif isinstance(exc, HfHubHTTPError) and exc.response is not None:
-            server = f": {exc.server_message.strip()}" if exc.server_message else ""
-            parts.append(f"HTTP {exc.response.status_code}{server}".splitlines()[0])
-            break  # its cause repeats it
-        else:
-            text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-            parts.append(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-        exc = exc.__cause__
-    return " <- ".join(parts)
-
-
-def _scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text

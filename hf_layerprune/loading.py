@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -44,12 +44,16 @@ def _looks_local(name: str) -> bool:
     return not _HUB_ID.match(name) or name.endswith((".gguf", ".safetensors", ".bin"))
 
 
-def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool = False) -> Source:
+def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool = False,
+                   check_files: bool = True) -> Source:
+    """Classify MODEL. With `check_files`, a local checkpoint's weight files are checked whole (headers and sizes,
+    `checkpoint.check_weights`); the pipeline defers that until the options that need only the config passed."""
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
+        _check_gguf(path)
         return Source("gguf", name, path.parent, path.name, revision)
     if path.is_dir():
-        _check_weights(path, allow_pickle, name)
+        _check_weights(path, allow_pickle, name, check_files)
         return Source("dir", name, path, None, revision)
     if path.exists():
         raise LayerPruneError(f"{name} is a file but not a .gguf model; give a model directory, a .gguf file or a Hub id")
@@ -58,7 +62,7 @@ def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool
     return Source("hub", name, None, None, revision)
 
 
-def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
+def _check_weights(directory: Path, allow_pickle: bool, name: str, check_files: bool = True) -> None:
     if not (directory / "config.json").exists() and not list(directory.glob("*.gguf")):
         raise LayerPruneError(f"{name} has no config.json; is it a transformers model directory?")
     has_safetensors = any(directory.glob("*.safetensors"))
@@ -68,7 +72,40 @@ def _check_weights(directory: Path, allow_pickle: bool, name: str) -> None:
             f"{name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
         )
     if not has_safetensors and not has_pickle:
-        raise LayerPruneError(f"no weights (*.safetensors) found in {name}")
+        raise CheckpointError(f"no weights (*.safetensors) found in {name}")
+    if has_safetensors and check_files:
+        from hf_layerprune.checkpoint import check_weights
+
+        check_weights(directory)  # truncated or garbage shards fail here, in one line
+
+
+def _check_gguf(path: Path) -> None:
+    """The file parses as GGUF (header, metadata, tensor table); reading it maps the file, it loads no weights."""
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(path)
+    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError... on a damaged file
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CheckpointError(f"{path.name} is not a valid GGUF file: {text}") from None
+
+
+def check_device(device: str | None) -> None:
+    """`--device` names a device torch knows and this machine has (before anything is loaded)."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown --device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__})")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available on this machine")
 
 
 def hub_files(source: Source, token: str | None = None) -> list[str]:
@@ -139,6 +176,7 @@ def load_model(
     token: str | None = None,
     need_tokenizer: bool = True,
     device_map: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``; the tokenizer is None when the checkpoint has none and it is not needed."""
     import torch
@@ -146,7 +184,9 @@ def load_model(
 
     if isinstance(source, str):
         source = resolve_source(source, revision, allow_pickle=allow_pickle)
-    kwargs: dict[str, Any] = {"revision": source.revision, "token": token}
+    check_device(device)
+    # never None: transformers then decides itself, and may ask on a terminal; code runs only when the user asked
+    kwargs: dict[str, Any] = {"revision": source.revision, "token": token, "trust_remote_code": trust_remote_code}
     if source.kind == "gguf":
         from transformers import GgufConfig
 
@@ -165,8 +205,9 @@ def load_model(
     except LayerPruneError:
         raise
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LayerPruneError(f"could not load {source.name}: {first}") from None
+        from hf_layerprune.checkpoint import loading_error
+
+        raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
     from hf_layerprune.architectures import get_architecture
 
     get_architecture(model.config)  # unknown families fail here, before any work

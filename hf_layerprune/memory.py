@@ -270,7 +270,7 @@ def check_fits(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     """The estimate, recorded; one `LayerPruneError` line when it exceeds the budget, naming what would fit."""
     import dataclasses
 
-    from hf_layerprune.errors import LayerPruneError
+    from hf_layerprune.errors import ConfigError
 
     record = estimate(shape, recipe, device=device)
     budget, where = budget_bytes(device)
@@ -295,7 +295,7 @@ def check_fits(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     if streamed <= budget:
         options.append("--offload --metric bi --calibration FILE --heal none --no-eval (one layer in memory at a time)")
     hint = f"; options that would fit: {'; '.join(options)}" if options else "; no option fits: use a machine with more memory"
-    raise LayerPruneError(
+    raise ConfigError(  # a combination of options (recipe x model x device) that cannot run
         f"this recipe needs about {record['estimate_bytes'] / GiB:.1f} GiB on {device} "
         f"(weights {shape.weight_bytes / GiB:.1f} GiB) but {budget / GiB:.1f} GiB is available ({where}){hint}"
     )

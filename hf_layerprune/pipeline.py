@@ -15,9 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hf_layerprune import __version__
+from hf_layerprune import __version__, progress
 from hf_layerprune.base_view import SharedBase
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.checkpoint import check_weights
+from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.memory import MemoryMeter, summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
@@ -48,7 +49,7 @@ class Timer:
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            with self.memory.stage(name):
+            with progress.stage(name), self.memory.stage(name):  # progress: shown live by the CLI's display
                 yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
@@ -74,7 +75,7 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
     return metric_for(recipe) not in CONFIG_RULES
 
 
-def source_config(source: Source, token: str | None = None):
+def source_config(source: Source, token: str | None = None, trust_remote_code: bool = False):
     """The source's config alone (no weights): checked before any heavy work."""
     from transformers import AutoConfig
 
@@ -82,15 +83,21 @@ def source_config(source: Source, token: str | None = None):
 
     kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
     try:
-        config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token, **kwargs)
+        config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token,
+                                            trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LayerPruneError(f"could not read the config of {source.name}: {first}") from None
+        from hf_layerprune.checkpoint import loading_error
+
+        raise loading_error(exc, f"could not read the config of {source.name}", source.name, trust_remote_code) from None
     get_architecture(config)  # unknown families fail here
     return config
 
 
 def check_target_against(recipe: Recipe, num_layers: int) -> None:
+    from hf_layerprune.selection import parse_protect
+
+    if recipe.protect and recipe.granularity == "block":
+        parse_protect(recipe.protect, num_layers)
     if recipe.layers:
         validate_removed(recipe.layers, num_layers)
     elif recipe.granularity == "block" and recipe.drop >= num_layers:
@@ -116,19 +123,63 @@ def metric_for(recipe: Recipe) -> str:
     return scoring_metric_for(recipe)
 
 
-def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict[str, Any]:
+def check_recipe(recipe: Recipe) -> None:
+    """Every option of every stage, checked before the network and before any weight is read: the target, the
+    metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks."""
+    from hf_layerprune.healing import check_heal
+    from hf_layerprune.loading import check_device
+    from hf_layerprune.selection import check_strategy
+
     recipe.validate_target()
     recipe.resolve_defaults()
-    if not recipe.output_dir:
-        raise LayerPruneError("give --output-dir DIR for the pruned model")
-    check_output_dir(recipe.output_dir, recipe.overwrite)
-    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
-    if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
-        check_target_against(recipe, source_config(source).num_hidden_layers)
+    if _uses_metric(recipe):
+        from hf_layerprune.scoring import AUTO, get_metric
+
+        if metric_for(recipe) != AUTO:
+            get_metric(metric_for(recipe)).check_granularity(recipe.granularity)
+    if recipe.selection is not None:
+        check_strategy(recipe.selection)
+    check_heal(recipe.heal)
+    torch_dtype(recipe.dtype)
+    check_device(recipe.device)
+    check_shard_size(recipe.max_shard_size)
     if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
         from hf_layerprune.evaluation import check_tasks, settings_from_recipe
 
         check_tasks(settings_from_recipe(recipe))
+
+
+def check_shard_size(text: str) -> None:
+    from transformers.utils.hub import convert_file_size_to_int
+
+    try:
+        if convert_file_size_to_int(text) < 1:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ConfigError(f"cannot read --max-shard-size {text!r}: give a size like 5GB or 500MB") from None
+
+
+def source_paths(source: Source) -> list[Path]:
+    """Local paths an output must not overlap: the model folder or GGUF file, and the Hub cache for Hub ids."""
+    if source.kind == "gguf":
+        return [source.path / source.gguf_file]
+    if source.kind == "dir":
+        return [source.path]
+    from huggingface_hub import constants
+
+    return [Path(constants.HF_HUB_CACHE)]
+
+
+def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict[str, Any]:
+    check_recipe(recipe)
+    if not recipe.output_dir:
+        raise LayerPruneError("give --output-dir DIR for the pruned model")
+    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
+    check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
+    if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
+        check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+    if source.kind == "dir" and any(source.path.glob("*.safetensors")):
+        check_weights(source.path)  # every shard whole, before the first stage reads one
     timer = Timer()
     report: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -175,7 +226,7 @@ def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, l
     report["parameters_before"] = _checkpoint_parameters(src)
     timer.weight_bytes = sum(path.stat().st_size for path in checkpoint_files(src))
     log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
-    with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
+    with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("cut"):
             info = prune_checkpoint(src, tmp, removed, max_shard_size=recipe.max_shard_size)
         report.update(
@@ -258,7 +309,7 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
         log(f"Loading {source.name}")
         model, tokenizer = load_model(
             source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text,
-            device_map=recipe.device_map,
+            device_map=recipe.device_map, trust_remote_code=recipe.trust_remote_code,
         )
     if recipe.granularity != "block":
         from hf_layerprune.sublayer import check_sublayer_support
@@ -280,7 +331,7 @@ def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None
 
     from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 
-    config = source_config(source)
+    config = source_config(source, trust_remote_code=recipe.trust_remote_code)
     device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded, stored = element_bytes(recipe, config, source.kind == "gguf")
     try:
@@ -347,7 +398,7 @@ def _cut(model, removed: list[int], report: dict, timer: Timer, log: Log) -> Non
 
 
 def _save(model, tokenizer, recipe: Recipe, source: Source, report: dict, timer: Timer) -> Path:
-    with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
+    with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
             if source.kind == "dir":
                 copy_side_files(source.path, tmp)
@@ -441,14 +492,13 @@ def _heal_and_evaluate(model, tokenizer, base_model, recipe: Recipe, report: dic
 def _finish_sublayer(model, tokenizer, base_model, removed, recipe: Recipe, source: Source, report: dict,
                      timer: Timer, log: Log) -> None:
     """Attention-only / MLP-only removal: exported as a DeciLM (Nemotron-NAS) checkpoint, healed after reload."""
-    from transformers import AutoModelForCausalLM
-
+    from hf_layerprune.checkpoint import load_checkpoint
     from hf_layerprune.sublayer import export_decilm
 
     removed_attention = removed if recipe.granularity == "attention" else []
     removed_mlp = removed if recipe.granularity == "mlp" else []
     num_layers = model.config.num_hidden_layers
-    with staging_dir(recipe.output_dir, recipe.overwrite) as tmp:
+    with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("cut"):
             log(f"Removing {recipe.granularity} sub-layers {removed} of {num_layers} (DeciLM / Nemotron-NAS export)")
             summary = export_decilm(model, removed_attention, removed_mlp, tmp, max_shard_size=recipe.max_shard_size,
@@ -472,7 +522,7 @@ def _finish_sublayer(model, tokenizer, base_model, removed, recipe: Recipe, sour
         )
         del model
         if recipe.heal != "none" or recipe.evaluate:
-            pruned = AutoModelForCausalLM.from_pretrained(tmp, trust_remote_code=True, dtype="auto").eval()
+            pruned = load_checkpoint(tmp)  # our DeciLM classes from the package, never the folder's copy
             report["parameters_after"] = count_parameters(pruned)
             _heal_and_evaluate(pruned, tokenizer, base_model, recipe, report, timer, log)
             if recipe.heal != "none":
@@ -490,4 +540,5 @@ def _write_outputs(tmp: Path, report: dict, recipe: Recipe, timer: Timer) -> Non
         from hf_layerprune.card import render_card
     except ImportError:
         return
-    render_card(tmp)
+    with progress.stage("card"):
+        render_card(tmp)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, LayerPruneError
 
 GRANULARITIES = ("block", "attention", "mlp")
 
@@ -59,6 +61,7 @@ class Recipe:
     dtype: str = "auto"
     device: str | None = None
     allow_pickle: bool = False
+    trust_remote_code: bool = False  # let transformers run the checkpoint's own code (auto_map); off unless asked
     offload: bool = False  # score one layer at a time from the safetensors shards (models larger than memory)
     device_map: str | None = None  # e.g. "auto": accelerate spreads the loaded model over the GPUs / CPU
     max_shard_size: str = "5GB"
@@ -67,8 +70,25 @@ class Recipe:
         self.validate_basic()
 
     def validate_basic(self) -> None:
+        """Every value has its field's type (strings are not booleans or numbers); cheap range checks."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                raise ConfigError(f"recipe value {f.name}: {value!r} is not {_describe_type(hints[f.name])}")
         if self.granularity not in GRANULARITIES:
-            raise LayerPruneError(f"unknown --granularity {self.granularity!r}; use one of {', '.join(GRANULARITIES)}")
+            raise ConfigError(f"unknown --granularity {self.granularity!r}; use one of {', '.join(GRANULARITIES)}")
+        for name in ("calibration_samples", "seq_len", "rounds", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        for name in ("heal_steps", "heal_tokens", "lora_rank", "limit", "perplexity_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"--num-fewshot must not be negative (got {self.num_fewshot})")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be positive (got {self.learning_rate})")
 
     def validate_target(self) -> None:
         """Exactly one of drop/layers; drop >= 1. Range checks against the model happen at selection time."""
@@ -96,11 +116,17 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        data = {k.replace("-", "_"): v for k, v in data.items()}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise LayerPruneError(f"unknown recipe key(s): {', '.join(unknown)}")
-        return cls(**{k.replace("-", "_"): v for k, v in data.items()})
+            raise ConfigError(f"unknown recipe key(s): {', '.join(unknown)}")
+        if isinstance(data.get("layers"), str):  # `layers: 20-27` reads like the CLI flag
+            data["layers"] = parse_layers(data["layers"])
+        for key in LIST_FIELDS:
+            if isinstance(data.get(key), str):
+                data[key] = split_list(data[key])
+        return cls(**data)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "Recipe":
@@ -118,6 +144,42 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+LIST_FIELDS = ("protect", "tasks", "lora_targets")  # comma-separated on the command line
+
+
+def split_list(text: str) -> list[str]:
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Does `value` have type `hint` (the Recipe's annotations: scalars, Optional, unions and lists)?"""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
+
+
+def _describe_type(hint: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint))
+    if origin is list:
+        return f"a list of {_describe_type(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
 def parse_layers(text: str | None) -> list[int] | None:
     """`3,4,5` or `3-5,9` -> [3, 4, 5, 9] (0-based). Duplicates are kept so that validation can refuse them."""
     if text is None or text == "":
@@ -128,6 +190,6 @@ def parse_layers(text: str | None) -> list[int] | None:
         try:
             span = re.fullmatch(r"(\d+)-(\d+)", part)
             out.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
-        except ValueError:
-            raise LayerPruneError(f"cannot read --layers {text!r}: use 0-based indices like 3,4,5 or 3-5") from None
+        except (ValueError, TypeError):
+            raise ConfigError(f"cannot read --layers {text!r}: use 0-based indices like 3,4,5 or 3-5") from None
     return out

@@ -248,11 +248,18 @@ def prune_checkpoint(
     }
 
 
+SIDE_FOLDERS = ("additional_chat_templates",)  # the only sub-folders transformers reads beside the weights
+
+
 def copy_side_files(src: Path, dst: Path) -> None:
-    """Copy tokenizer, chat template, generation config and other non-weight files of a checkpoint."""
-    for path in sorted(src.rglob("*")):
+    """Copy tokenizer, chat template, generation config and other non-weight files of a checkpoint: the files at
+    its top level and in SIDE_FOLDERS, never other sub-folders (an earlier output saved inside the model folder
+    must not end up inside the new one) and never code (``*.py``: a stock output needs none)."""
+    paths = [p for p in src.iterdir() if p.is_file()]
+    paths += [p for folder in SIDE_FOLDERS if (src / folder).is_dir() for p in (src / folder).iterdir() if p.is_file()]
+    for path in sorted(paths):
         rel = path.relative_to(src)
-        if path.is_dir() or any(part.startswith(".") for part in rel.parts):
+        if any(part.startswith(".") for part in rel.parts) or path.suffix == ".py":
             continue
         if rel.name in NOT_COPIED or rel.name.endswith(WEIGHT_SUFFIXES):
             continue

@@ -15,16 +15,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hf_layerprune.base_view import trial
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import LayerPruneError, OutputError
 from hf_layerprune.loading import resolve_source
+from hf_layerprune.outputs import check_output_dir
 from hf_layerprune.pipeline import (
     Timer,
     _cut,
     _heal_and_evaluate,
     _load_for_memory,
     _save,
+    check_recipe,
     check_target_against,
     source_config,
+    source_paths,
 )
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import read_report, write_report
@@ -77,22 +80,26 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     from hf_layerprune import __version__
     from hf_layerprune.report import FORMAT_VERSION
 
-    recipe.resolve_defaults()
     if not depths or len(set(depths)) != len(depths):
         raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
     if recipe.granularity != "block":
         raise LayerPruneError("sweep removes whole layers; use prune --granularity for sub-layers")
+    check_recipe(dataclasses.replace(recipe, drop=max(depths), layers=None))
+    recipe.resolve_defaults()
     root = Path(root)
-    if not root.parent.exists():
-        raise LayerPruneError(f"parent directory of {root} does not exist")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
-    config = source_config(source)
+    sources = source_paths(source)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"--output-dir {root} exists and is not a directory")
+    config = source_config(source, trust_remote_code=recipe.trust_remote_code)
     for n in depths:
         check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
-    for path in targets.values():
-        if path.exists() and not recipe.overwrite:
-            raise LayerPruneError(f"output directory {path} already exists; pass --overwrite to replace it")
+    if not root.exists():
+        check_output_dir(root, False, sources)
+    else:
+        for path in targets.values():
+            check_output_dir(path, recipe.overwrite, sources)
     root.mkdir(exist_ok=True)
 
     timer = Timer()

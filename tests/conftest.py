@@ -8,8 +8,12 @@ subprocesses) the fixture patches those constants and the HfApi instances that c
 
 from __future__ import annotations
 
-import pytest
-from hub_server import HubServer
+import os
+
+os.environ.setdefault("HF_LAYERPRUNE_RETRY_WAIT", "0.01")  # Hub retries back off in milliseconds in tests
+
+import pytest  # noqa: E402
+from hub_server import HubServer  # noqa: E402
 
 WRITE_TOKEN = "hf_TestWriteToken0123456789abcdefXYZ"  # distinctive, so leak checks can grep for it
 READ_TOKEN = "hf_TestReadToken0123456789abcdefXYZ"

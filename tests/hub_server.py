@@ -20,6 +20,10 @@ plus the parent commit) and ``repos/<namespace>/<name>.json`` (visibility and re
 Tokens are registered with :meth:`HubServer.add_token`; writes need a token allowed to write to the namespace.
 Failure injection: ``fail_lfs_every = N`` makes every Nth LFS PUT answer ``fail_lfs_status`` (500 by default,
 which the client retries; 403 is not retried), ``fail_commit_status = S`` makes commit calls answer S.
+:meth:`HubServer.inject` answers chosen endpoints with an error (429 with ``Retry-After``, 5xx, ...) for the
+next N calls, before handling them or after (a lost answer: the call took effect); ``truncate_lfs_puts = N`` stores
+only the first half of the next N LFS uploads (storage corruption that only a download can reveal).
+Also served: ``GET /api/models/{repo}/commits/{rev}`` (list_repo_commits), ``DELETE /api/repos/delete``.
 Inspection: :meth:`files`, :meth:`read`, :meth:`commits`, :meth:`refs`, :attr:`requests`, :meth:`count`.
 """
 
@@ -105,6 +109,16 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+
+
+class _Discard:
+    """A write sink: the answer of a call whose response an injected fault replaces."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 class Store:
@@ -202,6 +216,21 @@ class Store:
             oid = commit["parent"]
 
 
+@dataclass
+class Fault:
+    """An injected error: the next `times` requests matching `method` and the `path` regex get `status`."""
+
+    method: str
+    path: str
+    status: int
+    times: int = 1
+    retry_after: str | None = None
+    after: bool = False  # handle the request first, then answer the error (the answer is "lost")
+
+    def matches(self, method: str, path: str) -> bool:
+        return self.times > 0 and method == self.method and re.search(self.path, path) is not None
+
+
 class HubServer:
     """The server. `start()` runs it in a daemon thread; `url` is the value for HF_ENDPOINT."""
 
@@ -213,6 +242,8 @@ class HubServer:
         self.fail_lfs_every: int | None = None
         self.fail_lfs_status = 500
         self.fail_commit_status: int | None = None
+        self.truncate_lfs_puts = 0
+        self.faults: list[Fault] = []
         self._lfs_puts = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -277,6 +308,20 @@ class HubServer:
         assert oid is not None, f"{repo_id}@{revision} not found"
         return oid
 
+    def inject(self, method: str, path: str, status: int, times: int = 1, retry_after: str | None = None,
+               after: bool = False) -> Fault:
+        """Answer the next `times` `method` requests whose path matches the regex `path` with `status`."""
+        fault = Fault(method, path, status, times, retry_after, after)
+        self.faults.append(fault)
+        return fault
+
+    def _fault(self, method: str, path: str) -> Fault | None:
+        with self.store.lock:
+            fault = next((f for f in self.faults if f.matches(method, path)), None)
+            if fault is not None:
+                fault.times -= 1
+            return fault
+
     def _next_lfs_put_fails(self) -> bool:
         with self.store.lock:
             self._lfs_puts += 1
@@ -297,6 +342,8 @@ class Handler(BaseHTTPRequestHandler):
         ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/revision/{SEGMENT}", "model_info"),
         ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/tree/{SEGMENT}(?:/(.+))?", "tree"),
         ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/refs", "list_refs"),
+        ("GET", rf"/api/models/{SEGMENT}/{SEGMENT}/commits/{SEGMENT}", "list_commits"),
+        ("DELETE", r"/api/repos/delete", "delete_repo"),
         ("POST", rf"/api/models/{SEGMENT}/{SEGMENT}/branch/{SEGMENT}", "create_branch"),
         ("DELETE", rf"/api/models/{SEGMENT}/{SEGMENT}/branch/{SEGMENT}", "delete_branch"),
         ("POST", rf"/api/models/{SEGMENT}/{SEGMENT}/preupload/{SEGMENT}", "preupload"),
@@ -335,11 +382,23 @@ class Handler(BaseHTTPRequestHandler):
         # logged before the answer goes out (a test may read the log as soon as its client has the response)
         record = {"method": self.command, "path": url.path, "query": dict(self.query), "status": None, "user": None}
         self.hub.requests.append(record)
+        fault = self.hub._fault(self.command, url.path)
         try:
+            if fault is not None and not fault.after:
+                self._drain()
+                raise HubError(fault.status, f"injected HTTP {fault.status}",
+                               headers={"Retry-After": fault.retry_after} if fault.retry_after else None)
             self.user = self._authenticate()
             for method, pattern, name in self.ROUTES:
                 match = re.fullmatch(pattern, url.path)
                 if method == self.command and match:
+                    if fault is not None:  # after: the call takes effect, its answer is replaced by the error
+                        self.wfile, real = _Discard(), self.wfile
+                        try:
+                            getattr(self, name)(*[unquote(g) if g else g for g in match.groups()])
+                        finally:
+                            self.wfile = real
+                        raise HubError(fault.status, f"injected HTTP {fault.status} after the call took effect")
                     status = getattr(self, name)(*[unquote(g) if g else g for g in match.groups()])
                     break
             else:
@@ -522,6 +581,27 @@ class Handler(BaseHTTPRequestHandler):
             store.save_repo(f"{ns}/{name}", repo)
         return self._send_json({})
 
+    def list_commits(self, ns: str, name: str, revision: str) -> int:
+        repo = self._repo(ns, name)
+        head = self._commit_of(repo, revision)
+        return self._send_json([
+            {"id": c["oid"], "title": c["summary"], "message": c.get("description", ""),
+             "authors": [], "date": c["date"]}
+            for c in self.hub.store.history(head["oid"])
+        ])
+
+    def delete_repo(self) -> int:
+        payload = self._json_body()
+        namespace = payload.get("organization") or (self.user.user if self.user else None)
+        repo_id = f"{namespace}/{payload.get('name', '')}"
+        self._require_write(namespace or "")
+        with self.hub.store.lock:
+            path = self.hub.store.repo_path(repo_id)
+            if not path.exists():
+                raise HubError(404, f"Repository {repo_id} not found", "RepoNotFound")
+            path.unlink()
+        return self._send_json({})
+
     def delete_branch(self, ns: str, name: str, branch: str) -> int:
         self._repo(ns, name, write=True)
         store = self.hub.store
@@ -635,6 +715,12 @@ class Handler(BaseHTTPRequestHandler):
         if self.hub._next_lfs_put_fails():
             self._drain()
             raise HubError(self.hub.fail_lfs_status, "injected LFS upload failure")
+        if self.hub.truncate_lfs_puts > 0:
+            self.hub.truncate_lfs_puts -= 1
+            data = self._body()
+            self.hub.store.object_path(oid).write_bytes(data[: len(data) // 2])  # stored under the oid, unchecked
+            self.hub.pending_lfs.pop(oid, None)
+            return self._send(200)
         self.hub.store.put_stream(self._body_chunks(), oid, self.hub.pending_lfs[oid])
         return self._send(200)
 

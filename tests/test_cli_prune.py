@@ -52,6 +52,7 @@ def test_prune_drop_uses_a_rule_and_overwrite_replaces(checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "stale.txt").write_text("old")
+    (out / "layerprune.json").write_text("{}")  # an earlier output: the only kind --overwrite replaces
     result = invoke("prune", checkpoint, "--drop", "2", "--metric", "last", "-o", out, "--overwrite", *FAST)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "layerprune.json").read_text())

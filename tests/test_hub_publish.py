@@ -152,7 +152,7 @@ def test_lfs_failure_leaves_main_untouched_and_a_rerun_resumes(hub_server, prune
     assert "uploading to" in failed and "HTTP 403" in failed
     assert f"nothing was committed, {REPO}@main is unchanged" in failed and "run the same command again" in failed
     assert hub_server.refs(REPO)["main"] == main and pushed(hub_server, base)
-    assert hub_server.count("POST", f"/api/models/{REPO}/commit") == 1  # only the first, successful push
+    assert hub_server.count("POST", f"/api/models/{REPO}/commit") == 2  # only the first push (staging, then main)
     stored = [r["status"] for r in hub_server.requests[start:] if r["method"] == "PUT"].count(200)
 
     hub_server.fail_lfs_every = None
@@ -168,7 +168,8 @@ def test_commit_failure_keeps_main_and_the_rerun_uploads_nothing_again(hub_serve
     hub_server.fail_commit_status = 500
     failed = error_of(upload(pruned_model_dir(0), "--repo-id", REPO))
     assert "HTTP 500" in failed and "nothing was committed" in failed
-    assert set(hub_server.files(REPO)) == {".gitattributes"}
+    assert hub_server.store.repo(REPO) is None  # the repo this push created is deleted again: nothing left behind
+    assert hub_server.count("DELETE", "/api/repos/delete") == 1
     assert hub_server.count("PUT") == 3
 
     hub_server.fail_commit_status = None
@@ -231,8 +232,11 @@ def test_the_token_never_leaks(hub_server, pruned_model_dir, tmp_path, caplog, c
 
 def test_verify_pushed_catches_a_different_model(hub_server, pruned_model_dir):
     assert upload(pruned_model_dir(0), "--repo-id", REPO, "--no-verify").exit_code == 0
-    with pytest.raises(LayerPruneError, match="does not reproduce the local model"):
+    with pytest.raises(LayerPruneError, match="holds different bytes than the local folder"):
         hub.verify_pushed(REPO, "main", pruned_model_dir(1), WRITE_TOKEN)
+    other = AutoModelForCausalLM.from_pretrained(pruned_model_dir(1), dtype=torch.float32)
+    with pytest.raises(LayerPruneError, match="does not reproduce the local model"):
+        hub.verify_pushed(REPO, "main", other, WRITE_TOKEN)
     model = AutoModelForCausalLM.from_pretrained(pruned_model_dir(0), dtype=torch.float32)
     check = hub.verify_pushed(REPO, "main", model, WRITE_TOKEN)
     assert check["max_abs_diff"] == 0.0 and check["commit"] == hub_server.refs(REPO)["main"]

@@ -73,7 +73,7 @@ def test_publish_workflow_matrix_cache_and_secret():
     assert publish["strategy"]["fail-fast"] is False
     assert publish["strategy"]["matrix"]["drop"] == "${{ fromJSON(needs.setup.outputs.depths) }}"
     assert "inputs.runner" in publish["runs-on"]
-    assert publish["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    assert step(publish, "Prune, heal and publish")["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
     assert "matrix.drop" in publish["concurrency"]["group"]
 
     cache = next(s for s in publish["steps"] if s.get("uses", "").startswith("actions/cache@"))
@@ -82,7 +82,7 @@ def test_publish_workflow_matrix_cache_and_secret():
     assert "pip install ./hf-layerprune" in install
     assert step(publish, "Check out hf-layerprune")["with"]["path"] == "hf-layerprune"
     command = step(publish, "Prune, heal and publish")["run"]
-    for flag in ('push "$MODEL"', '--drop "$DROP"', '--metric "$METRIC"', '--heal "$HEALER"', '--repo-id "$REPO_ID"',
+    for flag in ('push "$MODEL"', '--drop "$DROP"', '(--metric "$METRIC")', '(--heal "$HEALER")', '--repo-id "$REPO_ID"',
                  '--output-dir "$OUTPUT_DIR"', "--private"):
         assert flag in command
     assert "GITHUB_STEP_SUMMARY" in step(publish, "Write the job summary")["run"]
@@ -131,8 +131,10 @@ def job_env(token: str, server_url: str, **inputs: str) -> dict[str, str]:
                "inputs.metric": "last", "inputs.healer": "none", "inputs.repo-prefix": "acme/tiny-llama",
                "inputs.private": "true", "inputs.torch-index-url": "", "inputs.extra-args": "--no-eval"}
     context.update({f"inputs.{k}": v for k, v in inputs.items()})
-    env = {key: render(str(value), context) for key, value in load(PUBLISH)["jobs"]["publish"]["env"].items()}
-    return {**env, "HF_ENDPOINT": server_url}
+    publish = load(PUBLISH)["jobs"]["publish"]
+    env = {key: render(str(value), context) for key, value in publish["env"].items()}
+    token_env = {key: render(str(value), context) for key, value in step(publish, "Prune, heal and publish")["env"].items()}
+    return {**env, **token_env, "HF_ENDPOINT": server_url}
 
 
 def test_summary_step_reports_the_repo_and_headline_numbers(tmp_path):

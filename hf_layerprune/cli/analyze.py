@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RECIPE_OPTIONS, build_recipe
-from hf_layerprune.errors import cli_errors
+from hf_layerprune.errors import ConfigError, cli_errors
 
 console = Console()
 log_console = Console(stderr=True)
@@ -52,8 +52,17 @@ def analyze(
     from hf_layerprune.loading import load_model
     from hf_layerprune.scoring import analyze as run_analysis, default_metric
 
+    from hf_layerprune.loading import check_device, torch_dtype
+    from hf_layerprune.outputs import check_output_file
+
     metric_spec = options.pop("metric", None)
     recipe = build_recipe(model, options)
+    check_output_file(json_path, "--json")
+    check_output_file(plot, "--plot")
+    check_device(recipe.device)
+    torch_dtype(recipe.dtype)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     metric_spec = metric_spec or default_metric(recipe.granularity)
     if metric_spec == "auto":  # the default pipeline's choice: show the metrics it chooses between
         from hf_layerprune.scoring import AUTO_METRICS

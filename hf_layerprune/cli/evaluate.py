@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.errors import LayerPruneError, cli_errors
+from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
 
 console = Console(stderr=True)
 
@@ -115,6 +115,15 @@ def evaluate(
     from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
 
+    from hf_layerprune.loading import check_device, torch_dtype
+    from hf_layerprune.outputs import check_output_file
+
+    check_output_file(json_path, "--json")
+    check_device(device)
+    torch_dtype(dtype)
+    for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--perplexity-max-tokens", perplexity_max_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be at least 1 (got {value})")
     out_dir = Path(model).expanduser()
     report = read_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
     if no_base and base:

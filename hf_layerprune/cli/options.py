@@ -13,7 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from hf_layerprune.recipe import Recipe, parse_layers
+from hf_layerprune.recipe import Recipe
 
 P = inspect.Parameter
 
@@ -56,12 +56,16 @@ RECIPE_OPTIONS: list[P] = [
     _opt("dtype", Optional[str], "auto, float32, bfloat16 or float16.", panel="Runtime"),
     _opt("device", Optional[str], "cpu, cuda, cuda:1 ...", panel="Runtime"),
     _opt("allow_pickle", Optional[bool], "Allow loading pickle .bin checkpoints.", "--allow-pickle", panel="Runtime"),
+    _opt("trust_remote_code", Optional[bool], "Let transformers run the checkpoint's own modeling code (auto_map). Only for code you have read.", "--trust-remote-code", panel="Runtime"),
     _opt("offload", Optional[bool], "Score one layer at a time from disk (models larger than memory).", "--offload", panel="Runtime"),
     _opt("device_map", Optional[str], "accelerate device map for loading, e.g. auto (several GPUs).", panel="Runtime"),
     _opt("max_shard_size", Optional[str], "Largest safetensors shard, e.g. 5GB.", panel="Runtime"),
     _opt("recipe", Optional[Path], "YAML recipe; flags given on the command line override it.", panel="Runtime"),
+    _opt("quiet", Optional[bool], "Show only warnings, errors and the final line.", "--quiet", panel="Display"),
+    _opt("verbose", Optional[bool], "Also show the libraries' own log messages.", "--verbose", panel="Display"),
+    _opt("log_json", Optional[Path], "Also write one JSON event per line (stages, progress, warnings, summary) to FILE.", panel="Display"),
 ]
-LIST_OPTIONS = {"protect": str, "tasks": str, "lora_targets": str}
+DISPLAY_KEYS = ("quiet", "verbose", "log_json")
 
 
 def with_recipe_options(func: Optional[Callable] = None, *, exclude: tuple = ()) -> Callable:
@@ -84,16 +88,10 @@ def with_recipe_options(func: Optional[Callable] = None, *, exclude: tuple = ())
 
 def build_recipe(model: str, options: dict[str, Any], **extra: Any) -> Recipe:
     """A Recipe from `--recipe` (if any) overridden by the flags given and by `extra` (e.g. output_dir)."""
-    options = dict(options)
+    options = {k: v for k, v in options.items() if k not in DISPLAY_KEYS}
     recipe_path = options.pop("recipe", None)
     data: dict[str, Any] = Recipe.from_yaml(recipe_path).to_dict() if recipe_path else {}
-    given = {k: v for k, v in options.items() if v is not None}
-    if "layers" in given:
-        given["layers"] = parse_layers(given["layers"])
-    for key in LIST_OPTIONS:
-        if key in given:
-            given[key] = [s.strip() for s in given[key].split(",") if s.strip()]
-    data.update(given)
+    data.update({k: v for k, v in options.items() if v is not None})  # strings of lists are split by from_dict
     data.update({k: v for k, v in extra.items() if v is not None})
     if model:
         data["model"] = model
@@ -121,3 +119,20 @@ def command_line(redact: tuple[str, ...] = ("token",)) -> str:
         else:
             words += [param.opts[0], str(value)]
     return shlex.join(words)
+
+
+def open_display(options: dict[str, Any]):
+    """The run's progress display from the --quiet / --verbose / --log-json flags (progress.Display)."""
+    from hf_layerprune.outputs import check_output_file
+    from hf_layerprune.progress import Display
+
+    check_output_file(options.get("log_json"), "--log-json")
+    return Display("quiet" if options.get("quiet") else "auto", verbose=bool(options.get("verbose")),
+                   json_path=options.get("log_json"))
+
+
+def show_summary(display, report: dict[str, Any], output: str | None, next_command: str | None) -> None:
+    from hf_layerprune.summary import closing
+
+    table, record = closing(report, output, next_command)
+    display.summary(table, record)

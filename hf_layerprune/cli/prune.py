@@ -1,6 +1,7 @@
 """`hf-layerprune prune MODEL (--drop N | --layers ...) --output-dir DIR`."""
 
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -8,7 +9,7 @@ import typer
 from rich.console import Console
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
+from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import cli_errors
 
 console = Console(stderr=True)
@@ -28,8 +29,10 @@ def prune(
     from hf_layerprune.pipeline import run
 
     recipe = build_recipe(model, recipe_options, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
-    report = run(recipe, command=command_line(), log=lambda msg: console.print(msg, highlight=False))
+    with open_display(recipe_options) as display:
+        report = run(recipe, command=command_line(), log=display.message)
+        show_summary(display, report, recipe.output_dir, shlex.join(["hf-layerprune", "upload", str(recipe.output_dir)]))
     console.print(
         f"[green]Saved[/green] {recipe.output_dir}: {report['num_layers_before']} -> {report['num_layers_after']} layers, "
-        f"removed {report['removed_layers']}"
+        f"removed {report['removed_layers']}", highlight=False,
     )

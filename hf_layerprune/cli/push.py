@@ -1,5 +1,6 @@
 """`hf-layerprune push MODEL --drop N`: the whole pipeline, then one verified commit to the Hub."""
 
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -9,8 +10,8 @@ import typer
 from rich.console import Console
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
-from hf_layerprune.errors import cli_errors
+from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
+from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -31,17 +32,19 @@ def push(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Reload the pushed revision and compare logits.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Everything but the upload.")] = False,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Keep the local copy here.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace --output-dir if it exists.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --output-dir if it is an earlier hf-layerprune output or empty.")] = False,
     *,
     recipe_options: dict[str, Any],
 ) -> None:
     """Prune, heal, evaluate and card MODEL, then publish it to the Hub in one commit and verify it loads."""
     from hf_layerprune import hub
     from hf_layerprune.cli.upload import publish_and_verify
-    from hf_layerprune.pipeline import planned_num_layers, run
+    from hf_layerprune.pipeline import check_recipe, planned_num_layers, run
 
-    recipe = build_recipe(model, {**recipe_options, "revision": model_revision})
-    recipe.validate_target()
+    hub.check_repo_id(repo_id)
+    recipe = build_recipe(model, {**recipe_options, "revision": model_revision},
+                          output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
+    check_recipe(recipe)  # every option, before the network and before the model
     token = hub.resolve_token(token)
     user = None
     if not dry_run:  # token and target are checked before any heavy work
@@ -50,16 +53,41 @@ def push(
         hub.check_target(repo_id, token=token, private=private, revision=revision, create_pr=create_pr, exist_ok=exist_ok)
     keep = output_dir is not None
     work = Path(tempfile.mkdtemp(prefix="hf-layerprune-push-")) if not keep else None
-    recipe.output_dir = str(output_dir) if keep else str(work / "model")
-    recipe.overwrite = overwrite
+    if work is not None:
+        recipe.output_dir = str(work / "model")
+    out = Path(recipe.output_dir)
+    finished = False
     try:
-        report = run(recipe, command=command_line(), log=lambda msg: console.print(msg))
-        out = Path(recipe.output_dir)
-        if dry_run:
-            console.print(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")
-            return
-        publish_and_verify(out, report, repo_id, user=user, token=token, private=private, revision=revision,
-                           create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify)
+        with open_display(recipe_options) as display:
+            report = run(recipe, command=command_line(), log=display.message)
+            finished = True
+            if dry_run:
+                display.message(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")
+                show_summary(display, report, str(out) if keep else None, None)
+                return
+            url = publish_and_verify(out, report, repo_id, user=user, token=token, private=private, revision=revision,
+                                     create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok,
+                                     verify=verify, trust_remote_code=recipe.trust_remote_code)
+            show_summary(display, report, str(out) if keep else None, url)
+        typer.echo(url)
+    except LayerPruneError as exc:
+        if not finished:
+            raise
+        # the model is finished: keep it, and say how to publish it without redoing the work
+        resume = shlex.join(["hf-layerprune", "upload", str(out), "--repo-id", repo_id]
+                            + upload_flags(private=private, revision=revision, create_pr=create_pr,
+                                           exist_ok=exist_ok, verify=verify, trust=recipe.trust_remote_code))
+        work = None
+        message = str(exc).split("; run the same command again")[0]
+        raise type(exc)(f"{message}; the pruned model is kept in {out}: publish it with `{resume}`") from None
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def upload_flags(*, private: bool, revision: str | None, create_pr: bool, exist_ok: bool, verify: bool,
+                 trust: bool) -> list[str]:
+    """The `upload` flags that publish a kept folder exactly as the failed `push` would have."""
+    flags = [flag for flag, on in (("--private", private), ("--create-pr", create_pr), ("--exist-ok", exist_ok),
+                                   ("--no-verify", not verify), ("--trust-remote-code", trust)) if on]
+    return flags + (["--revision", revision] if revision else [])

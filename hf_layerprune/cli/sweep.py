@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.cli.options import build_recipe, command_line, with_recipe_options
+from hf_layerprune.cli.options import build_recipe, command_line, open_display, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,15 +46,17 @@ def sweep(
 
         token = hub.resolve_token(token)
         user = hub.check_write_access(token, repo_prefix)
-    outputs = run_sweep(recipe, depths, output_dir, command=command_line(), log=lambda msg: console.print(msg))
-    for out in outputs:
-        console.print(f"[green]Saved[/green] {out}")
-    if repo_prefix:
-        from hf_layerprune.cli.upload import publish_and_verify
-        from hf_layerprune.report import read_report
-
+    with open_display(recipe_options) as display:
+        outputs = run_sweep(recipe, depths, output_dir, command=command_line(), log=display.message)
         for out in outputs:
-            report = read_report(out)
-            publish_and_verify(out, report, f"{repo_prefix}-{report['num_layers_after']}L", user=user, token=token,
-                               private=private, revision=None, create_pr=False, commit_message=None,
-                               exist_ok=exist_ok, verify=True)
+            display.message(f"[green]Saved[/green] {out}")
+        if repo_prefix:
+            from hf_layerprune.cli.upload import publish_and_verify
+            from hf_layerprune.report import read_report
+
+            for out in outputs:
+                report = read_report(out)
+                url = publish_and_verify(out, report, f"{repo_prefix}-{report['num_layers_after']}L", user=user,
+                                         token=token, private=private, revision=None, create_pr=False,
+                                         commit_message=None, exist_ok=exist_ok, verify=True)
+                display.message(f"[green]Published[/green] {url}")

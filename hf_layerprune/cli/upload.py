@@ -6,7 +6,6 @@ Progress goes to stderr; the one line on stdout is the page of the push (repo, b
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,47 +31,82 @@ def upload(
     commit_message: Annotated[str | None, typer.Option("--commit-message", help="Commit title.")] = None,
     token: Annotated[str | None, typer.Option("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace the model on main of an existing repo.")] = False,
-    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Reload the pushed revision and compare logits.")] = True,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Commit to a staging branch, reload it from the Hub and compare with the local model before it reaches the target branch.")] = True,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let transformers run the folder's own modeling code (auto_map) when probing and verifying it. Only for code you have read.")] = False,
 ) -> None:
-    """Publish a pruned model folder to the Hugging Face Hub in one commit, then reload it from the Hub to verify."""
+    """Publish a pruned model folder to the Hugging Face Hub in one commit, verified before it reaches the branch."""
     from hf_layerprune import hub
 
+    hub.check_repo_id(repo_id)
     report = check_model_folder(directory)
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
     repo_id = repo_id or hub.default_repo_id(user, str(report.get("base_model", directory.name)), report.get("num_layers_after", 0))
-    publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
-                       create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify)
+    url = publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
+                             create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
+                             trust_remote_code=trust_remote_code)
+    typer.echo(url)
 
 
 def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
-                       exist_ok: bool, verify: bool) -> None:
-    """Push `directory` in one commit, reload the pushed revision from the Hub, print the URL (shared by push)."""
-    from hf_layerprune import hub
+                       exist_ok: bool, verify: bool, trust_remote_code: bool = False) -> str:
+    """Probe `directory` locally, push it through a verified staging commit, print the URL (shared by push)."""
+    from hf_layerprune import progress
 
+    with progress.stage("publish"):
+        return _publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
+                            create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
+                            trust_remote_code=trust_remote_code)
+
+
+def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
+                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
+                        exist_ok: bool, verify: bool, trust_remote_code: bool) -> str:
+    from hf_layerprune import checkpoint, hub
+
+    say(f"Checking {escape(directory.name)} locally (every shard, config, a forward pass)")
+    probe = checkpoint.probe(directory, trust_remote_code=trust_remote_code)
     files = hub.local_files(directory)
     size_mb = sum((directory / f).stat().st_size for f in files) / 1e6
     where = "a pull request" if create_pr else (revision or "main")
-    console.print(f"Publishing {len(files)} files ({size_mb:.1f} MB) to [bold]{escape(repo_id)}[/bold] ({escape(where)}) as {escape(user)}")
+    say(f"Publishing {len(files)} files ({size_mb:.1f} MB) to [bold]{escape(repo_id)}[/bold] ({escape(where)}) as {escape(user)}")
+
+    def verify_revision(rev: str) -> dict[str, Any]:
+        return hub.verify_pushed(repo_id, rev, directory, token, probe=probe, trust_remote_code=trust_remote_code)
+
     result = hub.publish_folder(
         directory, repo_id, token=token, private=private, revision=revision, create_pr=create_pr,
         commit_message=commit_message or default_commit_message(report, directory), exist_ok=exist_ok,
+        verify=verify_revision if verify else None,
     )
-    console.print(f"[green]Pushed[/green] commit {result.commit_oid[:10]} to {escape(result.web_url)}")
-    if verify:
-        check = hub.verify_pushed(repo_id, result.commit_oid, directory, token)
-        console.print(
-            f"[green]Verified[/green]: reloaded {escape(repo_id)}@{check['commit'][:10]} from the Hub; logits match the "
-            f"local model (max |diff| {check['max_abs_diff']:.2g} on {check['probe_tokens']} tokens)"
+    say(f"[green]Pushed[/green] commit {result.commit_oid[:10]} to {escape(result.web_url)}")
+    check = result.verification
+    if check is not None:
+        say(
+            f"[green]Verified[/green] before it reached {escape(result.revision)}: reloaded {escape(repo_id)}@{check['commit'][:10]} "
+            f"from the Hub; files byte-identical, logits match the local model (max |diff| {check['max_abs_diff']:.2g} "
+            f"on {check['probe_tokens']} tokens)"
         )
     else:
-        console.print("[yellow]Not verified[/yellow] (--no-verify)")
-    typer.echo(result.web_url)
+        say("[yellow]Not verified[/yellow] (--no-verify): checked locally only")
+    return result.web_url
+
+
+def say(text: str) -> None:
+    """A progress line: into the run's display when one is active (push, sweep), else to stderr."""
+    from hf_layerprune import progress
+
+    if progress.active():
+        progress.message(text)
+    else:
+        console.print(text)
 
 
 def check_model_folder(directory: Path) -> dict[str, Any]:
-    """The folder's layerprune.json, after checking it holds a loadable model; one-line errors otherwise."""
+    """The folder's layerprune.json, after checking its files are whole (every shard, the index); one-line errors."""
+    from hf_layerprune.checkpoint import check_weights, read_json
+
     if not directory.is_dir():
         raise LayerPruneError(f"{directory} is not a directory")
     weights = sorted(directory.glob("*.safetensors"))
@@ -82,28 +116,18 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     if missing:
         raise LayerPruneError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
                               "(write one with `hf-layerprune prune MODEL ... --output-dir DIR`)")
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(_read_json(index).get("weight_map", {}).values())
-        absent = sorted(s for s in shards if not (directory / s).is_file())
-        if absent:
-            raise LayerPruneError(f"{directory} lacks the weight shards {', '.join(absent)} listed in {index.name}")
-    return _read_json(directory / REPORT_FILENAME)
+    report = read_json(directory / REPORT_FILENAME)
+    read_json(directory / "config.json")
+    check_weights(directory)
+    return report
 
 
 def default_commit_message(report: dict[str, Any], directory: Path) -> str:
+    """The commit title: the base model by Hub id, or by file name when it was local (no local paths published)."""
+    from hf_layerprune.hub import public_name
+
     before, after = report.get("num_layers_before"), report.get("num_layers_after")
-    base = report.get("base_model") or directory.name
+    base = public_name(report.get("base_model") or directory.name)
     if before is not None and after is not None:
         return f"Upload {base} pruned from {before} to {after} layers (hf-layerprune)"
     return f"Upload {base} (hf-layerprune)"
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LayerPruneError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise LayerPruneError(f"{path} is not a JSON object")
-    return data

@@ -49,6 +49,11 @@ class AbsorbOptions(HealOptions):
     max_grad_norm: float = 5.0
     keep_if_better: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layers < 1:
+            raise LayerPruneError(f"--heal absorb:layers must be at least 1 (got {self.layers})")
+
     default_learning_rate = 1e-3
 
     def training_samples(self, seq_len: int) -> int:
@@ -110,8 +115,6 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
     steps = options.resolve_steps(seq_len)
     train_ids = ctx.train_ids[: options.training_samples(seq_len)]
     chunk = max(1, options.batch_size)
-    if options.layers < 1:
-        raise LayerPruneError(f"--heal absorb:layers must be at least 1 (got {options.layers})")
     plan = spans(removed, num_before, options.layers)
     sites = [Site(f"{arch.layers}.{kept.index(i)}", 0, f"layer {i}") for s in plan for i in s.layers]
     record: dict = {"method": "absorb", "steps": steps * len(plan), "learning_rate": options.lr(), "runs": []}

@@ -44,18 +44,25 @@ class HealOptions:
 
     default_learning_rate: typing.ClassVar[float] = 3e-4
 
+    def __post_init__(self) -> None:
+        """Checked when the options are built, i.e. when `--heal` is read, before any model is loaded."""
+        for name in ("steps", "tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise LayerPruneError(f"--heal-{name} must be at least 1 (got {value})")
+        if self.batch_size < 1 or self.eval_samples < 1:
+            raise LayerPruneError(f"--heal batch_size and eval_samples must be at least 1 (got {self.batch_size}, {self.eval_samples})")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise LayerPruneError(f"--learning-rate must be positive (got {self.learning_rate})")
+
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else self.default_learning_rate)
 
     def resolve_steps(self, seq_len: int) -> int:
         """Optimizer steps: --heal-steps, else --heal-tokens / (batch_size x seq_len), else DEFAULT_STEPS."""
         if self.steps is not None:
-            if self.steps < 1:
-                raise LayerPruneError(f"--heal-steps must be at least 1 (got {self.steps})")
             return int(self.steps)
         if self.tokens is not None:
-            if self.tokens < 1:
-                raise LayerPruneError(f"--heal-tokens must be at least 1 (got {self.tokens})")
             return max(1, math.ceil(self.tokens / (self.batch_size * seq_len)))
         return DEFAULT_STEPS
 

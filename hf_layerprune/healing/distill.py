@@ -45,6 +45,17 @@ class DistillOptions(LoraOptions):
     adapter: str = "lora"
     hidden: float = 0.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise LayerPruneError(f"--heal distill needs 0 <= alpha <= 1 and temperature > 0 (got {self.alpha}, {self.temperature})")
+        if self.teacher not in ("base", "4bit"):
+            raise LayerPruneError(f"--heal distill:teacher={self.teacher!r}; use base or 4bit")
+        if self.adapter not in ("lora", "full"):
+            raise LayerPruneError(f"--heal distill:adapter={self.adapter!r}; use lora or full")
+        if self.hidden < 0:
+            raise LayerPruneError(f"--heal distill:hidden={self.hidden} must be >= 0")
+
     def lr(self) -> float:
         if self.learning_rate is None and self.adapter == "full":
             return FULL_LEARNING_RATE
@@ -108,14 +119,6 @@ class DistillLoss(torch.nn.Module):
 
 def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     start = time.perf_counter()
-    if not 0 <= options.alpha <= 1 or options.temperature <= 0:
-        raise LayerPruneError(f"--heal distill needs 0 <= alpha <= 1 and temperature > 0 (got {options.alpha}, {options.temperature})")
-    if options.teacher not in ("base", "4bit"):
-        raise LayerPruneError(f"--heal distill:teacher={options.teacher!r}; use base or 4bit")
-    if options.adapter not in ("lora", "full"):
-        raise LayerPruneError(f"--heal distill:adapter={options.adapter!r}; use lora or full")
-    if options.hidden < 0:
-        raise LayerPruneError(f"--heal distill:hidden={options.hidden} must be >= 0")
     pairs = []
     if options.hidden:
         _, kept, before = ctx.removed_and_kept("distill:hidden")

@@ -43,6 +43,11 @@ class ReplaceOptions(HealOptions):
 
     default_learning_rate = 2e-4
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("mse", "lm"):
+            raise LayerPruneError(f"--heal replace:mode={self.mode!r}; use mse or lm")
+
 
 def run_layers(model, indices: int | list[int], ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Decoder layer(s) `indices` (one, or consecutive) of `model` on stream `hidden`, each called as the stock
@@ -138,8 +143,6 @@ def layer_mse(model, index: int | list[int], ids: torch.Tensor, block_input: tor
 
 def heal_replace(ctx: HealContext, options: ReplaceOptions) -> dict:
     start = time.perf_counter()
-    if options.mode not in ("mse", "lm"):
-        raise LayerPruneError(f"--heal replace:mode={options.mode!r}; use mse or lm")
     ctx.require_base("replace")
     removed, _, _ = ctx.removed_and_kept("replace")
     block = check_block(removed)

@@ -17,6 +17,9 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
+
+from hf_layerprune import progress
 
 
 class Rows(torch.utils.data.Dataset):
@@ -76,6 +79,7 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
     bf16 = settings.bf16
     if bf16 is None:
         bf16 = (not on_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    quiet = not settings.progress or progress.active()  # a display shows our own bar instead of the Trainer's
     with tempfile.TemporaryDirectory(prefix="hf-layerprune-heal-") as out:
         args = TrainingArguments(
             output_dir=out,
@@ -95,13 +99,13 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
             seed=settings.seed,
             data_seed=settings.seed,
             use_cpu=on_cpu,
-            disable_tqdm=not settings.progress,
+            disable_tqdm=quiet,
             remove_unused_columns=False,
             dataloader_num_workers=0,
         )
-        trainer = Trainer(model=module, args=args, train_dataset=dataset)
-        if not settings.progress:
-            trainer.remove_callback(PrinterCallback)  # quiet: the losses are in the record
+        trainer = Trainer(model=module, args=args, train_dataset=dataset, callbacks=[_StepsToDisplay(settings.steps)])
+        if quiet:
+            trainer.remove_callback(PrinterCallback)  # quiet: the losses are in the record, steps on our display
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -111,6 +115,30 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
     losses = [round(float(h["loss"]), 6) for h in history if "loss" in h]
     return {"steps": settings.steps, "losses": losses, "seconds": round(seconds, 3),
             "samples_per_second": round(settings.steps * settings.batch_size / max(seconds, 1e-9), 3)}
+
+
+class _StepsToDisplay(TrainerCallback):
+    """The Trainer's steps and current loss as a bar of the run's display (progress.py); nothing without one."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.bar = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.bar = progress.task("training", total=self.steps, unit="steps")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = round(float(logs["loss"]), 4)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.advance(1, **({"loss": self.loss} if self.loss is not None else {}))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.done()
 
 
 @contextmanager

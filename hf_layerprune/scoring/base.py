@@ -53,7 +53,7 @@ class Metric:
         if unknown:
             known = ", ".join(self.options) or "none"
             raise LayerPruneError(f"--metric {self.name} has no option {unknown[0]!r} (options: {known})")
-        self.config = {**self.options, **{k: type(self.options[k])(v) for k, v in options.items()}}
+        self.config = {**self.options, **{k: option_value(self.name, k, v, self.options[k]) for k, v in options.items()}}
 
     def check_granularity(self, granularity: str) -> None:
         if granularity not in self.granularities:
@@ -63,6 +63,21 @@ class Metric:
 
     def score(self, ctx: "ScoringContext", removed: tuple[int, ...] = (), candidates: list[int] | None = None) -> Scores:
         raise NotImplementedError
+
+
+def option_value(metric: str, key: str, text: Any, default: Any) -> Any:
+    """`--metric name:key=value`'s value as the type of the option's default ("false" is False, not True)."""
+    if not isinstance(text, str):
+        return text
+    if isinstance(default, bool):
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if text.lower() not in words:
+            raise LayerPruneError(f"--metric {metric}:{key}={text} is not true or false")
+        return words[text.lower()]
+    try:
+        return type(default)(text) if default is not None else text
+    except ValueError:
+        raise LayerPruneError(f"--metric {metric}:{key}={text} is not {type(default).__name__}") from None
 
 
 _REGISTRY: dict[str, type[Metric]] = {}

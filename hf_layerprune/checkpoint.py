@@ -1,0 +1,200 @@
+"""Check a model folder before trusting it, and load it without running code the user did not ask for.
+
+- ``check_safetensors`` / ``check_weights``: every shard's header parses, every tensor's byte range matches its
+  dtype and shape and lies inside the file (a truncated or garbage file is refused with one line, never a
+  SafetensorError or OverflowError traceback), and the index lists exactly the tensors the shards hold.
+- ``load_checkpoint``: ``from_pretrained`` with ``trust_remote_code`` only when the user asked for it. Our own
+  sub-layer export (DeciLM / Nemotron-NAS) is loaded with the classes shipped in this package, after checking that
+  the folder's ``.py`` files are byte-identical to them and that ``auto_map`` names only those local modules; the
+  folder's own code never runs.
+- ``probe``: the folder loads and a forward pass on a few fixed token ids gives finite logits; the logits are kept
+  so that a pushed copy can be compared with them later without loading the local model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
+
+SAFE_INDEX = "model.safetensors.index.json"
+MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
+               "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8, "F4": 0.5, "F6_E2M3": 0.75,
+               "F6_E3M2": 0.75}
+DECILM_MODULES = {"AutoConfig": ("configuration_decilm", "DeciLMConfig"),
+                  "AutoModelForCausalLM": ("modeling_decilm", "DeciLMForCausalLM")}
+
+
+def check_safetensors(path: Path) -> dict[str, dict[str, Any]]:
+    """The tensor entries of a safetensors file after checking the file is whole; CheckpointError otherwise."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("shorter than a safetensors header")
+            (length,) = struct.unpack("<Q", raw)
+            if length > min(MAX_HEADER, size - 8):
+                raise ValueError(f"header length {length} does not fit in the {size}-byte file")
+            header = json.loads(f.read(length))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = 0
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        for name, entry in tensors.items():
+            start, stop = entry["data_offsets"]
+            numel = math.prod(int(d) for d in entry["shape"])
+            if not 0 <= start <= stop or (stop - start) != math.ceil(numel * DTYPE_BYTES[entry["dtype"]]):
+                raise ValueError(f"tensor {name} has a byte range that does not match its dtype and shape")
+            end = max(end, stop)
+        if 8 + length + end != size:
+            raise ValueError(f"the data should end at byte {8 + length + end} but the file has {size} bytes")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is truncated or not a valid safetensors file: {exc}") from None
+    return tensors
+
+
+def check_weights(directory: Path) -> list[Path]:
+    """Check every safetensors file of `directory` and its index; return the weight files."""
+    index = directory / SAFE_INDEX
+    files = sorted(directory.glob("*.safetensors"))
+    held = {path.name: set(check_safetensors(path)) for path in files}
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} has no weight_map")
+        absent = sorted({s for s in weight_map.values() if s not in held})
+        if absent:
+            raise CheckpointError(f"{directory} lacks the weight shards {', '.join(absent)} listed in {index.name}")
+        for shard, names in held.items():
+            listed = {k for k, v in weight_map.items() if v == shard}
+            if listed - names or names - listed:
+                odd = sorted(listed ^ names)[:3]
+                raise CheckpointError(f"{index.name} and {shard} disagree about the tensors {odd}")
+    return files
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file; CheckpointError (one line) when unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return data
+
+
+# --- loading without running a checkpoint's code ------------------------------------------------------------------
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_our_decilm(directory: Path) -> bool:
+    """True when the folder's remote code is exactly our DeciLM files and nothing else (see module docstring)."""
+    from hf_layerprune.decilm import __file__ as package_init
+
+    config = read_json(directory / "config.json")
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return False
+    ours = Path(package_init).parent
+    wanted = {f"{module}.{cls}" for module, cls in DECILM_MODULES.values()}
+    if not isinstance(auto_map, dict) or set(auto_map.values()) - wanted:
+        return False
+    local = {p.name for p in directory.glob("*.py")}
+    expected = {f"{module}.py" for module, _ in DECILM_MODULES.values()}
+    return local == expected and all(sha256(directory / name) == sha256(ours / name) for name in expected)
+
+
+def loading_error(exc: BaseException, what: str, label: str, trust_remote_code: bool) -> LayerPruneError:
+    """One line for a failed from_pretrained; a model that needs its own code says how to allow it."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    if not trust_remote_code and ("trust_remote_code" in str(exc) or "custom code" in str(exc)):
+        return ConfigError(f"{label} needs code of its own (auto_map) to load; pass --trust-remote-code only if "
+                           "you have read that code and trust it")
+    return CheckpointError(f"{what}: {text}")
+
+
+def remote_code(directory: Path) -> dict[str, Any] | None:
+    """The config's auto_map when the folder asks for code of its own (or of another repo), else None."""
+    config = read_json(directory / "config.json") if (directory / "config.json").is_file() else {}
+    return config.get("auto_map") or None
+
+
+def load_checkpoint(path: Path, *, dtype: Any = "auto", trust_remote_code: bool = False, label: str | None = None):
+    """Load a local folder for inference. Refuses missing or unexpected keys (the config and weights disagree)."""
+    from transformers import AutoModelForCausalLM
+
+    label = label or str(path)
+    try:
+        if is_our_decilm(path):
+            from hf_layerprune.decilm import DeciLMConfig, DeciLMForCausalLM
+
+            config = DeciLMConfig.from_pretrained(path)
+            model, info = DeciLMForCausalLM.from_pretrained(path, config=config, dtype=dtype, output_loading_info=True)
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True,
+                                                               trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise loading_error(exc, f"transformers cannot load {label}", label, trust_remote_code) from None
+    if info["missing_keys"] or info["unexpected_keys"]:
+        raise CheckpointError(f"{label}: weights do not match the config (missing {sorted(info['missing_keys'])[:3]}, "
+                              f"unexpected {sorted(info['unexpected_keys'])[:3]})")
+    return model.eval()
+
+
+# --- probing ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """Logits of a model on fixed token ids: what a published copy must reproduce."""
+
+    ids: Any  # LongTensor [batch, length]
+    logits: Any  # float32 tensor
+    dtype: Any  # the dtype the model was loaded in
+
+
+def probe_ids(vocab_size: int, batch: int = 2, length: int = 12):
+    import torch
+
+    generator = torch.Generator().manual_seed(1234)
+    return torch.randint(0, vocab_size, (batch, length), generator=generator)
+
+
+def probe_model(model, ids=None) -> Probe:
+    """The model's logits on `ids` (default: `probe_ids` for its vocabulary)."""
+    import torch
+
+    param = next(model.parameters())
+    if ids is None:
+        ids = probe_ids(model.config.get_text_config().vocab_size)
+    with torch.no_grad():
+        logits = model(ids.to(param.device)).logits.float().cpu()
+    if not torch.isfinite(logits).all():
+        raise CheckpointError("the model's logits are not finite (NaN or inf) on a probe input")
+    return Probe(ids.cpu(), logits, param.dtype)
+
+
+def probe(directory: Path, *, trust_remote_code: bool = False) -> Probe:
+    """Check the folder's weights, load it and run a forward pass (see the module docstring)."""
+    check_weights(directory)
+    model = load_checkpoint(directory, dtype="auto", trust_remote_code=trust_remote_code)
+    try:
+        return probe_model(model)
+    finally:
+        del model

@@ -1,0 +1,90 @@
+"""The closing summary of a run, built from its report: what was removed, sizes before → after, per-stage time and
+peak memory, the headline quality figure, where the output is, and the next command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GiB = 1024**3
+
+
+def _count(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return "?"
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.2f}{suffix}"
+    return str(value)
+
+
+def _change(before: Any, after: Any) -> str:
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
+        return f" ({100 * (after - before) / before:+.1f}%)"
+    return ""
+
+
+def quality_line(report: dict[str, Any]) -> str | None:
+    """The headline as the card states it: accuracy retained (with its paired SE when stored), perplexity."""
+    from hf_layerprune.evaluation import headline
+
+    h = headline(report)
+    parts = []
+    stored = ((report.get("evaluation") or {}).get("headline") or {})
+    if isinstance(stored.get("retention_pct"), (int, float)):
+        se = stored.get("retention_se_pct") or stored.get("se_pct")
+        parts.append(f"{stored['retention_pct']:.1f}% of the base accuracy" + (f" ± {se:.1f}" if se else ""))
+    elif h.get("retention_pct") is not None:
+        parts.append(f"{h['retention_pct']:.1f}% of the base accuracy over {h['accuracy_tasks']} task(s)")
+    if h.get("perplexity") is not None:
+        base = f"{h['perplexity_base']:.2f} → " if h.get("perplexity_base") is not None else ""
+        parts.append(f"perplexity {base}{h['perplexity']:.2f}")
+    return "; ".join(parts) or None
+
+
+def rows(report: dict[str, Any], output: str | None, next_command: str | None) -> list[tuple[str, str]]:
+    before, after = report.get("num_layers_before"), report.get("num_layers_after")
+    removed = report.get("removed_sublayers") or report.get("removed_layers")
+    out = [
+        ("removed", f"{removed}" + (f" ({len(removed)} of {before})" if isinstance(removed, list) and before else "")),
+        ("layers", f"{before} → {after}"),
+        ("parameters", f"{_count(report.get('parameters_before'))} → {_count(report.get('parameters_after'))}"
+                       f"{_change(report.get('parameters_before'), report.get('parameters_after'))}"),
+    ]
+    method = (report.get("scoring") or {}).get("metric")
+    healer = (report.get("healing") or {}).get("method")
+    if method or healer:
+        out.append(("chosen by / healed with", f"{method or 'given layers'} / {healer or 'none'}"))
+    quality = quality_line(report)
+    if quality:
+        out.append(("quality", quality))
+    timings = report.get("timings") or {}
+    memory = ((report.get("memory") or {}).get("stages") or {})
+    if timings:
+        cells = []
+        for name, seconds in timings.items():
+            peak = (memory.get(name) or {})
+            peak = peak.get("peak_cuda_bytes") or peak.get("peak_rss_bytes")
+            cells.append(f"{name} {seconds:.0f}s" + (f" ({peak / GiB:.1f} GiB)" if peak else ""))
+        out.append(("time (peak memory) per stage", ", ".join(cells)))
+    total = (report.get("memory") or {}).get("peak_over_weights")
+    if total:
+        out.append(("peak memory", f"{total:.2f} × the weights"))
+    if output:
+        out.append(("output", output))
+    if next_command:
+        out.append(("next", next_command))
+    return out
+
+
+def closing(report: dict[str, Any], output: str | None = None, next_command: str | None = None):
+    """(a rich Table to print, the same facts as a dict for the JSON log)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="hf-layerprune summary", show_header=False, title_justify="left", expand=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    facts = rows(report, output, next_command)
+    for key, value in facts:
+        table.add_row(key, Text(str(value)))
+    return table, dict(facts)
