@@ -10,16 +10,17 @@ Everything is written to a temporary directory that replaces `recipe.output_dir`
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hf_layerprune import __version__, progress
+from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights
 from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, hub_files, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
+from hf_layerprune.memory import MemoryMeter, summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
@@ -37,14 +38,18 @@ Log = Callable[[str], None]
 
 
 class Timer:
+    """Seconds and peak memory (memory.MemoryMeter) per stage; `weight_bytes` is what the peak is compared with."""
+
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
+        self.memory = MemoryMeter()
+        self.weight_bytes: int | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            with progress.stage(name):  # shown live by the CLI's display; nothing without one
+            with progress.stage(name), self.memory.stage(name):  # progress: shown live by the CLI's display
                 yield
         finally:
             self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - start, 3)
@@ -192,6 +197,8 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         _run_in_memory(recipe, source, report, timer, log)
     else:
         _run_streaming(recipe, source, report, timer, log)
+    if report.get("memory"):
+        log(memory_summary(report["memory"]))
     return report
 
 
@@ -199,6 +206,7 @@ def _finish_report(report: dict[str, Any], recipe: Recipe, timer: Timer) -> None
     report["recipe"] = recipe.to_dict()
     report["versions"] = library_versions()
     report["timings"] = timer.timings
+    report["memory"] = timer.memory.record(timer.weight_bytes)
 
 
 def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
@@ -220,6 +228,7 @@ def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, l
         removed = _explicit_or_rule(recipe, num_layers)
     report.update(model_type=config.model_type, dtype=str(getattr(config, "dtype", None) or "auto").replace("torch.", ""))
     report["parameters_before"] = _checkpoint_parameters(src)
+    timer.weight_bytes = sum(path.stat().st_size for path in checkpoint_files(src))
     log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("cut"):
@@ -298,6 +307,8 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
     # `self` calibration samples token ids from the model, so scoring alone needs no tokenizer (tiny checkpoints)
     scoring_text = bool(recipe.drop and metric_for(recipe) not in CONFIG_RULES) and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
+    if not recipe.device_map:  # before loading: refuse a recipe that will not fit, naming what would
+        report["preflight"] = preflight(recipe, source, log)
     with timer.stage("load"):
         log(f"Loading {source.name}")
         model, tokenizer = load_model(
@@ -314,7 +325,32 @@ def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer,
         num_layers_before=model.config.num_hidden_layers,
         parameters_before=count_parameters(model),
     )
+    timer.weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return model, tokenizer
+
+
+def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None:
+    """memory.check_fits for the recipe on its device, from the source's config alone (no weights loaded)."""
+    import torch
+
+    from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
+
+    config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+    device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded, stored = element_bytes(recipe, config, source.kind == "gguf")
+    try:
+        shape = shape_of(config, loaded)
+    except Exception as exc:  # a config transformers cannot build on the meta device: no estimate, no refusal
+        log(f"No memory estimate: {type(exc).__name__}")
+        return None
+    if source.kind == "gguf":  # dequantized from the file, which is read whole
+        shape.load_extra = (source.path / source.gguf_file).stat().st_size
+    elif stored and stored != loaded:  # converted from the checkpoint's dtype: its (mmapped) pages are touched too
+        shape.load_extra = shape.parameters * stored
+    record = check_fits(shape, recipe, device=device)
+    log(f"Memory estimate: {record['estimate_bytes'] / GiB:.1f} GiB of {record['budget_bytes'] / GiB:.1f} GiB "
+        f"({record['budget_from']})")
+    return record
 
 
 def _uses_metric(recipe: Recipe) -> bool:
@@ -328,7 +364,11 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
             streamed = streamed_selection(local_checkpoint(source, allow_pickle=recipe.allow_pickle), recipe, log)
     model, tokenizer = _load_for_memory(recipe, source, report, timer, log)
     num_layers = model.config.num_hidden_layers
-    base_model = copy.deepcopy(model) if recipe.evaluate or recipe.heal != "none" else None
+    base_model = None
+    if recipe.evaluate or recipe.heal != "none":
+        # one copy of the weights: the base is a view over the pruned model (kept layers shared, removed layers held
+        # aside, changed modules copied on write); the sub-layer route reloads the pruned model, the base is `model`
+        base_model = SharedBase(model) if recipe.granularity == "block" else model
     if recipe.rounds > 1 and _uses_metric(recipe) and recipe.granularity == "block" and streamed is None:
         return _run_rounds(model, tokenizer, base_model, recipe, source, report, timer, log)
     with timer.stage("score"):

@@ -2,7 +2,8 @@
 
 Greedy metrics are run once to the deepest cut and every shallower depth takes a prefix of the greedy order
 (the greedy path is the same whatever the target); other metrics score once and select per depth from the same
-scores. Each variant is cut from a copy of the loaded model, healed, evaluated and saved as `prune` would, then
+scores. Each variant is cut from the loaded model as a reversible patch (`base_view.trial`: no copy of the model),
+healed, evaluated and saved as `prune` would, then
 every card gets the sweep's Pareto plot (parameters vs mean accuracy, or vs perplexity without lm-eval tasks).
 """
 
@@ -13,6 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+from hf_layerprune.base_view import trial
 from hf_layerprune.errors import LayerPruneError, OutputError
 from hf_layerprune.loading import resolve_source
 from hf_layerprune.outputs import check_output_dir
@@ -106,20 +108,19 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
         "command": command, "base_model": source.name, "base_revision": source.revision, "granularity": "block",
     }
     model, tokenizer = _load_for_memory(dataclasses.replace(recipe, drop=max(depths)), source, base_report, timer, log)
-    base_model = model if (recipe.evaluate or recipe.heal != "none") else None
+    needs_base = recipe.evaluate or recipe.heal != "none"
     with timer.stage("score"):
         selections = select_depths(model, tokenizer, recipe, sorted(depths), log)
     outputs = []
     for n in sorted(depths):
         variant = dataclasses.replace(recipe, drop=n, layers=None, output_dir=str(targets[n]))
         report = {**copy.deepcopy(base_report), "scoring": selections[n][1]}
-        pruned = copy.deepcopy(model)
         vtimer = Timer()
         vtimer.timings.update(timer.timings)
-        _cut(pruned, selections[n][0], report, vtimer, log)
-        _heal_and_evaluate(pruned, tokenizer, base_model, variant, report, vtimer, log)
-        outputs.append(_save(pruned, tokenizer, variant, source, report, vtimer))
-        del pruned
+        with trial(model) as base:  # cut, heal, evaluate and save in place; undone before the next depth
+            _cut(model, selections[n][0], report, vtimer, log)
+            _heal_and_evaluate(model, tokenizer, base if needs_base else None, variant, report, vtimer, log)
+            outputs.append(_save(model, tokenizer, variant, source, report, vtimer))
     add_pareto(outputs)
     return outputs
 

@@ -227,7 +227,11 @@ def evaluate_pair(
     base = None
     if base_model is not None:
         log("Evaluating the base model")
-        base = evaluate_model(base_model, tokenizer, s, model_id=base_id, revision=base_revision, model_dir=base_dir, log=log)
+        from hf_layerprune.base_view import as_base
+
+        with as_base(base_model) as base_view:  # a SharedBase view runs as the unpruned model here
+            base = evaluate_model(base_view, tokenizer, s, model_id=base_id, revision=base_revision, model_dir=base_dir,
+                                  log=log)
     log("Evaluating the pruned model")
     pruned = evaluate_model(pruned_model, tokenizer, s, model_dir=pruned_dir, log=log)
     return evaluation_section(s, base, pruned, time.perf_counter() - start)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from hf_layerprune.base_view import as_base
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.absorb import AbsorbOptions, heal_absorb
 from hf_layerprune.healing.base import Healer, HealContext, HealOptions, Log, build_options, split_spec
@@ -202,11 +203,11 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
     samples = max(n for _, _, n in plan) + held_out
     source = recipe.heal_data or recipe.calibration
     log(f"Healing data: {samples} x {recipe.seq_len} tokens from {source} ({held_out} held out)")
-    generator = base_model if base_model is not None else model  # `self` text comes from the unpruned model
-    ids = calibration_batches(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
-                              seed=recipe.seed, text_column=recipe.text_column)
-    data = calibration_record(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
-                              seed=recipe.seed, text_column=recipe.text_column, batches=ids)
+    with as_base(base_model if base_model is not None else model) as generator:  # `self` text: the unpruned model
+        ids = calibration_batches(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
+                                  seed=recipe.seed, text_column=recipe.text_column)
+        data = calibration_record(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
+                                  seed=recipe.seed, text_column=recipe.text_column, batches=ids)
     stages = []
     for healer, opts, train_samples in plan:
         ctx = HealContext(model, ids[:train_samples], ids[samples - held_out:], base_model, report, log)

@@ -127,10 +127,12 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
             ctx.log(f"Training layer(s) {names} to absorb removed layers {', '.join(map(str, span.run))}")
             point = indices[0]  # the first trained layer's input in the pruned model
             eval_in = stream_at(ctx.model, ctx.eval_ids, point, chunk)
-            eval_out = stream_at(ctx.base_model, ctx.eval_ids, span.end, chunk)
+            with ctx.as_base() as base:
+                eval_out = stream_at(base, ctx.eval_ids, span.end, chunk)
+                train_out = stream_at(base, train_ids, span.end, chunk)
             mse_before = layer_mse(ctx.model, indices, ctx.eval_ids, eval_in, eval_out)
             dataset = Rows(input_ids=train_ids, block_input=stream_at(ctx.model, train_ids, point, chunk),
-                           block_target=stream_at(ctx.base_model, train_ids, span.end, chunk))
+                           block_target=train_out)
             params = [p for i in indices for p in layers_of(ctx.model)[i].parameters()]
             settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(),
                                      seed=options.seed, weight_decay=options.weight_decay,

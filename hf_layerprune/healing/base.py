@@ -73,8 +73,10 @@ class HealOptions:
 
 @dataclass
 class HealContext:
-    """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one
-    (never modified); `report` the run's report (removed_layers, kept_layers, num_layers_before; `replace`
+    """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one: a
+    `base_view.SharedBase` over the same weights (the pipeline's) or a separate model, read only through
+    `with ctx.as_base() as base:`; a healer calls `ctx.protect(module)` (or `ctx.snapshot`) before it changes a
+    module of `model`, so that the base keeps the original (copy-on-write); `report` the run's report (removed_layers, kept_layers, num_layers_before; `replace`
     updates it); `train_ids` / `eval_ids` token ids [samples, seq_len]."""
 
     model: Any
@@ -88,6 +90,31 @@ class HealContext:
         if self.base_model is None:
             raise LayerPruneError(f"--heal {method} needs the unpruned model (base_model) to compare with; none was given")
         return self.base_model
+
+    def as_base(self):
+        """`with ctx.as_base() as base:` the unpruned model (a `SharedBase` view run as base, or a separate model)."""
+        from hf_layerprune.base_view import as_base
+
+        return as_base(self.base_model)
+
+    def protect(self, module: torch.nn.Module, names: list[str] | None = None) -> bool:
+        """Copy-on-write before changing `module` of the pruned model (see base_view): True when newly kept."""
+        from hf_layerprune.base_view import protect
+
+        return protect(self.base_model, module, names)
+
+    def snapshot(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """`module`'s parameters as they are now, to put back later: the view's originals when this call is the
+        first to protect them (no extra copy), else clones."""
+        from hf_layerprune.base_view import SharedBase
+
+        view, slots = self.base_model, _named_slots(module)
+        if isinstance(view, SharedBase):
+            first = not any((id(o), n) in view.originals for o, n in slots.values())
+            view.protect(module)
+            if first:
+                return {name: view.original(o, n) for name, (o, n) in slots.items() if view.original(o, n) is not None}
+        return {n: p.detach().clone() for n, p in module.named_parameters()}
 
     def removed_and_kept(self, method: str) -> tuple[list[int], list[int], int]:
         try:
@@ -113,6 +140,11 @@ class Healer:
     def refuses(self, model) -> str | None:
         """Why this healer cannot heal `model` (e.g. no single down_proj to fold into), or None."""
         return self.refusal(model) if self.refusal else None
+
+
+def _named_slots(module: torch.nn.Module) -> dict[str, tuple[torch.nn.Module, str]]:
+    return {f"{prefix}.{name}" if prefix else name: (owner, name)
+            for prefix, owner in module.named_modules() for name in owner._parameters}
 
 
 def contiguous_runs(indices: list[int]) -> list[list[int]]:

@@ -34,6 +34,7 @@ from typing import Iterator
 
 import torch
 
+from hf_layerprune.base_view import as_base
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
 from hf_layerprune.errors import LayerPruneError
@@ -188,7 +189,8 @@ def fit_site(
     module = site.module(ctx.model)
     for start in range(0, len(ctx.train_ids), options.batch_size):
         batch = ctx.train_ids[start : start + options.batch_size]
-        target = capture(ctx.base_model, batch, points=[base_point])["points"][base_point]
+        with ctx.as_base() as base:
+            target = capture(base, batch, points=[base_point])["points"][base_point]
         got = capture(ctx.model, batch, points=[site.point], modules={"y": (module, site.point)})
         error = target.to(got["points"][site.point].device).double() - got["points"][site.point].double()
         if acc is None:
@@ -222,7 +224,8 @@ def stream_mse(model, base_model, ids: torch.Tensor, pairs: list[tuple[int, int]
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size]
         got = capture(model, batch, points=[p for p, _ in pairs])["points"]
-        want = capture(base_model, batch, points=[q for _, q in pairs])["points"]
+        with as_base(base_model) as base:
+            want = capture(base, batch, points=[q for _, q in pairs])["points"]
         for k, (p, q) in enumerate(pairs):
             sums[k] += float(((got[p].double() - want[q].to(got[p].device).double()) ** 2).sum())
         count += got[pairs[0][0]].numel()
@@ -232,7 +235,7 @@ def stream_mse(model, base_model, ids: torch.Tensor, pairs: list[tuple[int, int]
 # ------------------------------------------------------------------------------------------------ biases
 
 
-def enable_mlp_bias(model, method: str = "bias") -> list[str]:
+def enable_mlp_bias(model, method: str = "bias", ctx: HealContext | None = None) -> list[str]:
     """Give the MLPs a bias through the family's config flag (Llama: ``mlp_bias``), zero-initialised so the
     outputs do not change and the saved checkpoint has exactly the keys stock transformers expects for the flag.
     Returns the parameter names added per layer ([] when down_proj already has a bias)."""
@@ -266,6 +269,8 @@ def enable_mlp_bias(model, method: str = "bias") -> list[str]:
         block = get_submodule(layer, arch.mlp)
         for name in added:
             linear = get_submodule(block, name.rpartition(".")[0])
+            if ctx is not None:
+                ctx.protect(linear, ["bias"])  # the base has no bias there
             linear.bias = torch.nn.Parameter(
                 torch.zeros(linear.weight.shape[0], dtype=linear.weight.dtype, device=linear.weight.device)
             )
@@ -279,7 +284,7 @@ def undo_unless_better(ctx: HealContext, sites: list[Site], options: "ClosedForm
 
     A least-squares fit on calibration text can generalise badly (measured: a 9-layer block of SmolLM2-135M),
     so the held-out `eval_ids` decide; the sites' parameters are restored otherwise (`reverted` in the record)."""
-    saved = {s.path: {n: p.detach().clone() for n, p in s.module(ctx.model).named_parameters()} for s in sites}
+    saved = {s.path: ctx.snapshot(s.module(ctx.model)) for s in sites}
     record["loss_before"] = lm_loss(ctx.model, ctx.eval_ids)
     yield
     record["loss_after"] = lm_loss(ctx.model, ctx.eval_ids)
@@ -338,7 +343,7 @@ def _heal_blocks(ctx: HealContext, options: ClosedFormOptions, method: str, mode
     blocks = contiguous_runs(removed)
     sites = [site_for_block(ctx.model, block, kept, method) for block in blocks]
     targets = [block[-1] + 1 for block in blocks]
-    added = enable_mlp_bias(ctx.model, method) if mode == "bias" and any(s.point > 0 for s in sites) else []
+    added = enable_mlp_bias(ctx.model, method, ctx) if mode == "bias" and any(s.point > 0 for s in sites) else []
     for site in sites:
         check_additive(ctx.model, site.module(ctx.model), site.point, ctx.train_ids, site.description, method)
     pairs = [(s.point, t) for s, t in zip(sites, targets)]
@@ -381,7 +386,8 @@ def mean_shift(ctx: HealContext, kept: list[int], num_before: int, batch_size: i
     for start in range(0, len(ctx.train_ids), batch_size):
         batch = ctx.train_ids[start : start + batch_size]
         got = capture(ctx.model, batch, points=range(n + 1))["points"]
-        want = capture(ctx.base_model, batch, points=base_points)["points"]
+        with ctx.as_base() as base:
+            want = capture(base, batch, points=base_points)["points"]
         diffs = torch.stack([(got[j].double() - want[base_points[j]].to(got[j].device).double()).sum((0, 1)).cpu()
                              for j in range(n + 1)])
         diff_sum = diffs if diff_sum is None else diff_sum + diffs

@@ -15,16 +15,18 @@ models; the vocabulary stays the teacher's), as Minitron and Sheared-LLaMA heal.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from hf_layerprune.base_view import SharedBase, as_base, protect
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.activations import layers_of, recording
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.lora import (
-    LoraOptions, check_qlora_available, quantized_copy, run_training, train_adapter, training_record,
+    LoraOptions, check_qlora_available, merge_in_place, quantized_copy, run_training, train_adapter, training_record,
 )
 from hf_layerprune.healing.training import lm_loss, only_trainable
 
@@ -101,8 +103,8 @@ class DistillLoss(torch.nn.Module):
         self.student_model = student_model if student_model is not None else student
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad(), recording(self.teacher, [t for _, t in self.pairs]) as teacher_stream:
-            teacher_logits = self.teacher(input_ids=input_ids, use_cache=False).logits
+        with torch.no_grad(), as_base(self.teacher) as teacher, recording(teacher, [t for _, t in self.pairs]) as teacher_stream:
+            teacher_logits = teacher(input_ids=input_ids, use_cache=False).logits
         labels = input_ids if self.alpha < 1 else None
         with recording(self.student_model, [s for s, _ in self.pairs], detach=False) as student_stream:
             out = self.student(input_ids=input_ids, labels=labels, use_cache=False)
@@ -124,25 +126,28 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         if len(kept) != depth:
             raise LayerPruneError(f"--heal distill:hidden: the report keeps {len(kept)} layers but the model has {depth}")
         pairs = point_pairs(kept, before)
-    teacher = ctx.require_base("distill")
+    teacher = ctx.require_base("distill")  # a SharedBase view (run as base per forward) or a separate model
     if options.teacher == "4bit":
         check_qlora_available("distill:teacher=4bit")
-        teacher = quantized_copy(teacher)
-    teacher.eval()
+        with ctx.as_base() as base:
+            teacher = quantized_copy(base)
+    shared = isinstance(teacher, SharedBase)
+    if not shared:
+        teacher.eval()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
     before = eval_distill(ctx.model, teacher, ctx.eval_ids, options.temperature, pairs)
     loss = lambda student: DistillLoss(student, teacher, options.temperature, options.alpha,  # noqa: E731
                                        options.hidden, pairs, student_model=ctx.model)
-    with only_trainable(teacher, []):
+    with nullcontext() if shared else only_trainable(teacher, []):
         if options.adapter == "full":
-            config, params = None, full_parameters(ctx.model, teacher)
+            config, params = None, full_parameters(ctx.model, teacher, ctx)
             full = {"trainable_parameters": sum(p.numel() for p in params)}
             with only_trainable(ctx.model, params):
                 run = run_training(ctx, options, "distill", f"{full['trainable_parameters'] / 1e6:.1f}M weights "
                                    f"({FULL_TARGETS})", ctx.model, loss(ctx.model))
         else:
             run, _, config, peft_model = train_adapter(ctx, options, "distill", loss=loss)
-            peft_model.merge_and_unload()
+            merge_in_place(ctx, peft_model)
             full = {}
     record = training_record("distill", options, config, run, ctx, time.perf_counter() - start,
                              targets=[FULL_TARGETS] if full else None)
@@ -163,10 +168,17 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
     return record
 
 
-def full_parameters(model, teacher) -> list[torch.nn.Parameter]:
-    """Every parameter of `model` but those of the input embeddings and the output head (one tensor when tied)."""
+def full_parameters(model, teacher, ctx: HealContext | None = None) -> list[torch.nn.Parameter]:
+    """Every parameter of `model` but those of the input embeddings and the output head (one tensor when tied).
+    With a `SharedBase` teacher they are first protected (copy-on-write: the teacher keeps the originals)."""
     ends = [m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None]
     frozen = {id(p) for m in ends for p in m.parameters()}
+    if isinstance(teacher, SharedBase):
+        for module in model.modules():
+            names = [n for n, p in module._parameters.items() if p is not None and id(p) not in frozen]
+            if names:
+                protect(teacher, module, names)
+        return [p for p in model.parameters() if id(p) not in frozen]
     params = [p for p in model.parameters() if id(p) not in frozen]
     if {id(p) for p in params} & {id(p) for p in teacher.parameters()}:
         raise LayerPruneError("--heal distill:adapter=full: the pruned model shares weights with the teacher; heal a copy")
@@ -182,9 +194,10 @@ def eval_distill(student, teacher, ids: torch.Tensor, temperature: float, pairs:
     device = next(student.parameters()).device
     for start in range(0, len(ids), batch_size):
         batch = ids[start : start + batch_size].to(device)
-        with recording(teacher, [t for _, t in pairs]) as t_points, recording(student, [s for s, _ in pairs]) as s_points:
+        with recording(student, [s for s, _ in pairs]) as s_points:
             s = student(input_ids=batch, use_cache=False).logits
-            t = teacher(input_ids=batch.to(next(teacher.parameters()).device), use_cache=False).logits.to(s.device)
+        with as_base(teacher) as base, recording(base, [t for _, t in pairs]) as t_points:
+            t = base(input_ids=batch.to(next(base.parameters()).device), use_cache=False).logits.to(s.device)
         totals["kd"] += float(kd_loss(s, t, temperature)) * len(batch)
         if pairs:
             totals["hidden"] += float(hidden_loss([s_points[i] for i, _ in pairs],

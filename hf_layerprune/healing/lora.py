@@ -80,8 +80,19 @@ def lora_config(model, options: LoraOptions, log: Callable[[str], None] = print)
     )
 
 
-def merge_adapter(model, config, adapter_state: dict[str, torch.Tensor]):
-    """Load LoRA weights trained elsewhere (e.g. on a 4-bit copy) into `model` and merge them: in place."""
+def merge_in_place(ctx: HealContext, peft_model):
+    """`merge_and_unload`, after keeping the originals of the weights it changes for the base (copy-on-write)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, BaseTunerLayer):
+            ctx.protect(module.get_base_layer())
+    return peft_model.merge_and_unload()
+
+
+def merge_adapter(model, config, adapter_state: dict[str, torch.Tensor], ctx: HealContext | None = None):
+    """Load LoRA weights trained elsewhere (e.g. on a 4-bit copy) into `model` and merge them: in place (with
+    `ctx`, the originals of the merged weights are kept for its base view first)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
     peft_model = get_peft_model(model, config)
@@ -89,7 +100,7 @@ def merge_adapter(model, config, adapter_state: dict[str, torch.Tensor]):
     result = set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in adapter_state.items()})
     if getattr(result, "unexpected_keys", None):
         raise LayerPruneError(f"adapter does not match the model: unexpected {result.unexpected_keys[:3]}")
-    return peft_model.merge_and_unload()
+    return merge_in_place(ctx, peft_model) if ctx is not None else peft_model.merge_and_unload()
 
 
 def train_adapter(
@@ -163,7 +174,7 @@ def heal_lora(ctx: HealContext, options: LoraOptions) -> dict:
     start = time.perf_counter()
     loss_before = lm_loss(ctx.model, ctx.eval_ids)
     run, _, config, peft_model = train_adapter(ctx, options, "lora")
-    peft_model.merge_and_unload()  # in place: ctx.model gets plain Linear modules with W + BA back
+    merge_in_place(ctx, peft_model)  # in place: ctx.model gets plain Linear modules with W + BA back
     record = training_record("lora", options, config, run, ctx, time.perf_counter() - start)
     record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids), merged_into=str(next(ctx.model.parameters()).dtype))
     return record
@@ -226,7 +237,7 @@ def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
     del quantized, sub
     torch.cuda.empty_cache()
     ctx.model.to(home)
-    merge_adapter(ctx.model, config, state)  # into the bf16/fp32 weights, not dequant(W4)
+    merge_adapter(ctx.model, config, state, ctx)  # into the bf16/fp32 weights, not dequant(W4)
     record = training_record("qlora", options, config, run, ctx, time.perf_counter() - start)
     record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids), quantization="nf4 double-quant, bf16 compute",
                   merged_into=str(next(ctx.model.parameters()).dtype))

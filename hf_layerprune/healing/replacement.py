@@ -86,13 +86,15 @@ def check_block(removed: list[int]) -> list[int]:
 
 def put_back(ctx: HealContext, first: int) -> int:
     """Insert a copy of base layer `first` into the pruned model at its place; return its new index."""
-    model, base = ctx.model, ctx.base_model
+    model = ctx.model
     removed, kept, num_before = ctx.removed_and_kept("replace")
     new_kept = sorted(kept + [first])
     index = new_kept.index(first)
     arch = get_architecture(model.config)
     param = next(model.parameters())
-    layer = copy.deepcopy(layers_of(base)[first]).to(device=param.device, dtype=param.dtype)
+    with ctx.as_base() as base:
+        layer = copy.deepcopy(layers_of(base)[first]).to(device=param.device, dtype=param.dtype)
+        updates = config_updates(base.config, new_kept)
     layers = list(arch.get_layers(model))
     layers.insert(index, layer)
     arch.set_layers(model, torch.nn.ModuleList(layers))
@@ -103,7 +105,6 @@ def put_back(ctx: HealContext, first: int) -> int:
     for module in layer.modules():  # the copy points at a copy of the base config; share the model's
         if hasattr(module, "config") and type(module.config) is type(model.config):
             module.config = model.config
-    updates = config_updates(base.config, new_kept)
     model.config.num_hidden_layers = updates["num_hidden_layers"]
     for key, value in updates.items():
         setattr(model.config, key, value)
@@ -121,10 +122,13 @@ def put_back(ctx: HealContext, first: int) -> int:
 @torch.no_grad()
 def block_io(base_model, ids: torch.Tensor, block: list[int], batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The base model's block input (point a) and output (point b + 1) for `ids`, on CPU."""
+    from hf_layerprune.base_view import as_base
+
     a, b = block[0], block[-1] + 1
     ins, outs = [], []
     for start in range(0, len(ids), batch_size):
-        got = capture(base_model, ids[start : start + batch_size], points=[a, b])["points"]
+        with as_base(base_model) as base:
+            got = capture(base, ids[start : start + batch_size], points=[a, b])["points"]
         ins.append(got[a].cpu())
         outs.append(got[b].cpu())
     return torch.cat(ins), torch.cat(outs)

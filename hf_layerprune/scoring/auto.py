@@ -5,19 +5,18 @@ angular's contiguous block was best at drop 6 and a disaster at drop 9, where bi
 benchmarks/RESULTS.md). So `auto` does what the issue of healability asks for:
 
 1. score ``AUTO_METRICS`` (angular, cosine, bi) from one shared capture pass, each with its own selection;
-2. for each distinct candidate set, cut a copy of the model and heal it with the recipe's closed-form healer
-   (`linear`, `bias`, `projection`; the closed-form head of a chain such as `linear+distill`; for `absorb` its
+2. for each distinct candidate set, cut the model and heal it, as a reversible patch (`base_view.trial`), with the
+   recipe's closed-form healer (`linear`, `bias`, `projection`; the closed-form head of a chain such as `linear+distill`; for `absorb` its
    closed-form proxy `linear`; none for the other trained healers, whose cost would multiply);
 3. keep the candidate with the lowest next-token loss on held-out calibration text: ``HELD_OUT`` more sequences
    from the same source (for `self`, sampled from the model like the calibration set), never the evaluation text.
 
-Cost: one capture pass, then per distinct candidate one healing fit and one loss pass. Memory: one extra copy of
-the model while a candidate is evaluated (pick a metric explicitly to avoid it).
+Cost: one capture pass, then per distinct candidate one healing fit and one loss pass. Memory: no copy of the model;
+the judge healer copies only the modules it changes, and everything is undone after each candidate.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Any, Callable
@@ -68,6 +67,7 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
+    from hf_layerprune.base_view import trial
     from hf_layerprune.calibration import calibration_batches
     from hf_layerprune.errors import LayerPruneError
     from hf_layerprune.healing import heal_for_recipe
@@ -97,15 +97,14 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         f"by held-out loss after --heal {judge}")
     results = []
     for selected, entry in candidates.items():
-        candidate = copy.deepcopy(model)
         removed = list(selected)
-        remove_layers(candidate, removed)
-        if judge != "none":
-            report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers),
-                      "num_layers_before": num_layers}
-            heal_for_recipe(candidate, tokenizer, quiet, report, base_model=model, log=lambda message: None)
-        loss = lm_loss(candidate, held_out)
-        del candidate
+        with trial(model) as base:  # cut and heal in place, undone on exit: no copy of the model
+            remove_layers(model, removed)
+            if judge != "none":
+                report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers),
+                          "num_layers_before": num_layers}
+                heal_for_recipe(model, tokenizer, quiet, report, base_model=base, log=lambda message: None)
+            loss = lm_loss(model, held_out)
         results.append({"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss})
         log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out loss {loss:.4f}")
     best = min(results, key=lambda r: r["held_out_loss"])
