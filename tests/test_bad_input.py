@@ -8,7 +8,6 @@ each case, so a case that writes anything, or removes anything, fails.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 from pathlib import Path
@@ -18,7 +17,7 @@ from conftest import WRITE_TOKEN
 from typer.testing import CliRunner
 
 from hf_layerprune.cli import app
-from tiny_models import save_word_tokenizer, tiny_config, tiny_model
+from tiny_models import save_word_tokenizer, tiny_model
 
 runner = CliRunner()
 
@@ -88,63 +87,63 @@ def ws(tmp_path_factory) -> Path:
 
 
 C = "{ws}/ckpt"
-O = "{ws}/out"
+OUT = "{ws}/out"
 FAST = ["--heal", "none", "--no-eval"]
 
 CASES: list[tuple[str, list[str], str]] = [
     # --- prune: the source ------------------------------------------------------------------------------------
-    ("prune-missing-path", ["prune", "{ws}/nowhere/model", "--layers", "1", "-o", O, *FAST], "not found"),
-    ("prune-text-file", ["prune", "{ws}/notes.txt", "--layers", "1", "-o", O, *FAST], "not a .gguf model"),
-    ("prune-no-config", ["prune", "{ws}/noconfig", "--layers", "1", "-o", O, *FAST], "no config.json"),
-    ("prune-empty-dir", ["prune", "{ws}/empty", "--layers", "1", "-o", O, *FAST], "no config.json"),
-    ("prune-pickle-only", ["prune", "{ws}/pickle", "--layers", "1", "-o", O, *FAST], "--allow-pickle"),
-    ("prune-truncated-layers", ["prune", "{ws}/trunc", "--layers", "1", "-o", O, *FAST], "truncated"),
-    ("prune-truncated-drop", ["prune", "{ws}/trunc", "--drop", "1", "--metric", "bi", "-o", O, *FAST], "truncated"),
-    ("prune-garbage-header", ["prune", "{ws}/garbage", "--layers", "1", "-o", O, *FAST], "not a valid safetensors"),
-    ("prune-garbage-drop", ["prune", "{ws}/garbage", "--drop", "1", "-o", O, *FAST], "not a valid safetensors"),
-    ("prune-bad-json-header", ["prune", "{ws}/badjson", "--layers", "1", "-o", O, *FAST], "not a valid safetensors"),
-    ("prune-trailing-bytes", ["prune", "{ws}/extra", "--layers", "1", "-o", O, *FAST], "should end at byte"),
-    ("prune-unknown-arch", ["prune", "{ws}/gpt2", "--layers", "1", "-o", O, *FAST], "gpt2"),
-    ("prune-fake-gguf", ["prune", "{ws}/fake.gguf", "--layers", "1", "-o", O, *FAST], "not a valid GGUF"),
+    ("prune-missing-path", ["prune", "{ws}/nowhere/model", "--layers", "1", "-o", OUT, *FAST], "not found"),
+    ("prune-text-file", ["prune", "{ws}/notes.txt", "--layers", "1", "-o", OUT, *FAST], "not a .gguf model"),
+    ("prune-no-config", ["prune", "{ws}/noconfig", "--layers", "1", "-o", OUT, *FAST], "no config.json"),
+    ("prune-empty-dir", ["prune", "{ws}/empty", "--layers", "1", "-o", OUT, *FAST], "no config.json"),
+    ("prune-pickle-only", ["prune", "{ws}/pickle", "--layers", "1", "-o", OUT, *FAST], "--allow-pickle"),
+    ("prune-truncated-layers", ["prune", "{ws}/trunc", "--layers", "1", "-o", OUT, *FAST], "truncated"),
+    ("prune-truncated-drop", ["prune", "{ws}/trunc", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "truncated"),
+    ("prune-garbage-header", ["prune", "{ws}/garbage", "--layers", "1", "-o", OUT, *FAST], "not a valid safetensors"),
+    ("prune-garbage-drop", ["prune", "{ws}/garbage", "--drop", "1", "-o", OUT, *FAST], "not a valid safetensors"),
+    ("prune-bad-json-header", ["prune", "{ws}/badjson", "--layers", "1", "-o", OUT, *FAST], "not a valid safetensors"),
+    ("prune-trailing-bytes", ["prune", "{ws}/extra", "--layers", "1", "-o", OUT, *FAST], "should end at byte"),
+    ("prune-unknown-arch", ["prune", "{ws}/gpt2", "--layers", "1", "-o", OUT, *FAST], "gpt2"),
+    ("prune-fake-gguf", ["prune", "{ws}/fake.gguf", "--layers", "1", "-o", OUT, *FAST], "not a valid GGUF"),
     # --- prune: what to remove --------------------------------------------------------------------------------
-    ("prune-no-target", ["prune", C, "-o", O, *FAST], "--drop N or --layers"),
-    ("prune-both-targets", ["prune", C, "--drop", "1", "--layers", "1", "-o", O, *FAST], "not both"),
-    ("prune-drop-zero", ["prune", C, "--drop", "0", "-o", O, *FAST], "at least 1"),
-    ("prune-drop-all", ["prune", C, "--drop", "4", "-o", O, *FAST], "smaller than the number of layers"),
-    ("prune-drop-huge", ["prune", C, "--drop", "99", "-o", O, *FAST], "smaller than the number of layers"),
-    ("prune-drop-word", ["prune", C, "--drop", "three", "-o", O, *FAST], "--drop"),
-    ("prune-layer-out-of-range", ["prune", C, "--layers", "9", "-o", O, *FAST], "out of range"),
-    ("prune-layer-repeated", ["prune", C, "--layers", "1,1", "-o", O, *FAST], "repeated"),
-    ("prune-layer-words", ["prune", C, "--layers", "a-b", "-o", O, *FAST], "cannot read --layers"),
-    ("prune-layer-negative", ["prune", C, "--layers", "-1", "-o", O, *FAST], "layers"),
-    ("prune-all-layers", ["prune", C, "--layers", "0-3", "-o", O, *FAST], "layers"),
-    ("prune-unknown-metric", ["prune", C, "--drop", "1", "--metric", "nope", "-o", O, *FAST], "unknown --metric"),
-    ("prune-metric-option", ["prune", C, "--drop", "1", "--metric", "angular:foo=1", "-o", O, *FAST], "no option 'foo'"),
-    ("prune-metric-syntax", ["prune", C, "--drop", "1", "--metric", "shapley:estimator", "-o", O, *FAST], "name:key=value"),
-    ("prune-metric-granularity", ["prune", C, "--drop", "1", "--metric", "angular", "--granularity", "mlp", "-o", O, *FAST], "granularity"),
-    ("prune-unknown-selection", ["prune", C, "--drop", "1", "--metric", "bi", "--selection", "best", "-o", O, *FAST], "--selection"),
-    ("prune-unknown-granularity", ["prune", C, "--drop", "1", "--granularity", "head", "-o", O, *FAST], "--granularity"),
-    ("prune-bad-protect", ["prune", C, "--drop", "1", "--metric", "bi", "--protect", "middle", "-o", O, *FAST], "--protect"),
-    ("prune-samples-zero", ["prune", C, "--drop", "1", "--calibration-samples", "0", "-o", O, *FAST], "at least 1"),
-    ("prune-seqlen-zero", ["prune", C, "--drop", "1", "--seq-len", "0", "-o", O, *FAST], "at least 1"),
-    ("prune-seqlen-word", ["prune", C, "--drop", "1", "--seq-len", "abc", "-o", O, *FAST], "--seq-len"),
-    ("prune-rounds-zero", ["prune", C, "--drop", "1", "--rounds", "0", "-o", O, *FAST], "at least 1"),
+    ("prune-no-target", ["prune", C, "-o", OUT, *FAST], "--drop N or --layers"),
+    ("prune-both-targets", ["prune", C, "--drop", "1", "--layers", "1", "-o", OUT, *FAST], "not both"),
+    ("prune-drop-zero", ["prune", C, "--drop", "0", "-o", OUT, *FAST], "at least 1"),
+    ("prune-drop-all", ["prune", C, "--drop", "4", "-o", OUT, *FAST], "smaller than the number of layers"),
+    ("prune-drop-huge", ["prune", C, "--drop", "99", "-o", OUT, *FAST], "smaller than the number of layers"),
+    ("prune-drop-word", ["prune", C, "--drop", "three", "-o", OUT, *FAST], "--drop"),
+    ("prune-layer-out-of-range", ["prune", C, "--layers", "9", "-o", OUT, *FAST], "out of range"),
+    ("prune-layer-repeated", ["prune", C, "--layers", "1,1", "-o", OUT, *FAST], "repeated"),
+    ("prune-layer-words", ["prune", C, "--layers", "a-b", "-o", OUT, *FAST], "cannot read --layers"),
+    ("prune-layer-negative", ["prune", C, "--layers", "-1", "-o", OUT, *FAST], "layers"),
+    ("prune-all-layers", ["prune", C, "--layers", "0-3", "-o", OUT, *FAST], "layers"),
+    ("prune-unknown-metric", ["prune", C, "--drop", "1", "--metric", "nope", "-o", OUT, *FAST], "unknown --metric"),
+    ("prune-metric-option", ["prune", C, "--drop", "1", "--metric", "angular:foo=1", "-o", OUT, *FAST], "no option 'foo'"),
+    ("prune-metric-syntax", ["prune", C, "--drop", "1", "--metric", "shapley:estimator", "-o", OUT, *FAST], "name:key=value"),
+    ("prune-metric-granularity", ["prune", C, "--drop", "1", "--metric", "angular", "--granularity", "mlp", "-o", OUT, *FAST], "granularity"),
+    ("prune-unknown-selection", ["prune", C, "--drop", "1", "--metric", "bi", "--selection", "best", "-o", OUT, *FAST], "--selection"),
+    ("prune-unknown-granularity", ["prune", C, "--drop", "1", "--granularity", "head", "-o", OUT, *FAST], "--granularity"),
+    ("prune-bad-protect", ["prune", C, "--drop", "1", "--metric", "bi", "--protect", "middle", "-o", OUT, *FAST], "--protect"),
+    ("prune-samples-zero", ["prune", C, "--drop", "1", "--calibration-samples", "0", "-o", OUT, *FAST], "at least 1"),
+    ("prune-seqlen-zero", ["prune", C, "--drop", "1", "--seq-len", "0", "-o", OUT, *FAST], "at least 1"),
+    ("prune-seqlen-word", ["prune", C, "--drop", "1", "--seq-len", "abc", "-o", OUT, *FAST], "--seq-len"),
+    ("prune-rounds-zero", ["prune", C, "--drop", "1", "--rounds", "0", "-o", OUT, *FAST], "at least 1"),
     # --- prune: healing and evaluation options ----------------------------------------------------------------
-    ("prune-unknown-healer", ["prune", C, "--layers", "1", "--heal", "magic", "--no-eval", "-o", O], "magic"),
-    ("prune-healer-option-typo", ["prune", C, "--layers", "1", "--heal", "distill:adapter=ful", "--no-eval", "-o", O], "ful"),
-    ("prune-healer-chain-typo", ["prune", C, "--layers", "1", "--heal", "linear+nope", "--no-eval", "-o", O], "nope"),
-    ("prune-negative-lr", ["prune", C, "--layers", "1", "--learning-rate", "-1", "--no-eval", "-o", O], "positive"),
-    ("prune-heal-steps-zero", ["prune", C, "--layers", "1", "--heal-steps", "0", "--no-eval", "-o", O], "at least 1"),
-    ("prune-lora-rank-zero", ["prune", C, "--layers", "1", "--heal", "lora", "--lora-rank", "0", "--no-eval", "-o", O], "at least 1"),
-    ("prune-unknown-task", ["prune", C, "--layers", "1", "--heal", "none", "--tasks", "no_such_task_xyz", "-o", O], "no_such_task_xyz"),
-    ("prune-limit-zero", ["prune", C, "--layers", "1", "--heal", "none", "--limit", "0", "-o", O], "at least 1"),
-    ("prune-batch-zero", ["prune", C, "--layers", "1", "--batch-size", "0", "-o", O, *FAST], "at least 1"),
-    ("prune-fewshot-negative", ["prune", C, "--layers", "1", "--heal", "none", "--num-fewshot", "-2", "-o", O], "negative"),
+    ("prune-unknown-healer", ["prune", C, "--layers", "1", "--heal", "magic", "--no-eval", "-o", OUT], "magic"),
+    ("prune-healer-option-typo", ["prune", C, "--layers", "1", "--heal", "distill:adapter=ful", "--no-eval", "-o", OUT], "ful"),
+    ("prune-healer-chain-typo", ["prune", C, "--layers", "1", "--heal", "linear+nope", "--no-eval", "-o", OUT], "nope"),
+    ("prune-negative-lr", ["prune", C, "--layers", "1", "--learning-rate", "-1", "--no-eval", "-o", OUT], "positive"),
+    ("prune-heal-steps-zero", ["prune", C, "--layers", "1", "--heal-steps", "0", "--no-eval", "-o", OUT], "at least 1"),
+    ("prune-lora-rank-zero", ["prune", C, "--layers", "1", "--heal", "lora", "--lora-rank", "0", "--no-eval", "-o", OUT], "at least 1"),
+    ("prune-unknown-task", ["prune", C, "--layers", "1", "--heal", "none", "--tasks", "no_such_task_xyz", "-o", OUT], "no_such_task_xyz"),
+    ("prune-limit-zero", ["prune", C, "--layers", "1", "--heal", "none", "--limit", "0", "-o", OUT], "at least 1"),
+    ("prune-batch-zero", ["prune", C, "--layers", "1", "--batch-size", "0", "-o", OUT, *FAST], "at least 1"),
+    ("prune-fewshot-negative", ["prune", C, "--layers", "1", "--heal", "none", "--num-fewshot", "-2", "-o", OUT], "negative"),
     # --- prune: runtime ----------------------------------------------------------------------------------------
-    ("prune-unknown-dtype", ["prune", C, "--layers", "1", "--dtype", "float8", "-o", O, *FAST], "dtype"),
-    ("prune-unknown-device", ["prune", C, "--layers", "1", "--device", "foo", "-o", O, *FAST], "--device"),
-    ("prune-device-no-cuda", ["prune", C, "--drop", "1", "--device", "cuda:7", "-o", O, *FAST], "CUDA"),
-    ("prune-shard-size", ["prune", C, "--layers", "1", "--max-shard-size", "huge", "-o", O, *FAST], "--max-shard-size"),
+    ("prune-unknown-dtype", ["prune", C, "--layers", "1", "--dtype", "float8", "-o", OUT, *FAST], "dtype"),
+    ("prune-unknown-device", ["prune", C, "--layers", "1", "--device", "foo", "-o", OUT, *FAST], "--device"),
+    ("prune-device-no-cuda", ["prune", C, "--drop", "1", "--device", "cuda:7", "-o", OUT, *FAST], "CUDA"),
+    ("prune-shard-size", ["prune", C, "--layers", "1", "--max-shard-size", "huge", "-o", OUT, *FAST], "--max-shard-size"),
     # --- prune: the output --------------------------------------------------------------------------------------
     ("prune-no-output", ["prune", C, "--layers", "1", *FAST], "--output-dir"),
     ("prune-output-exists", ["prune", C, "--layers", "1", "-o", "{ws}/previous", *FAST], "--overwrite"),
@@ -157,18 +156,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prune-output-no-parent", ["prune", C, "--layers", "1", "-o", "{ws}/a/b/c", *FAST], "does not exist"),
     ("prune-output-read-only", ["prune", C, "--layers", "1", "-o", "/sys/layerprune-out", *FAST], "cannot write"),
     # --- prune: recipes ----------------------------------------------------------------------------------------
-    ("recipe-drop-word", ["prune", C, "--recipe", "{ws}/drop-word.yaml", "-o", O, *FAST], "drop: 'three' is not an integer"),
-    ("recipe-drop-string", ["prune", C, "--recipe", "{ws}/drop-str.yaml", "-o", O, *FAST], "drop: '4' is not an integer"),
-    ("recipe-seqlen-word", ["prune", C, "--recipe", "{ws}/seqlen-word.yaml", "-o", O, *FAST], "seq_len: 'abc'"),
-    ("recipe-evaluate-no", ["prune", C, "--recipe", "{ws}/eval-no.yaml", "-o", O, "--heal", "none"], "evaluate: 'no' is not true or false"),
-    ("recipe-unknown-key", ["prune", C, "--recipe", "{ws}/unknown-key.yaml", "-o", O, *FAST], "colour"),
-    ("recipe-not-mapping", ["prune", C, "--recipe", "{ws}/list.yaml", "-o", O, *FAST], "mapping"),
-    ("recipe-bad-yaml", ["prune", C, "--recipe", "{ws}/yaml.yaml", "-o", O, *FAST], "not valid YAML"),
-    ("recipe-missing", ["prune", C, "--recipe", "{ws}/nope.yaml", "-o", O, *FAST], "not found"),
-    ("recipe-heal-typo", ["prune", C, "--recipe", "{ws}/heal-typo.yaml", "-o", O, "--no-eval"], "ful"),
-    ("recipe-bad-layers", ["prune", C, "--recipe", "{ws}/layers-bad.yaml", "-o", O, *FAST], "cannot read --layers"),
-    ("recipe-lr-word", ["prune", C, "--recipe", "{ws}/lr-str.yaml", "-o", O, *FAST], "learning_rate"),
-    ("recipe-tasks-int", ["prune", C, "--recipe", "{ws}/tasks-int.yaml", "-o", O, "--heal", "none"], "tasks"),
+    ("recipe-drop-word", ["prune", C, "--recipe", "{ws}/drop-word.yaml", "-o", OUT, *FAST], "drop: 'three' is not an integer"),
+    ("recipe-drop-string", ["prune", C, "--recipe", "{ws}/drop-str.yaml", "-o", OUT, *FAST], "drop: '4' is not an integer"),
+    ("recipe-seqlen-word", ["prune", C, "--recipe", "{ws}/seqlen-word.yaml", "-o", OUT, *FAST], "seq_len: 'abc'"),
+    ("recipe-evaluate-no", ["prune", C, "--recipe", "{ws}/eval-no.yaml", "-o", OUT, "--heal", "none"], "evaluate: 'no' is not true or false"),
+    ("recipe-unknown-key", ["prune", C, "--recipe", "{ws}/unknown-key.yaml", "-o", OUT, *FAST], "colour"),
+    ("recipe-not-mapping", ["prune", C, "--recipe", "{ws}/list.yaml", "-o", OUT, *FAST], "mapping"),
+    ("recipe-bad-yaml", ["prune", C, "--recipe", "{ws}/yaml.yaml", "-o", OUT, *FAST], "not valid YAML"),
+    ("recipe-missing", ["prune", C, "--recipe", "{ws}/nope.yaml", "-o", OUT, *FAST], "not found"),
+    ("recipe-heal-typo", ["prune", C, "--recipe", "{ws}/heal-typo.yaml", "-o", OUT, "--no-eval"], "ful"),
+    ("recipe-bad-layers", ["prune", C, "--recipe", "{ws}/layers-bad.yaml", "-o", OUT, *FAST], "cannot read --layers"),
+    ("recipe-lr-word", ["prune", C, "--recipe", "{ws}/lr-str.yaml", "-o", OUT, *FAST], "learning_rate"),
+    ("recipe-tasks-int", ["prune", C, "--recipe", "{ws}/tasks-int.yaml", "-o", OUT, "--heal", "none"], "tasks"),
     # --- analyze -----------------------------------------------------------------------------------------------
     ("analyze-missing", ["analyze", "{ws}/nowhere/model"], "not found"),
     ("analyze-truncated", ["analyze", "{ws}/trunc", "--metric", "bi"], "truncated"),
@@ -215,16 +214,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("push-output-foreign", ["push", C, "--layers", "1", *FAST, "--repo-id", "acme/x", "-o", "{ws}/foreign", "--overwrite"], "not an hf-layerprune output"),
     ("push-truncated", ["push", "{ws}/trunc", "--layers", "1", *FAST, "--repo-id", "acme/x"], "truncated"),
     # --- sweep -------------------------------------------------------------------------------------------------
-    ("sweep-drop-words", ["sweep", C, "--drop", "a,b", "-o", O, *FAST], "--drop"),
-    ("sweep-drop-repeated", ["sweep", C, "--drop", "1,1", "-o", O, *FAST], "distinct"),
-    ("sweep-drop-all", ["sweep", C, "--drop", "1,4", "-o", O, *FAST], "smaller than the number of layers"),
+    ("sweep-drop-words", ["sweep", C, "--drop", "a,b", "-o", OUT, *FAST], "--drop"),
+    ("sweep-drop-repeated", ["sweep", C, "--drop", "1,1", "-o", OUT, *FAST], "distinct"),
+    ("sweep-drop-all", ["sweep", C, "--drop", "1,4", "-o", OUT, *FAST], "smaller than the number of layers"),
     ("sweep-output-under-file", ["sweep", C, "--drop", "1,2", "-o", "{ws}/notes.txt/out", *FAST], "is a file"),
     ("sweep-output-is-file", ["sweep", C, "--drop", "1,2", "-o", "{ws}/notes.txt", *FAST], "not a directory"),
     ("sweep-output-in-source", ["sweep", C, "--drop", "1,2", "-o", C + "/variants", *FAST], "inside the source"),
-    ("sweep-unknown-metric", ["sweep", C, "--drop", "1,2", "--metric", "nope", "-o", O, *FAST], "nope"),
-    ("sweep-granularity", ["sweep", C, "--drop", "1,2", "--granularity", "mlp", "-o", O, *FAST], "whole layers"),
-    ("sweep-truncated", ["sweep", "{ws}/trunc", "--drop", "1,2", "-o", O, *FAST], "truncated"),
-    ("sweep-bad-prefix", ["sweep", C, "--drop", "1,2", "-o", O, *FAST, "--repo-prefix", "a/b/c"], "invalid --repo-id"),
+    ("sweep-unknown-metric", ["sweep", C, "--drop", "1,2", "--metric", "nope", "-o", OUT, *FAST], "nope"),
+    ("sweep-granularity", ["sweep", C, "--drop", "1,2", "--granularity", "mlp", "-o", OUT, *FAST], "whole layers"),
+    ("sweep-truncated", ["sweep", "{ws}/trunc", "--drop", "1,2", "-o", OUT, *FAST], "truncated"),
+    ("sweep-bad-prefix", ["sweep", C, "--drop", "1,2", "-o", OUT, *FAST, "--repo-prefix", "a/b/c"], "invalid --repo-id"),
 ]
 
 

@@ -21,6 +21,8 @@ import dataclasses
 import time
 from typing import Any, Callable
 
+from hf_layerprune import progress
+
 AUTO = "auto"
 AUTO_METRICS = ("angular", "cosine", "bi")
 HELD_OUT = 8
@@ -63,18 +65,33 @@ def auto_context(model, tokenizer, recipe, log: Log = print):
     )
 
 
+def _judge(model, tokenizer, quiet, judge: str, selected, entry, held_out, num_layers: int, log: Log) -> dict[str, Any]:
+    """One candidate: cut and heal in place as a reversible trial, its held-out loss, every bit restored."""
+    from hf_layerprune.base_view import trial
+    from hf_layerprune.healing import heal_for_recipe
+    from hf_layerprune.healing.training import lm_loss
+    from hf_layerprune.surgery import kept_layers, remove_layers
+
+    removed = list(selected)
+    with trial(model) as base:  # cut and heal in place, undone on exit: no copy of the model
+        remove_layers(model, removed)
+        if judge != "none":
+            report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers),
+                      "num_layers_before": num_layers}
+            heal_for_recipe(model, tokenizer, quiet, report, base_model=base, log=lambda message: None)
+        loss = lm_loss(model, held_out)
+    log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out loss {loss:.4f}")
+    return {"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss}
+
+
 def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> tuple[list[int], dict[str, Any]]:
     """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
-    from hf_layerprune.base_view import trial
     from hf_layerprune.calibration import calibration_batches
     from hf_layerprune.errors import LayerPruneError
-    from hf_layerprune.healing import heal_for_recipe
-    from hf_layerprune.healing.training import lm_loss
     from hf_layerprune.scoring.base import get_metric
     from hf_layerprune.scoring.run import run_metric
-    from hf_layerprune.surgery import kept_layers, remove_layers
 
     if recipe.granularity != "block":
         raise LayerPruneError("--metric auto chooses whole layers; give --metric bi|shapley|ppl for sub-layers")
@@ -96,18 +113,13 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
         f"by held-out loss after --heal {judge}")
     results = []
-    for selected, entry in candidates.items():
-        removed = list(selected)
-        with trial(model) as base:  # cut and heal in place, undone on exit: no copy of the model
-            remove_layers(model, removed)
-            if judge != "none":
-                report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers),
-                          "num_layers_before": num_layers}
-                heal_for_recipe(model, tokenizer, quiet, report, base_model=base, log=lambda message: None)
-            loss = lm_loss(model, held_out)
-        results.append({"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss})
-        log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out loss {loss:.4f}")
+    with progress.stage("select"):
+        bar = progress.task(f"candidates judged after --heal {judge}", total=len(candidates), unit="candidates")
+        for selected, entry in candidates.items():
+            results.append(_judge(model, tokenizer, quiet, judge, selected, entry, held_out, num_layers, log))
+            bar.advance(1)
     best = min(results, key=lambda r: r["held_out_loss"])
+
     chosen = candidates[tuple(best["selected"])]["record"]
     record = {
         **chosen,
