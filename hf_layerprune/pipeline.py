@@ -22,6 +22,7 @@ from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, hub_files, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.memory import MemoryMeter, summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
+from hf_layerprune.provenance import source_record
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
 from hf_layerprune.surgery import (
@@ -189,7 +190,7 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         "format_version": FORMAT_VERSION,
         "tool": {"name": "hf-layerprune", "version": __version__},
         "command": command,
-        "base_model": source.name,
+        **source_record(source.name, source.path / source.gguf_file if source.kind == "gguf" else None),
         "base_revision": resolved_revision(source) if source.kind == "hub" else source.revision,
         "granularity": recipe.granularity,
     }
@@ -203,10 +204,13 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
 
 
 def _finish_report(report: dict[str, Any], recipe: Recipe, timer: Timer) -> None:
+    from hf_layerprune.provenance import scrub
+
     report["recipe"] = recipe.to_dict()
     report["versions"] = library_versions()
     report["timings"] = timer.timings
     report["memory"] = timer.memory.record(timer.weight_bytes)
+    report.update(scrub(report))  # published: no local paths (provenance.py)
 
 
 def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
@@ -544,5 +548,6 @@ def _write_outputs(tmp: Path, report: dict, recipe: Recipe, timer: Timer) -> Non
         from hf_layerprune.card import render_card
     except ImportError:
         return
+    local_card = Path(recipe.model) / "README.md"  # a local base's licence, read here: the report keeps no path
     with progress.stage("card"):
-        render_card(tmp)
+        render_card(tmp, base_card=local_card if local_card.is_file() else None)

@@ -370,3 +370,35 @@ def test_mistyped_options_fail_before_any_weight_is_opened(source, tmp_path, mon
     args = [a.replace("{recipe}", str(recipe)) for a in argv]
     message = error_of(invoke("prune", source, *args, "-o", tmp_path / "out", "--no-eval"))
     assert phrase in message
+
+
+def test_published_files_carry_no_local_path(tmp_path):
+    """layerprune.json, the card and its recipe name a local source by file name (GGUF: and sha256), never by path."""
+    import hashlib
+    import site
+    import tempfile
+
+    from tiny_models import save_word_tokenizer
+
+    source = tmp_path / "My-Model"
+    tiny_model("llama", num_layers=4).save_pretrained(source)
+    save_word_tokenizer(source)
+    data = tmp_path / "calib.txt"
+    data.write_text("the cat sat on the mat . " * 400)
+    out = tmp_path / "out"
+    result = invoke("prune", source, "--drop", "1", "--metric", "bi", "--calibration", data, "--calibration-samples",
+                    "2", "--seq-len", "8", "--heal", "none", "--no-eval", "-o", out)
+    assert result.exit_code == 0, result.output
+    prefixes = {str(tmp_path), tempfile.gettempdir() + "/", str(Path.home()) + "/", *site.getsitepackages()}
+    for path in out.rglob("*"):
+        if path.suffix in (".json", ".md", ".yaml", ".txt"):
+            text = path.read_text()
+            assert not [p for p in prefixes if p in text], (path.name, [p for p in prefixes if p in text])
+    report = json.loads((out / "layerprune.json").read_text())
+    assert report["base_model"] == "My-Model" and report["recipe"]["model"] == "My-Model"
+    assert report["recipe"]["calibration"] == "calib.txt"
+    gguf = hashlib.sha256(b"x").hexdigest()
+    from hf_layerprune.provenance import scrub
+
+    assert scrub({"command": f"hf-layerprune prune {tmp_path}/m.gguf -o /tmp/o", "hub": "org/name", "x": gguf}) == \
+        {"command": "hf-layerprune prune m.gguf -o o", "hub": "org/name", "x": gguf}
