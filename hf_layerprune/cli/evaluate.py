@@ -131,6 +131,13 @@ def evaluate(
     if base is None and not no_base and report is not None:
         base = report.get("base_model")
         base_revision = base_revision or report.get("base_revision")
+        from hf_layerprune.loading import resolve_source
+
+        try:
+            resolve_source(base, base_revision, allow_pickle=allow_pickle, check_files=False)
+        except LayerPruneError:  # a local base is recorded by name only (no local paths are published)
+            raise ConfigError(f"the base model recorded in {REPORT_FILENAME} ({base}) is not here; pass --base PATH "
+                              "(or --no-base)") from None
     task_list = [] if tasks and tasks.strip().lower() == "none" else tasks
     settings = EvalSettings(
         tasks=task_list, num_fewshot=num_fewshot, limit=_limit(limit), batch_size=batch_size,
