@@ -91,6 +91,7 @@ class Bar:
     completed: float = 0.0
     fields: dict[str, Any] = field(default_factory=dict)
     finished: bool = False
+    ended: float | None = None
     _printed: float = 0.0  # when the plain renderer last printed this bar
     _logged: float = 0.0  # when the json log last got it
 
@@ -102,12 +103,13 @@ class Bar:
     def done(self) -> None:
         if not self.finished:
             self.finished = True
+            self.ended = time.monotonic()
             if self.total:  # a loop that counted less than all of its work (e.g. prompt tokens) still finished it
                 self.completed = max(self.completed, self.total)
             self.display._update(self, final=True)
 
     def rate(self) -> float | None:
-        elapsed = time.monotonic() - self.started
+        elapsed = (self.ended or time.monotonic()) - self.started
         return self.completed / elapsed if elapsed > 0 and self.completed else None
 
     def eta(self) -> float | None:
@@ -221,7 +223,11 @@ class Display:
         self._print(f"[yellow]Warning:[/yellow] {text}" if self.mode == "live" else f"Warning: {text}")
 
     def summary(self, renderable: Any, record: dict[str, Any]) -> None:
+        """The closing table: printed after the live region's last frame, so it is the last thing on screen."""
         self._event("summary", **record)
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
         if self.mode != "quiet":
             self._console.print(renderable)
 
@@ -254,8 +260,9 @@ class Display:
             mark = "[bold cyan]▶[/bold cyan]" if running else "[green]✓[/green]"
             stages.add_row(mark, f"[bold]{name}[/bold]" if running else name, duration(seconds))
         bars = Table.grid(padding=(0, 1))
+        recent = [b for b in self.bars if b.finished and b.stage in self.current][-2:]  # what just ended, for context
         for bar in self.bars:
-            if bar.finished and bar.stage not in self.current:
+            if bar.finished and bar not in recent:
                 continue
             meter = ProgressBar(total=bar.total, completed=bar.completed, width=30) if bar.total else ""
             bars.add_row("  ", meter, bar.line())
