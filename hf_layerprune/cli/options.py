@@ -59,6 +59,8 @@ RECIPE_OPTIONS: list[P] = [
     _opt("offload", Optional[bool], "Score one layer at a time from disk (models larger than memory).", "--offload", panel="Runtime"),
     _opt("device_map", Optional[str], "accelerate device map for loading, e.g. auto (several GPUs).", panel="Runtime"),
     _opt("max_shard_size", Optional[str], "Largest safetensors shard, e.g. 5GB.", panel="Runtime"),
+    _opt("format", Optional[str], "Output: safetensors, gguf or both (default: both for a .gguf MODEL, else safetensors).", panel="Output"),
+    _opt("gguf_type", Optional[str], "GGUF export type of a transformers model: BF16 (default) or Q8_0.", panel="Output"),
     _opt("recipe", Optional[Path], "YAML recipe; flags given on the command line override it.", panel="Runtime"),
 ]
 LIST_OPTIONS = {"protect": str, "tasks": str, "lora_targets": str}
