@@ -291,3 +291,27 @@ def test_real_smollm2_q4_1_cut(tmp_path):
     gguf_logits = logits(load_gguf(out / name), ids)
     st_logits = logits(AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval(), ids)
     assert torch.equal(gguf_logits, st_logits)
+
+
+def test_push_publishes_and_reads_back_the_gguf(hub_server, llama_q8, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+
+    repo = f"{ORG}/tiny-gguf"
+    out = tmp_path / "local"
+    result = runner.invoke(app, ["push", str(llama_q8), "--layers", "4-5", "--format", "gguf", "--heal", "none",
+                                 "--no-eval", "--repo-id", repo, "-o", str(out), "--token", WRITE_TOKEN])
+    assert result.exit_code == 0, result.output
+    name = "tiny-llama.Q8_0-pruned-4L.gguf"
+    assert f"Verified {name}: read back from the Hub" in result.stderr
+    files = hub_server.files(repo)
+    assert {name, "README.md", "layerprune.json"} <= set(files)
+    from huggingface_hub import hf_hub_download
+
+    pushed = hf_hub_download(repo, name, cache_dir=tmp_path / "cache")
+    assert open(pushed, "rb").read() == (out / name).read_bytes()
+    card = open(hf_hub_download(repo, "README.md", cache_dir=tmp_path / "cache"), encoding="utf-8").read()
+    assert "library_name: gguf" in card and "- gguf" in card and f"llama-cli -m {name}" in card
+    from hf_layerprune.card import render_card
+
+    hub_card = render_card(out, repo_id=repo, plots=False, online=False).read_text(encoding="utf-8")
+    assert f"llama-cli -hf {repo}" in hub_card and f"ollama run hf.co/{repo}" in hub_card

@@ -61,11 +61,17 @@ def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *,
     )
     console.print(f"[green]Pushed[/green] commit {result.commit_oid[:10]} to {escape(result.web_url)}")
     if verify:
-        check = hub.verify_pushed(repo_id, result.commit_oid, directory, token)
-        console.print(
-            f"[green]Verified[/green]: reloaded {escape(repo_id)}@{check['commit'][:10]} from the Hub; logits match the "
-            f"local model (max |diff| {check['max_abs_diff']:.2g} on {check['probe_tokens']} tokens)"
-        )
+        from hf_layerprune.gguf_publish import is_gguf_folder, verify_pushed_gguf
+
+        if not is_gguf_folder(directory):  # a GGUF-only folder has nothing for transformers to reload
+            check = hub.verify_pushed(repo_id, result.commit_oid, directory, token)
+            console.print(
+                f"[green]Verified[/green]: reloaded {escape(repo_id)}@{check['commit'][:10]} from the Hub; logits match the "
+                f"local model (max |diff| {check['max_abs_diff']:.2g} on {check['probe_tokens']} tokens)"
+            )
+        for g in verify_pushed_gguf(repo_id, result.commit_oid, directory, token):
+            console.print(f"[green]Verified[/green] {escape(g['file'])}: read back from the Hub, same SHA-256, "
+                          f"{g['block_count']} blocks, {g['tensors']} tensors")
     else:
         console.print("[yellow]Not verified[/yellow] (--no-verify)")
     typer.echo(result.web_url)
@@ -75,8 +81,14 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     """The folder's layerprune.json, after checking it holds a loadable model; one-line errors otherwise."""
     if not directory.is_dir():
         raise LayerPruneError(f"{directory} is not a directory")
+    from hf_layerprune.gguf_publish import is_gguf_folder
+
     weights = sorted(directory.glob("*.safetensors"))
-    missing = [name for name, present in (("config.json", (directory / "config.json").is_file()),
+    if is_gguf_folder(directory):  # `--format gguf`: the .gguf file holds config and weights
+        weights, has_config = [True], True
+    else:
+        has_config = (directory / "config.json").is_file()
+    missing = [name for name, present in (("config.json", has_config),
                                           ("*.safetensors weights", bool(weights)),
                                           (REPORT_FILENAME, (directory / REPORT_FILENAME).is_file())) if not present]
     if missing:
