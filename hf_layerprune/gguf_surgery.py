@@ -33,6 +33,8 @@ BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 # llama.cpp sets these layer patterns from the index (hparams.set_swa_pattern / n_no_rope_layer_step), not from
 # metadata arrays: a cut that shifts a kept layer's phase would silently change its attention kind.
 INDEX_PERIODS = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "llama4": 4, "gpt-oss": 2, "exaone4": 4}
+# Arrays of a fixed length that can equal the block count by chance (M-RoPE's 4 sections on a 4-block model).
+FIXED_LENGTH = ("rope.dimension_sections",)
 
 
 SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -65,7 +67,7 @@ class TensorInfo:
 class GGUFHeader:
     """The parts of a GGUF file that surgery needs, read without decoding the (large) tokenizer arrays.
 
-    `gguf.GGUFReader` builds a numpy view per string of every array (5-7 s for a 49k-token vocabulary);
+    `gguf.GGUFReader` builds a numpy view per string of every array (~4.5 s for a 49k-token vocabulary);
     this scan only walks the lengths, and the unchanged entries are later copied as raw bytes."""
 
     path: Path
@@ -109,7 +111,8 @@ class GGUFHeader:
     def per_layer_keys(self) -> list[str]:
         """Arrays under `<arch>.` whose length is the block count: one value per block."""
         arch, n = self.architecture, self.block_count
-        return sorted(k for k, e in self.entries.items() if k.startswith(f"{arch}.") and e.vtype == ARRAY and e.count == n)
+        return sorted(k for k, e in self.entries.items() if k.startswith(f"{arch}.") and e.vtype == ARRAY and e.count == n
+                      and not k.endswith(FIXED_LENGTH))
 
 
 def _read_string(buf, pos: int) -> tuple[str, int]:
@@ -237,6 +240,10 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
         raise LayerPruneError("split GGUF files are not supported; merge them first (llama-gguf-split --merge)")
     kept = kept_blocks(removed, num_blocks)
     check_layer_phase(arch, kept)
+    nextn = int(header.value(f"{arch}.nextn_predict_layers") or 0)
+    if nextn and max(set(range(num_blocks)) - set(kept)) >= num_blocks - nextn:
+        raise LayerPruneError(f"the last {nextn} blocks of this {arch} file are multi-token-prediction layers "
+                              f"({arch}.nextn_predict_layers); remove layers below {num_blocks - nextn}")
     new_index = {old: new for new, old in enumerate(kept)}
     replace = dict(replace or {})
     tensors = [(renamed(t.name, new_index), t) for t in header.tensors]

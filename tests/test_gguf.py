@@ -85,6 +85,8 @@ def per_layer_file(path, n=5):
     writer.add_array("llama.layer_names", [f"layer{i}" for i in range(n)])
     writer.add_array("tokenizer.ggml.tokens", [f"t{i}" for i in range(n)])  # not under llama.: never sliced
     writer.add_array("llama.other", list(range(n + 1)))
+    writer.add_array("llama.rope.dimension_sections", list(range(n)))  # fixed length, here equal to n by chance
+    writer.add_uint32("llama.nextn_predict_layers", 1)  # the last block is an MTP layer
     writer.add_custom_alignment(64)
     writer.add_tensor("token_embd.weight", np.arange(12, dtype=np.float32).reshape(3, 4))
     for i in range(n):
@@ -109,6 +111,7 @@ def test_every_per_layer_array_is_sliced_and_nothing_else(tmp_path):
     assert f["llama.layer_names"] == ["layer0", "layer3", "layer4"]
     assert f["tokenizer.ggml.tokens"] == [f"t{i}" for i in range(5)]
     assert f["llama.other"] == list(range(6))
+    assert f["llama.rope.dimension_sections"] == list(range(5))
     assert r.alignment == 64 and all(t.data_offset % 64 == 0 for t in r.tensors)
     assert r.fields["llama.block_count"].types == [GGUFValueType.UINT32]  # the source's value type is kept
     blocks = {t.name: t.data.tolist() for t in r.tensors if t.name.startswith("blk.")}
@@ -116,7 +119,8 @@ def test_every_per_layer_array_is_sliced_and_nothing_else(tmp_path):
                       "blk.2.attn_norm.weight": [4.0] * 7}
 
 
-@pytest.mark.parametrize("removed, message", [([5], "within 0..4"), ([0, 1, 2, 3, 4], "every layer"), ([], "within")])
+@pytest.mark.parametrize("removed, message", [([5], "within 0..4"), ([0, 1, 2, 3, 4], "every layer"), ([], "within"),
+                                              ([2, 4], "multi-token-prediction")])
 def test_bad_cuts_are_refused(tmp_path, removed, message):
     per_layer_file(tmp_path / "src.gguf")
     with pytest.raises(LayerPruneError, match=message):
