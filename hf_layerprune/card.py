@@ -480,6 +480,8 @@ def _tags(report: dict[str, Any]) -> list[str]:
     model_type = report.get("model_type")
     if isinstance(model_type, str) and model_type:
         tags.append(slug(model_type))
+    if isinstance(report.get("gguf"), dict):
+        tags.append("gguf")
     return [t for i, t in enumerate(tags) if t and t not in tags[:i]]
 
 
@@ -558,7 +560,37 @@ def card_data(report: dict[str, Any], *, model_name: str, license_info: dict[str
     if results:
         kwargs["eval_results"] = results
         kwargs["model_name"] = " ".join(str(model_name).split()) or "pruned-model"
-    return ModelCardData(library_name="transformers", pipeline_tag="text-generation", tags=_tags(report), **kwargs)
+    library = "gguf" if _gguf_only(report) else "transformers"
+    return ModelCardData(library_name=library, pipeline_tag="text-generation", tags=_tags(report), **kwargs)
+
+
+def _gguf_only(report: dict[str, Any]) -> bool:
+    return isinstance(report.get("gguf"), dict) and (report.get("recipe") or {}).get("format") == "gguf"
+
+
+def _gguf_view(report: dict[str, Any], load_id: str) -> dict[str, Any] | None:
+    """The GGUF file of the output: how it was made and how to run it (llama.cpp, Ollama, transformers)."""
+    info = report.get("gguf")
+    if not isinstance(info, dict) or not isinstance(info.get("file"), str):
+        return None
+    name = info["file"]
+    if info.get("route") == "export":
+        how = f"exported as {info.get('type', '?')} with the `gguf` package's tensor names"
+    else:
+        requantized = info.get("requantized") or {}
+        how = "cut from the source GGUF: the kept tensors' quantized blocks are copied byte for byte"
+        if requantized:
+            changes = sorted({f"{v.get('from')} → {v.get('to')}" for v in requantized.values() if isinstance(v, dict)})
+            how += f"; {len(requantized)} tensors changed by healing were re-quantized ({', '.join(changes)})"
+        if info.get("per_layer_keys"):
+            how += "; per-layer metadata sliced: " + ", ".join(f"`{k}`" for k in info["per_layer_keys"])
+    hub = "/" in load_id and not load_id.startswith(".")
+    usage = f"llama-cli -m {name} -p \"The capital of France is\"\n"
+    if hub:
+        usage = f"llama-cli -hf {load_id} -p \"The capital of France is\"\nollama run hf.co/{load_id}\n"
+    usage += ("python -c 'from transformers import AutoModelForCausalLM; "
+              f"AutoModelForCausalLM.from_pretrained({json.dumps(str(load_id))}, gguf_file={json.dumps(name)})'")
+    return {"file": code(name), "how": md(how), "usage": codeblock(usage, "bash")}
 
 
 # ------------------------------------------------------------------------------------------------ view model
@@ -926,7 +958,8 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         ] if isinstance(report.get("rounds"), list) and len(report["rounds"]) > 1 else [],
         "kv": kv_view,
         "decilm": decilm,
-        "usage": codeblock(usage, "python"),
+        "usage": codeblock(usage, "python") if not _gguf_only(report) else None,
+        "gguf": _gguf_view(report, str(load_id)),
         "command": codeblock(report["command"], "bash") if isinstance(report.get("command"), str) and report["command"] else None,
         "recipe_yaml": recipe_yaml,
         "versions": _versions(report),

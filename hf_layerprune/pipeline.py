@@ -68,7 +68,14 @@ def config_rule_layers(rule: str, num_layers: int, n: int) -> list[int]:
 CONFIG_RULES = ("last", "reverse")
 
 
+def _needs_gguf_model(recipe: Recipe) -> bool:
+    """A GGUF source is dequantized only for scoring, healing or evaluation; a plain cut copies its blocks."""
+    return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or _uses_metric(recipe)
+
+
 def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
+    if recipe.format in ("gguf", "both"):  # GGUF export needs the model; a GGUF source is cut in memory too
+        return True
     if source.kind == "gguf" or recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate:
         return True
     if recipe.layers or recipe.offload:
@@ -179,7 +186,10 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
-    if source.kind != "hub":  # Hub configs are read after the snapshot download, locally
+    from hf_layerprune.gguf_route import resolve_format
+
+    gguf_cut = resolve_format(recipe, source) == "gguf" and source.kind == "gguf" and not _needs_gguf_model(recipe)
+    if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
         check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
     if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
         hub_files(source)
@@ -194,7 +204,11 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         "base_revision": resolved_revision(source) if source.kind == "hub" else source.revision,
         "granularity": recipe.granularity,
     }
-    if needs_model_in_memory(recipe, source):
+    if gguf_cut:  # any llama.cpp architecture: transformers never reads this file
+        from hf_layerprune.gguf_route import run_streaming
+
+        run_streaming(recipe, source, report, timer, log, _explicit_or_rule)
+    elif needs_model_in_memory(recipe, source):
         _run_in_memory(recipe, source, report, timer, log)
     else:
         _run_streaming(recipe, source, report, timer, log)
@@ -408,11 +422,16 @@ def _cut(model, removed: list[int], report: dict, timer: Timer, log: Log) -> Non
 def _save(model, tokenizer, recipe: Recipe, source: Source, report: dict, timer: Timer) -> Path:
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
+            from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
+
             if source.kind == "dir":
                 copy_side_files(source.path, tmp)
-            model.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
+            if wants_safetensors(recipe):
+                model.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
+            if wants_gguf(recipe):
+                report["gguf"] = write_gguf(model, tmp, recipe, source, report)
         _write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
 

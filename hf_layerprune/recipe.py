@@ -65,6 +65,9 @@ class Recipe:
     offload: bool = False  # score one layer at a time from the safetensors shards (models larger than memory)
     device_map: str | None = None  # e.g. "auto": accelerate spreads the loaded model over the GPUs / CPU
     max_shard_size: str = "5GB"
+    # output
+    format: str | None = None  # safetensors | gguf | both (None: both for a .gguf source, else safetensors)
+    gguf_type: str | None = None  # GGUF export of a transformers model: BF16 (default), Q8_0 or F32
 
     def __post_init__(self) -> None:
         self.validate_basic()

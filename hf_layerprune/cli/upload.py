@@ -65,15 +65,22 @@ def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *
                         exist_ok: bool, verify: bool, trust_remote_code: bool) -> str:
     from hf_layerprune import checkpoint, hub
 
-    say(f"Checking {escape(directory.name)} locally (every shard, config, a forward pass)")
-    probe = checkpoint.probe(directory, trust_remote_code=trust_remote_code)
+    from hf_layerprune.gguf_publish import is_gguf_folder, verify_pushed_gguf
+
+    gguf_only = is_gguf_folder(directory)  # `--format gguf`: nothing for transformers to load, the GGUF is read back
+    probe = None
+    if not gguf_only:
+        say(f"Checking {escape(directory.name)} locally (every shard, config, a forward pass)")
+        probe = checkpoint.probe(directory, trust_remote_code=trust_remote_code)
     files = hub.local_files(directory)
     size_mb = sum((directory / f).stat().st_size for f in files) / 1e6
     where = "a pull request" if create_pr else (revision or "main")
     say(f"Publishing {len(files)} files ({size_mb:.1f} MB) to [bold]{escape(repo_id)}[/bold] ({escape(where)}) as {escape(user)}")
 
     def verify_revision(rev: str) -> dict[str, Any]:
-        return hub.verify_pushed(repo_id, rev, directory, token, probe=probe, trust_remote_code=trust_remote_code)
+        record = {} if gguf_only else hub.verify_pushed(repo_id, rev, directory, token, probe=probe,
+                                                         trust_remote_code=trust_remote_code)
+        return {**record, "gguf": verify_pushed_gguf(repo_id, rev, directory, token)}
 
     result = hub.publish_folder(
         directory, repo_id, token=token, private=private, revision=revision, create_pr=create_pr,
@@ -83,11 +90,13 @@ def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *
     say(f"[green]Pushed[/green] commit {result.commit_oid[:10]} to {escape(result.web_url)}")
     check = result.verification
     if check is not None:
-        say(
-            f"[green]Verified[/green] before it reached {escape(result.revision)}: reloaded {escape(repo_id)}@{check['commit'][:10]} "
-            f"from the Hub; files byte-identical, logits match the local model (max |diff| {check['max_abs_diff']:.2g} "
-            f"on {check['probe_tokens']} tokens)"
-        )
+        if "max_abs_diff" in check:
+            say(f"[green]Verified[/green] before it reached {escape(result.revision)}: reloaded {escape(repo_id)}@"
+                f"{check['commit'][:10]} from the Hub; files byte-identical, logits match the local model "
+                f"(max |diff| {check['max_abs_diff']:.2g} on {check['probe_tokens']} tokens)")
+        for g in check.get("gguf", []):
+            say(f"[green]Verified[/green] {escape(g['file'])} before it reached {escape(result.revision)}: read back "
+                f"from the Hub, same SHA-256, {g['block_count']} blocks, {g['tensors']} tensors")
     else:
         say("[yellow]Not verified[/yellow] (--no-verify): checked locally only")
     return result.web_url
@@ -109,16 +118,23 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
 
     if not directory.is_dir():
         raise LayerPruneError(f"{directory} is not a directory")
+    from hf_layerprune.gguf_publish import is_gguf_folder
+
     weights = sorted(directory.glob("*.safetensors"))
-    missing = [name for name, present in (("config.json", (directory / "config.json").is_file()),
+    if is_gguf_folder(directory):  # `--format gguf`: the .gguf file holds config and weights
+        weights, has_config = [True], True
+    else:
+        has_config = (directory / "config.json").is_file()
+    missing = [name for name, present in (("config.json", has_config),
                                           ("*.safetensors weights", bool(weights)),
                                           (REPORT_FILENAME, (directory / REPORT_FILENAME).is_file())) if not present]
     if missing:
         raise LayerPruneError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
                               "(write one with `hf-layerprune prune MODEL ... --output-dir DIR`)")
     report = read_json(directory / REPORT_FILENAME)
-    read_json(directory / "config.json")
-    check_weights(directory)
+    if not is_gguf_folder(directory):
+        read_json(directory / "config.json")
+        check_weights(directory)
     return report
 
 

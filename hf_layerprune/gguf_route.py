@@ -1,0 +1,203 @@
+"""GGUF outputs of a run (`--format gguf|both`), called from pipeline.py.
+
+- A GGUF source is cut by `gguf_surgery.prune_gguf`: kept tensors' quantized bytes are copied. When healing
+  changed weights, each changed tensor is re-quantized (`gguf.quants`) to its source type, or to the nearest
+  type the `gguf` package can quantize to (`NEAREST`), and the report says which.
+- A transformers source is exported with `gguf_export.export_gguf` (BF16 or Q8_0, `--gguf-type`).
+- A GGUF source with nothing that needs the model in memory (explicit --layers or a config rule, --heal none,
+  --no-eval, `--format gguf`) never dequantizes anything: `run_streaming`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hf_layerprune.errors import LayerPruneError
+
+FORMATS = ("safetensors", "gguf", "both")
+# Types gguf.quants can only dequantize -> the closest type it can quantize to (bits per weight at or above).
+NEAREST = {
+    "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q4_1", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ1_S": "Q4_0", "IQ1_M": "Q4_0",
+    "IQ2_XXS": "Q4_0", "IQ2_XS": "Q4_0", "IQ2_S": "Q4_0", "IQ3_XXS": "Q4_0", "IQ3_S": "Q4_0", "IQ4_NL": "Q4_1",
+    "IQ4_XS": "Q4_1", "MXFP4": "Q4_1", "NVFP4": "Q4_1",
+}
+
+
+def resolve_format(recipe, source) -> str:
+    """Fill recipe.format (a GGUF source defaults to both) and refuse what cannot be written."""
+    fmt = recipe.format or ("both" if source.kind == "gguf" else "safetensors")
+    if fmt not in FORMATS:
+        raise LayerPruneError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt != "safetensors" and recipe.granularity != "block":
+        raise LayerPruneError("GGUF output holds whole-layer cuts only; use --format safetensors with --granularity "
+                              f"{recipe.granularity}")
+    if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):
+        raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
+    recipe.format = fmt
+    return fmt
+
+
+def wants_gguf(recipe) -> bool:
+    return recipe.format in ("gguf", "both")
+
+
+def wants_safetensors(recipe) -> bool:
+    return recipe.format in (None, "safetensors", "both")
+
+
+def source_file(source) -> Path:
+    return Path(source.path) / source.gguf_file
+
+
+def output_name(source, num_layers: int, suffix: str = "") -> str:
+    from hf_layerprune.gguf_surgery import gguf_output_name
+    from hf_layerprune.hub import _model_name
+
+    name = source.gguf_file if source.kind == "gguf" else _model_name(source.name) + suffix
+    return gguf_output_name(name, num_layers)
+
+
+def write_gguf(model, tmp: Path, recipe, source, report: dict, log=print) -> dict[str, Any]:
+    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry."""
+    if source.kind != "gguf":
+        from hf_layerprune.gguf_export import export_gguf
+
+        out_type = recipe.gguf_type or "BF16"
+        path = tmp / output_name(source, model.config.num_hidden_layers, f".{out_type}")
+        log(f"Exporting {path.name} ({out_type})")
+        tokenizer_dir = tmp if (tmp / "tokenizer.json").exists() else None
+        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=path.stem)
+        return {"route": "export", **info}
+    path = tmp / output_name(source, model.config.num_hidden_layers)
+    removed = report["removed_layers"]
+    replace, requantized = ({}, {}) if recipe.heal == "none" else changed_tensors(model, source, removed)
+    log(f"Writing {path.name} from {source.gguf_file} ({len(replace)} re-quantized tensors)")
+    from hf_layerprune.gguf_surgery import prune_gguf
+
+    info = prune_gguf(source_file(source), path, removed, replace=replace)
+    info.pop("replaced_tensors")
+    return {"route": "surgery", **info, "requantized": requantized}
+
+
+def changed_tensors(model, source, removed: list[int]) -> tuple[dict, dict]:
+    """Tensors of the healed model that differ from the source GGUF's (dequantized), re-quantized.
+
+    Returns ({output tensor name: (bytes array, type)}, {name: {"from": source type, "to": written type}})."""
+    import numpy as np
+    import torch
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    from hf_layerprune.gguf_export import permute
+    from hf_layerprune.gguf_surgery import kept_blocks, read_header, renamed
+
+    header = read_header(source_file(source))
+    arch = header.architecture
+    config = model.config
+    kept = kept_blocks(removed, header.block_count)
+    new_index = {old: new for new, old in enumerate(kept)}
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=config.to_dict())
+    to_hf = get_gguf_hf_weights_map(model, processor)
+    state = model.state_dict()
+    out_names = {}
+    for t in header.tensors:
+        name = renamed(t.name, new_index)
+        if name is not None:
+            out_names[name] = t
+    extra = set(state) - set(to_hf.values()) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
+    if extra:
+        raise LayerPruneError(f"healing added {sorted(extra)[0]}, which the GGUF file has no tensor for; "
+                              "use --format safetensors")
+    replace, requantized = {}, {}
+    for name, t in out_names.items():
+        hf_name = to_hf.get(name)
+        if hf_name is None or hf_name not in state:
+            continue  # tensors transformers does not load (rope_freqs ...) are copied as they were
+        new = state[hf_name].detach().to(torch.float32).cpu().numpy()
+        if arch == "llama":  # transformers' LlamaTensorProcessor un-permutes Q/K of llama-arch files
+            if ".attn_q." in name:
+                new = permute(new, config.num_attention_heads)
+            elif ".attn_k." in name:
+                new = permute(new, config.num_key_value_heads)
+        src_type = Q(t.ggml_type)
+        old = quants.dequantize(_tensor_bytes(header, t), src_type).reshape(new.shape)
+        if np.array_equal(old, new):
+            continue
+        qtype = _writable_type(src_type, new)
+        data = new if qtype == Q.F32 else new.astype(np.float16) if qtype == Q.F16 else quants.quantize(new, qtype)
+        replace[name] = (data, qtype)
+        requantized[name] = {"from": src_type.name, "to": qtype.name}
+    header.buf.close()
+    return replace, requantized
+
+
+def _tensor_bytes(header, t):
+    import numpy as np
+
+    start = header.data_start + t.offset
+    return np.frombuffer(header.buf, dtype=np.uint8, count=t.n_bytes, offset=start).copy()
+
+
+def _writable_type(src_type, array):
+    """The source type when gguf.quants can quantize to it (rows permitting), else the nearest one it can."""
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as Q
+    from gguf import quants
+
+    if src_type in (Q.F32, Q.F16):
+        return src_type
+    candidates = [src_type.name, NEAREST.get(src_type.name, "Q8_0"), "Q8_0", "F16"]
+    for name in candidates:
+        qtype = Q[name]
+        block = GGML_QUANT_SIZES[qtype][0]
+        if array.shape[-1] % block:
+            continue
+        try:
+            quants.quantize(array[:1].reshape(1, -1)[:, :block], qtype) if qtype != Q.F16 else None
+        except NotImplementedError:
+            continue
+        return qtype
+    return Q.F16
+
+
+def run_streaming(recipe, source, report: dict, timer, log, removed_for) -> None:
+    """GGUF -> GGUF without loading the model: explicit --layers or a config rule, nothing else."""
+    from hf_layerprune.gguf_surgery import prune_gguf, read_header
+    from hf_layerprune.outputs import staging_dir
+    from hf_layerprune.pipeline import _write_outputs
+
+    with timer.stage("load"):
+        header = read_header(source_file(source))
+        arch, num_layers = header.architecture, header.block_count
+        total = sum(_elements(t) for t in header.tensors)
+        header.buf.close()
+    removed = removed_for(recipe, num_layers)
+    log(f"Cutting {source.gguf_file}: removing layers {removed} of {num_layers}, quantized blocks copied as they are")
+    with staging_dir(recipe.output_dir, recipe.overwrite, [source_file(source)]) as tmp:
+        with timer.stage("cut"):
+            path = tmp / output_name(source, num_layers - len(removed))
+            info = prune_gguf(source_file(source), path, removed)
+            info.pop("replaced_tensors")
+        written = read_header(path)
+        kept_total = sum(_elements(t) for t in written.tensors)
+        written.buf.close()
+        report.update(
+            model_type=arch,
+            num_layers_before=num_layers,
+            num_layers_after=len(info["kept_layers"]),
+            removed_layers=sorted(removed),
+            kept_layers=info["kept_layers"],
+            parameters_before=total,
+            parameters_after=kept_total,
+            route="gguf",
+            gguf={"route": "surgery", **info, "requantized": {}},
+        )
+        _write_outputs(tmp, report, recipe, timer)
+
+
+def _elements(t) -> int:
+    import math
+
+    return math.prod(t.dims)
