@@ -37,13 +37,13 @@ def verify_pushed_gguf(repo_id: str, revision: str, directory: Path, token: str 
     from huggingface_hub import hf_hub_download
 
     from hf_layerprune.gguf_surgery import read_header
-    from hf_layerprune.hub import _hub_errors
+    from hf_layerprune.hub_calls import hub_errors
 
     checks = []
     for name in gguf_files(directory):
         local = Path(directory) / name
         with tempfile.TemporaryDirectory(prefix="layerprune-verify-gguf-") as cache:
-            with _hub_errors(f"downloading {name} from {repo_id}@{revision} to verify it", token):
+            with hub_errors(f"downloading {name} from {repo_id}@{revision} to verify it", token):
                 pushed = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache, token=token))
             if _sha256(pushed) != _sha256(local):
                 raise LayerPruneError(f"{repo_id}@{revision}: {name} differs from the local file after the push")

@@ -306,7 +306,7 @@ def test_push_publishes_and_reads_back_the_gguf(hub_server, llama_q8, tmp_path):
                                  "--no-eval", "--repo-id", repo, "-o", str(out), "--token", WRITE_TOKEN])
     assert result.exit_code == 0, result.output
     name = "tiny-llama.Q8_0-pruned-4L.gguf"
-    assert f"Verified {name}: read back from the Hub" in result.stderr
+    assert f"Verified {name} before it reached main: read back from the Hub" in result.stderr
     files = hub_server.files(repo)
     assert {name, "README.md", "layerprune.json"} <= set(files)
     from huggingface_hub import hf_hub_download
