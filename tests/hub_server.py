@@ -717,6 +717,8 @@ class Handler(BaseHTTPRequestHandler):
                 f.seek(start)
                 while chunk := f.read(1 << 20):
                     self.wfile.write(chunk)
+            if path.stat().st_size < size:  # a damaged object: end the connection, as a failing store would
+                self.close_connection = True
         return status
 
     # --- uploads -------------------------------------------------------------------------------------------
