@@ -16,6 +16,7 @@ from typing import Any
 from hf_layerprune.errors import LayerPruneError
 
 FORMATS = ("safetensors", "gguf", "both")
+ADDS_TENSORS = ("bias",)  # healers that add tensors (down_proj biases) a GGUF surgery has no slot for
 # Types gguf.quants can only dequantize -> the closest type it can quantize to (bits per weight at or above).
 NEAREST = {
     "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q4_1", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "IQ1_S": "Q4_0", "IQ1_M": "Q4_0",
@@ -34,6 +35,12 @@ def resolve_format(recipe, source) -> str:
                               f"{recipe.granularity}")
     if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):
         raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
+    if fmt != "safetensors" and source.kind == "gguf" and recipe.heal:
+        from hf_layerprune.healing import split_chain, split_spec
+
+        if any(split_spec(part)[0] in ADDS_TENSORS for part in split_chain(recipe.heal)):
+            raise LayerPruneError(f"--heal {recipe.heal} adds bias tensors the GGUF file has no slot for; "
+                                  "use --format safetensors")
     recipe.format = fmt
     return fmt
 
@@ -106,9 +113,12 @@ def changed_tensors(model, source, removed: list[int]) -> tuple[dict, dict]:
         name = renamed(t.name, new_index)
         if name is not None:
             out_names[name] = t
-    extra = set(state) - set(to_hf.values()) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
-    if extra:
-        raise LayerPruneError(f"healing added {sorted(extra)[0]}, which the GGUF file has no tensor for; "
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    slotless = (set(state) - set(to_hf.values()) - tied) | {hf for g, hf in to_hf.items() if g not in out_names and hf in state
+                                                             and hf not in tied}
+    added = sorted(hf for hf in slotless if bool(state[hf].any()))  # all-zero additions (unused biases) change nothing
+    if added:
+        raise LayerPruneError(f"healing added {added[0]}, which the GGUF file has no tensor for; "
                               "use --format safetensors")
     replace, requantized = {}, {}
     for name, t in out_names.items():
@@ -142,6 +152,7 @@ def _tensor_bytes(header, t):
 
 def _writable_type(src_type, array):
     """The source type when gguf.quants can quantize to it (rows permitting), else the nearest one it can."""
+    import numpy as np
     from gguf import GGML_QUANT_SIZES
     from gguf import GGMLQuantizationType as Q
     from gguf import quants
@@ -154,8 +165,8 @@ def _writable_type(src_type, array):
         block = GGML_QUANT_SIZES[qtype][0]
         if array.shape[-1] % block:
             continue
-        try:
-            quants.quantize(array[:1].reshape(1, -1)[:, :block], qtype) if qtype != Q.F16 else None
+        try:  # a one-block probe: NotImplementedError for dequantize-only types
+            quants.quantize(np.zeros((1, block), dtype=np.float32), qtype) if qtype != Q.F16 else None
         except NotImplementedError:
             continue
         return qtype

@@ -247,6 +247,37 @@ def test_healed_tensors_are_requantized_to_the_source_type(llama_q8, tmp_path):
             assert np.asarray(t.data).tobytes() == np.asarray(same[t.name].data).tobytes()
 
 
+def test_nearest_writable_type_for_dequantize_only_sources():
+    from hf_layerprune.gguf_route import _writable_type
+
+    rows = np.zeros((2, 256), dtype=np.float32)
+    Q = GGMLQuantizationType
+    assert [_writable_type(t, rows) for t in (Q.Q4_1, Q.Q8_0, Q.Q4_K, Q.Q6_K, Q.Q2_K, Q.F16)] == \
+        [Q.Q4_1, Q.Q8_0, Q.Q4_1, Q.Q8_0, Q.Q4_0, Q.F16]
+    assert _writable_type(Q.Q8_0, np.zeros((2, 48), dtype=np.float32)) == Q.F16  # rows not a multiple of 32
+
+
+def test_healer_that_adds_tensors_is_refused_for_gguf(llama_q8, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("prune", llama_q8, "--layers", "2", "-o", out, "--heal", "bias", "--no-eval",
+                    "--calibration-samples", "4", "--seq-len", "16")
+    assert result.exit_code == 2 and "no slot for" in result.output and "--format safetensors" in result.output
+    assert "Loading" not in result.output  # refused before any work
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_added_nonzero_tensors_are_refused_after_healing(llama_q8, tmp_path):
+    """The backstop behind the early check: a tensor the healed model has and the GGUF file has not."""
+    from hf_layerprune.gguf_route import changed_tensors
+    from hf_layerprune.loading import resolve_source
+
+    model = load_gguf(llama_q8)
+    remove_layers(model, [2])
+    model.model.layers[1].mlp.down_proj.bias = torch.nn.Parameter(torch.ones(32))
+    with pytest.raises(LayerPruneError, match="down_proj.bias, which the GGUF file has no tensor for"):
+        changed_tensors(model, resolve_source(str(llama_q8)), [2])
+
+
 def test_safetensors_source_exports_gguf(tmp_path):
     src = tmp_path / "src"
     tiny_model("llama", num_layers=4).save_pretrained(src)
@@ -319,3 +350,28 @@ def test_push_publishes_and_reads_back_the_gguf(hub_server, llama_q8, tmp_path):
 
     hub_card = render_card(out, repo_id=repo, plots=False, online=False).read_text(encoding="utf-8")
     assert f"llama-cli -hf {repo}" in hub_card and f"ollama run hf.co/{repo}" in hub_card
+
+
+@pytest.mark.slow
+def test_real_smollm2_healed_tensor_requantized_to_q4_1(tmp_path):
+    from tiny_models import smollm2_gguf
+
+    source = smollm2_gguf()
+    out = tmp_path / "out"
+    result = invoke("prune", source, "--layers", "20-25", "-o", out, "--heal", "linear:keep_if_better=false", "--no-eval",
+                    "--calibration-samples", "8", "--seq-len", "64")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    requantized = report["gguf"]["requantized"]
+    assert requantized["blk.19.ffn_down.weight"] == {"from": "Q4_1", "to": "Q4_1"}, requantized
+    assert all(v["from"] == v["to"] for v in requantized.values()), requantized  # Q4_1 / Q8_0: quantizable
+    from gguf import quants
+    from safetensors import safe_open
+
+    name = "SmolLM2-135M-Instruct.Q4_1-pruned-24L.gguf"
+    written = {t.name: t for t in GGUFReader(out / name).tensors}["blk.19.ffn_down.weight"]
+    with safe_open(out / "model.safetensors", "np") as f:
+        healed = f.get_tensor("model.layers.19.mlp.down_proj.weight").astype(np.float32)
+    assert written.tensor_type == GGMLQuantizationType.Q4_1
+    assert np.asarray(written.data).tobytes() == quants.quantize(healed, GGMLQuantizationType.Q4_1).tobytes()
+    assert load_gguf(out / name).config.num_hidden_layers == 24
