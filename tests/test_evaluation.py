@@ -132,6 +132,12 @@ def test_lm_eval_offline_tiny_task_and_cache(model, tok, tasks_dir, tmp_path, mo
     assert set(out["results"]["tiny_mc"]) == {"acc", "acc_norm"}
     assert out["settings"]["tasks"] == ["tiny_mc"] and out["settings"]["lm_eval_version"]
     assert out["cached"] == []
+    # per-doc scores for pairing: every doc once, the gold index and the number of choices from the data
+    docs = out["samples"]["tiny_mc"]
+    rows = [json.loads(line) for line in (DATA / "tiny_mc.jsonl").read_text().splitlines() if line.strip()]
+    assert docs["doc_id"] == list(range(10))
+    assert docs["target"] == [r["label"] for r in rows] and docs["choices"] == [len(r["choices"]) for r in rows]
+    assert sum(docs["acc"]) / 10 == pytest.approx(acc["value"]) and set(docs["acc_norm"]) <= {0.0, 1.0}
 
     # same model, task and settings: served from the disk cache without running lm-eval
     def boom(*a, **k):
@@ -139,7 +145,7 @@ def test_lm_eval_offline_tiny_task_and_cache(model, tok, tasks_dir, tmp_path, mo
 
     monkeypatch.setattr(lm_eval_runner, "_simple_evaluate", boom)
     again = run_lm_eval(model, tok, ["tiny_mc"], include_path=tasks_dir, cache_dir=tmp_path / "cache", batch_size=4)
-    assert again["cached"] == ["tiny_mc"] and again["results"] == out["results"]
+    assert again["cached"] == ["tiny_mc"] and again["results"] == out["results"] and again["samples"] == out["samples"]
     # other settings or other weights miss the cache
     with pytest.raises(AssertionError):
         run_lm_eval(model, tok, ["tiny_mc"], include_path=tasks_dir, cache_dir=tmp_path / "cache", limit=5)

@@ -112,7 +112,9 @@ def evaluate(
     When MODEL is a hf-layerprune output, the results are written into its layerprune.json (`evaluation`) and its
     model card is re-rendered.
     """
-    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section
+    import dataclasses
+
+    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
 
     out_dir = Path(model).expanduser()
@@ -132,14 +134,17 @@ def evaluate(
     check_tasks(settings)  # unknown tasks fail before any model is loaded
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     start = time.perf_counter()
-    base_result = None
+    base_result = base_model = base_dir = None
+    each = dataclasses.replace(settings, speed=False) if base and speed else settings  # the pair is timed together
     if base:
         base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle)
         if base_tok is None:
             raise LayerPruneError(f"no tokenizer found for {base}")
-        base_result = evaluate_model(base_model, base_tok, settings, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
-        del base_model
-        _free()
+        base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
+        if not speed:
+            del base_model
+            base_model = None
+            _free()
     pruned_model, tokenizer, sha, local = _load(model, revision, dtype, device, allow_pickle)
     if tokenizer is None:
         if base is None:
@@ -147,11 +152,18 @@ def evaluate(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
-    pruned_result = evaluate_model(pruned_model, tokenizer, settings, model_id=model if sha else None, revision=sha,
+    pruned_result = evaluate_model(pruned_model, tokenizer, each, model_id=model if sha else None, revision=sha,
                                    model_dir=local, log=log)
+    pair = None
+    if base_model is not None:
+        pair = speed_of_pair(base_model, pruned_model, tokenizer, settings, base_dir=base_dir, pruned_dir=local, log=log)
+        del base_model
     del pruned_model
     _free()
-    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start)
+    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair)
+    from hf_layerprune.cli.options import command_line
+
+    section["command"] = command_line()
     if base:
         section["settings"]["base_model"] = base
         section["settings"]["base_revision"] = base_revision
