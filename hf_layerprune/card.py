@@ -852,8 +852,12 @@ def _inputs(report: dict[str, Any]) -> list[dict[str, Markup]]:
     out = []
     base = record.get("base_model")
     if isinstance(base, dict):
-        out.append({"role": Markup("base model"), "name": code(base.get("hub_id") or base.get("name")),
-                    "sha": code(base["sha256"]) if base.get("sha256") else None,
+        sha = code(base["sha256"]) if base.get("sha256") else None
+        files = base.get("files") if isinstance(base.get("files"), dict) else {}
+        if files:  # a local directory: each weight/config file's hash
+            sha = Markup("; ").join(code(name) + Markup(" ") + (code(h) if isinstance(h, str) else md(f"{h.get('bytes')} bytes"))
+                                    for name, h in files.items())
+        out.append({"role": Markup("base model"), "name": code(base.get("hub_id") or base.get("name")), "sha": sha,
                     "commit": code(base["commit"]) if base.get("commit") else None})
     for f in record.get("files") or []:
         if isinstance(f, dict) and f.get("name"):

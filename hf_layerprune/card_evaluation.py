@@ -115,6 +115,7 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
             "base": fmt_metric("acc", head["base"]),
             "pruned": fmt_metric("acc", head["pruned"]),
             "delta": _paired_delta(head, z),
+            "delta_plain": Markup(f"{_pts(100 * head['delta'])} ± {100 * head['delta_se']:.1f} pts"),
             "retention": Markup(f"{head['retention_pct']:.1f}% ± {head['retention_se_pts']:.1f}"),
             "range": Markup(f"{rng[0]:.1f}%–{rng[1]:.1f}%") if len(rng) == 2 and rng[0] != rng[1] else None,
             "measurable": bool(head.get("measurable")),

@@ -85,7 +85,7 @@ def compare_task(base_docs: dict[str, Any], pruned_docs: dict[str, Any], metric:
     rec.update(baselines(base_docs, set(shared)))
     kinds = [(rec[k], k) for k in ("chance", "majority") if rec.get(k) is not None]
     if kinds:
-        rec["baseline"], rec["baseline_kind"] = max(kinds)
+        rec["baseline"], rec["baseline_kind"] = max(kinds, key=lambda kv: kv[0])  # a tie is "chance"
         rec["included"] = base - rec["baseline"] > z * base_se
         if not rec["included"]:
             rec["reason"] = _reason(base, base_se, rec["baseline"], rec["baseline_kind"], z)

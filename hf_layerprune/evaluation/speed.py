@@ -248,6 +248,7 @@ def measure_speed_pair(
     out: dict[str, Any] = {}
     for who, model, folder in (("base", base, base_dir), ("pruned", pruned, pruned_dir)):
         rec = runners[who].describe()
+        rec["torch_threads"] = used_threads if rec["device"] == "cpu" else None  # as pinned while timing
         rec["layer_parameters"] = layer_parameters(model)
         for phase, tokens in (("prefill", batch_size * prompt_len), ("decode", batch_size * decode_tokens)):
             q1, med, q3 = _quartiles(times[who][phase])
