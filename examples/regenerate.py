@@ -153,7 +153,14 @@ def screenshot(dest: Path) -> None:
                         page.resolve().as_uri()], check=True, timeout=120, capture_output=True)
     finally:
         page.unlink()
-    print(f"wrote {dest / 'card_screenshot.png'}")
+    from PIL import Image, ImageChops
+
+    shot = dest / "card_screenshot.png"
+    image = Image.open(shot).convert("RGB")
+    box = ImageChops.difference(image, Image.new("RGB", image.size, "white")).getbbox()
+    if box:  # the window is taller than the page: cut the blank bottom
+        image.crop((0, 0, image.width, min(image.height, box[3] + 24))).save(shot, optimize=True)
+    print(f"wrote {shot}")
 
 
 def main() -> None:

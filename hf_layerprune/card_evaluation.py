@@ -196,8 +196,10 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
     ):
         verdict = (check or {}).get(phase) if isinstance((check or {}).get(phase), dict) else None
         if verdict and verdict.get("flagged"):
-            flags.append({"phase": Markup(phase), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
-                          "spread": Markup(f"{verdict.get('spread') or 0:.2f}"), "bound": Markup(f"×{check['bound']:.2f}")})
+            spread = verdict.get("spread") or 0.0
+            flags.append({"phase": Markup(phase.capitalize()), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
+                          "spread": Markup(f"spread {spread:.2f}" if spread else "one measurement each, no spread"),
+                          "bound": Markup(f"×{check['bound']:.2f}")})
             continue  # an implausible number is not presented as a result
         if phase in speedup:
             row(label, key, lambda v: fmt_float(v, 1), _ratio(speedup.get(phase)))

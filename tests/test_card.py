@@ -447,7 +447,7 @@ def test_old_report_still_renders_with_its_claims_qualified(tmp_path):
     assert "`SmolLM2-135M-Instruct.Q4_1.gguf`" in text
     assert "were not checked against their chance or majority rates" in text  # no per-doc scores: no paired claims
     assert "**101.9%**" not in text  # the unchecked average is no bold headline any more
-    assert "prefill speed not reported" in text and "decode speed not reported" in text  # ×2.76 and ×1.58 > ×1.25
+    assert "Prefill speed not reported" in text and "Decode speed not reported" in text  # ×2.76 and ×1.58 > ×1.25
     assert "Peak RSS" not in text  # 20 KiB -> 4 KiB
     assert "--include-path" not in text and "wiki.test.raw" in text
 

@@ -562,7 +562,7 @@ def test_implausible_speedup_is_flagged_not_reported(tmp_path):
     out.mkdir()
     write_report(out, report)
     text = render_card(out, online=False, plots=False).read_text()
-    assert "prefill speed not reported" in text and "decode speed not reported" in text and "×1.25" in text
+    assert "Prefill speed not reported" in text and "Decode speed not reported" in text and "×1.25" in text
     assert "2,763" not in text and "Prefill throughput" not in text  # the artefact is not shown as a result
     assert "Peak RSS" not in text  # 20 KiB -> 4 KiB measures nothing
 

@@ -124,6 +124,8 @@ def evaluate(
     if base is None and not no_base and report is not None:
         base = report.get("base_model")
         base_revision = base_revision or report.get("base_revision")
+        if isinstance(base, str) and base.startswith("./") and not Path(base).exists():  # published by name only
+            raise LayerPruneError(f"the base model was a local file or folder ({base[2:]}); give its path with --base")
     task_list = [] if tasks and tasks.strip().lower() == "none" else tasks
     settings = EvalSettings(
         tasks=task_list, num_fewshot=num_fewshot, limit=_limit(limit), batch_size=batch_size,
