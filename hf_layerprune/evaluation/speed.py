@@ -382,101 +382,48 @@ def measure_speed(
         raise ValueError("prompt_len and batch_size must be >= 1 and decode_tokens >= 0")
     if device is not None:
         model.to(device)
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    vocab = model.get_input_embeddings().weight.shape[0]
-    low = 0
-    if tokenizer is not None and getattr(tokenizer, "all_special_ids", None):
-        low = min(max(tokenizer.all_special_ids) + 1, vocab - 1)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(low, vocab, (batch_size, prompt_len), generator=g).to(dev)
+    runner = _Runner(model, tokenizer, prompt_len, decode_tokens, batch_size, seed)
+    dev, dtype = runner.dev, runner.dtype
     cuda = dev.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    def prefill():
-        return model(input_ids=ids, use_cache=True)
-
-    # transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache`.
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def cache_of(out):
-        return out["cache"] if "cache" in out.keys() else out["past_key_values"]
-
-    def decode(out) -> None:
-        past = cache_of(out)
-        nxt = out.logits[:, -1:].argmax(-1)
-        for _ in range(decode_tokens):
-            step = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
-            past = cache_of(step)
-            nxt = step.logits[:, -1:].argmax(-1)
-
-    was_training = model.training
-    model.eval()
     prefill_times, decode_times = [], []
+    sampler = None
     try:
-        with torch.inference_mode():
-            for _ in range(max(0, warmup)):
-                decode(prefill())
-            sync()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(max(0, warmup)):
+            runner.run()
+        if not cuda:
+            try:
+                sampler = _RssSampler()
+            except ImportError:  # psutil comes with accelerate; without it, report no CPU peak
                 sampler = None
             else:
-                try:
-                    sampler = _RssSampler()
-                except ImportError:  # psutil comes with accelerate; without it, report no CPU peak
-                    sampler = None
-                else:
-                    sampler.__enter__()
-            try:
-                for _ in range(max(1, repeats)):
-                    t0 = time.perf_counter()
-                    out = prefill()
-                    sync()
-                    t1 = time.perf_counter()
-                    decode(out)
-                    sync()
-                    t2 = time.perf_counter()
-                    prefill_times.append(t1 - t0)
-                    decode_times.append(t2 - t1)
-                    del out
-            finally:
-                if sampler is not None:
-                    sampler.__exit__(None, None, None)
+                sampler.__enter__()
+        try:
+            for _ in range(max(1, repeats)):
+                pre, dec = runner.run()
+                prefill_times.append(pre)
+                decode_times.append(dec)
+        finally:
+            if sampler is not None:
+                sampler.__exit__(None, None, None)
     finally:
-        model.train(was_training)
+        runner.restore()
     prefill_s = statistics.median(prefill_times)
     decode_s = statistics.median(decode_times)
-    result: dict[str, Any] = {
-        "device": str(dev),
-        "dtype": str(dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads() if not cuda else None,
-        "batch_size": batch_size,
-        "prompt_len": prompt_len,
-        "decode_tokens": decode_tokens,
-        "repeats": max(1, repeats),
-        "parameters": count_parameters(model),
-        "weights_bytes": weights_bytes(model),
-        "num_layers": getattr(model.config, "num_hidden_layers", None),
-        "prefill_seconds": prefill_s,
-        "prefill_tokens_per_s": batch_size * prompt_len / prefill_s,
-        "decode_seconds": decode_s,
-        "decode_tokens_per_s": (batch_size * decode_tokens / decode_s) if decode_tokens else None,
-        "decode_ms_per_token": (1000 * decode_s / decode_tokens) if decode_tokens else None,
-    }
+    result = runner.describe()
+    result.update(
+        repeats=max(1, repeats),
+        prefill_seconds=prefill_s,
+        prefill_tokens_per_s=batch_size * prompt_len / prefill_s,
+        decode_seconds=decode_s,
+        decode_tokens_per_s=(batch_size * decode_tokens / decode_s) if decode_tokens else None,
+        decode_ms_per_token=(1000 * decode_s / decode_tokens) if decode_tokens else None,
+    )
     if cuda:
         result.update(peak_memory_bytes=int(torch.cuda.max_memory_allocated(dev)), peak_memory_kind="cuda_max_allocated")
     elif sampler is not None:
         result.update(peak_memory_bytes=int(sampler.delta), peak_memory_kind="cpu_rss_delta")
     else:
         result.update(peak_memory_bytes=None, peak_memory_kind=None)
-    try:
-        result["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(model.config, torch.empty((), dtype=dtype).element_size())
-    except (ValueError, TypeError, AttributeError):
-        result["kv_cache_bytes_per_token"] = None
     if model_dir is not None and Path(model_dir).is_dir():
         result.update(directory_size(model_dir))
     return result
