@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 REPORT_FILENAME = "layerprune.json"
+# a JSON array of plain numbers, one per line as indent=2 writes it: kept on one line (per-doc scores, layer scores)
+_NUMBER_LIST = re.compile(r"\[\n\s+(-?[\d.eE+-]+(?:,\n\s+-?[\d.eE+-]+)*)\n\s*\]")
 FORMAT_VERSION = 1
 
 
@@ -58,9 +61,9 @@ def write_report(directory: str | os.PathLike, report: dict[str, Any]) -> Path:
     report = portable_report(report)
     path = Path(directory) / REPORT_FILENAME
     tmp = path.with_suffix(".json.tmp")
+    text = json.dumps(report, indent=2, sort_keys=False, default=_json_default)
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
+        f.write(_NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n")
     os.replace(tmp, path)
     return path
 
