@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def evaluate(args) -> None:
     if reused:
         section["base_scores_from"] = ("benchmarks/retention_store/base.json (per-document acc_norm of the same base "
                                        "model on the same documents, lm-eval and local tasks)")
-    section["command"] = portable_command(" ".join(["python", "examples/regenerate.py", *sys.argv[1:]]))
+    section["command"] = "python examples/regenerate.py " + portable_command(shlex.join(sys.argv[1:]))
     report = read_report(pruned_dir)
     report["evaluation"] = section
     dest = Path(args.out)

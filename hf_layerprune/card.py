@@ -822,6 +822,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "decilm": decilm,
         "usage": codeblock(usage, "python"),
         "command": codeblock(report["command"], "bash") if isinstance(report.get("command"), str) and report["command"] else None,
+        "base_scores_from": md(evaluation.get("base_scores_from")) if evaluation.get("base_scores_from") else None,
         "eval_command": codeblock(evaluation["command"], "bash") if isinstance(evaluation.get("command"), str) and evaluation["command"] else None,
         "inputs": _inputs(report),
         "recipe_yaml": recipe_yaml,
