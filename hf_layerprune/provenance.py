@@ -158,9 +158,12 @@ def portable_report(report: dict[str, Any]) -> dict[str, Any]:
                 recipe[key] = last_component(recipe[key])
         out["recipe"] = recipe
     ev = out.get("evaluation")
-    if isinstance(ev, dict) and isinstance(ev.get("settings"), dict) and _rendered_tasks(ev["settings"].get("include_path")):
+    if isinstance(ev, dict):
         ev = dict(ev)
-        ev["settings"] = {**ev["settings"], "include_path": "hf-layerprune's local task YAMLs (benchmarks/tasks)"}
+        if isinstance(ev.get("command"), str):  # `hf-layerprune evaluate ...`
+            ev["command"] = portable_command(ev["command"])
+        if isinstance(ev.get("settings"), dict) and _rendered_tasks(ev["settings"].get("include_path")):
+            ev["settings"] = {**ev["settings"], "include_path": "hf-layerprune's local task YAMLs (benchmarks/tasks)"}
         out["evaluation"] = ev
     base = out.get("base_model")
     if is_local_path(base):  # "./name": plainly a local checkpoint, never mistaken for a Hub id

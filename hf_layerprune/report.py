@@ -13,7 +13,9 @@ docs/report.md for the full schema); every stage adds its own section and never 
 - ``recipe``: the Recipe as a dict (reproduces the run)
 - ``scoring``: {metric, selection, granularity, calibration: {...}, scores: {...}, ...}   (scoring stage)
 - ``healing``: {method, steps, tokens, seconds, losses: [...], ...}                           (healing stage)
-- ``evaluation``: {settings, base: {...}, pruned: {...}}, ``perplexity``, ``speed``           (evaluation stage)
+- ``evaluation``: {settings, base: {...}, pruned: {...}, comparison, samples (per-doc scores of both), paired
+  (per-task Δ ± paired SE, chance/majority, headline), perplexity, speed ({base, pruned, protocol, speedup,
+  plausibility})}                                                                              (evaluation stage)
 - ``versions``: library versions; ``timings``: seconds per stage
 - ``provenance``: the base model as Hub id + commit or local file name + sha256, and the local input files
   (provenance.py). No absolute path of the machine is written: ``write_report`` passes every report through
