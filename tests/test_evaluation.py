@@ -529,6 +529,14 @@ def test_task_below_its_majority_rate_is_excluded_from_the_headline_and_flagged(
     assert tasks["good"]["included"] is True and "reason" not in tasks["good"]
     assert head["tasks"] == ["good"] and set(head["excluded"]) == {"boolq", "weak"}
     assert head["retention_pct"] == pytest.approx(100 * 27 / 30)
+    # a generation task (no answer choices) must be clearly above 0
+    from hf_layerprune.evaluation.paired import compare_task
+
+    gen = compare_task(_docs([1] * 20 + [0] * 20, metric="exact_match"), _docs([1] * 18 + [0] * 22, metric="exact_match"),
+                       "exact_match")
+    assert gen["included"] and gen["baseline"] == 0.0 and gen["chance"] is None
+    rare = compare_task(_docs([1] + [0] * 39, metric="exact_match"), _docs([0] * 40, metric="exact_match"), "exact_match")
+    assert not rare["included"] and rare["reason"].startswith("base 2.5 is within 2 SE") and rare["reason"].endswith("zero 0.0")
 
 
 def test_implausible_speedup_is_flagged_not_reported(tmp_path):

@@ -12,8 +12,8 @@ per metric, and for multiple-choice tasks ``target`` and ``choices``). Output, s
 
 - A task counts towards the headline only when the base model is clearly above the better of its chance rate
   (mean of 1/number of choices over the evaluated docs) and its majority rate (always answering the most frequent
-  gold label of the evaluated docs): base − baseline > ``z`` × SE(base). Other tasks stay in the table, flagged
-  with the reason.
+  gold label of the evaluated docs): base − baseline > ``z`` × SE(base); a task without answer choices
+  (generation) must be clearly above 0. Other tasks stay in the table, flagged with the reason.
 - Δ = mean over the shared docs of (pruned − base) per doc; its SE is the sample SD of the per-doc differences over
   √n. The two models answer the same questions, so this is far smaller than the two unpaired SEs combined.
 - Headline: every included task weighs the same; retention = mean pruned / mean base; the SE of the mean
@@ -84,15 +84,11 @@ def compare_task(base_docs: dict[str, Any], pruned_docs: dict[str, Any], metric:
     }
     rec.update(baselines(base_docs, set(shared)))
     kinds = [(rec[k], k) for k in ("chance", "majority") if rec.get(k) is not None]
-    if kinds:
-        rec["baseline"], rec["baseline_kind"] = max(kinds, key=lambda kv: kv[0])  # a tie is "chance"
-        rec["included"] = base - rec["baseline"] > z * base_se
-        if not rec["included"]:
-            rec["reason"] = _reason(base, base_se, rec["baseline"], rec["baseline_kind"], z)
-    else:
-        rec["baseline"] = rec["baseline_kind"] = None
-        rec["included"] = False
-        rec["reason"] = "no chance or majority rate (not a multiple-choice task)"
+    # a generation task has no answer choices: guessing scores about 0, so the base must be clearly above 0
+    rec["baseline"], rec["baseline_kind"] = max(kinds, key=lambda kv: kv[0]) if kinds else (0.0, "zero")  # tie: chance
+    rec["included"] = base - rec["baseline"] > z * base_se
+    if not rec["included"]:
+        rec["reason"] = _reason(base, base_se, rec["baseline"], rec["baseline_kind"], z)
     return rec
 
 
