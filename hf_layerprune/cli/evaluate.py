@@ -71,7 +71,10 @@ def summary_table(section: dict[str, Any]) -> Table:
                 base = ((section.get("base") or {}).get(task) or {}).get(metric) or {}
                 row.append(f"{base['value']:.4f}" if base.get("value") is not None else "–")
             row.append(f"{rec['value']:.4f}")
-            if has_base:
+            paired = ((section.get("paired") or {}).get("tasks") or {}).get(task) or {}
+            if has_base and paired.get("metric") == metric:  # the paired SE from the per-doc scores
+                row.append(f"{paired['delta']:+.4f} ± {paired['delta_se']:.4f}" + ("" if paired.get("included") else " (not in headline)"))
+            elif has_base:
                 row.append(f"{cmp['delta']:+.4f}" if cmp else "–")
                 row.append(f"{cmp['retention_pct']:.1f}%" if cmp and cmp.get("retention_pct") is not None else "–")
             table.add_row(*row)
