@@ -398,7 +398,7 @@ def measure_speed(
     if device is not None:
         model.to(device)
     runner = _Runner(model, tokenizer, prompt_len, decode_tokens, batch_size, seed)
-    dev, dtype = runner.dev, runner.dtype
+    dev = runner.dev
     cuda = dev.type == "cuda"
     prefill_times, decode_times = [], []
     sampler = None
