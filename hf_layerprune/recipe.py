@@ -19,6 +19,31 @@ from hf_layerprune.errors import ConfigError, LayerPruneError
 
 GRANULARITIES = ("block", "attention", "mlp")
 
+# The defaults a recipe resolves to (`resolve_defaults`), chosen from benchmarks/RESULTS.md on SmolLM2-135M-Instruct:
+# - metric: no single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and
+#   WikiText-2 perplexity 2379 at drop 9), so `auto` (auto.py: a selection strategy above scoring) compares the
+#   selections of angular, cosine and bi after the default healer's closed-form stand-in on held-out calibration
+#   text and keeps the best. Sub-layers: angular and cosine compare block boundaries only; `bi` scores any unit from
+#   the one capture pass (ShortGPT's signal, used per sub-layer by LLM-Drop).
+# - healer: `absorb` against `linear` (the previous default): the same retention at drop 6 and more at drop 9, with a
+#   far lower perplexity at both depths (docs/healing.md). The closed-form healers fold a correction for removed
+#   *whole* layers; sub-layer cuts are left unhealed unless asked (`--heal lora|qlora|distill` train on the DeciLM
+#   model).
+AUTO = "auto"
+DEFAULT_METRIC = AUTO
+DEFAULT_SUBLAYER_METRIC = "bi"
+DEFAULT_HEALER = "absorb"
+DEFAULT_SUBLAYER_HEALER = "none"
+CONFIG_RULES = ("last", "reverse")  # selections that need only the depth (selection.config_rule_layers)
+
+
+def default_metric(granularity: str = "block") -> str:
+    return DEFAULT_METRIC if granularity == "block" else DEFAULT_SUBLAYER_METRIC
+
+
+def default_healer(granularity: str = "block") -> str:
+    return DEFAULT_HEALER if granularity == "block" else DEFAULT_SUBLAYER_HEALER
+
 
 @dataclass
 class Recipe:
@@ -30,7 +55,7 @@ class Recipe:
     drop: int | None = None
     layers: list[int] | None = None
     granularity: str = "block"
-    metric: str | None = None  # None: the default metric (see scoring registry)
+    metric: str | None = None  # None: the default metric (DEFAULT_METRIC)
     selection: str | None = None  # None: the metric's default strategy
     protect: list[str | int] = field(default_factory=list)
     rounds: int = 1  # iterative prune -> heal -> rescore in this many rounds
@@ -41,7 +66,7 @@ class Recipe:
     seed: int = 0
     text_column: str | None = None
     # healing
-    heal: str | None = None  # None: the default healer (healing.DEFAULT_HEALER)
+    heal: str | None = None  # None: the default healer (DEFAULT_HEALER)
     heal_steps: int | None = None
     heal_tokens: int | None = None
     heal_data: str | None = None
@@ -105,14 +130,20 @@ class Recipe:
     def resolve_defaults(self) -> "Recipe":
         """Fill the choices left to the tool (the default healer) so that the report names what really ran."""
         if self.heal is None:
-            from hf_layerprune.healing import default_healer
-
             self.heal = default_healer(self.granularity)
         if self.metric is None and self.drop and not self.layers:
-            from hf_layerprune.scoring import default_metric
-
             self.metric = default_metric(self.granularity)
         return self
+
+    @property
+    def metric_name(self) -> str:
+        """The metric (or `auto`, or a config rule) this recipe selects with: its own, else the default."""
+        return self.metric or default_metric(self.granularity)
+
+    @property
+    def uses_metric(self) -> bool:
+        """True when layers are chosen by scoring (not `--layers`, not a config-only rule such as `last`)."""
+        return not self.layers and self.metric_name not in CONFIG_RULES
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -65,7 +65,7 @@ def analyze(
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     metric_spec = metric_spec or default_metric(recipe.granularity)
     if metric_spec == "auto":  # the default pipeline's choice: show the metrics it chooses between
-        from hf_layerprune.scoring import AUTO_METRICS
+        from hf_layerprune.auto import AUTO_METRICS
 
         metric_spec = ",".join(AUTO_METRICS)
     log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731
