@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.cli.options import RECIPE_OPTIONS, build_recipe
 from hf_layerprune.errors import ConfigError, cli_errors
 
@@ -37,7 +37,7 @@ def with_analyze_options(func):
     return wrapper
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 @with_analyze_options
 def analyze(

@@ -9,14 +9,14 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 @with_recipe_options(exclude=("revision",))
 def push(

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hf_layerprune.base_view import as_base
+
 NON_ATTENTION_LAYER_TYPES = {"linear_attention", "conv", "mamba", "mlp", "moe_only"}
 
 
@@ -225,8 +227,6 @@ def measure_speed_pair(
     Returns the report's ``evaluation.speed``: {"base", "pruned", "protocol", "speedup", "plausibility"}.
     """
     import torch
-
-    from hf_layerprune.base_view import as_base
 
     models = {"base": base, "pruned": pruned}
 
