@@ -128,7 +128,7 @@ def save(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer
     """The save stage into a staging folder, then layerprune.json and the card; moved into place at the end."""
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
-            report.gguf = stages.save(model, tokenizer, recipe, source, tmp, report.cut.removed_layers)
+            report.gguf = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers)
         write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
 

@@ -9,8 +9,9 @@ them too (README, "Python API"):
     cut_section = cut(model, removed)
     healing, cut_section = heal(model, tokenizer, recipe, cut_section, base=base)
     evaluation = evaluate(base, model, tokenizer, recipe)
-    save(model, tokenizer, recipe, "out", Report(source, cut=cut_section, scoring=scoring, healing=healing,
-                                                 evaluation=evaluation))
+    save(model, tokenizer, recipe, "out")
+    card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation,
+                       recipe=recipe.to_dict()))
 
 Calibration is drawn inside `select` (the scoring text) and `heal` (the healing text), each from the recipe, so
 that a stage run alone draws exactly what it draws inside the pipeline.
@@ -117,17 +118,20 @@ def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> dic
     return evaluate_for_recipe(base, model, tokenizer, recipe, log=log)
 
 
-def save(model, tokenizer, recipe: Recipe, source: Source, folder: str | Path, removed: list[int]) -> dict[str, Any] | None:
-    """Write the weights (sharded safetensors and/or GGUF), tokenizer and the source's side files into `folder`;
-    returns the report's gguf section when a GGUF was written."""
+def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source | None = None,
+         removed: list[int] | None = None) -> dict[str, Any] | None:
+    """Write the weights (sharded safetensors and/or GGUF), tokenizer and the source's side files (licence,
+    generation config) into `folder`; returns the report's gguf section when a GGUF was written (`removed`: the
+    cut's layers, which a GGUF source's surgery needs)."""
     folder = Path(folder)
+    source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     if source.kind == "dir":
         copy_side_files(source.path, folder)
     if wants_safetensors(recipe):
         model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    return write_gguf(model, folder, recipe, source, removed) if wants_gguf(recipe) else None
+    return write_gguf(model, folder, recipe, source, removed or []) if wants_gguf(recipe) else None
 
 
 def card(folder: str | Path, report: Report | dict[str, Any], *, model: str | None = None) -> Path:

@@ -8,6 +8,9 @@ Peak memory is what the device can tell us, and the result says which (``peak_me
 - CUDA: ``torch.cuda.max_memory_allocated`` during the timed runs (weights included), ``cuda_max_allocated``;
 - CPU: the growth of the process's resident set size over the runs, sampled every 2 ms by a thread
   (``cpu_rss_delta``): activations and KV cache, not the weights (already resident). Approximate.
+
+Long module: the single-model measurement, the interleaved pair protocol and the plausibility bound share
+one runner (`_Runner`) and one set of record fields; split, the card would read fields defined in three places.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Fusion is exact: ``down_proj``: ``W ← (I + Δ)ᵀ W``, ``b ← b (I + Δ) + c`
 Every fold is checked numerically first (`check_additive`: the stream after the site really is ``r + y``, false
 for post-norm layers) and after (fused output == hooked output on a probe batch). Several removed blocks are
 healed one after another, each fitted on the model already corrected for the earlier ones.
+
+Long module: the three closed-form healers (bias, linear, projection) share the fold sites, the additivity
+check and the fitting code; one module keeps their common guarantees (exact fold, checked numerically) together.
 """
 
 from __future__ import annotations
