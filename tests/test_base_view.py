@@ -53,10 +53,6 @@ def healed(family: str, method: str):
         if "not possible" in str(exc) or "cannot" in str(exc) or "sparse" in str(exc) or "no single" in str(exc):
             return None
         raise
-    except ValueError as exc:  # peft cannot put LoRA with dropout on fused expert parameters (qwen3_moe), on main too
-        if "lora_dropout" in str(exc):
-            return None
-        raise
     return original, model, view, report
 
 
@@ -146,11 +142,10 @@ def test_auto_judging_leaves_the_model_bit_identical(family):
     before = state(model)
     recipe = Recipe(model="x", drop=2, heal="absorb", calibration_samples=4, seq_len=16)
     recipe.resolve_defaults()
-    try:
-        removed, record = auto_select(model, None, recipe, log=lambda m: None)
-        assert len(record["candidates"]) >= 1 and len(removed) == 2
-    except LayerPruneError as exc:  # gemma2/3: the judge `linear` finds no additive fold site (on main too)
-        assert "cannot fold" in str(exc)  # refused mid-candidate: the trial is undone all the same
+    removed, record = auto_select(model, None, recipe, log=lambda m: None)
+    assert len(record["candidates"]) >= 1 and len(removed) == 2
+    # gemma2 normalises the MLP output, so `linear` refuses it up front and candidates are judged unhealed
+    assert record["judged_with"]["heal"] == ("none" if family in ("gemma2", "qwen2_moe") else "linear")
     assert same_state(state(model), before)
 
 

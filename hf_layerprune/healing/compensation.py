@@ -142,10 +142,15 @@ class Site:
 
 
 def fold_refusal(model) -> str | None:
-    """Why no correction can be folded into `model`'s MLPs (sparse MoE: no single down_proj), or None."""
+    """Why no correction can be folded into `model`'s MLPs, or None: sparse MoE (no single down_proj), or a norm
+    between the MLP and the residual stream (gemma2/3's post_feedforward_layernorm: the architecture's `mlp_out` is
+    not the MLP itself), where `rest + output` does not hold and a fused correction would be normalised away."""
     arch = get_architecture(model.config)
     if not arch.down_proj:
         return f"{arch.model_type} has sparse MoE MLPs with no single down_proj to fold a correction into; use lora or replace"
+    if arch.mlp_out != arch.mlp:
+        return (f"{arch.model_type} normalises the MLP output ({arch.mlp_out}) before the residual stream, so a "
+                f"correction cannot be folded into {arch.down_proj}; use absorb, lora or replace")
     return None
 
 
