@@ -101,7 +101,7 @@ def run_method(model: str, name: str, drop: int, args, work: Path) -> tuple[dict
         perplexity=str(data_dir() / "wikitext2_raw" / "wiki.test.raw"), perplexity_tokens=args.ppl_tokens, **overrides,
     )
     start = time.perf_counter()
-    report = run(recipe, log=lambda msg: print(f"  {msg}", file=sys.stderr))
+    report = run(recipe, log=lambda msg: print(f"  {msg}", file=sys.stderr)).to_dict()
     seconds = time.perf_counter() - start
     ev = report["evaluation"]
     ppl = (ev.get("perplexity") or {})

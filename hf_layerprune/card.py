@@ -31,6 +31,7 @@ from typing import Any, Iterable
 from markupsafe import Markup, escape
 
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.provenance import hub_id
 from hf_layerprune.report import read_report, write_report
 
 CARD_FILENAME = "README.md"
@@ -40,7 +41,6 @@ PLOT_FILES = {
     "healing": "layerprune_healing_loss.png",
     "evaluation": "layerprune_evaluation.png",
 }
-HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 HUB = "https://huggingface.co"
 
 # ------------------------------------------------------------------------------------------------ papers
@@ -237,15 +237,6 @@ def codeblock(value: Any, lang: str = "") -> Markup:
     fence = "`" * max(3, longest + 1)
     lang = re.sub(r"[^a-z0-9]", "", lang.lower())
     return Markup(f"{fence}{lang}\n{text}\n{fence}")
-
-
-def hub_id(value: Any) -> str | None:
-    """``value`` when it is a plausible Hub repo id (``name`` or ``org/name``) and not a local path, else None."""
-    if not isinstance(value, str) or not HUB_ID.match(value) or ".." in value or value.endswith((".gguf", ".safetensors")):
-        return None
-    if os.path.exists(value):
-        return None
-    return value
 
 
 def model_link(value: Any) -> Markup:

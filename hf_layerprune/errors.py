@@ -13,6 +13,7 @@ is a ``LayerPruneError`` (one actionable line, exit code 2) and also the matchin
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from typing import Callable, TypeVar
@@ -69,10 +70,18 @@ def cli_errors(func: F) -> F:
             print(f"Error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except OSError as exc:
-            from hf_layerprune.outputs import describe_os_error
-
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             print(f"Error: {one_line(describe_os_error(exc))}{where}", file=sys.stderr)
             raise SystemExit(LayerPruneError.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`No space left on device` style text, without the Python exception decoration."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        text = "no space left on device"
+    elif exc.errno == errno.EROFS:
+        text = "read-only file system"
+    return text

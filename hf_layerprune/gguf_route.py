@@ -65,7 +65,7 @@ def output_name(source, num_layers: int, suffix: str = "") -> str:
     return gguf_output_name(name, num_layers)
 
 
-def write_gguf(model, tmp: Path, recipe, source, report: dict, log=print) -> dict[str, Any]:
+def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=print) -> dict[str, Any]:
     """Write the GGUF output of an in-memory run into `tmp`; returns its report entry."""
     if source.kind != "gguf":
         from hf_layerprune.gguf_export import export_gguf
@@ -77,7 +77,6 @@ def write_gguf(model, tmp: Path, recipe, source, report: dict, log=print) -> dic
         info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=path.stem)
         return {"route": "export", **info}
     path = tmp / output_name(source, model.config.num_hidden_layers)
-    removed = report["removed_layers"]
     replace, requantized = ({}, {}) if recipe.heal == "none" else changed_tensors(model, source, removed)
     log(f"Writing {path.name} from {source.gguf_file} ({len(replace)} re-quantized tensors)")
     from hf_layerprune.gguf_surgery import prune_gguf
@@ -173,42 +172,7 @@ def _writable_type(src_type, array):
     return Q.F16
 
 
-def run_streaming(recipe, source, report: dict, timer, log, removed_for) -> None:
-    """GGUF -> GGUF without loading the model: explicit --layers or a config rule, nothing else."""
-    from hf_layerprune.gguf_surgery import prune_gguf, read_header
-    from hf_layerprune.outputs import staging_dir
-    from hf_layerprune.pipeline import _write_outputs
-
-    with timer.stage("load"):
-        header = read_header(source_file(source))
-        arch, num_layers = header.architecture, header.block_count
-        total = sum(_elements(t) for t in header.tensors)
-        header.buf.close()
-    removed = removed_for(recipe, num_layers)
-    log(f"Cutting {source.gguf_file}: removing layers {removed} of {num_layers}, quantized blocks copied as they are")
-    with staging_dir(recipe.output_dir, recipe.overwrite, [source_file(source)]) as tmp:
-        with timer.stage("cut"):
-            path = tmp / output_name(source, num_layers - len(removed))
-            info = prune_gguf(source_file(source), path, removed)
-            info.pop("replaced_tensors")
-        written = read_header(path)
-        kept_total = sum(_elements(t) for t in written.tensors)
-        written.buf.close()
-        report.update(
-            model_type=arch,
-            num_layers_before=num_layers,
-            num_layers_after=len(info["kept_layers"]),
-            removed_layers=sorted(removed),
-            kept_layers=info["kept_layers"],
-            parameters_before=total,
-            parameters_after=kept_total,
-            route="gguf",
-            gguf={"route": "surgery", **info, "requantized": {}},
-        )
-        _write_outputs(tmp, report, recipe, timer)
-
-
-def _elements(t) -> int:
+def elements(t) -> int:
     import math
 
     return math.prod(t.dims)

@@ -32,6 +32,9 @@ Guarantees:
   the token in any small file is refused before anything is sent.
 
 Endpoint, cache and token follow huggingface_hub's own settings (`HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_TOKEN`).
+
+Long module: the publish protocol (staging branch, verification, promotion, undo) is one sequence of Hub
+calls whose guarantees above are read together; the retrying transport is hub_calls.py.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import socket
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from hf_layerprune.errors import OutputError
+from hf_layerprune.errors import OutputError, describe_os_error
 from hf_layerprune.report import REPORT_FILENAME  # the mark of our own output
 
 
@@ -89,16 +88,6 @@ def _check_writable(parent: Path) -> None:
         os.rmdir(probe)
     except OSError as exc:
         raise OutputError(f"cannot write in {parent}: {describe_os_error(exc)}") from None
-
-
-def describe_os_error(exc: OSError) -> str:
-    """`No space left on device` style text, without the Python exception decoration."""
-    text = exc.strerror or str(exc) or type(exc).__name__
-    if exc.errno == errno.ENOSPC:
-        text = "no space left on device"
-    elif exc.errno == errno.EROFS:
-        text = "read-only file system"
-    return text
 
 
 # --- leftovers of killed runs -------------------------------------------------------------------------------------

@@ -24,11 +24,23 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from hf_layerprune.evaluation.lm_eval_runner import default_cache_dir
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 # a path starting at the root or the home directory, not preceded by a word character, ':' or '/' (URLs, "tokens/s")
 _ABS_PATH = re.compile(r"(?:^|(?<=[\s'\"=(,\[]))(?:~/|[A-Za-z]:\\|/(?!/))[^\s'\"`,;()\[\]{}<>|]+")
 _RECIPE_PATHS = ("model", "output_dir", "include_path", "perplexity", "calibration", "heal_data", "base_card", "text")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model")
 HASH_LIMIT = 64 * 2**30  # bytes of a local directory's files hashed at most (larger ones: names and sizes only)
+
+
+def hub_id(value: Any) -> str | None:
+    """``value`` when it is a plausible Hub repo id (``name`` or ``org/name``) and not a local path, else None."""
+    if not isinstance(value, str) or not HUB_ID.match(value) or ".." in value or value.endswith((".gguf", ".safetensors")):
+        return None
+    if os.path.exists(value):
+        return None
+    return value
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 2**22) -> str:
@@ -68,8 +80,6 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def _tasks_cache() -> str:
     """Where hf-layerprune renders the local task YAMLs (``local_*``): an --include-path there is regenerated."""
-    from hf_layerprune.evaluation.lm_eval_runner import default_cache_dir
-
     return str(default_cache_dir().parent / "tasks")
 
 
@@ -116,8 +126,6 @@ def scrub(value: Any) -> Any:
 
 def provenance(report: dict[str, Any]) -> dict[str, Any]:
     """Where the inputs came from, recorded while the local paths still exist (kept from an earlier write)."""
-    from hf_layerprune.card import hub_id
-
     old = report.get("provenance") if isinstance(report.get("provenance"), dict) else {}
     out: dict[str, Any] = dict(old)
     base = report.get("base_model")

@@ -19,55 +19,104 @@ from hf_layerprune.errors import ConfigError, LayerPruneError
 
 GRANULARITIES = ("block", "attention", "mlp")
 
+# The defaults a recipe resolves to (`resolve_defaults`), chosen from benchmarks/RESULTS.md on SmolLM2-135M-Instruct:
+# - metric: no single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and
+#   WikiText-2 perplexity 2379 at drop 9), so `auto` (auto.py: a selection strategy above scoring) compares the
+#   selections of angular, cosine and bi after the default healer's closed-form stand-in on held-out calibration
+#   text and keeps the best. Sub-layers: angular and cosine compare block boundaries only; `bi` scores any unit from
+#   the one capture pass (ShortGPT's signal, used per sub-layer by LLM-Drop).
+# - healer: `absorb` against `linear` (the previous default): the same retention at drop 6 and more at drop 9, with a
+#   far lower perplexity at both depths (docs/healing.md). The closed-form healers fold a correction for removed
+#   *whole* layers; sub-layer cuts are left unhealed unless asked (`--heal lora|qlora|distill` train on the DeciLM
+#   model).
+AUTO = "auto"
+DEFAULT_METRIC = AUTO
+DEFAULT_SUBLAYER_METRIC = "bi"
+DEFAULT_HEALER = "absorb"
+DEFAULT_SUBLAYER_HEALER = "none"
+CONFIG_RULES = ("last", "reverse")  # selections that need only the depth (selection.config_rule_layers)
+
+
+def default_metric(granularity: str = "block") -> str:
+    return DEFAULT_METRIC if granularity == "block" else DEFAULT_SUBLAYER_METRIC
+
+
+def default_healer(granularity: str = "block") -> str:
+    return DEFAULT_HEALER if granularity == "block" else DEFAULT_SUBLAYER_HEALER
+
+
+def option(default: Any = None, help: str = "", panel: str = "Pruning", flag: str | None = None,
+           factory: Any = None) -> Any:
+    """A Recipe field that is also a CLI option of `prune`, `push` and `sweep` (cli/options.py builds them from
+    this metadata): its help text, help panel, and flag spelling for booleans. `{metrics}` and `{healers}` in the
+    help are filled from the registries."""
+    meta = {"help": help, "panel": panel, "flag": flag}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
 
 @dataclass
 class Recipe:
+    """Everything that decides a run's output, typed and checked when built (from the CLI, a YAML recipe or code);
+    `to_dict` is the report's `recipe` section. Fields made with `option(...)` are the CLI's options."""
+
     model: str = ""
-    revision: str | None = None
+    revision: str | None = option(help="Hub revision (branch, tag or commit) of MODEL.")
     output_dir: str | None = None
     overwrite: bool = False
     # what to remove
-    drop: int | None = None
-    layers: list[int] | None = None
-    granularity: str = "block"
-    metric: str | None = None  # None: the default metric (see scoring registry)
-    selection: str | None = None  # None: the metric's default strategy
-    protect: list[str | int] = field(default_factory=list)
-    rounds: int = 1  # iterative prune -> heal -> rescore in this many rounds
+    drop: int | None = option(help="Number of layers (or sub-layers) to remove, chosen by --metric.")
+    layers: list[int] | None = option(help="Exact 0-based indices to remove, e.g. 3,4,5 or 20-27.")
+    granularity: str = option("block", help="Unit to remove: block (default), attention or mlp.")
+    metric: str | None = option(help="Importance metric used by --drop: auto (default for whole layers) or one of "
+                                     "{metrics} (see `analyze --help`).")
+    selection: str | None = option(help="contiguous | topk | greedy (default: the metric's own).")
+    protect: list[str | int] = option(factory=list, help="Layers never removed: first,last and/or indices.")
+    rounds: int = option(1, help="Iterative prune -> heal -> rescore in K rounds (deep cuts).")
     # calibration
-    calibration: str = "self"
-    calibration_samples: int = 32
-    seq_len: int = 256
-    seed: int = 0
-    text_column: str | None = None
+    calibration: str = option("self", help="Calibration text: self, a Hub dataset id[:config[:split]], or files.",
+                              panel="Calibration")
+    calibration_samples: int = option(32, help="Number of calibration sequences.", panel="Calibration")
+    seq_len: int = option(256, help="Tokens per calibration sequence.", panel="Calibration")
+    seed: int = option(0, help="Random seed for sampling and training.", panel="Calibration")
+    text_column: str | None = option(help="Text column of a calibration dataset.", panel="Calibration")
     # healing
-    heal: str | None = None  # None: the default healer (healing.DEFAULT_HEALER)
-    heal_steps: int | None = None
-    heal_tokens: int | None = None
-    heal_data: str | None = None
-    learning_rate: float | None = None
-    lora_rank: int | None = None
-    lora_targets: list[str] | None = None
+    heal: str | None = option(help="Healing method: none, {healers}; chain with + (linear+absorb).", panel="Healing")
+    heal_steps: int | None = option(help="Optimizer steps for trained healers.", panel="Healing")
+    heal_tokens: int | None = option(help="Token budget for trained healers (alternative to --heal-steps).",
+                                     panel="Healing")
+    heal_data: str | None = option(help="Healing text source (default: the calibration source).", panel="Healing")
+    learning_rate: float | None = option(help="Learning rate for trained healers.", panel="Healing")
+    lora_rank: int | None = option(help="LoRA rank.", panel="Healing")
+    lora_targets: list[str] | None = option(help="Comma-separated module names LoRA adapts, or all-linear (every "
+                                                 "linear module but the output head).", panel="Healing")
     # evaluation
-    evaluate: bool = True
-    tasks: list[str] | None = None
-    limit: int | None = None
-    num_fewshot: int | None = None
-    batch_size: int = 8
-    include_path: str | None = None
-    perplexity: str | None = None
-    perplexity_tokens: int | None = None  # cap on evaluated tokens (None: the whole text)
+    evaluate: bool = option(True, help="Benchmark base and pruned model (lm-eval, perplexity, speed).",
+                            flag="--eval/--no-eval", panel="Evaluation")
+    tasks: list[str] | None = option(help="Comma-separated lm-eval tasks.", panel="Evaluation")
+    limit: int | None = option(help="Documents per task (for quick runs).", panel="Evaluation")
+    num_fewshot: int | None = option(help="Few-shot examples per task.", panel="Evaluation")
+    batch_size: int = option(8, help="Evaluation batch size.", panel="Evaluation")
+    include_path: str | None = option(help="Directory of extra lm-eval task YAMLs (offline tasks).", panel="Evaluation")
+    perplexity: str | None = option(help="Perplexity text: wikitext (default) or a local file.", panel="Evaluation")
+    perplexity_tokens: int | None = option(help="Evaluate perplexity on at most this many tokens.", panel="Evaluation")
     # runtime
-    dtype: str = "auto"
-    device: str | None = None
-    allow_pickle: bool = False
-    trust_remote_code: bool = False  # let transformers run the checkpoint's own code (auto_map); off unless asked
-    offload: bool = False  # score one layer at a time from the safetensors shards (models larger than memory)
-    device_map: str | None = None  # e.g. "auto": accelerate spreads the loaded model over the GPUs / CPU
-    max_shard_size: str = "5GB"
+    dtype: str = option("auto", help="auto, float32, bfloat16 or float16.", panel="Runtime")
+    device: str | None = option(help="cpu, cuda, cuda:1 ...", panel="Runtime")
+    allow_pickle: bool = option(False, help="Allow loading pickle .bin checkpoints.", flag="--allow-pickle",
+                                panel="Runtime")
+    trust_remote_code: bool = option(False, help="Let transformers run the checkpoint's own modeling code "
+                                                 "(auto_map). Only for code you have read.",
+                                     flag="--trust-remote-code", panel="Runtime")
+    offload: bool = option(False, help="Score one layer at a time from disk (models larger than memory).",
+                           flag="--offload", panel="Runtime")
+    device_map: str | None = option(help="accelerate device map for loading, e.g. auto (several GPUs).",
+                                    panel="Runtime")
+    max_shard_size: str = option("5GB", help="Largest safetensors shard, e.g. 5GB.", panel="Runtime")
     # output
-    format: str | None = None  # safetensors | gguf | both (None: both for a .gguf source, else safetensors)
-    gguf_type: str | None = None  # GGUF export of a transformers model: BF16 (default), Q8_0 or F32
+    format: str | None = option(help="Output: safetensors, gguf or both (default: both for a .gguf MODEL, else "
+                                     "safetensors).", panel="Output")
+    gguf_type: str | None = option(help="GGUF export type of a transformers model: BF16 (default) or Q8_0.",
+                                   panel="Output")
 
     def __post_init__(self) -> None:
         self.validate_basic()
@@ -105,14 +154,20 @@ class Recipe:
     def resolve_defaults(self) -> "Recipe":
         """Fill the choices left to the tool (the default healer) so that the report names what really ran."""
         if self.heal is None:
-            from hf_layerprune.healing import default_healer
-
             self.heal = default_healer(self.granularity)
         if self.metric is None and self.drop and not self.layers:
-            from hf_layerprune.scoring import default_metric
-
             self.metric = default_metric(self.granularity)
         return self
+
+    @property
+    def metric_name(self) -> str:
+        """The metric (or `auto`, or a config rule) this recipe selects with: its own, else the default."""
+        return self.metric or default_metric(self.granularity)
+
+    @property
+    def uses_metric(self) -> bool:
+        """True when layers are chosen by scoring (not `--layers`, not a config-only rule such as `last`)."""
+        return not self.layers and self.metric_name not in CONFIG_RULES
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

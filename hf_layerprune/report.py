@@ -24,16 +24,119 @@ docs/report.md for the full schema); every stage adds its own section and never 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hf_layerprune import __version__
 
 REPORT_FILENAME = "layerprune.json"
 # a JSON array of plain numbers, one per line as indent=2 writes it: kept on one line (per-doc scores, layer scores)
 _NUMBER_LIST = re.compile(r"\[\n\s+(-?[\d.eE+-]+(?:,\n\s+-?[\d.eE+-]+)*)\n\s*\]")
 FORMAT_VERSION = 1
+
+
+@dataclass
+class SourceSection:
+    """What was pruned (the load stage): flat top-level keys of ``layerprune.json``."""
+
+    base_model: str
+    base_revision: str | None = None
+    model_type: str | None = None
+    dtype: str | None = None
+    num_layers_before: int | None = None
+    parameters_before: int | None = None
+
+
+@dataclass
+class CutSection:
+    """What was removed (the cut stage; a `replace` healer that puts a layer back returns a new one)."""
+
+    num_layers_after: int
+    removed_layers: list[int]
+    kept_layers: list[int]
+    parameters_after: int | None = None
+    route: str = "in-memory"  # "in-memory" | "streaming" | "gguf"
+    removed_sublayers: dict[str, list[int]] | None = None  # --granularity attention|mlp
+    export: dict[str, Any] | None = None  # the DeciLM export of a sub-layer cut
+
+    def as_healing_input(self, num_layers_before: int) -> dict[str, Any]:
+        """The mapping healers read (removed/kept layers of the base model); a copy they may update."""
+        return {"removed_layers": list(self.removed_layers), "kept_layers": list(self.kept_layers),
+                "num_layers_before": num_layers_before, "num_layers_after": self.num_layers_after,
+                "parameters_after": self.parameters_after}
+
+    def updated_by(self, healing_input: dict[str, Any]) -> "CutSection":
+        """This cut after a healer changed the layer lists (`replace` keeps the block's first layer)."""
+        return dataclasses.replace(self, **{k: healing_input[k] for k in
+                                            ("removed_layers", "kept_layers", "num_layers_after", "parameters_after")})
+
+
+# top-level keys in the order they are written; each belongs to one section (docs/report.md)
+_HEADER = ("format_version", "tool", "command")
+_SOURCE = tuple(f.name for f in dataclasses.fields(SourceSection))
+_CUT = tuple(f.name for f in dataclasses.fields(CutSection))
+_SECTIONS = ("preflight", "scoring", "rounds", "healing", "evaluation", "gguf", "recipe", "versions", "timings",
+             "memory", "sweep")
+
+
+@dataclass
+class Report:
+    """The run record: one section per stage (source, scoring, cut, healing, evaluation, output), serialised to
+    the flat ``layerprune.json`` schema (format_version 1) by ``to_dict`` and read back, from any older file, by
+    ``from_dict``. Stages return their section; only the composition (pipeline.py, sweep.py) assigns them."""
+
+    source: SourceSection
+    command: str | None = None
+    granularity: str = "block"
+    cut: CutSection | None = None
+    preflight: dict[str, Any] | None = None  # memory estimate before loading (memory.py)
+    scoring: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] | None = None  # --rounds: scoring (and healing) of each round
+    healing: dict[str, Any] | None = None
+    evaluation: dict[str, Any] | None = None
+    gguf: dict[str, Any] | None = None  # a GGUF output (gguf_route.py)
+    recipe: dict[str, Any] | None = None
+    versions: dict[str, str] | None = None
+    timings: dict[str, float] | None = None
+    memory: dict[str, Any] | None = None
+    sweep: dict[str, Any] | None = None  # added to every variant of a sweep
+    format_version: int = FORMAT_VERSION
+    tool: dict[str, str] = field(default_factory=lambda: {"name": "hf-layerprune", "version": __version__})
+    other: dict[str, Any] = field(default_factory=dict)  # keys written by other code (provenance, base_card) or newer
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"format_version": self.format_version, "tool": self.tool, "command": self.command}
+        source = dataclasses.asdict(self.source)
+        out.update(base_model=source.pop("base_model"), base_revision=source.pop("base_revision"),
+                   granularity=self.granularity)
+        out.update({k: v for k, v in source.items() if v is not None})
+        if self.cut is not None:
+            out.update({k: v for k, v in dataclasses.asdict(self.cut).items() if v is not None})
+        out.update({k: getattr(self, k) for k in _SECTIONS if getattr(self, k) is not None})
+        out.update(self.other)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Report":
+        """A report from ``layerprune.json`` (any format_version so far: missing keys stay None)."""
+        cut = None
+        if "removed_layers" in data and "kept_layers" in data:
+            cut = CutSection(**{k: data[k] for k in _CUT if k in data and k != "num_layers_after"},
+                             num_layers_after=data.get("num_layers_after", len(data["kept_layers"])))
+        known = {*_HEADER, *_SOURCE, *_CUT, *_SECTIONS, "granularity"}
+        return cls(
+            source=SourceSection(**{k: data.get(k) for k in _SOURCE}),
+            command=data.get("command"), granularity=data.get("granularity") or "block", cut=cut,
+            **{k: data.get(k) for k in _SECTIONS},
+            format_version=data.get("format_version", FORMAT_VERSION),
+            tool=data.get("tool") or {"name": "hf-layerprune", "version": "unknown"},
+            other={k: v for k, v in data.items() if k not in known},
+        )
 
 
 def library_versions() -> dict[str, str]:
@@ -50,15 +153,18 @@ def library_versions() -> dict[str, str]:
 
 
 def read_report(directory: str | os.PathLike) -> dict[str, Any]:
+    """``layerprune.json`` as its JSON object (``Report.from_dict`` gives the typed sections)."""
     path = Path(directory) / REPORT_FILENAME
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
-def write_report(directory: str | os.PathLike, report: dict[str, Any]) -> Path:
+def write_report(directory: str | os.PathLike, report: Report | dict[str, Any]) -> Path:
     """Write ``layerprune.json`` (atomically), local paths replaced by names and hashes (provenance.py)."""
     from hf_layerprune.provenance import portable_report
 
+    if isinstance(report, Report):
+        report = report.to_dict()
     _remember_base_card(report)
     report = portable_report(report)
     path = Path(directory) / REPORT_FILENAME

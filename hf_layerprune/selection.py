@@ -128,3 +128,12 @@ def greedy(
         removed.append(min(scored, key=lambda u: (_key(scores[u], higher_is_more_important), u)))
         steps.append(scores)
     return removed, steps
+
+
+def config_rule_layers(rule: str, num_layers: int, n: int) -> list[int]:
+    """Selections that need only the depth: Gromov's `last` (deepest before the final layer), `reverse`."""
+    if rule == "last":
+        return list(range(num_layers - 1 - n, num_layers - 1))
+    if rule == "reverse":
+        return list(range(num_layers - n, num_layers))
+    raise LayerPruneError(f"{rule!r} is not a config-only rule")

@@ -14,46 +14,37 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+from hf_layerprune import stages
+from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
+from hf_layerprune.card import render_card
+from hf_layerprune.checks import check_recipe, check_target_against, source_config, source_paths
 from hf_layerprune.errors import LayerPruneError, OutputError
-from hf_layerprune.loading import resolve_source
+from hf_layerprune.evaluation import headline
+from hf_layerprune.hub import _model_name
+from hf_layerprune.loading import resolve_source, resolved_revision
 from hf_layerprune.outputs import check_output_dir
-from hf_layerprune.pipeline import (
-    Timer,
-    _cut,
-    _heal_and_evaluate,
-    _load_for_memory,
-    _save,
-    check_recipe,
-    check_target_against,
-    source_config,
-    source_paths,
-)
-from hf_layerprune.recipe import Recipe
-from hf_layerprune.report import read_report, write_report
+from hf_layerprune.pipeline import Timer, heal_and_evaluate, load, save
+from hf_layerprune.plots import plot_pareto
+from hf_layerprune.recipe import AUTO, Recipe
+from hf_layerprune.report import Report, SourceSection, read_report, write_report
+from hf_layerprune.scoring import build_context, get_metric, run_metric
 
 Log = Callable[[str], None]
 PARETO_PNG = "sweep_pareto.png"
 
 
 def variant_dir(root: Path, base_model: str, num_layers_after: int) -> Path:
-    from hf_layerprune.hub import _model_name
-
     return root / f"{_model_name(base_model)}-pruned-{num_layers_after}L"
 
 
 def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log) -> dict[int, tuple[list[int], dict]]:
     """{depth: (removed layers, scoring record)} from one calibration set and one capture pass."""
-    import dataclasses
-
-    from hf_layerprune.scoring import AUTO, auto_select, build_context, get_metric, metric_for, run_metric
-    from hf_layerprune.scoring.auto import auto_context
-
-    if metric_for(recipe) == AUTO:  # one capture pass; candidates judged per depth
+    if recipe.metric_name == AUTO:  # one capture pass; candidates judged per depth
         shared = auto_context(model, tokenizer, recipe, log)
         return {n: auto_select(model, tokenizer, dataclasses.replace(recipe, drop=n), shared=shared, log=log)
                 for n in depths}
-    metric = get_metric(metric_for(recipe))
+    metric = get_metric(recipe.metric_name)
     ctx, calibration = build_context(
         model, tokenizer, [metric], granularity="block", calibration=recipe.calibration,
         samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
@@ -77,9 +68,8 @@ def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log)
 
 def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: str | None = None,
               log: Log = print) -> list[Path]:
-    from hf_layerprune import __version__
-    from hf_layerprune.report import FORMAT_VERSION
-
+    """One output per depth under `root` (`<model>-pruned-<N>L`): load and score once, then per depth cut, heal,
+    evaluate and save as `prune` would (pipeline.py's stages), each as a reversible patch of the one loaded model."""
     if not depths or len(set(depths)) != len(depths):
         raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
     if recipe.granularity != "block":
@@ -103,32 +93,29 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     root.mkdir(exist_ok=True)
 
     timer = Timer()
-    base_report: dict[str, Any] = {
-        "format_version": FORMAT_VERSION, "tool": {"name": "hf-layerprune", "version": __version__},
-        "command": command, "base_model": source.name, "base_revision": source.revision, "granularity": "block",
-    }
-    model, tokenizer = _load_for_memory(dataclasses.replace(recipe, drop=max(depths)), source, base_report, timer, log)
+    revision = resolved_revision(source) if source.kind == "hub" else source.revision  # as `prune` records it
+    loaded = Report(SourceSection(base_model=source.name, base_revision=revision), command=command)
+    model, tokenizer = load(dataclasses.replace(recipe, drop=max(depths)), source, loaded, timer, log)
     needs_base = recipe.evaluate or recipe.heal != "none"
     with timer.stage("score"):
         selections = select_depths(model, tokenizer, recipe, sorted(depths), log)
     outputs = []
     for n in sorted(depths):
         variant = dataclasses.replace(recipe, drop=n, layers=None, output_dir=str(targets[n]))
-        report = {**copy.deepcopy(base_report), "scoring": selections[n][1]}
+        report = dataclasses.replace(copy.deepcopy(loaded), scoring=selections[n][1])
         vtimer = Timer()
         vtimer.timings.update(timer.timings)
         with trial(model) as base:  # cut, heal, evaluate and save in place; undone before the next depth
-            _cut(model, selections[n][0], report, vtimer, log)
-            _heal_and_evaluate(model, tokenizer, base if needs_base else None, variant, report, vtimer, log)
-            outputs.append(_save(model, tokenizer, variant, source, report, vtimer))
+            with vtimer.stage("cut"):
+                report.cut = stages.cut(model, selections[n][0], log=log)
+            heal_and_evaluate(model, tokenizer, base if needs_base else None, variant, report, vtimer, log)
+            outputs.append(save(model, tokenizer, variant, source, report, vtimer))
     add_pareto(outputs)
     return outputs
 
 
 def sweep_points(outputs: list[Path]) -> list[dict[str, Any]]:
     """One point per variant: depth, parameters, and the quality numbers its report has."""
-    from hf_layerprune.evaluation import headline
-
     points = []
     for out in outputs:
         report = read_report(out)
@@ -140,16 +127,10 @@ def sweep_points(outputs: list[Path]) -> list[dict[str, Any]]:
 
 def add_pareto(outputs: list[Path]) -> None:
     """Write the sweep's points and Pareto plot into every variant and re-render its card."""
-    from hf_layerprune.plots import plot_pareto
-
     points = sweep_points(outputs)
     for out in outputs:
         report = read_report(out)
         report["sweep"] = {"points": points, "plot": PARETO_PNG}
         plot_pareto(points, out / PARETO_PNG, current=out.name)
         write_report(out, report)
-        try:
-            from hf_layerprune.card import render_card
-        except ImportError:
-            continue
         render_card(out)

@@ -53,10 +53,6 @@ def healed(family: str, method: str):
         if "not possible" in str(exc) or "cannot" in str(exc) or "sparse" in str(exc) or "no single" in str(exc):
             return None
         raise
-    except ValueError as exc:  # peft cannot put LoRA with dropout on fused expert parameters (qwen3_moe), on main too
-        if "lora_dropout" in str(exc):
-            return None
-        raise
     return original, model, view, report
 
 
@@ -140,23 +136,23 @@ def test_trial_restores_every_bit(heal_spec):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "qwen2_moe", "opt"])  # fold, sliding, refused, MoE
 def test_auto_judging_leaves_the_model_bit_identical(family):
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.scoring.auto import auto_select
+    from hf_layerprune.auto import auto_select
 
     model = tiny_model(family, num_layers=6)
     before = state(model)
     recipe = Recipe(model="x", drop=2, heal="absorb", calibration_samples=4, seq_len=16)
     recipe.resolve_defaults()
-    try:
-        removed, record = auto_select(model, None, recipe, log=lambda m: None)
-        assert len(record["candidates"]) >= 1 and len(removed) == 2
-    except LayerPruneError as exc:  # gemma2/3: the judge `linear` finds no additive fold site (on main too)
-        assert "cannot fold" in str(exc)  # refused mid-candidate: the trial is undone all the same
+    removed, record = auto_select(model, None, recipe, log=lambda m: None)
+    assert len(record["candidates"]) >= 1 and len(removed) == 2
+    # gemma2 normalises the MLP output, so `linear` refuses it up front and candidates are judged unhealed
+    assert record["judged_with"]["heal"] == ("none" if family in ("gemma2", "qwen2_moe") else "linear")
     assert same_state(state(model), before)
 
 
-def test_outputs_are_byte_identical_to_the_deep_copy_pipeline(tmp_path):
-    """Ten recipes (every healer, rounds, sub-layers, evaluation) and a sweep, against hashes recorded from the code
-    that deep-copied the model (main at cfb9032)."""
+def test_outputs_are_byte_identical_to_the_golden_recording(tmp_path):
+    """Ten recipes (every healer, rounds, sub-layers, evaluation) and a sweep: weight hashes and layerprune.json
+    (timings, versions, hashes of the source excluded) equal the golden recording (tests/same_outputs.py says where
+    it came from: the deep-copy pipeline before issue 22, main before the stages refactor of issue 21)."""
     from hf_layerprune.recipe import Recipe
 
     recorded = json.loads((HERE / "data" / "same_outputs.json").read_text())
@@ -164,36 +160,15 @@ def test_outputs_are_byte_identical_to_the_deep_copy_pipeline(tmp_path):
     defaults = {name: f.default for name, f in Recipe.__dataclass_fields__.items()}
 
     def without_new_options(digest: dict, old: dict) -> dict:
-        """Recipe options added since the recording, at their defaults, are not a change of output; nor are the
-        records added by issue 23 (per-document scores, the paired comparison, the speed protocol's settings, the
-        provenance hashes), which are checked by their own tests."""
-        report = digest["report"]
-        recipe, was = report.get("recipe", {}), old["report"].get("recipe", {})
-        recorded_behaviour = {"format": "safetensors"}  # resolved default of a later option: what the recording wrote
-        for key in [k for k in recipe if k not in was and recipe[k] in (defaults.get(k), recorded_behaviour.get(k))]:
+        """Recipe options added since the recording, at their defaults, are not a change of output."""
+        recipe, was = digest["report"].get("recipe", {}), old["report"].get("recipe", {})
+        for key in [k for k in recipe if k not in was and recipe[k] == defaults.get(k)]:
             del recipe[key]
-        report.pop("provenance", None)
-        evaluation = report.get("evaluation") or {}
-        for key in ("paired", "samples"):
-            evaluation.pop(key, None)
-        for key in ("speed_repeats", "speed_threads", "speed_warmup"):
-            (evaluation.get("settings") or {}).pop(key, None)
-        for point in (report.get("sweep") or {}).get("points", []):
-            point.pop("retention_se_pts", None), point.pop("excluded_tasks", None)
         return digest
-
-    def published(old):
-        """The recording as published since issue 20: local paths reduced to their names (provenance.py)."""
-        from hf_layerprune.provenance import portable_report
-
-        as_paths = json.loads(json.dumps(old).replace("<root>", "/recorded-root"))
-        if "report" not in as_paths:  # a sweep: one digest per depth
-            return {d: published(v) for d, v in as_paths.items()}
-        return {**as_paths, "report": portable_report(as_paths["report"])}
 
     for name in [*RECIPES, "sweep"]:
         got = run_recipe(name, tmp_path, paths)
-        expected = published(recorded[name])
+        expected = recorded[name]
         if name == "sweep":
             got = {d: without_new_options(v, expected[d]) for d, v in got.items()}
         else:

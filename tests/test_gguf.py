@@ -215,9 +215,9 @@ def test_gguf_source_writes_both_formats_with_equal_logits(llama_q8, tmp_path):
 
 
 def test_gguf_only_cut_never_loads_the_model(llama_q8, tmp_path, monkeypatch):
-    import hf_layerprune.pipeline as pipeline
+    import hf_layerprune.stages as stages
 
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("the GGUF cut loaded the model"))
+    monkeypatch.setattr(stages, "load_model", lambda *a, **k: pytest.fail("the GGUF cut loaded the model"))
     out = tmp_path / "out"
     result = invoke("prune", llama_q8, "--layers", "4-5", "-o", out, "--format", "gguf", "--heal", "none", "--no-eval")
     assert result.exit_code == 0, result.output

@@ -69,7 +69,7 @@ def test_live_terminal_shows_stages_bars_and_the_summary(source, tmp_path):
     recipe = Recipe(model=str(source), layers=[1], heal="lora", heal_steps=6, calibration_samples=4, seq_len=16,
                     evaluate=False, output_dir=str(tmp_path / "out"))
     with progress.Display("live", stream=stream, width=110) as display:
-        report = run(recipe, log=display.message)
+        report = run(recipe, log=display.message).to_dict()
         from hf_layerprune.cli.options import show_summary
 
         show_summary(display, report, recipe.output_dir, None)

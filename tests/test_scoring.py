@@ -19,7 +19,7 @@ from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
 from hf_layerprune.calibration import calibration_batches
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.pipeline import config_rule_layers
+from hf_layerprune.selection import config_rule_layers
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.scoring import ScoringContext, analyze, get_metric, select_for_recipe
 from hf_layerprune.scoring.capture import (
@@ -405,8 +405,9 @@ def test_auto_keeps_the_candidate_with_the_lowest_held_out_loss(heal):
     """Identity layers 1 and 4 are not contiguous: only bi's top-k finds both, and removing them changes nothing,
     so `auto` must pick them over angular/cosine's best block, with or without the judging healer."""
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.scoring import AUTO_METRICS, DEFAULT_METRIC, auto_select
-    from hf_layerprune.scoring.auto import HELD_OUT, ranking_healer
+    from hf_layerprune.auto import AUTO_METRICS, auto_select
+    from hf_layerprune.recipe import DEFAULT_METRIC
+    from hf_layerprune.auto import HELD_OUT, ranking_healer
 
     assert DEFAULT_METRIC == "auto"
     assert ranking_healer("linear+distill") == "linear" and ranking_healer("lora") == "none"
@@ -427,7 +428,7 @@ def test_auto_keeps_the_candidate_with_the_lowest_held_out_loss(heal):
 
 def test_auto_refuses_sublayers():
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.scoring import auto_select
+    from hf_layerprune.auto import auto_select
 
     with pytest.raises(LayerPruneError, match="whole layers"):
         auto_select(planted("llama"), None, Recipe(model="tiny", drop=1, granularity="attention"), log=quiet)

@@ -41,12 +41,12 @@ def test_offload_prune_never_loads_the_model(tmp_path, monkeypatch):
     model.save_pretrained(src)
     corpus = tmp_path / "calib.txt"
     corpus.write_text(" ".join(f"w{i % 97}" for i in range(4000)))
-    import hf_layerprune.pipeline as pipeline
+    import hf_layerprune.stages as stages
 
     def refuse(*a, **k):
         raise AssertionError("the model must not be loaded in memory with --offload")
 
-    monkeypatch.setattr(pipeline, "load_model", refuse)
+    monkeypatch.setattr(stages, "load_model", refuse)
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["prune", str(src), "--drop", "2", "--metric", "bi", "--offload", "--heal", "none",
                                       "--no-eval", "--calibration", "self", "--calibration-samples", "4", "--seq-len", "16",
@@ -60,12 +60,12 @@ def test_offload_prune_never_loads_the_model(tmp_path, monkeypatch):
 
 def test_offload_prune_streams_scoring_and_surgery(pruned_model_dir, tmp_path, monkeypatch):
     """--offload --heal none --no-eval: scored and cut on disk; the model is never built in memory."""
-    import hf_layerprune.pipeline as pipeline
+    import hf_layerprune.stages as stages
 
     def refuse(*a, **k):
         raise AssertionError("the model must not be loaded in memory with --offload")
 
-    monkeypatch.setattr(pipeline, "load_model", refuse)
+    monkeypatch.setattr(stages, "load_model", refuse)
     corpus = tmp_path / "calib.txt"
     corpus.write_text(" ".join(f"w{i % 97}" for i in range(3000)))
     out = tmp_path / "out"

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.cli.options import RECIPE_OPTIONS, build_recipe
 from hf_layerprune.errors import ConfigError, cli_errors
 
@@ -37,7 +37,7 @@ def with_analyze_options(func):
     return wrapper
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 @with_analyze_options
 def analyze(
@@ -65,7 +65,7 @@ def analyze(
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     metric_spec = metric_spec or default_metric(recipe.granularity)
     if metric_spec == "auto":  # the default pipeline's choice: show the metrics it chooses between
-        from hf_layerprune.scoring import AUTO_METRICS
+        from hf_layerprune.auto import AUTO_METRICS
 
         metric_spec = ",".join(AUTO_METRICS)
     log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731

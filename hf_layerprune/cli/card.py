@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.errors import cli_errors
 
 console = Console(stderr=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 def card(
     directory: Annotated[Path, typer.Argument(help="A hf-layerprune output directory (holds layerprune.json).")],

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
 
 console = Console(stderr=True)
@@ -87,7 +87,7 @@ def summary_table(section: dict[str, Any]) -> Table:
     return table
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 def evaluate(
     model: Annotated[str, typer.Argument(help="Pruned output directory, model directory, .gguf file or Hub id.")],

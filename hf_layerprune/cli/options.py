@@ -5,9 +5,11 @@ the user actually typed; the Recipe's own defaults fill the rest.
 """
 
 
+import dataclasses
 import functools
 import inspect
 import shlex
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
@@ -24,44 +26,25 @@ def _opt(name: str, annotation: Any, help: str, flag: Optional[str] = None, pane
              annotation=Annotated[annotation, typer.Option(*flags, help=help, rich_help_panel=panel, show_default=False)])
 
 
+def _cli_type(hint: Any) -> Any:
+    """The type click parses a Recipe field as: lists arrive as comma-separated text (Recipe.from_dict splits)."""
+    args = set(typing.get_args(hint)) - {type(None)} or {hint}
+    for kind in (bool, int, float):
+        if args == {kind}:
+            return Optional[kind]
+    return Optional[str]
+
+
+def _recipe_options() -> list[P]:
+    """One CLI option per Recipe field made with `recipe.option(...)`: name, type, help and panel from the field
+    (`{metrics}` / `{healers}` in the help are filled by cli.app.Command when help is shown)."""
+    hints = typing.get_type_hints(Recipe)
+    return [_opt(f.name, _cli_type(hints[f.name]), f.metadata["help"], f.metadata["flag"], panel=f.metadata["panel"])
+            for f in dataclasses.fields(Recipe) if "help" in f.metadata]
+
+
 RECIPE_OPTIONS: list[P] = [
-    _opt("revision", Optional[str], "Hub revision (branch, tag or commit) of MODEL."),
-    _opt("drop", Optional[int], "Number of layers (or sub-layers) to remove, chosen by --metric."),
-    _opt("layers", Optional[str], "Exact 0-based indices to remove, e.g. 3,4,5 or 20-27."),
-    _opt("granularity", Optional[str], "Unit to remove: block (default), attention or mlp."),
-    _opt("metric", Optional[str], "Importance metric used by --drop (see `analyze --help`)."),
-    _opt("selection", Optional[str], "contiguous | topk | greedy (default: the metric's own)."),
-    _opt("protect", Optional[str], "Layers never removed: first,last and/or indices."),
-    _opt("rounds", Optional[int], "Iterative prune -> heal -> rescore in K rounds (deep cuts)."),
-    _opt("calibration", Optional[str], "Calibration text: self, a Hub dataset id[:config[:split]], or files.", panel="Calibration"),
-    _opt("calibration_samples", Optional[int], "Number of calibration sequences.", panel="Calibration"),
-    _opt("seq_len", Optional[int], "Tokens per calibration sequence.", panel="Calibration"),
-    _opt("seed", Optional[int], "Random seed for sampling and training.", panel="Calibration"),
-    _opt("text_column", Optional[str], "Text column of a calibration dataset.", panel="Calibration"),
-    _opt("heal", Optional[str], "Healing method: none, lora, qlora, distill, replace, absorb, bias, linear, projection; chain with + (linear+absorb).", panel="Healing"),
-    _opt("heal_steps", Optional[int], "Optimizer steps for trained healers.", panel="Healing"),
-    _opt("heal_tokens", Optional[int], "Token budget for trained healers (alternative to --heal-steps).", panel="Healing"),
-    _opt("heal_data", Optional[str], "Healing text source (default: the calibration source).", panel="Healing"),
-    _opt("learning_rate", Optional[float], "Learning rate for trained healers.", panel="Healing"),
-    _opt("lora_rank", Optional[int], "LoRA rank.", panel="Healing"),
-    _opt("lora_targets", Optional[str], "Comma-separated module names LoRA adapts, or all-linear (every linear module but the output head).", panel="Healing"),
-    _opt("evaluate", Optional[bool], "Benchmark base and pruned model (lm-eval, perplexity, speed).", "--eval/--no-eval", panel="Evaluation"),
-    _opt("tasks", Optional[str], "Comma-separated lm-eval tasks.", panel="Evaluation"),
-    _opt("limit", Optional[int], "Documents per task (for quick runs).", panel="Evaluation"),
-    _opt("num_fewshot", Optional[int], "Few-shot examples per task.", panel="Evaluation"),
-    _opt("batch_size", Optional[int], "Evaluation batch size.", panel="Evaluation"),
-    _opt("include_path", Optional[str], "Directory of extra lm-eval task YAMLs (offline tasks).", panel="Evaluation"),
-    _opt("perplexity", Optional[str], "Perplexity text: wikitext (default) or a local file.", panel="Evaluation"),
-    _opt("perplexity_tokens", Optional[int], "Evaluate perplexity on at most this many tokens.", panel="Evaluation"),
-    _opt("dtype", Optional[str], "auto, float32, bfloat16 or float16.", panel="Runtime"),
-    _opt("device", Optional[str], "cpu, cuda, cuda:1 ...", panel="Runtime"),
-    _opt("allow_pickle", Optional[bool], "Allow loading pickle .bin checkpoints.", "--allow-pickle", panel="Runtime"),
-    _opt("trust_remote_code", Optional[bool], "Let transformers run the checkpoint's own modeling code (auto_map). Only for code you have read.", "--trust-remote-code", panel="Runtime"),
-    _opt("offload", Optional[bool], "Score one layer at a time from disk (models larger than memory).", "--offload", panel="Runtime"),
-    _opt("device_map", Optional[str], "accelerate device map for loading, e.g. auto (several GPUs).", panel="Runtime"),
-    _opt("max_shard_size", Optional[str], "Largest safetensors shard, e.g. 5GB.", panel="Runtime"),
-    _opt("format", Optional[str], "Output: safetensors, gguf or both (default: both for a .gguf MODEL, else safetensors).", panel="Output"),
-    _opt("gguf_type", Optional[str], "GGUF export type of a transformers model: BF16 (default) or Q8_0.", panel="Output"),
+    *_recipe_options(),
     _opt("recipe", Optional[Path], "YAML recipe; flags given on the command line override it.", panel="Runtime"),
     _opt("quiet", Optional[bool], "Show only warnings, errors and the final line.", "--quiet", panel="Display"),
     _opt("verbose", Optional[bool], "Also show the libraries' own log messages.", "--verbose", panel="Display"),

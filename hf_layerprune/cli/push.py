@@ -9,14 +9,14 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 @with_recipe_options(exclude=("revision",))
 def push(
@@ -39,7 +39,8 @@ def push(
     """Prune, heal, evaluate and card MODEL, then publish it to the Hub in one commit and verify it loads."""
     from hf_layerprune import hub
     from hf_layerprune.cli.upload import publish_and_verify
-    from hf_layerprune.pipeline import check_recipe, planned_num_layers, run
+    from hf_layerprune.checks import check_recipe, planned_num_layers
+    from hf_layerprune.pipeline import run
 
     hub.check_repo_id(repo_id)
     recipe = build_recipe(model, {**recipe_options, "revision": model_revision},
@@ -59,7 +60,7 @@ def push(
     finished = False
     try:
         with open_display(recipe_options) as display:
-            report = run(recipe, command=command_line(), log=display.message)
+            report = run(recipe, command=command_line(), log=display.message).to_dict()
             finished = True
             if dry_run:
                 display.message(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")

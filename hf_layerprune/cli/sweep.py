@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import app
+from hf_layerprune.cli.app import Command, app
 from hf_layerprune.cli.options import build_recipe, command_line, open_display, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
@@ -20,7 +20,7 @@ def parse_depths(text: str) -> list[int]:
         raise LayerPruneError(f"cannot read --drop {text!r}: give depths like 4,8,12") from None
 
 
-@app.command()
+@app.command(cls=Command)
 @cli_errors
 @with_recipe_options(exclude=("drop", "layers"))
 def sweep(

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hf_layerprune.base_view import as_base
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.evaluation.lm_eval_runner import (
     DEFAULT_TASKS,
@@ -258,8 +259,6 @@ def evaluate_pair(
     each = dataclasses.replace(s, speed=False) if paired_speed else s
     if base_model is not None:
         log("Evaluating the base model")
-        from hf_layerprune.base_view import as_base
-
         with as_base(base_model) as base_view:  # a SharedBase view runs as the unpruned model here
             base = evaluate_model(base_view, tokenizer, each, model_id=base_id, revision=base_revision, model_dir=base_dir,
                                   log=log)
@@ -272,8 +271,6 @@ def evaluate_pair(
 def speed_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *, base_dir=None, pruned_dir=None,
                   log: Log = print) -> dict[str, Any]:
     """``measure_speed_pair`` with the settings' protocol (both models on the settings' device)."""
-    from hf_layerprune.base_view import as_base
-
     s = settings
     if s.device is not None:
         with as_base(base_model) as base:  # a SharedBase: its held-aside layers move too
@@ -350,7 +347,6 @@ def settings_from_recipe(recipe) -> EvalSettings:
         batch_size=recipe.batch_size,
         include_path=recipe.include_path,
         perplexity=recipe.perplexity or "wikitext",
-        seq_len=getattr(recipe, "eval_seq_len", None) or 512,
         ppl_max_tokens=recipe.perplexity_tokens,
         device=recipe.device,
     )

@@ -12,6 +12,10 @@ subjects) are kept with ``"parent"`` naming their group.
 Results are cached on disk, one JSON file per (model fingerprint, task, settings); see ``cache_key``. The model
 fingerprint is ``model_id@commit`` when the caller gives an immutable Hub commit sha, else a hash of the weights
 and config (a healed model never reuses its base's results).
+
+Long module: everything that touches lm-eval's API (task lookup, rendering of the local task YAMLs, the
+in-memory model wrapper, per-document samples, the cache) is kept behind this one module, so that an lm-eval
+upgrade is read and fixed in one place.
 """
 
 from __future__ import annotations

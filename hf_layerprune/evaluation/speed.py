@@ -8,6 +8,9 @@ Peak memory is what the device can tell us, and the result says which (``peak_me
 - CUDA: ``torch.cuda.max_memory_allocated`` during the timed runs (weights included), ``cuda_max_allocated``;
 - CPU: the growth of the process's resident set size over the runs, sampled every 2 ms by a thread
   (``cpu_rss_delta``): activations and KV cache, not the weights (already resident). Approximate.
+
+Long module: the single-model measurement, the interleaved pair protocol and the plausibility bound share
+one runner (`_Runner`) and one set of record fields; split, the card would read fields defined in three places.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from hf_layerprune.base_view import as_base
 
 NON_ATTENTION_LAYER_TYPES = {"linear_attention", "conv", "mamba", "mlp", "moe_only"}
 
@@ -225,8 +230,6 @@ def measure_speed_pair(
     Returns the report's ``evaluation.speed``: {"base", "pruned", "protocol", "speedup", "plausibility"}.
     """
     import torch
-
-    from hf_layerprune.base_view import as_base
 
     models = {"base": base, "pruned": pruned}
 

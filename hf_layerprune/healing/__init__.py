@@ -34,6 +34,7 @@ from hf_layerprune.healing.compensation import (
 from hf_layerprune.healing.distill import DistillOptions, heal_distill
 from hf_layerprune.healing.lora import LoraOptions, heal_lora, heal_qlora
 from hf_layerprune.healing.replacement import ReplaceOptions, heal_replace
+from hf_layerprune.recipe import DEFAULT_HEALER, DEFAULT_SUBLAYER_HEALER, default_healer
 
 HEALERS: dict[str, Healer] = {}
 
@@ -52,17 +53,6 @@ register(Healer("absorb", heal_absorb, AbsorbOptions, "the kept layer before eac
 register(Healer("bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias", needs_base_model=True, trained=False, refusal=fold_refusal))
 register(Healer("linear", heal_linear, ClosedFormOptions, "ReplaceMe: least-squares transform fused into down_proj", needs_base_model=True, trained=False, refusal=fold_refusal))
 register(Healer("projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer", needs_base_model=True, trained=False, refusal=fold_refusal))
-
-# Chosen on SmolLM2-135M-Instruct (benchmarks/RESULTS.md "absorb", docs/healing.md): against `linear` (the previous
-# default) the same retention at drop 6 and more at drop 9, with a far lower perplexity at both depths.
-DEFAULT_HEALER = "absorb"
-# The closed-form healers fold a correction for removed *whole* layers; sub-layer cuts are left unhealed unless
-# asked (`--heal lora|qlora|distill` train on the DeciLM model).
-DEFAULT_SUBLAYER_HEALER = "none"
-
-
-def default_healer(granularity: str = "block") -> str:
-    return DEFAULT_HEALER if granularity == "block" else DEFAULT_SUBLAYER_HEALER
 
 # recipe field -> options field
 RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate": "learning_rate",

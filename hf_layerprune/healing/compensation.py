@@ -22,6 +22,9 @@ Fusion is exact: ``down_proj``: ``W ← (I + Δ)ᵀ W``, ``b ← b (I + Δ) + c`
 Every fold is checked numerically first (`check_additive`: the stream after the site really is ``r + y``, false
 for post-norm layers) and after (fused output == hooked output on a probe batch). Several removed blocks are
 healed one after another, each fitted on the model already corrected for the earlier ones.
+
+Long module: the three closed-form healers (bias, linear, projection) share the fold sites, the additivity
+check and the fitting code; one module keeps their common guarantees (exact fold, checked numerically) together.
 """
 
 from __future__ import annotations
@@ -139,10 +142,15 @@ class Site:
 
 
 def fold_refusal(model) -> str | None:
-    """Why no correction can be folded into `model`'s MLPs (sparse MoE: no single down_proj), or None."""
+    """Why no correction can be folded into `model`'s MLPs, or None: sparse MoE (no single down_proj), or a norm
+    between the MLP and the residual stream (gemma2/3's post_feedforward_layernorm: the architecture's `mlp_out` is
+    not the MLP itself), where `rest + output` does not hold and a fused correction would be normalised away."""
     arch = get_architecture(model.config)
     if not arch.down_proj:
         return f"{arch.model_type} has sparse MoE MLPs with no single down_proj to fold a correction into; use lora or replace"
+    if arch.mlp_out != arch.mlp:
+        return (f"{arch.model_type} normalises the MLP output ({arch.mlp_out}) before the residual stream, so a "
+                f"correction cannot be folded into {arch.down_proj}; use absorb, lora or replace")
     return None
 
 
@@ -171,11 +179,6 @@ def site_for_block(model, block: list[int], kept: list[int], method: str) -> Sit
     if block[0] == 0:
         return embedding_site(model, method)
     return down_site(model, kept.index(block[0] - 1))
-
-
-def pruned_point_of(base_point: int, kept: list[int], num_before: int) -> int:
-    """Stream point in the pruned model that corresponds to `base_point` of a kept layer's input (or the end)."""
-    return len(kept) if base_point == num_before else kept.index(base_point)
 
 
 # ------------------------------------------------------------------------------------------------ fitting

@@ -70,10 +70,16 @@ def lora_config(model, options: LoraOptions, log: Callable[[str], None] = print)
 
     if options.rank < 1:
         raise LayerPruneError(f"--lora-rank must be at least 1 (got {options.rank})")
+    dropout = options.dropout
+    if dropout and any(p.dim() == 3 for p in model.parameters()):
+        # fused MoE experts ([experts, out, in] parameters, transformers 5): peft adapts them with its ParamWrapper,
+        # which refuses dropout ("does not work with lora_dropout != 0")
+        log(f"LoRA dropout 0 instead of {dropout}: {model.config.model_type} has fused expert weights")
+        dropout = 0.0
     return LoraConfig(
         r=options.rank,
         lora_alpha=options.lora_alpha if options.lora_alpha is not None else 2 * options.rank,
-        lora_dropout=options.dropout,
+        lora_dropout=dropout,
         target_modules=lora_targets(model, options.targets, log),
         bias="none",
         task_type="CAUSAL_LM",

@@ -15,8 +15,9 @@ Metrics (stable names; one small class each, docstrings cite the paper):
 | reverse  | Lu et al. reverse order    | all                  | topk (= the rule) |
 | random   | seeded baseline            | all                  | topk              |
 
-``select_for_recipe(model, tokenizer, recipe)`` is the pipeline's scoring stage; ``analyze(...)`` scores several
-metrics for the `analyze` command. See docs/scoring.md.
+``select_for_recipe(model, tokenizer, recipe)`` scores with one metric and selects; ``analyze(...)`` scores several
+metrics for the `analyze` command. `auto` (the default) is not a metric: it is a selection strategy above scoring
+(hf_layerprune/auto.py) that compares the candidate cuts of several metrics. See docs/scoring.md.
 """
 
 from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric, register
@@ -26,40 +27,18 @@ from hf_layerprune.scoring import leave_one_out  # noqa: F401,E402
 from hf_layerprune.scoring import gradient  # noqa: F401,E402
 from hf_layerprune.scoring import baselines  # noqa: F401,E402
 from hf_layerprune.scoring.run import analyze, build_context, run_metric, select_for_recipe
-from hf_layerprune.scoring.auto import AUTO, AUTO_METRICS, auto_select
-
-# The default *pipeline* metric, chosen from benchmarks/RESULTS.md (SmolLM2-135M-Instruct, quality table): no
-# single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and WikiText-2
-# perplexity 2379 at drop 9), so `auto` (scoring/auto.py) compares the selections of angular, cosine and bi after
-# the default healer's closed-form stand-in (`linear` for `absorb`) on held-out calibration text and keeps the best.
-DEFAULT_METRIC = "auto"
-# Sub-layers (--granularity attention|mlp): angular and cosine compare block boundaries only; `bi` scores any unit
-# from the one capture pass (ShortGPT's signal, used per sub-layer by LLM-Drop).
-DEFAULT_SUBLAYER_METRIC = "bi"
-
-
-def default_metric(granularity: str = "block") -> str:
-    return DEFAULT_METRIC if granularity == "block" else DEFAULT_SUBLAYER_METRIC
-
-
-def metric_for(recipe) -> str:
-    """The metric a recipe scores with: its own, else the default for its granularity."""
-    return recipe.metric or default_metric(recipe.granularity)
+from hf_layerprune.recipe import DEFAULT_METRIC, DEFAULT_SUBLAYER_METRIC, default_metric  # noqa: E402
 
 __all__ = [
-    "AUTO",
-    "AUTO_METRICS",
     "DEFAULT_METRIC",
     "DEFAULT_SUBLAYER_METRIC",
     "Metric",
     "Scores",
     "ScoringContext",
     "analyze",
-    "auto_select",
     "available_metrics",
     "build_context",
     "default_metric",
-    "metric_for",
     "get_metric",
     "register",
     "run_metric",

@@ -110,13 +110,10 @@ def build_context(
 
 
 def select_for_recipe(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any]]:
-    """The pipeline's scoring stage: (sorted 0-based units to remove, the report's "scoring" record)."""
-    from hf_layerprune.scoring import AUTO, auto_select, metric_for
-
-    if metric_for(recipe) == AUTO:
-        return auto_select(model, tokenizer, recipe, log=log)
+    """Score with the recipe's metric and select: (sorted 0-based units to remove, the report's "scoring" record).
+    `auto` is a strategy above scoring (auto.py; the pipeline's `stages.select` chooses between them)."""
     start = time.perf_counter()
-    metric = get_metric(metric_for(recipe))
+    metric = get_metric(recipe.metric_name)
     metric.check_granularity(recipe.granularity)
     check_strategy(recipe.selection or metric.default_selection)
     ctx, calibration = build_context(

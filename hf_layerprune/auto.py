@@ -1,4 +1,5 @@
-"""`--metric auto` (the default for whole layers): the best of several metrics' selections, judged after healing.
+"""`--metric auto` (the default for whole layers): a selection strategy above scoring that compares the candidate
+cuts of several metrics, judged after healing.
 
 The static metrics disagree, and which one is right depends on the model and the depth (SmolLM2-135M-Instruct:
 angular's contiguous block was best at drop 6 and a disaster at drop 9, where bi's scattered layers held up;
@@ -22,8 +23,16 @@ import time
 from typing import Any, Callable
 
 from hf_layerprune import progress
+from hf_layerprune.base_view import trial
+from hf_layerprune.calibration import calibration_batches
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.healing import HEALERS, heal_for_recipe, split_chain
+from hf_layerprune.healing.base import split_spec
+from hf_layerprune.healing.training import lm_loss
+from hf_layerprune.recipe import AUTO
+from hf_layerprune.scoring import build_context, get_metric, run_metric
+from hf_layerprune.surgery import kept_layers, remove_layers
 
-AUTO = "auto"
 AUTO_METRICS = ("angular", "cosine", "bi")
 HELD_OUT = 8
 
@@ -35,9 +44,6 @@ def ranking_healer(heal: str | None, model=None) -> str:
     closed-form proxy of the first trained one (`absorb` -> `linear`: the same fold site, a linear map instead of
     a trained layer; only if the proxy does not refuse `model`, e.g. sparse-MoE MLPs with nowhere to fold); none
     for the other trained healers, whose cost would multiply."""
-    from hf_layerprune.healing import HEALERS, split_chain
-    from hf_layerprune.healing.base import split_spec
-
     head = []
     for part in split_chain(heal or "none"):
         name = split_spec(part)[0]
@@ -55,9 +61,6 @@ def ranking_healer(heal: str | None, model=None) -> str:
 
 def auto_context(model, tokenizer, recipe, log: Log = print):
     """The shared calibration set and capture pass of the AUTO_METRICS: (ScoringContext, calibration record)."""
-    from hf_layerprune.scoring.base import get_metric
-    from hf_layerprune.scoring.run import build_context
-
     return build_context(
         model, tokenizer, [get_metric(name) for name in AUTO_METRICS], calibration=recipe.calibration,
         samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
@@ -67,11 +70,6 @@ def auto_context(model, tokenizer, recipe, log: Log = print):
 
 def _judge(model, tokenizer, quiet, judge: str, selected, entry, held_out, num_layers: int, log: Log) -> dict[str, Any]:
     """One candidate: cut and heal in place as a reversible trial, its held-out loss, every bit restored."""
-    from hf_layerprune.base_view import trial
-    from hf_layerprune.healing import heal_for_recipe
-    from hf_layerprune.healing.training import lm_loss
-    from hf_layerprune.surgery import kept_layers, remove_layers
-
     removed = list(selected)
     with trial(model) as base:  # cut and heal in place, undone on exit: no copy of the model
         remove_layers(model, removed)
@@ -88,11 +86,6 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
-    from hf_layerprune.calibration import calibration_batches
-    from hf_layerprune.errors import LayerPruneError
-    from hf_layerprune.scoring.base import get_metric
-    from hf_layerprune.scoring.run import run_metric
-
     if recipe.granularity != "block":
         raise LayerPruneError("--metric auto chooses whole layers; give --metric bi|shapley|ppl for sub-layers")
     start = time.perf_counter()

@@ -1,0 +1,116 @@
+"""Every check of a recipe that can run before any weight is read: options of every stage, the target against
+the source's config, the output folder, the memory the recipe will need (memory.py). `pipeline.run`, `push` and
+`sweep` call them first, so a mistyped option costs nothing (tests/test_bad_input.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from huggingface_hub import constants
+from transformers import AutoConfig
+from transformers.utils.hub import convert_file_size_to_int
+
+from hf_layerprune.architectures import get_architecture
+from hf_layerprune.checkpoint import loading_error
+from hf_layerprune.errors import ConfigError, LayerPruneError
+from hf_layerprune.evaluation import check_tasks, settings_from_recipe
+from hf_layerprune.healing import check_heal
+from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
+from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
+from hf_layerprune.recipe import AUTO, Recipe
+from hf_layerprune.scoring import get_metric
+from hf_layerprune.selection import check_strategy, parse_protect
+from hf_layerprune.surgery import validate_removed
+
+Log = Callable[[str], None]
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Every option of every stage, checked before the network and before any weight is read: the target, the
+    metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks."""
+    recipe.validate_target()
+    recipe.resolve_defaults()
+    if recipe.uses_metric and recipe.metric_name != AUTO:
+        get_metric(recipe.metric_name).check_granularity(recipe.granularity)
+    if recipe.selection is not None:
+        check_strategy(recipe.selection)
+    check_heal(recipe.heal)
+    torch_dtype(recipe.dtype)
+    check_device(recipe.device)
+    check_shard_size(recipe.max_shard_size)
+    if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
+        check_tasks(settings_from_recipe(recipe))
+
+
+def check_shard_size(text: str) -> None:
+    try:
+        if convert_file_size_to_int(text) < 1:
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ConfigError(f"cannot read --max-shard-size {text!r}: give a size like 5GB or 500MB") from None
+
+
+def source_config(source: Source, token: str | None = None, trust_remote_code: bool = False):
+    """The source's config alone (no weights): checked before any heavy work."""
+    kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
+    try:
+        config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token,
+                                            trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise loading_error(exc, f"could not read the config of {source.name}", source.name, trust_remote_code) from None
+    get_architecture(config)  # unknown families fail here
+    return config
+
+
+def check_target_against(recipe: Recipe, num_layers: int) -> None:
+    if recipe.protect and recipe.granularity == "block":
+        parse_protect(recipe.protect, num_layers)
+    if recipe.layers:
+        validate_removed(recipe.layers, num_layers)
+    elif recipe.granularity == "block" and recipe.drop >= num_layers:
+        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+    elif recipe.drop > num_layers:
+        raise LayerPruneError(f"--drop {recipe.drop} is more than the {num_layers} {recipe.granularity} sub-layers")
+
+
+def planned_num_layers(recipe: Recipe, token: str | None = None) -> int:
+    """Depth of the output, known before any work (for the default repo name): from the source config alone."""
+    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    if source.kind == "hub":
+        hub_files(source, token)
+    config = source_config(source, token)
+    check_target_against(recipe, config.num_hidden_layers)
+    if recipe.granularity != "block":
+        return config.num_hidden_layers
+    return config.num_hidden_layers - (len(recipe.layers) if recipe.layers else recipe.drop)
+
+
+def source_paths(source: Source) -> list[Path]:
+    """Local paths an output must not overlap: the model folder or GGUF file, and the Hub cache for Hub ids."""
+    if source.kind == "gguf":
+        return [source.path / source.gguf_file]
+    if source.kind == "dir":
+        return [source.path]
+    return [Path(constants.HF_HUB_CACHE)]
+
+
+def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None:
+    """memory.check_fits for the recipe on its device, from the source's config alone (no weights loaded)."""
+    config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+    device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded, stored = element_bytes(recipe, config, source.kind == "gguf")
+    try:
+        shape = shape_of(config, loaded)
+    except Exception as exc:  # a config transformers cannot build on the meta device: no estimate, no refusal
+        log(f"No memory estimate: {type(exc).__name__}")
+        return None
+    if source.kind == "gguf":  # dequantized from the file, which is read whole
+        shape.load_extra = (source.path / source.gguf_file).stat().st_size
+    elif stored and stored != loaded:  # converted from the checkpoint's dtype: its (mmapped) pages are touched too
+        shape.load_extra = shape.parameters * stored
+    record = check_fits(shape, recipe, device=device)
+    log(f"Memory estimate: {record['estimate_bytes'] / GiB:.1f} GiB of {record['budget_bytes'] / GiB:.1f} GiB "
+        f"({record['budget_from']})")
+    return record

@@ -1,0 +1,148 @@
+"""The public stages of a run. Each takes explicit inputs and returns its own section of the `Report`; none writes
+another's. `pipeline.run`, `--rounds` and `sweep` are short compositions of them; a library caller can compose
+them too (README, "Python API"):
+
+    recipe = Recipe(model="HuggingFaceTB/SmolLM2-135M-Instruct", drop=6).resolve_defaults()
+    model, tokenizer, source = load(recipe)
+    base = SharedBase(model)                                   # the unpruned model, as a view (no copy)
+    removed, scoring = select(model, tokenizer, recipe)
+    cut_section = cut(model, removed)
+    healing, cut_section = heal(model, tokenizer, recipe, cut_section, base=base)
+    evaluation = evaluate(base, model, tokenizer, recipe)
+    save(model, tokenizer, recipe, "out")
+    card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation,
+                       recipe=recipe.to_dict()))
+
+Calibration is drawn inside `select` (the scoring text) and `heal` (the healing text), each from the recipe, so
+that a stage run alone draws exactly what it draws inside the pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from hf_layerprune import progress
+from hf_layerprune.auto import auto_select
+from hf_layerprune.base_view import SharedBase
+from hf_layerprune.card import render_card
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.evaluation import evaluate_for_recipe
+from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
+from hf_layerprune.healing import heal_for_recipe
+from hf_layerprune.hub import publish_folder
+from hf_layerprune.loading import Source, load_model, resolve_source
+from hf_layerprune.recipe import AUTO, CONFIG_RULES, Recipe
+from hf_layerprune.report import CutSection, Report, SourceSection, write_report
+from hf_layerprune.scoring import select_for_recipe
+from hf_layerprune.selection import config_rule_layers
+from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers, validate_removed
+
+Log = Callable[[str], None]
+
+__all__ = ["SharedBase", "card", "cut", "evaluate", "heal", "load", "publish", "save", "select"]
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> tuple[Any, Any, SourceSection]:
+    """The model and tokenizer the recipe names, and the report's source section (no copy is kept).
+
+    A tokenizer is loaded only when a stage reads text: text calibration, healing or evaluation (`self`
+    calibration samples token ids from the model, so scoring alone needs none)."""
+    source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
+    scoring_text = bool(recipe.drop and recipe.metric_name not in CONFIG_RULES) and recipe.calibration != "self"
+    needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
+    log(f"Loading {source.name}")
+    model, tokenizer = load_model(
+        source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text,
+        device_map=recipe.device_map, trust_remote_code=recipe.trust_remote_code,
+    )
+    if recipe.granularity != "block":
+        from hf_layerprune.sublayer import check_sublayer_support  # sublayer imports the DeciLM export (deferred)
+
+        check_sublayer_support(model.config.model_type)
+    section = SourceSection(
+        base_model=source.name, base_revision=source.revision,
+        model_type=model.config.model_type, dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        num_layers_before=model.config.num_hidden_layers, parameters_before=count_parameters(model),
+    )
+    return model, tokenizer, section
+
+
+def explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
+    """`--layers`, or a config-only rule (`last`, `reverse`): the layers to remove, from the depth alone."""
+    if recipe.layers:
+        return validate_removed(recipe.layers, num_layers)
+    if recipe.drop >= num_layers:
+        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+    return validate_removed(config_rule_layers(recipe.metric_name, num_layers, recipe.drop), num_layers)
+
+
+def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any] | None]:
+    """The units to remove and the report's scoring section (None for `--layers` or a config-only rule):
+    `auto` compares candidate cuts (auto.py), a metric scores and selects (scoring/), a rule needs only the depth."""
+    if not recipe.uses_metric:
+        return explicit_or_rule(recipe, model.config.num_hidden_layers), None
+    if recipe.metric_name == AUTO:
+        return auto_select(model, tokenizer, recipe, log=log)
+    return select_for_recipe(model, tokenizer, recipe, log=log)
+
+
+def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
+    """Remove whole layers in place (surgery.remove_layers); the report's cut section."""
+    num_layers = model.config.num_hidden_layers
+    log(f"Removing layers {removed} of {num_layers}")
+    remove_layers(model, removed)
+    return CutSection(num_layers_after=model.config.num_hidden_layers, removed_layers=removed,
+                      kept_layers=kept_layers(removed, num_layers), parameters_after=count_parameters(model))
+
+
+def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, num_layers_before: int | None = None,
+         base=None, log: Log = print) -> tuple[dict[str, Any], CutSection]:
+    """Heal the cut model in place with the recipe's healer chain; the healing section and the cut section as it
+    is afterwards (`replace` puts the first layer of each removed block back as its trained replacement).
+
+    `base`: the unpruned model (a `SharedBase` view or a separate model), for healers that compare with it."""
+    before = num_layers_before if num_layers_before is not None else len(cut_section.kept_layers) + len(cut_section.removed_layers)
+    layers = cut_section.as_healing_input(before)  # the healers' working copy of the layer lists
+    record = heal_for_recipe(model, tokenizer, recipe, layers, base_model=base, log=log)
+    return record, cut_section.updated_by(layers)
+
+
+def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> dict[str, Any]:
+    """lm-eval tasks, perplexity, speed and size of the pruned model and (when `base` is given) of the base, with
+    identical settings: the report's evaluation section (evaluation/)."""
+    return evaluate_for_recipe(base, model, tokenizer, recipe, log=log)
+
+
+def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source | None = None,
+         removed: list[int] | None = None) -> dict[str, Any] | None:
+    """Write the weights (sharded safetensors and/or GGUF), tokenizer and the source's side files (licence,
+    generation config) into `folder`; returns the report's gguf section when a GGUF was written (`removed`: the
+    cut's layers, which a GGUF source's surgery needs)."""
+    folder = Path(folder)
+    source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
+    if source.kind == "dir":
+        copy_side_files(source.path, folder)
+    if wants_safetensors(recipe):
+        model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return write_gguf(model, folder, recipe, source, removed or []) if wants_gguf(recipe) else None
+
+
+def card(folder: str | Path, report: Report | dict[str, Any], *, model: str | None = None) -> Path:
+    """Write `layerprune.json` and render the model card (README.md, plots) from it; returns the card path.
+    `model`: the recipe's model path, whose README.md gives a local base's licence."""
+    write_report(folder, report)
+    local_card = Path(model) / "README.md" if model else None
+    with progress.stage("card"):
+        return render_card(folder, base_card=local_card if local_card and local_card.is_file() else None)
+
+
+def publish(folder: str | Path, repo_id: str, **options: Any):
+    """Push an output folder to the Hub as one verified commit (hub.publish_folder, docs/publishing.md)."""
+    return publish_folder(folder, repo_id, **options)

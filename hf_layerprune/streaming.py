@@ -1,0 +1,123 @@
+"""The streaming routes: cuts that never load the model. Explicit `--layers`, a config-only rule (`last`) or a
+metric scored one layer at a time (`--offload`, scoring/streamed.py) choose the layers; the safetensors shards are
+rewritten on disk (surgery.prune_checkpoint), byte-identical to the in-memory route's output (tests/test_surgery.py).
+A GGUF source is cut block by block (`run_gguf_surgery`, gguf_surgery.py), its quantized blocks copied as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from hf_layerprune.architectures import get_architecture
+from hf_layerprune.calibration import calibration_batches, calibration_record
+from hf_layerprune.checks import source_paths
+from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.finish import write_outputs
+from hf_layerprune.gguf_route import elements, output_name, source_file
+from hf_layerprune.gguf_surgery import prune_gguf, read_header
+from hf_layerprune.layer_stream import StreamedModel
+from hf_layerprune.loading import Source, local_checkpoint, torch_dtype
+from hf_layerprune.outputs import staging_dir
+from hf_layerprune.recipe import AUTO, Recipe
+from hf_layerprune.report import CutSection, Report
+from hf_layerprune.scoring import get_metric, run_metric
+from hf_layerprune.scoring.run import default_batch_size
+from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
+from hf_layerprune.stages import explicit_or_rule
+from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_safetensors_header
+
+Log = Callable[[str], None]
+
+
+def checkpoint_parameters(directory: Path) -> int:
+    total = 0
+    for path in checkpoint_files(Path(directory)):
+        header, _ = read_safetensors_header(path)
+        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return total
+
+
+def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list[int], dict[str, Any]]:
+    """--offload: score with one layer in memory at a time (scoring/streamed.py) on a text calibration set."""
+    if recipe.metric_name == AUTO:
+        raise LayerPruneError("--offload scores one layer at a time, which --metric auto cannot (it heals candidate "
+                              "copies of the whole model); give --metric angular, bi, cosine, shapley or ppl")
+    metric = get_metric(recipe.metric_name)
+    check_streamable(metric.name)
+    if recipe.granularity != "block":
+        raise LayerPruneError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
+    if recipe.calibration == "self":
+        raise LayerPruneError("--offload cannot sample `self` calibration text (that needs the whole model); "
+                              "give --calibration a dataset or text files")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    except Exception:
+        raise LayerPruneError(f"--offload with text calibration needs the tokenizer files in {checkpoint}") from None
+    cal = dict(samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column)
+    batches = calibration_batches(recipe.calibration, tokenizer, **cal)
+    dtype = None if recipe.dtype in (None, "auto") else torch_dtype(recipe.dtype)
+    streamed = StreamedModel(checkpoint, device=recipe.device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+    ctx = StreamedScoringContext(streamed, batches, batch_size=default_batch_size(recipe.seq_len), seed=recipe.seed, log=log)
+    log(f"Scoring {streamed.num_layers} layers with {metric.name}, one layer in memory at a time")
+    record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
+    record["calibration"] = calibration_record(recipe.calibration, tokenizer, batches=batches, **cal)
+    record["offload"] = True
+    return record["selected"], record
+
+
+def run_streaming(recipe: Recipe, source: Source, report: Report, timer, log: Log, *, in_memory: Callable) -> None:
+    """Cut on disk; `in_memory(source)` takes over for pickle weights (allowed by the user), which are cut in memory."""
+    with timer.stage("load"):
+        src = local_checkpoint(source, allow_pickle=recipe.allow_pickle)
+        if not any(src.glob("*.safetensors")):
+            return in_memory(Source("dir", source.name, src, None, source.revision))
+        config = AutoConfig.from_pretrained(src)
+    get_architecture(config)
+    num_layers = config.num_hidden_layers
+    if recipe.uses_metric:
+        with timer.stage("score"):
+            removed, report.scoring = streamed_selection(src, recipe, log)
+    else:
+        removed = explicit_or_rule(recipe, num_layers)
+    report.source.model_type = config.model_type
+    report.source.dtype = str(getattr(config, "dtype", None) or "auto").replace("torch.", "")
+    report.source.parameters_before = checkpoint_parameters(src)
+    timer.weight_bytes = sum(path.stat().st_size for path in checkpoint_files(src))
+    log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
+    with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
+        with timer.stage("cut"):
+            info = prune_checkpoint(src, tmp, removed, max_shard_size=recipe.max_shard_size)
+        report.source.num_layers_before = num_layers
+        report.cut = CutSection(num_layers_after=len(info["kept_layers"]), removed_layers=info["removed_layers"],
+                                kept_layers=info["kept_layers"], parameters_after=checkpoint_parameters(tmp),
+                                route="streaming")
+        write_outputs(tmp, report, recipe, timer)
+
+
+def run_gguf_surgery(recipe: Recipe, source: Source, report: Report, timer, log: Log) -> None:
+    """GGUF -> GGUF without loading the model: explicit --layers or a config rule, nothing else."""
+    with timer.stage("load"):
+        header = read_header(source_file(source))
+        arch, num_layers = header.architecture, header.block_count
+        total = sum(elements(t) for t in header.tensors)
+        header.buf.close()
+    removed = explicit_or_rule(recipe, num_layers)
+    log(f"Cutting {source.gguf_file}: removing layers {removed} of {num_layers}, quantized blocks copied as they are")
+    with staging_dir(recipe.output_dir, recipe.overwrite, [source_file(source)]) as tmp:
+        with timer.stage("cut"):
+            path = tmp / output_name(source, num_layers - len(removed))
+            info = prune_gguf(source_file(source), path, removed)
+            info.pop("replaced_tensors")
+        written = read_header(path)
+        kept_total = sum(elements(t) for t in written.tensors)
+        written.buf.close()
+        report.source.model_type, report.source.num_layers_before, report.source.parameters_before = arch, num_layers, total
+        report.cut = CutSection(num_layers_after=len(info["kept_layers"]), removed_layers=sorted(removed),
+                                kept_layers=info["kept_layers"], parameters_after=kept_total, route="gguf")
+        report.gguf = {"route": "surgery", **info, "requantized": {}}
+        write_outputs(tmp, report, recipe, timer)

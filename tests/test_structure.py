@@ -1,0 +1,87 @@
+"""The package's shape (issue 21, docs/architecture.md): the import graph has no cycle, counting imports inside
+functions (which only defer a heavy module, never hide a loop); a module longer than ~400 lines says why in its
+docstring."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hf_layerprune"
+LONG = 420  # lines; a longer module's docstring has a "Long module:" paragraph saying why
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports anywhere in its file (top level or inside a function)."""
+    mods = modules()
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("hf_layerprune"):
+                for alias in node.names:
+                    full = f"{node.module}.{alias.name}"
+                    deps.add(resolve(full if full in mods else node.module))
+            elif isinstance(node, ast.Import):
+                deps |= {resolve(a.name) for a in node.names if a.name.startswith("hf_layerprune")}
+        graph[name] = {d for d in deps if d and d != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(node: str) -> None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert "hf_layerprune.stages" in graph and "hf_layerprune.recipe" in graph["hf_layerprune.stages"]
+    assert cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]  # the check itself finds one
+    assert [" -> ".join(c) for c in cycles(graph)] == []
+
+
+def test_recipe_is_a_leaf_and_scoring_knows_nothing_of_healing_or_surgery():
+    graph = import_graph()
+    assert graph["hf_layerprune.recipe"] <= {"hf_layerprune.errors"}
+    for name, deps in graph.items():
+        if name.startswith("hf_layerprune.scoring"):
+            assert not {d for d in deps if d.startswith(("hf_layerprune.healing", "hf_layerprune.surgery"))}, name
+
+
+def test_long_modules_say_why():
+    unexplained = []
+    for name, path in modules().items():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > LONG and "Long module:" not in (ast.get_docstring(ast.parse(text)) or ""):
+            unexplained.append(f"{name} ({text.count(chr(10))} lines)")
+    assert unexplained == []
