@@ -64,9 +64,6 @@ def config_rule_layers(rule: str, num_layers: int, n: int) -> list[int]:
     raise LayerPruneError(f"{rule!r} is not a config-only rule")
 
 
-CONFIG_RULES = ("last", "reverse")
-
-
 def _needs_gguf_model(recipe: Recipe) -> bool:
     """A GGUF source is dequantized only for scoring, healing or evaluation; a plain cut copies its blocks."""
     return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or _uses_metric(recipe)
@@ -79,7 +76,7 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
         return True
     if recipe.layers or recipe.offload:
         return False
-    return metric_for(recipe) not in CONFIG_RULES
+    return not config_only(metric_for(recipe))
 
 
 def source_config(source: Source, token: str | None = None, trust_remote_code: bool = False):
@@ -130,6 +127,13 @@ def metric_for(recipe: Recipe) -> str:
     from hf_layerprune.scoring import metric_for as scoring_metric_for
 
     return scoring_metric_for(recipe)
+
+
+def config_only(spec: str) -> bool:
+    """Whether metric `spec` selects from the depth alone (the `config_only` capability: `last`, `reverse`)."""
+    from hf_layerprune.scoring import METRICS
+
+    return METRICS.has(spec, "config_only")
 
 
 def check_recipe(recipe: Recipe) -> None:
@@ -319,7 +323,7 @@ def count_parameters(model) -> int:
 
 def _load_for_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log):
     # `self` calibration samples token ids from the model, so scoring alone needs no tokenizer (tiny checkpoints)
-    scoring_text = bool(recipe.drop and metric_for(recipe) not in CONFIG_RULES) and recipe.calibration != "self"
+    scoring_text = bool(recipe.drop and not config_only(metric_for(recipe))) and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
     if not recipe.device_map:  # before loading: refuse a recipe that will not fit, naming what would
         report["preflight"] = preflight(recipe, source, log)
@@ -368,7 +372,7 @@ def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None
 
 
 def _uses_metric(recipe: Recipe) -> bool:
-    return not recipe.layers and metric_for(recipe) not in CONFIG_RULES
+    return not recipe.layers and not config_only(metric_for(recipe))
 
 
 def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:
@@ -559,10 +563,10 @@ def _finish_sublayer(model, tokenizer, base_model, removed, recipe: Recipe, sour
 def _write_outputs(tmp: Path, report: dict, recipe: Recipe, timer: Timer) -> None:
     _finish_report(report, recipe, timer)
     write_report(tmp, report)
-    try:
-        from hf_layerprune.card import render_card
-    except ImportError:
-        return
+    from hf_layerprune.card import record_base_card, render_card
+
     local_card = Path(recipe.model) / "README.md"  # a local base's licence, read here: the report keeps no path
     with progress.stage("card"):
-        render_card(tmp, base_card=local_card if local_card.is_file() else None)
+        base_card = local_card if local_card.is_file() else None
+        record_base_card(tmp, base_card=base_card)
+        render_card(tmp, base_card=base_card)

@@ -116,7 +116,7 @@ def scrub(value: Any) -> Any:
 
 def provenance(report: dict[str, Any]) -> dict[str, Any]:
     """Where the inputs came from, recorded while the local paths still exist (kept from an earlier write)."""
-    from hf_layerprune.card import hub_id
+    from hf_layerprune.card.formatting import hub_id
 
     old = report.get("provenance") if isinstance(report.get("provenance"), dict) else {}
     out: dict[str, Any] = dict(old)

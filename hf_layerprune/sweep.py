@@ -148,8 +148,7 @@ def add_pareto(outputs: list[Path]) -> None:
         report["sweep"] = {"points": points, "plot": PARETO_PNG}
         plot_pareto(points, out / PARETO_PNG, current=out.name)
         write_report(out, report)
-        try:
-            from hf_layerprune.card import render_card
-        except ImportError:
-            continue
+        from hf_layerprune.card import record_base_card, render_card
+
+        record_base_card(out)
         render_card(out)

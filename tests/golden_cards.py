@@ -69,7 +69,10 @@ def normalize(value, root: str):
 
 
 def render(report: dict, name: str, work: Path) -> str:
-    """The card of `report` rendered in an empty folder `work/name` (offline, with plots)."""
+    """The card of `report` rendered in an empty folder `work/name` (offline, with plots; relative paths in the
+    report resolved from `work`, where they name nothing, as when it was recorded)."""
+    from contextlib import chdir
+
     from hf_layerprune.card import render_card
     from hf_layerprune.report import write_report
 
@@ -77,8 +80,9 @@ def render(report: dict, name: str, work: Path) -> str:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    write_report(out, json.loads(json.dumps(report)))
-    return render_card(out, online=False).read_text(encoding="utf-8")
+    with chdir(work):
+        write_report(out, json.loads(json.dumps(report)))
+        return render_card(out, online=False).read_text(encoding="utf-8")
 
 
 def help_texts() -> dict[str, str]:

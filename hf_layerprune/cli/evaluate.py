@@ -192,6 +192,7 @@ def evaluate(
         write_report(out_dir, report)
         console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)
         if (out_dir / "README.md").is_file():
-            from hf_layerprune.card import render_card
+            from hf_layerprune.card import record_base_card, render_card
 
+            record_base_card(out_dir)
             console.print(f"Re-rendered {render_card(out_dir)}", highlight=False)

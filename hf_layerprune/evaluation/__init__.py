@@ -350,7 +350,6 @@ def settings_from_recipe(recipe) -> EvalSettings:
         batch_size=recipe.batch_size,
         include_path=recipe.include_path,
         perplexity=recipe.perplexity or "wikitext",
-        seq_len=getattr(recipe, "eval_seq_len", None) or 512,
         ppl_max_tokens=recipe.perplexity_tokens,
         device=recipe.device,
     )

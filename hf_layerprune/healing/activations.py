@@ -23,7 +23,6 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.architectures.base import get_submodule
 from hf_layerprune.errors import LayerPruneError
 
 
@@ -46,13 +45,6 @@ def _out(output: Any) -> torch.Tensor:
 
 def layers_of(model):
     return get_architecture(model.config).get_layers(model)
-
-
-def down_module(model, layer_index: int) -> torch.nn.Module:
-    arch = get_architecture(model.config)
-    if not arch.down_proj:
-        raise LayerPruneError(f"{arch.model_type} has sparse MoE MLPs with no single down_proj to fold a correction into")
-    return get_submodule(arch.get_layers(model)[layer_index], arch.down_proj)
 
 
 @contextmanager

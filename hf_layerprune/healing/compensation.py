@@ -173,11 +173,6 @@ def site_for_block(model, block: list[int], kept: list[int], method: str) -> Sit
     return down_site(model, kept.index(block[0] - 1))
 
 
-def pruned_point_of(base_point: int, kept: list[int], num_before: int) -> int:
-    """Stream point in the pruned model that corresponds to `base_point` of a kept layer's input (or the end)."""
-    return len(kept) if base_point == num_before else kept.index(base_point)
-
-
 # ------------------------------------------------------------------------------------------------ fitting
 
 

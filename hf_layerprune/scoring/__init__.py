@@ -19,14 +19,14 @@ Metrics (stable names; one small class each, docstrings cite the paper):
 metrics for the `analyze` command. See docs/scoring.md.
 """
 
-from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric, register
+from hf_layerprune.scoring.base import METRICS, Metric, Scores, ScoringContext, available_metrics, get_metric, register
 # Registration order is the order of `--metric all`.
 from hf_layerprune.scoring import static  # noqa: F401,E402
 from hf_layerprune.scoring import leave_one_out  # noqa: F401,E402
 from hf_layerprune.scoring import gradient  # noqa: F401,E402
 from hf_layerprune.scoring import baselines  # noqa: F401,E402
 from hf_layerprune.scoring.run import analyze, build_context, run_metric, select_for_recipe
-from hf_layerprune.scoring.auto import AUTO, AUTO_METRICS, auto_select
+from hf_layerprune.scoring.auto import AUTO, AUTO_METRICS, AutoSelection, auto_select
 
 # The default *pipeline* metric, chosen from benchmarks/RESULTS.md (SmolLM2-135M-Instruct, quality table): no
 # single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and WikiText-2
@@ -49,8 +49,10 @@ def metric_for(recipe) -> str:
 __all__ = [
     "AUTO",
     "AUTO_METRICS",
+    "AutoSelection",
     "DEFAULT_METRIC",
     "DEFAULT_SUBLAYER_METRIC",
+    "METRICS",
     "Metric",
     "Scores",
     "ScoringContext",
