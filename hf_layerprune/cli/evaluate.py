@@ -90,6 +90,7 @@ def summary_table(section: dict[str, Any]) -> Table:
 @app.command()
 @cli_errors
 def evaluate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Pruned output directory, model directory, .gguf file or Hub id.")],
     base: Annotated[Optional[str], typer.Option(help="Base model to compare with (default: the base_model recorded in MODEL/layerprune.json).")] = None,
     no_base: Annotated[bool, typer.Option("--no-base", help="Evaluate MODEL alone.")] = False,
@@ -179,7 +180,7 @@ def evaluate(
     section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair)
     from hf_layerprune.cli.options import command_line
 
-    section["command"] = command_line()
+    section["command"] = command_line(ctx)
     if base:
         section["settings"]["base_model"] = base
         section["settings"]["base_revision"] = base_revision

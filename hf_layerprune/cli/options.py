@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from hf_layerprune.recipe import Recipe
 
@@ -38,7 +39,7 @@ RECIPE_OPTIONS: list[P] = [
     _opt("seq_len", Optional[int], "Tokens per calibration sequence.", panel="Calibration"),
     _opt("seed", Optional[int], "Random seed for sampling and training.", panel="Calibration"),
     _opt("text_column", Optional[str], "Text column of a calibration dataset.", panel="Calibration"),
-    _opt("heal", Optional[str], "Healing method: none, lora, qlora, distill, replace, absorb, bias, linear, projection; chain with + (linear+absorb).", panel="Healing"),
+    _opt("heal", Optional[str], "Healing method (listed from the healer registry when the help is shown); chain with +.", panel="Healing"),
     _opt("heal_steps", Optional[int], "Optimizer steps for trained healers.", panel="Healing"),
     _opt("heal_tokens", Optional[int], "Token budget for trained healers (alternative to --heal-steps).", panel="Healing"),
     _opt("heal_data", Optional[str], "Healing text source (default: the calibration source).", panel="Healing"),
@@ -100,12 +101,9 @@ def build_recipe(model: str, options: dict[str, Any], **extra: Any) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def command_line(redact: tuple[str, ...] = ("token",)) -> str:
-    """The running command, rebuilt from what click parsed (so it is exact however it was invoked), with the
-    options the user set, and secrets replaced by ***. Stored in the report and the card."""
-    from typer import _click as click  # typer >= 0.20 vendors its own click
-
-    ctx = click.globals.get_current_context()
+def command_line(ctx: typer.Context, redact: tuple[str, ...] = ("token",)) -> str:
+    """The running command, rebuilt from what click parsed into the command's context `ctx` (so it is exact however
+    it was invoked), with the options the user set, and secrets replaced by ***. Stored in the report and the card."""
     words = ["hf-layerprune", ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
@@ -121,6 +119,23 @@ def command_line(redact: tuple[str, ...] = ("token",)) -> str:
         else:
             words += [param.opts[0], str(value)]
     return shlex.join(words)
+
+
+class RegistryHelp(TyperCommand):
+    """A command whose help lists the metrics and healers registered when the help is shown (registry.py): a
+    metric added in its own module appears here without an edit to the CLI."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from hf_layerprune.healing import HEALERS
+        from hf_layerprune.scoring import METRICS, AutoSelection
+
+        for param in self.params:
+            if param.name == "heal":
+                param.help = f"Healing method: {', '.join(HEALERS.choices())}; chain with + (linear+absorb)."
+        if any(param.name == "metric" for param in self.params):
+            self.epilog = "Metrics (--metric NAME or NAME:key=value,key=value; all: every one): " + "; ".join(
+                f"{name} ({METRICS[name].summary})" for name in METRICS) + f"; auto (the default: {AutoSelection.summary})."
+        super().format_help(ctx, formatter)
 
 
 def open_display(options: dict[str, Any]):
