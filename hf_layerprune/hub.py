@@ -32,6 +32,10 @@ Guarantees:
   the token in any small file is refused before anything is sent.
 
 Endpoint, cache and token follow huggingface_hub's own settings (`HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_TOKEN`).
+
+It also reads the base model's card for its license (``find_base_card``: a local README.md, the Hub cache, then
+``model_info``), so that every Hub call of the package is made here. That is why it is over 400 lines: the publish
+protocol above is one sequence of guarded steps, and splitting it would separate each step from its guarantee.
 """
 
 from __future__ import annotations

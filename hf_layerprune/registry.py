@@ -1,4 +1,5 @@
-"""One ``Registry`` type for every pluggable kind (architectures, metrics, healers) and one option syntax.
+"""One ``Registry`` type for every pluggable kind (architectures, metrics, healers, calibration sources, the card's
+bibliography) and one option syntax.
 
 An entry is any object with a ``name``; the registry reads the facts about it from the entry itself, so that
 adding one is one new file (docs/architecture.md, "Registries"):
@@ -8,8 +9,8 @@ adding one is one new file (docs/architecture.md, "Registries"):
 - ``tags``: model-card tags;
 - ``capabilities``: a set of words the pipeline selects routes by (``streamable``, ``config_only``,
   ``needs_base``, ``trained``, ...);
-- ``options``: a dataclass of the entry's options (defaults, help text in its docstring, checks in
-  ``__post_init__``), filled from ``NAME:key=value,key=value`` by ``build_options``;
+- ``options``: a dataclass of the entry's options (defaults, ``name: text`` help lines in its docstring, checks in
+  ``__post_init__``), filled from ``NAME:key=value,key=value`` by ``build_options``; ``option_defaults`` lists them;
 - ``aliases``: other names it answers to.
 
 A second entry under a taken name is refused (``ValueError``: a programming error, not user input).
@@ -144,24 +145,12 @@ def split_spec(spec: str, flag: str = "") -> tuple[str, dict[str, str]]:
     return name.strip(), raw
 
 
-def option_help(cls: type | None) -> dict[str, str]:
-    """Field name -> help text: the ``name: text`` lines of the options dataclass's docstring."""
-    if cls is None:
-        return {}
-    out: dict[str, str] = {}
-    current = None
-    for line in (cls.__doc__ or "").splitlines():
-        match = re.match(r"\s*([\w /]+):\s+(.*)", line)
-        if match and all(n.strip() in cls.__dataclass_fields__ for n in match.group(1).split("/")):
-            current = [n.strip() for n in match.group(1).split("/")]
-            for n in current:
-                out[n] = match.group(2).strip()
-        elif current and line.strip():
-            for n in current:
-                out[n] += " " + line.strip()
-        else:
-            current = None
-    return out
+def option_defaults(cls: type | None) -> str:
+    """``key=default, ...`` of an options dataclass (the help's list), empty for none."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return ""
+    return ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls)
+                     if f.init and f.default is not dataclasses.MISSING)
 
 
 def build_options(cls: type | None, what: str, raw: dict[str, Any]) -> Any:

@@ -40,7 +40,7 @@ def test_a_metric_in_one_file_reaches_analyze_help_and_card(tmp_path):
         assert "toy" in result.output
         for command in ("prune", "analyze"):
             text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"}).output
-            assert "toy (Example et al.: importance grows with depth)" in text, command
+            assert "toy (Example et al.: importance grows with depth; options: reverse=False, scale=1.0)" in text, command
         report = bare_report()
         report.update(layers=None, scoring={"metric": "toy", "selection": "topk"})
         out = tmp_path / "out"

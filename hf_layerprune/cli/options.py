@@ -121,6 +121,13 @@ def command_line(ctx: typer.Context, redact: tuple[str, ...] = ("token",)) -> st
     return shlex.join(words)
 
 
+def _options(cls) -> str:
+    from hf_layerprune.registry import option_defaults
+
+    listed = option_defaults(cls)
+    return f"; options: {listed}" if listed else ""
+
+
 class RegistryHelp(TyperCommand):
     """A command whose help lists the metrics and healers registered when the help is shown (registry.py): a
     metric added in its own module appears here without an edit to the CLI."""
@@ -134,7 +141,7 @@ class RegistryHelp(TyperCommand):
                 param.help = f"Healing method: {', '.join(HEALERS.choices())}; chain with + (linear+absorb)."
         if any(param.name == "metric" for param in self.params):
             self.epilog = "Metrics (--metric NAME or NAME:key=value,key=value; all: every one): " + "; ".join(
-                f"{name} ({METRICS[name].summary})" for name in METRICS) + f"; auto (the default: {AutoSelection.summary})."
+                f"{name} ({METRICS[name].summary}{_options(METRICS[name].options)})" for name in METRICS) + f"; auto (the default: {AutoSelection.summary})."
         super().format_help(ctx, formatter)
 
 

@@ -2,17 +2,9 @@
 stock architecture (adapters merged, corrections folded into existing weights), so the output loads with
 ``AutoModelForCausalLM.from_pretrained`` and no remote code.
 
-| name       | what                                                          | file            | needs base model |
-|------------|---------------------------------------------------------------|-----------------|------------------|
-| none       | no healing                                                    |                 | no               |
-| lora       | LoRA (peft) on the MLP, LM loss, merged                       | lora.py         | no               |
-| qlora      | LoRA trained on a 4-bit NF4 copy, merged into bf16/fp32       | lora.py         | no               |
-| distill    | LoRA trained with KL to the unpruned model's logits, merged   | distill.py      | yes              |
-| replace    | LLM-Streamline: n removed layers -> one trained layer         | replacement.py  | yes              |
-| absorb     | the kept layer before each removed block trained to replace it| absorb.py       | yes              |
-| bias       | Siddiqui: mean block update as a down_proj bias               | compensation.py | yes              |
-| linear     | ReplaceMe: least-squares T fused into the prior down_proj     | compensation.py | yes              |
-| projection | GradMAP-style: compensation at the most-drifted kept layer    | compensation.py | yes              |
+Healers are registered in ``HEALERS`` (registry.py) below, each with its description, papers, tags and
+capabilities (``needs_base``, ``trained``); docs/healing.md has the table (checked against the registry by
+tests/test_registry.py).
 
 ``--heal NAME[:key=value,...]`` picks one (options per healer: see each options dataclass). Python API:
 ``heal(model, "linear", ids, base_model=..., report=...)``; the pipeline calls ``heal_for_recipe``.

@@ -1,4 +1,4 @@
-"""The Healer record, the options every healer shares, and `--heal NAME:key=value,...` parsing.
+"""The Healer record and the options every healer shares (`--heal NAME:key=value,...`, read by registry.py).
 
 A healer is one function ``run(ctx, options) -> record`` plus an options dataclass (peft style: the dataclass
 carries the defaults and documents them). ``--heal-steps``, ``--heal-tokens``, ``--learning-rate``,
