@@ -16,17 +16,12 @@ from typing import Any
 
 from hf_layerprune.card.formatting import HUB, code, hub_id, md
 from hf_layerprune.card.metadata import card_data
-from hf_layerprune.card.view import _published_repo, build_context
+from hf_layerprune.card.view import PLOT_FILES, _published_repo, build_context
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.hub import CARD_FILENAME, find_base_card, license_from_card_file
 from hf_layerprune.report import read_report, write_report
 
 TEMPLATE_NAME = "model_card.md.j2"
-PLOT_FILES = {
-    "scores": "layerprune_scores.png",
-    "healing": "layerprune_healing_loss.png",
-    "evaluation": "layerprune_evaluation.png",
-}
 
 
 def _read(out: Path) -> dict[str, Any]:

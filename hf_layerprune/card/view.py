@@ -1,9 +1,6 @@
 """The card's view of a report: everything the template shows, built from the report alone and already escaped
 and formatted (the template adds only structure). Evaluation views: evaluation.py; method descriptions and
 papers: citations.py (from the registries); numbers and escaping: formatting.py.
-
-One reason it is over 400 lines: ``build_context`` is the single list of what the card shows, with one small view
-function per section beside it; splitting the list would spread one page's content over several files.
 """
 
 from __future__ import annotations
@@ -33,7 +30,11 @@ from hf_layerprune.card.formatting import (
 )
 from hf_layerprune.card.metadata import _gguf_only
 
-PLOT_KINDS = ("scores", "healing", "evaluation")  # render.PLOT_FILES' keys: the pictures the card can show
+PLOT_FILES = {  # the pictures the card can show, drawn beside it by render.make_plots
+    "scores": "layerprune_scores.png",
+    "healing": "layerprune_healing_loss.png",
+    "evaluation": "layerprune_evaluation.png",
+}
 
 
 def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | None,
@@ -185,7 +186,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "license_source": md(info.get("source")) if info.get("license") and info.get("source") else None,
         "gated": bool(info.get("gated")),
         "limit": md(limit) if limit is not None else None,
-        "images": {k: (Markup(escape(images[k])) if images.get(k) else None) for k in PLOT_KINDS},
+        "images": {k: (Markup(escape(images[k])) if images.get(k) else None) for k in PLOT_FILES},
         "tool_version": md((report.get("tool") or {}).get("version")) if isinstance(report.get("tool"), dict) else None,
     }
     return ctx
