@@ -23,12 +23,14 @@ import glob
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
 
 import torch
 
 from hf_layerprune import progress
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.registry import Registry
 
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
 FILE_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".parquet")
@@ -62,16 +64,15 @@ def calibration_batches(
     """Token ids of shape [samples, seq_len] from `source` (see module docstring); deterministic in `seed`."""
     if samples < 1 or seq_len < 2:
         raise LayerPruneError(f"calibration needs samples >= 1 and seq_len >= 2 (got {samples} x {seq_len})")
-    kind = source_kind(source)
+    kind = SOURCES[source_kind(source)]
     with progress.stage("calibrate"):
-        if kind == "self":
+        if kind.documents is None:  # `self`: token ids sampled from the model
             if model is None:
                 raise LayerPruneError("--calibration self samples text from the model; no model was given")
             return _self_samples(model, tokenizer, samples, seq_len, seed)
         if tokenizer is None:
             raise LayerPruneError(f"calibration text {source!r} needs a tokenizer and the model has none; use --calibration self")
-        docs = _local_documents(source, text_column) if kind == "files" else _hub_documents(source, text_column)
-        return _windows(docs, tokenizer, samples, seq_len, seed, source)
+        return _windows(kind.documents(source, text_column), tokenizer, samples, seq_len, seed, source)
 
 
 def calibration_record(
@@ -107,14 +108,27 @@ def fingerprint(batches: torch.Tensor) -> str:
     return hashlib.sha256(batches.to(torch.int64).cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class CalibrationSource:
+    """One kind of `--calibration` value (registry.py): which values it takes, and how it reads their documents
+    (None: it makes token ids itself, as `self` does)."""
+
+    name: str
+    summary: str
+    matches: Callable[[str], bool]
+    documents: Callable[[str, str | None], list[str]] | None = None
+
+
+SOURCES: Registry[CalibrationSource] = Registry("calibration source", "--calibration")
+
+
 def source_kind(source: str) -> str:
-    """'self', 'files' (local paths or globs) or 'hub' (a dataset id)."""
-    if source == SELF:
-        return "self"
-    parts = [p.strip() for p in source.split(",") if p.strip()]
-    if any(_looks_like_path(p) for p in parts):
-        return "files"
-    return "hub"
+    """The first calibration source kind that takes `source`: 'self', 'files' (local paths or globs) or 'hub'."""
+    return next(name for name, kind in SOURCES.items() if kind.matches(source))
+
+
+def _is_files(source: str) -> bool:
+    return any(_looks_like_path(p) for p in (p.strip() for p in source.split(",")) if p)
 
 
 def _looks_like_path(part: str) -> bool:
@@ -321,3 +335,10 @@ def _windows(docs: list[str], tokenizer, samples: int, seq_len: int, seed: int, 
 
 def _encode(tokenizer, text: str) -> Iterable[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+SOURCES.register(CalibrationSource("self", "text sampled from the model itself (data-free)", lambda source: source == SELF))
+SOURCES.register(CalibrationSource("files", ".txt/.raw/.tokens files (one document each), .jsonl, .parquet; globs and "
+                                   "comma-separated lists", _is_files, _local_documents))
+SOURCES.register(CalibrationSource("hub", "a Hub dataset id[:config[:split]] read with datasets", lambda source: True,
+                                   _hub_documents))

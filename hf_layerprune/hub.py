@@ -33,13 +33,15 @@ Guarantees:
 
 Endpoint, cache and token follow huggingface_hub's own settings (`HF_ENDPOINT`, `HF_HUB_CACHE`, `HF_TOKEN`).
 
-Long module: the publish protocol (staging branch, verification, promotion, undo) is one sequence of Hub
-calls whose guarantees above are read together; the retrying transport is hub_calls.py.
+It also reads the base model's card for its license (``find_base_card``: a local README.md, the Hub cache, then
+``model_info``), so that every Hub call of the package is made here. Long module: the publish
+protocol above is one sequence of guarded steps, and splitting it would separate each step from its guarantee.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import secrets
 import tempfile
@@ -479,3 +481,78 @@ def _api(token: str | None):
     from hf_layerprune import __version__
 
     return HfApi(token=token, library_name="hf-layerprune", library_version=__version__)
+
+
+# ------------------------------------------------------------------------------------------------ base card
+CARD_FILENAME = "README.md"
+
+
+def _card_fields(data: Any) -> dict[str, Any]:
+    """License and friends from a ModelCardData or a cardData dict."""
+    if data is None:
+        return {}
+    get = data.get if hasattr(data, "get") else (lambda k, d=None: getattr(data, k, d))
+    out = {}
+    for key in ("license", "license_name", "license_link", "language"):
+        value = get(key, None)
+        if value:
+            out[key] = value
+    gated = get("extra_gated_prompt", None) or get("extra_gated_fields", None) or get("gated", None)
+    if gated:
+        out["gated"] = True
+    return out
+
+
+def license_from_card_file(path: str | os.PathLike) -> dict[str, Any]:
+    """License fields of a README.md (model card) file."""
+    from huggingface_hub import ModelCard
+
+    path = Path(path)
+    if not path.is_file():
+        raise LayerPruneError(f"base model card not found: {path}")
+    card = ModelCard.load(path, ignore_metadata_errors=True)
+    info = _card_fields(card.data)
+    info["source"] = f"card file {path.name}"
+    return info
+
+
+def find_base_card(report: dict[str, Any], *, online: bool | None = None) -> dict[str, Any] | None:
+    """License fields of the base model's card: local README.md, Hub cache, then the Hub API. None if unreadable."""
+    base = report.get("base_model")
+    revision = report.get("base_revision")
+    if not isinstance(base, str) or not base:
+        return None
+    path = Path(base).expanduser()
+    folder = path.parent if path.is_file() else path
+    if folder.is_dir() and (folder / CARD_FILENAME).is_file():
+        info = license_from_card_file(folder / CARD_FILENAME)
+        info["source"] = "the base model's README.md"
+        return info
+    from hf_layerprune.card.formatting import HUB, hub_id
+
+    rid = hub_id(base)
+    if rid is None:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(rid, CARD_FILENAME, revision=revision)
+    except Exception:  # noqa: BLE001 - a broken cache is not fatal
+        cached = None
+    if isinstance(cached, str) and os.path.isfile(cached):
+        info = license_from_card_file(cached)
+        info["source"] = f"{HUB}/{rid} (cached card)"
+        return info
+    import huggingface_hub.constants as constants
+
+    if online is False or (online is None and constants.HF_HUB_OFFLINE):
+        return None
+    try:
+        info_obj = _api(None).model_info(rid, revision=revision, expand=["cardData", "gated"])
+    except Exception:  # noqa: BLE001 - offline, private, gated or missing: the card says "unknown"
+        return None
+    info = _card_fields(getattr(info_obj, "card_data", None))
+    if getattr(info_obj, "gated", None):
+        info["gated"] = True
+    info["source"] = f"{HUB}/{rid}"
+    return info

@@ -48,8 +48,7 @@ def default_healer(granularity: str = "block") -> str:
 def option(default: Any = None, help: str = "", panel: str = "Pruning", flag: str | None = None,
            factory: Any = None) -> Any:
     """A Recipe field that is also a CLI option of `prune`, `push` and `sweep` (cli/options.py builds them from
-    this metadata): its help text, help panel, and flag spelling for booleans. `{metrics}` and `{healers}` in the
-    help are filled from the registries."""
+    this metadata): its help text, help panel, and flag spelling for booleans."""
     meta = {"help": help, "panel": panel, "flag": flag}
     return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
@@ -67,8 +66,7 @@ class Recipe:
     drop: int | None = option(help="Number of layers (or sub-layers) to remove, chosen by --metric.")
     layers: list[int] | None = option(help="Exact 0-based indices to remove, e.g. 3,4,5 or 20-27.")
     granularity: str = option("block", help="Unit to remove: block (default), attention or mlp.")
-    metric: str | None = option(help="Importance metric used by --drop: auto (default for whole layers) or one of "
-                                     "{metrics} (see `analyze --help`).")
+    metric: str | None = option(help="Importance metric used by --drop (see `analyze --help`).")
     selection: str | None = option(help="contiguous | topk | greedy (default: the metric's own).")
     protect: list[str | int] = option(factory=list, help="Layers never removed: first,last and/or indices.")
     rounds: int = option(1, help="Iterative prune -> heal -> rescore in K rounds (deep cuts).")
@@ -80,7 +78,8 @@ class Recipe:
     seed: int = option(0, help="Random seed for sampling and training.", panel="Calibration")
     text_column: str | None = option(help="Text column of a calibration dataset.", panel="Calibration")
     # healing
-    heal: str | None = option(help="Healing method: none, {healers}; chain with + (linear+absorb).", panel="Healing")
+    heal: str | None = option(help="Healing method (listed from the healer registry when the help is shown); chain "
+                                   "with +.", panel="Healing")
     heal_steps: int | None = option(help="Optimizer steps for trained healers.", panel="Healing")
     heal_tokens: int | None = option(help="Token budget for trained healers (alternative to --heal-steps).",
                                      panel="Healing")

@@ -181,7 +181,7 @@ def _remember_base_card(report: dict[str, Any]) -> None:
     base = report.get("base_model")
     if report.get("base_card") or not isinstance(base, str) or not os.path.exists(os.path.expanduser(base)):
         return
-    from hf_layerprune.card import find_base_card
+    from hf_layerprune.hub import find_base_card
 
     try:
         info = find_base_card(report, online=False)

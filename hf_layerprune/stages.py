@@ -25,7 +25,7 @@ from typing import Any, Callable
 from hf_layerprune import progress
 from hf_layerprune.auto import auto_select
 from hf_layerprune.base_view import SharedBase
-from hf_layerprune.card import render_card
+from hf_layerprune.card import record_base_card, render_card
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.evaluation import evaluate_for_recipe
 from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
@@ -139,8 +139,10 @@ def card(folder: str | Path, report: Report | dict[str, Any], *, model: str | No
     `model`: the recipe's model path, whose README.md gives a local base's licence."""
     write_report(folder, report)
     local_card = Path(model) / "README.md" if model else None
+    base_card = local_card if local_card and local_card.is_file() else None
     with progress.stage("card"):
-        return render_card(folder, base_card=local_card if local_card and local_card.is_file() else None)
+        record_base_card(folder, base_card=base_card)  # the licence, kept in layerprune.json (the path is not)
+        return render_card(folder, base_card=base_card)
 
 
 def publish(folder: str | Path, repo_id: str, **options: Any):

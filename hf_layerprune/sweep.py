@@ -17,7 +17,7 @@ from typing import Any, Callable
 from hf_layerprune import stages
 from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
-from hf_layerprune.card import render_card
+from hf_layerprune.card import record_base_card, render_card
 from hf_layerprune.checks import check_recipe, check_target_against, source_config, source_paths
 from hf_layerprune.errors import LayerPruneError, OutputError
 from hf_layerprune.evaluation import headline
@@ -133,4 +133,5 @@ def add_pareto(outputs: list[Path]) -> None:
         report["sweep"] = {"points": points, "plot": PARETO_PNG}
         plot_pareto(points, out / PARETO_PNG, current=out.name)
         write_report(out, report)
+        record_base_card(out)
         render_card(out)

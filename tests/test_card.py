@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_layerprune.card import code, codeblock, find_base_card, md, render_card
+from hf_layerprune.card import code, codeblock, find_base_card, md, record_base_card, render_card
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.report import read_report, write_report
 
@@ -242,7 +242,10 @@ def test_license_from_hub_card_data_and_relative_link(tmp_path, monkeypatch):
     info = find_base_card(report)
     assert info["license_name"] == "llama3" and info["gated"] is True
     out = write(tmp_path, report)
+    before = read_report(out)
     data = ModelCard.load(render_card(out)).data
+    assert read_report(out) == before  # rendering never changes the report ...
+    record_base_card(out)  # ... remembering the license is its own step (the pipeline and `card` take it)
     assert data.license == "other" and data.license_name == "llama3"
     assert data.license_link == f"https://huggingface.co/meta-llama/Meta-Llama-3-8B/blob/{'b' * 40}/LICENSE"
     assert calls and calls[0][0] == "meta-llama/Meta-Llama-3-8B"

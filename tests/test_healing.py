@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.healing import DEFAULT_HEALER, HEALERS, check_heal, heal, heal_for_recipe, needs_base_model
+from hf_layerprune.healing import DEFAULT_HEALER, HEALERS, check_heal, heal, heal_for_recipe
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.compensation import ClosedFormOptions, enable_mlp_bias, fit_site, site_for_block
 from hf_layerprune.healing.lora import LoraOptions, merge_adapter, train_adapter
@@ -63,10 +63,13 @@ def assert_stock_reload(model, tmp_path) -> AutoModelForCausalLM:
 def test_registry_names_options_and_errors():
     assert set(HEALERS) == {"lora", "qlora", "distill", "replace", "absorb", "bias", "linear", "projection"}
     assert DEFAULT_HEALER in HEALERS
-    assert needs_base_model("distill:alpha=0.5") and needs_base_model("linear") and not needs_base_model("lora")
-    assert not needs_base_model("none") and not needs_base_model(None)
+    assert HEALERS.has("distill:alpha=0.5", "needs_base") and HEALERS["linear"].needs_base_model
+    assert not HEALERS["lora"].needs_base_model and HEALERS["lora"].trained and not HEALERS["linear"].trained
+    assert HEALERS.with_capability("needs_base") == ("distill", "replace", "absorb", "bias", "linear", "projection")
+    with pytest.raises(ValueError, match="already registered"):
+        HEALERS.register(HEALERS["lora"])
     check_heal("distill:temperature=2,alpha=0.5")
-    for bad, words in [("nope", "unknown --heal"), ("linear:foo=1", "unknown option"), ("replace:steps=x", "not a valid int"),
+    for bad, words in [("nope", "unknown --heal"), ("linear:foo=1", "has no option 'foo'"), ("replace:steps=x", "not a valid int"),
                        ("lora:rank", "key=value")]:
         with pytest.raises(LayerPruneError, match=words) as err:
             check_heal(bad)
@@ -425,7 +428,6 @@ def test_chain_runs_healers_in_order_and_records_each():
 
     assert split_chain("linear+distill:alpha=0.5") == ["linear", "distill:alpha=0.5"]
     assert split_chain("lora:targets=q_proj+v_proj") == ["lora:targets=q_proj+v_proj"]  # a `+` inside a value
-    assert needs_base_model("lora+linear") and not needs_base_model("lora+lora")
     with pytest.raises(LayerPruneError, match="unknown --heal 'nope'"):
         check_heal("linear+nope")
     base, model, report = pruned()

@@ -366,7 +366,7 @@ def test_select_for_recipe_record():
         (dict(metric="bi", selection="best"), "unknown --selection 'best'"),
         (dict(metric="bi", protect=["middle"]), "cannot read --protect"),
         (dict(metric="bi", protect=["9"]), "out of range"),
-        (dict(metric="shapley:estimator"), "write name:key=value"),
+        (dict(metric="shapley:estimator"), "write NAME:key=value,key=value"),
         (dict(metric="shapley:depth=3"), "has no option 'depth'"),
         (dict(metric="bi", drop=6), "smaller than the number of layers"),
     ],

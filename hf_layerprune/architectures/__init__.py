@@ -4,7 +4,7 @@ Each family is a few lines in `families.py`. `get_architecture(model_type)` look
 one-line error naming the type and the supported list.
 """
 
-from hf_layerprune.architectures.base import Architecture, get_architecture, register, supported_model_types
+from hf_layerprune.architectures.base import ARCHITECTURES, Architecture, get_architecture, register, supported_model_types
 from hf_layerprune.architectures import families  # noqa: F401  (registers the built-in families)
 
-__all__ = ["Architecture", "get_architecture", "register", "supported_model_types"]
+__all__ = ["ARCHITECTURES", "Architecture", "get_architecture", "register", "supported_model_types"]

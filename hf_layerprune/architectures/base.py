@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.registry import Registry
 
 # Fields every family may carry; rewritten whenever present (transformers 5 validates them against the depth).
 GENERIC_SLICED = ("layer_types", "mlp_layer_types", "no_rope_layers")
@@ -38,8 +39,17 @@ class Architecture:
     expand: Callable[[Any], dict[str, Any]] | None = None
     mlp_bias_field: str | None = "mlp_bias"  # config flag that gives the MLP output projection a bias
     down_proj: str = "mlp.down_proj"  # last linear of the MLP branch (closed-form healers fuse into it)
+    lora_targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")  # the MLP's linears (`--heal lora`'s default)
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.model_type
+
+    @property
+    def summary(self) -> str:
+        return self.notes
 
     @property
     def key_prefix(self) -> str:
@@ -61,23 +71,18 @@ def get_submodule(root, path: str):
     return module
 
 
-_REGISTRY: dict[str, Architecture] = {}
-
-
-def register(arch: Architecture) -> Architecture:
-    for name in (arch.model_type, *arch.aliases):
-        _REGISTRY[name] = arch
-    return arch
+ARCHITECTURES: Registry[Architecture] = Registry("architecture", "model_type")
+register = ARCHITECTURES.register
 
 
 def supported_model_types() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(ARCHITECTURES.names(aliases=True))
 
 
 def get_architecture(config_or_type: Any) -> Architecture:
     model_type = config_or_type if isinstance(config_or_type, str) else getattr(config_or_type, "model_type", None)
-    if model_type not in _REGISTRY:
+    if model_type not in ARCHITECTURES:
         raise LayerPruneError(
             f"unsupported architecture model_type={model_type!r}; supported: {', '.join(supported_model_types())}"
         )
-    return _REGISTRY[model_type]
+    return ARCHITECTURES[model_type]

@@ -27,7 +27,7 @@ LLAMA_LIKE = dict(layers="model.layers", attention="self_attn", mlp="mlp")
 
 register(Architecture("llama", **LLAMA_LIKE))
 register(Architecture("mistral", **LLAMA_LIKE, notes="sliding_window is global"))
-register(Architecture("phi3", **LLAMA_LIKE, mlp_bias_field=None, notes="fused qkv_proj / gate_up_proj; no MLP bias"))
+register(Architecture("phi3", **LLAMA_LIKE, mlp_bias_field=None, lora_targets=("gate_up_proj", "down_proj"), notes="fused qkv_proj / gate_up_proj; no MLP bias"))
 register(
     Architecture(
         "qwen2",
@@ -103,6 +103,7 @@ register(
         embed="model.decoder.embed_tokens",
         mlp_bias_field=None,  # OPT's fc2 already has a bias
         down_proj="fc2",
+        lora_targets=("fc1", "fc2"),
         notes="layers at model.decoder.layers; fc1/fc2 instead of an mlp module",
     )
 )

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hf_layerprune.cli.app import Command, app
-from hf_layerprune.cli.options import RECIPE_OPTIONS, build_recipe
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import RegistryHelp, RECIPE_OPTIONS, build_recipe
 from hf_layerprune.errors import ConfigError, cli_errors
 
 console = Console()
@@ -37,7 +37,7 @@ def with_analyze_options(func):
     return wrapper
 
 
-@app.command(cls=Command)
+@app.command(cls=RegistryHelp)
 @cli_errors
 @with_analyze_options
 def analyze(

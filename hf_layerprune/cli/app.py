@@ -1,7 +1,6 @@
 """The typer application every command registers on (one module per command in this package)."""
 
 import typer
-import typer.core
 import typer.rich_utils as typer_rich_utils
 
 app = typer.Typer(
@@ -11,23 +10,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-
-
-class Command(typer.core.TyperCommand):
-    """A command whose option help names the registries' entries (`{metrics}`, `{healers}` in a Recipe field's
-    help), filled in only when help is shown: the registries import torch, which `--help` of another command and
-    the start of every run should not wait for."""
-
-    def format_help(self, ctx, formatter) -> None:
-        from hf_layerprune.healing import available_healers  # deferred: see the class docstring
-        from hf_layerprune.scoring import available_metrics
-
-        lists = {"{metrics}": ", ".join(available_metrics()), "{healers}": ", ".join(available_healers()[1:])}
-        for param in self.params:
-            for key, value in lists.items():
-                if getattr(param, "help", None) and key in param.help:
-                    param.help = param.help.replace(key, value)
-        return super().format_help(ctx, formatter)
 
 
 def _version(value: bool) -> None:

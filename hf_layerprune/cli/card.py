@@ -8,13 +8,13 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import Command, app
+from hf_layerprune.cli.app import app
 from hf_layerprune.errors import cli_errors
 
 console = Console(stderr=True)
 
 
-@app.command(cls=Command)
+@app.command()
 @cli_errors
 def card(
     directory: Annotated[Path, typer.Argument(help="A hf-layerprune output directory (holds layerprune.json).")],
@@ -24,7 +24,8 @@ def card(
     offline: Annotated[bool, typer.Option("--offline", help="Do not ask the Hub for the base model's card.")] = False,
 ) -> None:
     """Write README.md (YAML metadata + body) and its plots in DIR; needs no model, only layerprune.json."""
-    from hf_layerprune.card import render_card
+    from hf_layerprune.card import record_base_card, render_card
 
+    record_base_card(directory, base_card=base_card, online=False if offline else None)
     path = render_card(directory, repo_id=repo_id, base_card=base_card, plots=plots, online=False if offline else None)
     console.print(f"Wrote {path}", highlight=False)

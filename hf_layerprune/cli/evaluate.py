@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hf_layerprune.cli.app import Command, app
+from hf_layerprune.cli.app import app
 from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
 
 console = Console(stderr=True)
@@ -87,9 +87,10 @@ def summary_table(section: dict[str, Any]) -> Table:
     return table
 
 
-@app.command(cls=Command)
+@app.command()
 @cli_errors
 def evaluate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Pruned output directory, model directory, .gguf file or Hub id.")],
     base: Annotated[Optional[str], typer.Option(help="Base model to compare with (default: the base_model recorded in MODEL/layerprune.json).")] = None,
     no_base: Annotated[bool, typer.Option("--no-base", help="Evaluate MODEL alone.")] = False,
@@ -179,7 +180,7 @@ def evaluate(
     section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair)
     from hf_layerprune.cli.options import command_line
 
-    section["command"] = command_line()
+    section["command"] = command_line(ctx)
     if base:
         section["settings"]["base_model"] = base
         section["settings"]["base_revision"] = base_revision
@@ -192,6 +193,7 @@ def evaluate(
         write_report(out_dir, report)
         console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)
         if (out_dir / "README.md").is_file():
-            from hf_layerprune.card import render_card
+            from hf_layerprune.card import record_base_card, render_card
 
+            record_base_card(out_dir)
             console.print(f"Re-rendered {render_card(out_dir)}", highlight=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from hf_layerprune.recipe import Recipe
 
@@ -37,7 +38,7 @@ def _cli_type(hint: Any) -> Any:
 
 def _recipe_options() -> list[P]:
     """One CLI option per Recipe field made with `recipe.option(...)`: name, type, help and panel from the field
-    (`{metrics}` / `{healers}` in the help are filled by cli.app.Command when help is shown)."""
+    (RegistryHelp appends the registries' entries when help is shown)."""
     hints = typing.get_type_hints(Recipe)
     return [_opt(f.name, _cli_type(hints[f.name]), f.metadata["help"], f.metadata["flag"], panel=f.metadata["panel"])
             for f in dataclasses.fields(Recipe) if "help" in f.metadata]
@@ -83,12 +84,9 @@ def build_recipe(model: str, options: dict[str, Any], **extra: Any) -> Recipe:
     return Recipe.from_dict(data)
 
 
-def command_line(redact: tuple[str, ...] = ("token",)) -> str:
-    """The running command, rebuilt from what click parsed (so it is exact however it was invoked), with the
-    options the user set, and secrets replaced by ***. Stored in the report and the card."""
-    from typer import _click as click  # typer >= 0.20 vendors its own click
-
-    ctx = click.globals.get_current_context()
+def command_line(ctx: typer.Context, redact: tuple[str, ...] = ("token",)) -> str:
+    """The running command, rebuilt from what click parsed into the command's context `ctx` (so it is exact however
+    it was invoked), with the options the user set, and secrets replaced by ***. Stored in the report and the card."""
     words = ["hf-layerprune", ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
@@ -104,6 +102,31 @@ def command_line(redact: tuple[str, ...] = ("token",)) -> str:
         else:
             words += [param.opts[0], str(value)]
     return shlex.join(words)
+
+
+def _options(cls) -> str:
+    from hf_layerprune.registry import option_defaults
+
+    listed = option_defaults(cls)
+    return f"; options: {listed}" if listed else ""
+
+
+class RegistryHelp(TyperCommand):
+    """A command whose help lists the metrics and healers registered when the help is shown (registry.py): a
+    metric added in its own module appears here without an edit to the CLI."""
+
+    def format_help(self, ctx, formatter) -> None:
+        from hf_layerprune.healing import HEALERS
+        from hf_layerprune.auto import AutoSelection
+        from hf_layerprune.scoring import METRICS
+
+        for param in self.params:
+            if param.name == "heal":
+                param.help = f"Healing method: {', '.join(HEALERS.choices())}; chain with + (linear+absorb)."
+        if any(param.name == "metric" for param in self.params):
+            self.epilog = "Metrics (--metric NAME or NAME:key=value,key=value; all: every one): " + "; ".join(
+                f"{name} ({METRICS[name].summary}{_options(METRICS[name].options)})" for name in METRICS) + f"; auto (the default: {AutoSelection.summary})."
+        super().format_help(ctx, formatter)
 
 
 def open_display(options: dict[str, Any]):

@@ -8,17 +8,18 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import Command, app
-from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import cli_errors
 
 console = Console(stderr=True, soft_wrap=True)
 
 
-@app.command(cls=Command)
+@app.command(cls=RegistryHelp)
 @cli_errors
 @with_recipe_options
 def prune(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Where to write the pruned model.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --output-dir if it exists.")] = False,
@@ -30,7 +31,7 @@ def prune(
 
     recipe = build_recipe(model, recipe_options, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
     with open_display(recipe_options) as display:
-        report = run(recipe, command=command_line(), log=display.message).to_dict()
+        report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
         show_summary(display, report, recipe.output_dir, shlex.join(["hf-layerprune", "upload", str(recipe.output_dir)]))
     console.print(
         f"[green]Saved[/green] {recipe.output_dir}: {report['num_layers_before']} -> {report['num_layers_after']} layers, "

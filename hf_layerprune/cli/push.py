@@ -9,17 +9,18 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import Command, app
-from hf_layerprune.cli.options import build_recipe, command_line, open_display, show_summary, with_recipe_options
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@app.command(cls=Command)
+@app.command(cls=RegistryHelp)
 @cli_errors
 @with_recipe_options(exclude=("revision",))
 def push(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
     repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="Target repo; default <user>/<model>-pruned-<N>L.")] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the repo as private.")] = False,
@@ -60,7 +61,7 @@ def push(
     finished = False
     try:
         with open_display(recipe_options) as display:
-            report = run(recipe, command=command_line(), log=display.message).to_dict()
+            report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
             finished = True
             if dry_run:
                 display.message(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.cli.app import Command, app
-from hf_layerprune.cli.options import build_recipe, command_line, open_display, with_recipe_options
+from hf_layerprune.cli.app import app
+from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -20,10 +20,11 @@ def parse_depths(text: str) -> list[int]:
         raise LayerPruneError(f"cannot read --drop {text!r}: give depths like 4,8,12") from None
 
 
-@app.command(cls=Command)
+@app.command(cls=RegistryHelp)
 @cli_errors
 @with_recipe_options(exclude=("drop", "layers"))
 def sweep(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
     drop: Annotated[str, typer.Option("--drop", help="Comma-separated depths to remove, e.g. 4,8,12.")],
     output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Folder that receives one model per depth.")],
@@ -47,7 +48,7 @@ def sweep(
         token = hub.resolve_token(token)
         user = hub.check_write_access(token, repo_prefix)
     with open_display(recipe_options) as display:
-        outputs = run_sweep(recipe, depths, output_dir, command=command_line(), log=display.message)
+        outputs = run_sweep(recipe, depths, output_dir, command=command_line(ctx), log=display.message)
         for out in outputs:
             display.message(f"[green]Saved[/green] {out}")
         if repo_prefix:

@@ -13,14 +13,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from hf_layerprune.cli.app import Command, app
+from hf_layerprune.cli.app import app
 from hf_layerprune.errors import LayerPruneError, cli_errors
 from hf_layerprune.report import REPORT_FILENAME
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@app.command(cls=Command)
+@app.command()
 @cli_errors
 def upload(
     directory: Annotated[Path, typer.Argument(help="Pruned model folder (config.json, weights, layerprune.json).")],

@@ -2,17 +2,9 @@
 stock architecture (adapters merged, corrections folded into existing weights), so the output loads with
 ``AutoModelForCausalLM.from_pretrained`` and no remote code.
 
-| name       | what                                                          | file            | needs base model |
-|------------|---------------------------------------------------------------|-----------------|------------------|
-| none       | no healing                                                    |                 | no               |
-| lora       | LoRA (peft) on the MLP, LM loss, merged                       | lora.py         | no               |
-| qlora      | LoRA trained on a 4-bit NF4 copy, merged into bf16/fp32       | lora.py         | no               |
-| distill    | LoRA trained with KL to the unpruned model's logits, merged   | distill.py      | yes              |
-| replace    | LLM-Streamline: n removed layers -> one trained layer         | replacement.py  | yes              |
-| absorb     | the kept layer before each removed block trained to replace it| absorb.py       | yes              |
-| bias       | Siddiqui: mean block update as a down_proj bias               | compensation.py | yes              |
-| linear     | ReplaceMe: least-squares T fused into the prior down_proj     | compensation.py | yes              |
-| projection | GradMAP-style: compensation at the most-drifted kept layer    | compensation.py | yes              |
+Healers are registered in ``HEALERS`` (registry.py) below, each with its description, papers, tags and
+capabilities (``needs_base``, ``trained``); docs/healing.md has the table (checked against the registry by
+tests/test_registry.py).
 
 ``--heal NAME[:key=value,...]`` picks one (options per healer: see each options dataclass). Python API:
 ``heal(model, "linear", ids, base_model=..., report=...)``; the pipeline calls ``heal_for_recipe``.
@@ -35,24 +27,43 @@ from hf_layerprune.healing.distill import DistillOptions, heal_distill
 from hf_layerprune.healing.lora import LoraOptions, heal_lora, heal_qlora
 from hf_layerprune.healing.replacement import ReplaceOptions, heal_replace
 from hf_layerprune.recipe import DEFAULT_HEALER, DEFAULT_SUBLAYER_HEALER, default_healer
+from hf_layerprune.registry import Registry
 
-HEALERS: dict[str, Healer] = {}
+HEALERS: Registry[Healer] = Registry("healer", "--heal", extra=("none",))
+register = HEALERS.register
+NEEDS_BASE, CLOSED_FORM = frozenset({"trained", "needs_base"}), frozenset({"needs_base"})
 
-
-def register(healer: Healer) -> Healer:
-    HEALERS[healer.name] = healer
-    return healer
-
-
-register(Healer("lora", heal_lora, LoraOptions, "LoRA on the MLP with the LM loss, merged"))
-register(Healer("qlora", heal_qlora, LoraOptions, "LoRA trained on a 4-bit NF4 copy, merged into the original weights"))
-register(Healer("distill", heal_distill, DistillOptions, "LoRA trained with KL to the unpruned model, merged", needs_base_model=True))
-register(Healer("replace", heal_replace, ReplaceOptions, "LLM-Streamline: the removed block becomes one trained layer", needs_base_model=True))
-register(Healer("absorb", heal_absorb, AbsorbOptions, "the kept layer before each removed block is trained to do its job", needs_base_model=True,
-                  proxy="linear"))
-register(Healer("bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias", needs_base_model=True, trained=False, refusal=fold_refusal))
-register(Healer("linear", heal_linear, ClosedFormOptions, "ReplaceMe: least-squares transform fused into down_proj", needs_base_model=True, trained=False, refusal=fold_refusal))
-register(Healer("projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer", needs_base_model=True, trained=False, refusal=fold_refusal))
+register(Healer(
+    "lora", heal_lora, LoraOptions, "LoRA on the MLP with the LM loss, merged",
+    "LoRA on the MLP trained with the LM loss, merged into the weights", ("lora",), tags=("lora",)))
+register(Healer(
+    "qlora", heal_qlora, LoraOptions, "LoRA trained on a 4-bit NF4 copy, merged into the original weights",
+    "LoRA trained on a 4-bit NF4 copy, merged into the 16-bit weights", ("qlora", "lora"), ("gromov2024",), tags=("qlora",)))
+register(Healer(
+    "distill", heal_distill, DistillOptions, "LoRA trained with KL to the unpruned model, merged",
+    "LoRA trained to match the unpruned model's next-token distribution (KL), merged", ("lora",),
+    tags=("distillation",), capabilities=NEEDS_BASE))
+register(Healer(
+    "replace", heal_replace, ReplaceOptions, "LLM-Streamline: the removed block becomes one trained layer",
+    "the removed block replaced by one layer trained on the block's input and output", ("streamline",),
+    tags=("layer-replacement",), capabilities=NEEDS_BASE))
+register(Healer(
+    "absorb", heal_absorb, AbsorbOptions, "the kept layer before each removed block is trained to do its job",
+    "the kept layers before each removed block trained to do the block's work too (LLM-Streamline's "
+    "layer replacement at the requested depth)", ("streamline",), tags=("layer-absorption",), capabilities=NEEDS_BASE,
+    proxy="linear"))
+register(Healer(
+    "bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias",
+    "the removed block's mean update added back as a bias", ("siddiqui2024",), tags=("bias-compensation",),
+    capabilities=CLOSED_FORM, refusal=fold_refusal))
+register(Healer(
+    "linear", heal_linear, ClosedFormOptions, "ReplaceMe: least-squares transform fused into down_proj",
+    "a least-squares linear transform fused into a down-projection", ("replaceme",), tags=("linear-compensation",),
+    capabilities=CLOSED_FORM, refusal=fold_refusal))
+register(Healer(
+    "projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer",
+    "a projection compensation of the most-drifted layer folded into its down-projection", ("gradmap",),
+    tags=("projection-compensation",), capabilities=CLOSED_FORM, refusal=fold_refusal))
 
 # recipe field -> options field
 RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate": "learning_rate",
@@ -60,7 +71,7 @@ RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate"
 
 
 def available_healers() -> list[str]:
-    return ["none", *HEALERS]
+    return HEALERS.choices()
 
 
 def split_chain(spec: str) -> list[str]:
@@ -79,12 +90,8 @@ def split_chain(spec: str) -> list[str]:
 
 def get_healer(spec: str) -> tuple[Healer, dict[str, str]]:
     """The healer of `--heal NAME[:options]` and its raw options; one-line error for unknown names."""
-    name, raw = split_spec(spec)
-    if name == "default":
-        name = DEFAULT_HEALER
-    if name not in HEALERS:
-        raise LayerPruneError(f"unknown --heal {name!r}; use one of {', '.join(available_healers())}")
-    return HEALERS[name], raw
+    name, raw = split_spec(spec, "--heal")
+    return HEALERS.get_entry(DEFAULT_HEALER if name == "default" else name), raw
 
 
 def _stages(spec: str | None) -> list[str]:
@@ -92,11 +99,6 @@ def _stages(spec: str | None) -> list[str]:
     if not spec:
         return []
     return [part for part in split_chain(spec) if split_spec(part)[0] != "none"]
-
-
-def needs_base_model(spec: str | None) -> bool:
-    """Whether the pipeline must keep a copy of the unpruned model for this `--heal` value."""
-    return any(get_healer(part)[0].needs_base_model for part in _stages(spec))
 
 
 def check_heal(spec: str | None) -> None:
@@ -222,7 +224,6 @@ __all__ = [
     "get_healer",
     "heal",
     "heal_for_recipe",
-    "needs_base_model",
     "register",
     "split_chain",
 ]

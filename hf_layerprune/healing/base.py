@@ -1,4 +1,4 @@
-"""The Healer record, the options every healer shares, and `--heal NAME:key=value,...` parsing.
+"""The Healer record and the options every healer shares (`--heal NAME:key=value,...`, read by registry.py).
 
 A healer is one function ``run(ctx, options) -> record`` plus an options dataclass (peft style: the dataclass
 carries the defaults and documents them). ``--heal-steps``, ``--heal-tokens``, ``--learning-rate``,
@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from hf_layerprune import registry
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.registry import split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
 
 Log = Callable[[str], None]
 DEFAULT_STEPS = 100
@@ -128,14 +130,31 @@ class HealContext:
 
 @dataclass(frozen=True)
 class Healer:
+    """One healer; everything the card, the help and the pipeline say about it is declared here (registry.py).
+
+    capabilities: ``needs_base`` (compares with the unpruned model, so the pipeline keeps a copy) and ``trained``
+    (consumes steps x batch_size sequences; the closed-form healers fit on a calibration set instead).
+    """
+
     name: str
     run: Callable[[HealContext, Any], dict]
     options: type = HealOptions
-    summary: str = ""
-    needs_base_model: bool = False
-    trained: bool = True  # trained healers consume steps x batch_size sequences; closed-form ones a calibration set
+    summary: str = ""  # one line: what it does, with its paper
+    description: str = ""  # what it does, as the card's method description says it
+    citations: tuple[str, ...] = ()  # keys of card/bibliography.json, linked in the method description
+    recipe_citations: tuple[str, ...] = ()  # papers whose training recipe it follows: in the references only
+    tags: tuple[str, ...] = ()  # model-card tags
+    capabilities: frozenset[str] = frozenset({"trained"})
     proxy: str | None = None  # closed-form healer that stands in for this trained one when `auto` compares candidates
     refusal: Callable[[Any], str | None] | None = None  # model -> why this healer cannot run on it (None: it can)
+
+    @property
+    def needs_base_model(self) -> bool:
+        return "needs_base" in self.capabilities
+
+    @property
+    def trained(self) -> bool:
+        return "trained" in self.capabilities
 
     def refuses(self, model) -> str | None:
         """Why this healer cannot heal `model` (e.g. no single down_proj to fold into), or None."""
@@ -159,57 +178,9 @@ def contiguous_runs(indices: list[int]) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------------------------------------ options
-
-
-def split_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """`distill:temperature=2,alpha=0.5` -> ("distill", {"temperature": "2", "alpha": "0.5"})."""
-    name, _, rest = str(spec).strip().partition(":")
-    raw: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise LayerPruneError(f"cannot read healer option {item!r} in --heal {spec!r}; write NAME:key=value,key=value")
-        raw[key.strip().replace("-", "_")] = value.strip()
-    return name.strip(), raw
-
-
 def build_options(cls: type, method: str, raw: dict[str, Any]) -> Any:
-    """An options dataclass from strings (CLI) or values (Python), with one-line errors for bad keys/values."""
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise LayerPruneError(
-            f"unknown option(s) {', '.join(unknown)} for --heal {method}; it takes: {', '.join(sorted(known))}"
-        )
-    values = {k: _convert(v, hints[k], method, k) for k, v in raw.items()}
-    return cls(**values)
-
-
-def _convert(value: Any, hint: Any, method: str, key: str) -> Any:
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    if text.lower() in ("none", "null", "") and type(None) in typing.get_args(hint):
-        return None
-    kind = args[0]
-    try:
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if kind is int:
-            return int(float(text)) if float(text).is_integer() else int(text)
-        if kind is float:
-            return float(text)
-        if typing.get_origin(kind) is list:
-            return [s.strip() for s in text.replace("+", " ").split() if s.strip()]
-    except ValueError:
-        raise LayerPruneError(f"--heal {method}: option {key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
-    return text
+    """The options dataclass of healer `method` from strings (CLI) or values (Python): registry.build_options."""
+    return registry.build_options(cls, f"--heal {method}", raw)
 
 
 def options_record(options: Any) -> dict[str, Any]:

@@ -20,13 +20,12 @@ from typing import Any, Callable
 
 import torch
 
-from hf_layerprune.architectures import get_architecture
+from hf_layerprune.architectures import ARCHITECTURES, Architecture, get_architecture
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.base import HealContext, HealOptions, options_record
 from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, gradient_checkpointing, lm_loss, train
 
-MLP_TARGETS = {"opt": ("fc1", "fc2"), "phi3": ("gate_up_proj", "down_proj")}
-DEFAULT_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+DEFAULT_MLP_TARGETS = Architecture.lora_targets  # models without an adapter (the DeciLM layout)
 ALL_LINEAR = "all-linear"  # peft's selector: every linear module of the model except the output head
 
 
@@ -47,7 +46,8 @@ def lora_targets(model, targets: list[str] | None, log: Callable[[str], None] = 
     """Module names to adapt; `lm_head` becomes the input embedding when the two are tied. ``all-linear`` is
     passed to peft, which resolves it to the names of every linear module but the output head."""
     model_type = model.config.model_type
-    names = list(targets) if targets else list(MLP_TARGETS.get(model_type, DEFAULT_MLP_TARGETS))
+    arch = ARCHITECTURES.get(model_type)
+    names = list(targets) if targets else list(arch.lora_targets if arch else DEFAULT_MLP_TARGETS)
     if ALL_LINEAR in names:
         if len(names) > 1:
             raise LayerPruneError(f"--lora-targets {ALL_LINEAR} already names every linear module; give it alone")

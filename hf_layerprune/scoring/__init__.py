@@ -1,26 +1,15 @@
 """Layer-importance scoring: every metric from the papers in one registry, on one shared calibration pass.
 
-Metrics (stable names; one small class each, docstrings cite the paper):
-
-| name     | paper                      | granularities        | default selection |
-|----------|----------------------------|----------------------|-------------------|
-| angular  | Gromov et al. 2024         | block                | contiguous        |
-| bi       | ShortGPT                   | block, attention, mlp| topk              |
-| cosine   | LLM-Streamline             | block                | contiguous        |
-| shapley  | Siddiqui et al. 2024       | block, attention, mlp| topk              |
-| ppl      | SLEB (greedy)              | block, attention, mlp| greedy            |
-| gradient | GradMAP                    | block, attention, mlp| greedy            |
-| taylor   | Shortened LLaMA            | block, attention, mlp| topk              |
-| last     | Gromov et al. heuristic    | all                  | topk (= the rule) |
-| reverse  | Lu et al. reverse order    | all                  | topk (= the rule) |
-| random   | seeded baseline            | all                  | topk              |
+Metrics are one small class each (docstrings cite the paper), registered in ``METRICS`` (registry.py) in the order
+of ``--metric all``; each carries what the card, the help and the routes read (description, citations, tags,
+capabilities, options). docs/scoring.md has the table (tests/test_registry.py checks it against the registry).
 
 ``select_for_recipe(model, tokenizer, recipe)`` scores with one metric and selects; ``analyze(...)`` scores several
 metrics for the `analyze` command. `auto` (the default) is not a metric: it is a selection strategy above scoring
 (hf_layerprune/auto.py) that compares the candidate cuts of several metrics. See docs/scoring.md.
 """
 
-from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric, register
+from hf_layerprune.scoring.base import METRICS, Metric, Scores, ScoringContext, available_metrics, get_metric, register
 # Registration order is the order of `--metric all`.
 from hf_layerprune.scoring import static  # noqa: F401,E402
 from hf_layerprune.scoring import leave_one_out  # noqa: F401,E402
@@ -32,6 +21,7 @@ from hf_layerprune.recipe import DEFAULT_METRIC, DEFAULT_SUBLAYER_METRIC, defaul
 __all__ = [
     "DEFAULT_METRIC",
     "DEFAULT_SUBLAYER_METRIC",
+    "METRICS",
     "Metric",
     "Scores",
     "ScoringContext",

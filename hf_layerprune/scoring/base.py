@@ -11,6 +11,7 @@ skipped* (greedy selection rescoring after each removal calls it again); iterati
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, ClassVar
@@ -20,6 +21,7 @@ import torch
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.recipe import GRANULARITIES
+from hf_layerprune.registry import Registry, build_options, split_spec
 
 
 @dataclass
@@ -38,22 +40,36 @@ class Scores:
         return list(self.blocks[1])
 
 
+@dataclass
+class NoOptions:
+    """This metric takes no options."""
+
+
 class Metric:
+    """One metric; everything the card, the help and the pipeline say about it is declared here (registry.py)."""
+
     name: ClassVar[str]
-    summary: ClassVar[str]  # one line: what it measures and the paper it comes from
+    summary: ClassVar[str]  # one line with its paper: the log, `analyze --json`, the help
+    description: ClassVar[str] = ""  # what it measures, as the card's method description says it
+    citations: ClassVar[tuple[str, ...]] = ()  # keys of card/bibliography.json
+    tags: ClassVar[tuple[str, ...]] = ()  # model-card tags
+    # streamable: scored layer by layer from disk (--offload); config_only: the selection needs only the depth
+    capabilities: ClassVar[frozenset[str]] = frozenset()
     granularities: ClassVar[tuple[str, ...]] = ("block",)
     default_selection: ClassVar[str] = "topk"
     higher_is_more_important: ClassVar[bool] = True
     needs_calibration: ClassVar[bool] = True
     needs_states: ClassVar[bool] = False  # keeps every layer's input for every sample (prefix cache)
-    options: ClassVar[dict[str, Any]] = {}  # option name -> default (`--metric name:key=value`)
+    options: ClassVar[type] = NoOptions  # `--metric name:key=value,...` (registry.build_options)
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            known = ", ".join(self.options) or "none"
-            raise LayerPruneError(f"--metric {self.name} has no option {unknown[0]!r} (options: {known})")
-        self.config = {**self.options, **{k: option_value(self.name, k, v, self.options[k]) for k, v in options.items()}}
+        self.opts = build_options(self.options, f"--metric {self.name}", options)
+        self.config = dataclasses.asdict(self.opts)
+
+    @classmethod
+    def citation_keys(cls, selection: str | None = None) -> tuple[str, ...]:
+        """The papers the card cites for this metric (with ``selection``: some metrics cite more for a strategy)."""
+        return cls.citations
 
     def check_granularity(self, granularity: str) -> None:
         if granularity not in self.granularities:
@@ -65,52 +81,23 @@ class Metric:
         raise NotImplementedError
 
 
-def option_value(metric: str, key: str, text: Any, default: Any) -> Any:
-    """`--metric name:key=value`'s value as the type of the option's default ("false" is False, not True)."""
-    if not isinstance(text, str):
-        return text
-    if isinstance(default, bool):
-        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-        if text.lower() not in words:
-            raise LayerPruneError(f"--metric {metric}:{key}={text} is not true or false")
-        return words[text.lower()]
-    try:
-        return type(default)(text) if default is not None else text
-    except ValueError:
-        raise LayerPruneError(f"--metric {metric}:{key}={text} is not {type(default).__name__}") from None
-
-
-_REGISTRY: dict[str, type[Metric]] = {}
-
-
-def register(cls: type[Metric]) -> type[Metric]:
-    _REGISTRY[cls.name] = cls
-    return cls
+METRICS: Registry[type[Metric]] = Registry("metric", "--metric")
+register = METRICS.register
 
 
 def available_metrics() -> list[str]:
-    return list(_REGISTRY)
+    return METRICS.names()
 
 
 def metric_class(name: str) -> type[Metric]:
-    if name not in _REGISTRY:
-        raise LayerPruneError(f"unknown --metric {name!r}; use one of {', '.join(_REGISTRY)}")
-    return _REGISTRY[name]
+    return METRICS.get_entry(name)
 
 
 def get_metric(spec: str) -> Metric:
-    """A metric from ``name`` or ``name:key=value[:key=value]`` (e.g. ``shapley:estimator=sampled``)."""
-    name, *parts = str(spec).strip().split(":")
-    options: dict[str, str] = {}
-    for part in parts:
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise LayerPruneError(f"cannot read metric option {part!r} in {spec!r}; write name:key=value")
-        options[key.strip().replace("-", "_")] = value.strip()
-    try:
-        return metric_class(name)(**options)
-    except ValueError as exc:
-        raise LayerPruneError(f"bad option value in --metric {spec!r}: {exc}") from None
+    """A metric from ``name`` or ``name:key=value,key=value`` (e.g. ``shapley:estimator=sampled``; the old
+    ``name:key=value:key=value`` form is read the same)."""
+    name, options = split_spec(spec, "--metric")
+    return metric_class(name)(**options)
 
 
 class ScoringContext:

@@ -18,6 +18,10 @@ class Last(Metric):
 
     name = "last"
     summary = "Gromov et al. heuristic: the deepest layers before the final one"
+    description = 'the deepest layers before the final one (a rule, no calibration)'
+    citations = ('gromov2024',)
+    tags = ('last-layers',)
+    capabilities = frozenset({'config_only', 'streamable'})
     granularities = ("block", "attention", "mlp")
     needs_calibration = False
 
@@ -33,6 +37,10 @@ class Reverse(Metric):
 
     name = "reverse"
     summary = "Lu et al. reverse order: the final layers, last one included"
+    description = 'the final layers (a rule, no calibration)'
+    citations = ('lu2024',)
+    tags = ('reverse-order',)
+    capabilities = frozenset({'config_only', 'streamable'})
     granularities = ("block", "attention", "mlp")
     needs_calibration = False
 
@@ -47,6 +55,10 @@ class Random(Metric):
 
     name = "random"
     summary = "random units (seeded)"
+    description = 'a seeded random choice (a baseline)'
+    citations = ()
+    tags = ('random-baseline',)
+    capabilities = frozenset({'streamable'})
     granularities = ("block", "attention", "mlp")
     needs_calibration = False
 

@@ -116,6 +116,9 @@ class Gradient(Metric):
 
     name = "gradient"
     summary = "GradMAP-style: |<dL/d update, update>| per unit from one backward, recomputed after each removal"
+    description = 'gradient-magnitude importance'
+    citations = ('gradmap',)
+    tags = ('gradmap',)
     granularities = ("block", "attention", "mlp")
     default_selection = "greedy"
 
@@ -130,6 +133,9 @@ class Taylor(Metric):
 
     name = "taylor"
     summary = "Shortened LLaMA Taylor: sum |W * dL/dW| per unit from one backward pass"
+    description = 'first-order Taylor importance |W·∇W|'
+    citations = ('shortened_llama',)
+    tags = ('taylor-importance',)
     granularities = ("block", "attention", "mlp")
 
     def score(self, ctx, removed=(), candidates=None):

@@ -4,14 +4,34 @@ prefix_cache.py: only the layers from the first removed unit on are run for each
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.scoring.base import Metric, Scores, register
 
 
 def _candidates(ctx, removed, candidates):
     return [u for u in (range(ctx.num_units) if candidates is None else candidates) if u not in removed]
+
+
+@dataclass
+class ShapleyOptions:
+    """Options of ``--metric shapley``.
+
+    estimator: loo (each unit left out alone) or sampled (random subnetworks keeping each unit with probability 1/2).
+    subnetworks: how many subnetworks `sampled` scores (0: four per unit).
+    """
+
+    estimator: str = "loo"
+    subnetworks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("loo", "sampled"):
+            raise ConfigError(f"shapley estimator must be loo or sampled, not {self.estimator!r}")
+        if self.subnetworks < 0:
+            raise ConfigError(f"shapley subnetworks must be at least 0 (got {self.subnetworks})")
 
 
 @register
@@ -26,9 +46,13 @@ class Shapley(Metric):
 
     name = "shapley"
     summary = "Siddiqui et al.: calibration-loss increase when the unit is left out (or sampled subnetworks)"
+    description = 'loss increase when the layer is left out (leave-one-out Shapley)'
+    citations = ('siddiqui2024',)
+    tags = ('shapley',)
+    capabilities = frozenset({'streamable'})
     granularities = ("block", "attention", "mlp")
     needs_states = True
-    options = {"estimator": "loo", "subnetworks": 0}
+    options = ShapleyOptions
 
     def score(self, ctx, removed=(), candidates=None):
         cache = ctx.cache
@@ -40,10 +64,6 @@ class Shapley(Metric):
             for u in units:
                 out[u] = cache.loss([u]) - base
             return Scores(per_unit=out, extra={"base_loss": base})
-        if self.config["estimator"] != "sampled":
-            from hf_layerprune.errors import LayerPruneError
-
-            raise LayerPruneError(f"shapley estimator must be loo or sampled, not {self.config['estimator']!r}")
         return self._sampled(ctx, cache, units, base)
 
     def _sampled(self, ctx, cache, units, base):
@@ -73,9 +93,18 @@ class Perplexity(Metric):
 
     name = "ppl"
     summary = "SLEB: calibration perplexity with the unit removed, greedy with rescoring"
+    description = 'calibration perplexity with the layer removed'
+    citations = ('sleb',)
+    tags = ('sleb',)
+    capabilities = frozenset({'streamable'})
     granularities = ("block", "attention", "mlp")
     default_selection = "greedy"
     needs_states = True
+
+    @classmethod
+    def citation_keys(cls, selection=None):
+        """With top-k selection (one scoring pass), the variant Shortened LLaMA uses."""
+        return (*cls.citations, "shortened_llama") if selection == "topk" else cls.citations
 
     def score(self, ctx, removed=(), candidates=None):
         cache = ctx.cache

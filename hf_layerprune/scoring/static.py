@@ -25,6 +25,10 @@ class Angular(Metric):
 
     name = "angular"
     summary = "Gromov et al.: angular distance between the inputs of layers l and l+n at the last token"
+    description = "angular distance between a block's input and output on the last token"
+    citations = ('gromov2024',)
+    tags = ('angular-distance',)
+    capabilities = frozenset({'streamable'})
     default_selection = "contiguous"
 
     def score(self, ctx, removed=(), candidates=None):
@@ -41,6 +45,10 @@ class BlockInfluence(Metric):
 
     name = "bi"
     summary = "ShortGPT block influence: 1 - mean cos(input, output) over all tokens"
+    description = 'Block Influence, 1 − cosine(input, output) over all tokens'
+    citations = ('shortgpt',)
+    tags = ('block-influence',)
+    capabilities = frozenset({'streamable'})
     granularities = ("block", "attention", "mlp")
 
     def score(self, ctx, removed=(), candidates=None):
@@ -67,6 +75,10 @@ class Cosine(Metric):
 
     name = "cosine"
     summary = "LLM-Streamline: mean cos(block input, block output) over all tokens, contiguous blocks"
+    description = "cosine similarity between a block's input and output"
+    citations = ('streamline',)
+    tags = ('llm-streamline',)
+    capabilities = frozenset({'streamable'})
     default_selection = "contiguous"
     higher_is_more_important = False
 

@@ -20,9 +20,8 @@ import torch
 
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.layer_stream import StreamedModel
-from hf_layerprune.scoring.base import ScoringContext
+from hf_layerprune.scoring.base import METRICS, ScoringContext
 
-STREAMABLE = ("angular", "bi", "cosine", "shapley", "ppl", "last", "reverse", "random")
 
 
 class _StreamedLosses:
@@ -82,8 +81,8 @@ class StreamedScoringContext(ScoringContext):
 
 
 def check_streamable(metric_name: str) -> None:
-    if metric_name not in STREAMABLE:
+    if not METRICS.has(metric_name, "streamable"):
         raise LayerPruneError(
             f"--metric {metric_name} needs the whole model in memory (backward pass); with --offload use one of "
-            f"{', '.join(STREAMABLE)}"
+            f"{', '.join(METRICS.with_capability('streamable'))}"
         )

@@ -14,16 +14,12 @@ Everything here reads the stored ``evaluation`` section; nothing is recomputed f
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 from markupsafe import Markup
 
-from hf_layerprune.card import (
-    _main_metric,
-    _metric_order,
+from hf_layerprune.card.formatting import (
     _num,
-    _ordered_tasks,
-    _retention,
     fmt_bytes,
     fmt_count,
     fmt_delta,
@@ -35,6 +31,46 @@ from hf_layerprune.card import (
 )
 
 MEANINGLESS_BYTES = 2**20  # a CPU peak-RSS growth below 1 MiB measures nothing
+
+
+def _ordered_tasks(evaluation: dict[str, Any]) -> list[str]:
+    pruned = evaluation.get("pruned") or {}
+    base = evaluation.get("base") or {}
+    requested = list((evaluation.get("settings") or {}).get("tasks") or [])
+    names = [t for t in requested if t in pruned or t in base]
+    for t in list(pruned) + list(base):
+        metrics = pruned.get(t) or base.get(t) or {}
+        top = isinstance(metrics, dict) and not any(isinstance(r, dict) and r.get("parent") for r in metrics.values())
+        if top and t not in names:
+            names.append(t)
+    return names
+
+
+DISPLAY_METRIC_ORDER = ("acc", "acc_norm", "exact_match", "f1")
+
+
+def _metric_order(metrics: Iterable[str]) -> list[str]:
+    names = list(metrics)
+    return sorted(names, key=lambda m: (DISPLAY_METRIC_ORDER.index(m) if m in DISPLAY_METRIC_ORDER else 99, m))
+
+
+def _main_metric(metrics: dict[str, Any]) -> str | None:
+    from hf_layerprune.evaluation import main_metric
+
+    return main_metric(metrics) or next(iter(metrics), None)
+
+
+def _settings_view(settings: dict[str, Any]) -> dict[str, Any]:
+    limit = settings.get("limit")
+    return {
+        "harness": md(f"lm-eval {settings.get('lm_eval_version')}" if settings.get("lm_eval_version") else "lm-eval"),
+        "num_fewshot": md(settings.get("num_fewshot")) if settings.get("num_fewshot") is not None else None,
+        "limit": md(limit) if limit is not None else None,
+        "batch_size": md(settings.get("batch_size")),
+        "device": md(settings.get("device") or "–"),
+        "dtype": md(settings.get("dtype") or "–"),
+        "local": any(str(t).startswith("local_") for t in settings.get("tasks") or []),
+    }
 
 
 def _pts(value: float) -> str:
@@ -65,6 +101,11 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     if not pruned and not base:
         return None
     paired = evaluation.get("paired") if isinstance(evaluation.get("paired"), dict) else {}
+    from hf_layerprune.evaluation import compare
+
+    comparison = evaluation.get("comparison")  # stored by the evaluation stage; reports without one: computed alike
+    if not isinstance(comparison, dict) or (base and pruned and not comparison):
+        comparison = compare(base, pruned) if base else {}
     ptasks = paired.get("tasks") or {}
     z = _num(paired.get("z")) or 2.0
     rows, bars, kept = [], [], []
@@ -79,8 +120,8 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
             any_rec = p or b
             higher = any_rec.get("higher_is_better")
             pv, bv = _num(p.get("value")), _num(b.get("value"))
-            delta = pv - bv if pv is not None and bv is not None else None
-            retention = _retention(bv, pv, higher)
+            stored = (comparison.get(task) or {}).get(metric) or {} if pv is not None and bv is not None else {}
+            delta, retention = _num(stored.get("delta")), _num(stored.get("retention_pct"))
             samples, total = any_rec.get("samples"), any_rec.get("samples_total")
             this = prec if prec and prec.get("metric") == metric else None
             status = Markup("")

@@ -1,0 +1,79 @@
+"""What the card says about the methods: each metric's and healer's description, tags and papers, read from
+their registries (registry.py), and the bibliography, package data (``bibliography.json``) keyed by citation key.
+
+A new metric or healer that cites a paper the bibliography lacks registers the entry with ``BIBLIOGRAPHY.register
+(Citation(...))`` beside its own registration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from markupsafe import Markup, escape
+
+from hf_layerprune.card.formatting import codeblock
+from hf_layerprune.registry import Registry
+
+
+@dataclass(frozen=True)
+class Citation:
+    name: str  # the citation key metrics and healers cite
+    label: str  # "ShortGPT, Men et al., 2024"
+    url: str
+    bibtex: str
+
+
+BIBLIOGRAPHY: Registry[Citation] = Registry("citation", "citation key")
+for _key, _entry in json.loads((Path(__file__).parent / "bibliography.json").read_text(encoding="utf-8")).items():
+    BIBLIOGRAPHY.register(Citation(_key, **_entry))
+
+
+def metric_entry(name: Any):
+    """The registry entry of metric `name` (``auto``: its selection's record), or None for unknown names."""
+    from hf_layerprune.auto import AutoSelection
+    from hf_layerprune.scoring import METRICS
+
+    if not isinstance(name, str):
+        return None
+    return AutoSelection if name == AutoSelection.name else METRICS.get(name)
+
+
+def heal_info(method: Any) -> tuple[str, list[str], list[str]] | None:
+    """(what it does, tags, citation keys) of a healer or of a chain `linear+distill` (run in that order)."""
+    from hf_layerprune.healing import HEALERS
+
+    parts = [HEALERS[m] for m in str(method).split("+") if m in HEALERS] if isinstance(method, str) else []
+    if not parts:
+        return None
+    return "; then ".join(p.description for p in parts), [t for p in parts for t in p.tags], [k for p in parts for k in p.citations]
+
+
+def citation_keys(report: dict[str, Any]) -> list[str]:
+    """The papers of the report's metric (with its selection) and healers, then the papers whose recipes the
+    healers follow; each once, in that order, those the bibliography has."""
+    from hf_layerprune.healing import HEALERS
+
+    keys: list[str] = []
+    scoring = report.get("scoring") or {}
+    entry = metric_entry(scoring.get("metric") or (report.get("recipe") or {}).get("metric"))
+    if entry is not None:
+        keys += entry.citation_keys(scoring.get("selection"))
+    method = (report.get("healing") or {}).get("method")
+    info = heal_info(method)
+    if info:
+        keys += info[2]
+        keys += [k for m in str(method).split("+") if m in HEALERS for k in HEALERS[m].recipe_citations]
+    return [k for i, k in enumerate(keys) if k in BIBLIOGRAPHY and k not in keys[:i]]
+
+
+def citations(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"key": k, "label": BIBLIOGRAPHY[k].label, "url": BIBLIOGRAPHY[k].url,
+             "bibtex": codeblock(BIBLIOGRAPHY[k].bibtex, "bibtex")} for k in citation_keys(report)]
+
+
+def paper_links(keys: list[str]) -> Markup:
+    links = [Markup(f"[{escape(BIBLIOGRAPHY[k].label)}]({BIBLIOGRAPHY[k].url})") for k in keys if k in BIBLIOGRAPHY]
+    return Markup("; ").join(links)

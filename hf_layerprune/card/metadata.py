@@ -1,0 +1,150 @@
+"""The card's YAML metadata (huggingface_hub ``ModelCardData``): base model and relation, license, datasets,
+tags (from the registries) and the ``model-index`` of the pruned model's results (``EvalResult``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hf_layerprune.card.citations import heal_info, metric_entry
+from hf_layerprune.card.formatting import _num, hub_id, slug
+
+TASK_DATASETS: dict[str, tuple[str, str, str | None, str]] = {
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "ARC-Challenge", "test"),
+    "hellaswag": ("Rowan/hellaswag", "HellaSwag", None, "validation"),
+    "piqa": ("baber/piqa", "PIQA", None, "validation"),
+    "winogrande": ("allenai/winogrande", "WinoGrande", "winogrande_xl", "validation"),
+    "boolq": ("aps/super_glue", "BoolQ", "boolq", "validation"),
+    "openbookqa": ("allenai/openbookqa", "OpenBookQA", "main", "test"),
+    "mmlu": ("cais/mmlu", "MMLU", "all", "test"),
+    "wikitext": ("EleutherAI/wikitext_document_level", "WikiText-2 (documents)", "wikitext-2-raw-v1", "test"),
+}
+
+
+def _datasets(report: dict[str, Any]) -> list[str]:
+    """Hub ids of the calibration and healing datasets (local files and self-generated text are left out)."""
+    out: list[str] = []
+    scoring = report.get("scoring") or {}
+    calibration = scoring.get("calibration") or {}
+    healing = report.get("healing") or {}
+    recipe = report.get("recipe") or {}
+    candidates = []
+    if calibration.get("kind") in (None, "hub"):
+        candidates.append(calibration.get("source") or (recipe.get("calibration") if not calibration else None))
+    heal_data = healing.get("data")
+    if isinstance(heal_data, dict):
+        heal_data = heal_data.get("source") if heal_data.get("kind") in (None, "hub") else None
+    if healing or recipe.get("heal") not in (None, "none"):
+        candidates.append(heal_data or recipe.get("heal_data"))
+    for cand in candidates:
+        if not isinstance(cand, str) or cand in ("self", ""):
+            continue
+        for part in cand.split(","):
+            rid = hub_id(part.strip().split(":")[0])
+            if rid and rid not in out:
+                out.append(rid)
+    return out
+
+
+def _tags(report: dict[str, Any]) -> list[str]:
+    tags = ["layer-pruning", "pruned", "hf-layerprune"]
+    scoring = report.get("scoring") or {}
+    metric = scoring.get("metric") or (report.get("recipe") or {}).get("metric")
+    if metric:
+        entry = metric_entry(metric)
+        tags += list(entry.tags) if entry is not None else [slug(metric)]
+    method = (report.get("healing") or {}).get("method")
+    if method and method != "none":
+        info = heal_info(method)
+        tags += info[1] if info else [slug(method)]
+    if report.get("granularity") in ("attention", "mlp"):
+        tags.append(f"{report['granularity']}-pruning")
+    model_type = report.get("model_type")
+    if isinstance(model_type, str) and model_type:
+        tags.append(slug(model_type))
+    if isinstance(report.get("gguf"), dict):
+        tags.append("gguf")
+    return [t for i, t in enumerate(tags) if t and t not in tags[:i]]
+
+
+def _task_base(task: str) -> str:
+    return task[len("local_"):] if task.startswith("local_") else task
+
+
+def _eval_results(report: dict[str, Any]) -> list:
+    from huggingface_hub import EvalResult
+
+    evaluation = report.get("evaluation") or {}
+    out = []
+    for task, metrics in (evaluation.get("pruned") or {}).items():
+        if not isinstance(metrics, dict):
+            continue
+        dataset = TASK_DATASETS.get(_task_base(task))
+        for metric, rec in metrics.items():
+            if not isinstance(rec, dict) or rec.get("parent") or _num(rec.get("value")) is None:
+                continue
+            args: dict[str, Any] = {"num_few_shot": rec.get("n_shot") if isinstance(rec.get("n_shot"), int) else 0}
+            if rec.get("limit") is not None:
+                args["limit"] = rec["limit"]
+            out.append(EvalResult(
+                task_type="text-generation",
+                task_name="Text Generation",
+                dataset_type=dataset[0] if dataset else slug(task) or "unknown",
+                dataset_name=dataset[1] if dataset else str(task),
+                dataset_config=dataset[2] if dataset else None,
+                dataset_split=dataset[3] if dataset else None,
+                dataset_args=args,
+                metric_type=str(metric).split(",")[0],
+                metric_name=str(metric),
+                metric_value=round(float(rec["value"]), 4),
+            ))
+    ppl = ((evaluation.get("perplexity") or {}).get("pruned")) or {}
+    source = str(ppl.get("source") or "")
+    if _num(ppl.get("perplexity")) is not None and (source.startswith("wikitext:wikitext-2-raw") or source.endswith("wiki.test.raw")):
+        out.append(EvalResult(
+            task_type="text-generation",
+            task_name="Text Generation",
+            dataset_type="wikitext",
+            dataset_name="WikiText-2 (raw)",
+            dataset_config="wikitext-2-raw-v1",
+            dataset_split="test",
+            metric_type="perplexity",
+            metric_name=f"perplexity ({ppl.get('seq_len')}-token windows)",
+            metric_value=round(float(ppl["perplexity"]), 4),
+            metric_args={"seq_len": ppl.get("seq_len"), "stride": ppl.get("stride")},
+        ))
+    return out
+
+
+def card_data(report: dict[str, Any], *, model_name: str, license_info: dict[str, Any] | None = None):
+    """The YAML metadata as huggingface_hub ``ModelCardData``."""
+    from huggingface_hub import ModelCardData
+
+    info = license_info or {}
+    base = hub_id(report.get("base_model"))
+    kwargs: dict[str, Any] = {}
+    if base:
+        kwargs["base_model"] = base
+        kwargs["base_model_relation"] = "finetune"
+    for key in ("license", "license_name"):
+        if isinstance(info.get(key), str) and info[key].strip():
+            kwargs[key] = " ".join(info[key].split())
+    link = info.get("_resolved_link")
+    if link:
+        kwargs["license_link"] = link
+    language = info.get("language")
+    if isinstance(language, (str, list)) and language:
+        kwargs["language"] = language
+    datasets = _datasets(report)
+    if datasets:
+        kwargs["datasets"] = datasets
+    results = _eval_results(report)
+    if results:
+        kwargs["eval_results"] = results
+        kwargs["model_name"] = " ".join(str(model_name).split()) or "pruned-model"
+    library = "gguf" if _gguf_only(report) else "transformers"
+    return ModelCardData(library_name=library, pipeline_tag="text-generation", tags=_tags(report), **kwargs)
+
+
+def _gguf_only(report: dict[str, Any]) -> bool:
+    return isinstance(report.get("gguf"), dict) and (report.get("recipe") or {}).get("format") == "gguf"
