@@ -66,7 +66,8 @@ def cli_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LayerPruneError as exc:
-            print(f"Error: {one_line(exc)}", file=sys.stderr)
+            if _speaks(exc):  # one line per run: rank 0's, in a multi-process launch
+                print(f"Error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except OSError as exc:
             from hf_layerprune.outputs import describe_os_error
@@ -76,3 +77,9 @@ def cli_errors(func: F) -> F:
             raise SystemExit(LayerPruneError.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _speaks(exc: LayerPruneError) -> bool:
+    from hf_layerprune.distributed import is_main
+
+    return is_main() and not getattr(exc, "quiet", False)

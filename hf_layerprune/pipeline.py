@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from hf_layerprune import __version__, progress
+from hf_layerprune import __version__, distributed, progress
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights
 from hf_layerprune.errors import ConfigError, LayerPruneError
@@ -182,19 +182,24 @@ def source_paths(source: Source) -> list[Path]:
 
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict[str, Any]:
     check_recipe(recipe)
+    distributed.check_recipe(recipe)
     if not recipe.output_dir:
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
-    check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
     from hf_layerprune.gguf_route import resolve_format
 
     gguf_cut = resolve_format(recipe, source) == "gguf" and source.kind == "gguf" and not _needs_gguf_model(recipe)
-    if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
-        check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
-    if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
-        hub_files(source)
-    if source.kind == "dir" and any(source.path.glob("*.safetensors")):
-        check_weights(source.path)  # every shard whole, before the first stage reads one
+
+    def checks() -> None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
+        check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
+        if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
+            check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+        if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
+            hub_files(source)
+        if source.kind == "dir" and any(source.path.glob("*.safetensors")):
+            check_weights(source.path)  # every shard whole, before the first stage reads one
+
+    distributed.on_main(checks)
     timer = Timer()
     report: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
@@ -203,15 +208,19 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         **source_record(source.name, source.path / source.gguf_file if source.kind == "gguf" else None),
         "base_revision": resolved_revision(source) if source.kind == "hub" else source.revision,
         "granularity": recipe.granularity,
+        **distributed.world_record(),
     }
+    in_memory = not gguf_cut and needs_model_in_memory(recipe, source)
+    if not in_memory and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk, the others wait
+        log("Several processes, no stage to split (the cut streams on disk): rank 0 does it alone")
     if gguf_cut:  # any llama.cpp architecture: transformers never reads this file
         from hf_layerprune.gguf_route import run_streaming
 
-        run_streaming(recipe, source, report, timer, log, _explicit_or_rule)
-    elif needs_model_in_memory(recipe, source):
+        distributed.on_main(run_streaming, recipe, source, report, timer, log, _explicit_or_rule)
+    elif in_memory:
         _run_in_memory(recipe, source, report, timer, log)
     else:
-        _run_streaming(recipe, source, report, timer, log)
+        distributed.on_main(_run_streaming, recipe, source, report, timer, log)
     if report.get("memory"):
         log(memory_summary(report["memory"]))
     return report
@@ -399,7 +408,7 @@ def _run_in_memory(recipe: Recipe, source: Source, report: dict, timer: Timer, l
         else:
             removed = _explicit_or_rule(recipe, num_layers)
     if recipe.granularity != "block":
-        return _finish_sublayer(model, tokenizer, base_model, removed, recipe, source, report, timer, log)
+        return distributed.on_main(_finish_sublayer, model, tokenizer, base_model, removed, recipe, source, report, timer, log)
     _cut(model, removed, report, timer, log)
     _heal_and_evaluate(model, tokenizer, base_model, recipe, report, timer, log)
     _save(model, tokenizer, recipe, source, report, timer)
@@ -420,6 +429,11 @@ def _cut(model, removed: list[int], report: dict, timer: Timer, log: Log) -> Non
 
 
 def _save(model, tokenizer, recipe: Recipe, source: Source, report: dict, timer: Timer) -> Path:
+    """One writer: rank 0 saves in a multi-process launch (the healed weights are whole on every rank)."""
+    return distributed.on_main(_save_here, model, tokenizer, recipe, source, report, timer) or Path(recipe.output_dir)
+
+
+def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: dict, timer: Timer) -> Path:
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
             from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
@@ -487,7 +501,7 @@ def _run_rounds(model, tokenizer, base_model, recipe: Recipe, source: Source, re
         with timer.stage("evaluate"):
             from hf_layerprune.evaluation import evaluate_for_recipe
 
-            report["evaluation"] = evaluate_for_recipe(base_model, model, tokenizer, recipe, log=log)
+            report["evaluation"] = distributed.on_main(evaluate_for_recipe, base_model, model, tokenizer, recipe, log=log)
     _save(model, tokenizer, recipe, source, report, timer)
 
 
@@ -513,7 +527,7 @@ def _heal_and_evaluate(model, tokenizer, base_model, recipe: Recipe, report: dic
         with timer.stage("evaluate"):
             from hf_layerprune.evaluation import evaluate_for_recipe
 
-            report["evaluation"] = evaluate_for_recipe(base_model, model, tokenizer, recipe, log=log)
+            report["evaluation"] = distributed.on_main(evaluate_for_recipe, base_model, model, tokenizer, recipe, log=log)
 
 
 def _finish_sublayer(model, tokenizer, base_model, removed, recipe: Recipe, source: Source, report: dict,
