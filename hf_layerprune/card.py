@@ -962,6 +962,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "gguf": _gguf_view(report, str(load_id)),
         "command": codeblock(report["command"], "bash") if isinstance(report.get("command"), str) and report["command"] else None,
         "recipe_yaml": recipe_yaml,
+        "world_size": md(report["world_size"]) if _num(report.get("world_size")) and report["world_size"] > 1 else None,
         "versions": _versions(report),
         "citations": _citations(report),
         "license": license_text,
