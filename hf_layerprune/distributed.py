@@ -47,6 +47,14 @@ def is_distributed() -> bool:
     return world().size > 1
 
 
+_solo = False  # True while rank 0 runs an `on_main` stage alone: no collective may start then
+
+
+def _collective() -> bool:
+    """Whether to talk to the other ranks: several processes, and not inside rank 0's solo stage."""
+    return not _solo and is_distributed()
+
+
 def is_main() -> bool:
     return world().rank == 0
 
@@ -76,7 +84,7 @@ def init() -> World:
 
 
 def barrier() -> None:
-    if is_distributed():
+    if _collective():
         import torch.distributed as dist
 
         init()
@@ -85,7 +93,7 @@ def barrier() -> None:
 
 def broadcast(obj: T) -> T:
     """Rank 0's `obj` on every rank (any picklable value)."""
-    if not is_distributed():
+    if not _collective():
         return obj
     import torch.distributed as dist
 
@@ -109,7 +117,7 @@ def all_sum(tensor):
     """`tensor` summed over the ranks, in float64, back on the CPU (unchanged in a single process)."""
     import torch
 
-    if not is_distributed():
+    if not _collective():
         return tensor
     import torch.distributed as dist
 
@@ -121,7 +129,7 @@ def all_sum(tensor):
 
 def all_sum_floats(values: list[float]) -> list[float]:
     """Python floats summed over the ranks (float64)."""
-    if not is_distributed():
+    if not _collective():
         return values
     import torch
 
@@ -130,6 +138,8 @@ def all_sum_floats(values: list[float]) -> list[float]:
 
 def shard(items: list[T]) -> list[T]:
     """This rank's share of `items`: every size-th item from its rank on (all of them in a single process)."""
+    if not _collective():
+        return items
     here = world()
     return items[here.rank :: here.size]
 
@@ -137,8 +147,9 @@ def shard(items: list[T]) -> list[T]:
 def on_main(fn: Callable[..., T], *args: Any, share: bool = False, **kwargs: Any) -> T | None:
     """Rank 0 alone runs ``fn(*args, **kwargs)``; the others wait for its outcome. An exception on rank 0 is
     re-raised there and becomes a quiet ``RankFailed`` (same exit code) elsewhere. With `share`, every rank gets
-    rank 0's return value; otherwise the others get None."""
-    if not is_distributed():
+    rank 0's return value; otherwise the others get None. Inside such a stage (nested), `fn` simply runs."""
+    global _solo
+    if not _collective():
         return fn(*args, **kwargs)
     init()
     if not is_main():
@@ -149,11 +160,14 @@ def on_main(fn: Callable[..., T], *args: Any, share: bool = False, **kwargs: Any
             raise error
         return value
     try:
+        _solo = True
         result = fn(*args, **kwargs)
     except BaseException as exc:
+        _solo = False
         code = exc.exit_code if isinstance(exc, LayerPruneError) else 1
         broadcast((False, {"message": f"rank 0 failed: {type(exc).__name__}: {exc}", "exit_code": code}))
         raise
+    _solo = False
     broadcast((True, result if share else None))
     return result
 

@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
+from hf_layerprune import distributed
 from hf_layerprune.base_view import trial
 from hf_layerprune.errors import LayerPruneError, OutputError
 from hf_layerprune.loading import resolve_source
@@ -95,17 +96,22 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     for n in depths:
         check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
-    if not root.exists():
-        check_output_dir(root, False, sources)
-    else:
-        for path in targets.values():
-            check_output_dir(path, recipe.overwrite, sources)
-    root.mkdir(exist_ok=True)
+
+    def checks() -> None:  # rank 0 alone in a multi-process launch (distributed.py)
+        if not root.exists():
+            check_output_dir(root, False, sources)
+        else:
+            for path in targets.values():
+                check_output_dir(path, recipe.overwrite, sources)
+        root.mkdir(exist_ok=True)
+
+    distributed.on_main(checks)
 
     timer = Timer()
     base_report: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "tool": {"name": "hf-layerprune", "version": __version__},
         "command": command, "base_model": source.name, "base_revision": source.revision, "granularity": "block",
+        **distributed.world_record(),
     }
     model, tokenizer = _load_for_memory(dataclasses.replace(recipe, drop=max(depths)), source, base_report, timer, log)
     needs_base = recipe.evaluate or recipe.heal != "none"
@@ -121,7 +127,7 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
             _cut(model, selections[n][0], report, vtimer, log)
             _heal_and_evaluate(model, tokenizer, base if needs_base else None, variant, report, vtimer, log)
             outputs.append(_save(model, tokenizer, variant, source, report, vtimer))
-    add_pareto(outputs)
+    distributed.on_main(add_pareto, outputs)
     return outputs
 
 
