@@ -172,6 +172,26 @@ def on_main(fn: Callable[..., T], *args: Any, share: bool = False, **kwargs: Any
     return result
 
 
+def rank_zero_only(command: Callable[..., T]) -> Callable[..., T | None]:
+    """A CLI command with nothing to share (upload, card, evaluate): rank 0 runs it alone, the others return at once."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> T | None:
+        global _solo
+        if not is_distributed():
+            return command(*args, **kwargs)
+        if not is_main():
+            return None
+        _solo = True
+        try:
+            return command(*args, **kwargs)
+        finally:
+            _solo = False
+
+    return wrapper
+
+
 def per_device_batch(batch_size: int) -> int:
     """Sequences per process and step so that one step still sees about `batch_size` sequences (rounded up)."""
     return max(1, -(-batch_size // world().size))
