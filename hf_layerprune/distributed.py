@@ -216,6 +216,21 @@ def gather_trained(trainer, module) -> None:
     accelerator.unwrap_model(trainer.model_wrapped).load_state_dict(state, strict=False)
 
 
+def hub_cache_only() -> None:
+    """On ranks > 0, once rank 0 has downloaded the source: huggingface_hub's offline mode, so that transformers reads
+    the Hub cache and no request leaves this process (the flag is read at call time from huggingface_hub's module)."""
+    if not is_distributed() or is_main():
+        return
+    import sys
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    sys.modules[huggingface_hub.is_offline_mode.__module__].HF_HUB_OFFLINE = True
+
+
 def world_record() -> dict[str, int]:
     """The report's `world_size` field, in a multi-process run only (a single-process report is unchanged)."""
     size = world().size

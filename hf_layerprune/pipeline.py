@@ -189,28 +189,33 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
     from hf_layerprune.gguf_route import resolve_format
 
     gguf_cut = resolve_format(recipe, source) == "gguf" and source.kind == "gguf" and not _needs_gguf_model(recipe)
+    in_memory = not gguf_cut and needs_model_in_memory(recipe, source)
 
-    def checks() -> None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
+    def checks() -> str | None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
         check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
         if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
             check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
         if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
             hub_files(source)
+            if in_memory and distributed.is_distributed():  # one download; the other ranks read the Hub cache
+                local_checkpoint(source, allow_pickle=recipe.allow_pickle)
         if source.kind == "dir" and any(source.path.glob("*.safetensors")):
             check_weights(source.path)  # every shard whole, before the first stage reads one
+        return resolved_revision(source) if source.kind == "hub" else source.revision
 
-    distributed.on_main(checks)
+    base_revision = distributed.on_main(checks, share=True)
+    if source.kind == "hub":
+        distributed.hub_cache_only()  # ranks > 0: no Hub request from here on
     timer = Timer()
     report: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "tool": {"name": "hf-layerprune", "version": __version__},
         "command": command,
         **source_record(source.name, source.path / source.gguf_file if source.kind == "gguf" else None),
-        "base_revision": resolved_revision(source) if source.kind == "hub" else source.revision,
+        "base_revision": base_revision,
         "granularity": recipe.granularity,
         **distributed.world_record(),
     }
-    in_memory = not gguf_cut and needs_model_in_memory(recipe, source)
     if not in_memory and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk, the others wait
         log("Several processes, no stage to split (the cut streams on disk): rank 0 does it alone")
     if gguf_cut:  # any llama.cpp architecture: transformers never reads this file

@@ -161,3 +161,28 @@ def test_single_process_launch_note(monkeypatch):
     monkeypatch.delenv("MASTER_ADDR")
     assert distributed.check_launch() is None
     assert distributed.world_record() == {} and not distributed.is_distributed()
+
+
+def test_hub_source_is_downloaded_by_rank_0_alone(hub_server, source, tmp_path):
+    """Rank 0 checks and downloads a Hub source; rank 1 reads the Hub cache in offline mode (no request of its own)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from conftest import ORG, WRITE_TOKEN
+
+    model, text = source
+    repo = f"{ORG}/tiny-source"
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo(repo)
+    api.create_commit(repo, [CommitOperationAdd(p.name, p.read_bytes()) for p in model.iterdir() if p.is_file()],
+                      commit_message="add")
+    before = len(hub_server.requests)
+    result = run(["prune", repo, "--layers", "2", "--heal", "linear", "--calibration-samples", "8", "--seq-len", "32",
+                  "--no-eval", "-o", tmp_path / "out"], tmp_path, HF_TOKEN=WRITE_TOKEN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = [r for r in hub_server.requests[before:] if r["path"].endswith("/model.safetensors")]
+    assert len([r for r in weights if r["method"] == "GET"]) == 1  # one download, by rank 0
+    # loading a tokenizer from the Hub lists its chat templates: once, so rank 1 loaded from the cache, offline
+    templates = [r for r in hub_server.requests[before:] if r["path"].endswith("/additional_chat_templates")]
+    assert len(templates) == 1
+    report = report_of(tmp_path / "out")
+    assert report["base_model"] == repo and report["world_size"] == 2 and len(report["base_revision"]) == 40
