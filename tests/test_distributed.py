@@ -87,8 +87,10 @@ def test_scoring_split_and_closed_form_healer_match_one_process(source, tmp_path
     one = run([*args, "-o", tmp_path / "out1"], tmp_path, launcher=None)
     assert one.returncode == 0, one.stderr[-3000:]
     assert (two.stdout + two.stderr).count("Saved ") == 1  # rank 0 reports; rank 1 is quiet
-    staging = [name for name in watch.seen if name.startswith(".")]
-    assert len(staging) <= 1 and watch.seen - set(staging) == {"out"}  # one writer, one output
+    staging = [name for name in watch.seen if name.startswith(".out.tmp-")]  # outputs.staging_dir
+    probes = [name for name in watch.seen if name.startswith(".layerprune-probe-")]  # outputs' writability check
+    assert len(staging) <= 1 and len(probes) <= 1  # one writer (two ranks would stage and probe twice)
+    assert watch.seen - set(staging) - set(probes) == {"out"}  # one output
     out = tmp_path / "two" / "out"
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "out1" / "model.safetensors").read_bytes()
     multi, single = report_of(out), report_of(tmp_path / "out1")
