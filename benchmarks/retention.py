@@ -100,25 +100,21 @@ def paired(a: dict, b: dict) -> tuple[float, float, float, float, int, list[floa
     """(mean of a, mean of b, mean(b - a), its standard error, docs per task, b's per-task means) of the 3-task
     mean over the docs a and b share.
 
-    Each task weighs 1/3 (as in the retention mean); the SE adds the tasks' paired variances."""
-    mean_a = mean_b = diff = var = 0.0
-    counts, task_means = [], []
+    Each task weighs 1/3 (as in the retention mean); the SE adds the tasks' paired variances: the evaluation
+    stage's own paired comparison (hf_layerprune/evaluation/paired.py) on the stored per-doc scores."""
+    from hf_layerprune.evaluation.paired import compare_task
+
+    recs = []
     for task in TASKS:
         ids = sorted(set(a["docs"][task]) & set(b["docs"][task]), key=int)
         if len(ids) < 2:
             raise SystemExit(f"error: fewer than 2 shared docs on {task}")
-        xs = [a["docs"][task][i] for i in ids]
-        ys = [b["docs"][task][i] for i in ids]
-        ds = [y - x for x, y in zip(xs, ys)]
-        n = len(ds)
-        mu = sum(ds) / n
-        mean_a += sum(xs) / n / 3
-        task_means.append(sum(ys) / n)
-        mean_b += task_means[-1] / 3
-        diff += mu / 3
-        var += sum((d - mu) ** 2 for d in ds) / (n - 1) / n / 9
-        counts.append(n)
-    return mean_a, mean_b, diff, math.sqrt(var), min(counts), task_means
+        rows = [{"doc_id": [int(i) for i in ids], "acc_norm": [m["docs"][task][i] for i in ids]} for m in (a, b)]
+        recs.append(compare_task(rows[0], rows[1], "acc_norm"))
+    k = len(recs)
+    return (sum(r["base"] for r in recs) / k, sum(r["pruned"] for r in recs) / k, sum(r["delta"] for r in recs) / k,
+            math.sqrt(sum(r["delta_se"] ** 2 for r in recs)) / k, min(r["docs"] for r in recs),
+            [r["pruned"] for r in recs])
 
 
 def render(store: Path, names: list[str], versus: list[str]) -> str:

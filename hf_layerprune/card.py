@@ -630,59 +630,6 @@ def _retention(base: Any, pruned: Any, higher: Any) -> float | None:
     return 100.0 * p / b if b else None
 
 
-def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
-    """Rows of the before/after table, the average, and the bars for the plot."""
-    pruned = evaluation.get("pruned") or {}
-    base = evaluation.get("base") or {}
-    if not pruned and not base:
-        return None
-    rows, bars, kept = [], [], []
-    for task in _ordered_tasks(evaluation):
-        p_metrics = pruned.get(task) or {}
-        b_metrics = base.get(task) or {}
-        names = _metric_order(set(p_metrics) | set(b_metrics))
-        main = _main_metric({m: 1 for m in names}) if names else None
-        for metric in names:
-            p, b = p_metrics.get(metric) or {}, b_metrics.get(metric) or {}
-            any_rec = p or b
-            higher = any_rec.get("higher_is_better")
-            delta = (_num(p.get("value")) - _num(b.get("value"))) if _num(p.get("value")) is not None and _num(b.get("value")) is not None else None
-            retention = _retention(b.get("value"), p.get("value"), higher)
-            samples = any_rec.get("samples")
-            total = any_rec.get("samples_total")
-            rows.append({
-                "task": md(task),
-                "metric": md(metric) + (Markup(" ↓") if higher is False else Markup("")),
-                "n_shot": md(any_rec.get("n_shot") if any_rec.get("n_shot") is not None else "–"),
-                "samples": Markup(f"{samples:,}" if isinstance(samples, int) else "–")
-                + (Markup(f" of {total:,}") if isinstance(total, int) and isinstance(samples, int) and total != samples else Markup("")),
-                "base": fmt_metric(metric, b.get("value"), b.get("stderr")) if b else Markup("–"),
-                "pruned": fmt_metric(metric, p.get("value"), p.get("stderr")) if p else Markup("–"),
-                "delta": fmt_delta(metric, delta),
-                "retention": Markup(f"{retention:.1f}%") if retention is not None else Markup("–"),
-            })
-            if metric == main and is_percent_metric(metric) and _num(p.get("value")) is not None:
-                bars.append({"label": f"{task} ({metric})", "base": _num(b.get("value")), "pruned": _num(p.get("value"))})
-                if retention is not None:
-                    kept.append((_num(b.get("value")), _num(p.get("value"))))
-    average = None
-    if len(kept) >= 2:
-        b_avg = sum(b for b, _ in kept) / len(kept)
-        p_avg = sum(p for _, p in kept) / len(kept)
-        average = {
-            "count": len(kept),
-            "base": fmt_metric("acc", b_avg),
-            "pruned": fmt_metric("acc", p_avg),
-            "delta": fmt_delta("acc", p_avg - b_avg),
-            "retention": Markup(f"{100 * p_avg / b_avg:.1f}%") if b_avg else Markup("–"),
-            "retention_value": 100 * p_avg / b_avg if b_avg else None,
-        }
-        per_task = [100 * p / b for b, p in kept if b]
-        if per_task:  # an average can hide a task that collapsed (or one that drifts to its majority class)
-            average["range"] = Markup(f"{min(per_task):.1f}%–{max(per_task):.1f}%")
-    return {"rows": rows, "bars": bars, "average": average, "has_base": bool(base)}
-
-
 def _settings_view(settings: dict[str, Any]) -> dict[str, Any]:
     limit = settings.get("limit")
     return {
@@ -693,61 +640,6 @@ def _settings_view(settings: dict[str, Any]) -> dict[str, Any]:
         "device": md(settings.get("device") or "–"),
         "dtype": md(settings.get("dtype") or "–"),
         "local": any(str(t).startswith("local_") for t in settings.get("tasks") or []),
-    }
-
-
-def _perplexity_view(ppl: dict[str, Any]) -> dict[str, Any] | None:
-    b, p = ppl.get("base") or {}, ppl.get("pruned") or {}
-    if not (b or p):
-        return None
-    ref = p or b
-    source = str(ref.get("source") or "")
-    label = "WikiText-2 (raw, test)" if source.startswith("wikitext:") or source.endswith("wiki.test.raw") else os.path.basename(source) or source
-    return {
-        "source": md(label),
-        "seq_len": md(ref.get("seq_len")),
-        "stride": md(ref.get("stride")),
-        "tokens": Markup(f"{ref['tokens']:,}") if isinstance(ref.get("tokens"), int) else Markup("–"),
-        "base": fmt_float(b.get("perplexity")) if b else Markup("–"),
-        "pruned": fmt_float(p.get("perplexity")) if p else Markup("–"),
-        "change": fmt_pct_change(p.get("perplexity"), b.get("perplexity")) if b and p else Markup("–"),
-        "truncated": ref.get("max_tokens") is not None,
-    }
-
-
-def _speed_view(speed: dict[str, Any], report: dict[str, Any]) -> dict[str, Any] | None:
-    b, p = speed.get("base") or {}, speed.get("pruned") or {}
-    if not (b or p):
-        return None
-    ref = p or b
-    rows = []
-
-    def row(label: str, key: str, fmt, better_lower: bool = False) -> None:
-        bv, pv = b.get(key), p.get(key)
-        if _num(bv) is None and _num(pv) is None:
-            return
-        rows.append({"label": Markup(label), "base": fmt(bv), "pruned": fmt(pv), "change": fmt_pct_change(pv, bv)})
-
-    row("Decoder layers", "num_layers", lambda v: fmt_float(v, 0))
-    row("Parameters", "parameters", fmt_count)
-    row("Weights in memory", "weights_bytes", fmt_bytes)
-    row("Weights on disk", "weights_disk_bytes", fmt_bytes)
-    row("KV cache per token", "kv_cache_bytes_per_token", fmt_bytes)
-    row("Prefill throughput (tokens/s)", "prefill_tokens_per_s", lambda v: fmt_float(v, 1))
-    row("Decode throughput (tokens/s)", "decode_tokens_per_s", lambda v: fmt_float(v, 1))
-    row("Decode latency (ms/token)", "decode_ms_per_token", lambda v: fmt_float(v, 2))
-    kind = ref.get("peak_memory_kind")
-    label = {"cuda_max_allocated": "Peak GPU memory (max allocated)", "cpu_rss_delta": "Peak RSS growth during the run (CPU)"}.get(kind, "Peak memory")
-    row(label, "peak_memory_bytes", fmt_bytes)
-    return {
-        "rows": rows,
-        "device": md(ref.get("device")),
-        "dtype": md(ref.get("dtype")),
-        "batch_size": md(ref.get("batch_size")),
-        "prompt_len": md(ref.get("prompt_len")),
-        "decode_tokens": md(ref.get("decode_tokens")),
-        "threads": md(ref.get("torch_threads")) if ref.get("torch_threads") else None,
-        "has_base": bool(b),
     }
 
 
@@ -854,9 +746,11 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         healing = {**{k: v for st in healing["stages"] if isinstance(st, dict) for k, v in st.items()}, **healing}
     calibration = scoring.get("calibration") or {}
 
+    from hf_layerprune.card_evaluation import evaluation_view, perplexity_view, speed_view
+
     ev = evaluation_view(evaluation) if evaluation else None
-    ppl = _perplexity_view(evaluation.get("perplexity") or {}) if evaluation else None
-    speed = _speed_view(evaluation.get("speed") or {}, report) if evaluation else None
+    ppl = perplexity_view(evaluation.get("perplexity") or {}) if evaluation else None
+    speed = speed_view(evaluation.get("speed") or {}) if evaluation else None
 
     kv = export.get("kv_cache_bytes_per_token") if isinstance(export, dict) else None
     kv_view = None
@@ -892,7 +786,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         param_change = Markup(f"{100 * (p_after - p_before) / p_before:+.1f}%".replace("-", "−"))
     ctx: dict[str, Any] = {
         "title": md(model_name),
-        "base_link": model_link(base) if base else None,
+        "base_link": _base_link(report) if base else None,
         "base_revision": code(report["base_revision"]) if isinstance(report.get("base_revision"), str) else None,
         "granularity": report.get("granularity") or "block",
         "n_before": md(n_before) if isinstance(n_before, int) else None,
@@ -961,6 +855,9 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "usage": codeblock(usage, "python") if not _gguf_only(report) else None,
         "gguf": _gguf_view(report, str(load_id)),
         "command": codeblock(report["command"], "bash") if isinstance(report.get("command"), str) and report["command"] else None,
+        "base_scores_from": md(evaluation.get("base_scores_from")) if evaluation.get("base_scores_from") else None,
+        "eval_command": codeblock(evaluation["command"], "bash") if isinstance(evaluation.get("command"), str) and evaluation["command"] else None,
+        "inputs": _inputs(report),
         "recipe_yaml": recipe_yaml,
         "world_size": md(report["world_size"]) if _num(report.get("world_size")) and report["world_size"] > 1 else None,
         "versions": _versions(report),
@@ -973,6 +870,35 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "tool_version": md((report.get("tool") or {}).get("version")) if isinstance(report.get("tool"), dict) else None,
     }
     return ctx
+
+
+def _base_link(report: dict[str, Any]) -> Markup:
+    """The base model: a Hub link, or a local file's name and the start of its sha256 (the full one is under
+    Reproduce)."""
+    record = (report.get("provenance") or {}).get("base_model") if isinstance(report.get("provenance"), dict) else None
+    if isinstance(record, dict) and record.get("sha256") and not hub_id(report.get("base_model")):
+        return code(record.get("name")) + Markup(" (a local file, sha256 ") + code(str(record["sha256"])[:12] + "…") + Markup(")")
+    return model_link(report.get("base_model"))
+
+
+def _inputs(report: dict[str, Any]) -> list[dict[str, Markup]]:
+    """Base model and local input files with their hashes (``provenance``)."""
+    record = report.get("provenance") if isinstance(report.get("provenance"), dict) else {}
+    out = []
+    base = record.get("base_model")
+    if isinstance(base, dict):
+        sha = code(base["sha256"]) if base.get("sha256") else None
+        files = base.get("files") if isinstance(base.get("files"), dict) else {}
+        if files:  # a local directory: each weight/config file's hash
+            sha = Markup("; ").join(code(name) + Markup(" ") + (code(h) if isinstance(h, str) else md(f"{h.get('bytes')} bytes"))
+                                    for name, h in files.items())
+        out.append({"role": Markup("base model"), "name": code(base.get("hub_id") or base.get("name")), "sha": sha,
+                    "commit": code(base["commit"]) if base.get("commit") else None})
+    for f in record.get("files") or []:
+        if isinstance(f, dict) and f.get("name"):
+            out.append({"role": md(f.get("role") or "file"), "name": code(f["name"]),
+                        "sha": code(f["sha256"]) if f.get("sha256") else None, "commit": None})
+    return out
 
 
 def _before_after(healing: dict, stem: str) -> Markup | None:
@@ -1014,6 +940,8 @@ def make_plots(report: dict[str, Any], output_dir: Path) -> dict[str, str]:
     losses = (report.get("healing") or {}).get("losses")
     if isinstance(losses, list) and len(losses) >= 2 and plots.plot_healing_loss(losses, output_dir / PLOT_FILES["healing"]):
         made["healing"] = PLOT_FILES["healing"]
+    from hf_layerprune.card_evaluation import evaluation_view
+
     evaluation = report.get("evaluation") or {}
     view = evaluation_view(evaluation) if evaluation else None
     if view and view["bars"] and plots.plot_evaluation(view["bars"], output_dir / PLOT_FILES["evaluation"]):
@@ -1027,7 +955,10 @@ def make_plots(report: dict[str, Any], output_dir: Path) -> dict[str, str]:
 def card_text(report: dict[str, Any], *, model_name: str, repo_id: str | None = None,
               license_info: dict[str, Any] | None = None, images: dict[str, str] | None = None,
               output_dir: Path | None = None) -> str:
-    """The full README.md text (YAML header + body) for ``report``."""
+    """The full README.md text (YAML header + body) for ``report`` (local paths reduced to names: provenance.py)."""
+    from hf_layerprune.provenance import portable_report
+
+    report = portable_report(report)
     info = dict(license_info or {})
     info["_resolved_link"] = _license_link(info, report.get("base_model"), report.get("base_revision"), output_dir)
     data = card_data(report, model_name=repo_id or model_name, license_info=info)

@@ -22,7 +22,6 @@ from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, hub_files, load_model, local_checkpoint, resolve_source, resolved_revision, torch_dtype
 from hf_layerprune.memory import MemoryMeter, summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
-from hf_layerprune.provenance import source_record
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import FORMAT_VERSION, library_versions, write_report
 from hf_layerprune.surgery import (
@@ -211,7 +210,7 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
         "format_version": FORMAT_VERSION,
         "tool": {"name": "hf-layerprune", "version": __version__},
         "command": command,
-        **source_record(source.name, source.path / source.gguf_file if source.kind == "gguf" else None),
+        "base_model": source.name,
         "base_revision": base_revision,
         "granularity": recipe.granularity,
         **distributed.world_record(),
@@ -232,13 +231,10 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> dict
 
 
 def _finish_report(report: dict[str, Any], recipe: Recipe, timer: Timer) -> None:
-    from hf_layerprune.provenance import scrub
-
     report["recipe"] = recipe.to_dict()
     report["versions"] = library_versions()
     report["timings"] = timer.timings
     report["memory"] = timer.memory.record(timer.weight_bytes)
-    report.update(scrub(report))  # published: no local paths (provenance.py)
 
 
 def _run_streaming(recipe: Recipe, source: Source, report: dict, timer: Timer, log: Log) -> None:

@@ -144,12 +144,19 @@ def plot_evaluation(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> 
         ax.bar([x - width / 2 for x in xs], [r.get("base") or 0 for r in rows], width, label="base", color=BASE_COLOR)
     ax.bar([x + (width / 2 if has_base else 0) for x in xs], [r["pruned"] for r in rows], width, label="pruned",
            color=PRUNED_COLOR)
+    marked = False
+    for x, r in zip(xs, rows):  # the chance/majority rate a task's score must beat (paired evaluations)
+        if r.get("baseline") is not None:
+            ax.hlines(r["baseline"], x - 0.45, x + 0.45, colors="black", linestyles="dashed", linewidth=1,
+                      label=None if marked else "chance / majority")
+            marked = True
     ax.set_xticks(xs)
-    ax.set_xticklabels([str(r["label"]) for r in rows], rotation=30, ha="right", fontsize=8)
+    ax.set_xticklabels([str(r["label"]) + ("\n(not in headline)" if r.get("excluded") else "") for r in rows],
+                       rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("score")
     ax.set_title("Benchmarks before and after pruning")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 

@@ -1,60 +1,171 @@
-"""What a published output says about where it came from, without the maker's local paths.
+"""Provenance without local paths: what a report may say about where its inputs came from.
 
-A Hub source is named by its id and resolved commit. A local source is named by its folder or file name, and a
-single file (a GGUF) also by its sha256 (``base_file_sha256``), which identifies it wherever a reader has a copy.
-Every other absolute path in the report (the recipe's ``model`` and ``output_dir``, calibration and healing text
-files, task and perplexity files, the command line) is replaced by its last component, so ``layerprune.json``,
-the card and its recipe block never show a home directory, a temp folder or a site-packages path, and the recipe
-runs anywhere after replacing only the model path.
+A report is published with the model (``layerprune.json``, the card's reproduce command and recipe). Absolute paths
+of the maker's machine (a GGUF inside site-packages, a task directory in the home cache, a temp output directory)
+are useless to a reader and say more than they should. ``portable_report`` is applied by ``write_report`` to every
+report written:
+
+- ``provenance``: the base model as ``{"hub_id", "commit"}`` or, for a local file, ``{"name", "sha256", "bytes"}``
+  (a local directory: its name and the sha256 of its config and weight files); every other local input file
+  (perplexity text, calibration or healing data) the same way under ``files``. Recorded while the paths still exist.
+- ``base_model``: a local path becomes ``./name`` (plainly local, never read as a Hub id).
+- ``command`` and ``recipe``: local paths replaced by their file or folder name, so the recipe runs
+  after replacing only the model path (and placing any named local file beside it). ``--include-path`` of the tasks
+  that hf-layerprune renders itself (``local_*``) is dropped: the tool renders them again on the reader's machine.
+- everywhere else: any absolute path inside a string is replaced by its last component.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shlex
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import Any
 
-
-def _is_local_path(text: str) -> bool:
-    return os.path.isabs(text) or text.startswith(("~", "./", "../")) or (len(text) > 2 and text[1:3] in (":\\", ":/"))
-
-
-def public_path(text: str) -> str:
-    """An absolute or relative filesystem path -> its last component; anything else unchanged."""
-    if not _is_local_path(text):
-        return text
-    return PurePath(text.replace("\\", "/").rstrip("/")).name or text
+# a path starting at the root or the home directory, not preceded by a word character, ':' or '/' (URLs, "tokens/s")
+_ABS_PATH = re.compile(r"(?:^|(?<=[\s'\"=(,\[]))(?:~/|[A-Za-z]:\\|/(?!/))[^\s'\"`,;()\[\]{}<>|]+")
+_RECIPE_PATHS = ("model", "output_dir", "include_path", "perplexity", "calibration", "heal_data", "base_card", "text")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".json", ".model")
+HASH_LIMIT = 64 * 2**30  # bytes of a local directory's files hashed at most (larger ones: names and sizes only)
 
 
-def _public_command(command: str) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 2**22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_local_path(value: Any) -> bool:
+    """True for strings that name a path on this machine: absolute, ``~``, ``./``, ``../`` or an existing file."""
+    if not isinstance(value, str) or not value or "\n" in value:
+        return False
+    if value.startswith(("/", "~", "./", "../")) or re.match(r"^[A-Za-z]:\\", value):
+        return True
+    return ("/" in value or os.sep in value) and os.path.exists(value)
+
+
+def last_component(value: str) -> str:
+    return value.replace("\\", "/").rstrip("/").rpartition("/")[2] or value
+
+
+def file_record(path: str | os.PathLike) -> dict[str, Any]:
+    """{"name", "sha256", "bytes"} of a local file; a directory: {"name", "files": {name: sha256 or size}}."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return {"name": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size}
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES and not f.name.startswith("."))
+        total = sum(f.stat().st_size for f in files)
+        record: dict[str, Any] = {"name": p.name}
+        record["files"] = {f.name: sha256_file(f) if total <= HASH_LIMIT else {"bytes": f.stat().st_size} for f in files}
+        return record
+    return {"name": last_component(str(path))}
+
+
+def _tasks_cache() -> str:
+    """Where hf-layerprune renders the local task YAMLs (``local_*``): an --include-path there is regenerated."""
+    from hf_layerprune.evaluation.lm_eval_runner import default_cache_dir
+
+    return str(default_cache_dir().parent / "tasks")
+
+
+def _rendered_tasks(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(Path(value).expanduser().resolve()).startswith(str(Path(_tasks_cache()).resolve()))
+    except OSError:
+        return False
+
+
+def portable_command(command: str) -> str:
+    """The command line with local paths reduced to their names and an auto-rendered --include-path dropped; the
+    rest of the text is kept as it was written."""
     try:
         words = shlex.split(command)
     except ValueError:
-        return command
-    return shlex.join(public_path(word) if "=" not in word else word.split("=", 1)[0] + "=" +
-                      public_path(word.split("=", 1)[1]) for word in words)
+        return scrub(command)
+    out = command
+    for i, word in enumerate(words):
+        value = word.split("=", 1)[1] if word.startswith("--") and "=" in word else word
+        if word == "--include-path" and i + 1 < len(words) and _rendered_tasks(words[i + 1]):
+            out = re.sub(r"\s*--include-path[ =]+['\"]?" + re.escape(words[i + 1]) + r"['\"]?", "", out, count=1)
+        elif is_local_path(value) and not _rendered_tasks(value):
+            out = out.replace(value, last_component(value))
+    return scrub(out)
 
 
-def scrub(value: Any, key: str = "") -> Any:
-    """A copy of `value` (a report, or part of one) with every local path reduced to its name."""
-    if isinstance(value, dict):
-        return {k: scrub(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [scrub(v, key) for v in value]
+def scrub(value: Any) -> Any:
+    """Every absolute path inside strings (recursively in dicts and lists) replaced by its last component."""
     if isinstance(value, str):
-        if key == "command":
-            return _public_command(value)
-        if os.sep in value or "/" in value or value.startswith("~"):
-            return public_path(value) if _is_local_path(value) else value
+        if "/" not in value and "\\" not in value:
+            return value
+        if is_local_path(value) and " " not in value.strip():
+            return last_component(value)
+        return _ABS_PATH.sub(lambda m: last_component(m.group(0)), value)
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
     return value
 
 
-def source_record(name: str, local_file: Path | None) -> dict[str, Any]:
-    """`base_model` as published, and the sha256 of a single-file source (a GGUF)."""
-    from hf_layerprune.checkpoint import sha256
+def provenance(report: dict[str, Any]) -> dict[str, Any]:
+    """Where the inputs came from, recorded while the local paths still exist (kept from an earlier write)."""
+    from hf_layerprune.card import hub_id
 
-    out: dict[str, Any] = {"base_model": public_path(str(name)) if _is_local_path(str(name)) or Path(str(name)).exists() else name}
-    if local_file is not None and local_file.is_file():
-        out["base_file_sha256"] = sha256(local_file)
+    old = report.get("provenance") if isinstance(report.get("provenance"), dict) else {}
+    out: dict[str, Any] = dict(old)
+    base = report.get("base_model")
+    if isinstance(base, str) and base:
+        if is_local_path(base) and os.path.exists(os.path.expanduser(base)) and base != "./" + last_component(base):
+            out["base_model"] = file_record(base)
+        elif hub_id(base) and "base_model" not in old:
+            out["base_model"] = {"hub_id": base, "commit": report.get("base_revision")}
+    files = {f.get("name"): f for f in old.get("files", []) if isinstance(f, dict)}
+    recipe = report.get("recipe") if isinstance(report.get("recipe"), dict) else {}
+    settings = ((report.get("evaluation") or {}).get("settings") or {}) if isinstance(report.get("evaluation"), dict) else {}
+    for role, value in (("perplexity text", recipe.get("perplexity") or settings.get("perplexity")),
+                        ("calibration text", recipe.get("calibration")), ("healing text", recipe.get("heal_data"))):
+        if isinstance(value, str) and is_local_path(value) and Path(value).expanduser().is_file():
+            rec = file_record(value)
+            rec["role"] = role
+            files[rec["name"]] = rec
+    if files:
+        out["files"] = list(files.values())
     return out
+
+
+def portable_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``report`` with provenance recorded and no local path left (see the module docstring)."""
+    out = dict(report)
+    record = provenance(report)
+    if record:
+        out["provenance"] = record
+    if isinstance(out.get("command"), str):
+        out["command"] = portable_command(out["command"])
+    recipe = out.get("recipe")
+    if isinstance(recipe, dict):
+        recipe = dict(recipe)
+        if _rendered_tasks(recipe.get("include_path")):
+            recipe["include_path"] = None
+        for key in _RECIPE_PATHS:
+            if is_local_path(recipe.get(key)):
+                recipe[key] = last_component(recipe[key])
+        out["recipe"] = recipe
+    ev = out.get("evaluation")
+    if isinstance(ev, dict):
+        ev = dict(ev)
+        if isinstance(ev.get("command"), str):  # `hf-layerprune evaluate ...`
+            ev["command"] = portable_command(ev["command"])
+        if isinstance(ev.get("settings"), dict) and _rendered_tasks(ev["settings"].get("include_path")):
+            ev["settings"] = {**ev["settings"], "include_path": "hf-layerprune's local task YAMLs (benchmarks/tasks)"}
+        out["evaluation"] = ev
+    base = out.get("base_model")
+    if is_local_path(base):  # "./name": plainly a local checkpoint, never mistaken for a Hub id
+        out["base_model"] = "./" + last_component(base)
+    return {k: (v if k in ("command", "base_model") else scrub(v)) for k, v in out.items()}

@@ -417,3 +417,104 @@ def test_distill_card_gives_loss_kl_and_intermediate_state_before_and_after(tmp_
     text = render_card(write(tmp_path, report, name="kd"), online=False).read_text()
     assert "| KL to the base model before → after | 0.5778 → 0.5048 |" in text
     assert "| Intermediate-state loss before → after | 0.0669 → 0.0500 |" in text
+
+
+# ------------------------------------------------------------------------------------------- trust (issue 23)
+OLD_REPORT = Path(__file__).parent / "data" / "old_layerprune.json"  # examples/ before issue 23: no per-doc scores
+
+
+def machine_paths() -> list[str]:
+    import site
+    import tempfile
+
+    prefixes = {tempfile.gettempdir(), str(Path.home()), "/tmp/", "/root/", "/home/", "site-packages"}
+    prefixes |= set(site.getsitepackages())
+    return sorted(p for p in prefixes if p)
+
+
+def assert_no_machine_path(text: str, what: str) -> None:
+    for prefix in machine_paths():
+        assert prefix not in text, f"{prefix} in {what}"
+
+
+def test_old_report_still_renders_with_its_claims_qualified(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "layerprune.json").write_text(OLD_REPORT.read_text())  # as it is on disk, absolute paths and all
+    text = render_card(out, online=False).read_text()
+    ModelCard.load(out / "README.md")
+    assert_no_machine_path(text, "card of an old report")
+    assert "`SmolLM2-135M-Instruct.Q4_1.gguf`" in text
+    assert "were not checked against their chance or majority rates" in text  # no per-doc scores: no paired claims
+    assert "**101.9%**" not in text  # the unchecked average is no bold headline any more
+    assert "Prefill speed not reported" in text and "Decode speed not reported" in text  # ×2.76 and ×1.58 > ×1.25
+    assert "Peak RSS" not in text  # 20 KiB -> 4 KiB
+    assert "--include-path" not in text and "wiki.test.raw" in text
+
+
+def _paired_evaluation():
+    """evaluation_section of a base/pruned pair with per-doc scores: boolq below its majority rate."""
+    from hf_layerprune.evaluation import EvalSettings, evaluation_section
+
+    def model(hella, boolq):
+        docs = {"local_hellaswag": {"doc_id": list(range(40)), "acc": hella, "acc_norm": hella,
+                                    "target": [0, 1, 2, 3] * 10, "choices": [4] * 40},
+                "local_boolq": {"doc_id": list(range(40)), "acc": boolq, "target": [1] * 28 + [0] * 12,
+                                "choices": [2] * 40}}
+        results = {t: {m: {"value": sum(v) / 40, "stderr": 0.05, "n_shot": 0, "limit": 40, "samples": 40,
+                           "samples_total": 1000, "version": 1.0, "higher_is_better": True}
+                       for m, v in d.items() if m.startswith("acc")} for t, d in docs.items()}
+        return {"lm_eval": results, "lm_eval_samples": docs, "perplexity": None, "speed": None}
+
+    base = model([1.0] * 30 + [0.0] * 10, [1.0] * 16 + [0.0] * 24)
+    pruned = model([1.0] * 27 + [0.0] * 13, [1.0] * 26 + [0.0] * 14)
+    return evaluation_section(EvalSettings(tasks=["local_hellaswag", "local_boolq"], limit=40, speed=False), base, pruned)
+
+
+def test_card_headline_leaves_out_a_task_below_its_majority_rate(tmp_path):
+    section = _paired_evaluation()
+    assert section["paired"]["headline"]["tasks"] == ["local_hellaswag"]
+    report = realistic_report(evaluation=section, base_card={"license": "llama2", "source": "test"})
+    text = render_card(write(tmp_path, report), online=False).read_text()
+    # 75.0 -> 67.5: 90.0 % kept; paired SE 4.2 points of accuracy = 5.6 points of retention (4.2 / 75.0)
+    assert "it keeps **90.0% ± 5.6** of the base model's mean score (Δ −7.5 ± 4.2 pts, paired over the same " \
+           "documents: no measurable change)" in text
+    assert "local\\_boolq (base 40.0 ≤ majority 70.0)" in text  # said in the headline paragraph ...
+    assert "| **excluded**: base 40.0 ≤ majority 70.0 |" in text  # ... and flagged in the table, which keeps it
+    assert "| chance 50.0 / majority 70.0 |" in text and "+25.0 ± " in text
+    assert "−7.5 ± 4.2 pts (no measurable change)" in text
+    html = html_of(text)
+    assert "<table>" in html and "excluded" in html
+
+
+def test_no_machine_path_in_report_card_or_recipe_and_the_recipe_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from hf_layerprune.cli import app
+    from tiny_models import tiny_model
+
+    checkpoint = tmp_path / "models" / "tiny-llama"
+    tiny_model("llama", num_layers=6).save_pretrained(checkpoint)
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "runs" / "cut"
+    result = CliRunner().invoke(app, ["prune", str(checkpoint), "--drop", "2", "--metric", "last", "-o", str(out),
+                                      "--heal", "none", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    text = render_card(out, online=False).read_text()
+    report_text = (out / "layerprune.json").read_text()
+    for content, what in ((text, "card"), (report_text, "layerprune.json")):
+        assert_no_machine_path(content, what)
+        assert str(tmp_path) not in content
+    report = json.loads(report_text)
+    assert report["base_model"] == "./tiny-llama" and report["recipe"]["model"] == "tiny-llama"
+    assert report["provenance"]["base_model"]["name"] == "tiny-llama"
+    assert len(report["provenance"]["base_model"]["files"]["model.safetensors"]) == 64  # sha256
+    assert "sha256" in text and "`tiny-llama`" in text
+    # the card's recipe runs after replacing only the model path (and choosing where to write)
+    recipe_text = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(recipe_text.replace("model: tiny-llama", f"model: {checkpoint}"))
+    again = tmp_path / "again"
+    result = CliRunner().invoke(app, ["prune", str(checkpoint), "--recipe", str(recipe), "-o", str(again)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((again / "layerprune.json").read_text())["removed_layers"] == report["removed_layers"]

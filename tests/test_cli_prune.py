@@ -38,7 +38,8 @@ def test_prune_layers_writes_loadable_model_and_report(checkpoint, tmp_path):
     result = invoke("prune", checkpoint, "--layers", "0,4-5", "--output-dir", out, *FAST)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "layerprune.json").read_text())
-    assert report["base_model"] == checkpoint.name  # published: the folder name, never the local path
+    assert report["base_model"] == "./llama"  # a local path is published by name, with its hashes (provenance)
+    assert set(report["provenance"]["base_model"]["files"]) >= {"config.json", "model.safetensors"}
     assert report["num_layers_before"] == 6 and report["num_layers_after"] == 3
     assert report["removed_layers"] == [0, 4, 5] and report["kept_layers"] == [1, 2, 3]
     assert report["parameters_after"] < report["parameters_before"]

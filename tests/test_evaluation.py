@@ -132,6 +132,12 @@ def test_lm_eval_offline_tiny_task_and_cache(model, tok, tasks_dir, tmp_path, mo
     assert set(out["results"]["tiny_mc"]) == {"acc", "acc_norm"}
     assert out["settings"]["tasks"] == ["tiny_mc"] and out["settings"]["lm_eval_version"]
     assert out["cached"] == []
+    # per-doc scores for pairing: every doc once, the gold index and the number of choices from the data
+    docs = out["samples"]["tiny_mc"]
+    rows = [json.loads(line) for line in (DATA / "tiny_mc.jsonl").read_text().splitlines() if line.strip()]
+    assert docs["doc_id"] == list(range(10))
+    assert docs["target"] == [r["label"] for r in rows] and docs["choices"] == [len(r["choices"]) for r in rows]
+    assert sum(docs["acc"]) / 10 == pytest.approx(acc["value"]) and set(docs["acc_norm"]) <= {0.0, 1.0}
 
     # same model, task and settings: served from the disk cache without running lm-eval
     def boom(*a, **k):
@@ -139,7 +145,7 @@ def test_lm_eval_offline_tiny_task_and_cache(model, tok, tasks_dir, tmp_path, mo
 
     monkeypatch.setattr(lm_eval_runner, "_simple_evaluate", boom)
     again = run_lm_eval(model, tok, ["tiny_mc"], include_path=tasks_dir, cache_dir=tmp_path / "cache", batch_size=4)
-    assert again["cached"] == ["tiny_mc"] and again["results"] == out["results"]
+    assert again["cached"] == ["tiny_mc"] and again["results"] == out["results"] and again["samples"] == out["samples"]
     # other settings or other weights miss the cache
     with pytest.raises(AssertionError):
         run_lm_eval(model, tok, ["tiny_mc"], include_path=tasks_dir, cache_dir=tmp_path / "cache", limit=5)
@@ -463,3 +469,129 @@ def test_reheal_distils_a_pipeline_output_into_a_loadable_model(tmp_path):
     with pytest.raises(FileNotFoundError):
         rh.main([str(tmp_path / "base"), *args[:3], str(tmp_path / "kd2"), *args[4:]])
     assert not (tmp_path / "kd2").exists()
+
+
+# ------------------------------------------------------------------------------------------- paired comparison
+def _docs(scores, targets=None, choices=None, metric="acc"):
+    out = {"doc_id": list(range(len(scores))), metric: [float(x) for x in scores]}
+    if targets is not None:
+        out["target"] = list(targets)
+    if choices is not None:
+        out["choices"] = [choices] * len(scores) if isinstance(choices, int) else list(choices)
+    return out
+
+
+def test_paired_se_equals_a_hand_computed_value():
+    from hf_layerprune.evaluation.paired import compare_task, headline_of
+
+    base = _docs([1, 1, 0, 1, 0, 1], targets=[0, 1, 2, 0, 1, 2], choices=3)
+    pruned = _docs([1, 0, 0, 1, 1, 0])
+    rec = compare_task(base, pruned, "acc")
+    # differences 0, -1, 0, 0, 1, -1: mean -1/6; squared deviations (1+25+1+1+49+25)/36 = 102/36;
+    # variance 102/36/5 = 17/30; SE = sqrt(17/30/6) = sqrt(17/180)
+    assert rec["docs"] == 6 and rec["delta"] == pytest.approx(-1 / 6)
+    assert rec["delta_se"] == pytest.approx(math.sqrt(17 / 180))
+    assert rec["base"] == pytest.approx(4 / 6) and rec["pruned"] == pytest.approx(3 / 6)
+    assert rec["base_se"] == pytest.approx(math.sqrt((4 / 6) * (2 / 6) * 6 / 5 / 6))  # Bernoulli: p(1-p) n/(n-1) / n
+    assert rec["measurable"] is False  # |Δ| = 0.167 < 2 × 0.307
+    assert rec["chance"] == pytest.approx(1 / 3) and rec["majority"] == pytest.approx(1 / 3)
+    # docs only one model has are not paired
+    longer = _docs([1, 0, 0, 1, 1, 0, 1, 1])
+    assert compare_task(base, longer, "acc")["docs"] == 6
+    # the headline SE of k tasks adds their paired variances: sqrt(se1² + se2²) / k
+    other = dict(rec, delta_se=0.1, base=0.5, pruned=0.45, included=True, retention_pct=90.0)
+    head = headline_of({"a": dict(rec, included=True), "b": other})
+    assert head["delta_se"] == pytest.approx(math.sqrt(17 / 180 + 0.01) / 2)
+    assert head["retention_pct"] == pytest.approx(100 * (3 / 6 + 0.45) / (4 / 6 + 0.5))
+    assert head["retention_se_pts"] == pytest.approx(100 * head["delta_se"] / ((4 / 6 + 0.5) / 2))
+
+
+def test_task_below_its_majority_rate_is_excluded_from_the_headline_and_flagged():
+    from hf_layerprune.evaluation.paired import paired_comparison
+
+    # boolq-like: 70 % "yes", the base model right on 40 % of the docs (below always-yes); the pruned model drifts
+    # to "yes" and "gains" 25 points, which must not move the headline
+    boolq_b = _docs([1] * 16 + [0] * 24, targets=[1] * 28 + [0] * 12, choices=2)
+    boolq_p = _docs([1] * 26 + [0] * 14)
+    # a 4-choice task the base model is clearly good at, and one it is barely above chance on
+    good_b = _docs([1] * 30 + [0] * 10, targets=[0, 1, 2, 3] * 10, choices=4)
+    good_p = _docs([1] * 27 + [0] * 13)
+    weak_b = _docs([1] * 12 + [0] * 28, targets=[0, 1, 2, 3] * 10, choices=4)
+    weak_p = _docs([1] * 10 + [0] * 30)
+    out = paired_comparison({"boolq": boolq_b, "good": good_b, "weak": weak_b},
+                            {"boolq": boolq_p, "good": good_p, "weak": weak_p},
+                            {"boolq": "acc", "good": "acc", "weak": "acc"})
+    tasks, head = out["tasks"], out["headline"]
+    assert tasks["boolq"]["included"] is False and tasks["boolq"]["reason"] == "base 40.0 ≤ majority 70.0"
+    assert tasks["boolq"]["baseline_kind"] == "majority"
+    assert tasks["weak"]["included"] is False  # 30.0 vs chance 25.0 with SE 7.3: not clearly above
+    assert tasks["weak"]["reason"].startswith("base 30.0 is within 2 SE") and "chance 25.0" in tasks["weak"]["reason"]
+    assert tasks["good"]["included"] is True and "reason" not in tasks["good"]
+    assert head["tasks"] == ["good"] and set(head["excluded"]) == {"boolq", "weak"}
+    assert head["retention_pct"] == pytest.approx(100 * 27 / 30)
+    # a generation task (no answer choices) must be clearly above 0
+    from hf_layerprune.evaluation.paired import compare_task
+
+    gen = compare_task(_docs([1] * 20 + [0] * 20, metric="exact_match"), _docs([1] * 18 + [0] * 22, metric="exact_match"),
+                       "exact_match")
+    assert gen["included"] and gen["baseline"] == 0.0 and gen["chance"] is None
+    rare = compare_task(_docs([1] + [0] * 39, metric="exact_match"), _docs([0] * 40, metric="exact_match"), "exact_match")
+    assert not rare["included"] and rare["reason"].startswith("base 2.5 is within 2 SE") and rare["reason"].endswith("zero 0.0")
+
+
+def test_implausible_speedup_is_flagged_not_reported(tmp_path):
+    from hf_layerprune.card import render_card
+    from hf_layerprune.evaluation.speed import plausibility
+    from hf_layerprune.report import write_report
+
+    def rec(layers, prefill, decode, rss):
+        return {"device": "cpu", "dtype": "float32", "batch_size": 1, "prompt_len": 128, "decode_tokens": 32,
+                "torch_threads": 1, "parameters": 1000 + 100 * layers, "num_layers": layers,
+                "weights_bytes": 4 * (1000 + 100 * layers), "prefill_tokens_per_s": prefill,
+                "decode_tokens_per_s": decode, "decode_ms_per_token": 1000 / decode, "peak_memory_bytes": rss,
+                "peak_memory_kind": "cpu_rss_delta"}
+
+    # the old example's numbers: 30 -> 24 layers, prefill x2.76 and decode x1.58 from one run each
+    speed = {"base": rec(30, 1000.0, 50.0, 20480), "pruned": rec(24, 2763.0, 78.9, 4096)}
+    check = plausibility(speed)
+    assert check["bound"] == pytest.approx(30 / 24) and check["flagged"]
+    assert check["prefill"]["flagged"] and check["decode"]["flagged"]
+    # within the bound, or beyond it by less than the measured spread: not flagged
+    ok = {"base": rec(30, 1000.0, 50.0, 0), "pruned": rec(24, 1200.0, 60.0, 0),
+          "speedup": {"prefill": {"median": 1.2, "spread": 0.02}, "decode": {"median": 1.35, "spread": 0.2}}}
+    assert plausibility(ok)["flagged"] is False
+    ok["speedup"]["decode"]["spread"] = 0.05
+    assert plausibility(ok)["decode"]["flagged"] is True
+
+    report = {"format_version": 1, "base_model": "org/base", "num_layers_before": 30, "num_layers_after": 24,
+              "removed_layers": list(range(13, 19)), "kept_layers": [i for i in range(30) if not 13 <= i <= 18],
+              "evaluation": {"settings": {"tasks": []}, "base": {}, "pruned": {}, "speed": {**speed, "plausibility": check}}}
+    out = tmp_path / "m"
+    out.mkdir()
+    write_report(out, report)
+    text = render_card(out, online=False, plots=False).read_text()
+    assert "Prefill speed not reported" in text and "Decode speed not reported" in text and "×1.25" in text
+    assert "2,763" not in text and "Prefill throughput" not in text  # the artefact is not shown as a result
+    assert "Peak RSS" not in text  # 20 KiB -> 4 KiB measures nothing
+
+
+def test_speed_pair_interleaves_pins_threads_and_checks_the_bound(tok):
+    from hf_layerprune.evaluation import measure_speed_pair
+    from hf_layerprune.surgery import remove_layers
+
+    base = tiny_llama(num_layers=4)
+    pruned = tiny_llama(num_layers=4)
+    remove_layers(pruned, [1, 2])
+    torch.set_num_threads(2)
+    out = measure_speed_pair(base, pruned, tok, prompt_len=16, decode_tokens=4, warmup=1, repeats=3, threads=1)
+    assert torch.get_num_threads() == 2  # restored afterwards
+    assert out["protocol"] == {"warmup": 1, "repeats": 3, "order": "interleaved, alternating", "threads": 1,
+                               "batch_size": 1, "prompt_len": 16, "decode_tokens": 4}
+    assert out["base"]["torch_threads"] == 1 and out["base"]["num_layers"] == 4 and out["pruned"]["num_layers"] == 2
+    assert len(out["base"]["prefill_seconds_all"]) == 3 and len(out["speedup"]["prefill"]["per_round"]) == 3
+    assert out["base"]["layer_parameters"] == 2 * out["pruned"]["layer_parameters"] - sum(
+        p.numel() for n, p in base.named_parameters() if n == "model.norm.weight")
+    check = out["plausibility"]
+    # the largest ratio that removing layers can explain: here layers 4 -> 2 (the final norm is not removed)
+    assert check["bound"] == pytest.approx(2.0) and check["basis"] == "decoder layers 4 → 2"
+    assert out["base"]["peak_memory_bytes"] is None  # CPU: no RSS-growth figure that measures nothing

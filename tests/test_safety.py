@@ -395,7 +395,7 @@ def test_published_files_carry_no_local_path(tmp_path):
             text = path.read_text()
             assert not [p for p in prefixes if p in text], (path.name, [p for p in prefixes if p in text])
     report = json.loads((out / "layerprune.json").read_text())
-    assert report["base_model"] == "My-Model" and report["recipe"]["model"] == "My-Model"
+    assert report["base_model"] == "./My-Model" and report["recipe"]["model"] == "My-Model"
     assert report["recipe"]["calibration"] == "calib.txt"
     gguf = hashlib.sha256(b"x").hexdigest()
     from hf_layerprune.provenance import scrub

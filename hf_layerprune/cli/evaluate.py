@@ -72,7 +72,10 @@ def summary_table(section: dict[str, Any]) -> Table:
                 base = ((section.get("base") or {}).get(task) or {}).get(metric) or {}
                 row.append(f"{base['value']:.4f}" if base.get("value") is not None else "–")
             row.append(f"{rec['value']:.4f}")
-            if has_base:
+            paired = ((section.get("paired") or {}).get("tasks") or {}).get(task) or {}
+            if has_base and paired.get("metric") == metric:  # the paired SE from the per-doc scores
+                row.append(f"{paired['delta']:+.4f} ± {paired['delta_se']:.4f}" + ("" if paired.get("included") else " (not in headline)"))
+            elif has_base:
                 row.append(f"{cmp['delta']:+.4f}" if cmp else "–")
                 row.append(f"{cmp['retention_pct']:.1f}%" if cmp and cmp.get("retention_pct") is not None else "–")
             table.add_row(*row)
@@ -114,11 +117,12 @@ def evaluate(
     When MODEL is a hf-layerprune output, the results are written into its layerprune.json (`evaluation`) and its
     model card is re-rendered.
     """
-    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section
-    from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
+    import dataclasses
 
-    from hf_layerprune.loading import check_device, torch_dtype
+    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
+    from hf_layerprune.loading import check_device, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file
+    from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
 
     check_output_file(json_path, "--json")
     check_device(device)
@@ -133,8 +137,6 @@ def evaluate(
     if base is None and not no_base and report is not None:
         base = report.get("base_model")
         base_revision = base_revision or report.get("base_revision")
-        from hf_layerprune.loading import resolve_source
-
         try:
             resolve_source(base, base_revision, allow_pickle=allow_pickle, check_files=False)
         except LayerPruneError:  # a local base is recorded by name only (no local paths are published)
@@ -150,14 +152,17 @@ def evaluate(
     check_tasks(settings)  # unknown tasks fail before any model is loaded
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     start = time.perf_counter()
-    base_result = None
+    base_result = base_model = base_dir = None
+    each = dataclasses.replace(settings, speed=False) if base and speed else settings  # the pair is timed together
     if base:
         base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle)
         if base_tok is None:
             raise LayerPruneError(f"no tokenizer found for {base}")
-        base_result = evaluate_model(base_model, base_tok, settings, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
-        del base_model
-        _free()
+        base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
+        if not speed:
+            del base_model
+            base_model = None
+            _free()
     pruned_model, tokenizer, sha, local = _load(model, revision, dtype, device, allow_pickle)
     if tokenizer is None:
         if base is None:
@@ -165,11 +170,18 @@ def evaluate(
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
-    pruned_result = evaluate_model(pruned_model, tokenizer, settings, model_id=model if sha else None, revision=sha,
+    pruned_result = evaluate_model(pruned_model, tokenizer, each, model_id=model if sha else None, revision=sha,
                                    model_dir=local, log=log)
+    pair = None
+    if base_model is not None:
+        pair = speed_of_pair(base_model, pruned_model, tokenizer, settings, base_dir=base_dir, pruned_dir=local, log=log)
+        del base_model
     del pruned_model
     _free()
-    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start)
+    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair)
+    from hf_layerprune.cli.options import command_line
+
+    section["command"] = command_line()
     if base:
         section["settings"]["base_model"] = base
         section["settings"]["base_revision"] = base_revision

@@ -4,8 +4,11 @@
 - ``perplexity`` (perplexity.py): the standard WikiText-2 recipe, context length stated.
 - ``measure_speed`` (speed.py): parameters, prefill/decode tokens/s, peak memory, KV-cache bytes/token, disk size.
 - ``evaluate_model`` runs all three with one ``EvalSettings``; ``evaluate_pair`` runs it on base and pruned with the
-  same settings and adds the comparison (deltas, retention %). The result is the report's ``evaluation`` section
-  (docs/report.md).
+  same settings and adds the comparison: deltas and retention, and (paired.py) per-task Δ ± paired SE on the
+  per-document scores, chance/majority baselines and the headline retention over the tasks the base model is
+  clearly above its baseline on. Speed of the pair is measured interleaved (``measure_speed_pair``) and checked
+  against what the removed layers can explain. The result is the report's ``evaluation`` section (docs/report.md,
+  docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from hf_layerprune.evaluation.lm_eval_runner import (
     resolve_tasks,
     run_lm_eval,
 )
+from hf_layerprune.evaluation.paired import paired_comparison
 from hf_layerprune.evaluation.perplexity import perplexity
-from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed
+from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair, plausibility
 
 Log = Callable[[str], None]
 
@@ -45,7 +49,10 @@ __all__ = [
     "main_metric",
     "kv_cache_bytes_per_token",
     "measure_speed",
+    "measure_speed_pair",
+    "paired_comparison",
     "perplexity",
+    "plausibility",
     "resolve_tasks",
     "run_lm_eval",
 ]
@@ -72,6 +79,9 @@ class EvalSettings:
     prompt_len: int = 128
     decode_tokens: int = 32
     speed_batch_size: int = 1
+    speed_warmup: int = 2
+    speed_repeats: int = 7
+    speed_threads: int | None = None  # CPU threads for the speed measurement (None: torch's current count)
     device: str | None = None
     cache_dir: str | None = None
     use_cache: bool = True
@@ -119,6 +129,7 @@ def evaluate_model(
             revision=revision, bootstrap_iters=s.bootstrap_iters, log=log,
         )
         out["lm_eval"] = run["results"]
+        out["lm_eval_samples"] = run.get("samples") or {}
         out["lm_eval_settings"] = run["settings"]
     if s.perplexity:
         log(f"Perplexity on {s.perplexity} at {s.seq_len} tokens of context")
@@ -175,9 +186,21 @@ def compare(base: dict[str, Any] | None, pruned: dict[str, Any]) -> dict[str, An
     return out
 
 
+def _main_metrics(results: dict[str, Any]) -> dict[str, str]:
+    """{top-level task: its main metric} (sub-tasks of groups left out)."""
+    out = {}
+    for task, metrics in (results or {}).items():
+        if isinstance(metrics, dict) and not any(isinstance(r, dict) and r.get("parent") for r in metrics.values()):
+            name = main_metric(metrics)
+            if name:
+                out[task] = name
+    return out
+
+
 def evaluation_section(settings: EvalSettings, base: dict[str, Any] | None, pruned: dict[str, Any],
-                       seconds: float | None = None) -> dict[str, Any]:
-    """Assemble the report's ``evaluation`` section from evaluate_model outputs (base may be None)."""
+                       seconds: float | None = None, speed_pair: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble the report's ``evaluation`` section from evaluate_model outputs (base may be None) and, when both
+    models were timed together, ``measure_speed_pair``'s result."""
     record = settings.to_record()
     lm = pruned.get("lm_eval_settings") or (base or {}).get("lm_eval_settings") or {}
     for key in ("lm_eval_version", "device", "dtype"):
@@ -192,14 +215,20 @@ def evaluation_section(settings: EvalSettings, base: dict[str, Any] | None, prun
         "pruned": pruned.get("lm_eval", {}),
     }
     section["comparison"] = compare(section["base"], section["pruned"]) if base is not None else {}
+    samples = {"base": (base or {}).get("lm_eval_samples") or {}, "pruned": pruned.get("lm_eval_samples") or {}}
+    if base is not None and samples["base"] and samples["pruned"]:
+        section["samples"] = samples  # per-document scores: the paired numbers can be re-checked from the report
+        section["paired"] = paired_comparison(samples["base"], samples["pruned"], _main_metrics(section["pruned"]))
     ppl = {"base": (base or {}).get("perplexity"), "pruned": pruned.get("perplexity")}
     if ppl["base"] or ppl["pruned"]:
         if ppl["base"] and ppl["pruned"]:
             ppl["delta"] = ppl["pruned"]["perplexity"] - ppl["base"]["perplexity"]
             ppl["ratio"] = ppl["pruned"]["perplexity"] / ppl["base"]["perplexity"]
         section["perplexity"] = ppl
-    speed = {"base": (base or {}).get("speed"), "pruned": pruned.get("speed")}
-    if speed["base"] or speed["pruned"]:
+    speed = speed_pair or {"base": (base or {}).get("speed"), "pruned": pruned.get("speed")}
+    if speed.get("base") or speed.get("pruned"):
+        if speed_pair is None and speed.get("base") and speed.get("pruned"):
+            speed["plausibility"] = plausibility(speed)
         section["speed"] = speed
     if seconds is not None:
         section["seconds"] = round(seconds, 3)
@@ -225,16 +254,36 @@ def evaluate_pair(
     s = EvalSettings.coerce(settings)
     start = time.perf_counter()
     base = None
+    paired_speed = s.speed and base_model is not None
+    each = dataclasses.replace(s, speed=False) if paired_speed else s
     if base_model is not None:
         log("Evaluating the base model")
         from hf_layerprune.base_view import as_base
 
         with as_base(base_model) as base_view:  # a SharedBase view runs as the unpruned model here
-            base = evaluate_model(base_view, tokenizer, s, model_id=base_id, revision=base_revision, model_dir=base_dir,
+            base = evaluate_model(base_view, tokenizer, each, model_id=base_id, revision=base_revision, model_dir=base_dir,
                                   log=log)
     log("Evaluating the pruned model")
-    pruned = evaluate_model(pruned_model, tokenizer, s, model_dir=pruned_dir, log=log)
-    return evaluation_section(s, base, pruned, time.perf_counter() - start)
+    pruned = evaluate_model(pruned_model, tokenizer, each, model_dir=pruned_dir, log=log)
+    speed = speed_of_pair(base_model, pruned_model, tokenizer, s, base_dir=base_dir, pruned_dir=pruned_dir, log=log) if paired_speed else None
+    return evaluation_section(s, base, pruned, time.perf_counter() - start, speed_pair=speed)
+
+
+def speed_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *, base_dir=None, pruned_dir=None,
+                  log: Log = print) -> dict[str, Any]:
+    """``measure_speed_pair`` with the settings' protocol (both models on the settings' device)."""
+    from hf_layerprune.base_view import as_base
+
+    s = settings
+    if s.device is not None:
+        with as_base(base_model) as base:  # a SharedBase: its held-aside layers move too
+            base.to(s.device)
+        pruned_model.to(s.device)
+    log(f"Speed: base and pruned interleaved, {s.speed_warmup} warm-up + {s.speed_repeats} timed rounds each; "
+        f"prefill {s.prompt_len} tokens, decode {s.decode_tokens} tokens, batch {s.speed_batch_size}")
+    return measure_speed_pair(base_model, pruned_model, tokenizer, prompt_len=s.prompt_len, decode_tokens=s.decode_tokens,
+                              batch_size=s.speed_batch_size, warmup=s.speed_warmup, repeats=s.speed_repeats,
+                              threads=s.speed_threads, base_dir=base_dir, pruned_dir=pruned_dir)
 
 
 ACCURACY_METRICS = ("acc_norm", "acc", "exact_match", "f1")  # the main metric of a task, in this order
@@ -251,11 +300,23 @@ def main_metric(metrics: dict[str, Any]) -> str | None:
 def headline(report: dict[str, Any]) -> dict[str, Any]:
     """The few numbers that summarise a pruned model's evaluation (sweep points, CI summaries).
 
-    {"mean_accuracy", "mean_accuracy_base", "retention_pct", "accuracy_tasks" (how many tasks averaged),
-    "perplexity", "perplexity_base", "perplexity_seq_len"}; values are None when the report lacks them. The mean is
-    over top-level tasks of each task's main metric (``main_metric``), on the tasks the base has too when it exists.
+    {"mean_accuracy", "mean_accuracy_base", "retention_pct", "retention_se_pts", "accuracy_tasks" (how many tasks
+    averaged), "excluded_tasks", "perplexity", "perplexity_base", "perplexity_seq_len"}; values are None when the
+    report lacks them. With per-document scores (``evaluation.paired``) it is the paired headline: the tasks where the
+    base model is clearly above chance/majority. Otherwise the mean is over top-level tasks of each task's main
+    metric (``main_metric``), on the tasks the base has too when it exists.
     """
     ev = report.get("evaluation") or {}
+    ppl = ev.get("perplexity") or {}
+    p_ppl, b_ppl = ppl.get("pruned") or {}, ppl.get("base") or {}
+    perplexities = {"perplexity": p_ppl.get("perplexity"), "perplexity_base": b_ppl.get("perplexity"),
+                    "perplexity_seq_len": (p_ppl or b_ppl).get("seq_len")}
+    paired = (ev.get("paired") or {}).get("headline")
+    if isinstance(paired, dict) and paired.get("tasks"):  # the paired headline: only tasks above chance/majority
+        return {"mean_accuracy": paired["pruned"], "mean_accuracy_base": paired["base"],
+                "retention_pct": paired["retention_pct"], "retention_se_pts": paired.get("retention_se_pts"),
+                "accuracy_tasks": len(paired["tasks"]), "excluded_tasks": sorted(paired.get("excluded") or {}),
+                **perplexities}
     pruned, base = ev.get("pruned") or {}, ev.get("base") or {}
     pairs = []
     for task, metrics in pruned.items():
@@ -270,16 +331,14 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
     used = both if base and both else pairs
     mean = sum(p for p, _ in used) / len(used) if used else None
     mean_base = sum(b for _, b in both) / len(both) if base and both else None
-    ppl = ev.get("perplexity") or {}
-    p_ppl, b_ppl = ppl.get("pruned") or {}, ppl.get("base") or {}
     return {
         "mean_accuracy": mean,
         "mean_accuracy_base": mean_base,
         "retention_pct": 100.0 * mean / mean_base if mean is not None and mean_base else None,
+        "retention_se_pts": None,
         "accuracy_tasks": len(used),
-        "perplexity": p_ppl.get("perplexity"),
-        "perplexity_base": b_ppl.get("perplexity"),
-        "perplexity_seq_len": (p_ppl or b_ppl).get("seq_len"),
+        "excluded_tasks": [],
+        **perplexities,
     }
 
 

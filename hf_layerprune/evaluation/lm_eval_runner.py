@@ -52,7 +52,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "local": tuple(LOCAL_TASKS[t] for t in DEFAULT_TASKS if t in LOCAL_TASKS),
     "local+mmlu": tuple(LOCAL_TASKS[t] for t in DEFAULT_TASKS if t in LOCAL_TASKS) + ("local_mmlu",),
 }
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: per-document scores (``samples``) are cached with the results
 
 Log = Callable[[str], None]
 
@@ -233,22 +233,24 @@ def cache_key(fingerprint: str, task: str, settings: dict[str, Any], task_def: A
 
 
 def _cache_read(cache_dir: Path | None, key: str) -> dict | None:
+    """{"results": ..., "samples": ...} of a cached task, or None."""
     if cache_dir is None:
         return None
     path = cache_dir / f"{key}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))["results"]
-    except (OSError, ValueError, KeyError):
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        return {"results": entry["results"], "samples": entry.get("samples") or {}}
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _cache_write(cache_dir: Path | None, key: str, task: str, results: dict) -> None:
+def _cache_write(cache_dir: Path | None, key: str, task: str, results: dict, samples: dict | None = None) -> None:
     if cache_dir is None:
         return
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"task": task, "results": results}, indent=1), encoding="utf-8")
+        tmp.write_text(json.dumps({"task": task, "results": results, "samples": samples or {}}), encoding="utf-8")
         os.replace(tmp, cache_dir / f"{key}.json")
     except OSError as exc:  # a read-only cache must not fail an evaluation
         log_.warning("could not write the lm-eval cache in %s: %s", cache_dir, exc)
@@ -311,6 +313,51 @@ def normalize_results(res: dict[str, Any], limit: int | float | None) -> dict[st
     return out
 
 
+def _target_index(target: Any, choices: list[Any]) -> int | None:
+    """The gold answer of a multiple-choice doc as an index into its choices (lm-eval gives an int, a digit string
+    or the choice text)."""
+    if isinstance(target, bool):
+        return None
+    if isinstance(target, int):
+        return target
+    if isinstance(target, str):
+        if target.strip().isdigit():
+            return int(target.strip())
+        texts = [c[1] if isinstance(c, (list, tuple)) and len(c) > 1 else c for c in choices]
+        for i, text in enumerate(texts):
+            if isinstance(text, str) and text.strip() == target.strip():
+                return i
+    return None
+
+
+def compact_samples(logged: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """lm-eval's logged samples -> per task {"doc_id": [...], "target": [...], "choices": [...], metric: [...]}.
+
+    Only what pairing and baselines need is kept: the doc ids, every per-doc metric that is a plain number
+    (``acc``, ``acc_norm``...), and for multiple-choice docs the gold index and the number of choices (from the
+    loglikelihood requests: one per choice). Tasks whose per-doc values are not numbers (perplexity) are left out.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for task, items in (logged or {}).items():
+        rows = sorted((s for s in items if isinstance(s, dict) and "doc_id" in s), key=lambda s: s["doc_id"])
+        if not rows:
+            continue
+        names = [m for m in rows[0].get("metrics", []) if all(_number(r.get(m)) is not None for r in rows)]
+        if not names:
+            continue
+        entry: dict[str, Any] = {"doc_id": [int(r["doc_id"]) for r in rows]}
+        for m in names:
+            entry[m] = [_number(r[m]) for r in rows]
+        args = [r.get("arguments") or [] for r in rows]
+        if all(len(a) >= 2 for a in args):  # multiple choice: one loglikelihood request per choice
+            entry["choices"] = [len(a) for a in args]
+            targets = [_target_index(r.get("target"), a) for r, a in zip(rows, args)]
+            if all(t is not None for t in targets):
+                entry["target"] = targets
+        out[task] = entry
+    return out
+
+
 def _higher(higher: dict[str, dict[str, bool]], tasks: list[str], metric: str) -> bool | None:
     """Whether higher is better for ``metric``: the task's own entry, else its sub-tasks' (groups have none)."""
     for task in tasks:
@@ -346,8 +393,8 @@ def run_lm_eval(
     offline: bool | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an in-memory model with lm-eval. Returns {"results": {task: {metric: {...}}}, "settings": {...},
-    "cached": [tasks served from the cache]}.
+    """Evaluate an in-memory model with lm-eval. Returns {"results": {task: {metric: {...}}}, "samples": per-doc
+    scores (``compact_samples``), "settings": {...}, "cached": [tasks served from the cache]}.
 
     - ``tasks``: names or presets (``default``, ``default+mmlu``, ``local``, ``local+mmlu``); default: DEFAULT_TASKS.
     - ``include_path``: directories of extra task YAMLs. Tasks named ``local_*`` without an include path use the
@@ -381,12 +428,14 @@ def run_lm_eval(
     keys = {n: cache_key(fingerprint, n, key_settings, _entry_fingerprint(tm, n)) for n in names} if cache else {}
 
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    samples: dict[str, dict[str, Any]] = {}
     cached: list[str] = []
     todo: list[str] = []
     for name in names:
         hit = _cache_read(cache, keys[name]) if cache else None
         if hit is not None:
-            results.update(hit)
+            results.update(hit["results"])
+            samples.update(hit["samples"])
             cached.append(name)
         else:
             todo.append(name)
@@ -401,15 +450,19 @@ def run_lm_eval(
             bootstrap_iters=bootstrap_iters, max_length=max_length, offline=offline,
         )
         fresh = normalize_results(raw, limit)
+        docs = compact_samples(raw.get("samples") or {})
         children = {g: list(c) for g, c in (raw.get("group_subtasks") or {}).items()}
         for name in todo:
-            part = {t: fresh[t] for t in _descendants(children, name) if t in fresh}
+            tree = _descendants(children, name)
+            part = {t: fresh[t] for t in tree if t in fresh}
             if not part:
                 raise LayerPruneError(f"lm-eval returned no numbers for task {name!r}")
+            part_docs = {t: docs[t] for t in tree if t in docs}
             results.update(part)
+            samples.update(part_docs)
             if cache:
-                _cache_write(cache, keys[name], name, part)
-    return {"results": results, "settings": settings, "cached": cached}
+                _cache_write(cache, keys[name], name, part, part_docs)
+    return {"results": results, "samples": samples, "settings": settings, "cached": cached}
 
 
 def _simple_evaluate(model, tokenizer, tasks, tm, *, num_fewshot, limit, batch_size, bootstrap_iters, max_length, offline):
@@ -426,7 +479,7 @@ def _simple_evaluate(model, tokenizer, tasks, tm, *, num_fewshot, limit, batch_s
             lm = HFLM(**kwargs)
             res = simple_evaluate(
                 model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=tm,
-                bootstrap_iters=bootstrap_iters, log_samples=False,
+                bootstrap_iters=bootstrap_iters, log_samples=True,
             )
     except LayerPruneError:
         raise

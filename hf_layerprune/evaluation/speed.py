@@ -130,6 +130,249 @@ class _RssSampler:
         return max(0, self.peak - self.start_rss)
 
 
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    """(q1, median, q3); with fewer than 2 values all three are the value."""
+    if len(xs) < 2:
+        return xs[0], xs[0], xs[0]
+    q1, q2, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+def layer_parameters(model) -> int:
+    """Parameters of the decoder layers: everything but the input embedding and an untied output head (the part
+    whose compute and bytes depth pruning removes)."""
+    skip = set()
+    for mod in (model.get_input_embeddings(), getattr(model, "get_output_embeddings", lambda: None)()):
+        if mod is not None:
+            skip |= {p.data_ptr() for p in mod.parameters()}
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() in skip or p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel()
+    return total
+
+
+def plausible_speedup(base: dict[str, Any], pruned: dict[str, Any]) -> tuple[float | None, str | None]:
+    """The largest speed-up removing layers can explain: the ratio of decoder-layer parameters (all per-token
+    compute and weight bytes of the layers go, none of the embedding, head or framework overhead does), else of
+    layers, parameters or weight bytes, whichever is largest. (bound, what it is based on)."""
+    candidates = []
+    for key, label in (("layer_parameters", "decoder-layer parameters"), ("num_layers", "decoder layers"),
+                       ("parameters", "parameters"), ("weights_bytes", "weight bytes")):
+        b, p = base.get(key), pruned.get(key)
+        if isinstance(b, (int, float)) and isinstance(p, (int, float)) and b > 0 and p > 0:
+            candidates.append((b / p, f"{label} {b:,} → {p:,}"))
+    if not candidates:
+        return None, None
+    return max(candidates)
+
+
+def plausibility(speed: dict[str, Any]) -> dict[str, Any] | None:
+    """Flag measured speed-ups beyond what the removed layers can explain by more than their spread.
+
+    ``speed``: the report's ``evaluation.speed`` ({"base", "pruned"} and, from ``measure_speed_pair``,
+    "speedup": {phase: {"median", "spread"}}). Old reports (one measurement per model, no spread) are checked with a
+    spread of 0. Returns {"bound", "basis", phase: {"speedup", "spread", "flagged"}, "flagged"} or None.
+    """
+    base, pruned = speed.get("base") or {}, speed.get("pruned") or {}
+    bound, basis = plausible_speedup(base, pruned)
+    if bound is None:
+        return None
+    out: dict[str, Any] = {"bound": bound, "basis": basis, "flagged": False}
+    measured = speed.get("speedup") or {}
+    for phase, key in (("prefill", "prefill_tokens_per_s"), ("decode", "decode_tokens_per_s")):
+        rec = measured.get(phase)
+        if isinstance(rec, dict) and isinstance(rec.get("median"), (int, float)):
+            ratio, spread = rec["median"], rec.get("spread") or 0.0
+        elif isinstance(base.get(key), (int, float)) and isinstance(pruned.get(key), (int, float)) and base[key] > 0:
+            ratio, spread = pruned[key] / base[key], 0.0
+        else:
+            continue
+        flagged = ratio - bound > spread
+        out[phase] = {"speedup": ratio, "spread": spread, "flagged": flagged}
+        out["flagged"] = out["flagged"] or flagged
+    return out
+
+
+def measure_speed_pair(
+    base,
+    pruned,
+    tokenizer=None,
+    *,
+    prompt_len: int = 128,
+    decode_tokens: int = 32,
+    batch_size: int = 1,
+    warmup: int = 2,
+    repeats: int = 7,
+    threads: int | None = None,
+    base_dir: str | os.PathLike | None = None,
+    pruned_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Base and pruned timed by the same protocol, interleaved (docs/evaluation.md, "Speed protocol").
+
+    ``warmup`` untimed runs of each model, then ``repeats`` rounds that time one prefill + decode of each model, the
+    order alternating (base first in even rounds, pruned first in odd ones) so that drift, turbo and cache state hit
+    both alike. CPU threads are pinned to ``threads`` (default: torch's current count) for the whole measurement and
+    recorded. Per model: medians and quartiles; per round: the speed-up pruned/base, whose median and half
+    interquartile range (the spread) are what the card shows, checked against ``plausible_speedup``.
+
+    ``base`` may be a ``base_view.SharedBase`` over the pruned model: each of its runs then happens inside
+    ``as_base`` (entered outside the timed region), so no second copy of the weights is needed.
+
+    Returns the report's ``evaluation.speed``: {"base", "pruned", "protocol", "speedup", "plausibility"}.
+    """
+    import torch
+
+    from hf_layerprune.base_view import as_base
+
+    models = {"base": base, "pruned": pruned}
+
+    def inside(who: str):  # the model as it runs (a SharedBase switched to its unpruned layers)
+        return as_base(models[who])
+
+    before_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        runners = {}
+        for who in models:
+            with inside(who) as m:
+                runners[who] = _Runner(m, tokenizer, prompt_len, decode_tokens, batch_size, seed)
+        times: dict[str, dict[str, list[float]]] = {w: {"prefill": [], "decode": []} for w in runners}
+        try:
+            for who in ("base", "pruned"):
+                for _ in range(max(0, warmup)):
+                    with inside(who):
+                        runners[who].run()
+            for r in range(max(1, repeats)):
+                for who in (("base", "pruned") if r % 2 == 0 else ("pruned", "base")):
+                    with inside(who):
+                        pre, dec = runners[who].run()
+                    times[who]["prefill"].append(pre)
+                    times[who]["decode"].append(dec)
+        finally:
+            for runner in runners.values():
+                runner.restore()
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before_threads)
+    out: dict[str, Any] = {}
+    for who, folder in (("base", base_dir), ("pruned", pruned_dir)):
+        with inside(who) as model:
+            rec = runners[who].describe()
+            rec["layer_parameters"] = layer_parameters(model)
+        rec["torch_threads"] = used_threads if rec["device"] == "cpu" else None  # as pinned while timing
+        for phase, tokens in (("prefill", batch_size * prompt_len), ("decode", batch_size * decode_tokens)):
+            q1, med, q3 = _quartiles(times[who][phase])
+            rec[f"{phase}_seconds"] = med
+            rec[f"{phase}_seconds_all"] = times[who][phase]
+            rec[f"{phase}_tokens_per_s"] = tokens / med if tokens and med else None
+            rec[f"{phase}_tokens_per_s_iqr"] = [tokens / q3, tokens / q1] if tokens and q1 and q3 else None
+        rec["decode_ms_per_token"] = 1000 * rec["decode_seconds"] / decode_tokens if decode_tokens else None
+        if folder is not None and Path(folder).is_dir():
+            rec.update(directory_size(folder))
+        out[who] = rec
+    speedup = {}
+    for phase in ("prefill", "decode"):
+        ratios = [b / p for b, p in zip(times["base"][phase], times["pruned"][phase]) if p > 0]
+        if ratios and (phase == "prefill" or decode_tokens):
+            q1, med, q3 = _quartiles(ratios)
+            speedup[phase] = {"median": med, "q1": q1, "q3": q3, "spread": (q3 - q1) / 2, "per_round": ratios}
+    out["speedup"] = speedup
+    out["protocol"] = {
+        "warmup": max(0, warmup), "repeats": max(1, repeats), "order": "interleaved, alternating",
+        "threads": used_threads if out["base"]["device"] == "cpu" else None,
+        "batch_size": batch_size, "prompt_len": prompt_len, "decode_tokens": decode_tokens,
+    }
+    out["plausibility"] = plausibility(out)
+    return out
+
+
+class _Runner:
+    """One model's prefill + decode, timed (the same steps as ``measure_speed``)."""
+
+    def __init__(self, model, tokenizer, prompt_len: int, decode_tokens: int, batch_size: int, seed: int) -> None:
+        import torch
+
+        self.model, self.decode_tokens, self.batch_size, self.prompt_len = model, decode_tokens, batch_size, prompt_len
+        self.dev = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        vocab = model.get_input_embeddings().weight.shape[0]
+        low = 0
+        if tokenizer is not None and getattr(tokenizer, "all_special_ids", None):
+            low = min(max(tokenizer.all_special_ids) + 1, vocab - 1)
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(low, vocab, (batch_size, prompt_len), generator=g).to(self.dev)
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self.was_training = model.training
+        self.peak_extra = 0
+        model.eval()
+
+    def _sync(self) -> None:
+        import torch
+
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize(self.dev)
+
+    @staticmethod
+    def _cache(out):
+        return out["cache"] if "cache" in out.keys() else out["past_key_values"]
+
+    def run(self) -> tuple[float, float]:
+        import torch
+
+        cuda = self.dev.type == "cuda"
+        with torch.inference_mode():
+            self._sync()
+            if cuda:
+                start_mem = torch.cuda.memory_allocated(self.dev)
+                torch.cuda.reset_peak_memory_stats(self.dev)
+            t0 = time.perf_counter()
+            out = self.model(input_ids=self.ids, use_cache=True)
+            self._sync()
+            t1 = time.perf_counter()
+            past, nxt = self._cache(out), out.logits[:, -1:].argmax(-1)
+            for _ in range(self.decode_tokens):
+                step = self.model(input_ids=nxt, use_cache=True, **{self.cache_arg: past})
+                past, nxt = self._cache(step), step.logits[:, -1:].argmax(-1)
+            self._sync()
+            t2 = time.perf_counter()
+            if cuda:
+                self.peak_extra = max(self.peak_extra, torch.cuda.max_memory_allocated(self.dev) - start_mem)
+        return t1 - t0, t2 - t1
+
+    def restore(self) -> None:
+        self.model.train(self.was_training)
+
+    def describe(self) -> dict[str, Any]:
+        import torch
+
+        cuda = self.dev.type == "cuda"
+        rec: dict[str, Any] = {
+            "device": str(self.dev),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "torch_threads": None if cuda else torch.get_num_threads(),
+            "batch_size": self.batch_size,
+            "prompt_len": self.prompt_len,
+            "decode_tokens": self.decode_tokens,
+            "parameters": count_parameters(self.model),
+            "weights_bytes": weights_bytes(self.model),
+            "num_layers": getattr(self.model.config, "num_hidden_layers", None),
+            # CUDA: activations + KV cache above what was allocated before the run (weights excluded); on CPU the
+            # resident-set growth of a few KiB measures nothing and is not recorded
+            "peak_memory_bytes": int(self.peak_extra) if cuda else None,
+            "peak_memory_kind": "cuda_run_peak_above_weights" if cuda else None,
+        }
+        try:
+            rec["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(self.model.config, torch.empty((), dtype=self.dtype).element_size())
+        except (ValueError, TypeError, AttributeError):
+            rec["kv_cache_bytes_per_token"] = None
+        return rec
+
+
 def measure_speed(
     model,
     tokenizer=None,
@@ -154,101 +397,48 @@ def measure_speed(
         raise ValueError("prompt_len and batch_size must be >= 1 and decode_tokens >= 0")
     if device is not None:
         model.to(device)
-    dev = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    vocab = model.get_input_embeddings().weight.shape[0]
-    low = 0
-    if tokenizer is not None and getattr(tokenizer, "all_special_ids", None):
-        low = min(max(tokenizer.all_special_ids) + 1, vocab - 1)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(low, vocab, (batch_size, prompt_len), generator=g).to(dev)
+    runner = _Runner(model, tokenizer, prompt_len, decode_tokens, batch_size, seed)
+    dev = runner.dev
     cuda = dev.type == "cuda"
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    def prefill():
-        return model(input_ids=ids, use_cache=True)
-
-    # transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache`.
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-    def cache_of(out):
-        return out["cache"] if "cache" in out.keys() else out["past_key_values"]
-
-    def decode(out) -> None:
-        past = cache_of(out)
-        nxt = out.logits[:, -1:].argmax(-1)
-        for _ in range(decode_tokens):
-            step = model(input_ids=nxt, use_cache=True, **{cache_arg: past})
-            past = cache_of(step)
-            nxt = step.logits[:, -1:].argmax(-1)
-
-    was_training = model.training
-    model.eval()
     prefill_times, decode_times = [], []
+    sampler = None
     try:
-        with torch.inference_mode():
-            for _ in range(max(0, warmup)):
-                decode(prefill())
-            sync()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(max(0, warmup)):
+            runner.run()
+        if not cuda:
+            try:
+                sampler = _RssSampler()
+            except ImportError:  # psutil comes with accelerate; without it, report no CPU peak
                 sampler = None
             else:
-                try:
-                    sampler = _RssSampler()
-                except ImportError:  # psutil comes with accelerate; without it, report no CPU peak
-                    sampler = None
-                else:
-                    sampler.__enter__()
-            try:
-                for _ in range(max(1, repeats)):
-                    t0 = time.perf_counter()
-                    out = prefill()
-                    sync()
-                    t1 = time.perf_counter()
-                    decode(out)
-                    sync()
-                    t2 = time.perf_counter()
-                    prefill_times.append(t1 - t0)
-                    decode_times.append(t2 - t1)
-                    del out
-            finally:
-                if sampler is not None:
-                    sampler.__exit__(None, None, None)
+                sampler.__enter__()
+        try:
+            for _ in range(max(1, repeats)):
+                pre, dec = runner.run()
+                prefill_times.append(pre)
+                decode_times.append(dec)
+        finally:
+            if sampler is not None:
+                sampler.__exit__(None, None, None)
     finally:
-        model.train(was_training)
+        runner.restore()
     prefill_s = statistics.median(prefill_times)
     decode_s = statistics.median(decode_times)
-    result: dict[str, Any] = {
-        "device": str(dev),
-        "dtype": str(dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads() if not cuda else None,
-        "batch_size": batch_size,
-        "prompt_len": prompt_len,
-        "decode_tokens": decode_tokens,
-        "repeats": max(1, repeats),
-        "parameters": count_parameters(model),
-        "weights_bytes": weights_bytes(model),
-        "num_layers": getattr(model.config, "num_hidden_layers", None),
-        "prefill_seconds": prefill_s,
-        "prefill_tokens_per_s": batch_size * prompt_len / prefill_s,
-        "decode_seconds": decode_s,
-        "decode_tokens_per_s": (batch_size * decode_tokens / decode_s) if decode_tokens else None,
-        "decode_ms_per_token": (1000 * decode_s / decode_tokens) if decode_tokens else None,
-    }
+    result = runner.describe()
+    result.update(
+        repeats=max(1, repeats),
+        prefill_seconds=prefill_s,
+        prefill_tokens_per_s=batch_size * prompt_len / prefill_s,
+        decode_seconds=decode_s,
+        decode_tokens_per_s=(batch_size * decode_tokens / decode_s) if decode_tokens else None,
+        decode_ms_per_token=(1000 * decode_s / decode_tokens) if decode_tokens else None,
+    )
     if cuda:
         result.update(peak_memory_bytes=int(torch.cuda.max_memory_allocated(dev)), peak_memory_kind="cuda_max_allocated")
     elif sampler is not None:
         result.update(peak_memory_bytes=int(sampler.delta), peak_memory_kind="cpu_rss_delta")
     else:
         result.update(peak_memory_bytes=None, peak_memory_kind=None)
-    try:
-        result["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(model.config, torch.empty((), dtype=dtype).element_size())
-    except (ValueError, TypeError, AttributeError):
-        result["kv_cache_bytes_per_token"] = None
     if model_dir is not None and Path(model_dir).is_dir():
         result.update(directory_size(model_dir))
     return result

@@ -1,0 +1,230 @@
+"""The card's evaluation views: benchmark table and headline, perplexity, speed (docs/evaluation.md).
+
+Everything here reads the stored ``evaluation`` section; nothing is recomputed from a model.
+
+- Benchmarks: with per-document scores (``evaluation.paired``, new reports) each task's main metric gets its paired
+  Δ ± SE and "no measurable change" when |Δ| < 2 SE; tasks whose base score is not clearly above chance/majority
+  are flagged with the reason and left out of the headline. Old reports (no per-document scores) keep the plain
+  table, and the card says the tasks were not checked against their baselines.
+- Speed: medians of the interleaved protocol with their spread; a speed-up beyond what the removed layers can
+  explain is not shown as a result but flagged (``evaluation.speed.plausibility``); a CPU peak-RSS growth of a few
+  KiB is not shown at all.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from markupsafe import Markup
+
+from hf_layerprune.card import (
+    _main_metric,
+    _metric_order,
+    _num,
+    _ordered_tasks,
+    _retention,
+    fmt_bytes,
+    fmt_count,
+    fmt_delta,
+    fmt_float,
+    fmt_metric,
+    fmt_pct_change,
+    is_percent_metric,
+    md,
+)
+
+MEANINGLESS_BYTES = 2**20  # a CPU peak-RSS growth below 1 MiB measures nothing
+
+
+def _pts(value: float) -> str:
+    return f"{value:+.1f}".replace("-", "−")
+
+
+def _paired_delta(rec: dict[str, Any], z: float) -> Markup:
+    """"−2.1 ± 0.9 pts" and, when |Δ| < z SE, "(no measurable change)"."""
+    text = f"{_pts(100 * rec['delta'])} ± {100 * rec['delta_se']:.1f} pts"
+    if not rec.get("measurable"):
+        text += " (no measurable change)"
+    return Markup(text)
+
+
+def _baseline_text(rec: dict[str, Any]) -> Markup:
+    parts = []
+    if _num(rec.get("chance")) is not None:
+        parts.append(f"chance {100 * rec['chance']:.1f}")
+    if _num(rec.get("majority")) is not None:
+        parts.append(f"majority {100 * rec['majority']:.1f}")
+    return Markup(" / ".join(parts) or "–")
+
+
+def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """Rows of the before/after table, the headline (or the plain average of old reports) and the plot's bars."""
+    pruned = evaluation.get("pruned") or {}
+    base = evaluation.get("base") or {}
+    if not pruned and not base:
+        return None
+    paired = evaluation.get("paired") if isinstance(evaluation.get("paired"), dict) else {}
+    ptasks = paired.get("tasks") or {}
+    z = _num(paired.get("z")) or 2.0
+    rows, bars, kept = [], [], []
+    for task in _ordered_tasks(evaluation):
+        p_metrics = pruned.get(task) or {}
+        b_metrics = base.get(task) or {}
+        names = _metric_order(set(p_metrics) | set(b_metrics))
+        main = _main_metric({m: 1 for m in names}) if names else None
+        prec = ptasks.get(task) if isinstance(ptasks.get(task), dict) else None
+        for metric in names:
+            p, b = p_metrics.get(metric) or {}, b_metrics.get(metric) or {}
+            any_rec = p or b
+            higher = any_rec.get("higher_is_better")
+            pv, bv = _num(p.get("value")), _num(b.get("value"))
+            delta = pv - bv if pv is not None and bv is not None else None
+            retention = _retention(bv, pv, higher)
+            samples, total = any_rec.get("samples"), any_rec.get("samples_total")
+            this = prec if prec and prec.get("metric") == metric else None
+            status = Markup("")
+            if this is not None:
+                status = Markup("in headline") if this.get("included") else Markup("**excluded**: ") + md(this.get("reason"))
+            rows.append({
+                "task": md(task),
+                "metric": md(metric) + (Markup(" ↓") if higher is False else Markup("")),
+                "n_shot": md(any_rec.get("n_shot") if any_rec.get("n_shot") is not None else "–"),
+                "samples": Markup(f"{samples:,}" if isinstance(samples, int) else "–")
+                + (Markup(f" of {total:,}") if isinstance(total, int) and isinstance(samples, int) and total != samples else Markup("")),
+                "base": fmt_metric(metric, bv, b.get("stderr")) if b else Markup("–"),
+                "pruned": fmt_metric(metric, pv, p.get("stderr")) if p else Markup("–"),
+                "delta": _paired_delta(this, z) if this else fmt_delta(metric, delta),
+                "retention": Markup(f"{retention:.1f}%") if retention is not None else Markup("–"),
+                "baseline": _baseline_text(this) if this else Markup("–"),
+                "status": status,
+            })
+            if metric == main and is_percent_metric(metric) and pv is not None:
+                bars.append({"label": f"{task} ({metric})", "base": bv, "pruned": pv,
+                             "baseline": _num((this or {}).get("baseline")), "excluded": bool(this and not this.get("included"))})
+                if retention is not None:
+                    kept.append((bv, pv))
+    view: dict[str, Any] = {"rows": rows, "bars": bars, "average": None, "headline": None, "has_base": bool(base),
+                            "paired": bool(ptasks), "z": md(f"{z:g}"), "no_headline": None}
+    head = paired.get("headline") if isinstance(paired.get("headline"), dict) else None
+    if head and _num(head.get("retention_pct")) is not None:
+        rng = head.get("retention_range") or []
+        view["headline"] = {
+            "count": len(head.get("tasks") or []),
+            "tasks": md(", ".join(head.get("tasks") or [])),
+            "base": fmt_metric("acc", head["base"]),
+            "pruned": fmt_metric("acc", head["pruned"]),
+            "delta": _paired_delta(head, z),
+            "delta_plain": Markup(f"{_pts(100 * head['delta'])} ± {100 * head['delta_se']:.1f} pts"),
+            "retention": Markup(f"{head['retention_pct']:.1f}% ± {head['retention_se_pts']:.1f}"),
+            "range": Markup(f"{rng[0]:.1f}%–{rng[1]:.1f}%") if len(rng) == 2 and rng[0] != rng[1] else None,
+            "measurable": bool(head.get("measurable")),
+            "excluded": [{"task": md(t), "reason": md(r)} for t, r in (head.get("excluded") or {}).items()],
+        }
+    elif ptasks:  # per-doc scores, but no task is clearly above its baseline: no headline at all
+        view["no_headline"] = [{"task": md(t), "reason": md(r.get("reason"))} for t, r in ptasks.items()]
+    elif len(kept) >= 2:  # an old report: the plain average, said to be unchecked
+        b_avg = sum(b for b, _ in kept) / len(kept)
+        p_avg = sum(p for _, p in kept) / len(kept)
+        per_task = [100 * p / b for b, p in kept if b]
+        view["average"] = {
+            "count": len(kept),
+            "base": fmt_metric("acc", b_avg),
+            "pruned": fmt_metric("acc", p_avg),
+            "delta": fmt_delta("acc", p_avg - b_avg),
+            "retention": Markup(f"{100 * p_avg / b_avg:.1f}%") if b_avg else Markup("–"),
+            "retention_value": 100 * p_avg / b_avg if b_avg else None,
+            "range": Markup(f"{min(per_task):.1f}%–{max(per_task):.1f}%") if per_task else None,
+        }
+    return view
+
+
+def perplexity_view(ppl: dict[str, Any]) -> dict[str, Any] | None:
+    b, p = ppl.get("base") or {}, ppl.get("pruned") or {}
+    if not (b or p):
+        return None
+    ref = p or b
+    source = str(ref.get("source") or "")
+    label = "WikiText-2 (raw, test)" if source.startswith("wikitext:") or source.endswith("wiki.test.raw") else os.path.basename(source) or source
+    return {
+        "source": md(label),
+        "seq_len": md(ref.get("seq_len")),
+        "stride": md(ref.get("stride")),
+        "tokens": Markup(f"{ref['tokens']:,}") if isinstance(ref.get("tokens"), int) else Markup("–"),
+        "base": fmt_float(b.get("perplexity")) if b else Markup("–"),
+        "pruned": fmt_float(p.get("perplexity")) if p else Markup("–"),
+        "change": fmt_pct_change(p.get("perplexity"), b.get("perplexity")) if b and p else Markup("–"),
+        "truncated": ref.get("max_tokens") is not None,
+    }
+
+
+def _ratio(rec: dict[str, Any] | None) -> Markup:
+    if not rec or _num(rec.get("median")) is None:
+        return Markup("–")
+    spread = _num(rec.get("spread"))
+    return Markup(f"×{rec['median']:.2f}" + (f" ± {spread:.2f}" if spread is not None else ""))
+
+
+def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
+    """Size rows, throughput rows (medians, with the speed-up and its spread), and the plausibility flags."""
+    from hf_layerprune.evaluation.speed import plausibility
+
+    b, p = speed.get("base") or {}, speed.get("pruned") or {}
+    if not (b or p):
+        return None
+    ref = p or b
+    check = speed.get("plausibility") if isinstance(speed.get("plausibility"), dict) else (plausibility(speed) if b and p else None)
+    speedup = speed.get("speedup") if isinstance(speed.get("speedup"), dict) else {}
+    batch, prompt, steps = ref.get("batch_size"), ref.get("prompt_len"), ref.get("decode_tokens")
+    rows, flags = [], []
+
+    def row(label: str, key: str, fmt, change: Markup | None = None) -> None:
+        bv, pv = b.get(key), p.get(key)
+        if _num(bv) is None and _num(pv) is None:
+            return
+        rows.append({"label": Markup(label), "base": fmt(bv), "pruned": fmt(pv),
+                     "change": change if change is not None else fmt_pct_change(pv, bv)})
+
+    row("Decoder layers", "num_layers", lambda v: fmt_float(v, 0))
+    row("Parameters", "parameters", fmt_count)
+    row("Weights in memory", "weights_bytes", fmt_bytes)
+    row("Weights on disk", "weights_disk_bytes", fmt_bytes)
+    row("KV cache per token", "kv_cache_bytes_per_token", fmt_bytes)
+    for phase, key, label in (
+        ("prefill", "prefill_tokens_per_s", f"Prefill throughput (tokens/s; batch {batch} × {prompt}-token prompt)"),
+        ("decode", "decode_tokens_per_s", f"Decode throughput (tokens/s; batch {batch}, {steps} steps after the prompt)"),
+    ):
+        verdict = (check or {}).get(phase) if isinstance((check or {}).get(phase), dict) else None
+        if verdict and verdict.get("flagged"):
+            spread = verdict.get("spread") or 0.0
+            flags.append({"phase": Markup(phase.capitalize()), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
+                          "spread": Markup(f"spread {spread:.2f}" if spread else "one measurement each, no spread"),
+                          "bound": Markup(f"×{check['bound']:.2f}")})
+            continue  # an implausible number is not presented as a result
+        if phase in speedup:
+            row(label, key, lambda v: fmt_float(v, 1), _ratio(speedup.get(phase)))
+        else:
+            row(label, key, lambda v: fmt_float(v, 1))
+    kind = ref.get("peak_memory_kind")
+    peak = [v for v in (_num(b.get("peak_memory_bytes")), _num(p.get("peak_memory_bytes"))) if v is not None]
+    if peak and not (kind == "cpu_rss_delta" and max(peak) < MEANINGLESS_BYTES):
+        label = {"cuda_max_allocated": "Peak GPU memory (max allocated)",
+                 "cuda_run_peak_above_weights": "Peak GPU memory above the weights (activations + KV cache)",
+                 "cpu_rss_delta": "Peak RSS growth during the run (CPU)"}.get(kind, "Peak memory")
+        row(label, "peak_memory_bytes", fmt_bytes)
+    protocol = speed.get("protocol") if isinstance(speed.get("protocol"), dict) else None
+    return {
+        "rows": rows,
+        "flags": flags,
+        "bound": Markup(f"×{check['bound']:.2f}") if check else None,
+        "basis": md(check.get("basis")) if check else None,
+        "protocol": {"warmup": md(protocol.get("warmup")), "repeats": md(protocol.get("repeats")),
+                     "threads": md(protocol.get("threads")) if protocol.get("threads") else None} if protocol else None,
+        "device": md(ref.get("device")),
+        "dtype": md(ref.get("dtype")),
+        "batch_size": md(batch),
+        "prompt_len": md(prompt),
+        "decode_tokens": md(steps),
+        "threads": md(ref.get("torch_threads")) if ref.get("torch_threads") else None,
+        "has_base": bool(b),
+    }
