@@ -141,7 +141,8 @@ def test_refused_output_fails_every_rank_with_one_error_line(source, tmp_path):
 
 
 def test_accelerate_launch_runs_two_processes(source, tmp_path):
-    """accelerate's own launcher (`--multi_gpu` starts torchrun; on a CPU-only machine the group is gloo)."""
+    """accelerate's own launcher (`--multi_gpu` starts torchrun; on a CPU-only machine the group is gloo); its
+    MULTI_CPU launch starts one process without mpirun, which the run points out."""
     model, _ = source
     config = tmp_path / "accelerate.yaml"
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 1\n"
@@ -151,6 +152,13 @@ def test_accelerate_launch_runs_two_processes(source, tmp_path):
                  launcher=launcher)
     assert result.returncode == 0, result.stderr[-3000:]
     assert report_of(tmp_path / "out")["world_size"] == 2
+    # a MULTI_CPU config (like `--cpu --num_processes 2`) makes accelerate start one process: a warning says so
+    config.write_text(config.read_text().replace("MULTI_GPU", "MULTI_CPU") + "use_cpu: true\n")
+    alone = run(["prune", model, "--layers", "2", "--heal", "none", "--no-eval", "-o", tmp_path / "alone"], tmp_path,
+                launcher=launcher)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "Warning: accelerate launched one process" in alone.stderr
+    assert "world_size" not in report_of(tmp_path / "alone")
 
 
 def test_single_process_launch_note(monkeypatch):
