@@ -67,7 +67,8 @@ def cli_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except LayerPruneError as exc:
-            print(f"Error: {one_line(exc)}", file=sys.stderr)
+            if _speaks(exc):  # one line per run: rank 0's, in a multi-process launch
+                print(f"Error: {one_line(exc)}", file=sys.stderr)
             raise SystemExit(exc.exit_code) from None
         except OSError as exc:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
@@ -85,3 +86,9 @@ def describe_os_error(exc: OSError) -> str:
     elif exc.errno == errno.EROFS:
         text = "read-only file system"
     return text
+
+
+def _speaks(exc: LayerPruneError) -> bool:
+    from hf_layerprune.distributed import is_main
+
+    return is_main() and not getattr(exc, "quiet", False)

@@ -17,7 +17,7 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from hf_layerprune import stages
+from hf_layerprune import distributed, stages
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights, load_checkpoint
 from hf_layerprune.checks import check_recipe, check_target_against, preflight, source_config, source_paths
@@ -53,28 +53,40 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Report:
     """Check everything, then run the recipe's route; the returned Report is what `layerprune.json` holds."""
     check_recipe(recipe)
+    distributed.check_recipe(recipe)
     if not recipe.output_dir:
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
-    check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
     gguf_cut = resolve_format(recipe, source) == "gguf" and source.kind == "gguf" and not _needs_gguf_model(recipe)
-    if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
-        check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
-    if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
-        hub_files(source)
-    if source.kind == "dir" and any(source.path.glob("*.safetensors")):
-        check_weights(source.path)  # every shard whole, before the first stage reads one
+    in_memory = not gguf_cut and needs_model_in_memory(recipe, source)
+
+    def checks() -> str | None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
+        check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
+        if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
+            check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+        if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
+            hub_files(source)
+            if in_memory and distributed.is_distributed():  # one download; the other ranks read the Hub cache
+                local_checkpoint(source, allow_pickle=recipe.allow_pickle)
+        if source.kind == "dir" and any(source.path.glob("*.safetensors")):
+            check_weights(source.path)  # every shard whole, before the first stage reads one
+        return resolved_revision(source) if source.kind == "hub" else source.revision
+
+    base_revision = distributed.on_main(checks, share=True)
+    if source.kind == "hub":
+        distributed.hub_cache_only()  # ranks > 0: no Hub request from here on
     timer = Timer()
-    revision = resolved_revision(source) if source.kind == "hub" else source.revision
-    report = Report(SourceSection(base_model=source.name, base_revision=revision), command=command,
-                    granularity=recipe.granularity)
+    report = Report(SourceSection(base_model=source.name, base_revision=base_revision), command=command,
+                    granularity=recipe.granularity, other=distributed.world_record())
+    if not in_memory and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk, the others wait
+        log("Several processes, no stage to split (the cut streams on disk): rank 0 does it alone")
     if gguf_cut:  # any llama.cpp architecture: transformers never reads this file
-        run_gguf_surgery(recipe, source, report, timer, log)
-    elif needs_model_in_memory(recipe, source):
+        distributed.on_main(run_gguf_surgery, recipe, source, report, timer, log)
+    elif in_memory:
         run_in_memory(recipe, source, report, timer, log)
     else:
-        run_streaming(recipe, source, report, timer, log,
-                      in_memory=lambda src: run_in_memory(recipe, src, report, timer, log))
+        distributed.on_main(run_streaming, recipe, source, report, timer, log,
+                            in_memory=lambda src: run_in_memory(recipe, src, report, timer, log))
     if report.memory:
         log(memory_summary(report.memory))
     return report
@@ -107,7 +119,7 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
     with timer.stage("score"):
         removed, report.scoring = streamed or stages.select(model, tokenizer, recipe, log=log)
     if recipe.granularity != "block":
-        return finish_sublayer(model, tokenizer, base, removed, recipe, source, report, timer, log)
+        return distributed.on_main(finish_sublayer, model, tokenizer, base, removed, recipe, source, report, timer, log)
     with timer.stage("cut"):
         report.cut = stages.cut(model, removed, log=log)
     heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log)
@@ -121,10 +133,15 @@ def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, ti
                                                      num_layers_before=report.source.num_layers_before, log=log)
     if recipe.evaluate:
         with timer.stage("evaluate"):
-            report.evaluation = stages.evaluate(base, model, tokenizer, recipe, log=log)
+            report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
 
 
 def save(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer) -> Path:
+    """One writer: rank 0 saves in a multi-process launch (the healed weights are whole on every rank)."""
+    return distributed.on_main(_save_here, model, tokenizer, recipe, source, report, timer) or Path(recipe.output_dir)
+
+
+def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer) -> Path:
     """The save stage into a staging folder, then layerprune.json and the card; moved into place at the end."""
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
@@ -169,7 +186,7 @@ def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: R
         report.healing = rounds[-1]["healing"]
     if recipe.evaluate:
         with timer.stage("evaluate"):
-            report.evaluation = stages.evaluate(base, model, tokenizer, recipe, log=log)
+            report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
     save(model, tokenizer, recipe, source, report, timer)
 
 

@@ -6,6 +6,7 @@ docs/report.md for the full schema); every stage adds its own section and never 
 - ``format_version`` (int), ``tool`` ({name, version}), ``command`` (the exact CLI line, token-free)
 - ``base_model`` (Hub id, local path or GGUF path as given), ``base_revision`` (commit sha or null),
   ``model_type``, ``dtype``
+- ``world_size`` (int, only when several processes ran: torchrun / accelerate launch)
 - ``granularity`` ("block" | "attention" | "mlp"), ``num_layers_before``, ``num_layers_after``,
   ``removed_layers`` and ``kept_layers`` (0-based indices into the base model),
   ``removed_sublayers`` ({"attention": [...], "mlp": [...]} for sub-layer pruning, else absent)

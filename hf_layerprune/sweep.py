@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
-from hf_layerprune import stages
+from hf_layerprune import distributed, stages
 from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
 from hf_layerprune.card import record_base_card, render_card
@@ -85,16 +85,21 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     for n in depths:
         check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
-    if not root.exists():
-        check_output_dir(root, False, sources)
-    else:
-        for path in targets.values():
-            check_output_dir(path, recipe.overwrite, sources)
-    root.mkdir(exist_ok=True)
+
+    def checks() -> None:  # rank 0 alone in a multi-process launch (distributed.py)
+        if not root.exists():
+            check_output_dir(root, False, sources)
+        else:
+            for path in targets.values():
+                check_output_dir(path, recipe.overwrite, sources)
+        root.mkdir(exist_ok=True)
+
+    distributed.on_main(checks)
 
     timer = Timer()
     revision = resolved_revision(source) if source.kind == "hub" else source.revision  # as `prune` records it
-    loaded = Report(SourceSection(base_model=source.name, base_revision=revision), command=command)
+    loaded = Report(SourceSection(base_model=source.name, base_revision=revision), command=command,
+                    other=distributed.world_record())
     model, tokenizer = load(dataclasses.replace(recipe, drop=max(depths)), source, loaded, timer, log)
     needs_base = recipe.evaluate or recipe.heal != "none"
     with timer.stage("score"):
@@ -110,7 +115,7 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
                 report.cut = stages.cut(model, selections[n][0], log=log)
             heal_and_evaluate(model, tokenizer, base if needs_base else None, variant, report, vtimer, log)
             outputs.append(save(model, tokenizer, variant, source, report, vtimer))
-    add_pareto(outputs)
+    distributed.on_main(add_pareto, outputs)
     return outputs
 
 

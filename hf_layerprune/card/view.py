@@ -180,6 +180,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "eval_command": codeblock(evaluation["command"], "bash") if isinstance(evaluation.get("command"), str) and evaluation["command"] else None,
         "inputs": _inputs(report),
         "recipe_yaml": recipe_yaml,
+        "world_size": md(report["world_size"]) if (_num(report.get("world_size")) or 0) > 1 else None,
         "versions": _versions(report),
         "citations": citations(report),
         "license": license_text,

@@ -80,6 +80,10 @@ def analyze(
         drop=recipe.drop, selection=recipe.selection, protect=recipe.protect, batch_size=batch_size, log=log,
     )
     result = {"model": model, **result}
+    from hf_layerprune import distributed
+
+    if not distributed.is_main():  # several processes scored their shares; rank 0 prints and writes
+        return
     print_tables(result)
     if json_path:
         json_path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
 from hf_layerprune.errors import cli_errors
 
@@ -16,6 +17,7 @@ console = Console(stderr=True)
 
 @app.command()
 @cli_errors
+@rank_zero_only  # under torchrun / accelerate launch: rank 0 alone
 def card(
     directory: Annotated[Path, typer.Argument(help="A hf-layerprune output directory (holds layerprune.json).")],
     repo_id: Annotated[Optional[str], typer.Option(help="Hub repo the model is published to (title, usage snippet, model-index).")] = None,

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
 from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
 
@@ -89,6 +90,7 @@ def summary_table(section: dict[str, Any]) -> Table:
 
 @app.command()
 @cli_errors
+@rank_zero_only  # under torchrun / accelerate launch: rank 0 alone
 def evaluate(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Pruned output directory, model directory, .gguf file or Hub id.")],

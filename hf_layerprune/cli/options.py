@@ -131,9 +131,12 @@ class RegistryHelp(TyperCommand):
 
 def open_display(options: dict[str, Any]):
     """The run's progress display from the --quiet / --verbose / --log-json flags (progress.Display)."""
+    from hf_layerprune import distributed
     from hf_layerprune.outputs import check_output_file
     from hf_layerprune.progress import Display
 
+    if not distributed.is_main():  # several processes: rank 0 shows the run, the others stay quiet
+        return Display("quiet", stream=distributed.quiet_stream())
     check_output_file(options.get("log_json"), "--log-json")
     return Display("quiet" if options.get("quiet") else "auto", verbose=bool(options.get("verbose")),
                    json_path=options.get("log_json"))

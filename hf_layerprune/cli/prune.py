@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import cli_errors
@@ -31,7 +32,11 @@ def prune(
 
     recipe = build_recipe(model, recipe_options, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
     with open_display(recipe_options) as display:
+        if distributed.check_launch():
+            display.warning(distributed.check_launch())
         report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
+        if not distributed.is_main():  # rank 0 reports the run
+            return
         show_summary(display, report, recipe.output_dir, shlex.join(["hf-layerprune", "upload", str(recipe.output_dir)]))
     console.print(
         f"[green]Saved[/green] {recipe.output_dir}: {report['num_layers_before']} -> {report['num_layers_after']} layers, "

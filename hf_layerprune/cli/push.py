@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
@@ -48,21 +49,28 @@ def push(
                           output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
     check_recipe(recipe)  # every option, before the network and before the model
     token = hub.resolve_token(token)
-    user = None
-    if not dry_run:  # token and target are checked before any heavy work
+
+    def checks() -> tuple:  # token and target are checked before any heavy work (by rank 0 alone)
+        if dry_run:
+            return None, repo_id
         user = hub.check_write_access(token, repo_id)
-        repo_id = repo_id or hub.default_repo_id(user, model, planned_num_layers(recipe, token=token))
-        hub.check_target(repo_id, token=token, private=private, revision=revision, create_pr=create_pr, exist_ok=exist_ok)
+        target = repo_id or hub.default_repo_id(user, model, planned_num_layers(recipe, token=token))
+        hub.check_target(target, token=token, private=private, revision=revision, create_pr=create_pr, exist_ok=exist_ok)
+        return user, target
+
+    user, repo_id = distributed.on_main(checks, share=True)
     keep = output_dir is not None
-    work = Path(tempfile.mkdtemp(prefix="hf-layerprune-push-")) if not keep else None
-    if work is not None:
-        recipe.output_dir = str(work / "model")
+    work = Path(tempfile.mkdtemp(prefix="hf-layerprune-push-")) if not keep and distributed.is_main() else None
+    if not keep:  # rank 0's folder; the other ranks never write it
+        recipe.output_dir = distributed.broadcast(str(work / "model") if work is not None else None)
     out = Path(recipe.output_dir)
     finished = False
     try:
         with open_display(recipe_options) as display:
             report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
             finished = True
+            if not distributed.is_main():  # rank 0 publishes
+                return
             if dry_run:
                 display.message(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")
                 show_summary(display, report, str(out) if keep else None, None)

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
+from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
@@ -46,9 +47,11 @@ def sweep(
         from hf_layerprune import hub
 
         token = hub.resolve_token(token)
-        user = hub.check_write_access(token, repo_prefix)
+        user = distributed.on_main(hub.check_write_access, token, repo_prefix, share=True)  # rank 0 talks to the Hub
     with open_display(recipe_options) as display:
         outputs = run_sweep(recipe, depths, output_dir, command=command_line(ctx), log=display.message)
+        if not distributed.is_main():  # rank 0 reports and publishes
+            return
         for out in outputs:
             display.message(f"[green]Saved[/green] {out}")
         if repo_prefix:

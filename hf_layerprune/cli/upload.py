@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
 from hf_layerprune.errors import LayerPruneError, cli_errors
 from hf_layerprune.report import REPORT_FILENAME
@@ -22,6 +23,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 @app.command()
 @cli_errors
+@rank_zero_only  # under torchrun / accelerate launch: rank 0 alone
 def upload(
     directory: Annotated[Path, typer.Argument(help="Pruned model folder (config.json, weights, layerprune.json).")],
     repo_id: Annotated[str | None, typer.Option("--repo-id", help="Target repo; default <user>/<model>-pruned-<N>L.")] = None,

@@ -355,6 +355,10 @@ def settings_from_recipe(recipe) -> EvalSettings:
 def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = print) -> dict[str, Any]:
     """The pipeline's evaluation stage. When the recipe does not name a perplexity text and WikiText cannot be
     loaded (offline), perplexity is skipped with a note instead of failing the run."""
+    from hf_layerprune import distributed
+
+    if distributed.is_distributed():  # the pipeline calls this on rank 0 only (distributed.on_main)
+        log(f"Evaluating on rank 0 alone ({distributed.world().size} processes): lm-eval shares out only models it loads itself")
     s = settings_from_recipe(recipe)
     if not recipe.perplexity:
         try:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from hf_layerprune import distributed
 from hf_layerprune.base_view import as_base
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.absorb import AbsorbOptions, heal_absorb
@@ -196,8 +197,8 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
     source = recipe.heal_data or recipe.calibration
     log(f"Healing data: {samples} x {recipe.seq_len} tokens from {source} ({held_out} held out)")
     with as_base(base_model if base_model is not None else model) as generator:  # `self` text: the unpruned model
-        ids = calibration_batches(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
-                                  seed=recipe.seed, text_column=recipe.text_column)
+        ids = distributed.on_main(calibration_batches, source, tokenizer, model=generator, samples=samples,
+                                  seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column, share=True)
         data = calibration_record(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
                                   seed=recipe.seed, text_column=recipe.text_column, batches=ids)
     stages = []

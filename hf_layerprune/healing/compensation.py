@@ -37,6 +37,7 @@ from typing import Iterator
 
 import torch
 
+from hf_layerprune import distributed
 from hf_layerprune.base_view import as_base
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
@@ -109,6 +110,15 @@ class LeastSquares:
             self.xte += x.T @ e
         self.e_sum += e.sum(0)
         self.count += e.shape[0]
+
+    def reduce(self) -> "LeastSquares":
+        """Sum every rank's accumulators (float64) in a multi-process launch; a no-op in one process."""
+        if distributed.is_distributed():
+            for name in ("xtx", "xte", "e_sum"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, distributed.all_sum(getattr(self, name)))
+            self.count = int(distributed.all_sum_floats([self.count])[0])
+        return self
 
     def mean(self) -> torch.Tensor:
         return self.e_sum / max(self.count, 1)
@@ -190,7 +200,8 @@ def fit_site(
     """Fit the correction at `site` so that pruned point `site.point` matches base point `base_point`."""
     acc = None
     module = site.module(ctx.model)
-    for start in range(0, len(ctx.train_ids), options.batch_size):
+    starts = list(range(0, len(ctx.train_ids), options.batch_size))
+    for start in distributed.shard(starts):  # several processes: each fits its share of the batches
         batch = ctx.train_ids[start : start + options.batch_size]
         with ctx.as_base() as base:
             target = capture(base, batch, points=[base_point])["points"][base_point]
@@ -199,6 +210,9 @@ def fit_site(
         if acc is None:
             acc = LeastSquares(error.shape[-1], with_x=mode != "bias")
         acc.add(got["modules"]["y"], error)
+    if acc is None:  # a rank without batches adds zeros
+        acc = LeastSquares(ctx.model.config.hidden_size, with_x=mode != "bias")
+    acc.reduce()
     if mode == "bias":
         return Correction(site.path, bias=acc.mean())
     return Correction(site.path, delta=acc.solve(options.ridge, options.rank))

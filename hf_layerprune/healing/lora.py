@@ -173,6 +173,7 @@ def training_record(method: str, options: LoraOptions, config, run: dict, ctx: H
         "gradient_checkpointing": run["gradient_checkpointing"],
         "optimizer": run["optimizer"],
         "losses": run["losses"],
+        **{k: run[k] for k in ("world_size", "per_device_batch_size") if k in run},  # a multi-process launch
     }
 
 

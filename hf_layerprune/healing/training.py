@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from hf_layerprune import progress
+from hf_layerprune import distributed, progress
 
 
 class Rows(torch.utils.data.Dataset):
@@ -80,11 +80,12 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
     if bf16 is None:
         bf16 = (not on_cpu) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     quiet = not settings.progress or progress.active()  # a display shows our own bar instead of the Trainer's
+    per_device = distributed.per_device_batch(settings.batch_size)  # several processes share each step's batch
     with tempfile.TemporaryDirectory(prefix="hf-layerprune-heal-") as out:
         args = TrainingArguments(
             output_dir=out,
             max_steps=settings.steps,
-            per_device_train_batch_size=settings.batch_size,
+            per_device_train_batch_size=per_device,
             learning_rate=settings.learning_rate,
             lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup,
@@ -108,13 +109,16 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
             trainer.remove_callback(PrinterCallback)  # quiet: the losses are in the record, steps on our display
         start = time.perf_counter()
         trainer.train()
+        distributed.gather_trained(trainer, module)  # FSDP / DeepSpeed shards: the full trained weights, once
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
         del trainer
     module.eval()
     losses = [round(float(h["loss"]), 6) for h in history if "loss" in h]
     return {"steps": settings.steps, "losses": losses, "seconds": round(seconds, 3),
-            "samples_per_second": round(settings.steps * settings.batch_size / max(seconds, 1e-9), 3)}
+            "samples_per_second": round(settings.steps * settings.batch_size / max(seconds, 1e-9), 3),
+            **({"world_size": distributed.world().size, "per_device_batch_size": per_device}
+               if distributed.is_distributed() else {})}
 
 
 class _StepsToDisplay(TrainerCallback):

@@ -143,9 +143,9 @@ class ScoringContext:
         stats = ResidualStats(self.num_points)
         cache = ActivationCache(
             self.model, self.arch, self.batches, granularity=self.granularity, batch_size=self.batch_size,
-            keep_states=self.keep_states, on_points=stats.add,
+            keep_states=self.keep_states, on_points=stats.add, split=True,
         )
-        self._stats = stats
+        self._stats = stats.reduce()  # each rank captured its share of the micro-batches
         return cache
 
     def full_scores(self, metric: Metric) -> Scores:
@@ -169,4 +169,4 @@ class ScoringContext:
             return self._stats
         stats = ResidualStats(self.num_points)
         cache.walk(removed, stats.add)
-        return stats
+        return stats.reduce()

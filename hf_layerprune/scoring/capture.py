@@ -243,6 +243,16 @@ class ResidualStats:
         self.angle_sum += angular_distance(last.unsqueeze(2), last.unsqueeze(1)).sum(0).cpu()
         self.samples += batch
 
+    def reduce(self) -> "ResidualStats":
+        """Sum the statistics of every rank's share of the calibration set (float64; no-op in one process)."""
+        from hf_layerprune import distributed
+
+        if distributed.is_distributed():
+            self.cos_sum = distributed.all_sum(self.cos_sum)
+            self.angle_sum = distributed.all_sum(self.angle_sum)
+            self.tokens, self.samples = (int(v) for v in distributed.all_sum_floats([self.tokens, self.samples]))
+        return self
+
     @property
     def cos_mean(self) -> torch.Tensor:
         return self.cos_sum / max(self.tokens, 1)

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 
 import torch
 
+from hf_layerprune import distributed
 from hf_layerprune.scoring.base import Metric, Scores, register
 from hf_layerprune.scoring.capture import (
     layer_output,
@@ -69,7 +70,7 @@ def update_gradient_scores(ctx, removed: tuple[int, ...] = ()) -> list[float | N
                 if g is not None:
                     totals[u] += (g.float() * deltas[u].float()).sum(-1).abs().sum().item()
         out: list[float | None] = [None] * ctx.num_units
-        for u, v in totals.items():
+        for u, v in zip(totals, distributed.all_sum_floats(list(totals.values()))):  # every rank's micro-batches
             out[u] = v
         return out
     finally:
@@ -96,6 +97,11 @@ def taylor_scores(ctx, removed: tuple[int, ...] = ()) -> list[float | None]:
                 hidden = run_layers(layers, cap, cap.inputs[0], 0, skip=skip)
                 (nll_sum(ctx.model, ctx.arch, hidden, cap.ids) / cache.tokens).backward()
         taylor: list[float | None] = [None] * ctx.num_units
+        if distributed.is_distributed():  # the gradient of the whole calibration loss: every rank's share summed
+            for ps in params.values():
+                for p in ps:  # a rank without micro-batches has no gradient: it adds zeros
+                    local = p.grad if p.grad is not None else torch.zeros_like(p)
+                    p.grad = distributed.all_sum(local).to(device=p.device, dtype=p.dtype)
         for u, ps in params.items():
             taylor[u] = sum((p.detach().float() * p.grad.float()).abs().sum().item() for p in ps if p.grad is not None)
         return taylor

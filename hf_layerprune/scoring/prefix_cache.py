@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from hf_layerprune import distributed
 from hf_layerprune.scoring.capture import (
     BatchCapture,
     capture_batch,
@@ -43,18 +44,24 @@ class ActivationCache:
         batch_size: int = 4,
         keep_states: bool = True,
         on_points: Callable[[list[torch.Tensor]], None] | None = None,
+        split: bool = False,
     ) -> None:
         """`on_points(points)` sees every micro-batch's residual points during the capture pass (static metrics
         accumulate their statistics there, so they need no pass of their own). With ``keep_states=False`` only
-        each micro-batch's first input and layer arguments are kept (enough to replay the model)."""
+        each micro-batch's first input and layer arguments are kept (enough to replay the model).
+
+        With `split`, in a multi-process launch each rank keeps its share of the micro-batches (distributed.shard)
+        and the losses are summed over the ranks: every rank gets the loss of the whole calibration set."""
         self.model, self.arch, self.granularity = model, arch, granularity
         self.layers = arch.get_layers(model)
         self.num_layers = len(self.layers)
         self.keep_states = keep_states
         device = next(model.parameters()).device
         self.captures: list[BatchCapture] = []
+        self.split = split
+        micro = list(batches.split(batch_size))
         with torch.no_grad():
-            for ids in batches.split(batch_size):
+            for ids in distributed.shard(micro) if split else micro:
                 cap = capture_batch(model, arch, ids.to(device), sublayers=granularity != "block")
                 if on_points is not None:
                     on_points(cap.points())
@@ -62,7 +69,7 @@ class ActivationCache:
                 if not keep_states:
                     cap.inputs = cap.inputs[:1]
                 self.captures.append(cap)
-        self.tokens = sum(predicted_tokens(c.ids) for c in self.captures)
+        self.tokens = self._total(sum(predicted_tokens(c.ids) for c in self.captures))
         self._original = [list(c.inputs) for c in self.captures]
         self.removed: tuple[int, ...] = ()
 
@@ -103,7 +110,7 @@ class ActivationCache:
             for cap in self.captures:
                 hidden = run_layers(self.layers, cap, cap.inputs[start], start, skip=skip)
                 total += nll_sum(self.model, self.arch, hidden, cap.ids).item()
-        return total / self.tokens
+        return self._total(total) / self.tokens
 
     def naive_loss(self, extra: Iterable[int] = ()) -> float:
         """The same loss by running the whole stock model forward (what peers do for every candidate)."""
@@ -116,7 +123,14 @@ class ActivationCache:
                     total += torch.nn.functional.cross_entropy(
                         logits[row, :-1].float(), cap.ids[row, 1:], reduction="sum"
                     ).item()
-        return total / self.tokens
+        return self._total(total) / self.tokens
+
+    def _total(self, local: float) -> float:
+        """`local` summed over the ranks when the micro-batches are split (float64; int stays int)."""
+        if not (self.split and distributed.is_distributed()):
+            return local
+        total = distributed.all_sum_floats([float(local)])[0]
+        return int(round(total)) if isinstance(local, int) else total
 
     # ------------------------------------------------------------------------------------------ walks
 

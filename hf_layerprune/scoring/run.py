@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
+from hf_layerprune import distributed
 from hf_layerprune.calibration import calibration_batches, calibration_record
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric
@@ -95,8 +96,9 @@ def build_context(
     batches, record = None, None
     if any(m.needs_calibration for m in metrics):
         log(f"Calibration: {samples} x {seq_len} tokens from {calibration}")
-        batches = calibration_batches(
-            calibration, tokenizer, model=model, samples=samples, seq_len=seq_len, seed=seed, text_column=text_column
+        batches = distributed.on_main(  # one sampler in a multi-process launch: every rank scores the same text
+            calibration_batches, calibration, tokenizer, model=model, samples=samples, seq_len=seq_len, seed=seed,
+            text_column=text_column, share=True,
         )
         record = calibration_record(
             calibration, tokenizer, model=model, samples=samples, seq_len=seq_len, seed=seed, text_column=text_column,
