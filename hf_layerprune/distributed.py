@@ -237,19 +237,17 @@ def world_record() -> dict[str, int]:
     return {"world_size": size} if size > 1 else {}
 
 
-def check_recipe(recipe) -> None:
-    """What a multi-process launch cannot do, refused on every rank before any work (and the group joined)."""
+def check_recipe(recipe, trains: bool) -> None:
+    """What a multi-process launch cannot do, refused on every rank before any work (and the group joined).
+    `trains`: the recipe's heal chain has a trained healer (healing.trains)."""
     if not is_distributed():
         return
     if recipe.device_map:
         raise LayerPruneError("--device-map splits one model over the GPUs of one process; with torchrun or "
                               "accelerate launch each process holds its own copy: drop --device-map")
-    if recipe.granularity != "block" and recipe.heal not in (None, "none"):
-        from hf_layerprune.healing import _stages, get_healer
-
-        if any(get_healer(part)[0].trained for part in _stages(recipe.heal)):
-            raise LayerPruneError(f"--granularity {recipe.granularity} with a trained --heal runs in one process: "
-                                  "launch it without torchrun / accelerate")
+    if recipe.granularity != "block" and trains:
+        raise LayerPruneError(f"--granularity {recipe.granularity} with a trained --heal runs in one process: "
+                              "launch it without torchrun / accelerate")
     init()
 
 

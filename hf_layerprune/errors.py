@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from typing import Callable, TypeVar
 
@@ -89,6 +90,7 @@ def describe_os_error(exc: OSError) -> str:
 
 
 def _speaks(exc: LayerPruneError) -> bool:
-    from hf_layerprune.distributed import is_main
-
-    return is_main() and not getattr(exc, "quiet", False)
+    """Whether this process prints the error: in a multi-process launch only rank 0 does (the launcher's RANK, as
+    distributed.world reads it; errors.py imports no other module of the package)."""
+    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    return (not several or int(os.environ.get("RANK", "0") or 0) == 0) and not getattr(exc, "quiet", False)

@@ -24,6 +24,7 @@ from hf_layerprune.checks import check_recipe, check_target_against, preflight, 
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.gguf_route import resolve_format
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
+from hf_layerprune.healing import trains
 from hf_layerprune.finish import Timer, write_outputs
 from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
@@ -53,7 +54,7 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Report:
     """Check everything, then run the recipe's route; the returned Report is what `layerprune.json` holds."""
     check_recipe(recipe)
-    distributed.check_recipe(recipe)
+    distributed.check_recipe(recipe, trains(recipe.heal))
     if not recipe.output_dir:
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)

@@ -102,6 +102,11 @@ def _stages(spec: str | None) -> list[str]:
     return [part for part in split_chain(spec) if split_spec(part)[0] != "none"]
 
 
+def trains(spec: str | None) -> bool:
+    """Whether a `--heal` value has a trained healer (an optimizer loop) in its chain."""
+    return any(get_healer(part)[0].trained for part in _stages(spec))
+
+
 def check_heal(spec: str | None) -> None:
     """Validate a `--heal` value (names and options, every stage of a chain) before any work is done."""
     for part in _stages(spec):
@@ -227,4 +232,5 @@ __all__ = [
     "heal_for_recipe",
     "register",
     "split_chain",
+    "trains",
 ]
