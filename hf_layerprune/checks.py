@@ -21,6 +21,7 @@ from hf_layerprune.loading import Source, check_device, hub_files, resolve_sourc
 from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.scoring import get_metric
+from hf_layerprune.stages import uses_metric
 from hf_layerprune.selection import check_strategy, parse_protect
 from hf_layerprune.surgery import validate_removed
 
@@ -32,7 +33,7 @@ def check_recipe(recipe: Recipe) -> None:
     metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks."""
     recipe.validate_target()
     recipe.resolve_defaults()
-    if recipe.uses_metric and recipe.metric_name != AUTO:
+    if uses_metric(recipe) and recipe.metric_name != AUTO:
         get_metric(recipe.metric_name).check_granularity(recipe.granularity)
     if recipe.selection is not None:
         check_strategy(recipe.selection)

@@ -28,7 +28,8 @@ from hf_layerprune.healing import trains
 from hf_layerprune.finish import Timer, write_outputs
 from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
-from hf_layerprune.recipe import CONFIG_RULES, Recipe
+from hf_layerprune.recipe import Recipe
+from hf_layerprune.scoring import METRICS
 from hf_layerprune.report import CutSection, Report, SourceSection
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
 from hf_layerprune.surgery import kept_layers, remove_layers
@@ -38,7 +39,7 @@ Log = Callable[[str], None]
 
 def _needs_gguf_model(recipe: Recipe) -> bool:
     """A GGUF source is dequantized only for scoring, healing or evaluation; a plain cut copies its blocks."""
-    return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or recipe.uses_metric
+    return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or stages.uses_metric(recipe)
 
 
 def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
@@ -48,7 +49,7 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
         return True
     if recipe.layers or recipe.offload:
         return False
-    return recipe.metric_name not in CONFIG_RULES
+    return not METRICS.has(recipe.metric_name, "config_only")
 
 
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Report:
@@ -106,7 +107,7 @@ def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log)
 
 def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log) -> None:
     streamed = None
-    if recipe.offload and recipe.uses_metric:  # score before the model is loaded, one layer at a time
+    if recipe.offload and stages.uses_metric(recipe):  # score before the model is loaded, one layer at a time
         with timer.stage("score"):
             streamed = streamed_selection(local_checkpoint(source, allow_pickle=recipe.allow_pickle), recipe, log)
     model, tokenizer = load(recipe, source, report, timer, log)
@@ -115,7 +116,7 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
         # one copy of the weights: the base is a view over the pruned model (kept layers shared, removed layers held
         # aside, changed modules copied on write); the sub-layer route reloads the pruned model, the base is `model`
         base = SharedBase(model) if recipe.granularity == "block" else model
-    if recipe.rounds > 1 and recipe.uses_metric and recipe.granularity == "block" and streamed is None:
+    if recipe.rounds > 1 and stages.uses_metric(recipe) and recipe.granularity == "block" and streamed is None:
         return run_rounds(model, tokenizer, base, recipe, source, report, timer, log)
     with timer.stage("score"):
         removed, report.scoring = streamed or stages.select(model, tokenizer, recipe, log=log)

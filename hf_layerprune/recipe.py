@@ -34,7 +34,6 @@ DEFAULT_METRIC = AUTO
 DEFAULT_SUBLAYER_METRIC = "bi"
 DEFAULT_HEALER = "absorb"
 DEFAULT_SUBLAYER_HEALER = "none"
-CONFIG_RULES = ("last", "reverse")  # selections that need only the depth (selection.config_rule_layers)
 
 
 def default_metric(granularity: str = "block") -> str:
@@ -162,11 +161,6 @@ class Recipe:
     def metric_name(self) -> str:
         """The metric (or `auto`, or a config rule) this recipe selects with: its own, else the default."""
         return self.metric or default_metric(self.granularity)
-
-    @property
-    def uses_metric(self) -> bool:
-        """True when layers are chosen by scoring (not `--layers`, not a config-only rule such as `last`)."""
-        return not self.layers and self.metric_name not in CONFIG_RULES
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

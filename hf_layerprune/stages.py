@@ -32,9 +32,9 @@ from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
 from hf_layerprune.healing import heal_for_recipe
 from hf_layerprune.hub import publish_folder
 from hf_layerprune.loading import Source, load_model, resolve_source
-from hf_layerprune.recipe import AUTO, CONFIG_RULES, Recipe
+from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, Report, SourceSection, write_report
-from hf_layerprune.scoring import select_for_recipe
+from hf_layerprune.scoring import METRICS, select_for_recipe
 from hf_layerprune.selection import config_rule_layers
 from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers, validate_removed
 
@@ -47,13 +47,19 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def uses_metric(recipe: Recipe) -> bool:
+    """True when layers are chosen by scoring: not `--layers`, and not a metric with the `config_only` capability
+    (`last`, `reverse`: the selection needs only the depth)."""
+    return not recipe.layers and not METRICS.has(recipe.metric_name, "config_only")
+
+
 def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> tuple[Any, Any, SourceSection]:
     """The model and tokenizer the recipe names, and the report's source section (no copy is kept).
 
     A tokenizer is loaded only when a stage reads text: text calibration, healing or evaluation (`self`
     calibration samples token ids from the model, so scoring alone needs none)."""
     source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
-    scoring_text = bool(recipe.drop and recipe.metric_name not in CONFIG_RULES) and recipe.calibration != "self"
+    scoring_text = bool(recipe.drop and not METRICS.has(recipe.metric_name, "config_only")) and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
     log(f"Loading {source.name}")
     model, tokenizer = load_model(
@@ -84,7 +90,7 @@ def explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
 def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any] | None]:
     """The units to remove and the report's scoring section (None for `--layers` or a config-only rule):
     `auto` compares candidate cuts (auto.py), a metric scores and selects (scoring/), a rule needs only the depth."""
-    if not recipe.uses_metric:
+    if not uses_metric(recipe):
         return explicit_or_rule(recipe, model.config.num_hidden_layers), None
     if recipe.metric_name == AUTO:
         return auto_select(model, tokenizer, recipe, log=log)

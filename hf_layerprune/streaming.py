@@ -28,7 +28,7 @@ from hf_layerprune.report import CutSection, Report
 from hf_layerprune.scoring import get_metric, run_metric
 from hf_layerprune.scoring.run import default_batch_size
 from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
-from hf_layerprune.stages import explicit_or_rule
+from hf_layerprune.stages import explicit_or_rule, uses_metric
 from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_safetensors_header
 
 Log = Callable[[str], None]
@@ -79,7 +79,7 @@ def run_streaming(recipe: Recipe, source: Source, report: Report, timer, log: Lo
         config = AutoConfig.from_pretrained(src)
     get_architecture(config)
     num_layers = config.num_hidden_layers
-    if recipe.uses_metric:
+    if uses_metric(recipe):
         with timer.stage("score"):
             removed, report.scoring = streamed_selection(src, recipe, log)
     else:
