@@ -16,8 +16,10 @@ from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checkpoint import loading_error
 from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.evaluation import check_tasks, settings_from_recipe
-from hf_layerprune.healing import check_heal
+from hf_layerprune.healing import check_heal, split_chain
+from hf_layerprune.healing.base import split_spec
 from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
+from hf_layerprune.quantized import check_available
 from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.scoring import get_metric
@@ -33,6 +35,7 @@ def check_recipe(recipe: Recipe) -> None:
     metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks."""
     recipe.validate_target()
     recipe.resolve_defaults()
+    check_4bit(recipe)
     if uses_metric(recipe) and recipe.metric_name != AUTO:
         get_metric(recipe.metric_name).check_granularity(recipe.granularity)
     if recipe.selection is not None:
@@ -43,6 +46,47 @@ def check_recipe(recipe: Recipe) -> None:
     check_shard_size(recipe.max_shard_size)
     if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
         check_tasks(settings_from_recipe(recipe))
+
+
+def check_4bit(recipe: Recipe) -> None:
+    """`--load-in-4bit` runs what works on 4-bit weights: a metric, the cut, QLoRA in place, evaluation; the
+    16-bit output is written from the original shards (quantized.py). Everything else is refused up front."""
+    if not recipe.load_in_4bit:
+        return
+    if recipe.granularity != "block":
+        raise ConfigError("--load-in-4bit removes whole layers; --granularity attention|mlp exports a DeciLM model "
+                          "from the 16-bit weights, so run it without --load-in-4bit")
+    other = [name for name in (split_spec(part)[0] for part in split_chain(recipe.heal or "none"))
+             if name not in ("none", "qlora")]
+    if other:
+        raise ConfigError(f"--load-in-4bit heals with qlora (or none): --heal {other[0]} changes 16-bit weights, "
+                          "which a 4-bit model does not have")
+    if uses_metric(recipe) and recipe.metric_name == AUTO:
+        raise ConfigError("--metric auto judges its candidates with a closed-form healer on 16-bit weights; with "
+                          "--load-in-4bit name a metric (angular, the default here, bi, cosine, ...)")
+    if recipe.rounds > 1:
+        raise ConfigError("--rounds with --load-in-4bit would stack one unmerged adapter per round; use one round")
+    if recipe.offload:
+        raise ConfigError("--offload and --load-in-4bit are two ways to score a model larger than memory; give one")
+    if recipe.format in ("gguf", "both"):
+        raise ConfigError("--load-in-4bit writes safetensors; convert the written folder to GGUF in a second run "
+                          "(hf-layerprune prune DIR --layers ... --format gguf)")
+    if recipe.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16"):
+        raise ConfigError(f"--dtype {recipe.dtype} with --load-in-4bit: the dtype is the 4-bit model's compute dtype, "
+                          "bfloat16 (auto) or float16; the output keeps the checkpoint's own dtype")
+    check_available()
+
+
+def check_4bit_source(recipe: Recipe, source: Source, files: list[str] | None = None) -> None:
+    """The 4-bit route writes its output from the source's safetensors shards: a GGUF or pickle source has none."""
+    if not recipe.load_in_4bit:
+        return
+    if source.kind == "gguf":
+        raise ConfigError("--load-in-4bit reads a safetensors checkpoint; a .gguf model is already quantized: cut it "
+                          "without --load-in-4bit")
+    names = files if files is not None else [p.name for p in source.path.glob("*")] if source.path else []
+    if not any(str(name).endswith(".safetensors") for name in names):
+        raise ConfigError(f"--load-in-4bit writes the output from safetensors shards and {source.name} has none")
 
 
 def check_shard_size(text: str) -> None:

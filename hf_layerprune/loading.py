@@ -235,8 +235,10 @@ def load_model(
     need_tokenizer: bool = True,
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``; the tokenizer is None when the checkpoint has none and it is not needed."""
+    """Load ``(model, tokenizer)``; the tokenizer is None when the checkpoint has none and it is not needed.
+    ``load_in_4bit``: NF4 with double quantization (quantized.py), on `device` (default: CUDA when there is one)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -256,6 +258,13 @@ def load_model(
         kwargs["device_map"] = device_map
     if source.kind == "gguf" and want == "auto":
         want = torch.float32  # GGUF weights are dequantized; keep full precision unless asked otherwise
+    if load_in_4bit:
+        from hf_layerprune import quantized
+
+        want = torch.bfloat16 if want == "auto" else want  # the compute dtype; the checkpoint keeps its own
+        kwargs["quantization_config"] = quantized.config(want)
+        if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
+            kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs
@@ -276,7 +285,7 @@ def load_model(
     except Exception as exc:  # tiny test checkpoints have no tokenizer
         if need_tokenizer:
             raise LayerPruneError(f"could not load a tokenizer for {source.name}: {type(exc).__name__}") from None
-    if device and not device_map:
+    if device and not device_map and not load_in_4bit:
         model.to(device)
     model.eval()
     return model, tokenizer

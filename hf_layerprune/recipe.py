@@ -34,6 +34,11 @@ DEFAULT_METRIC = AUTO
 DEFAULT_SUBLAYER_METRIC = "bi"
 DEFAULT_HEALER = "absorb"
 DEFAULT_SUBLAYER_HEALER = "none"
+# `--load-in-4bit` (the route for models larger than the device in 16-bit): Gromov et al.'s own recipe, angular
+# distance and QLoRA. `auto` and `absorb` change 16-bit weights (a fused down-projection, trained layers), which a
+# 4-bit model does not have; the adapter QLoRA trains is merged into the original shards when they are written.
+DEFAULT_4BIT_METRIC = "angular"
+DEFAULT_4BIT_HEALER = "qlora"
 
 
 def default_metric(granularity: str = "block") -> str:
@@ -105,6 +110,10 @@ class Recipe:
     trust_remote_code: bool = option(False, help="Let transformers run the checkpoint's own modeling code "
                                                  "(auto_map). Only for code you have read.",
                                      flag="--trust-remote-code", panel="Runtime")
+    load_in_4bit: bool = option(False, help="Load the model in 4-bit NF4 (bitsandbytes) to score, heal (qlora) and "
+                                            "evaluate it; the output is written from the original shards with the "
+                                            "adapter merged (models larger than the device in 16-bit).",
+                                flag="--load-in-4bit", panel="Runtime")
     offload: bool = option(False, help="Score one layer at a time from disk (models larger than memory).",
                            flag="--offload", panel="Runtime")
     device_map: str | None = option(help="accelerate device map for loading, e.g. auto (several GPUs).",
@@ -152,15 +161,17 @@ class Recipe:
     def resolve_defaults(self) -> "Recipe":
         """Fill the choices left to the tool (the default healer) so that the report names what really ran."""
         if self.heal is None:
-            self.heal = default_healer(self.granularity)
+            self.heal = DEFAULT_4BIT_HEALER if self.load_in_4bit else default_healer(self.granularity)
         if self.metric is None and self.drop and not self.layers:
-            self.metric = default_metric(self.granularity)
+            self.metric = self.metric_name
         return self
 
     @property
     def metric_name(self) -> str:
         """The metric (or `auto`, or a config rule) this recipe selects with: its own, else the default."""
-        return self.metric or default_metric(self.granularity)
+        if self.metric:
+            return self.metric
+        return DEFAULT_4BIT_METRIC if self.load_in_4bit else default_metric(self.granularity)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

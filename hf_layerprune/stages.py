@@ -19,10 +19,12 @@ that a stage run alone draws exactly what it draws inside the pipeline.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from hf_layerprune import progress
+from hf_layerprune import progress, quantized
 from hf_layerprune.auto import auto_select
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.card import record_base_card, render_card
@@ -31,11 +33,12 @@ from hf_layerprune.evaluation import evaluate_for_recipe
 from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
 from hf_layerprune.healing import heal_for_recipe
 from hf_layerprune.hub import publish_folder
-from hf_layerprune.loading import Source, load_model, resolve_source
+from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, Report, SourceSection, write_report
 from hf_layerprune.scoring import METRICS, select_for_recipe
 from hf_layerprune.selection import config_rule_layers
+from hf_layerprune.streamed_merge import write_merged
 from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers, validate_removed
 
 Log = Callable[[str], None]
@@ -44,7 +47,8 @@ __all__ = ["SharedBase", "card", "cut", "evaluate", "heal", "load", "publish", "
 
 
 def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as the model uses them (a packed 4-bit weight counts its unpacked shape)."""
+    return quantized.count_parameters(model)
 
 
 def uses_metric(recipe: Recipe) -> bool:
@@ -64,7 +68,7 @@ def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> t
     log(f"Loading {source.name}")
     model, tokenizer = load_model(
         source, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle, need_tokenizer=needs_text,
-        device_map=recipe.device_map, trust_remote_code=recipe.trust_remote_code,
+        device_map=recipe.device_map, trust_remote_code=recipe.trust_remote_code, load_in_4bit=recipe.load_in_4bit,
     )
     if recipe.granularity != "block":
         from hf_layerprune.sublayer import check_sublayer_support  # sublayer imports the DeciLM export (deferred)
@@ -72,10 +76,18 @@ def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> t
         check_sublayer_support(model.config.model_type)
     section = SourceSection(
         base_model=source.name, base_revision=source.revision,
-        model_type=model.config.model_type, dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        model_type=model.config.model_type, dtype=_dtype_name(model),
         num_layers_before=model.config.num_hidden_layers, parameters_before=count_parameters(model),
     )
     return model, tokenizer, section
+
+
+def _dtype_name(model) -> str:
+    """The weights' dtype; a model loaded in 4-bit names the checkpoint's (what the output is written in)."""
+    if quantized.is_4bit(model):
+        stored = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+        return str(stored or "bfloat16").replace("torch.", "")
+    return str(next(model.parameters()).dtype).replace("torch.", "")
 
 
 def explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
@@ -133,11 +145,24 @@ def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source
     source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     if source.kind == "dir":
         copy_side_files(source.path, folder)
-    if wants_safetensors(recipe):
+    if quantized.is_4bit(model):  # the 16-bit output, from the original shards with the adapter merged there
+        _save_from_shards(model, recipe, folder, source, removed or [])
+    elif wants_safetensors(recipe):
         model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return write_gguf(model, folder, recipe, source, removed or []) if wants_gguf(recipe) else None
+
+
+def _save_from_shards(model, recipe: Recipe, folder: Path, source: Source, removed: list[int]) -> None:
+    """A model loaded in 4-bit is never saved itself: the source's shards are cut on disk and the QLoRA adapter
+    (unmerged in the 4-bit model) is merged into their 16-bit weights one tensor at a time."""
+    state, scaling = quantized.unmerged_adapter(model)
+    checkpoint = local_checkpoint(source, allow_pickle=recipe.allow_pickle)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".shards-") as tmp:  # write_merged wants an empty folder
+        write_merged(checkpoint, tmp, removed, state, scaling or 1.0, max_shard_size=recipe.max_shard_size)
+        for path in Path(tmp).iterdir():
+            os.replace(path, folder / path.name)
 
 
 def card(folder: str | Path, report: Report | dict[str, Any], *, model: str | None = None) -> Path:

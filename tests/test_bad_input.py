@@ -129,6 +129,16 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prune-seqlen-word", ["prune", C, "--drop", "1", "--seq-len", "abc", "-o", OUT, *FAST], "--seq-len"),
     ("prune-rounds-zero", ["prune", C, "--drop", "1", "--rounds", "0", "-o", OUT, *FAST], "at least 1"),
     # --- prune: healing and evaluation options ----------------------------------------------------------------
+    # --- prune --load-in-4bit: what does not work on 4-bit weights is refused before loading --------------------
+    ("4bit-absorb", ["prune", C, "--drop", "1", "--metric", "bi", "--load-in-4bit", "--heal", "absorb", "--no-eval", "-o", OUT], "heals with qlora"),
+    ("4bit-chain", ["prune", C, "--drop", "1", "--metric", "bi", "--load-in-4bit", "--heal", "qlora+linear", "--no-eval", "-o", OUT], "--heal linear"),
+    ("4bit-auto", ["prune", C, "--drop", "1", "--metric", "auto", "--load-in-4bit", "--no-eval", "-o", OUT], "name a metric"),
+    ("4bit-sublayer", ["prune", C, "--drop", "1", "--granularity", "mlp", "--load-in-4bit", "--no-eval", "-o", OUT], "DeciLM"),
+    ("4bit-rounds", ["prune", C, "--drop", "2", "--rounds", "2", "--load-in-4bit", "--no-eval", "-o", OUT], "one round"),
+    ("4bit-offload", ["prune", C, "--drop", "1", "--offload", "--load-in-4bit", "--no-eval", "-o", OUT], "give one"),
+    ("4bit-gguf-out", ["prune", C, "--drop", "1", "--load-in-4bit", "--format", "gguf", "--no-eval", "-o", OUT], "writes safetensors"),
+    ("4bit-fp32", ["prune", C, "--drop", "1", "--load-in-4bit", "--dtype", "float32", "--no-eval", "-o", OUT], "compute dtype"),
+    ("4bit-pickle", ["prune", "{ws}/pickle", "--drop", "1", "--load-in-4bit", "--allow-pickle", "--no-eval", "-o", OUT], "safetensors shards"),
     ("prune-unknown-healer", ["prune", C, "--layers", "1", "--heal", "magic", "--no-eval", "-o", OUT], "magic"),
     ("prune-healer-option-typo", ["prune", C, "--layers", "1", "--heal", "distill:adapter=ful", "--no-eval", "-o", OUT], "ful"),
     ("prune-healer-chain-typo", ["prune", C, "--layers", "1", "--heal", "linear+nope", "--no-eval", "-o", OUT], "nope"),

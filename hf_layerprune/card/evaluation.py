@@ -70,6 +70,7 @@ def _settings_view(settings: dict[str, Any]) -> dict[str, Any]:
         "device": md(settings.get("device") or "–"),
         "dtype": md(settings.get("dtype") or "–"),
         "local": any(str(t).startswith("local_") for t in settings.get("tasks") or []),
+        "quantized": isinstance(settings.get("quantization"), dict),
     }
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hf_layerprune import quantized
 from hf_layerprune.base_view import as_base
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.evaluation.lm_eval_runner import (
@@ -370,6 +371,9 @@ def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = prin
             s.perplexity = None
     base_id = getattr(recipe, "model", None)
     section = evaluate_pair(base_model, model, tokenizer, s, base_id=base_id, base_revision=recipe.revision, log=log)
+    if quantized.is_4bit(model):  # `--load-in-4bit`: both evaluated as loaded, the adapter unmerged
+        record = quantized.describe(model)
+        section["settings"].update(dtype=f"4-bit NF4, {record['compute_dtype']} compute", quantization=record)
     if s.perplexity is None and not recipe.perplexity:
         section["perplexity_skipped"] = "WikiText-2 was not reachable; pass --perplexity FILE"
     return section

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from hf_layerprune import quantized
 from hf_layerprune.architectures import ARCHITECTURES, Architecture, get_architecture
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.base import HealContext, HealOptions, options_record
@@ -191,37 +192,36 @@ def heal_lora(ctx: HealContext, options: LoraOptions) -> dict:
 
 
 def check_qlora_available(method: str = "qlora") -> None:
-    """One-line errors when 4-bit training cannot run here."""
-    if not torch.cuda.is_available():
-        raise LayerPruneError(f"--heal {method} needs a CUDA GPU (bitsandbytes 4-bit); none is visible. Use --heal lora on CPU")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise LayerPruneError(f"--heal {method} needs bitsandbytes: pip install bitsandbytes (or use --heal lora)")
+    """One-line errors when 4-bit training cannot run here (no bitsandbytes; no CUDA and no CPU backend)."""
+    quantized.check_available(f"--heal {method}")
 
 
 def quantized_copy(model, compute_dtype: torch.dtype = torch.bfloat16):
-    """A 4-bit NF4 (double-quantized) copy of `model` on the current CUDA device, via a temporary checkpoint."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    """A 4-bit NF4 (double-quantized) copy of `model` on the current CUDA device (else the CPU), via a temporary
+    checkpoint."""
+    from transformers import AutoModelForCausalLM
 
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype,
-    )
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="hf-layerprune-4bit-") as tmp:
         model.save_pretrained(tmp)
         return AutoModelForCausalLM.from_pretrained(
-            tmp, quantization_config=quant, dtype=compute_dtype, device_map={"": torch.cuda.current_device()}
+            tmp, quantization_config=quantized.config(compute_dtype), dtype=compute_dtype, device_map={"": device}
         )
 
 
 def paged_optimizer() -> str:
-    return "paged_adamw_8bit" if importlib.util.find_spec("bitsandbytes") is not None else "adamw_torch"
+    """bitsandbytes' paged 8-bit AdamW on CUDA (QLoRA's optimizer); on the CPU, where paging does not exist, AdamW."""
+    cuda = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    return "paged_adamw_8bit" if cuda else "adamw_torch"
 
 
 def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
-    """Train on a 4-bit copy, merge into the original-precision pruned model."""
+    """Train on a 4-bit copy, merge into the original-precision pruned model. A model loaded in 4-bit
+    (`--load-in-4bit`) is trained in place and its adapter left unmerged: the save stage merges it into the
+    checkpoint's 16-bit shards (streamed_merge.py)."""
     check_qlora_available()
+    if quantized.is_4bit(ctx.model):
+        return _heal_4bit_in_place(ctx, options)
     from peft import prepare_model_for_kbit_training
 
     start = time.perf_counter()
@@ -233,19 +233,32 @@ def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
         ctx.model.to("cpu")
         torch.cuda.empty_cache()
     ctx.log("Quantizing the pruned model to 4-bit NF4 for training")
-    quantized = quantized_copy(ctx.model)
+    copy4 = quantized_copy(ctx.model)
     use_gc = options.gradient_checkpointing is not False
-    quantized = prepare_model_for_kbit_training(
-        quantized, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs={"use_reentrant": False}
+    copy4 = prepare_model_for_kbit_training(
+        copy4, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs={"use_reentrant": False}
     )
-    sub = HealContext(quantized, ctx.train_ids, ctx.eval_ids, ctx.base_model, ctx.report, ctx.log)
+    sub = HealContext(copy4, ctx.train_ids, ctx.eval_ids, ctx.base_model, ctx.report, ctx.log)
     run, state, config, _ = train_adapter(sub, options, "qlora", optim=paged_optimizer(), gradient_checkpointing_default=False)
     run["gradient_checkpointing"] = use_gc
-    del quantized, sub
-    torch.cuda.empty_cache()
+    del copy4, sub
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     ctx.model.to(home)
     merge_adapter(ctx.model, config, state, ctx)  # into the bf16/fp32 weights, not dequant(W4)
     record = training_record("qlora", options, config, run, ctx, time.perf_counter() - start)
     record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids), quantization="nf4 double-quant, bf16 compute",
                   merged_into=str(next(ctx.model.parameters()).dtype))
+    return record
+
+
+def _heal_4bit_in_place(ctx: HealContext, options: LoraOptions) -> dict:
+    """QLoRA on a model loaded in 4-bit: the adapter is trained on it in place and stays unmerged (the 4-bit
+    weights are never changed, so the base view needs no copy; "run as base" disables the adapter)."""
+    start = time.perf_counter()
+    loss_before = lm_loss(ctx.model, ctx.eval_ids)
+    run, _, config, _ = train_adapter(ctx, options, "qlora", optim=paged_optimizer())
+    record = training_record("qlora", options, config, run, ctx, time.perf_counter() - start)
+    record.update(loss_before=loss_before, loss_after=lm_loss(ctx.model, ctx.eval_ids),
+                  quantization="nf4 double-quant, loaded in 4-bit", merged_into="the checkpoint's shards, at save")
     return record
