@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=None, help="stop each run after this many seconds")
     parser.add_argument("--knobs", default="4,32,2", help="calibration samples, seq len, heal steps")
     parser.add_argument("--dtype", default=None, help="e.g. float32: this CPU runs bf16 matmuls slowly (no AVX512-BF16)")
+    parser.add_argument("--load-in-4bit", action="store_true", help="the 4-bit route (NF4, angular, QLoRA, streamed "
+                        "merge); ratios are then to the 16-bit checkpoint's bytes")
     args = parser.parse_args()
 
     work = HERE / "out" / "memory"
@@ -193,20 +195,25 @@ def main() -> None:
     samples, seq_len, steps = args.knobs.split(",")
     command = [str(ckpt), "--drop", str(drop), "--calibration-samples", samples, "--seq-len", seq_len, "--heal-steps", steps,
                "--limit", "4", "--tasks", "tiny_mc", "--include-path", str(tasks), "--perplexity", str(text),
-               "--perplexity-tokens", "256", "--overwrite", *(["--dtype", args.dtype] if args.dtype else [])]
+               "--perplexity-tokens", "256", "--overwrite", *(["--dtype", args.dtype] if args.dtype else []),
+               *(["--load-in-4bit"] if args.load_in_4bit else [])]
     print("command: hf-layerprune prune " + " ".join(command).replace(str(work), "OUT") + " -o OUT/pruned")
     kill = int(args.kill_gib * GiB)
     rows = []
-    for stale in ("pruned-ours", "pruned-peer"):  # a run stopped early must not show an older run's report
+    tag = "-4bit" if args.load_in_4bit else ""  # its own output and log: a 16-bit run may be going on beside it
+    for stale in (f"pruned-ours{tag}", f"pruned-peer{tag}"):  # a run stopped early must not show an older run's report
         shutil.rmtree(work / stale, ignore_errors=True)
     if not args.skip_ours:
-        out = work / "pruned-ours"
-        rows.append(("this tree", run(ROOT, [*command, "-o", str(out)], kill, work / "ours.log", args.time_limit), out))
+        out = work / f"pruned-ours{tag}"
+        rows.append(("this tree", run(ROOT, [*command, "-o", str(out)], kill, work / f"ours{tag}.log", args.time_limit),
+                     out))
     if args.peer:
-        out = work / "pruned-peer"
-        rows.append((args.peer, run(Path(args.peer), [*command, "-o", str(out)], kill, work / "peer.log", args.time_limit),
+        out = work / f"pruned-peer{tag}"
+        rows.append((args.peer, run(Path(args.peer), [*command, "-o", str(out)], kill, work / f"peer{tag}.log", args.time_limit),
                      out))
     for name, result, out in rows:
+        if args.load_in_4bit and weight_bytes is None:  # against the 16-bit weights the route never holds
+            weight_bytes = sum(p.stat().st_size for p in ckpt.glob("*.safetensors"))
         if weight_bytes is None and result["returncode"] == 0 and (out / "layerprune.json").exists():
             weight_bytes = json.loads((out / "layerprune.json").read_text())["memory"]["weight_bytes"]
             print(f"weights as loaded: {weight_bytes / GiB:.2f} GiB")

@@ -155,6 +155,8 @@ def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None
         shape.load_extra = (source.path / source.gguf_file).stat().st_size
     elif stored and stored != loaded:  # converted from the checkpoint's dtype: its (mmapped) pages are touched too
         shape.load_extra = shape.parameters * stored
+    if recipe.load_in_4bit:  # quantized from the mmapped checkpoint: its pages are resident while it loads (CPU)
+        shape.load_extra = 0 if device.startswith("cuda") else shape.parameters * (stored or 2)
     record = check_fits(shape, recipe, device=device)
     log(f"Memory estimate: {record['estimate_bytes'] / GiB:.1f} GiB of {record['budget_bytes'] / GiB:.1f} GiB "
         f"({record['budget_from']})")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_layerprune.distributed import world
 from hf_layerprune.errors import CheckpointError, ConfigError, HubAccessError, HubError, LayerPruneError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -256,6 +257,8 @@ def load_model(
     want = torch_dtype(dtype)
     if device_map:
         kwargs["device_map"] = device_map
+    if device is None and not device_map and torch.cuda.is_available():  # the GPU when there is one (this rank's)
+        device = f"cuda:{world().local_rank % torch.cuda.device_count()}"
     if source.kind == "gguf" and want == "auto":
         want = torch.float32  # GGUF weights are dequantized; keep full precision unless asked otherwise
     if load_in_4bit:

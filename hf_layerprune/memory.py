@@ -23,6 +23,7 @@ GiB = 2**30
 BUDGET_ENV = "HF_LAYERPRUNE_MEMORY_BUDGET"  # e.g. "20GiB": the budget the pre-flight check uses (default: the device's)
 RUNTIME_BYTES = int(0.6 * GiB)  # python, torch, transformers and the trainer imported: RSS on CPU
 EVAL_BYTES = int(0.15 * GiB)  # lm-eval and its task data
+NF4_BYTES = 0.516  # bytes per weight of NF4 with double quantization: 4 bits + an 8-bit absmax per 64 (+ fp32 per 256)
 
 
 def _vm_status(field_name: str) -> int | None:
@@ -197,6 +198,8 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     run, about drop/4 runs; linear/bias/projection: one down_proj per run; LoRA merges and distill: the LoRA
     targets, taken as all MLP weights; distill:adapter=full: every layer); trainer state (gradient and two AdamW
     moments per trained weight); calibration, evaluation logits (fp32) and one safetensors shard while saving."""
+    if getattr(recipe, "load_in_4bit", False):
+        return estimate_4bit(shape, recipe, device=device)
     from hf_layerprune.healing import split_chain
     from hf_layerprune.healing.base import split_spec
     e, W, Wl = shape.element_bytes, shape.weight_bytes, shape.layer_bytes
@@ -237,6 +240,33 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     stages = {k: runtime + W + v for k, v in stages.items()}
     return {"estimate_bytes": max(stages.values()), "weight_bytes": W, "stages": stages, "device": device,
             "parts": {"weights": W, "runtime": runtime, "copy_on_write": cow, "training": train, "save_buffer": save}}
+
+
+def estimate_4bit(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
+    """Peak bytes of `--load-in-4bit` by stage: the decoder layers' linear weights in NF4, embeddings, head and
+    norms in the compute dtype (2 bytes); QLoRA's adapter with its fp32 gradient and AdamW moments (rank 8 on the
+    MLP: tiny); the LM loss's logits; evaluation as in `estimate`. Nothing is copied: the adapter stays unmerged and
+    the output is written from the source's shards one tensor at a time. Loading reads the 16-bit checkpoint one
+    tensor at a time, but on the CPU its mmapped pages are counted in the resident set while it loads
+    (`load_extra`, set by the caller)."""
+    linear = shape.layer_parameters * shape.num_layers
+    W = int(linear * NF4_BYTES + (shape.parameters - linear) * 2)
+    runtime = 0 if device.startswith("cuda") else RUNTIME_BYTES
+    drop = recipe.drop or len(recipe.layers or []) or 1
+    kept = shape.num_layers - drop
+    seq = recipe.seq_len
+    logits = lambda batch, tokens: batch * tokens * shape.vocab * 4 * 3  # noqa: E731  logits, log-softmax, grad
+    adapter = kept * 3 * 8 * (shape.hidden + shape.down_parameters // shape.hidden) * 16  # rank 8, fp32 + grad + AdamW
+    activations = 4 * seq * shape.hidden * 2 * 24 * kept  # batch 4, bf16, ~24 saved tensors per layer
+    heal = adapter + activations + logits(4, seq) if recipe.heal not in (None, "none") else 0
+    score = 2 * recipe.calibration_samples * seq * shape.hidden * 4 + logits(1, seq)
+    tokens = min(512, recipe.perplexity_tokens or 512)
+    evaluate = EVAL_BYTES + max(logits(recipe.batch_size, 32), logits(1, tokens)) if recipe.evaluate else 0
+    save = 2 * shape.down_parameters * 4  # one weight and its merged delta in fp32
+    stages = {"load": shape.load_extra, "score": score, "heal": heal, "evaluate": adapter + evaluate, "save": save}
+    stages = {k: runtime + W + v for k, v in stages.items()}
+    return {"estimate_bytes": max(stages.values()), "weight_bytes": W, "stages": stages, "device": device,
+            "parts": {"weights": W, "runtime": runtime, "copy_on_write": 0, "training": adapter, "save_buffer": save}}
 
 
 def budget_bytes(device: str = "cpu") -> tuple[int, str]:
@@ -289,8 +319,10 @@ def check_fits(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     lean = dataclasses.replace(recipe, heal="none", evaluate=False)
     if estimate(shape, lean, device=device)["estimate_bytes"] <= budget:
         options.append("--heal none --no-eval")
-    if device.startswith("cuda"):
-        options.append("--heal qlora (4-bit training copy)")
+    if not getattr(recipe, "load_in_4bit", False) and recipe.granularity == "block":
+        four = dataclasses.replace(recipe, load_in_4bit=True, metric=None, heal=None).resolve_defaults()
+        if estimate(shape, four, device=device)["estimate_bytes"] <= budget:
+            options.append("--load-in-4bit (NF4: angular + QLoRA, the 16-bit output written from the shards)")
     streamed = RUNTIME_BYTES + 3 * shape.layer_bytes + min(2 * GiB, shape.weight_bytes)
     if streamed <= budget:
         options.append("--offload --metric bi --calibration FILE --heal none --no-eval (one layer in memory at a time)")

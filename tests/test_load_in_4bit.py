@@ -56,9 +56,12 @@ def test_defaults_are_gromovs_recipe():
         ("auto", "absorb")
 
 
-def test_output_is_the_source_shards_with_the_adapter_merged_in_16_bit(src, tmp_path, monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_output_is_the_source_shards_with_the_adapter_merged_in_16_bit(src, tmp_path, monkeypatch, device):
     """The written weights equal: the bf16 source, layers removed, the trained adapter merged by peft in memory
     (bit for bit); the 4-bit weights are never saved, and the output is a stock bf16 checkpoint."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     captured = {}
     real = quantized.unmerged_adapter
 
@@ -68,7 +71,7 @@ def test_output_is_the_source_shards_with_the_adapter_merged_in_16_bit(src, tmp_
 
     monkeypatch.setattr(quantized, "unmerged_adapter", spy)
     out = tmp_path / "out"
-    report = run(recipe(src, output_dir=str(out), evaluate=False), **QUIET)
+    report = run(recipe(src, output_dir=str(out), evaluate=False, device=device), **QUIET)
     removed = report.cut.removed_layers
     assert len(removed) == 2 and report.healing["method"] == "qlora"
     assert report.healing["loss_after"] < report.healing["loss_before"]
@@ -82,7 +85,7 @@ def test_output_is_the_source_shards_with_the_adapter_merged_in_16_bit(src, tmp_
     remove_layers(expected, removed)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["gate_proj", "up_proj", "down_proj"], lora_dropout=0.0)
     assert captured["scaling"] == 2.0
-    merged = merge_adapter(expected, config, {f"base_model.model.{k}": v for k, v in state.items()})
+    merged = merge_adapter(expected, config, {f"base_model.model.{k}": v.cpu() for k, v in state.items()})
     want = merged.state_dict()
     got = weights(out)
     assert set(got) == set(want)
