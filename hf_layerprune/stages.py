@@ -76,16 +76,21 @@ def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> t
         check_sublayer_support(model.config.model_type)
     section = SourceSection(
         base_model=source.name, base_revision=source.revision,
-        model_type=model.config.model_type, dtype=_dtype_name(model),
+        model_type=model.config.model_type, dtype=_dtype_name(model, source, recipe),
         num_layers_before=model.config.num_hidden_layers, parameters_before=count_parameters(model),
     )
     return model, tokenizer, section
 
 
-def _dtype_name(model) -> str:
-    """The weights' dtype; a model loaded in 4-bit names the checkpoint's (what the output is written in)."""
+def _dtype_name(model, source: Source, recipe: Recipe) -> str:
+    """The weights' dtype; a model loaded in 4-bit names the checkpoint's (what the output is written in): its
+    config as stored, since loading sets the model's config to the compute dtype."""
     if quantized.is_4bit(model):
-        stored = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision,
+                                            trust_remote_code=recipe.trust_remote_code)
+        stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         return str(stored or "bfloat16").replace("torch.", "")
     return str(next(model.parameters()).dtype).replace("torch.", "")
 

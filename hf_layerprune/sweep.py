@@ -19,7 +19,7 @@ from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
 from hf_layerprune.card import record_base_card, render_card
 from hf_layerprune.checks import check_recipe, check_target_against, source_config, source_paths
-from hf_layerprune.errors import LayerPruneError, OutputError
+from hf_layerprune.errors import ConfigError, LayerPruneError, OutputError
 from hf_layerprune.evaluation import headline
 from hf_layerprune.hub import _model_name
 from hf_layerprune.loading import resolve_source, resolved_revision
@@ -74,6 +74,8 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
         raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
     if recipe.granularity != "block":
         raise LayerPruneError("sweep removes whole layers; use prune --granularity for sub-layers")
+    if recipe.load_in_4bit:  # each depth is a reversible patch; an adapter trained in place is not undone
+        raise ConfigError("sweep does not take --load-in-4bit; run prune --load-in-4bit once per depth")
     check_recipe(dataclasses.replace(recipe, drop=max(depths), layers=None))
     recipe.resolve_defaults()
     root = Path(root)

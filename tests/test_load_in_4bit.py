@@ -148,3 +148,11 @@ def test_a_gguf_or_pickle_source_is_refused_before_loading(tmp_path):
     with pytest.raises(ConfigError, match="safetensors shards"):
         check_4bit_source(recipe, Source("hub", "org/m"), files=["config.json", "pytorch_model.bin"])
     check_4bit_source(recipe, Source("hub", "org/m"), files=["config.json", "model.safetensors"])
+
+
+def test_sweep_refuses_4bit(src, tmp_path):
+    from hf_layerprune.sweep import run_sweep
+
+    with pytest.raises(ConfigError, match="once per depth"):
+        run_sweep(recipe(src), [1, 2], tmp_path / "sweep", **QUIET)
+    assert not (tmp_path / "sweep").exists()

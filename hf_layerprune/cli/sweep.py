@@ -23,7 +23,7 @@ def parse_depths(text: str) -> list[int]:
 
 @app.command(cls=RegistryHelp)
 @cli_errors
-@with_recipe_options(exclude=("drop", "layers"))
+@with_recipe_options(exclude=("drop", "layers", "load_in_4bit"))  # each depth is undone; an adapter in place is not
 def sweep(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="Hub model id, local model directory, or .gguf file.")],
