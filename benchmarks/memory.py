@@ -189,7 +189,8 @@ def main() -> None:
         ckpt = work / f"llama-{args.shape}"
         size = build_checkpoint(ckpt, args.shape)
         print(f"checkpoint {ckpt}: {size / GiB:.2f} GiB bf16 ({time.perf_counter() - t0:.0f} s)")
-        weight_bytes = size * (2 if args.dtype in ("float32", "fp32") else 1)  # the weights as loaded
+        fp32 = args.dtype in ("float32", "fp32") and not args.load_in_4bit
+        weight_bytes = size * (2 if fp32 else 1)  # the weights as loaded (4-bit: the 16-bit checkpoint it never holds)
     tasks, text = eval_inputs(work)
     drop = args.drop or (8 if args.shape == "7b" else SHAPES[args.shape][2] // 4)
     samples, seq_len, steps = args.knobs.split(",")

@@ -71,9 +71,6 @@ def check_4bit(recipe: Recipe) -> None:
     if recipe.format in ("gguf", "both"):
         raise ConfigError("--load-in-4bit writes safetensors; convert the written folder to GGUF in a second run "
                           "(hf-layerprune prune DIR --layers ... --format gguf)")
-    if recipe.dtype not in ("auto", "bfloat16", "bf16", "float16", "fp16"):
-        raise ConfigError(f"--dtype {recipe.dtype} with --load-in-4bit: the dtype is the 4-bit model's compute dtype, "
-                          "bfloat16 (auto) or float16; the output keeps the checkpoint's own dtype")
     check_available()
 
 

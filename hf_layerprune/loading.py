@@ -264,7 +264,7 @@ def load_model(
     if load_in_4bit:
         from hf_layerprune import quantized
 
-        want = torch.bfloat16 if want == "auto" else want  # the compute dtype; the checkpoint keeps its own
+        want = torch.bfloat16 if want == "auto" else want  # the compute dtype (float32: fast on CPUs without bf16); the output keeps the checkpoint's
         kwargs["quantization_config"] = quantized.config(want)
         if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
             kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}

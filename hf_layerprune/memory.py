@@ -244,20 +244,24 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
 
 def estimate_4bit(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     """Peak bytes of `--load-in-4bit` by stage: the decoder layers' linear weights in NF4, embeddings, head and
-    norms in the compute dtype (2 bytes); QLoRA's adapter with its fp32 gradient and AdamW moments (rank 8 on the
+    norms in the compute dtype; QLoRA's adapter with its fp32 gradient and AdamW moments (rank 8 on the
     MLP: tiny); the LM loss's logits; evaluation as in `estimate`. Nothing is copied: the adapter stays unmerged and
     the output is written from the source's shards one tensor at a time. Loading reads the 16-bit checkpoint one
     tensor at a time, but on the CPU its mmapped pages are counted in the resident set while it loads
     (`load_extra`, set by the caller)."""
     linear = shape.layer_parameters * shape.num_layers
-    W = int(linear * NF4_BYTES + (shape.parameters - linear) * 2)
+    e = shape.element_bytes  # the compute dtype: embeddings, head and norms stay in it
+    W = int(linear * NF4_BYTES + (shape.parameters - linear) * e)
     runtime = 0 if device.startswith("cuda") else RUNTIME_BYTES
     drop = recipe.drop or len(recipe.layers or []) or 1
     kept = shape.num_layers - drop
     seq = recipe.seq_len
     logits = lambda batch, tokens: batch * tokens * shape.vocab * 4 * 3  # noqa: E731  logits, log-softmax, grad
     adapter = kept * 3 * 8 * (shape.hidden + shape.down_parameters // shape.hidden) * 16  # rank 8, fp32 + grad + AdamW
-    activations = 4 * seq * shape.hidden * 2 * 24 * kept  # batch 4, bf16, ~24 saved tensors per layer
+    inter = shape.down_parameters // shape.hidden
+    layer_activations = 4 * seq * (8 * shape.hidden + 4 * inter) * e  # batch 4: what one layer saves for backward
+    checkpointing = device.startswith("cuda")  # the trainer's default: on for CUDA, off on the CPU
+    activations = (kept * 4 * seq * shape.hidden * e + layer_activations) if checkpointing else kept * layer_activations
     heal = adapter + activations + logits(4, seq) if recipe.heal not in (None, "none") else 0
     score = 2 * recipe.calibration_samples * seq * shape.hidden * 4 + logits(1, seq)
     tokens = min(512, recipe.perplexity_tokens or 512)

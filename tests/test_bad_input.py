@@ -137,7 +137,6 @@ CASES: list[tuple[str, list[str], str]] = [
     ("4bit-rounds", ["prune", C, "--drop", "2", "--rounds", "2", "--load-in-4bit", "--no-eval", "-o", OUT], "one round"),
     ("4bit-offload", ["prune", C, "--drop", "1", "--offload", "--load-in-4bit", "--no-eval", "-o", OUT], "give one"),
     ("4bit-gguf-out", ["prune", C, "--drop", "1", "--load-in-4bit", "--format", "gguf", "--no-eval", "-o", OUT], "writes safetensors"),
-    ("4bit-fp32", ["prune", C, "--drop", "1", "--load-in-4bit", "--dtype", "float32", "--no-eval", "-o", OUT], "compute dtype"),
     ("4bit-pickle", ["prune", "{ws}/pickle", "--drop", "1", "--load-in-4bit", "--allow-pickle", "--no-eval", "-o", OUT], "safetensors shards"),
     ("prune-unknown-healer", ["prune", C, "--layers", "1", "--heal", "magic", "--no-eval", "-o", OUT], "magic"),
     ("prune-healer-option-typo", ["prune", C, "--layers", "1", "--heal", "distill:adapter=ful", "--no-eval", "-o", OUT], "ful"),

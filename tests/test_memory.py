@@ -79,3 +79,24 @@ def test_shape_from_the_config_alone_for_every_family(family):
     shape = shape_of(tiny_config(family, 6), 4)
     assert shape.parameters == tiny_model(family, 6).num_parameters()
     assert 0 < shape.down_parameters < shape.layer_parameters and shape.num_layers == 6
+
+
+def test_a_7b_on_a_24gb_gpu_budget_is_offered_the_4bit_route(monkeypatch):
+    """Llama-2-7B's shape (config only, meta device) in fp32 does not fit 16 GiB; the refusal names --load-in-4bit,
+    whose own estimate is the NF4 weights (~0.3 x the bf16 bytes) plus small terms."""
+    from transformers import LlamaConfig
+
+    from hf_layerprune.errors import ConfigError
+    from hf_layerprune.memory import GiB, check_fits
+
+    config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                         vocab_size=32000)
+    monkeypatch.setenv(BUDGET_ENV, "16GiB")
+    recipe = Recipe(model="x", drop=8, heal="absorb", calibration_samples=32, seq_len=256).resolve_defaults()
+    with pytest.raises(ConfigError, match="--load-in-4bit") as err:
+        check_fits(shape_of(config, 4), recipe, device="cuda")
+    assert "\n" not in str(err.value)
+    four = Recipe(model="x", drop=8, load_in_4bit=True, calibration_samples=32, seq_len=256).resolve_defaults()
+    got = estimate(shape_of(config, 2), four, device="cuda")
+    bf16 = shape_of(config, 2).weight_bytes
+    assert 0.28 * bf16 < got["weight_bytes"] < 0.32 * bf16 and got["estimate_bytes"] < 5 * GiB
