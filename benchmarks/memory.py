@@ -12,6 +12,10 @@ this tree's per-stage peaks from layerprune.json, and the peak, ratio and time o
 
     python benchmarks/memory.py --shape 1b            # ~1.1B parameters, 2.1 GiB bf16: minutes
     python benchmarks/memory.py --shape 7b --kill-gib 19  # Llama-2-7B shape, 12.6 GiB bf16
+    python benchmarks/memory.py --shape 1b --load-in-4bit --dtype float32 --peer ''  # the 4-bit route (NF4, angular,
+        # QLoRA in place, output streamed from the shards); float32 compute: this CPU's bf16 matmuls are slow
+
+On a CUDA machine benchmarks/gpu.sh runs the 7B shape both ways (per-stage peaks are then GPU memory).
 """
 
 from __future__ import annotations
