@@ -82,6 +82,25 @@ def auto_context(model, tokenizer, recipe, log: Log = print):
     )
 
 
+def _judge_all(model, tokenizer, recipe, judge: str, candidates: dict, log: Log) -> list[dict[str, Any]]:
+    """Each candidate selection's held-out loss after the judge healer, every one on the same held-out text."""
+    held_out = calibration_batches(
+        recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
+        seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
+    )[-HELD_OUT:]
+    num_layers = model.config.num_hidden_layers
+    quiet = dataclasses.replace(recipe, heal=judge)
+    log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
+        f"by held-out loss after --heal {judge}")
+    results = []
+    with progress.stage("select"):
+        bar = progress.task(f"candidates judged after --heal {judge}", total=len(candidates), unit="candidates")
+        for selected, entry in candidates.items():
+            results.append(_judge(model, tokenizer, quiet, judge, selected, entry, held_out, num_layers, log))
+            bar.advance(1)
+    return results
+
+
 def _judge(model, tokenizer, quiet, judge: str, selected, entry, held_out, num_layers: int, log: Log) -> dict[str, Any]:
     """One candidate: cut and heal in place as a reversible trial, its held-out loss, every bit restored."""
     removed = list(selected)
@@ -110,22 +129,15 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
         entry = candidates.setdefault(tuple(record["selected"]), {"metrics": [], "record": record})
         entry["metrics"].append(metric.name)
-    held_out = calibration_batches(
-        recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
-        seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
-    )[-HELD_OUT:]
     judge = ranking_healer(recipe.heal, model)
-    num_layers = model.config.num_hidden_layers
-    quiet = dataclasses.replace(recipe, heal=judge)
-    log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
-        f"by held-out loss after --heal {judge}")
-    results = []
-    with progress.stage("select"):
-        bar = progress.task(f"candidates judged after --heal {judge}", total=len(candidates), unit="candidates")
-        for selected, entry in candidates.items():
-            results.append(_judge(model, tokenizer, quiet, judge, selected, entry, held_out, num_layers, log))
-            bar.advance(1)
-    best = min(results, key=lambda r: r["held_out_loss"])
+    if len(candidates) == 1:  # every metric chose the same layers: nothing to judge (on a 7B CPU run, 44 minutes)
+        (selected, entry), = candidates.items()
+        log(f"{'/'.join(entry['metrics'])} agree on layers {list(selected)}: no candidates to judge")
+        results = [{"metrics": entry["metrics"], "selected": list(selected), "held_out_loss": None}]
+        best = results[0]
+    else:
+        results = _judge_all(model, tokenizer, recipe, judge, candidates, log)
+        best = min(results, key=lambda r: r["held_out_loss"])
 
     chosen = candidates[tuple(best["selected"])]["record"]
     record = {
@@ -133,7 +145,7 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         "metric": AUTO,
         "chosen_metric": best["metrics"][0],
         "candidates": results,
-        "judged_with": {"heal": judge, "held_out_samples": HELD_OUT, "seq_len": recipe.seq_len},
+        "judged_with": {"heal": judge, "held_out_samples": HELD_OUT, "seq_len": recipe.seq_len} if len(results) > 1 else None,
         "calibration": calibration,
         "seconds": round(time.perf_counter() - start, 3),
     }

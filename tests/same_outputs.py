@@ -3,6 +3,8 @@ the weight files' sha256 and the report without timings. `python tests/same_outp
 (run it with PYTHONPATH pointing at the code to record). tests/data/same_outputs.json is the golden recording:
 first made at cfb9032 (before the shared-weights base view, issue 22), matched by 33cab4b (issue 23 merged) after
 setting aside the records issue 23 added, and re-recorded there with them, before the stages refactor (issue 21).
+Re-recorded in session 11 with weights unchanged: `recipe.load_in_4bit` added, and `auto` no longer judges a single
+candidate (its `held_out_loss` and `judged_with` are null where the three metrics agree).
 tests/test_base_view.py compares the current code against it."""
 
 from __future__ import annotations

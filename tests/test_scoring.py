@@ -432,3 +432,18 @@ def test_auto_refuses_sublayers():
 
     with pytest.raises(LayerPruneError, match="whole layers"):
         auto_select(planted("llama"), None, Recipe(model="tiny", drop=1, granularity="attention"), log=quiet)
+
+
+def test_auto_judges_nothing_when_the_metrics_agree(monkeypatch):
+    """One distinct candidate: no held-out text is drawn and no healer runs (on a 7B CPU run that was 44 minutes)."""
+    from hf_layerprune import auto
+    from hf_layerprune.recipe import Recipe
+
+    model = tiny_model("llama", num_layers=6)
+    recipe = Recipe(model="x", drop=2, heal="absorb", calibration_samples=4, seq_len=16).resolve_defaults()
+    same = {"selected": [3, 4], "scores": []}
+    monkeypatch.setattr(auto, "run_metric", lambda metric, ctx, **kw: {**same, "metric": metric.name})
+    monkeypatch.setattr(auto, "_judge_all", lambda *a, **k: pytest.fail("judged a single candidate"))
+    removed, record = auto.auto_select(model, None, recipe, log=lambda m: None)
+    assert removed == [3, 4] and record["judged_with"] is None
+    assert record["candidates"] == [{"metrics": ["angular", "cosine", "bi"], "selected": [3, 4], "held_out_loss": None}]
