@@ -156,3 +156,20 @@ def test_sweep_refuses_4bit(src, tmp_path):
     with pytest.raises(ConfigError, match="once per depth"):
         run_sweep(recipe(src), [1, 2], tmp_path / "sweep", **QUIET)
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("local_rank, expected", [("0", "cuda:0"), ("3", "cuda:1")])
+def test_a_run_without_device_uses_this_ranks_gpu_when_there_is_one(src, monkeypatch, local_rank, expected):
+    """No --device: the GPU (LOCAL_RANK's, modulo the GPUs seen) when CUDA is available, else the CPU; an explicit
+    --device-map leaves placement to accelerate."""
+    from transformers import PreTrainedModel
+
+    moved = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setenv("RANK", local_rank)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(PreTrainedModel, "to", lambda self, *a, **k: moved.append(a[0]) or self)
+    load_model(str(src), need_tokenizer=False)
+    assert moved == [expected]
