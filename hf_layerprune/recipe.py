@@ -104,7 +104,8 @@ class Recipe:
     perplexity_tokens: int | None = option(help="Evaluate perplexity on at most this many tokens.", panel="Evaluation")
     # runtime
     dtype: str = option("auto", help="auto, float32, bfloat16 or float16.", panel="Runtime")
-    device: str | None = option(help="cpu, cuda, cuda:1 ...", panel="Runtime")
+    device: str | None = option(help="cpu, cuda, cuda:1 ... (default: the GPU when there is one, else cpu).",
+                                panel="Runtime")
     allow_pickle: bool = option(False, help="Allow loading pickle .bin checkpoints.", flag="--allow-pickle",
                                 panel="Runtime")
     trust_remote_code: bool = option(False, help="Let transformers run the checkpoint's own modeling code "
