@@ -267,7 +267,7 @@ def load_model(
         want = torch.bfloat16 if want == "auto" else want  # the compute dtype (float32: fast on CPUs without bf16); the output keeps the checkpoint's
         kwargs["quantization_config"] = quantized.config(want)
         if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
-            kwargs["device_map"] = {"": device or ("cuda" if torch.cuda.is_available() else "cpu")}
+            kwargs["device_map"] = {"": device or "cpu"}  # `device` is already this rank's GPU when there is one
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs

@@ -191,6 +191,17 @@ def element_bytes(recipe, config, gguf: bool) -> tuple[int, int | None]:
     return _dtype_bytes(want), stored
 
 
+def _logits(shape: Shape, batch: int, tokens: int) -> int:
+    """fp32 logits, their log-softmax and gradient for `batch` x `tokens`."""
+    return batch * tokens * shape.vocab * 4 * 3
+
+
+def _evaluate_bytes(shape: Shape, recipe) -> int:
+    """lm-eval imported and its batches of short multiple-choice contexts; perplexity windows one at a time."""
+    tokens = min(512, recipe.perplexity_tokens or 512)
+    return EVAL_BYTES + max(_logits(shape, recipe.batch_size, 32), _logits(shape, 1, tokens)) if recipe.evaluate else 0
+
+
 def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     """Peak bytes of the in-memory route for `recipe`, by stage: {"estimate_bytes", "stages", "parts"}.
 
@@ -204,11 +215,10 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     from hf_layerprune.healing.base import split_spec
     e, W, Wl = shape.element_bytes, shape.weight_bytes, shape.layer_bytes
     runtime = 0 if device.startswith("cuda") else RUNTIME_BYTES
-    tokens = min(512, recipe.perplexity_tokens or 512)
     drop = recipe.drop or len(recipe.layers or []) or 1
     runs = max(1, round(drop / 4))
     seq = recipe.seq_len
-    logits = lambda batch, tokens: batch * tokens * shape.vocab * 4 * 3  # noqa: E731  logits, log-softmax, grad
+    logits = lambda batch, tokens: _logits(shape, batch, tokens)  # noqa: E731
     stream = lambda samples: samples * seq * shape.hidden * e  # noqa: E731
     kept = shape.num_layers - drop
     cow = train = data = 0
@@ -233,8 +243,7 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     score = 0
     if recipe.drop and not recipe.layers and not recipe.offload:
         score = runs * shape.down_parameters * e + 2 * (shape.hidden + 1) ** 2 * 8 + logits(1, seq)
-    # lm-eval imported and its batches of short multiple-choice contexts; perplexity windows one at a time
-    evaluate = EVAL_BYTES + max(logits(recipe.batch_size, 32), logits(1, tokens)) if recipe.evaluate else 0
+    evaluate = _evaluate_bytes(shape, recipe)
     save = 64 * 2**20  # safetensors writes from the tensors' memory: no shard-sized buffer
     stages = {"load": shape.load_extra, "score": score, "heal": cow + train + data, "evaluate": cow + evaluate, "save": cow + save}
     stages = {k: runtime + W + v for k, v in stages.items()}
@@ -256,16 +265,14 @@ def estimate_4bit(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any
     drop = recipe.drop or len(recipe.layers or []) or 1
     kept = shape.num_layers - drop
     seq = recipe.seq_len
-    logits = lambda batch, tokens: batch * tokens * shape.vocab * 4 * 3  # noqa: E731  logits, log-softmax, grad
-    adapter = kept * 3 * 8 * (shape.hidden + shape.down_parameters // shape.hidden) * 16  # rank 8, fp32 + grad + AdamW
     inter = shape.down_parameters // shape.hidden
+    adapter = kept * 3 * 8 * (shape.hidden + inter) * 16  # rank 8, fp32 + grad + AdamW
     layer_activations = 4 * seq * (8 * shape.hidden + 4 * inter) * e  # batch 4: what one layer saves for backward
     checkpointing = device.startswith("cuda")  # the trainer's default: on for CUDA, off on the CPU
     activations = (kept * 4 * seq * shape.hidden * e + layer_activations) if checkpointing else kept * layer_activations
-    heal = adapter + activations + logits(4, seq) if recipe.heal not in (None, "none") else 0
-    score = 2 * recipe.calibration_samples * seq * shape.hidden * 4 + logits(1, seq)
-    tokens = min(512, recipe.perplexity_tokens or 512)
-    evaluate = EVAL_BYTES + max(logits(recipe.batch_size, 32), logits(1, tokens)) if recipe.evaluate else 0
+    heal = adapter + activations + _logits(shape, 4, seq) if recipe.heal not in (None, "none") else 0
+    score = 2 * recipe.calibration_samples * seq * shape.hidden * 4 + _logits(shape, 1, seq)
+    evaluate = _evaluate_bytes(shape, recipe)
     save = 2 * shape.down_parameters * 4  # one weight and its merged delta in fp32
     stages = {"load": shape.load_extra, "score": score, "heal": heal, "evaluate": adapter + evaluate, "save": save}
     stages = {k: runtime + W + v for k, v in stages.items()}

@@ -16,9 +16,6 @@ import torch
 
 from hf_layerprune.errors import LayerPruneError
 
-DESCRIPTION = "4-bit NF4 (bitsandbytes, double quantization)"
-
-
 def check_available(what: str = "--load-in-4bit") -> None:
     """One line when bitsandbytes cannot quantize here: not installed, or no CUDA and no CPU backend."""
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -67,9 +64,9 @@ def unmerged_adapter(model) -> tuple[dict[str, torch.Tensor], float | None]:
         lora_a, lora_b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
         if not isinstance(lora_a, torch.nn.ModuleDict) or getattr(module, "merged", False):
             continue
+        name = name.removeprefix("base_model.model.")
         for adapter in module.active_adapters:
             if adapter in lora_a:
-                name = name.removeprefix("base_model.model.")
                 state[f"{name}.lora_A.weight"] = lora_a[adapter].weight.detach()
                 state[f"{name}.lora_B.weight"] = lora_b[adapter].weight.detach()
                 scalings.add(float(module.scaling[adapter]))

@@ -33,6 +33,7 @@ from hf_layerprune.evaluation import evaluate_for_recipe
 from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
 from hf_layerprune.healing import heal_for_recipe
 from hf_layerprune.hub import publish_folder
+from hf_layerprune.quantized import count_parameters  # packed 4-bit weights at their real shape
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, Report, SourceSection, write_report
@@ -44,11 +45,6 @@ from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers, v
 Log = Callable[[str], None]
 
 __all__ = ["SharedBase", "card", "cut", "evaluate", "heal", "load", "publish", "save", "select"]
-
-
-def count_parameters(model) -> int:
-    """Parameters as the model uses them (a packed 4-bit weight counts its unpacked shape)."""
-    return quantized.count_parameters(model)
 
 
 def uses_metric(recipe: Recipe) -> bool:

@@ -23,14 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune import quantized
+from hf_layerprune.quantized import count_parameters
 from hf_layerprune.base_view import as_base
 
 NON_ATTENTION_LAYER_TYPES = {"linear_attention", "conv", "mamba", "mlp", "moe_only"}
-
-
-def count_parameters(model) -> int:
-    return quantized.count_parameters(model)
 
 
 def weights_bytes(model) -> int:
