@@ -278,6 +278,8 @@ def load_model(
         from hf_layerprune.checkpoint import loading_error
 
         raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
+    if load_in_4bit:
+        quantized.one_cpu_path(model)
     from hf_layerprune.architectures import get_architecture
 
     get_architecture(model.config)  # unknown families fail here, before any work

@@ -9,16 +9,17 @@ runs NF4 forward and LoRA backward on the CPU (slowly), which is what the tests 
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
 
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.third_party import allow_bitsandbytes
+
 
 def check_available(what: str = "--load-in-4bit") -> None:
     """One line when bitsandbytes cannot quantize here: not installed, or no CUDA and no CPU backend."""
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if allow_bitsandbytes() is None:
         raise LayerPruneError(f"{what} needs bitsandbytes: pip install 'hf-layerprune[quantization]'")
     if torch.cuda.is_available():
         return
@@ -37,6 +38,24 @@ def config(compute_dtype: torch.dtype = torch.bfloat16):
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=compute_dtype)
+
+
+def one_cpu_path(model):
+    """Keep every 4-bit linear layer of `model` on bitsandbytes' portable CPU path; returns the model.
+
+    bitsandbytes 0.50 on a CPU with AVX512-BF16 repacks a `Linear4bit`'s weight, the first time the layer runs in
+    eval mode without gradients, for a fused bf16 kernel (`_convert_weight_packed_for_cpu`). That path
+    - crashes on shapes it cannot block (out_features not a multiple of 32, in_features not one of the blocksize:
+      "shape '[32, 0]' is invalid" on small models),
+    - computes in bf16 whatever compute dtype was chosen, so scores, losses and evaluations differ between CPUs,
+    - is lossy: it rounds the double-quantized absmax to bf16, which its inverse does not undo, so a model scored
+      in eval mode and then trained in place (`--load-in-4bit` + `qlora`) would train other weights than it scored,
+      and the fused op has no backward.
+    One arithmetic on every CPU matters more here than the fused kernel's speed; CUDA is unaffected."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def is_4bit(model) -> bool:

@@ -15,6 +15,10 @@ os.environ.setdefault("HF_LAYERPRUNE_RETRY_WAIT", "0.01")  # Hub retries back of
 import pytest  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 
+from hf_layerprune.third_party import hide_bitsandbytes  # noqa: E402
+
+hide_bitsandbytes()  # as the CLI does: 4-bit tests get it through quantized.check_available / allow_bitsandbytes
+
 WRITE_TOKEN = "hf_TestWriteToken0123456789abcdefXYZ"  # distinctive, so leak checks can grep for it
 READ_TOKEN = "hf_TestReadToken0123456789abcdefXYZ"
 USER, ORG = "alice", "acme"
@@ -57,6 +61,23 @@ def hub_server(tmp_path, monkeypatch):
     point_hub_client_at(server.url, cache_dir, monkeypatch)
     yield server
     server.stop()
+
+
+@pytest.fixture(params=["portable", "avx512bf16"])
+def bnb_cpu_path(request, monkeypatch):
+    """Both of bitsandbytes 0.50's CPU paths on any CPU: `Linear4bit` reads `has_avx512bf16()` when it is built and,
+    when true, repacks its weight for a fused bf16 kernel the first time it runs in eval mode without gradients.
+    Forcing the answer either way makes every 4-bit model built in the test take that branch (our
+    `quantized.one_cpu_path` must then keep it on the portable path, whatever the CPU says)."""
+    from hf_layerprune.third_party import allow_bitsandbytes
+
+    if allow_bitsandbytes() is None:
+        pytest.skip("bitsandbytes is not installed")
+    import bitsandbytes.nn.modules as bnb_modules
+
+    forced = request.param == "avx512bf16"
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: forced)
+    return request.param
 
 
 @pytest.fixture(scope="session")

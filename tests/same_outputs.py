@@ -5,6 +5,15 @@ first made at cfb9032 (before the shared-weights base view, issue 22), matched b
 setting aside the records issue 23 added, and re-recorded there with them, before the stages refactor (issue 21).
 Re-recorded in session 11 with weights unchanged: `recipe.load_in_4bit` added, and `auto` no longer judges a single
 candidate (its `held_out_loss` and `judged_with` are null where the three metrics agree).
+Session 12 (issue 31) added `tensors`, a fingerprint of every tensor, recorded on a CPU with AVX512-BF16 under
+`ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 DNNL_MAX_CPU_ISA=AVX2`, with which every weight hash of the
+recording (made on an AVX2 machine) came out identical.
+
+Why not bytes everywhere: a recipe that trains by gradient descent (TRAINED) sums in another order on another CPU
+(torch's AVX2 and AVX512 kernels, oneDNN, MKL), so its weights differ in the last bits, and the differences grow
+over the steps. Those recipes are compared by fingerprint within `TRAINED_RTOL`; every other recipe (surgery,
+closed-form fits, evaluation) by the sha256 of its files. Floats in the report are compared within `REPORT_RTOL`
+(a least-squares fit's loss moved by 1e-6 between the two kernels).
 tests/test_base_view.py compares the current code against it."""
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ RECIPES = {
                   "--include-path", "{tasks}"],
 }
 SWEEP = ["--drop", "1,2", "--heal", "linear", "--no-eval"]
+TRAINED = {"lora", "distill", "replace", "linear+distill", "rounds"}  # gradient descent: compared by fingerprint
+TRAINED_RTOL = 1e-6  # of each tensor's sum of |w|; AVX2 vs AVX512 measured at most 2.3e-9 (two training steps)
+REPORT_RTOL = 1e-5
 DROPPED = {"seconds", "timings", "tokens_per_second", "versions", "command", "speed", "wall_seconds", "output_dir",
            "memory", "preflight", "provenance"}  # provenance hashes config.json, which names the transformers version
 
@@ -48,10 +60,56 @@ def normalize(value, root: str):
     return value
 
 
+def fingerprint(path: Path) -> dict[str, list[float]]:
+    """Per tensor: the sum of |w| and the sum of w times a fixed random ±1 pattern (any change moves the second)."""
+    import torch
+    from safetensors.torch import load_file
+
+    out = {}
+    for name, tensor in sorted(load_file(path).items()):
+        flat = tensor.double().flatten()
+        signs = torch.randint(0, 2, (flat.numel(),), generator=torch.Generator().manual_seed(0)).double() * 2 - 1
+        out[name] = [round(float(flat.abs().sum()), 9), round(float((flat * signs).sum()), 9)]
+    return out
+
+
 def digest(out: Path, root: str) -> dict:
-    weights = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.safetensors"))}
+    files = sorted(out.glob("*.safetensors"))
+    weights = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     report = json.loads((out / "layerprune.json").read_text())
-    return {"weights": weights, "report": normalize(report, root)}
+    return {"weights": weights, "tensors": {p.name: fingerprint(p) for p in files}, "report": normalize(report, root)}
+
+
+def mismatches(got, want, path: str = "", rtol: float = REPORT_RTOL) -> list[str]:
+    """Where `got` differs from `want`: floats within `rtol`, everything else exactly."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        if got.keys() != want.keys():
+            return [f"{path}: keys {sorted(got.keys() ^ want.keys())}"]
+        return [m for k in got for m in mismatches(got[k], want[k], f"{path}.{k}", rtol)]
+    if isinstance(got, list) and isinstance(want, list):
+        if len(got) != len(want):
+            return [f"{path}: {len(got)} items != {len(want)}"]
+        return [m for i, (a, b) in enumerate(zip(got, want)) for m in mismatches(a, b, f"{path}[{i}]", rtol)]
+    if isinstance(got, float) and isinstance(want, float) and not isinstance(got, bool):
+        return [] if abs(got - want) <= rtol * max(abs(want), 1e-12) else [f"{path}: {got!r} != {want!r}"]
+    return [] if got == want else [f"{path}: {got!r} != {want!r}"]
+
+
+def compare(name: str, got: dict, want: dict) -> list[str]:
+    """A recipe's digest against the recording: bytes, or (TRAINED) fingerprints within TRAINED_RTOL of Σ|w|."""
+    problems = mismatches(got["report"], want["report"], "report")
+    if name not in TRAINED:
+        return problems + mismatches(got["weights"], want["weights"], "weights")
+    for file, tensors in want["tensors"].items():
+        mine = got["tensors"].get(file, {})
+        if mine.keys() != tensors.keys():
+            problems.append(f"{file}: tensors {sorted(mine.keys() ^ tensors.keys())}")
+            continue
+        for tensor, (abs_sum, projection) in tensors.items():
+            tol = TRAINED_RTOL * abs_sum + 1e-9
+            if abs(mine[tensor][0] - abs_sum) > tol or abs(mine[tensor][1] - projection) > tol:
+                problems.append(f"{file}:{tensor}: {mine[tensor]} != {[abs_sum, projection]}")
+    return problems
 
 
 def setup(root: Path) -> dict[str, str]:

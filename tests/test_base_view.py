@@ -151,11 +151,15 @@ def test_auto_judging_leaves_the_model_bit_identical(family):
     assert same_state(state(model), before)
 
 
-def test_outputs_are_byte_identical_to_the_golden_recording(tmp_path):
-    """Ten recipes (every healer, rounds, sub-layers, evaluation) and a sweep: weight hashes and layerprune.json
-    (timings, versions, hashes of the source excluded) equal the golden recording (tests/same_outputs.py says where
-    it came from: the deep-copy pipeline before issue 22, main before the stages refactor of issue 21)."""
+def test_outputs_are_identical_to_the_golden_recording(tmp_path):
+    """Ten recipes (every healer, rounds, sub-layers, evaluation) and a sweep equal the golden recording
+    (tests/same_outputs.py says where it came from): byte for byte (weight files' sha256) where the arithmetic is the
+    same on every CPU; recipes that train by gradient descent (`TRAINED`) by a fingerprint of every tensor within
+    `TRAINED_RTOL` of its sum of |w|, because their sums run in another order on another CPU's kernels (AVX2 vs
+    AVX512: at most 2.3e-9 of Σ|w| measured on this recording, against a tolerance of 1e-6); the report (timings, versions, hashes of the
+    source excluded) with floats within `REPORT_RTOL`."""
     from hf_layerprune.recipe import Recipe
+    from same_outputs import compare
 
     recorded = json.loads((HERE / "data" / "same_outputs.json").read_text())
     paths = setup(tmp_path)
@@ -168,11 +172,14 @@ def test_outputs_are_byte_identical_to_the_golden_recording(tmp_path):
             del recipe[key]
         return digest
 
+    problems = []
     for name in [*RECIPES, "sweep"]:
         got = run_recipe(name, tmp_path, paths)
         expected = recorded[name]
         if name == "sweep":
-            got = {d: without_new_options(v, expected[d]) for d, v in got.items()}
+            for folder, value in got.items():
+                problems += [f"sweep/{folder} {p}" for p in compare(name, without_new_options(value, expected[folder]),
+                                                                    expected[folder])]
         else:
-            got = without_new_options(got, expected)
-        assert got == expected, name
+            problems += [f"{name} {p}" for p in compare(name, without_new_options(got, expected), expected)]
+    assert not problems, "\n".join(problems[:20])

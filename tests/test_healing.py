@@ -127,6 +127,7 @@ def test_adapter_trained_on_a_copy_merges_into_the_original_weights():
     torch.testing.assert_close(logits(model, ids), logits(merged_copy, ids), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("bnb_cpu_path")
 def test_qlora_on_the_cpu_trains_a_4bit_copy_and_merges_into_the_original_weights(tmp_path):
     """bitsandbytes' CPU backend: the whole qlora healer runs in CI (4-bit NF4 copy, LoRA backward, merge)."""
     _, model, _ = pruned()
@@ -141,7 +142,11 @@ def test_qlora_on_the_cpu_trains_a_4bit_copy_and_merges_into_the_original_weight
 
 
 def test_qlora_and_4bit_teacher_fail_cleanly_without_a_4bit_backend_or_bitsandbytes(monkeypatch):
-    import bitsandbytes.functional
+    from hf_layerprune.third_party import allow_bitsandbytes
+
+    bitsandbytes = allow_bitsandbytes()
+    if bitsandbytes is None:
+        pytest.skip("bitsandbytes is not installed")
 
     base, model, report = pruned()
     ids = markov_ids(4)

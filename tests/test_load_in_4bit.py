@@ -24,6 +24,8 @@ from hf_layerprune.surgery import checkpoint_files, remove_layers
 from test_evaluation import DATA, TINY_TASK
 from tiny_models import VOCAB, save_word_tokenizer, tiny_model
 
+pytestmark = pytest.mark.usefixtures("bnb_cpu_path")  # every test on both of bitsandbytes' CPU paths (conftest)
+
 QUIET = dict(log=lambda message: None)
 FAST = dict(calibration_samples=8, seq_len=16, heal_steps=8, learning_rate=3e-2)
 TEXT = " ".join(f"w{3 + (7 * i) % 40}" for i in range(800))  # a cycle of the tiny vocabulary: learnable
@@ -173,3 +175,29 @@ def test_a_run_without_device_uses_this_ranks_gpu_when_there_is_one(src, monkeyp
     monkeypatch.setattr(PreTrainedModel, "to", lambda self, *a, **k: moved.append(a[0]) or self)
     load_model(str(src), need_tokenizer=False)
     assert moved == [expected]
+
+
+@pytest.mark.parametrize("hidden", [32, 64])  # 32: a shape the AVX512-BF16 repack cannot block; 64: one it can
+def test_4bit_logits_are_the_dequantized_weights_on_both_cpu_paths(tmp_path, bnb_cpu_path, hidden):
+    """Whatever the CPU, a 4-bit model computes in its compute dtype with the dequantized NF4 weights: equal to a
+    float32 model holding those weights (an independent computation through `dequantize_4bit`). Without
+    `quantized.one_cpu_path`, the forced AVX512-BF16 path repacks the weights in eval mode: the 32-wide model
+    crashes in bitsandbytes ("shape '[32, 0]' is invalid"), the 64-wide one computes in bf16 (or, on a CPU without
+    the instruction, runs the portable kernel on repacked bytes)."""
+    from bitsandbytes.functional import dequantize_4bit
+    from bitsandbytes.nn import Linear4bit
+
+    path = tmp_path / "m"
+    tiny_model("llama", num_layers=2, hidden_size=hidden, intermediate_size=2 * hidden).save_pretrained(path)
+    model, _ = load_model(str(path), dtype="float32", load_in_4bit=True, need_tokenizer=False)
+    reference = tiny_model("llama", num_layers=2, hidden_size=hidden, intermediate_size=2 * hidden)
+    modules = dict(reference.named_modules())
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, Linear4bit):
+                modules[name].weight.copy_(dequantize_4bit(module.weight.data, module.weight.quant_state).float())
+        ids = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+        got, want = model(ids).logits, reference(ids).logits
+    assert all(not getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+               for m in model.modules() if isinstance(m, Linear4bit))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

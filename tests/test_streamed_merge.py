@@ -79,7 +79,10 @@ def test_qlora_adapter_merged_by_streaming_on_cuda(tmp_path):
     of the same adapter into the bf16 pruned model in memory."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    pytest.importorskip("bitsandbytes")
+    from hf_layerprune.third_party import allow_bitsandbytes
+
+    if allow_bitsandbytes() is None:
+        pytest.skip("needs bitsandbytes")
     from peft import get_peft_model_state_dict
 
     from hf_layerprune.healing.lora import merge_adapter, quantized_copy

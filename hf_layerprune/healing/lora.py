@@ -204,9 +204,9 @@ def quantized_copy(model, compute_dtype: torch.dtype = torch.bfloat16):
     device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory(prefix="hf-layerprune-4bit-") as tmp:
         model.save_pretrained(tmp)
-        return AutoModelForCausalLM.from_pretrained(
+        return quantized.one_cpu_path(AutoModelForCausalLM.from_pretrained(
             tmp, quantization_config=quantized.config(compute_dtype), dtype=compute_dtype, device_map={"": device}
-        )
+        ))
 
 
 def paged_optimizer() -> str:
