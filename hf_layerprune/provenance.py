@@ -83,9 +83,16 @@ def _tasks_cache() -> str:
     return str(default_cache_dir().parent / "tasks")
 
 
+_RENDERED_TASKS = re.compile(r"(^|[/\\])hf-layerprune[/\\]tasks[/\\][0-9a-f]{12}[/\\]?$")
+
+
 def _rendered_tasks(value: Any) -> bool:
+    """An --include-path of the task YAMLs hf-layerprune rendered: under this machine's cache, or named like one
+    (`.../hf-layerprune/tasks/<12 hex>`), so an old report reads the same wherever its cache was."""
     if not isinstance(value, str):
         return False
+    if _RENDERED_TASKS.search(value):
+        return True
     try:
         return str(Path(value).expanduser().resolve()).startswith(str(Path(_tasks_cache()).resolve()))
     except OSError:
@@ -148,10 +155,12 @@ def provenance(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def portable_report(report: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``report`` with provenance recorded and no local path left (see the module docstring)."""
+def portable_report(report: dict[str, Any], *, record_provenance: bool = True) -> dict[str, Any]:
+    """A copy of ``report`` with provenance recorded and no local path left (see the module docstring).
+    ``record_provenance=False`` (the card) reads no file: it keeps the provenance the report already holds, so a card
+    renders the same on every machine, whatever files exist at the report's old paths."""
     out = dict(report)
-    record = provenance(report)
+    record = provenance(report) if record_provenance else report.get("provenance")
     if record:
         out["provenance"] = record
     if isinstance(out.get("command"), str):

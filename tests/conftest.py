@@ -9,8 +9,21 @@ subprocesses) the fixture patches those constants and the HfApi instances that c
 from __future__ import annotations
 
 import os
+import site
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_LAYERPRUNE_RETRY_WAIT", "0.01")  # Hub retries back off in milliseconds in tests
+
+# Caches and configs of this session live in a temporary folder, never in the developer's home (the guard below
+# fails a test that opens a file there): huggingface_hub's token and cache, datasets, lm-eval's and our caches,
+# matplotlib's. Set before any of them is imported (they read these once).
+SANDBOX = Path(tempfile.mkdtemp(prefix="hf-layerprune-tests-"))
+for _var, _sub in (("HF_HOME", "hf-home"), ("XDG_CACHE_HOME", "cache"), ("XDG_CONFIG_HOME", "config"),
+                   ("MPLCONFIGDIR", "matplotlib")):
+    os.environ[_var] = str(SANDBOX / _sub)
 
 import pytest  # noqa: E402
 from hub_server import HubServer  # noqa: E402
@@ -18,6 +31,62 @@ from hub_server import HubServer  # noqa: E402
 from hf_layerprune.third_party import hide_bitsandbytes  # noqa: E402
 
 hide_bitsandbytes()  # as the CLI does: 4-bit tests get it through quantized.check_available / allow_bitsandbytes
+
+# ------------------------------------------------------------------ no file outside the test's own places
+# Every file a test opens in this process (sys.addaudithook "open" events: Python's open, os.open, io) must lie in
+# a temporary folder, the checkout, ../shared (LAYERPRUNE_DATA_DIR), this interpreter's own library and packages,
+# or the operating system's folders. A test that reads a file present only on one machine (a model at an
+# absolute path in an old report, a token in the home folder) fails on every machine. Subprocesses are not watched.
+CHECKOUT = Path(__file__).resolve().parent.parent
+_paths = sysconfig.get_paths()
+_ALLOWED = [str(p) for p in (
+    Path(tempfile.gettempdir()).resolve(), SANDBOX.resolve(), CHECKOUT,
+    Path(os.environ.get("LAYERPRUNE_DATA_DIR") or CHECKOUT.parent / "shared").resolve(),
+    Path(sys.prefix).resolve(), Path(sys.exec_prefix).resolve(),
+    *(Path(p).resolve() for p in (_paths["purelib"], _paths["platlib"], *site.getsitepackages()))) ]
+_ALLOWED += ["/dev/", "/proc/", "/sys/", "/etc/", "/usr/", "/lib/", "/lib64/"]
+# the interpreter's standard library, but not packages installed beside it (outside this environment)
+_STDLIB = [str(Path(_paths[k]).resolve()) for k in ("stdlib", "platstdlib")]
+_STDLIB += [str(Path(p).resolve()) for p in sys.path if p and "site-packages" not in p]  # python3XX.zip, lib-dynload
+_FOREIGN_PACKAGES = [p + "/site-packages" for p in _STDLIB if p + "/site-packages" not in map(str, _ALLOWED)]
+OUTSIDE: list[str] = []
+
+
+def _inside(path: str) -> bool:
+    if any(path.startswith(p) for p in _FOREIGN_PACKAGES):
+        return any(path.startswith(p.rstrip("/") + "/") for p in _ALLOWED if p not in _STDLIB)
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in (*_ALLOWED, *_STDLIB))
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event != "open" or not args or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    try:
+        path = os.path.abspath(os.fsdecode(args[0]))
+    except (TypeError, ValueError):
+        return
+    if not _inside(path) and not _inside(os.path.realpath(path)):
+        OUTSIDE.append(path)
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    OUTSIDE.clear()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    if OUTSIDE:
+        opened = sorted(set(OUTSIDE))
+        OUTSIDE.clear()
+        raise AssertionError(f"{item.nodeid} opened files outside its temporary folders, the checkout and "
+                             f"../shared: {opened[:5]}")
+    return result
 
 WRITE_TOKEN = "hf_TestWriteToken0123456789abcdefXYZ"  # distinctive, so leak checks can grep for it
 READ_TOKEN = "hf_TestReadToken0123456789abcdefXYZ"

@@ -123,7 +123,7 @@ def card_text(report: dict[str, Any], *, model_name: str, repo_id: str | None = 
     """The full README.md text (YAML header + body) for ``report`` (local paths reduced to names: provenance.py)."""
     from hf_layerprune.provenance import portable_report
 
-    report = portable_report(report)
+    report = portable_report(report, record_provenance=False)
     info = dict(license_info or {})
     info["_resolved_link"] = _license_link(info, report.get("base_model"), report.get("base_revision"), output_dir)
     data = card_data(report, model_name=repo_id or model_name, license_info=info)
