@@ -69,16 +69,20 @@ def analyze(
 
         metric_spec = ",".join(AUTO_METRICS)
     log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731
-    log(f"Loading {model}")
-    loaded, tokenizer = load_model(
-        model, revision=recipe.revision, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle,
-        need_tokenizer=False,
-    )
-    result = run_analysis(
-        loaded, tokenizer, metric_spec, granularity=recipe.granularity, calibration=recipe.calibration,
-        samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column,
-        drop=recipe.drop, selection=recipe.selection, protect=recipe.protect, batch_size=batch_size, log=log,
-    )
+    from hf_layerprune.progress import Display
+
+    with Display("auto") as display:  # the libraries' bars and warnings go through our display, as in `prune`
+        display.message(f"Loading {model}")
+        loaded, tokenizer = load_model(
+            model, revision=recipe.revision, dtype=recipe.dtype, device=recipe.device, allow_pickle=recipe.allow_pickle,
+            need_tokenizer=False,
+        )
+        result = run_analysis(
+            loaded, tokenizer, metric_spec, granularity=recipe.granularity, calibration=recipe.calibration,
+            samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed,
+            text_column=recipe.text_column, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect,
+            batch_size=batch_size, log=display.message,
+        )
     result = {"model": model, **result}
     from hf_layerprune import distributed
 

@@ -469,6 +469,31 @@ def run_lm_eval(
     return {"results": results, "samples": samples, "settings": settings, "cached": cached}
 
 
+@contextlib.contextmanager
+def _quiet_git_hash():
+    """lm-eval 0.4 records `git describe --always` of the working directory in its results, letting git print
+    "fatal: not a git repository" on our stderr wherever a user runs outside a repository. Same answer, git's
+    stderr discarded (we do not use the hash)."""
+    import subprocess
+
+    import lm_eval.evaluator as evaluator
+
+    original = evaluator.get_git_commit_hash
+
+    def quiet() -> str | None:
+        try:
+            return subprocess.run(["git", "describe", "--always"], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        except (subprocess.CalledProcessError, OSError):
+            return None
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
 def _simple_evaluate(model, tokenizer, tasks, tm, *, num_fewshot, limit, batch_size, bootstrap_iters, max_length, offline):
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -479,7 +504,7 @@ def _simple_evaluate(model, tokenizer, tasks, tm, *, num_fewshot, limit, batch_s
     was_training = model.training
     model.eval()
     try:
-        with offline_datasets(bool(offline)):
+        with offline_datasets(bool(offline)), _quiet_git_hash():
             lm = HFLM(**kwargs)
             res = simple_evaluate(
                 model=lm, tasks=list(tasks), num_fewshot=num_fewshot, limit=limit, task_manager=tm,
