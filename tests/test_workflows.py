@@ -37,8 +37,10 @@ def render(value: str, context: dict[str, str]) -> str:
 
 
 def run_script(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], env={**os.environ, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=300, check=False)
+    """The step's bash with this interpreter's scripts (`hf-layerprune`) first on PATH, activated or not."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], env={**os.environ, "PATH": path, **env},
+                          cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
 def check_jsonschema(*paths: Path) -> subprocess.CompletedProcess:
