@@ -35,8 +35,7 @@ def permute(w, n_head: int):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_config(writer, config, name: str) -> None:
-    writer.add_name(name)
+def _write_config(writer, config) -> None:
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -88,8 +87,13 @@ def tensor_type(name: str, array, want: str):
 
 
 def export_gguf(model, path: str | Path, *, out_type: str = "BF16", tokenizer_dir: str | Path | None = None,
-                name: str | None = None) -> dict[str, Any]:
-    """Write `model` (a transformers causal LM of a FAMILIES type) to the GGUF file `path`."""
+                name: str | None = None, card=None) -> dict[str, Any]:
+    """Write `model` (a transformers causal LM of a FAMILIES type) to the GGUF file `path`.
+
+    `card` (a `gguf_metadata.CardFields`): the model is a pruned one; `general.*` then names it `<name>-pruned-<N>L`
+    with its base, licence and tags (gguf_metadata.py). Without it only `general.name` and the size label are set."""
+    from hf_layerprune import gguf_metadata
+
     import gguf
     import numpy as np
     import torch
@@ -103,7 +107,7 @@ def export_gguf(model, path: str | Path, *, out_type: str = "BF16", tokenizer_di
     writer = gguf.GGUFWriter(Path(path), gguf.MODEL_ARCH_NAMES[arch])
     # transformers 5 reads a llama-arch GGUF whose general.name contains "mistral" as model_type mistral, which its
     # own GGUF weight map then cannot place (gguf-py has no "mistral" arch): such files load in llama.cpp only
-    _write_config(writer, config, name or "model")
+    _write_config(writer, config)
     writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16,
                           "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -129,9 +133,16 @@ def export_gguf(model, path: str | Path, *, out_type: str = "BF16", tokenizer_di
             data = array.astype(np.float16)
         writer.add_tensor(gguf_name, data, raw_dtype=qtype)
         types[gguf_name] = qtype.name
+    shapes = [(n, tuple(info.shape)) for tensors in writer.tensors for n, info in tensors.items()]
+    if card is not None:
+        general = gguf_metadata.pruned_general({"general.name": name, "general.basename": name} if name else {}, shapes,
+                                               config.num_hidden_layers, card)
+    else:
+        general = {"general.name": name or "model", "general.size_label": gguf_metadata.size_label(shapes)}
+    gguf_metadata.write_to(writer, general)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return {"file": Path(path).name, "type": out_type, "architecture": arch.name.lower(), "tokenizer": has_tokenizer,
-            "tensors": len(types)}
+            "tensors": len(types), "general": general}

@@ -65,23 +65,35 @@ def output_name(source, num_layers: int, suffix: str = "") -> str:
     return gguf_output_name(name, num_layers)
 
 
-def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=print) -> dict[str, Any]:
-    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry."""
+def card_fields(report, recipe):
+    """The model card's base, licence and tags for the GGUF's `general.*` keys (gguf_metadata.py), from the report
+    as the run has filled it so far (the card itself is rendered after the weights are written)."""
+    from hf_layerprune.gguf_metadata import card_fields as fields
+
+    data = {**report.to_dict(), "recipe": recipe.to_dict()}
+    local_card = Path(recipe.model) / "README.md"
+    return fields(data, base_card=local_card if local_card.is_file() else None)
+
+
+def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=print, card=None) -> dict[str, Any]:
+    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry. `card`: card_fields."""
     if source.kind != "gguf":
         from hf_layerprune.gguf_export import export_gguf
+        from hf_layerprune.hub import _model_name
 
         out_type = recipe.gguf_type or "BF16"
         path = tmp / output_name(source, model.config.num_hidden_layers, f".{out_type}")
         log(f"Exporting {path.name} ({out_type})")
         tokenizer_dir = tmp if (tmp / "tokenizer.json").exists() else None
-        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=path.stem)
+        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=_model_name(source.name),
+                           card=card)
         return {"route": "export", **info}
     path = tmp / output_name(source, model.config.num_hidden_layers)
     replace, requantized = ({}, {}) if recipe.heal == "none" else changed_tensors(model, source, removed)
     log(f"Writing {path.name} from {source.gguf_file} ({len(replace)} re-quantized tensors)")
     from hf_layerprune.gguf_surgery import prune_gguf
 
-    info = prune_gguf(source_file(source), path, removed, replace=replace)
+    info = prune_gguf(source_file(source), path, removed, replace=replace, card=card)
     info.pop("replaced_tensors")
     return {"route": "surgery", **info, "requantized": requantized}
 

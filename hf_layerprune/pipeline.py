@@ -22,7 +22,7 @@ from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights, load_checkpoint
 from hf_layerprune.checks import check_4bit_source, check_recipe, check_target_against, preflight, source_config, source_paths
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.gguf_route import resolve_format
+from hf_layerprune.gguf_route import card_fields, resolve_format, wants_gguf
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
 from hf_layerprune.healing import trains
 from hf_layerprune.finish import Timer, write_outputs
@@ -149,7 +149,9 @@ def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report,
     """The save stage into a staging folder, then layerprune.json and the card; moved into place at the end."""
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
-            report.gguf = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers)
+            card = card_fields(report, recipe) if wants_gguf(recipe) else None
+            report.gguf = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers,
+                                      card=card)
         write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
 

@@ -316,6 +316,13 @@ def test_real_smollm2_q4_1_cut(tmp_path):
     name = "SmolLM2-135M-Instruct.Q4_1-pruned-24L.gguf"
     src, dst = GGUFReader(source), GGUFReader(out / name)
     assert dst.fields["llama.block_count"].contents() == 24
+    meta = {k: f.contents() for k, f in dst.fields.items()}
+    assert src.fields["general.size_label"].contents() == "135M" and meta["general.size_label"] == "113M"
+    assert meta["general.name"] == "Smollm2 135M 8k Lc100K Mix1 Ep2-pruned-24L"
+    assert meta["general.finetune"] == "8k-lc100k-mix1-ep2-pruned-24L" and meta["general.basename"] == "smollm2"
+    assert meta["general.base_model.count"] == 1
+    assert meta["general.base_model.0.name"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert meta["general.license"] == "apache-2.0" and meta["general.languages"] == ["en"]  # the source's, kept
     old = {t.name: t for t in src.tensors}
     for t in dst.tensors:
         parts = t.name.split(".")
@@ -375,3 +382,77 @@ def test_real_smollm2_healed_tensor_requantized_to_q4_1(tmp_path):
     assert written.tensor_type == GGMLQuantizationType.Q4_1
     assert np.asarray(written.data).tobytes() == quants.quantize(healed, GGMLQuantizationType.Q4_1).tobytes()
     assert load_gguf(out / name).config.num_hidden_layers == 24
+
+
+# --- general.* metadata (gguf_metadata.py) -------------------------------------------------------------------------
+
+
+def fields(path) -> dict:
+    """Every metadata value of a GGUF file, read by the gguf package's own reader."""
+    reader = GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}, reader
+
+
+def expected_size_label(reader) -> str:
+    """Parameters counted from the written tensors (no experts in these families)."""
+    from gguf.utility import model_weight_count_rounded_notation
+
+    return model_weight_count_rounded_notation(sum(int(t.n_elements) for t in reader.tensors), min_digits=2)
+
+
+def test_cut_gguf_says_it_is_pruned_on_every_family(q8_source, tmp_path):
+    from hf_layerprune.gguf_metadata import CardFields
+
+    card = CardFields(base="acme/tiny-base", hub=True, license="apache-2.0", tags=["layer-pruning", "gguf"])
+    # a source that already names a base (its own) and carries an old size label: both must be replaced
+    first = tmp_path / "first.gguf"
+    prune_gguf(q8_source, first, [0], card=CardFields(base="other/original", hub=True, license="mit"))
+    before, _ = fields(first)
+    assert before["general.base_model.0.repo_url"] == "https://huggingface.co/other/original"
+    out = tmp_path / "pruned.gguf"
+    prune_gguf(first, out, [1, 3], card=card)
+    meta, reader = fields(out)
+    assert meta["general.size_label"] == expected_size_label(reader) != before["general.size_label"]
+    assert meta["general.name"] == "model-pruned-3L" and meta["general.finetune"] == "pruned-3L"  # once, not twice
+    assert meta["general.base_model.count"] == 1
+    assert meta["general.base_model.0.name"] == "tiny-base"
+    assert meta["general.base_model.0.organization"] == "acme"
+    assert meta["general.base_model.0.repo_url"] == "https://huggingface.co/acme/tiny-base"
+    assert meta["general.license"] == "apache-2.0" and meta["general.tags"] == ["layer-pruning", "gguf"]
+    assert not [k for k in meta if k.startswith("general.base_model.1")]
+    # without a card the source file is the base, with no URL and the source's licence kept
+    plain = tmp_path / "plain.gguf"
+    prune_gguf(first, plain, [2])
+    meta, _ = fields(plain)
+    assert meta["general.base_model.0.name"] == "first.gguf" and "general.base_model.0.repo_url" not in meta
+    assert meta["general.license"] == "mit"
+
+
+def test_exported_gguf_carries_the_cards_licence_and_tags(tmp_path):
+    from huggingface_hub import ModelCard
+
+    src = tmp_path / "tiny-src"
+    tiny_model("qwen2", num_layers=4, use_sliding_window=False).save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = invoke("prune", src, "--layers", "1", "-o", out, "--format", "gguf", "--gguf-type", "Q8_0",
+                    "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    meta, reader = fields(out / report["gguf"]["file"])
+    card = ModelCard.load(out / "README.md").data
+    assert card.license == "mit" and meta["general.license"] == "mit"
+    assert meta["general.tags"] == card.tags and "pruned" in card.tags and "gguf" in card.tags
+    assert meta["general.name"] == "tiny-src-pruned-3L" and meta["general.basename"] == "tiny-src"
+    assert meta["general.size_label"] == expected_size_label(reader)
+    assert meta["general.base_model.0.name"] == "tiny-src" and "general.base_model.0.repo_url" not in meta
+
+
+def test_gguf_surgery_route_names_the_source_file(llama_q8, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("prune", llama_q8, "--layers", "4-5", "-o", out, "--format", "gguf", "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    meta, reader = fields(out / "tiny-llama.Q8_0-pruned-4L.gguf")
+    assert meta["general.base_model.0.name"] == "tiny-llama.Q8_0.gguf" and meta["general.name"] == "model-pruned-4L"
+    assert meta["general.size_label"] == expected_size_label(reader)
+    assert "pruned" in meta["general.tags"] and "gguf" in meta["general.tags"]
