@@ -225,6 +225,23 @@ def torch_dtype(name: str | None):
     return table[name]
 
 
+def own_decilm(source: Source) -> bool:
+    """A local folder holding our own DeciLM (sub-layer) export, whose code is the package's (checkpoint.py)."""
+    if source.kind != "dir" or not (source.path / "config.json").is_file():
+        return False
+    from hf_layerprune.checkpoint import is_our_decilm
+
+    return is_our_decilm(source.path)
+
+
+def check_loadable(source: Source, trust_remote_code: bool = False) -> None:
+    """Refuse, before any work, a local model that needs code of its own which is not our DeciLM export."""
+    from hf_layerprune.checkpoint import needs_code_error, remote_code
+
+    if source.kind == "dir" and not trust_remote_code and remote_code(source.path) and not own_decilm(source):
+        raise needs_code_error(source.name)
+
+
 def load_model(
     source: Source | str,
     *,
@@ -268,8 +285,14 @@ def load_model(
         kwargs["quantization_config"] = quantized.config(want)
         if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
             kwargs["device_map"] = {"": device or "cpu"}  # `device` is already this rank's GPU when there is one
+    model_class, ours = AutoModelForCausalLM, own_decilm(source)
+    if ours:  # our sub-layer export: the package's DeciLM classes, never the folder's copy of them (checkpoint.py)
+        from hf_layerprune.decilm import DeciLMConfig, DeciLMForCausalLM
+
+        model_class, kwargs["config"] = DeciLMForCausalLM, DeciLMConfig.from_pretrained(source.path)
+        kwargs.pop("trust_remote_code")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = model_class.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs
         )
     except LayerPruneError:
@@ -278,9 +301,10 @@ def load_model(
         from hf_layerprune.checkpoint import loading_error
 
         raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
-    from hf_layerprune.architectures import get_architecture
+    if not ours:
+        from hf_layerprune.architectures import get_architecture
 
-    get_architecture(model.config)  # unknown families fail here, before any work
+        get_architecture(model.config)  # unknown families fail here, before any work
     tokenizer = None
     try:
         tok_kwargs = {k: v for k, v in kwargs.items() if k != "quantization_config"}
