@@ -75,8 +75,15 @@ def card_fields(report, recipe):
     return fields(data, base_card=local_card if local_card.is_file() else None)
 
 
-def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=print, card=None) -> dict[str, Any]:
-    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry. `card`: card_fields."""
+def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=None, card=None) -> dict[str, Any]:
+    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry. `card`: card_fields.
+    `log`: default the run's display, else stderr (stdout is `push`'s URL)."""
+    if log is None:
+        import sys
+
+        from hf_layerprune import progress
+
+        log = progress.message if progress.active() else lambda text: print(text, file=sys.stderr)
     if source.kind != "gguf":
         from hf_layerprune.gguf_export import export_gguf
         from hf_layerprune.hub import _model_name

@@ -26,6 +26,8 @@ only the first half of the next N LFS uploads (storage corruption that only a do
 Also served: ``GET /api/models/{repo}/commits/{rev}`` (list_repo_commits), ``DELETE /api/repos/delete``,
 ``GET /api/models/{repo}/auth-check`` and gated repos (:meth:`HubServer.gate`: files answer 401/403 ``GatedRepo``),
 ``GET /api/users/{name}/overview`` and ``/api/organizations/{name}/overview`` (404 for unknown owners).
+Model tree: a commit whose README.md has invalid ``base_model`` / ``base_model_relation`` is refused (400) as the
+Hub does; a base in a namespace this server knows must exist here (:meth:`model_tree` reads them back).
 Inspection: :meth:`files`, :meth:`read`, :meth:`commits`, :meth:`refs`, :attr:`requests`, :meth:`count`.
 """
 
@@ -99,6 +101,22 @@ class Token:
         if self.role == "fineGrained":
             return "repo.write" in self.scoped.get(namespace, [])
         return self.orgs.get(namespace, "write") != "read"
+
+
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+
+def model_tree_of(card: bytes) -> dict[str, Any]:
+    """`base_model` (as a list) and `base_model_relation` of a README.md's YAML front matter."""
+    match = re.match(r"^---\n(.*?)\n---", card.decode("utf-8", errors="replace"), re.DOTALL)
+    try:
+        metadata = (yaml.safe_load(match.group(1)) if match else None) or {}
+    except yaml.YAMLError:
+        metadata = {}
+    bases = metadata.get("base_model") if isinstance(metadata, dict) else None
+    relation = metadata.get("base_model_relation") if isinstance(metadata, dict) else None
+    return {"base_model": [] if bases is None else bases if isinstance(bases, list) else [bases],
+            "base_model_relation": relation}
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -293,6 +311,17 @@ class HubServer:
     def commits(self, repo_id: str, revision: str = "main") -> list[dict[str, Any]]:
         """Commits reachable from `revision`, newest first: {oid, parent, summary, files, ...}."""
         return list(self.store.history(self._resolve(repo_id, revision)))
+
+    def model_tree(self, repo_id: str, revision: str = "main") -> dict[str, Any]:
+        """The card's model-tree fields at `revision`: {"base_model": [ids], "base_model_relation": str | None}."""
+        return model_tree_of(self.read(repo_id, "README.md", revision))
+
+    def namespaces(self) -> set[str]:
+        """Users and organizations this server knows (their repos can be checked for existence)."""
+        names = {t.user for t in self.tokens.values()} | set(self.organizations)
+        names |= {org for t in self.tokens.values() for org in t.orgs}
+        repos = self.store.root / "repos"
+        return names | ({p.name for p in repos.iterdir() if p.is_dir()} if repos.is_dir() else set())
 
     def count(self, method: str, path_prefix: str = "") -> int:
         return sum(1 for r in self.requests if r["method"] == method and r["path"].startswith(path_prefix))
@@ -787,6 +816,8 @@ class Handler(BaseHTTPRequestHandler):
             files = dict(base["files"])
             for line in lines:
                 self._apply(files, line["key"], line["value"])
+            if files.get("README.md") not in (None, base["files"].get("README.md")):
+                self._check_model_tree(f"{ns}/{name}", store.object_path(files["README.md"]["sha256"]).read_bytes())
             oid = store.new_commit(base["oid"], files, header.get("summary", ""), header.get("description", ""))
             answer = {"commitUrl": f"{self.hub.url}/{ns}/{name}/commit/{oid}", "commitOid": oid, "success": True}
             if create_pr:
@@ -816,6 +847,23 @@ class Handler(BaseHTTPRequestHandler):
                 del files[name]
         elif key != "header":
             raise HubError(400, f"unknown commit operation {key!r}")
+
+    def _check_model_tree(self, repo_id: str, card: bytes) -> None:
+        """The Hub refuses a README whose model-tree metadata is invalid: `base_model_relation` outside its four
+        values or without a `base_model`, a malformed id, the repo itself, or (where this server can know) a
+        model that does not exist: any repo id in a namespace that has repos or a user/org here."""
+        tree = model_tree_of(card)
+        bases, relation = tree["base_model"], tree["base_model_relation"]
+        if relation is not None and (relation not in BASE_MODEL_RELATIONS or not bases):
+            raise HubError(400, f'Invalid metadata in README.md.\n- "base_model_relation" with value "{relation}" '
+                           f"is not valid: one of {', '.join(BASE_MODEL_RELATIONS)}, with a base_model")
+        known = self.hub.namespaces()
+        for base in bases:
+            exists = self.hub.store.repo(base) is not None if isinstance(base, str) and "/" in base else False
+            if (not isinstance(base, str) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", base) or base == repo_id
+                    or (base.split("/")[0] in known and not exists)):
+                raise HubError(400, f'Invalid metadata in README.md.\n- "base_model" with value "{base}" is not '
+                               "valid. Use a model id from https://hf.co/models.")
 
     def _file_entry(self, data: bytes) -> dict[str, Any]:
         return {"sha256": self.hub.store.put_bytes(data), "size": len(data), "lfs": False}

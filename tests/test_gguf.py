@@ -456,3 +456,82 @@ def test_gguf_surgery_route_names_the_source_file(llama_q8, tmp_path):
     assert meta["general.base_model.0.name"] == "tiny-llama.Q8_0.gguf" and meta["general.name"] == "model-pruned-4L"
     assert meta["general.size_label"] == expected_size_label(reader)
     assert "pruned" in meta["general.tags"] and "gguf" in meta["general.tags"]
+
+
+# --- push --format both: the GGUF in a repo of its own (gguf_publish.split_views) ---------------------------------
+
+
+def push_both(llama_q8, out, repo, *extra):
+    from conftest import WRITE_TOKEN
+
+    return runner.invoke(app, ["push", str(llama_q8), "--layers", "4-5", "--heal", "none", "--no-eval", "--repo-id",
+                               repo, "-o", str(out), "--token", WRITE_TOKEN, *map(str, extra)])
+
+
+def test_push_both_puts_the_gguf_in_its_own_repo_with_a_quantized_edge(hub_server, llama_q8, tmp_path):
+    from conftest import ORG
+
+    repo, name = f"{ORG}/tiny-both", "tiny-llama.Q8_0-pruned-4L.gguf"
+    result = push_both(llama_q8, tmp_path / "out", repo)
+    assert result.exit_code == 0, result.output
+    model_files, gguf_files = set(hub_server.files(repo)), set(hub_server.files(f"{repo}-GGUF"))
+    assert "model.safetensors" in model_files and name not in model_files
+    assert {name, "README.md", "layerprune.json"} <= gguf_files and not any(f.endswith(".safetensors") for f in gguf_files)
+    assert hub_server.model_tree(f"{repo}-GGUF") == {"base_model": [repo], "base_model_relation": "quantized"}
+    assert "max |diff|" in result.stderr  # the pruned repo was reloaded with transformers, as today
+    assert f"Verified {name} before it reached main" in result.stderr
+    assert result.stdout.strip() == f"{hub_server.url}/{repo}"
+    gguf_card = hub_server.read(f"{repo}-GGUF", "README.md").decode()
+    assert "library_name: gguf" in gguf_card and f"llama-cli -hf {repo}-GGUF" in gguf_card
+    model_card = hub_server.read(repo, "README.md").decode()
+    assert f"llama-cli -hf {repo}-GGUF" in model_card and "library_name: transformers" in model_card
+    out = tmp_path / "out"
+    assert (out / name).is_file() and not (out / ".publish").exists()  # the local folder is as the run left it
+
+
+def test_failed_gguf_push_keeps_the_pruned_repo_and_says_how_to_resume(hub_server, llama_q8, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+
+    repo, gguf_repo = f"{ORG}/tiny-both", f"{ORG}/tiny-gguf-elsewhere"
+    hub_server.inject("POST", f"/api/models/{gguf_repo}/commit/", 403, times=1)
+    result = push_both(llama_q8, tmp_path / "out", repo, "--gguf-repo-id", gguf_repo)
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error:") and f"{repo} is published and verified" in last
+    resume = f"hf-layerprune upload {tmp_path / 'out'} --repo-id {repo} --gguf-repo-id {gguf_repo} --gguf-only"
+    assert resume in last
+    assert "model.safetensors" in hub_server.files(repo)  # the first push stands
+    assert hub_server.store.repo(gguf_repo) is None or not any(f.endswith(".gguf") for f in hub_server.files(gguf_repo))
+    result = runner.invoke(app, ["upload", str(tmp_path / "out"), "--repo-id", repo, "--gguf-repo-id", gguf_repo,
+                                 "--gguf-only", "--token", WRITE_TOKEN])
+    assert result.exit_code == 0, result.output
+    assert hub_server.model_tree(gguf_repo) == {"base_model": [repo], "base_model_relation": "quantized"}
+    assert len(hub_server.commits(repo)) == 2  # the resume did not push the pruned repo again (initial + model)
+
+
+def test_hub_refuses_a_gguf_card_whose_base_is_missing(hub_server, llama_q8, tmp_path):
+    """The local Hub checks the model tree as the Hub does: a quantized edge to a repo that is not there fails."""
+    from conftest import ORG, WRITE_TOKEN
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", str(llama_q8), "--layers", "4-5", "--heal", "none", "--no-eval", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["upload", str(out), "--repo-id", f"{ORG}/never-pushed", "--gguf-only",
+                                 "--token", WRITE_TOKEN])
+    assert result.exit_code != 0
+    assert '"base_model" with value "acme/never-pushed" is not valid' in result.stderr.replace("\n", " ")
+
+
+def test_upload_of_a_both_folder_says_how_to_resume_the_gguf(hub_server, llama_q8, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+
+    out, repo = tmp_path / "out", f"{ORG}/tiny-upload-both"
+    result = runner.invoke(app, ["prune", str(llama_q8), "--layers", "4-5", "--heal", "none", "--no-eval", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    hub_server.inject("POST", f"/api/models/{repo}-GGUF/commit/", 403, times=1)
+    result = runner.invoke(app, ["upload", str(out), "--repo-id", repo, "--token", WRITE_TOKEN])
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{repo} is published and verified" in last
+    assert f"`hf-layerprune upload {out} --repo-id {repo} --gguf-repo-id {repo}-GGUF --gguf-only`" in last
+    assert not (out / ".publish").exists()
