@@ -61,6 +61,15 @@ def removed_text(report: dict[str, Any], counts: bool = True) -> str:
     return "; ".join(parts) or "nothing"
 
 
+def collection_note(report: dict[str, Any]) -> str:
+    """A variant's note in a Hub collection: depth, parameters and the headline quality numbers."""
+    before, after = report.get("num_layers_before"), report.get("num_layers_after")
+    note = (f"{after} of {before} layers, {_count(report.get('parameters_after'))} parameters"
+            f"{_change(report.get('parameters_before'), report.get('parameters_after'))}")
+    quality = quality_line(report)
+    return note + (f"; {quality}" if quality else "")
+
+
 def rows(report: dict[str, Any], output: str | None, next_command: str | None) -> list[tuple[str, str]]:
     before, after = report.get("num_layers_before"), report.get("num_layers_after")
     out = [
