@@ -600,18 +600,16 @@ def collection_models(title: str, namespace: str, *, token: str | None) -> list[
     return []
 
 
-def pushed_report(repo_id: str, *, token: str | None) -> dict[str, Any] | None:
-    """A published variant's layerprune.json (None when the repo has none: not an hf-layerprune output)."""
+def pushed_json(repo_id: str, filename: str, *, token: str | None) -> dict[str, Any] | None:
+    """A JSON file of a published repo, e.g. a variant's layerprune.json (None when the repo has no such file)."""
     import json
 
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
 
-    from hf_layerprune.report import REPORT_FILENAME
-
-    with hub_errors(f"reading {REPORT_FILENAME} of {repo_id}", token):
+    with hub_errors(f"reading {filename} of {repo_id}", token):
         try:
-            path = retrying("hf_hub_download", hf_hub_download, repo_id, REPORT_FILENAME, token=token)
+            path = retrying("hf_hub_download", hf_hub_download, repo_id, filename, token=token)
         except (EntryNotFoundError, RemoteEntryNotFoundError):
             return None
     with open(path, encoding="utf-8") as f:

@@ -5,7 +5,8 @@ publishing and downloading a model use, with the same URLs, headers, status and 
 (as read by huggingface_hub 2.4.0):
 
 - ``GET  /api/whoami-v2``; ``POST /api/repos/create`` (409 when it exists); ``POST /api/validate-yaml``
-- ``GET  /api/models/{repo}[/revision/{rev}]`` (model_info, ``?blobs=1`` adds sizes and LFS info)
+- ``GET  /api/models/{repo}[/revision/{rev}]`` (model_info, ``?blobs=1`` adds sizes and LFS info; ``cardData``:
+  the README's front matter)
 - ``GET  /api/models/{repo}/tree/{rev}[/{path}]?recursive=&expand=``; ``GET /api/models/{repo}/refs``
 - ``POST|DELETE /api/models/{repo}/branch/{branch}``
 - ``POST /api/models/{repo}/preupload/{rev}``; ``POST /{repo}.git/info/lfs/objects/batch``; ``PUT /_lfs/{oid}``
@@ -110,15 +111,20 @@ class Token:
 BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
 
 
-def model_tree_of(card: bytes) -> dict[str, Any]:
-    """`base_model` (as a list) and `base_model_relation` of a README.md's YAML front matter."""
+def card_metadata(card: bytes) -> dict[str, Any]:
+    """A README.md's YAML front matter (model_info's `cardData`); {} when it has none or it does not parse."""
     match = re.match(r"^---\n(.*?)\n---", card.decode("utf-8", errors="replace"), re.DOTALL)
     try:
         metadata = (yaml.safe_load(match.group(1)) if match else None) or {}
     except yaml.YAMLError:
         metadata = {}
-    bases = metadata.get("base_model") if isinstance(metadata, dict) else None
-    relation = metadata.get("base_model_relation") if isinstance(metadata, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def model_tree_of(card: bytes) -> dict[str, Any]:
+    """`base_model` (as a list) and `base_model_relation` of a README.md's YAML front matter."""
+    metadata = card_metadata(card)
+    bases, relation = metadata.get("base_model"), metadata.get("base_model_relation")
     return {"base_model": [] if bases is None else bases if isinstance(bases, list) else [bases],
             "base_model_relation": relation}
 
@@ -612,6 +618,8 @@ class Handler(BaseHTTPRequestHandler):
             "modelId": f"{ns}/{name}", "author": ns, "sha": commit["oid"], "lastModified": commit["date"],
             "createdAt": repo["created"], "private": repo["private"], "disabled": False, "gated": False,
             "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+            **({"cardData": card_metadata(self.hub.store.object_path(commit["files"]["README.md"]["sha256"]).read_bytes())}
+               if "README.md" in commit["files"] else {}),
         })
 
     def list_refs(self, ns: str, name: str) -> int:

@@ -428,11 +428,12 @@ def test_cut_gguf_says_it_is_pruned_on_every_family(q8_source, tmp_path):
     assert meta["general.license"] == "mit"
 
 
-def test_exported_gguf_carries_the_cards_licence_and_tags(tmp_path):
+@pytest.mark.parametrize("family", list(GGUF_FAMILIES))
+def test_exported_gguf_carries_the_cards_licence_and_tags(family, tmp_path):
     from huggingface_hub import ModelCard
 
     src = tmp_path / "tiny-src"
-    tiny_model("qwen2", num_layers=4, use_sliding_window=False).save_pretrained(src)
+    tiny_model(family, num_layers=4, **GGUF_FAMILIES[family]).save_pretrained(src)
     (src / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n", encoding="utf-8")
     out = tmp_path / "out"
     result = invoke("prune", src, "--layers", "1", "-o", out, "--format", "gguf", "--gguf-type", "Q8_0",
@@ -535,3 +536,24 @@ def test_upload_of_a_both_folder_says_how_to_resume_the_gguf(hub_server, llama_q
     assert f"{repo} is published and verified" in last
     assert f"`hf-layerprune upload {out} --repo-id {repo} --gguf-repo-id {repo}-GGUF --gguf-only`" in last
     assert not (out / ".publish").exists()
+
+
+def test_hub_source_is_named_by_its_repo_in_the_gguf(hub_server, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+    from huggingface_hub import HfApi
+
+    src = tmp_path / "src"
+    tiny_model("llama", num_layers=4).save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n", encoding="utf-8")
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo(f"{ORG}/tiny-base")
+    api.upload_folder(repo_id=f"{ORG}/tiny-base", folder_path=str(src))
+    out = tmp_path / "out"
+    result = invoke("prune", f"{ORG}/tiny-base", "--layers", "1", "-o", out, "--format", "gguf", "--gguf-type", "Q8_0",
+                    "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    meta, _ = fields(out / report["gguf"]["file"])
+    assert meta["general.base_model.0.name"] == "tiny-base" and meta["general.base_model.0.organization"] == ORG
+    assert meta["general.base_model.0.repo_url"] == f"https://huggingface.co/{ORG}/tiny-base"
+    assert meta["general.license"] == "mit" and meta["general.name"] == "tiny-base-pruned-3L"

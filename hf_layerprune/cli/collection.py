@@ -31,6 +31,7 @@ def gather(repos: list[str], reports: dict[str, dict], title: str | None, *, tok
     """Create or update the collection of `repos` (Hub ids of published variants; `reports`: layerprune.json of
     those known already) plus the variants it holds; returns its URL."""
     from hf_layerprune import hub
+    from hf_layerprune.report import REPORT_FILENAME
     from hf_layerprune.summary import collection_note
 
     namespace = repos[0].split("/")[0]
@@ -38,7 +39,7 @@ def gather(repos: list[str], reports: dict[str, dict], title: str | None, *, tok
     title = title or default_collection_title(base)
     for repo_id in dict.fromkeys(repos + hub.collection_models(title, namespace, token=token)):
         if repo_id not in reports:
-            report = hub.pushed_report(repo_id, token=token)
+            report = hub.pushed_json(repo_id, REPORT_FILENAME, token=token)
             if report is None and repo_id in repos:
                 raise LayerPruneError(f"{repo_id} has no layerprune.json: not an hf-layerprune output")
             if report is not None:

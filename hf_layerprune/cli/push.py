@@ -41,7 +41,7 @@ def push(
 ) -> None:
     """Prune, heal, evaluate and card MODEL, then publish it to the Hub in one commit and verify it loads."""
     from hf_layerprune import hub
-    from hf_layerprune.cli.upload import check_gguf_target, publish_and_verify
+    from hf_layerprune.cli.upload import check_gguf_target, publish_and_verify, upload_flags
     from hf_layerprune.gguf_publish import GgufPushError
     from hf_layerprune.checks import check_recipe, planned_num_layers
     from hf_layerprune.pipeline import run
@@ -103,11 +103,3 @@ def push(
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def upload_flags(*, private: bool, revision: str | None, create_pr: bool, exist_ok: bool, verify: bool,
-                 trust: bool) -> list[str]:
-    """The `upload` flags that publish a kept folder exactly as the failed `push` would have."""
-    flags = [flag for flag, on in (("--private", private), ("--create-pr", create_pr), ("--exist-ok", exist_ok),
-                                   ("--no-verify", not verify), ("--trust-remote-code", trust)) if on]
-    return flags + (["--revision", revision] if revision else [])

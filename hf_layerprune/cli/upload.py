@@ -59,8 +59,6 @@ def upload(
     except GgufPushError as exc:
         import shlex
 
-        from hf_layerprune.cli.push import upload_flags
-
         resume = shlex.join(["hf-layerprune", "upload", str(directory), "--repo-id", repo_id, "--gguf-repo-id",
                              gguf_repo_id, "--gguf-only"] + upload_flags(private=private, revision=revision,
                             create_pr=create_pr, exist_ok=exist_ok, verify=verify, trust=trust_remote_code))
@@ -205,3 +203,11 @@ def default_commit_message(report: dict[str, Any], directory: Path) -> str:
     if before is not None and after is not None:
         return f"Upload {base} pruned from {before} to {after} layers (hf-layerprune)"
     return f"Upload {base} (hf-layerprune)"
+
+
+def upload_flags(*, private: bool, revision: str | None, create_pr: bool, exist_ok: bool, verify: bool,
+                 trust: bool) -> list[str]:
+    """The `upload` flags that publish a kept folder exactly as the failed `push` would have."""
+    flags = [flag for flag, on in (("--private", private), ("--create-pr", create_pr), ("--exist-ok", exist_ok),
+                                   ("--no-verify", not verify), ("--trust-remote-code", trust)) if on]
+    return flags + (["--revision", revision] if revision else [])
