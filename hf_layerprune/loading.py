@@ -225,20 +225,43 @@ def torch_dtype(name: str | None):
     return table[name]
 
 
+def code_folder(source: Source) -> Path | None:
+    """Where the source's config.json lies locally: its folder, or for a Hub id the cached snapshot of config.json
+    and the `.py` files its `auto_map` names (nothing else is downloaded); None when there is no config."""
+    if source.kind == "dir":
+        return source.path if (source.path / "config.json").is_file() else None
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import hf_hub_download
+
+    from hf_layerprune.checkpoint import read_json
+
+    try:
+        folder = Path(hf_hub_download(source.name, "config.json", revision=source.revision)).parent
+        modules = {str(ref).split("--")[-1].split(".")[0] for ref in (read_json(folder / "config.json").get("auto_map") or {}).values()}
+        for module in sorted(modules):
+            hf_hub_download(source.name, f"{module}.py", revision=source.revision)
+    except Exception:  # noqa: BLE001 - unreachable or odd repos: from_pretrained will say what is wrong
+        return None
+    return folder
+
+
 def own_decilm(source: Source) -> bool:
-    """A local folder holding our own DeciLM (sub-layer) export, whose code is the package's (checkpoint.py)."""
-    if source.kind != "dir" or not (source.path / "config.json").is_file():
+    """A folder or Hub repo holding our own DeciLM (sub-layer) export, whose code is the package's (checkpoint.py)."""
+    folder = code_folder(source)
+    if folder is None:
         return False
     from hf_layerprune.checkpoint import is_our_decilm
 
-    return is_our_decilm(source.path)
+    return is_our_decilm(folder)
 
 
 def check_loadable(source: Source, trust_remote_code: bool = False) -> None:
-    """Refuse, before any work, a local model that needs code of its own which is not our DeciLM export."""
+    """Refuse, before any work, a model that needs code of its own which is not our DeciLM export."""
     from hf_layerprune.checkpoint import needs_code_error, remote_code
 
-    if source.kind == "dir" and not trust_remote_code and remote_code(source.path) and not own_decilm(source):
+    folder = None if trust_remote_code else code_folder(source)
+    if folder is not None and remote_code(folder) and not own_decilm(source):
         raise needs_code_error(source.name)
 
 
@@ -289,7 +312,7 @@ def load_model(
     if ours:  # our sub-layer export: the package's DeciLM classes, never the folder's copy of them (checkpoint.py)
         from hf_layerprune.decilm import DeciLMConfig, DeciLMForCausalLM
 
-        model_class, kwargs["config"] = DeciLMForCausalLM, DeciLMConfig.from_pretrained(source.path)
+        model_class, kwargs["config"] = DeciLMForCausalLM, DeciLMConfig.from_pretrained(code_folder(source))
         kwargs.pop("trust_remote_code")
     try:
         model = model_class.from_pretrained(

@@ -81,3 +81,15 @@ def test_upload_verifies_a_sublayer_output_without_remote_code(hub_server, subla
     assert "Verified" in result.stderr and "max |diff| 0" in result.stderr
     assert {"modeling_decilm.py", "configuration_decilm.py", "config.json"} <= set(hub_server.files(repo))
     assert not folder_code_imported("tiny-attention-cut")
+
+
+def test_evaluate_loads_a_published_sublayer_output_from_the_hub(hub_server, sublayer_out, tmp_path):
+    src, text, out, _ = sublayer_out
+    repo = f"{ORG}/tiny-attention-cut-hub"
+    assert invoke("upload", out, "--repo-id", repo, "--token", WRITE_TOKEN).exit_code == 0
+    result = invoke("evaluate", repo, "--base", src, "--tasks", "none", "--perplexity", text, "--seq-len", "32",
+                    "--no-speed", "--json", tmp_path / "eval.json")
+    assert result.exit_code == 0, result.output
+    section = json.loads((tmp_path / "eval.json").read_text())
+    assert section["perplexity"]["pruned"]["perplexity"] != section["perplexity"]["base"]["perplexity"]
+    assert not folder_code_imported("tiny_attention_cut_hub") and not folder_code_imported("tiny-attention-cut-hub")
