@@ -484,6 +484,7 @@ def test_push_both_puts_the_gguf_in_its_own_repo_with_a_quantized_edge(hub_serve
     assert result.stdout.strip() == f"{hub_server.url}/{repo}"
     gguf_card = hub_server.read(f"{repo}-GGUF", "README.md").decode()
     assert "library_name: gguf" in gguf_card and f"llama-cli -hf {repo}-GGUF" in gguf_card
+    assert f"the GGUF build of [`{repo}`](https://huggingface.co/{repo})" in gguf_card
     model_card = hub_server.read(repo, "README.md").decode()
     assert f"llama-cli -hf {repo}-GGUF" in model_card and "library_name: transformers" in model_card
     out = tmp_path / "out"

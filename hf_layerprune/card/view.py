@@ -216,17 +216,18 @@ def _gguf_view(report: dict[str, Any], load_id: str) -> dict[str, Any] | None:
             how += f"; {len(requantized)} tensors changed by healing were re-quantized ({', '.join(changes)})"
         if info.get("per_layer_keys"):
             how += "; per-layer metadata sliced: " + ", ".join(f"`{k}`" for k in info["per_layer_keys"])
+    how = md(how)
     if report.get("gguf_of"):
-        how += f"; the GGUF build of [{report['gguf_of']}](https://huggingface.co/{report['gguf_of']})"
+        how += Markup("; the GGUF build of ") + model_link(report["gguf_of"])
     if report.get("gguf_repo"):  # published in a repo of its own (push --format both)
-        how += f"; published in its own repo, [{report['gguf_repo']}](https://huggingface.co/{report['gguf_repo']})"
+        how += Markup("; published in its own repo, ") + model_link(report["gguf_repo"])
     hub = "/" in load_id and not load_id.startswith(".")
     usage = f"llama-cli -m {name} -p \"The capital of France is\"\n"
     if hub:
         usage = f"llama-cli -hf {load_id} -p \"The capital of France is\"\nollama run hf.co/{load_id}\n"
     usage += ("python -c 'from transformers import AutoModelForCausalLM; "
               f"AutoModelForCausalLM.from_pretrained({json.dumps(str(load_id))}, gguf_file={json.dumps(name)})'")
-    return {"file": code(name), "how": md(how), "usage": codeblock(usage, "bash")}
+    return {"file": code(name), "how": how, "usage": codeblock(usage, "bash")}
 
 
 def _scores_table(scoring: dict[str, Any], removed: set[int], sub: dict[str, list[int]]) -> list[dict[str, Markup]]:
