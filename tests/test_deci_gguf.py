@@ -113,6 +113,8 @@ def test_deci_gguf_tensors_are_what_llama_cpps_loader_creates(deci_out):
                                                                   "output.weight"}
     assert meta["general.name"].endswith("-pruned-5L") and meta["general.size_label"]
     assert report["gguf"]["head_count"] == [4, 0, 4, 0, 0]
+    card = (out / "README.md").read_text(encoding="utf-8")
+    assert "llama.cpp's `deci` architecture" in card and "gguf_file=" not in card  # transformers cannot read deci
 
 
 def test_deci_graph_on_the_gguf_matches_the_decilm_model(deci_out):

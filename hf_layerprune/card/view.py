@@ -225,8 +225,11 @@ def _gguf_view(report: dict[str, Any], load_id: str) -> dict[str, Any] | None:
     usage = f"llama-cli -m {name} -p \"The capital of France is\"\n"
     if hub:
         usage = f"llama-cli -hf {load_id} -p \"The capital of France is\"\nollama run hf.co/{load_id}\n"
-    usage += ("python -c 'from transformers import AutoModelForCausalLM; "
-              f"AutoModelForCausalLM.from_pretrained({json.dumps(str(load_id))}, gguf_file={json.dumps(name)})'")
+    if info.get("architecture") != "deci":  # transformers' GGUF loader has no deci (sub-layer) architecture
+        usage += ("python -c 'from transformers import AutoModelForCausalLM; "
+                  f"AutoModelForCausalLM.from_pretrained({json.dumps(str(load_id))}, gguf_file={json.dumps(name)})'")
+    else:
+        how += Markup(" (llama.cpp's `deci` architecture: blocks without attention keep no KV cache)")
     return {"file": code(name), "how": how, "usage": codeblock(usage, "bash")}
 
 
