@@ -134,8 +134,7 @@ def job_env(token: str, server_url: str, **inputs: str) -> dict[str, str]:
     context.update({f"inputs.{k}": v for k, v in inputs.items()})
     publish = load(PUBLISH)["jobs"]["publish"]
     env = {key: render(str(value), context) for key, value in publish["env"].items()}
-    token_env = {key: render(str(value), context) for name in ("Prune, heal and publish", "Add the variant to the collection")
-                 for key, value in step(publish, name)["env"].items()}
+    token_env = {key: render(str(value), context) for key, value in step(publish, "Prune, heal and publish")["env"].items()}
     return {**env, **token_env, "HF_ENDPOINT": server_url}
 
 
@@ -196,14 +195,12 @@ def test_the_workflow_push_step_runs_against_the_local_hub(hub_server, pruned_mo
     assert WRITE_TOKEN not in result.stdout + result.stderr
 
 
-def test_the_workflow_collection_step_gathers_the_variant(hub_server, pruned_model_dir, tmp_path):
-    """After the push, the same job adds its variant to the collection (`hf-layerprune collection`), verbatim."""
+def test_the_workflow_publish_step_gathers_the_variant_in_a_collection(hub_server, pruned_model_dir, tmp_path):
+    """After the push, the same step adds its variant to the collection (`hf-layerprune collection`), verbatim."""
     env = {**job_env(WRITE_TOKEN, hub_server.url, model=str(pruned_model_dir(0)), collection="tiny variants"),
            **hub_server.env(tmp_path / "ci-cache", WRITE_TOKEN)}
-    publish = load(PUBLISH)["jobs"]["publish"]
-    for name in ("Prune, heal and publish", "Add the variant to the collection"):
-        result = run_script(step(publish, name)["run"], env, tmp_path)
-        assert result.returncode == 0, result.stderr
+    result = run_script(step(load(PUBLISH)["jobs"]["publish"], "Prune, heal and publish")["run"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
     [collection] = hub_server.collections.values()
     assert collection["title"] == "tiny variants" and collection["private"] is True
     assert [item["id"] for item in collection["items"]] == ["acme/tiny-llama-drop1"]
