@@ -124,9 +124,13 @@ def loading_error(exc: BaseException, what: str, label: str, trust_remote_code: 
     """One line for a failed from_pretrained; a model that needs its own code says how to allow it."""
     text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     if not trust_remote_code and ("trust_remote_code" in str(exc) or "custom code" in str(exc)):
-        return ConfigError(f"{label} needs code of its own (auto_map) to load; pass --trust-remote-code only if "
-                           "you have read that code and trust it")
+        return needs_code_error(label)
     return CheckpointError(f"{what}: {text}")
+
+
+def needs_code_error(label: str) -> ConfigError:
+    return ConfigError(f"{label} needs code of its own (auto_map) to load; pass --trust-remote-code only if "
+                       "you have read that code and trust it")
 
 
 def remote_code(directory: Path) -> dict[str, Any] | None:

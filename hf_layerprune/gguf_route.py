@@ -31,8 +31,13 @@ def resolve_format(recipe, source) -> str:
     if fmt not in FORMATS:
         raise LayerPruneError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
     if fmt != "safetensors" and recipe.granularity != "block":
-        raise LayerPruneError("GGUF output holds whole-layer cuts only; use --format safetensors with --granularity "
-                              f"{recipe.granularity}")
+        if source.kind == "gguf":
+            raise LayerPruneError("GGUF output of a .gguf source holds whole-layer cuts only; use --format "
+                                  f"safetensors with --granularity {recipe.granularity}")
+        if recipe.granularity == "mlp":  # every block of an MLP cut keeps its attention and loses its FFN
+            from hf_layerprune.gguf_export import MLP_REMOVED_REFUSAL
+
+            raise LayerPruneError(MLP_REMOVED_REFUSAL)
     if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):
         raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
     if fmt != "safetensors" and source.kind == "gguf" and recipe.heal:
@@ -43,6 +48,14 @@ def resolve_format(recipe, source) -> str:
                                   "use --format safetensors")
     recipe.format = fmt
     return fmt
+
+
+def check_sublayer_gguf(recipe, config) -> None:
+    """Before any work: a sub-layer cut's GGUF is a llama.cpp `deci` file, whose graph is Llama's."""
+    if recipe.granularity != "block" and wants_gguf(recipe) and config.model_type != "llama":
+        raise LayerPruneError(f"GGUF output of a --granularity {recipe.granularity} cut uses llama.cpp's deci "
+                              f"architecture, which runs Llama blocks only, not {config.model_type}; use --format "
+                              "safetensors")
 
 
 def wants_gguf(recipe) -> bool:
@@ -61,29 +74,71 @@ def output_name(source, num_layers: int, suffix: str = "") -> str:
     from hf_layerprune.gguf_surgery import gguf_output_name
     from hf_layerprune.hub import _model_name
 
-    name = source.gguf_file if source.kind == "gguf" else _model_name(source.name) + suffix
-    return gguf_output_name(name, num_layers)
+    if source.kind == "gguf":
+        return gguf_output_name(source.gguf_file, num_layers)
+    return f"{_model_name(source.name)}-pruned-{num_layers}L{suffix}.gguf"  # docs/gguf.md: <model>-pruned-<N>L.<TYPE>.gguf
 
 
-def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=print) -> dict[str, Any]:
-    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry."""
+def card_fields(report, recipe):
+    """The model card's base, licence and tags for the GGUF's `general.*` keys (gguf_metadata.py), from the report
+    as the run has filled it so far (the card itself is rendered after the weights are written)."""
+    from hf_layerprune.gguf_metadata import card_fields as fields
+
+    data = {**report.to_dict(), "recipe": recipe.to_dict()}
+    local_card = Path(recipe.model) / "README.md"
+    return fields(data, base_card=local_card if local_card.is_file() else None)
+
+
+def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=None, card=None) -> dict[str, Any]:
+    """Write the GGUF output of an in-memory run into `tmp`; returns its report entry. `card`: card_fields.
+    `log`: default the run's display, else stderr (stdout is `push`'s URL)."""
+    log = log or _stderr_log()
     if source.kind != "gguf":
         from hf_layerprune.gguf_export import export_gguf
+        from hf_layerprune.hub import _model_name
 
         out_type = recipe.gguf_type or "BF16"
         path = tmp / output_name(source, model.config.num_hidden_layers, f".{out_type}")
         log(f"Exporting {path.name} ({out_type})")
         tokenizer_dir = tmp if (tmp / "tokenizer.json").exists() else None
-        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=path.stem)
+        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=_model_name(source.name),
+                           card=card)
         return {"route": "export", **info}
     path = tmp / output_name(source, model.config.num_hidden_layers)
     replace, requantized = ({}, {}) if recipe.heal == "none" else changed_tensors(model, source, removed)
     log(f"Writing {path.name} from {source.gguf_file} ({len(replace)} re-quantized tensors)")
     from hf_layerprune.gguf_surgery import prune_gguf
 
-    info = prune_gguf(source_file(source), path, removed, replace=replace)
+    info = prune_gguf(source_file(source), path, removed, replace=replace, card=card)
     info.pop("replaced_tensors")
     return {"route": "surgery", **info, "requantized": requantized}
+
+
+def write_deci_gguf(folder: Path, recipe, source, num_blocks: int, card=None, log=None) -> dict[str, Any]:
+    """The `deci` GGUF of a sub-layer (DeciLM) output in `folder` (gguf_export.export_deci_gguf); with `--format
+    gguf` the DeciLM safetensors, config and code are removed afterwards."""
+    from hf_layerprune.gguf_export import export_deci_gguf
+    from hf_layerprune.hub import _model_name
+
+    out_type = recipe.gguf_type or "BF16"
+    path = folder / output_name(source, num_blocks, f".{out_type}")
+    (log or _stderr_log())(f"Exporting {path.name} ({out_type}, llama.cpp's deci architecture)")
+    info = export_deci_gguf(folder, path, out_type=out_type, name=_model_name(source.name), card=card,
+                            tokenizer_dir=folder if (folder / "tokenizer.json").exists() else None)
+    if recipe.format == "gguf":
+        for leftover in [*folder.glob("*.safetensors"), *folder.glob("*.py"), folder / "config.json",
+                         folder / "model.safetensors.index.json"]:
+            leftover.unlink(missing_ok=True)
+    return {"route": "export", **info}
+
+
+def _stderr_log():
+    """The run's display when one is active, else stderr (stdout is `push`'s URL)."""
+    import sys
+
+    from hf_layerprune import progress
+
+    return progress.message if progress.active() else lambda text: print(text, file=sys.stderr)
 
 
 def changed_tensors(model, source, removed: list[int]) -> tuple[dict, dict]:

@@ -10,6 +10,8 @@ model). What changes:
 - every array under the `<arch>.` namespace whose length equals the old block count is a per-layer setting
   (head counts, KV head counts, feed-forward lengths, sliding-window flags, per-layer RoPE ...) and is sliced
   to the kept blocks, in order;
+- `general.*` says what the file now is (gguf_metadata.py): size label from the kept tensors, a `-pruned-<N>L`
+  name and finetune, the source as `general.base_model.0`, the card's licence and tags;
 - nothing else: tokenizer, chat template, quantization version and the alignment are copied as they were.
 
 Architectures whose llama.cpp loader derives a layer's kind from its index with a fixed period (gemma2's
@@ -215,21 +217,33 @@ def _pack_string(s: str) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _pack_new(key: str, value: Any) -> bytes:
+    """A new `general.*` entry: a string, a u32 count or an array of strings (as GGUFWriter writes them)."""
+    if isinstance(value, list):
+        return _pack_entry(Entry(key, ARRAY, 0, 0, sub_type=STRING), value)
+    return _pack_entry(Entry(key, 4 if isinstance(value, int) else STRING, 0, 0), value)
+
+
 def _pack_entry(e: Entry, value: Any) -> bytes:
     """A changed entry (the block count, a sliced per-layer array), in its source value type."""
     out = _pack_string(e.key) + struct.pack("<I", e.vtype)
     if e.vtype in SCALAR:
         return out + struct.pack("<" + SCALAR[e.vtype], value)
+    if e.vtype == STRING:
+        return out + _pack_string(value)
     out += struct.pack("<IQ", e.sub_type, len(value))
     if e.sub_type in SCALAR:
         return out + struct.pack(f"<{len(value)}{SCALAR[e.sub_type]}", *value)
     return out + b"".join(_pack_string(v) for v in value)
 
 
-def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, replace: dict | None = None) -> dict:
+def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, replace: dict | None = None,
+               card=None) -> dict:
     """Write `dst`: `src` without the blocks in `removed`. `replace` maps an output tensor name to
     (numpy array in the tensor's stored layout, GGMLQuantizationType) written instead of the source bytes
-    (re-quantized healed tensors). Returns what was done, for the report."""
+    (re-quantized healed tensors). `card`: a `gguf_metadata.CardFields` (base model, licence, tags) for the
+    `general.*` keys; without it the source file is named as the base. Returns what was done, for the report."""
+    from hf_layerprune import gguf_metadata
     import numpy as np
     from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType
 
@@ -253,13 +267,23 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
         raise LayerPruneError(f"no tensor {sorted(unknown)[0]} in the pruned GGUF")
     sliced = header.per_layer_keys()
     align = header.alignment
+    source_general = {k: header.value(k) for k, e in header.entries.items() if k.startswith("general.")}
+    shapes = [(name, tuple(reversed(t.dims))) for name, t in tensors]
+    general = gguf_metadata.pruned_general(source_general, shapes, len(kept),
+                                           card or gguf_metadata.CardFields(base=src.name))
+    kept_keys = {k for k in header.entries if not gguf_metadata.replaced(k, general)}
+    pending = dict(general)
 
     def pad(n: int) -> int:
         return -(-n // align) * align
 
     with open(dst, "wb") as out, open(src, "rb") as fin:
-        out.write(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), len(header.entries)))
+        out.write(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), len(kept_keys) + len(general)))
         for key, e in header.entries.items():
+            if key not in kept_keys:
+                if key in pending:  # rewritten where the source had it
+                    out.write(_pack_new(key, pending.pop(key)))
+                continue
             if key == f"{arch}.block_count":
                 out.write(_pack_entry(e, len(kept)))
             elif key in sliced:
@@ -267,6 +291,8 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
                 out.write(_pack_entry(e, [values[i] for i in kept]))
             else:
                 out.write(header.buf[e.start : e.end])
+        for key, value in pending.items():  # keys the source did not have
+            out.write(_pack_new(key, value))
         offset, sizes = 0, []
         for name, t in tensors:
             ggml_type, size = t.ggml_type, t.n_bytes
@@ -295,6 +321,7 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
         "per_layer_keys": sliced,
         "tensors": len(tensors),
         "replaced_tensors": sorted(replace),
+        "general": general,
     }
 
 

@@ -556,3 +556,61 @@ def find_base_card(report: dict[str, Any], *, online: bool | None = None) -> dic
         info["gated"] = True
     info["source"] = f"{HUB}/{rid}"
     return info
+
+
+# ------------------------------------------------------------------------------------------------ collections
+COLLECTION_TITLE_MAX, COLLECTION_NOTE_MAX = 60, 500  # the Hub's limits
+
+
+def publish_collection(title: str, namespace: str, items: list[tuple[str, str]], *, token: str | None,
+                       description: str | None = None, private: bool = False) -> str:
+    """Create the collection `namespace`/`title` (or reuse the one with that title) and make `items` (repo id, note)
+    its first entries in the given order, each with its note; items it already has are updated, others left after
+    them. Returns the collection's URL."""
+    api = _api(token)
+    title = title[:COLLECTION_TITLE_MAX]
+    with hub_errors(f"updating the collection {title!r}", token):
+        collection = retrying("create_collection", api.create_collection, title, namespace=namespace,
+                              description=description, private=private, exists_ok=True)
+        present = {item.item_id for item in collection.items}
+        for repo_id, note in items:
+            if repo_id not in present:
+                collection = retrying("add_collection_item", api.add_collection_item, collection.slug, repo_id,
+                                      "model", note=note[:COLLECTION_NOTE_MAX], exists_ok=True)
+        by_id = {item.item_id: item for item in collection.items}
+        for position, (repo_id, note) in enumerate(items):
+            item = by_id[repo_id]
+            if item.position != position or item.note != note[:COLLECTION_NOTE_MAX]:
+                retrying("update_collection_item", api.update_collection_item, collection.slug, item.item_object_id,
+                         note=note[:COLLECTION_NOTE_MAX], position=position)
+                collection = retrying("get_collection", api.get_collection, collection.slug)
+                by_id = {i.item_id: i for i in collection.items}
+    return collection.url
+
+
+def collection_models(title: str, namespace: str, *, token: str | None) -> list[str]:
+    """The model repos already in `namespace`'s collection called `title` ([] when there is none yet)."""
+    api = _api(token)
+    title = title[:COLLECTION_TITLE_MAX]
+    with hub_errors(f"reading the collections of {namespace}", token):
+        for found in retrying("list_collections", lambda: list(api.list_collections(owner=namespace, limit=100))):
+            if found.title == title:
+                collection = retrying("get_collection", api.get_collection, found.slug)
+                return [item.item_id for item in collection.items if item.item_type == "model"]
+    return []
+
+
+def pushed_json(repo_id: str, filename: str, *, token: str | None) -> dict[str, Any] | None:
+    """A JSON file of a published repo, e.g. a variant's layerprune.json (None when the repo has no such file)."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+
+    with hub_errors(f"reading {filename} of {repo_id}", token):
+        try:
+            path = retrying("hf_hub_download", hf_hub_download, repo_id, filename, token=token)
+        except (EntryNotFoundError, RemoteEntryNotFoundError):
+            return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

@@ -225,6 +225,46 @@ def torch_dtype(name: str | None):
     return table[name]
 
 
+def code_folder(source: Source) -> Path | None:
+    """Where the source's config.json lies locally: its folder, or for a Hub id the cached snapshot of config.json
+    and the `.py` files its `auto_map` names (nothing else is downloaded); None when there is no config."""
+    if source.kind == "dir":
+        return source.path if (source.path / "config.json").is_file() else None
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import hf_hub_download
+
+    from hf_layerprune.checkpoint import read_json
+
+    try:
+        folder = Path(hf_hub_download(source.name, "config.json", revision=source.revision)).parent
+        modules = {str(ref).split("--")[-1].split(".")[0] for ref in (read_json(folder / "config.json").get("auto_map") or {}).values()}
+        for module in sorted(modules):
+            hf_hub_download(source.name, f"{module}.py", revision=source.revision)
+    except Exception:  # noqa: BLE001 - unreachable or odd repos: from_pretrained will say what is wrong
+        return None
+    return folder
+
+
+def own_decilm(source: Source) -> bool:
+    """A folder or Hub repo holding our own DeciLM (sub-layer) export, whose code is the package's (checkpoint.py)."""
+    folder = code_folder(source)
+    if folder is None:
+        return False
+    from hf_layerprune.checkpoint import is_our_decilm
+
+    return is_our_decilm(folder)
+
+
+def check_loadable(source: Source, trust_remote_code: bool = False) -> None:
+    """Refuse, before any work, a model that needs code of its own which is not our DeciLM export."""
+    from hf_layerprune.checkpoint import needs_code_error, remote_code
+
+    folder = None if trust_remote_code else code_folder(source)
+    if folder is not None and remote_code(folder) and not own_decilm(source):
+        raise needs_code_error(source.name)
+
+
 def load_model(
     source: Source | str,
     *,
@@ -268,8 +308,14 @@ def load_model(
         kwargs["quantization_config"] = quantized.config(want)
         if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
             kwargs["device_map"] = {"": device or "cpu"}  # `device` is already this rank's GPU when there is one
+    model_class, ours = AutoModelForCausalLM, own_decilm(source)
+    if ours:  # our sub-layer export: the package's DeciLM classes, never the folder's copy of them (checkpoint.py)
+        from hf_layerprune.decilm import DeciLMConfig, DeciLMForCausalLM
+
+        model_class, kwargs["config"] = DeciLMForCausalLM, DeciLMConfig.from_pretrained(code_folder(source))
+        kwargs.pop("trust_remote_code")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = model_class.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs
         )
     except LayerPruneError:
@@ -280,9 +326,10 @@ def load_model(
         raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
     if load_in_4bit:
         quantized.one_cpu_path(model)
-    from hf_layerprune.architectures import get_architecture
+    if not ours:
+        from hf_layerprune.architectures import get_architecture
 
-    get_architecture(model.config)  # unknown families fail here, before any work
+        get_architecture(model.config)  # unknown families fail here, before any work
     tokenizer = None
     try:
         tok_kwargs = {k: v for k, v in kwargs.items() if k != "quantization_config"}

@@ -22,7 +22,7 @@ from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights, load_checkpoint
 from hf_layerprune.checks import check_4bit_source, check_recipe, check_target_against, preflight, source_config, source_paths
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.gguf_route import resolve_format
+from hf_layerprune.gguf_route import card_fields, check_sublayer_gguf, resolve_format, wants_gguf, write_deci_gguf
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
 from hf_layerprune.healing import trains
 from hf_layerprune.finish import Timer, write_outputs
@@ -65,7 +65,9 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
     def checks() -> str | None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
         check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
         if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
-            check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+            config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+            check_target_against(recipe, config.num_hidden_layers)
+            check_sublayer_gguf(recipe, config)
         files = None
         if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
             files = hub_files(source)
@@ -149,7 +151,9 @@ def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report,
     """The save stage into a staging folder, then layerprune.json and the card; moved into place at the end."""
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
-            report.gguf = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers)
+            card = card_fields(report, recipe) if wants_gguf(recipe) else None
+            report.gguf = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers,
+                                      card=card)
         write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
 
@@ -237,4 +241,8 @@ def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Sou
                     pruned.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)
         else:
             report.cut.parameters_after = checkpoint_parameters(tmp)
+        if wants_gguf(recipe):  # llama.cpp's deci architecture, from the folder just written
+            with timer.stage("save"):
+                report.gguf = write_deci_gguf(tmp, recipe, source, num_layers - len(whole),
+                                              card=card_fields(report, recipe), log=log)
         write_outputs(tmp, report, recipe, timer)

@@ -138,10 +138,10 @@ def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> dic
 
 
 def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source | None = None,
-         removed: list[int] | None = None) -> dict[str, Any] | None:
+         removed: list[int] | None = None, card=None) -> dict[str, Any] | None:
     """Write the weights (sharded safetensors and/or GGUF), tokenizer and the source's side files (licence,
     generation config) into `folder`; returns the report's gguf section when a GGUF was written (`removed`: the
-    cut's layers, which a GGUF source's surgery needs)."""
+    cut's layers, which a GGUF source's surgery needs; `card`: gguf_route.card_fields, for the GGUF's metadata)."""
     folder = Path(folder)
     source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     if source.kind == "dir":
@@ -152,7 +152,7 @@ def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source
         model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    return write_gguf(model, folder, recipe, source, removed or []) if wants_gguf(recipe) else None
+    return write_gguf(model, folder, recipe, source, removed or [], card=card) if wants_gguf(recipe) else None
 
 
 def _save_from_shards(model, recipe: Recipe, folder: Path, source: Source, removed: list[int]) -> None:

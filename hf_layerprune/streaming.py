@@ -18,8 +18,8 @@ from hf_layerprune.calibration import calibration_batches, calibration_record
 from hf_layerprune.checks import source_paths
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.finish import write_outputs
-from hf_layerprune.gguf_route import elements, output_name, source_file
-from hf_layerprune.gguf_surgery import prune_gguf, read_header
+from hf_layerprune.gguf_route import card_fields, elements, output_name, source_file
+from hf_layerprune.gguf_surgery import kept_blocks, prune_gguf, read_header
 from hf_layerprune.layer_stream import StreamedModel
 from hf_layerprune.loading import Source, local_checkpoint, torch_dtype
 from hf_layerprune.outputs import staging_dir
@@ -108,16 +108,16 @@ def run_gguf_surgery(recipe: Recipe, source: Source, report: Report, timer, log:
         header.buf.close()
     removed = explicit_or_rule(recipe, num_layers)
     log(f"Cutting {source.gguf_file}: removing layers {removed} of {num_layers}, quantized blocks copied as they are")
+    report.source.model_type, report.source.num_layers_before, report.source.parameters_before = arch, num_layers, total
+    report.cut = CutSection(num_layers_after=num_layers - len(removed), removed_layers=sorted(removed),
+                            kept_layers=kept_blocks(removed, num_layers), route="gguf")
     with staging_dir(recipe.output_dir, recipe.overwrite, [source_file(source)]) as tmp:
         with timer.stage("cut"):
             path = tmp / output_name(source, num_layers - len(removed))
-            info = prune_gguf(source_file(source), path, removed)
+            info = prune_gguf(source_file(source), path, removed, card=card_fields(report, recipe))
             info.pop("replaced_tensors")
         written = read_header(path)
-        kept_total = sum(elements(t) for t in written.tensors)
+        report.cut.parameters_after = sum(elements(t) for t in written.tensors)
         written.buf.close()
-        report.source.model_type, report.source.num_layers_before, report.source.parameters_before = arch, num_layers, total
-        report.cut = CutSection(num_layers_after=len(info["kept_layers"]), removed_layers=sorted(removed),
-                                kept_layers=info["kept_layers"], parameters_after=kept_total, route="gguf")
         report.gguf = {"route": "surgery", **info, "requantized": {}}
         write_outputs(tmp, report, recipe, timer)

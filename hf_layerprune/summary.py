@@ -41,11 +41,39 @@ def quality_line(report: dict[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
+def removed_text(report: dict[str, Any], counts: bool = True) -> str:
+    """What was removed: `[20, 21] (2 of 30)`, or for a sub-layer cut `attention of [3, 7] (2 of 30)` (and the
+    MLPs and whole layers when there are any); `counts=False` leaves out the "(2 of 30)"."""
+    before = report.get("num_layers_before") if counts else None
+
+    def listed(indices: list) -> str:
+        return f"{indices}" + (f" ({len(indices)} of {before})" if before else "")
+
+    sub = report.get("removed_sublayers")
+    if not isinstance(sub, dict):
+        removed = report.get("removed_layers")
+        return listed(removed) if isinstance(removed, list) else f"{removed}"
+    whole = set(report.get("removed_layers") or [])
+    parts = [f"{label} of {listed([i for i in sub.get(key) or [] if i not in whole])}"
+             for key, label in (("attention", "attention"), ("mlp", "MLP")) if set(sub.get(key) or []) - whole]
+    if whole:
+        parts.append(f"whole layers {listed(sorted(whole))}")
+    return "; ".join(parts) or "nothing"
+
+
+def collection_note(report: dict[str, Any]) -> str:
+    """A variant's note in a Hub collection: depth, parameters and the headline quality numbers."""
+    before, after = report.get("num_layers_before"), report.get("num_layers_after")
+    note = (f"{after} of {before} layers, {_count(report.get('parameters_after'))} parameters"
+            f"{_change(report.get('parameters_before'), report.get('parameters_after'))}")
+    quality = quality_line(report)
+    return note + (f"; {quality}" if quality else "")
+
+
 def rows(report: dict[str, Any], output: str | None, next_command: str | None) -> list[tuple[str, str]]:
     before, after = report.get("num_layers_before"), report.get("num_layers_after")
-    removed = report.get("removed_sublayers") or report.get("removed_layers")
     out = [
-        ("removed", f"{removed}" + (f" ({len(removed)} of {before})" if isinstance(removed, list) and before else "")),
+        ("removed", removed_text(report)),
         ("layers", f"{before} → {after}"),
         ("parameters", f"{_count(report.get('parameters_before'))} → {_count(report.get('parameters_after'))}"
                        f"{_change(report.get('parameters_before'), report.get('parameters_after'))}"),

@@ -5,7 +5,8 @@ publishing and downloading a model use, with the same URLs, headers, status and 
 (as read by huggingface_hub 2.4.0):
 
 - ``GET  /api/whoami-v2``; ``POST /api/repos/create`` (409 when it exists); ``POST /api/validate-yaml``
-- ``GET  /api/models/{repo}[/revision/{rev}]`` (model_info, ``?blobs=1`` adds sizes and LFS info)
+- ``GET  /api/models/{repo}[/revision/{rev}]`` (model_info, ``?blobs=1`` adds sizes and LFS info; ``cardData``:
+  the README's front matter)
 - ``GET  /api/models/{repo}/tree/{rev}[/{path}]?recursive=&expand=``; ``GET /api/models/{repo}/refs``
 - ``POST|DELETE /api/models/{repo}/branch/{branch}``
 - ``POST /api/models/{repo}/preupload/{rev}``; ``POST /{repo}.git/info/lfs/objects/batch``; ``PUT /_lfs/{oid}``
@@ -26,6 +27,11 @@ only the first half of the next N LFS uploads (storage corruption that only a do
 Also served: ``GET /api/models/{repo}/commits/{rev}`` (list_repo_commits), ``DELETE /api/repos/delete``,
 ``GET /api/models/{repo}/auth-check`` and gated repos (:meth:`HubServer.gate`: files answer 401/403 ``GatedRepo``),
 ``GET /api/users/{name}/overview`` and ``/api/organizations/{name}/overview`` (404 for unknown owners).
+Collections: ``GET /api/collections?owner=``, ``POST /api/collections`` (409 with the slug for a title the namespace already has),
+``GET /api/collections/{slug}``, ``POST .../items`` (the model must exist; 409 when present) and
+``PATCH .../items/{id}`` (note, position), kept in :attr:`HubServer.collections`.
+Model tree: a commit whose README.md has invalid ``base_model`` / ``base_model_relation`` is refused (400) as the
+Hub does; a base in a namespace this server knows must exist here (:meth:`model_tree` reads them back).
 Inspection: :meth:`files`, :meth:`read`, :meth:`commits`, :meth:`refs`, :attr:`requests`, :meth:`count`.
 """
 
@@ -52,6 +58,7 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", 
 LFS_MIN_SIZE = 10 * 1024 * 1024  # the Hub stores anything from 10 MB in LFS
 GITATTRIBUTES = "".join(f"*{suffix} filter=lfs diff=lfs merge=lfs -text\n" for suffix in LFS_SUFFIXES)
 SEGMENT = r"([^/?]+)"
+SLUG = r"([^/?]+/[^/?]+)"  # a collection: namespace/title-id
 
 
 class HubError(Exception):
@@ -99,6 +106,27 @@ class Token:
         if self.role == "fineGrained":
             return "repo.write" in self.scoped.get(namespace, [])
         return self.orgs.get(namespace, "write") != "read"
+
+
+BASE_MODEL_RELATIONS = ("adapter", "merge", "quantized", "finetune")
+
+
+def card_metadata(card: bytes) -> dict[str, Any]:
+    """A README.md's YAML front matter (model_info's `cardData`); {} when it has none or it does not parse."""
+    match = re.match(r"^---\n(.*?)\n---", card.decode("utf-8", errors="replace"), re.DOTALL)
+    try:
+        metadata = (yaml.safe_load(match.group(1)) if match else None) or {}
+    except yaml.YAMLError:
+        metadata = {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def model_tree_of(card: bytes) -> dict[str, Any]:
+    """`base_model` (as a list) and `base_model_relation` of a README.md's YAML front matter."""
+    metadata = card_metadata(card)
+    bases, relation = metadata.get("base_model"), metadata.get("base_model_relation")
+    return {"base_model": [] if bases is None else bases if isinstance(bases, list) else [bases],
+            "base_model_relation": relation}
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -246,6 +274,7 @@ class HubServer:
         self.fail_commit_status: int | None = None
         self.truncate_lfs_puts = 0
         self.organizations: set[str] = set()  # organizations that exist besides the tokens' own
+        self.collections: dict[str, dict[str, Any]] = {}  # slug -> the collection as the API returns it
         self.faults: list[Fault] = []
         self._lfs_puts = 0
         self._httpd: ThreadingHTTPServer | None = None
@@ -293,6 +322,17 @@ class HubServer:
     def commits(self, repo_id: str, revision: str = "main") -> list[dict[str, Any]]:
         """Commits reachable from `revision`, newest first: {oid, parent, summary, files, ...}."""
         return list(self.store.history(self._resolve(repo_id, revision)))
+
+    def model_tree(self, repo_id: str, revision: str = "main") -> dict[str, Any]:
+        """The card's model-tree fields at `revision`: {"base_model": [ids], "base_model_relation": str | None}."""
+        return model_tree_of(self.read(repo_id, "README.md", revision))
+
+    def namespaces(self) -> set[str]:
+        """Users and organizations this server knows (their repos can be checked for existence)."""
+        names = {t.user for t in self.tokens.values()} | set(self.organizations)
+        names |= {org for t in self.tokens.values() for org in t.orgs}
+        repos = self.store.root / "repos"
+        return names | ({p.name for p in repos.iterdir() if p.is_dir()} if repos.is_dir() else set())
 
     def count(self, method: str, path_prefix: str = "") -> int:
         return sum(1 for r in self.requests if r["method"] == method and r["path"].startswith(path_prefix))
@@ -365,6 +405,11 @@ class Handler(BaseHTTPRequestHandler):
         ("PUT", r"/_lfs/([0-9a-f]{64})", "lfs_put"),
         ("GET", rf"/{SEGMENT}/{SEGMENT}/resolve/{SEGMENT}/(.+)", "resolve"),
         ("HEAD", rf"/{SEGMENT}/{SEGMENT}/resolve/{SEGMENT}/(.+)", "resolve"),
+        ("POST", r"/api/collections", "create_collection"),
+        ("GET", r"/api/collections", "list_collections"),
+        ("GET", rf"/api/collections/{SLUG}", "get_collection"),
+        ("POST", rf"/api/collections/{SLUG}/items", "add_collection_item"),
+        ("PATCH", rf"/api/collections/{SLUG}/items/{SEGMENT}", "update_collection_item"),
     )
 
     def log_message(self, format, *args):
@@ -383,6 +428,9 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def do_DELETE(self):
+        self._dispatch()
+
+    def do_PATCH(self):
         self._dispatch()
 
     # --- plumbing ------------------------------------------------------------------------------------------
@@ -570,6 +618,8 @@ class Handler(BaseHTTPRequestHandler):
             "modelId": f"{ns}/{name}", "author": ns, "sha": commit["oid"], "lastModified": commit["date"],
             "createdAt": repo["created"], "private": repo["private"], "disabled": False, "gated": False,
             "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+            **({"cardData": card_metadata(self.hub.store.object_path(commit["files"]["README.md"]["sha256"]).read_bytes())}
+               if "README.md" in commit["files"] else {}),
         })
 
     def list_refs(self, ns: str, name: str) -> int:
@@ -787,6 +837,8 @@ class Handler(BaseHTTPRequestHandler):
             files = dict(base["files"])
             for line in lines:
                 self._apply(files, line["key"], line["value"])
+            if files.get("README.md") not in (None, base["files"].get("README.md")):
+                self._check_model_tree(f"{ns}/{name}", store.object_path(files["README.md"]["sha256"]).read_bytes())
             oid = store.new_commit(base["oid"], files, header.get("summary", ""), header.get("description", ""))
             answer = {"commitUrl": f"{self.hub.url}/{ns}/{name}/commit/{oid}", "commitOid": oid, "success": True}
             if create_pr:
@@ -816,6 +868,102 @@ class Handler(BaseHTTPRequestHandler):
                 del files[name]
         elif key != "header":
             raise HubError(400, f"unknown commit operation {key!r}")
+
+    def _check_model_tree(self, repo_id: str, card: bytes) -> None:
+        """The Hub refuses a README whose model-tree metadata is invalid: `base_model_relation` outside its four
+        values or without a `base_model`, a malformed id, the repo itself, or (where this server can know) a
+        model that does not exist: any repo id in a namespace that has repos or a user/org here."""
+        tree = model_tree_of(card)
+        bases, relation = tree["base_model"], tree["base_model_relation"]
+        if relation is not None and (relation not in BASE_MODEL_RELATIONS or not bases):
+            raise HubError(400, f'Invalid metadata in README.md.\n- "base_model_relation" with value "{relation}" '
+                           f"is not valid: one of {', '.join(BASE_MODEL_RELATIONS)}, with a base_model")
+        known = self.hub.namespaces()
+        for base in bases:
+            exists = self.hub.store.repo(base) is not None if isinstance(base, str) and "/" in base else False
+            if (not isinstance(base, str) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", base) or base == repo_id
+                    or (base.split("/")[0] in known and not exists)):
+                raise HubError(400, f'Invalid metadata in README.md.\n- "base_model" with value "{base}" is not '
+                               "valid. Use a model id from https://hf.co/models.")
+
+    # --- collections (create_collection, get_collection, add_collection_item, update_collection_item) -----------
+    def create_collection(self) -> int:
+        payload = self._json_body()
+        if self.user is None:
+            raise HubError(401, "You must be authenticated to create a collection")
+        namespace, title = payload.get("namespace") or self.user.user, str(payload.get("title") or "")
+        self._require_write(namespace)
+        if not 0 < len(title) <= 60:
+            raise HubError(400, "title must be 1 to 60 characters")
+        with self.hub.store.lock:
+            same = next((c for c in self.hub.collections.values() if c["owner"] == namespace and c["title"] == title),
+                        None)
+            if same is not None:
+                return self._send_json({"error": "Collection already exists", "slug": same["slug"]}, 409)
+            words = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-") or "collection"
+            slug = f"{namespace}/{words}-{hashlib.sha1(f'{namespace}/{title}'.encode()).hexdigest()[:24]}"
+            self.hub.collections[slug] = {
+                "slug": slug, "title": title, "owner": namespace, "items": [], "lastUpdated": now_iso(),
+                "position": len(self.hub.collections), "private": bool(payload.get("private")), "theme": "indigo",
+                "upvotes": 0, "description": payload.get("description")}
+            return self._send_json(self.hub.collections[slug])
+
+    def list_collections(self) -> int:
+        """`?owner=` filter; as the Hub, at most 4 items per collection and no `position` key."""
+        owner = self.query.get("owner")
+        found = [{**{k: v for k, v in c.items() if k != "position"}, "items": c["items"][:4]}
+                 for c in self.hub.collections.values() if owner in (None, c["owner"])
+                 and (not c["private"] or (self.user and self.user.can_read(c["owner"])))]
+        return self._send_json(found)
+
+    def _collection(self, slug: str, write: bool = False) -> dict[str, Any]:
+        collection = self.hub.collections.get(slug)
+        if collection is None or (collection["private"] and not (self.user and self.user.can_read(collection["owner"]))):
+            raise HubError(404, f"Collection {slug} not found")
+        if write:
+            self._require_write(collection["owner"])
+        return collection
+
+    def get_collection(self, slug: str) -> int:
+        return self._send_json(self._collection(slug))
+
+    def add_collection_item(self, slug: str) -> int:
+        payload = self._json_body()
+        item = payload.get("item") or {}
+        with self.hub.store.lock:
+            collection = self._collection(slug, write=True)
+            if item.get("type") != "model" or self.hub.store.repo(str(item.get("id"))) is None:
+                raise HubError(404, f"{item.get('type')} {item.get('id')} not found")
+            if any(i["id"] == item["id"] for i in collection["items"]):
+                return self._send_json({"error": "Item already exists in collection"}, 409)
+            note = payload.get("note")
+            if note is not None and len(note) > 500:
+                raise HubError(400, "note must be at most 500 characters")
+            collection["items"].append({"_id": hashlib.sha1(f"{slug}/{item['id']}".encode()).hexdigest()[:24],
+                                        "id": item["id"], "type": "model", "position": len(collection["items"]),
+                                        **({"note": {"text": note, "html": note}} if note is not None else {})})
+            collection["lastUpdated"] = now_iso()
+            return self._send_json(collection)
+
+    def update_collection_item(self, slug: str, object_id: str) -> int:
+        payload = self._json_body()
+        with self.hub.store.lock:
+            collection = self._collection(slug, write=True)
+            items = collection["items"]
+            item = next((i for i in items if i["_id"] == object_id), None)
+            if item is None:
+                raise HubError(404, f"item {object_id} not in {slug}")
+            if payload.get("note") is not None:
+                if len(payload["note"]) > 500:
+                    raise HubError(400, "note must be at most 500 characters")
+                item["note"] = {"text": payload["note"], "html": payload["note"]}
+            if payload.get("position") is not None:  # moves the item; the others keep their order
+                items.remove(item)
+                items.insert(max(0, min(int(payload["position"]), len(items))), item)
+                for position, each in enumerate(items):
+                    each["position"] = position
+            collection["lastUpdated"] = now_iso()
+            return self._send_json({"success": True})
 
     def _file_entry(self, data: bytes) -> dict[str, Any]:
         return {"sha256": self.hub.store.put_bytes(data), "size": len(data), "lfs": False}

@@ -243,6 +243,43 @@ def test_config_class_gives_attribute_access_like_vllm_expects(exported, modules
     assert json.loads(config.to_json_string())["block_configs"] == saved["block_configs"]
 
 
+# vllm/transformers_utils/model_arch_config_convertor.py (ee92a6f3): what vLLM derives from the loaded config object
+VLLM_MAX_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length",
+                     "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+VLLM_KV_KEYS = ("n_head_kv", "num_kv_heads", "num_key_value_heads", "multi_query_group_num", "num_attention_groups")
+VLLM_EXPERT_KEYS = ("num_experts", "moe_num_experts", "n_routed_experts", "num_local_experts", "num_experts_per_tok",
+                    "num_experts_per_token", "top_k_experts", "moe_topk", "moe_top_k")
+
+
+def test_config_object_reads_like_vllms_arch_convertor(exported, modules_cache):
+    """ModelArchConfigConvertorBase + NemotronNasModelArchConfigConvertor, field by field, on the config class that
+    vLLM loads (the shipped configuration_decilm.py, through AutoConfig with trust_remote_code)."""
+    from transformers import AutoConfig
+
+    _, model, out, _ = exported
+    config = AutoConfig.from_pretrained(out, trust_remote_code=True)
+    source = model.config
+    assert config.model_type == "nemotron-nas" and config.architectures == ["DeciLMForCausalLM"]
+    # get_total_num_kv_heads (nemotron-nas): the first block whose attention is not a no-op
+    first = next(b for b in config.block_configs if not b.attention.no_op)
+    assert config.num_attention_heads // first.attention.n_heads_in_group == source.num_key_value_heads
+    # get_head_size: head_dim when set and > 0
+    assert config.head_dim == (getattr(source, "head_dim", None) or source.hidden_size // source.num_attention_heads)
+    # derive_max_model_len_and_key: the smallest of these keys wins, so none but max_position_embeddings may be set
+    present = {k: getattr(config, k) for k in VLLM_MAX_LEN_KEYS if getattr(config, k, None) is not None}
+    assert present == {"max_position_embeddings": source.max_position_embeddings}
+    # no expert count anywhere (get_num_experts, get_num_experts_from_block_configs: no `block_type: moe`)
+    assert not any(getattr(config, k, None) for k in VLLM_EXPERT_KEYS)
+    assert not any(getattr(b, "block_type", "") == "moe" for b in config.block_configs)
+    # the base convertor's KV-head keys are not consulted for nemotron-nas; whatever we keep must not contradict it
+    assert all(getattr(config, k, None) in (None, source.num_key_value_heads) for k in VLLM_KV_KEYS)
+    assert (config.hidden_size, config.vocab_size, config.num_hidden_layers) == \
+        (source.hidden_size, source.vocab_size, len(config.block_configs))
+    assert not hasattr(config, "position_embedding_type")  # would switch off neox-style rope in DeciLMAttention
+    assert config.rope_parameters["rope_theta"] == source.rope_parameters["rope_theta"]
+    assert getattr(config, "logit_scale", 1.0) == 1.0
+
+
 @pytest.mark.parametrize(
     "hidden,intermediate",
     [(4096, 14336), (4096, 11008), (2048, 8192), (3072, 8192), (576, 1536), (896, 4864), (3584, 18944), (32, 256)],

@@ -316,6 +316,13 @@ def test_real_smollm2_q4_1_cut(tmp_path):
     name = "SmolLM2-135M-Instruct.Q4_1-pruned-24L.gguf"
     src, dst = GGUFReader(source), GGUFReader(out / name)
     assert dst.fields["llama.block_count"].contents() == 24
+    meta = {k: f.contents() for k, f in dst.fields.items()}
+    assert src.fields["general.size_label"].contents() == "135M" and meta["general.size_label"] == "113M"
+    assert meta["general.name"] == "Smollm2 135M 8k Lc100K Mix1 Ep2-pruned-24L"
+    assert meta["general.finetune"] == "8k-lc100k-mix1-ep2-pruned-24L" and meta["general.basename"] == "smollm2"
+    assert meta["general.base_model.count"] == 1
+    assert meta["general.base_model.0.name"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert meta["general.license"] == "apache-2.0" and meta["general.languages"] == ["en"]  # the source's, kept
     old = {t.name: t for t in src.tensors}
     for t in dst.tensors:
         parts = t.name.split(".")
@@ -375,3 +382,179 @@ def test_real_smollm2_healed_tensor_requantized_to_q4_1(tmp_path):
     assert written.tensor_type == GGMLQuantizationType.Q4_1
     assert np.asarray(written.data).tobytes() == quants.quantize(healed, GGMLQuantizationType.Q4_1).tobytes()
     assert load_gguf(out / name).config.num_hidden_layers == 24
+
+
+# --- general.* metadata (gguf_metadata.py) -------------------------------------------------------------------------
+
+
+def fields(path) -> dict:
+    """Every metadata value of a GGUF file, read by the gguf package's own reader."""
+    reader = GGUFReader(path)
+    return {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}, reader
+
+
+def expected_size_label(reader) -> str:
+    """Parameters counted from the written tensors (no experts in these families)."""
+    from gguf.utility import model_weight_count_rounded_notation
+
+    return model_weight_count_rounded_notation(sum(int(t.n_elements) for t in reader.tensors), min_digits=2)
+
+
+def test_cut_gguf_says_it_is_pruned_on_every_family(q8_source, tmp_path):
+    from hf_layerprune.gguf_metadata import CardFields
+
+    card = CardFields(base="acme/tiny-base", hub=True, license="apache-2.0", tags=["layer-pruning", "gguf"])
+    # a source that already names a base (its own) and carries an old size label: both must be replaced
+    first = tmp_path / "first.gguf"
+    prune_gguf(q8_source, first, [0], card=CardFields(base="other/original", hub=True, license="mit"))
+    before, _ = fields(first)
+    assert before["general.base_model.0.repo_url"] == "https://huggingface.co/other/original"
+    out = tmp_path / "pruned.gguf"
+    prune_gguf(first, out, [1, 3], card=card)
+    meta, reader = fields(out)
+    assert meta["general.size_label"] == expected_size_label(reader) != before["general.size_label"]
+    assert meta["general.name"] == "model-pruned-3L" and meta["general.finetune"] == "pruned-3L"  # once, not twice
+    assert meta["general.base_model.count"] == 1
+    assert meta["general.base_model.0.name"] == "tiny-base"
+    assert meta["general.base_model.0.organization"] == "acme"
+    assert meta["general.base_model.0.repo_url"] == "https://huggingface.co/acme/tiny-base"
+    assert meta["general.license"] == "apache-2.0" and meta["general.tags"] == ["layer-pruning", "gguf"]
+    assert not [k for k in meta if k.startswith("general.base_model.1")]
+    # without a card the source file is the base, with no URL and the source's licence kept
+    plain = tmp_path / "plain.gguf"
+    prune_gguf(first, plain, [2])
+    meta, _ = fields(plain)
+    assert meta["general.base_model.0.name"] == "first.gguf" and "general.base_model.0.repo_url" not in meta
+    assert meta["general.license"] == "mit"
+
+
+@pytest.mark.parametrize("family", list(GGUF_FAMILIES))
+def test_exported_gguf_carries_the_cards_licence_and_tags(family, tmp_path):
+    from huggingface_hub import ModelCard
+
+    src = tmp_path / "tiny-src"
+    tiny_model(family, num_layers=4, **GGUF_FAMILIES[family]).save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n", encoding="utf-8")
+    out = tmp_path / "out"
+    result = invoke("prune", src, "--layers", "1", "-o", out, "--format", "gguf", "--gguf-type", "Q8_0",
+                    "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    meta, reader = fields(out / report["gguf"]["file"])
+    card = ModelCard.load(out / "README.md").data
+    assert card.license == "mit" and meta["general.license"] == "mit"
+    assert meta["general.tags"] == card.tags and "pruned" in card.tags and "gguf" in card.tags
+    assert meta["general.name"] == "tiny-src-pruned-3L" and meta["general.basename"] == "tiny-src"
+    assert meta["general.size_label"] == expected_size_label(reader)
+    assert meta["general.base_model.0.name"] == "tiny-src" and "general.base_model.0.repo_url" not in meta
+
+
+def test_gguf_surgery_route_names_the_source_file(llama_q8, tmp_path):
+    out = tmp_path / "out"
+    result = invoke("prune", llama_q8, "--layers", "4-5", "-o", out, "--format", "gguf", "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    meta, reader = fields(out / "tiny-llama.Q8_0-pruned-4L.gguf")
+    assert meta["general.base_model.0.name"] == "tiny-llama.Q8_0.gguf" and meta["general.name"] == "model-pruned-4L"
+    assert meta["general.size_label"] == expected_size_label(reader)
+    assert "pruned" in meta["general.tags"] and "gguf" in meta["general.tags"]
+
+
+# --- push --format both: the GGUF in a repo of its own (gguf_publish.split_views) ---------------------------------
+
+
+def push_both(llama_q8, out, repo, *extra):
+    from conftest import WRITE_TOKEN
+
+    return runner.invoke(app, ["push", str(llama_q8), "--layers", "4-5", "--heal", "none", "--no-eval", "--repo-id",
+                               repo, "-o", str(out), "--token", WRITE_TOKEN, *map(str, extra)])
+
+
+def test_push_both_puts_the_gguf_in_its_own_repo_with_a_quantized_edge(hub_server, llama_q8, tmp_path):
+    from conftest import ORG
+
+    repo, name = f"{ORG}/tiny-both", "tiny-llama.Q8_0-pruned-4L.gguf"
+    result = push_both(llama_q8, tmp_path / "out", repo)
+    assert result.exit_code == 0, result.output
+    model_files, gguf_files = set(hub_server.files(repo)), set(hub_server.files(f"{repo}-GGUF"))
+    assert "model.safetensors" in model_files and name not in model_files
+    assert {name, "README.md", "layerprune.json"} <= gguf_files and not any(f.endswith(".safetensors") for f in gguf_files)
+    assert hub_server.model_tree(f"{repo}-GGUF") == {"base_model": [repo], "base_model_relation": "quantized"}
+    assert "max |diff|" in result.stderr  # the pruned repo was reloaded with transformers, as today
+    assert f"Verified {name} before it reached main" in result.stderr
+    assert result.stdout.strip() == f"{hub_server.url}/{repo}"
+    gguf_card = hub_server.read(f"{repo}-GGUF", "README.md").decode()
+    assert "library_name: gguf" in gguf_card and f"llama-cli -hf {repo}-GGUF" in gguf_card
+    assert f"the GGUF build of [`{repo}`](https://huggingface.co/{repo})" in gguf_card
+    model_card = hub_server.read(repo, "README.md").decode()
+    assert f"llama-cli -hf {repo}-GGUF" in model_card and "library_name: transformers" in model_card
+    out = tmp_path / "out"
+    assert (out / name).is_file() and not (out / ".publish").exists()  # the local folder is as the run left it
+
+
+def test_failed_gguf_push_keeps_the_pruned_repo_and_says_how_to_resume(hub_server, llama_q8, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+
+    repo, gguf_repo = f"{ORG}/tiny-both", f"{ORG}/tiny-gguf-elsewhere"
+    hub_server.inject("POST", f"/api/models/{gguf_repo}/commit/", 403, times=1)
+    result = push_both(llama_q8, tmp_path / "out", repo, "--gguf-repo-id", gguf_repo)
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error:") and f"{repo} is published and verified" in last
+    resume = f"hf-layerprune upload {tmp_path / 'out'} --repo-id {repo} --gguf-repo-id {gguf_repo} --gguf-only"
+    assert resume in last
+    assert "model.safetensors" in hub_server.files(repo)  # the first push stands
+    assert hub_server.store.repo(gguf_repo) is None or not any(f.endswith(".gguf") for f in hub_server.files(gguf_repo))
+    result = runner.invoke(app, ["upload", str(tmp_path / "out"), "--repo-id", repo, "--gguf-repo-id", gguf_repo,
+                                 "--gguf-only", "--token", WRITE_TOKEN])
+    assert result.exit_code == 0, result.output
+    assert hub_server.model_tree(gguf_repo) == {"base_model": [repo], "base_model_relation": "quantized"}
+    assert len(hub_server.commits(repo)) == 2  # the resume did not push the pruned repo again (initial + model)
+
+
+def test_hub_refuses_a_gguf_card_whose_base_is_missing(hub_server, llama_q8, tmp_path):
+    """The local Hub checks the model tree as the Hub does: a quantized edge to a repo that is not there fails."""
+    from conftest import ORG, WRITE_TOKEN
+
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", str(llama_q8), "--layers", "4-5", "--heal", "none", "--no-eval", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["upload", str(out), "--repo-id", f"{ORG}/never-pushed", "--gguf-only",
+                                 "--token", WRITE_TOKEN])
+    assert result.exit_code != 0
+    assert '"base_model" with value "acme/never-pushed" is not valid' in result.stderr.replace("\n", " ")
+
+
+def test_upload_of_a_both_folder_says_how_to_resume_the_gguf(hub_server, llama_q8, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+
+    out, repo = tmp_path / "out", f"{ORG}/tiny-upload-both"
+    result = runner.invoke(app, ["prune", str(llama_q8), "--layers", "4-5", "--heal", "none", "--no-eval", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    hub_server.inject("POST", f"/api/models/{repo}-GGUF/commit/", 403, times=1)
+    result = runner.invoke(app, ["upload", str(out), "--repo-id", repo, "--token", WRITE_TOKEN])
+    assert result.exit_code != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{repo} is published and verified" in last
+    assert f"`hf-layerprune upload {out} --repo-id {repo} --gguf-repo-id {repo}-GGUF --gguf-only`" in last
+    assert not (out / ".publish").exists()
+
+
+def test_hub_source_is_named_by_its_repo_in_the_gguf(hub_server, tmp_path):
+    from conftest import ORG, WRITE_TOKEN
+    from huggingface_hub import HfApi
+
+    src = tmp_path / "src"
+    tiny_model("llama", num_layers=4).save_pretrained(src)
+    (src / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n", encoding="utf-8")
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo(f"{ORG}/tiny-base")
+    api.upload_folder(repo_id=f"{ORG}/tiny-base", folder_path=str(src))
+    out = tmp_path / "out"
+    result = invoke("prune", f"{ORG}/tiny-base", "--layers", "1", "-o", out, "--format", "gguf", "--gguf-type", "Q8_0",
+                    "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    meta, _ = fields(out / report["gguf"]["file"])
+    assert meta["general.base_model.0.name"] == "tiny-base" and meta["general.base_model.0.organization"] == ORG
+    assert meta["general.base_model.0.repo_url"] == f"https://huggingface.co/{ORG}/tiny-base"
+    assert meta["general.license"] == "mit" and meta["general.name"] == "tiny-base-pruned-3L"

@@ -72,3 +72,8 @@ def test_llama_cpp_reads_the_pruned_gguf_like_transformers(tmp_path):
     print(f"perplexity on {TOKENS} WikiText-2 test tokens: llama.cpp {cpp_ppl:.3f}, transformers {hf_ppl:.3f}")
     assert abs(cpp_ppl - hf_ppl) / hf_ppl < TOLERANCE
     assert str(llm.metadata.get("llama.block_count")) == "24"  # llama.cpp read the cut depth
+    # what llama.cpp reports about the file (gguf_metadata.py): its size, that it is pruned, and its base
+    assert llm.metadata.get("general.size_label") == "113M"
+    assert llm.metadata.get("general.finetune", "").endswith("-pruned-24L")
+    assert llm.metadata.get("general.base_model.count") == "1"
+    assert llm.metadata.get("general.base_model.0.name") == "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -18,7 +18,7 @@ from hf_layerprune.cli.app import app
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
 PUBLISH, CI = WORKFLOWS / "publish-pruned.yml", WORKFLOWS / "ci.yml"
-INPUTS = {"model", "depths", "metric", "healer", "repo-prefix", "private", "runner"}
+INPUTS = {"model", "depths", "metric", "healer", "repo-prefix", "private", "runner", "collection"}
 
 
 def load(path: Path) -> dict:
@@ -131,7 +131,8 @@ def job_env(token: str, server_url: str, **inputs: str) -> dict[str, str]:
     """The publish job's `env:`, rendered as GitHub would for one matrix entry."""
     context = {"secrets.HF_TOKEN": token, "inputs.model": "acme-labs/Tiny-Llama-4L", "matrix.drop": "1",
                "inputs.metric": "last", "inputs.healer": "none", "inputs.repo-prefix": "acme/tiny-llama",
-               "inputs.private": "true", "inputs.torch-index-url": "", "inputs.extra-args": "--no-eval"}
+               "inputs.private": "true", "inputs.torch-index-url": "", "inputs.extra-args": "--no-eval",
+               "inputs.collection": ""}
     context.update({f"inputs.{k}": v for k, v in inputs.items()})
     publish = load(PUBLISH)["jobs"]["publish"]
     env = {key: render(str(value), context) for key, value in publish["env"].items()}
@@ -193,4 +194,16 @@ def test_the_workflow_push_step_runs_against_the_local_hub(hub_server, pruned_mo
     report = json.loads((tmp_path / "out" / "layerprune.json").read_text())
     assert report["num_layers_after"] == report["num_layers_before"] - 1
     assert "config.json" in hub_server.files("acme/tiny-llama-drop1")
+    assert WRITE_TOKEN not in result.stdout + result.stderr
+
+
+def test_the_workflow_publish_step_gathers_the_variant_in_a_collection(hub_server, pruned_model_dir, tmp_path):
+    """After the push, the same step adds its variant to the collection (`hf-layerprune collection`), verbatim."""
+    env = {**job_env(WRITE_TOKEN, hub_server.url, model=str(pruned_model_dir(0)), collection="tiny variants"),
+           **hub_server.env(tmp_path / "ci-cache", WRITE_TOKEN)}
+    result = run_script(step(load(PUBLISH)["jobs"]["publish"], "Prune, heal and publish")["run"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    [collection] = hub_server.collections.values()
+    assert collection["title"] == "tiny variants" and collection["private"] is True
+    assert [item["id"] for item in collection["items"]] == ["acme/tiny-llama-drop1"]
     assert WRITE_TOKEN not in result.stdout + result.stderr

@@ -123,7 +123,10 @@ def card_data(report: dict[str, Any], *, model_name: str, license_info: dict[str
     info = license_info or {}
     base = hub_id(report.get("base_model"))
     kwargs: dict[str, Any] = {}
-    if base:
+    if hub_id(report.get("gguf_of")):  # the GGUF's own repo (push --format both): a quantized edge from the pruned repo
+        kwargs["base_model"] = report["gguf_of"]
+        kwargs["base_model_relation"] = "quantized"
+    elif base:
         kwargs["base_model"] = base
         kwargs["base_model_relation"] = "finetune"
     for key in ("license", "license_name"):
@@ -147,4 +150,5 @@ def card_data(report: dict[str, Any], *, model_name: str, license_info: dict[str
 
 
 def _gguf_only(report: dict[str, Any]) -> bool:
-    return isinstance(report.get("gguf"), dict) and (report.get("recipe") or {}).get("format") == "gguf"
+    return isinstance(report.get("gguf"), dict) and ((report.get("recipe") or {}).get("format") == "gguf"
+                                                     or bool(report.get("gguf_of")))

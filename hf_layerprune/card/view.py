@@ -174,7 +174,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "kv": kv_view,
         "decilm": decilm,
         "usage": codeblock(usage, "python") if not _gguf_only(report) else None,
-        "gguf": _gguf_view(report, str(load_id)),
+        "gguf": _gguf_view(report, str(report.get("gguf_repo") or load_id)),
         "command": codeblock(report["command"], "bash") if isinstance(report.get("command"), str) and report["command"] else None,
         "base_scores_from": md(evaluation.get("base_scores_from")) if evaluation.get("base_scores_from") else None,
         "eval_command": codeblock(evaluation["command"], "bash") if isinstance(evaluation.get("command"), str) and evaluation["command"] else None,
@@ -216,13 +216,21 @@ def _gguf_view(report: dict[str, Any], load_id: str) -> dict[str, Any] | None:
             how += f"; {len(requantized)} tensors changed by healing were re-quantized ({', '.join(changes)})"
         if info.get("per_layer_keys"):
             how += "; per-layer metadata sliced: " + ", ".join(f"`{k}`" for k in info["per_layer_keys"])
+    how = md(how)
+    if report.get("gguf_of"):
+        how += Markup("; the GGUF build of ") + model_link(report["gguf_of"])
+    if report.get("gguf_repo"):  # published in a repo of its own (push --format both)
+        how += Markup("; published in its own repo, ") + model_link(report["gguf_repo"])
     hub = "/" in load_id and not load_id.startswith(".")
     usage = f"llama-cli -m {name} -p \"The capital of France is\"\n"
     if hub:
         usage = f"llama-cli -hf {load_id} -p \"The capital of France is\"\nollama run hf.co/{load_id}\n"
-    usage += ("python -c 'from transformers import AutoModelForCausalLM; "
-              f"AutoModelForCausalLM.from_pretrained({json.dumps(str(load_id))}, gguf_file={json.dumps(name)})'")
-    return {"file": code(name), "how": md(how), "usage": codeblock(usage, "bash")}
+    if info.get("architecture") != "deci":  # transformers' GGUF loader has no deci (sub-layer) architecture
+        usage += ("python -c 'from transformers import AutoModelForCausalLM; "
+                  f"AutoModelForCausalLM.from_pretrained({json.dumps(str(load_id))}, gguf_file={json.dumps(name)})'")
+    else:
+        how += Markup(" (llama.cpp's `deci` architecture: blocks without attention keep no KV cache)")
+    return {"file": code(name), "how": how, "usage": codeblock(usage, "bash")}
 
 
 def _scores_table(scoring: dict[str, Any], removed: set[int], sub: dict[str, list[int]]) -> list[dict[str, Markup]]:

@@ -31,13 +31,15 @@ def _limit(text: str | None) -> int | float | None:
     return int(value) if value >= 1 and value == int(value) else value
 
 
-def _load(name: str, revision: str | None, dtype: str, device: str | None, allow_pickle: bool):
+def _load(name: str, revision: str | None, dtype: str, device: str | None, allow_pickle: bool,
+          trust_remote_code: bool = False):
     from hf_layerprune.loading import load_model, resolve_source, resolved_revision
 
     source = resolve_source(name, revision, allow_pickle=allow_pickle)
     sha = resolved_revision(source) if source.kind == "hub" else None
     console.print(f"Loading {name}" + (f" @ {sha or revision}" if (sha or revision) else ""), highlight=False)
-    model, tokenizer = load_model(source, dtype=dtype, device=device, allow_pickle=allow_pickle, need_tokenizer=False)
+    model, tokenizer = load_model(source, dtype=dtype, device=device, allow_pickle=allow_pickle, need_tokenizer=False,
+                                  trust_remote_code=trust_remote_code)
     local = str(source.path) if source.kind == "dir" else None
     return model, tokenizer, sha or revision, local
 
@@ -55,7 +57,7 @@ def _free() -> None:
 
 def summary_table(section: dict[str, Any]) -> Table:
     """A terminal table of the main numbers of an ``evaluation`` section."""
-    has_base = bool(section.get("base"))
+    has_base = bool(section.get("base") or (section.get("perplexity") or {}).get("base"))
     table = Table(title="Evaluation", show_lines=False)
     for col in ["task", "metric", "n-shot"] + (["base"] if has_base else []) + ["pruned" if has_base else "score"] + (
         ["Δ", "retention"] if has_base else []
@@ -112,6 +114,7 @@ def evaluate(
     base_revision: Annotated[Optional[str], typer.Option(help="Hub revision of --base (default: the one recorded).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not read or write the lm-eval results cache.")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow loading pickle .bin checkpoints.")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let transformers run a model's own code (auto_map). Not needed for hf-layerprune's sub-layer (DeciLM) outputs, which load with the package's classes. Only for code you have read.")] = False,
 ) -> None:
     """Benchmark a (pruned) model, and its base with identical settings: lm-eval tasks, perplexity, speed and size.
 
@@ -121,7 +124,7 @@ def evaluate(
     import dataclasses
 
     from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
-    from hf_layerprune.loading import check_device, resolve_source, torch_dtype
+    from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
 
@@ -151,12 +154,18 @@ def evaluate(
         ppl_max_tokens=perplexity_max_tokens, speed=speed, device=device, use_cache=not no_cache,
     )
     check_tasks(settings)  # unknown tasks fail before any model is loaded
+    # MODEL must be loadable before the base is evaluated (minutes): its source, and code of its own
+    check_loadable(resolve_source(model, revision, allow_pickle=allow_pickle), trust_remote_code)  # shards whole too
+    if base:
+        check_loadable(resolve_source(base, base_revision, allow_pickle=allow_pickle, check_files=False),
+                       trust_remote_code)
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     start = time.perf_counter()
     base_result = base_model = base_dir = None
     each = dataclasses.replace(settings, speed=False) if base and speed else settings  # the pair is timed together
     if base:
-        base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle)
+        base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle,
+                                                             trust_remote_code)
         if base_tok is None:
             raise LayerPruneError(f"no tokenizer found for {base}")
         base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
@@ -164,7 +173,8 @@ def evaluate(
             del base_model
             base_model = None
             _free()
-    pruned_model, tokenizer, sha, local = _load(model, revision, dtype, device, allow_pickle)
+    pruned_model, tokenizer, sha, local = _load(model, revision, dtype, device, allow_pickle,
+                                                   trust_remote_code)
     if tokenizer is None:
         if base is None:
             raise LayerPruneError(f"no tokenizer found for {model}")

@@ -12,6 +12,7 @@ from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import cli_errors
+from hf_layerprune.summary import removed_text
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -40,5 +41,5 @@ def prune(
         show_summary(display, report, recipe.output_dir, shlex.join(["hf-layerprune", "upload", str(recipe.output_dir)]))
     console.print(
         f"[green]Saved[/green] {recipe.output_dir}: {report['num_layers_before']} -> {report['num_layers_after']} layers, "
-        f"removed {report['removed_layers']}", highlight=False,
+        f"removed {removed_text(report, counts=False)}", highlight=False,
     )

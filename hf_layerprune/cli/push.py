@@ -35,30 +35,36 @@ def push(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Everything but the upload.")] = False,
     output_dir: Annotated[Optional[Path], typer.Option("--output-dir", "-o", help="Keep the local copy here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --output-dir if it is an earlier hf-layerprune output or empty.")] = False,
+    gguf_repo_id: Annotated[Optional[str], typer.Option("--gguf-repo-id", help="With --format both: the GGUF's own repo (default: <repo-id>-GGUF), whose card names the pruned repo as base_model (quantized).")] = None,
     *,
     recipe_options: dict[str, Any],
 ) -> None:
     """Prune, heal, evaluate and card MODEL, then publish it to the Hub in one commit and verify it loads."""
     from hf_layerprune import hub
-    from hf_layerprune.cli.upload import publish_and_verify
+    from hf_layerprune.cli.upload import check_gguf_target, publish_and_verify, upload_flags
+    from hf_layerprune.gguf_publish import GgufPushError
     from hf_layerprune.checks import check_recipe, planned_num_layers
     from hf_layerprune.pipeline import run
 
     hub.check_repo_id(repo_id)
+    hub.check_repo_id(gguf_repo_id)
     recipe = build_recipe(model, {**recipe_options, "revision": model_revision},
                           output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
     check_recipe(recipe)  # every option, before the network and before the model
     token = hub.resolve_token(token)
 
-    def checks() -> tuple:  # token and target are checked before any heavy work (by rank 0 alone)
+    both = (recipe.format or ("both" if model.lower().endswith(".gguf") else "safetensors")) == "both"
+
+    def checks() -> tuple:  # token and targets are checked before any heavy work (by rank 0 alone)
         if dry_run:
-            return None, repo_id
+            return None, repo_id, gguf_repo_id
         user = hub.check_write_access(token, repo_id)
         target = repo_id or hub.default_repo_id(user, model, planned_num_layers(recipe, token=token))
-        hub.check_target(target, token=token, private=private, revision=revision, create_pr=create_pr, exist_ok=exist_ok)
-        return user, target
+        where = dict(private=private, revision=revision, create_pr=create_pr, exist_ok=exist_ok)
+        hub.check_target(target, token=token, **where)
+        return user, target, check_gguf_target(None, target, gguf_repo_id, token=token, both=both, **where)
 
-    user, repo_id = distributed.on_main(checks, share=True)
+    user, repo_id, gguf_target = distributed.on_main(checks, share=True)
     keep = output_dir is not None
     work = Path(tempfile.mkdtemp(prefix="hf-layerprune-push-")) if not keep and distributed.is_main() else None
     if not keep:  # rank 0's folder; the other ranks never write it
@@ -77,7 +83,8 @@ def push(
                 return
             url = publish_and_verify(out, report, repo_id, user=user, token=token, private=private, revision=revision,
                                      create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok,
-                                     verify=verify, trust_remote_code=recipe.trust_remote_code)
+                                     verify=verify, trust_remote_code=recipe.trust_remote_code,
+                                     gguf_repo_id=gguf_target)
             show_summary(display, report, str(out) if keep else None, url)
         typer.echo(url)
     except LayerPruneError as exc:
@@ -86,18 +93,13 @@ def push(
         # the model is finished: keep it, and say how to publish it without redoing the work
         resume = shlex.join(["hf-layerprune", "upload", str(out), "--repo-id", repo_id]
                             + upload_flags(private=private, revision=revision, create_pr=create_pr,
-                                           exist_ok=exist_ok, verify=verify, trust=recipe.trust_remote_code))
+                                           exist_ok=exist_ok, verify=verify, trust=recipe.trust_remote_code)
+                            + (["--gguf-repo-id", gguf_target] if gguf_target and gguf_repo_id else [])
+                            + (["--gguf-only"] if isinstance(exc, GgufPushError) else []))
         work = None
         message = str(exc).split("; run the same command again")[0]
-        raise type(exc)(f"{message}; the pruned model is kept in {out}: publish it with `{resume}`") from None
+        what = "the GGUF" if isinstance(exc, GgufPushError) else "it"
+        raise type(exc)(f"{message}; the pruned model is kept in {out}: publish {what} with `{resume}`") from None
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-
-
-def upload_flags(*, private: bool, revision: str | None, create_pr: bool, exist_ok: bool, verify: bool,
-                 trust: bool) -> list[str]:
-    """The `upload` flags that publish a kept folder exactly as the failed `push` would have."""
-    flags = [flag for flag, on in (("--private", private), ("--create-pr", create_pr), ("--exist-ok", exist_ok),
-                                   ("--no-verify", not verify), ("--trust-remote-code", trust)) if on]
-    return flags + (["--revision", revision] if revision else [])

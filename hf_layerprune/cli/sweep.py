@@ -34,6 +34,7 @@ def sweep(
     private: Annotated[bool, typer.Option("--private", help="Create the repos as private.")] = False,
     token: Annotated[Optional[str], typer.Option("--token", help="Hub token (default: HF_TOKEN or `hf auth login`).")] = None,
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace models on main of existing repos.")] = False,
+    collection: Annotated[Optional[str], typer.Option("--collection", help="With --repo-prefix: title of the Hub collection that gathers the variants, ordered by depth with their headline numbers (created or updated; default '<model> pruned variants').")] = None,
     *,
     recipe_options: dict[str, Any],
 ) -> None:
@@ -43,9 +44,11 @@ def sweep(
     depths = parse_depths(drop)
     recipe = build_recipe(model, recipe_options, drop=max(depths) if depths else None, overwrite=overwrite or None)
     user = None
-    if repo_prefix:
-        from hf_layerprune import hub
+    if collection is not None and not repo_prefix:
+        raise LayerPruneError("--collection gathers pushed variants: give --repo-prefix too")
+    from hf_layerprune import hub
 
+    if repo_prefix:
         token = hub.resolve_token(token)
         user = distributed.on_main(hub.check_write_access, token, repo_prefix, share=True)  # rank 0 talks to the Hub
     with open_display(recipe_options) as display:
@@ -55,12 +58,22 @@ def sweep(
         for out in outputs:
             display.message(f"[green]Saved[/green] {out}")
         if repo_prefix:
-            from hf_layerprune.cli.upload import publish_and_verify
+            from hf_layerprune.cli.upload import check_gguf_target, publish_and_verify
             from hf_layerprune.report import read_report
 
+            published = {}
             for out in outputs:
                 report = read_report(out)
-                url = publish_and_verify(out, report, f"{repo_prefix}-{report['num_layers_after']}L", user=user,
-                                         token=token, private=private, revision=None, create_pr=False,
-                                         commit_message=None, exist_ok=exist_ok, verify=True)
+                repo_id = f"{repo_prefix}-{report['num_layers_after']}L"
+                if "/" not in repo_id:
+                    repo_id = f"{user}/{repo_id}"
+                where = dict(private=private, revision=None, create_pr=False, exist_ok=exist_ok)
+                gguf_repo = check_gguf_target(out, repo_id, None, token=token, **where)  # --format both: its own repo
+                url = publish_and_verify(out, report, repo_id, user=user, token=token, commit_message=None,
+                                         verify=True, gguf_repo_id=gguf_repo, **where)
                 display.message(f"[green]Published[/green] {url}")
+                published[repo_id] = report
+            from hf_layerprune.cli.collection import gather
+
+            url = gather(list(published), published, collection, token=token, private=private)
+            display.message(f"[green]Collection[/green] {url}")

@@ -35,31 +35,85 @@ def upload(
     exist_ok: Annotated[bool, typer.Option("--exist-ok", help="Replace the model on main of an existing repo.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="Commit to a staging branch, reload it from the Hub and compare with the local model before it reaches the target branch.")] = True,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Let transformers run the folder's own modeling code (auto_map) when probing and verifying it. Only for code you have read.")] = False,
+    gguf_repo_id: Annotated[str | None, typer.Option("--gguf-repo-id", help="Repo for the GGUF of a folder that holds both formats (default: <repo-id>-GGUF); its card names --repo-id as base_model (quantized).")] = None,
+    gguf_only: Annotated[bool, typer.Option("--gguf-only", help="Publish only the GGUF repo of a both-formats folder (the pruned repo is already published): resumes a push whose GGUF step failed.")] = False,
 ) -> None:
     """Publish a pruned model folder to the Hugging Face Hub in one commit, verified before it reaches the branch."""
     from hf_layerprune import hub
 
     hub.check_repo_id(repo_id)
+    hub.check_repo_id(gguf_repo_id)
     report = check_model_folder(directory)
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
     repo_id = repo_id or hub.default_repo_id(user, str(report.get("base_model", directory.name)), report.get("num_layers_after", 0))
-    url = publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
-                             create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
-                             trust_remote_code=trust_remote_code)
+    gguf_repo_id = check_gguf_target(directory, repo_id, gguf_repo_id, gguf_only, token=token, private=private,
+                                     revision=revision, create_pr=create_pr, exist_ok=exist_ok)
+    from hf_layerprune.gguf_publish import GgufPushError
+
+    try:
+        url = publish_and_verify(directory, report, repo_id, user=user, token=token, private=private,
+                                 revision=revision, create_pr=create_pr, commit_message=commit_message,
+                                 exist_ok=exist_ok, verify=verify, trust_remote_code=trust_remote_code,
+                                 gguf_repo_id=gguf_repo_id, gguf_only=gguf_only)
+    except GgufPushError as exc:
+        import shlex
+
+        resume = shlex.join(["hf-layerprune", "upload", str(directory), "--repo-id", repo_id, "--gguf-repo-id",
+                             gguf_repo_id, "--gguf-only"] + upload_flags(private=private, revision=revision,
+                            create_pr=create_pr, exist_ok=exist_ok, verify=verify, trust=trust_remote_code))
+        raise GgufPushError(f"{exc}; publish the GGUF with `{resume}`") from None
     typer.echo(url)
+
+
+def check_gguf_target(directory: Path | None, repo_id: str, gguf_repo_id: str | None, gguf_only: bool = False, *,
+                      token: str | None, both: bool | None = None, **target: Any) -> str | None:
+    """The GGUF repo of a both-formats folder (`both`: known before the folder exists, for push), checked like the
+    main target before any work; None when the folder has one format."""
+    from hf_layerprune import hub
+    from hf_layerprune.gguf_publish import default_gguf_repo, has_both
+
+    both = has_both(directory) if both is None else both
+    if not both:
+        if gguf_only or gguf_repo_id:
+            raise LayerPruneError("--gguf-only and --gguf-repo-id are for a folder holding both safetensors and GGUF "
+                                  "(--format both)")
+        return None
+    gguf_repo_id = gguf_repo_id or default_gguf_repo(repo_id)
+    if gguf_repo_id == repo_id:
+        raise LayerPruneError("--gguf-repo-id must differ from --repo-id: the GGUF gets a repo of its own")
+    hub.check_repo_id(gguf_repo_id)
+    hub.check_write_access(token, gguf_repo_id)
+    hub.check_target(gguf_repo_id, token=token, **target)
+    return gguf_repo_id
 
 
 def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
-                       exist_ok: bool, verify: bool, trust_remote_code: bool = False) -> str:
-    """Probe `directory` locally, push it through a verified staging commit, print the URL (shared by push)."""
-    from hf_layerprune import progress
+                       exist_ok: bool, verify: bool, trust_remote_code: bool = False, gguf_repo_id: str | None = None,
+                       gguf_only: bool = False) -> str:
+    """Probe `directory` locally, push it through a verified staging commit, print the URL (shared by push).
 
+    With `gguf_repo_id` (a both-formats folder): the pruned model goes to `repo_id`, then, once verified there, the
+    GGUF to `gguf_repo_id` (gguf_publish.split_views); `gguf_only` pushes the second alone."""
+    from hf_layerprune import progress
+    from hf_layerprune.gguf_publish import GgufPushError, split_views
+
+    options = dict(user=user, token=token, private=private, revision=revision, create_pr=create_pr,
+                   commit_message=commit_message, exist_ok=exist_ok, verify=verify, trust_remote_code=trust_remote_code)
     with progress.stage("publish"):
-        return _publish_and_verify(directory, report, repo_id, user=user, token=token, private=private, revision=revision,
-                            create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok, verify=verify,
-                            trust_remote_code=trust_remote_code)
+        if gguf_repo_id is None:
+            return _publish_and_verify(directory, report, repo_id, **options)
+        with split_views(directory, repo_id, gguf_repo_id) as (model_view, gguf_view):
+            url = None if gguf_only else _publish_and_verify(model_view, report, repo_id, **options)
+            try:
+                gguf_url = _publish_and_verify(gguf_view, report, gguf_repo_id, **options)
+            except LayerPruneError as exc:
+                done = f"{repo_id} is published and verified; " if url else ""
+                message = str(exc).split("; run the same command again")[0].rstrip(".")  # not the whole push again
+                raise GgufPushError(f"{message}; {done}the GGUF repo {gguf_repo_id} was not published") from None
+        say(f"GGUF in its own repo: {escape(gguf_url)} (base_model {escape(repo_id)}, quantized)")
+        return url or gguf_url
 
 
 def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
@@ -149,3 +203,11 @@ def default_commit_message(report: dict[str, Any], directory: Path) -> str:
     if before is not None and after is not None:
         return f"Upload {base} pruned from {before} to {after} layers (hf-layerprune)"
     return f"Upload {base} (hf-layerprune)"
+
+
+def upload_flags(*, private: bool, revision: str | None, create_pr: bool, exist_ok: bool, verify: bool,
+                 trust: bool) -> list[str]:
+    """The `upload` flags that publish a kept folder exactly as the failed `push` would have."""
+    flags = [flag for flag, on in (("--private", private), ("--create-pr", create_pr), ("--exist-ok", exist_ok),
+                                   ("--no-verify", not verify), ("--trust-remote-code", trust)) if on]
+    return flags + (["--revision", revision] if revision else [])
