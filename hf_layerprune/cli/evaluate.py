@@ -122,10 +122,10 @@ def evaluate(
 
     from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
     from hf_layerprune.loading import check_device, resolve_source, torch_dtype
-    from hf_layerprune.outputs import check_output_file
+    from hf_layerprune.outputs import check_output_file, model_paths
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
 
-    check_output_file(json_path, "--json")
+    check_output_file(json_path, "--json", model_paths(model) + (model_paths(base) if base else []))
     check_device(device)
     torch_dtype(dtype)
     for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--perplexity-max-tokens", perplexity_max_tokens)):
@@ -188,7 +188,9 @@ def evaluate(
         section["settings"]["base_revision"] = base_revision
     Console().print(summary_table(section))
     if json_path:
-        json_path.write_text(json.dumps(section, indent=2) + "\n", encoding="utf-8")
+        from hf_layerprune.outputs import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(section, indent=2) + "\n")
         console.print(f"Wrote {json_path}", highlight=False)
     if report is not None:
         report["evaluation"] = section

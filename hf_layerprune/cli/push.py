@@ -66,7 +66,7 @@ def push(
     out = Path(recipe.output_dir)
     finished = False
     try:
-        with open_display(recipe_options) as display:
+        with open_display(recipe_options, model, recipe.output_dir) as display:
             report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
             finished = True
             if not distributed.is_main():  # rank 0 publishes
