@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 
 SAFE_INDEX = "model.safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+MAX_LAYERS = 100_000  # no decoder has more; a config asking for more is refused before any work
+LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*?\.)?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8, "F4": 0.5, "F6_E2M3": 0.75,
                "F6_E3M2": 0.75}
@@ -50,15 +53,76 @@ def check_safetensors(path: Path) -> dict[str, dict[str, Any]]:
         tensors = {k: v for k, v in header.items() if k != "__metadata__"}
         for name, entry in tensors.items():
             start, stop = entry["data_offsets"]
-            numel = math.prod(int(d) for d in entry["shape"])
+            if not all(is_count(d) for d in entry["shape"]) or not is_count(start) or not is_count(stop):
+                raise ValueError(f"tensor {name} has a shape or offset that is not a non-negative integer "
+                                 f"({entry['shape']}, {entry['data_offsets']})")
+            numel = math.prod(entry["shape"])
             if not 0 <= start <= stop or (stop - start) != math.ceil(numel * DTYPE_BYTES[entry["dtype"]]):
                 raise ValueError(f"tensor {name} has a byte range that does not match its dtype and shape")
             end = max(end, stop)
         if 8 + length + end != size:
             raise ValueError(f"the data should end at byte {8 + length + end} but the file has {size} bytes")
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a valid safetensors file: its header is nested too deeply") from None
     except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is truncated or not a valid safetensors file: {exc}") from None
     return tensors
+
+
+def is_count(value: Any) -> bool:
+    """A non-negative integer (a dimension, an offset, a layer count); bool is not one."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def spans(indices: set[int]) -> str:
+    """{0, 1, 2, 5} -> "0-2, 5"."""
+    out: list[str] = []
+    for i in sorted(indices):
+        if out and i == int(out[-1].rsplit("-", 1)[-1]) + 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out) or "none"
+
+
+def check_layer_count(value: Any, what: str) -> int:
+    """A config's layer count is an integer from 1 to MAX_LAYERS; one line naming the field otherwise."""
+    if not is_count(value) or value < 1:
+        raise CheckpointError(f"{what} is {value!r}, not a positive integer")
+    if value > MAX_LAYERS:
+        raise CheckpointError(f"{what} is {value}, more than the {MAX_LAYERS} layers any model has")
+    return value
+
+
+def check_layer_set(present: set[int], num_layers: int, what: str, count_name: str, extra: int = 0) -> None:
+    """The layer indices in the tensor names are exactly 0..num_layers-1 (plus `extra` trailing ones, e.g.
+    multi-token-prediction layers a checkpoint stores after the decoder's)."""
+    expected = set(range(num_layers))
+    if present == expected or (extra and expected <= present <= set(range(num_layers + extra))):
+        return
+    raise CheckpointError(f"{what}: {count_name} says {num_layers} layers (0-{num_layers - 1}) but the weights "
+                          f"hold layers {spans(present)}; the config and the weights disagree")
+
+
+def layer_index(key: str, layer_prefix: str) -> int | None:
+    """The decoder-layer index of a checkpoint key (`model.layers.3.mlp...` -> 3), None for other keys."""
+    m = LAYER_KEY.match(key)
+    if not m or not (layer_prefix.endswith(m["prefix"] + ".") or (m["prefix"] + ".").endswith(layer_prefix)):
+        return None
+    return int(m["idx"])
+
+
+def check_checkpoint_layers(directory: Path, config: Any, layer_prefix: str) -> None:
+    """Before any cut: the safetensors of `directory` hold exactly the config's layers (check_layer_set)."""
+    files = sorted(directory.glob("*.safetensors"))
+    if not files:
+        return
+    names = [name for path in files for name in check_safetensors(path)]
+    present = {i for i in (layer_index(n, layer_prefix) for n in names) if i is not None}
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    extra = getattr(text, "num_nextn_predict_layers", 0) or 0
+    check_layer_set(present, text.num_hidden_layers, str(directory), "config.json's num_hidden_layers",
+                    extra if is_count(extra) else 0)
 
 
 def check_weights(directory: Path) -> list[Path]:
@@ -87,6 +151,8 @@ def read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"cannot read {path}: its JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a JSON object")
     return data

@@ -102,6 +102,9 @@ def _check_gguf(path: Path) -> None:
     except Exception as exc:  # the reader raises ValueError, struct errors, IndexError... on a damaged file
         text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise CheckpointError(f"{path.name} is not a valid GGUF file: {text}") from None
+    from hf_layerprune.gguf_surgery import read_header
+
+    read_header(path).check_blocks()  # block_count is a count and the file holds exactly those blocks
 
 
 def check_device(device: str | None) -> None:
@@ -268,6 +271,11 @@ def load_model(
         kwargs["quantization_config"] = quantized.config(want)
         if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
             kwargs["device_map"] = {"": device or "cpu"}  # `device` is already this rank's GPU when there is one
+    if source.kind == "dir" and (source.path / "config.json").is_file():
+        from hf_layerprune.checks import check_source_layers, source_config
+
+        # transformers would fill missing layers with random weights and only warn
+        check_source_layers(source, source_config(source, trust_remote_code=trust_remote_code))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs

@@ -20,7 +20,8 @@ from typing import Callable
 from hf_layerprune import distributed, stages
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights, load_checkpoint
-from hf_layerprune.checks import check_4bit_source, check_recipe, check_target_against, preflight, source_config, source_paths
+from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_layers, check_target_against, preflight,
+                                  source_config, source_paths)
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.gguf_route import resolve_format
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
@@ -64,8 +65,10 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
 
     def checks() -> str | None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
         check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
+        config = None
         if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
-            check_target_against(recipe, source_config(source, trust_remote_code=recipe.trust_remote_code).num_hidden_layers)
+            config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+            check_target_against(recipe, config.num_hidden_layers)
         files = None
         if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
             files = hub_files(source)
@@ -74,6 +77,8 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
         check_4bit_source(recipe, source, files)
         if source.kind == "dir" and any(source.path.glob("*.safetensors")):
             check_weights(source.path)  # every shard whole, before the first stage reads one
+            if config is not None:
+                check_source_layers(source, config)  # and holding exactly the config's layers
         return resolved_revision(source) if source.kind == "hub" else source.revision
 
     base_revision = distributed.on_main(checks, share=True)

@@ -18,7 +18,7 @@ from hf_layerprune import distributed, stages
 from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
 from hf_layerprune.card import record_base_card, render_card
-from hf_layerprune.checks import check_recipe, check_target_against, source_config, source_paths
+from hf_layerprune.checks import check_recipe, check_source_layers, check_target_against, source_config, source_paths
 from hf_layerprune.errors import ConfigError, LayerPruneError, OutputError
 from hf_layerprune.evaluation import headline
 from hf_layerprune.hub import _model_name
@@ -85,6 +85,7 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
         raise OutputError(f"--output-dir {root} exists and is not a directory")
     check_path(root, "--output-dir", sources, directory=True)
     config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+    check_source_layers(source, config)
     for n in depths:
         check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
