@@ -83,7 +83,78 @@ def ws(tmp_path_factory) -> Path:
     }
     for name, text in recipes.items():
         (root / f"{name}.yaml").write_text(text)
+    _add_issue32_inputs(root, ckpt)
     return root
+
+
+def _with_config(root: Path, ckpt: Path, name: str, **changes) -> None:
+    shutil.copytree(ckpt, root / name)
+    config = json.loads((ckpt / "config.json").read_text())
+    (root / name / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _rewrite_header(path: Path, change) -> None:
+    """Rewrite a safetensors header in place (the data bytes stay where their offsets say)."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    text = change(header)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+
+
+def _negative_dims(header: dict) -> bytes:
+    name = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2)
+    header[name]["shape"] = [-d for d in header[name]["shape"]]
+    return json.dumps(header).encode()
+
+
+def _deep_metadata(header: dict) -> bytes:
+    text = json.dumps(header).encode()
+    return text[:-1] + b', "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def _gguf(path: Path, block_count, blocks: int = 6) -> None:
+    import numpy as np
+    from gguf import GGUFValueType, GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    if isinstance(block_count, int):
+        writer.add_block_count(block_count)
+    elif isinstance(block_count, str):
+        writer.add_string("llama.block_count", block_count)
+    else:
+        writer.add_key_value("llama.block_count", block_count, GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT32)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    for i in range(blocks):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.full(4, i, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _add_issue32_inputs(root: Path, ckpt: Path) -> None:
+    """Issue 32: links, FIFOs, inconsistent checkpoints, absurd sizes."""
+    import os
+
+    (root / "victim.txt").write_text("someone else's file\n")
+    (root / "log-link.json").symlink_to(root / "victim.txt")
+    (root / "dir-link").symlink_to(root / "empty")
+    os.mkfifo(root / "fifo")
+    _with_config(root, ckpt, "more-layers", num_hidden_layers=6)  # config 6 over weights of 4
+    _with_config(root, ckpt, "fewer-layers", num_hidden_layers=3)  # config 3 over weights of 4
+    _with_config(root, ckpt, "word-layers", num_hidden_layers="six")
+    _with_config(root, ckpt, "huge-layers", num_hidden_layers=10**12)
+    shutil.copytree(ckpt, root / "deep-config")
+    text = (ckpt / "config.json").read_text().rstrip().rstrip("}")
+    (root / "deep-config" / "config.json").write_text(text + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for name, change in {"negative-dims": _negative_dims, "deep-header": _deep_metadata}.items():
+        shutil.copytree(ckpt, root / name)
+        _rewrite_header(root / name / "model.safetensors", change)
+    _gguf(root / "gguf-more.gguf", 10)  # block_count 10 over 6 blocks
+    _gguf(root / "gguf-fewer.gguf", 4)
+    _gguf(root / "gguf-string.gguf", "6")
+    _gguf(root / "gguf-array.gguf", [6, 6])
 
 
 C = "{ws}/ckpt"
@@ -233,6 +304,50 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep-granularity", ["sweep", C, "--drop", "1,2", "--granularity", "mlp", "-o", OUT, *FAST], "whole layers"),
     ("sweep-truncated", ["sweep", "{ws}/trunc", "--drop", "1,2", "-o", OUT, *FAST], "truncated"),
     ("sweep-bad-prefix", ["sweep", C, "--drop", "1,2", "-o", OUT, *FAST, "--repo-prefix", "a/b/c"], "invalid --repo-id"),
+    # --- issue 32.1: every output path goes through one check ---------------------------------------------------
+    ("log-json-source-config", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", C + "/config.json"], "inside the source"),
+    ("log-json-source-weights", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", C + "/model.safetensors"], "inside the source"),
+    ("log-json-other-model", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/pruned/log.jsonl"], "model folder"),
+    ("log-json-symlink", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/log-link.json"], "symbolic link"),
+    ("log-json-fifo", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/fifo"], "FIFO"),
+    ("log-json-device", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "/dev/full"], "device"),
+    ("log-json-weight-name", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/log.safetensors"], "model file"),
+    ("log-json-in-output", ["prune", C, "--layers", "1", "-o", "{ws}/previous", "--overwrite", *FAST, "--log-json", "{ws}/previous/log.jsonl"], "inside the run's output"),
+    ("log-json-bad-option", ["prune", C, "--drop", "0", "-o", OUT, *FAST, "--log-json", "{ws}/log.jsonl"], "at least 1"),
+    ("log-json-bad-layer", ["prune", C, "--layers", "9", "-o", OUT, *FAST, "--log-json", "{ws}/log.jsonl"], "out of range"),
+    ("push-log-json-source", ["push", C, "--layers", "1", *FAST, "--repo-id", "acme/x", "--log-json", C + "/config.json"], "inside the source"),
+    ("sweep-log-json-source", ["sweep", C, "--drop", "1,2", "-o", OUT, *FAST, "--log-json", C + "/tokenizer.json"], "inside the source"),
+    ("sweep-log-json-bad-option", ["sweep", C, "--drop", "1,9", "-o", OUT, *FAST, "--log-json", "{ws}/log.jsonl"], "smaller than"),
+    ("prune-output-symlink", ["prune", C, "--layers", "1", "-o", "{ws}/dir-link", "--overwrite", *FAST], "symbolic link"),
+    ("prune-output-in-model", ["prune", C, "--layers", "1", "-o", "{ws}/pruned/sub", *FAST], "model folder"),
+    ("sweep-output-symlink", ["sweep", C, "--drop", "1,2", "-o", "{ws}/dir-link", *FAST], "symbolic link"),
+    ("sweep-drop-negative", ["sweep", C, "--drop", "-1,2", "-o", OUT, *FAST], "at least 1"),
+    ("analyze-json-source-config", ["analyze", C, "--metric", "bi", "--json", C + "/config.json"], "inside the source"),
+    ("analyze-json-other-model", ["analyze", C, "--metric", "bi", "--json", "{ws}/pruned/s.json"], "model folder"),
+    ("analyze-json-symlink", ["analyze", C, "--metric", "bi", "--json", "{ws}/log-link.json"], "symbolic link"),
+    ("analyze-json-fifo", ["analyze", C, "--metric", "bi", "--json", "{ws}/fifo"], "FIFO"),
+    ("analyze-plot-device", ["analyze", C, "--metric", "bi", "--plot", "/dev/full"], "device"),
+    ("analyze-plot-format", ["analyze", C, "--metric", "bi", "--plot", "{ws}/scores.xyz"], ".png"),
+    ("analyze-json-is-plot", ["analyze", C, "--metric", "bi", "--json", "{ws}/s.png", "--plot", "{ws}/s.png"], "two files"),
+    ("evaluate-json-source", ["evaluate", C, "--no-base", "--json", C + "/config.json"], "inside the source"),
+    ("evaluate-json-symlink", ["evaluate", C, "--no-base", "--json", "{ws}/log-link.json"], "symbolic link"),
+    # --- issue 32.2: the checkpoint is what its config says, before any cut -------------------------------------
+    ("ckpt-more-layers-stream", ["prune", "{ws}/more-layers", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-more-layers-memory", ["prune", "{ws}/more-layers", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-fewer-layers", ["prune", "{ws}/fewer-layers", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-fewer-layers-analyze", ["analyze", "{ws}/fewer-layers", "--metric", "bi"], "disagree"),
+    ("ckpt-more-layers-evaluate", ["evaluate", "{ws}/more-layers", "--no-base", "--tasks", "none", "--perplexity", "none"], "disagree"),
+    ("ckpt-more-layers-sweep", ["sweep", "{ws}/more-layers", "--drop", "1,2", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-word-layers", ["prune", "{ws}/word-layers", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
+    ("ckpt-huge-layers", ["prune", "{ws}/huge-layers", "--layers", "1", "-o", OUT, *FAST], "more than the 100000"),
+    ("ckpt-huge-layers-memory", ["prune", "{ws}/huge-layers", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "more than the 100000"),
+    ("ckpt-negative-dims", ["prune", "{ws}/negative-dims", "--layers", "1", "-o", OUT, *FAST], "non-negative integer"),
+    ("ckpt-deep-config", ["prune", "{ws}/deep-config", "--layers", "1", "-o", OUT, *FAST], "nested too deeply"),
+    ("ckpt-deep-header", ["prune", "{ws}/deep-header", "--layers", "1", "-o", OUT, *FAST], "nested too deeply"),
+    ("gguf-more-blocks", ["prune", "{ws}/gguf-more.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("gguf-fewer-blocks", ["prune", "{ws}/gguf-fewer.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("gguf-string-count", ["prune", "{ws}/gguf-string.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
+    ("gguf-array-count", ["prune", "{ws}/gguf-array.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
 ]
 
 
