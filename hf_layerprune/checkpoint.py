@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
+from hf_layerprune.recipe import MAX_LAYERS  # no decoder has more; a config asking for more is refused before any work
 
 SAFE_INDEX = "model.safetensors.index.json"
 MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
-MAX_LAYERS = 100_000  # no decoder has more; a config asking for more is refused before any work
 LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*?\.)?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
 DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2,
                "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8, "F4": 0.5, "F6_E2M3": 0.75,

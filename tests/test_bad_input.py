@@ -80,9 +80,12 @@ def ws(tmp_path_factory) -> Path:
         "unknown-key": "drop: 1\ncolour: blue\n", "list": "- drop\n- 1\n", "yaml": "drop: [1\n", "drop-str": 'drop: "4"\n',
         "heal-typo": "drop: 1\nheal: distill:adapter=ful\n", "layers-bad": "layers: x-y\n", "lr-str": "drop: 1\nlearning_rate: fast\n",
         "tasks-int": "drop: 1\ntasks: 5\n",
+        "int-key": "drop: 1\n1: 2\n", "lr-inf": "drop: 1\nlearning_rate: .inf\n",
+        "samples-huge": "drop: 1\ncalibration_samples: 1000000000000\n", "deep": "drop: " + "[" * 5000 + "]" * 5000 + "\n",
     }
     for name, text in recipes.items():
         (root / f"{name}.yaml").write_text(text)
+    (root / "latin1.yaml").write_bytes("drop: 1\n# r\xe9glage\n".encode("latin-1"))
     _add_issue32_inputs(root, ckpt)
     return root
 
@@ -347,6 +350,26 @@ CASES: list[tuple[str, list[str], str]] = [
     ("gguf-more-blocks", ["prune", "{ws}/gguf-more.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
     ("gguf-fewer-blocks", ["prune", "{ws}/gguf-fewer.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
     ("gguf-string-count", ["prune", "{ws}/gguf-string.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
+    # --- issue 32.3: sizes bounded before any work ----------------------------------------------------------------
+    ("bound-layers-range", ["prune", C, "--layers", "0-99999999999", "-o", OUT, *FAST], "beyond any model"),
+    ("bound-layers-index", ["prune", C, "--layers", "123456789012", "-o", OUT, *FAST], "beyond any model"),
+    ("bound-calibration-tokens", ["prune", C, "--drop", "1", "--metric", "bi", "--calibration-samples", "1000000", "--seq-len", "4096", "-o", OUT, *FAST], "calibration tokens"),
+    ("bound-calibration-samples", ["prune", C, "--drop", "1", "--metric", "bi", "--calibration-samples", "1000000000000", "-o", OUT, *FAST], "bound"),
+    ("bound-seq-len", ["prune", C, "--drop", "1", "--metric", "bi", "--seq-len", "100000000", "--calibration-samples", "1", "-o", OUT, *FAST], "bound"),
+    ("bound-rounds", ["prune", C, "--drop", "1", "--rounds", "1000000", "-o", OUT, *FAST], "bound"),
+    ("bound-heal-steps", ["prune", C, "--layers", "1", "--heal", "lora", "--heal-steps", "1000000000", "--no-eval", "-o", OUT], "bound"),
+    ("bound-prune-limit", ["prune", C, "--layers", "1", "--heal", "none", "--limit", "100000000000", "-o", OUT], "bound"),
+    ("bound-sweep-depth", ["sweep", C, "--drop", "1,200000", "-o", OUT, *FAST], "bound"),
+    ("evaluate-limit-inf", ["evaluate", C, "--no-base", "--limit", "inf"], "finite"),
+    ("evaluate-limit-nan", ["evaluate", C, "--no-base", "--limit", "nan"], "finite"),
+    ("evaluate-limit-huge", ["evaluate", C, "--no-base", "--limit", "1e12"], "bound"),
+    ("evaluate-seq-len-huge", ["evaluate", C, "--no-base", "--seq-len", "100000000"], "bound"),
+    ("recipe-samples-huge", ["prune", C, "--recipe", "{ws}/samples-huge.yaml", "-o", OUT, *FAST], "bound"),
+    ("recipe-lr-inf", ["prune", C, "--recipe", "{ws}/lr-inf.yaml", "-o", OUT, *FAST], "finite"),
+    # --- issue 32.8: tracebacks that become one line ------------------------------------------------------------
+    ("recipe-not-utf8", ["prune", C, "--recipe", "{ws}/latin1.yaml", "-o", OUT, *FAST], "UTF-8"),
+    ("recipe-int-key", ["prune", C, "--recipe", "{ws}/int-key.yaml", "-o", OUT, *FAST], "not an option name"),
+    ("recipe-deep", ["prune", C, "--recipe", "{ws}/deep.yaml", "-o", OUT, *FAST], "recipe"),
     ("gguf-array-count", ["prune", "{ws}/gguf-array.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
 ]
 
