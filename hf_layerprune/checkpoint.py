@@ -158,6 +158,30 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def link_roots(folder: Path) -> list[Path]:
+    """Where a link in `folder` may point: inside it, or (a Hub snapshot) into its repo's blobs."""
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":
+        roots.append((folder.parent.parent / "blobs").resolve())
+    return roots
+
+
+def check_link(path: Path, folder: Path) -> None:
+    """A symbolic link under `folder` must resolve inside it (or the Hub cache's blobs); never follow one out."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not any(target == root or root in target.parents for root in link_roots(folder)):
+        raise CheckpointError(f"{path} is a symbolic link to {target}, outside {folder}; copy the file into the "
+                              "folder or remove the link")
+
+
+def check_links(folder: Path) -> None:
+    """Every symbolic link under `folder` (check_link)."""
+    for path in folder.rglob("*"):
+        check_link(path, folder)
+
+
 # --- loading without running a checkpoint's code ------------------------------------------------------------------
 
 

@@ -381,7 +381,11 @@ def _refuse_overwrite(repo_id: str, remote: set[str], branch: str, create_pr: bo
 
 
 def local_files(folder: Path) -> list[str]:
-    """Relative POSIX paths of the files to publish: everything except hidden files and folders."""
+    """Relative POSIX paths of the files to publish: everything except hidden files and folders. A symbolic link
+    that resolves outside `folder` is refused: its target would be published."""
+    from hf_layerprune.checkpoint import check_links
+
+    check_links(folder)
     return sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")

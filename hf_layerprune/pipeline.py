@@ -33,7 +33,8 @@ from hf_layerprune.recipe import Recipe
 from hf_layerprune.scoring import METRICS
 from hf_layerprune.report import CutSection, Report, SourceSection
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
-from hf_layerprune.surgery import kept_layers, remove_layers
+from hf_layerprune.surgery import side_files
+from hf_layerprune.surgery import side_files, kept_layers, remove_layers
 
 Log = Callable[[str], None]
 
@@ -79,6 +80,8 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
             check_weights(source.path)  # every shard whole, before the first stage reads one
             if config is not None:
                 check_source_layers(source, config)  # and holding exactly the config's layers
+        if source.kind == "dir":
+            side_files(source.path)  # no side file is a link out of the folder (refused before any work)
         return resolved_revision(source) if source.kind == "hub" else source.revision
 
     base_revision = distributed.on_main(checks, share=True)

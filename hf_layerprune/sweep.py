@@ -28,6 +28,7 @@ from hf_layerprune.pipeline import Timer, heal_and_evaluate, load, save
 from hf_layerprune.plots import plot_pareto
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import Report, SourceSection, read_report, write_report
+from hf_layerprune.surgery import side_files
 from hf_layerprune.scoring import build_context, get_metric, run_metric
 
 Log = Callable[[str], None]
@@ -86,6 +87,8 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     check_path(root, "--output-dir", sources, directory=True)
     config = source_config(source, trust_remote_code=recipe.trust_remote_code)
     check_source_layers(source, config)
+    if source.kind == "dir":
+        side_files(source.path)  # no side file is a link out of the folder
     for n in depths:
         check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}

@@ -154,6 +154,10 @@ def _add_issue32_inputs(root: Path, ckpt: Path) -> None:
     for name, change in {"negative-dims": _negative_dims, "deep-header": _deep_metadata}.items():
         shutil.copytree(ckpt, root / name)
         _rewrite_header(root / name / "model.safetensors", change)
+    shutil.copytree(ckpt, root / "linked")
+    (root / "linked" / "notes.txt").symlink_to(root / "victim.txt")  # a side file that leads out of the folder
+    shutil.copytree(root / "pruned", root / "pruned-linked")
+    (root / "pruned-linked" / "notes.txt").symlink_to(root / "victim.txt")
     _gguf(root / "gguf-more.gguf", 10)  # block_count 10 over 6 blocks
     _gguf(root / "gguf-fewer.gguf", 4)
     _gguf(root / "gguf-string.gguf", "6")
@@ -350,6 +354,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("gguf-more-blocks", ["prune", "{ws}/gguf-more.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
     ("gguf-fewer-blocks", ["prune", "{ws}/gguf-fewer.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
     ("gguf-string-count", ["prune", "{ws}/gguf-string.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
+    # --- issue 32.4: links are never followed out of a folder --------------------------------------------------
+    ("link-side-file-stream", ["prune", "{ws}/linked", "--layers", "1", "-o", OUT, *FAST], "outside"),
+    ("link-side-file-memory", ["prune", "{ws}/linked", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "outside"),
+    ("link-side-file-sweep", ["sweep", "{ws}/linked", "--drop", "1,2", "-o", OUT, *FAST], "outside"),
+    ("link-upload", ["upload", "{ws}/pruned-linked", "--repo-id", "acme/x"], "outside"),
     # --- issue 32.3: sizes bounded before any work ----------------------------------------------------------------
     ("bound-layers-range", ["prune", C, "--layers", "0-99999999999", "-o", OUT, *FAST], "beyond any model"),
     ("bound-layers-index", ["prune", C, "--layers", "123456789012", "-o", OUT, *FAST], "beyond any model"),
@@ -400,3 +409,51 @@ def test_the_table_covers_every_command():
     commands = {argv[0] for _, argv, _ in CASES}
     assert commands == {"prune", "analyze", "evaluate", "card", "upload", "push", "sweep"}
     assert len(CASES) >= 70
+
+
+# --- issue 32: what is accepted, and how outputs are written ------------------------------------------------------
+
+
+def test_log_json_is_renamed_into_place_and_absent_when_refused_before_any_stage(tmp_path):
+    from hf_layerprune.errors import ConfigError
+    from hf_layerprune.progress import Display
+
+    log = tmp_path / "events.jsonl"
+    with pytest.raises(ConfigError):
+        with Display("quiet", json_path=log) as display:
+            display.message("checking")
+            raise ConfigError("bad option")
+    assert list(tmp_path.iterdir()) == []  # refused during the checks: no log, no temporary file
+    with pytest.raises(RuntimeError):
+        with Display("quiet", json_path=log) as display:
+            display.message("checking")
+            with display.stage("load"):
+                assert not log.exists() and len(list(tmp_path.iterdir())) == 1  # a temporary sibling meanwhile
+                raise RuntimeError("out of memory")
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events == ["message", "stage_start", "stage_end"]  # a run that failed after its checks keeps its log
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]
+
+
+def test_links_inside_the_folder_are_followed_and_recipe_layers_may_be_an_integer(ws, tmp_path):
+    from hf_layerprune.recipe import Recipe
+
+    src = tmp_path / "src"
+    shutil.copytree(ws / "ckpt", src)
+    (src / "chat_template.jinja").write_text("{{ messages }}")
+    (src / "template-link.jinja").symlink_to(src / "chat_template.jinja")  # inside the folder: fine
+    result = runner.invoke(app, ["prune", str(src), "--layers", "1", "-o", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "template-link.jinja").read_text() == "{{ messages }}"
+    assert not (tmp_path / "out" / "template-link.jinja").is_symlink()
+    (tmp_path / "r.yaml").write_text("layers: 1\n")
+    assert Recipe.from_yaml(tmp_path / "r.yaml").layers == [1]
+
+
+def test_analyze_writes_json_and_plot_by_renaming(ws, tmp_path):
+    result = runner.invoke(app, ["analyze", str(ws / "ckpt"), "--metric", "bi", "--calibration-samples", "2",
+                                 "--seq-len", "8", "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s.json").read_text())["metrics"]["bi"]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.png"]  # no temporary file left

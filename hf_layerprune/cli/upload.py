@@ -116,7 +116,7 @@ def say(text: str) -> None:
 
 def check_model_folder(directory: Path) -> dict[str, Any]:
     """The folder's layerprune.json, after checking its files are whole (every shard, the index); one-line errors."""
-    from hf_layerprune.checkpoint import check_weights, read_json
+    from hf_layerprune.checkpoint import check_links, check_weights, read_json
 
     if not directory.is_dir():
         raise LayerPruneError(f"{directory} is not a directory")
@@ -133,6 +133,7 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     if missing:
         raise LayerPruneError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
                               "(write one with `hf-layerprune prune MODEL ... --output-dir DIR`)")
+    check_links(directory)  # before anything reads a file: no link leads out of the folder
     report = read_json(directory / REPORT_FILENAME)
     if not is_gguf_folder(directory):
         read_json(directory / "config.json")
