@@ -82,9 +82,10 @@ class PublishResult:
 
 
 def resolve_token(token: str | None = None) -> str | None:
-    """`token` if given, else huggingface_hub's own lookup (HF_OIDC_RESOURCE, HF_TOKEN, `hf auth login`)."""
-    if token:
-        return token
+    """`token` if given (surrounding whitespace stripped: a pasted token often ends in a newline), else
+    huggingface_hub's own lookup (HF_OIDC_RESOURCE, HF_TOKEN, `hf auth login`)."""
+    if token and token.strip():
+        return token.strip()
     from huggingface_hub import get_token
 
     with hub_errors("reading the Hugging Face token", None):

@@ -457,3 +457,19 @@ def test_analyze_writes_json_and_plot_by_renaming(ws, tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["metrics"]["bi"]
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("token", ["hf_SecretButWrong0123456789\n", " hf_SecretButWrong0123456789 \r\n"])
+def test_a_token_is_never_printed_in_any_form(ws, hub_server, token):
+    result = runner.invoke(app, ["upload", str(ws / "pruned"), "--repo-id", "acme/x", "--token", token])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+    assert "SecretButWrong" not in result.output
+
+
+def test_scrub_covers_the_escaped_forms():
+    from hf_layerprune.hub_calls import scrub
+
+    token = "hf_abc123456789\n"
+    for text in (f"bad header {token!r}", f"bad header {token}", 'json "hf_abc123456789\\n"', "b'Bearer hf_abc123456789'"):
+        assert "abc123456789" not in scrub(text, token), text
