@@ -203,7 +203,8 @@ def is_our_decilm(directory: Path) -> bool:
         return False
     ours = Path(package_init).parent
     wanted = {f"{module}.{cls}" for module, cls in DECILM_MODULES.values()}
-    if not isinstance(auto_map, dict) or set(auto_map.values()) - wanted:
+    if not isinstance(auto_map, dict) or not all(isinstance(v, str) for v in auto_map.values()) \
+            or set(auto_map.values()) - wanted:
         return False
     local = {p.name for p in directory.glob("*.py")}
     expected = {f"{module}.py" for module, _ in DECILM_MODULES.values()}
@@ -217,6 +218,42 @@ def loading_error(exc: BaseException, what: str, label: str, trust_remote_code: 
         return ConfigError(f"{label} needs code of its own (auto_map) to load; pass --trust-remote-code only if "
                            "you have read that code and trust it")
     return CheckpointError(f"{what}: {text}")
+
+
+def _carried(reference: Any, folder: Path) -> bool:
+    """An auto_map entry (a "module.Class" string, or a list of them / None for tokenizers) whose code the folder
+    holds; a reference to another repo's code ("owner/repo--module.Class") is not carried."""
+    refs = reference if isinstance(reference, list) else [reference]
+    return all(ref is None or (isinstance(ref, str) and "--" not in ref and "." in ref
+                               and (folder / f"{ref.rsplit('.', 1)[0]}.py").is_file()) for ref in refs)
+
+
+def drop_dangling_auto_map(folder: Path) -> list[str]:
+    """Remove the auto_map entries of an output's config.json / tokenizer_config.json whose code the output does
+    not carry (outputs copy no ``.py`` but our DeciLM's): a dangling or third-party reference would either fail to
+    load or fetch someone else's code. Returns "file:key" of each entry removed."""
+    from hf_layerprune.outputs import write_text_atomic
+
+    dropped = []
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = read_json(path)
+        auto_map = data.get("auto_map")
+        if auto_map is None:
+            continue
+        kept = {k: v for k, v in auto_map.items() if _carried(v, folder)} if isinstance(auto_map, dict) else {}
+        gone = sorted(set(auto_map) - set(kept)) if isinstance(auto_map, dict) else ["auto_map"]
+        if not gone:
+            continue
+        if kept:
+            data["auto_map"] = kept
+        else:
+            del data["auto_map"]
+        write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        dropped += [f"{name}:{key}" for key in gone]
+    return dropped
 
 
 def remote_code(directory: Path) -> dict[str, Any] | None:

@@ -515,7 +515,10 @@ def license_from_card_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise LayerPruneError(f"base model card not found: {path}")
-    card = ModelCard.load(path, ignore_metadata_errors=True)
+    try:
+        card = ModelCard.load(path, ignore_metadata_errors=True)
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        raise LayerPruneError(f"cannot read the base model card {path}: {type(exc).__name__}") from None
     info = _card_fields(card.data)
     info["source"] = f"card file {path.name}"
     return info

@@ -286,6 +286,11 @@ def load_model(
         from hf_layerprune.checkpoint import loading_error
 
         raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
+    except Exception as exc:  # transformers' GGUF reader fails in many ways on a file it cannot map
+        if source.kind != "gguf":
+            raise
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise CheckpointError(f"transformers cannot load {source.name}: {type(exc).__name__}: {text}"[:300]) from None
     from hf_layerprune.architectures import get_architecture
 
     get_architecture(model.config)  # unknown families fail here, before any work

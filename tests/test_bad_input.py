@@ -158,6 +158,15 @@ def _add_issue32_inputs(root: Path, ckpt: Path) -> None:
     (root / "linked" / "notes.txt").symlink_to(root / "victim.txt")  # a side file that leads out of the folder
     shutil.copytree(root / "pruned", root / "pruned-linked")
     (root / "pruned-linked" / "notes.txt").symlink_to(root / "victim.txt")
+    for name, content in {"report-empty": b"", "report-latin1": b"{\"base_model\": \"caf\xe9\"}", "report-list": b"[1, 2]",
+                          "report-mistyped": json.dumps({"format_version": 1, "base_model": "acme/x", "scoring": "bi"}).encode(),
+                          "report-layers": json.dumps({"format_version": 1, "base_model": "acme/x", "removed_layers": "1,2"}).encode(),
+                          "report-deep": b'{"scoring": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}.items():
+        shutil.copytree(root / "pruned", root / name)
+        (root / name / "layerprune.json").write_bytes(content)
+    (root / "card-latin1.md").write_bytes("---\nlicense: mit\n---\n# Caf\xe9\n".encode("latin-1"))
+    (root / "ppl-latin1.txt").write_bytes("Un caf\xe9 tr\xe8s fort.\n".encode("latin-1"))
+    _gguf(root / "gguf-ok.gguf", 6)  # consistent, but not a model transformers can build
     _gguf(root / "gguf-more.gguf", 10)  # block_count 10 over 6 blocks
     _gguf(root / "gguf-fewer.gguf", 4)
     _gguf(root / "gguf-string.gguf", "6")
@@ -379,6 +388,15 @@ CASES: list[tuple[str, list[str], str]] = [
     ("recipe-not-utf8", ["prune", C, "--recipe", "{ws}/latin1.yaml", "-o", OUT, *FAST], "UTF-8"),
     ("recipe-int-key", ["prune", C, "--recipe", "{ws}/int-key.yaml", "-o", OUT, *FAST], "not an option name"),
     ("recipe-deep", ["prune", C, "--recipe", "{ws}/deep.yaml", "-o", OUT, *FAST], "recipe"),
+    ("gguf-unloadable", ["prune", "{ws}/gguf-ok.gguf", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "cannot load"),
+    ("evaluate-report-empty", ["evaluate", "{ws}/report-empty", "--no-base", "--tasks", "none", "--perplexity", "none"], "cannot read"),
+    ("evaluate-report-latin1", ["evaluate", "{ws}/report-latin1", "--no-base", "--tasks", "none", "--perplexity", "none"], "cannot read"),
+    ("evaluate-report-list", ["evaluate", "{ws}/report-list", "--no-base", "--tasks", "none", "--perplexity", "none"], "not a JSON object"),
+    ("evaluate-ppl-latin1", ["evaluate", C, "--no-base", "--tasks", "none", "--perplexity", "{ws}/ppl-latin1.txt", "--no-speed"], "not UTF-8"),
+    ("card-report-mistyped", ["card", "{ws}/report-mistyped", "--no-plots", "--offline"], "scoring"),
+    ("card-report-layers", ["card", "{ws}/report-layers", "--no-plots", "--offline"], "removed_layers"),
+    ("card-report-deep", ["card", "{ws}/report-deep", "--no-plots", "--offline"], "cannot read"),
+    ("card-base-card-latin1", ["card", "{ws}/pruned", "--base-card", "{ws}/card-latin1.md", "--no-plots"], "base model card"),
     ("gguf-array-count", ["prune", "{ws}/gguf-array.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
 ]
 
@@ -473,3 +491,32 @@ def test_scrub_covers_the_escaped_forms():
     token = "hf_abc123456789\n"
     for text in (f"bad header {token!r}", f"bad header {token}", 'json "hf_abc123456789\\n"', "b'Bearer hf_abc123456789'"):
         assert "abc123456789" not in scrub(text, token), text
+
+
+@pytest.mark.parametrize("env, phrase", [({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"),
+                                         ({"WORLD_SIZE": "2"}, "MASTER_ADDR"),
+                                         ({"WORLD_SIZE": "2", "RANK": "7", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}, "RANK=7")])
+def test_a_malformed_launch_is_one_line_not_a_wait(ws, tmp_path, monkeypatch, env, phrase):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["prune", str(ws / "ckpt"), "--layers", "1", "-o", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 2, f"{result.output}\n{result.exception!r}"
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:") and phrase in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_drop_an_auto_map_whose_code_they_do_not_carry(ws, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ws / "ckpt", src)
+    config = json.loads((src / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "acme/evil--modeling_x.XModel"}
+    (src / "config.json").write_text(json.dumps(config))
+    (src / "configuration_x.py").write_text("raise SystemExit('never run')\n")
+    for route in (["--layers", "1"], ["--drop", "1", "--metric", "bi", "--calibration-samples", "2", "--seq-len", "8"]):
+        out = tmp_path / f"out{len(route)}"
+        result = runner.invoke(app, ["prune", str(src), *route, "-o", str(out), *FAST])
+        assert result.exit_code == 0, result.output
+        assert "auto_map" not in json.loads((out / "config.json").read_text())
+        assert not list(out.glob("*.py"))
