@@ -205,6 +205,23 @@ def clean_stale_staging(final: Path) -> list[Path]:
     return removed
 
 
+def work_dir(prefix: str) -> Path:
+    """A private temporary folder (``push`` builds its model there) with an owner file; leftovers of killed runs
+    with the same prefix (an owner file whose process is gone) are removed first. `release` before keeping one."""
+    for leftover in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        if leftover.is_dir() and not leftover.is_symlink() and (leftover / OWNER_FILE).is_file() \
+                and not _owner_alive(leftover):
+            shutil.rmtree(leftover, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    (work / OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    return work
+
+
+def release(work: Path) -> None:
+    """Keep `work` for the user: without its owner file no later run removes it."""
+    (work / OWNER_FILE).unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def staging_dir(final: str | Path, overwrite: bool = False, sources: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield an empty temporary directory next to `final`; on success it replaces `final`, else it is removed."""

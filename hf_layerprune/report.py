@@ -164,7 +164,12 @@ def read_report(directory: str | os.PathLike) -> dict[str, Any]:
     except (OSError, ValueError, RecursionError) as exc:  # empty, not UTF-8, not JSON, nested too deeply
         from hf_layerprune.errors import CheckpointError
 
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, UnicodeDecodeError):
+            text = "not UTF-8 text"
+        elif isinstance(exc, json.JSONDecodeError):
+            text = f"not valid JSON ({exc})"
+        else:
+            text = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
         raise CheckpointError(f"cannot read {path}: {text}") from None
     check_report_types(report, path)
     return report

@@ -397,6 +397,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("card-report-layers", ["card", "{ws}/report-layers", "--no-plots", "--offline"], "removed_layers"),
     ("card-report-deep", ["card", "{ws}/report-deep", "--no-plots", "--offline"], "cannot read"),
     ("card-base-card-latin1", ["card", "{ws}/pruned", "--base-card", "{ws}/card-latin1.md", "--no-plots"], "base model card"),
+    ("upload-bad-revision", ["upload", "{ws}/pruned", "--repo-id", "acme/x", "--revision", "bad..name"], "not a valid branch name"),
+    ("push-bad-revision", ["push", C, "--layers", "1", *FAST, "--repo-id", "acme/x", "--revision", "a b"], "not a valid branch name"),
     ("gguf-array-count", ["prune", "{ws}/gguf-array.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
 ]
 
@@ -520,3 +522,58 @@ def test_outputs_drop_an_auto_map_whose_code_they_do_not_carry(ws, tmp_path):
         assert result.exit_code == 0, result.output
         assert "auto_map" not in json.loads((out / "config.json").read_text())
         assert not list(out.glob("*.py"))
+
+
+# --- issue 32.7: killed runs and Hub litter ------------------------------------------------------------------------
+
+
+def test_push_work_folders_of_killed_runs_are_swept_and_kept_ones_are_not(tmp_path, monkeypatch):
+    import socket
+    import tempfile
+
+    from hf_layerprune.outputs import OWNER_FILE, release, work_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = socket.gethostname()
+    for name, owner in {"dead": f"{host} 999999999", "live": f"{host} {__import__('os').getpid()}",
+                        "other-host": "elsewhere 1", "kept": None}.items():
+        (tmp_path / f"hf-layerprune-push-{name}").mkdir()
+        if owner:
+            (tmp_path / f"hf-layerprune-push-{name}" / OWNER_FILE).write_text(owner + "\n")
+    work = work_dir("hf-layerprune-push-")
+    assert (work / OWNER_FILE).read_text().split() == [host, str(__import__("os").getpid())]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "hf-layerprune-push-dead" not in left  # its process is gone
+    assert {"hf-layerprune-push-live", "hf-layerprune-push-other-host", "hf-layerprune-push-kept"} <= set(left)
+    release(work)  # kept for `upload`: a later run leaves it alone
+    work_dir("hf-layerprune-push-")
+    assert work.is_dir()
+
+
+def test_a_publish_removes_stale_staging_branches_and_keeps_a_live_one(ws, hub_server):
+    import time
+
+    from huggingface_hub import HfApi
+
+    from hf_layerprune import hub
+
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo("acme/litter")
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="notes.txt", repo_id="acme/litter")
+    now = int(time.time())
+    live, stale, legacy = (f"layerprune-staging-{now - 60}-aa", f"layerprune-staging-{now - 7 * 3600}-bb",
+                           "layerprune-staging-0badc0de")
+    for branch in (live, stale, legacy, "dev"):
+        api.create_branch("acme/litter", branch=branch)
+    hub.publish_folder(ws / "pruned", "acme/litter", token=WRITE_TOKEN, exist_ok=True)
+    assert set(hub_server.refs("acme/litter")) == {"main", "dev", live}
+
+
+@pytest.mark.parametrize("revision", ["bad..name", "refs/pr/999"])
+def test_a_failed_publish_deletes_the_repo_it_created(ws, hub_server, revision):
+    from hf_layerprune import hub
+    from hf_layerprune.errors import LayerPruneError
+
+    with pytest.raises(LayerPruneError):
+        hub.publish_folder(ws / "pruned", "acme/fresh", token=WRITE_TOKEN, revision=revision)
+    assert hub_server.refs("acme/fresh") == {}  # the repo this call created is gone again

@@ -2,7 +2,6 @@
 
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,6 +12,9 @@ from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
+from hf_layerprune.outputs import release, work_dir
+
+PUSH_WORK_PREFIX = "hf-layerprune-push-"
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -60,7 +62,7 @@ def push(
 
     user, repo_id = distributed.on_main(checks, share=True)
     keep = output_dir is not None
-    work = Path(tempfile.mkdtemp(prefix="hf-layerprune-push-")) if not keep and distributed.is_main() else None
+    work = work_dir(PUSH_WORK_PREFIX) if not keep and distributed.is_main() else None
     if not keep:  # rank 0's folder; the other ranks never write it
         recipe.output_dir = distributed.broadcast(str(work / "model") if work is not None else None)
     out = Path(recipe.output_dir)
@@ -87,6 +89,8 @@ def push(
         resume = shlex.join(["hf-layerprune", "upload", str(out), "--repo-id", repo_id]
                             + upload_flags(private=private, revision=revision, create_pr=create_pr,
                                            exist_ok=exist_ok, verify=verify, trust=recipe.trust_remote_code))
+        if work is not None:
+            release(work)  # kept for `upload`: no later push sweeps it
         work = None
         message = str(exc).split("; run the same command again")[0]
         raise type(exc)(f"{message}; the pruned model is kept in {out}: publish it with `{resume}`") from None

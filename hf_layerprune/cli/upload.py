@@ -40,6 +40,7 @@ def upload(
     from hf_layerprune import hub
 
     hub.check_repo_id(repo_id)
+    hub.check_revision(revision)
     report = check_model_folder(directory)
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
