@@ -3,6 +3,23 @@
 One table: each case names a command line (placeholders are paths in a shared workspace of good and broken
 models, recipes and outputs) and a phrase its error must contain. The workspace tree is compared before and after
 each case, so a case that writes anything, or removes anything, fails.
+
+Issue 32 added the sections "32.1" to "32.8" of CASES (each failed on db17af2: a traceback, a wrong acceptance, a
+hang or a write outside the output) and the tests after the table, whose expected outcomes are:
+
+| case | expected outcome |
+|---|---|
+| CASES (every row) | exit 2, one `Error:` line holding the row's phrase, workspace and local Hub unchanged |
+| `--log-json` refused before the first stage / failing after it | no file at all / the log renamed into place |
+| a side-file link inside the source folder | accepted: the output holds a copy of the file, not a link |
+| recipe `layers: 1` | accepted, as `--layers 1` |
+| `analyze --json --plot` | both written through a temporary sibling, none left behind |
+| `--token` with a newline or spaces, wrong | exit 2, no form of the token (raw, stripped, repr) in the output |
+| `WORLD_SIZE=abc`, `WORLD_SIZE=2` without a launcher, `RANK=7` of 2 | exit 2 at once (no wait), nothing written |
+| a source `auto_map` (local module, another repo's code) | accepted; the output's config has no `auto_map`, no `.py` |
+| stale push work folder (owner process gone) | removed by the next push; a live, foreign-host or kept one stays |
+| `layerprune-staging-*` branches older than 6 h / legacy names | deleted by the next publish; a live one stays |
+| publish failing after creating the repo (`refs/pr/999`) or before (`bad..name`) | no repo left on the Hub |
 """
 
 from __future__ import annotations
