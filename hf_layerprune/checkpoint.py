@@ -104,6 +104,15 @@ def check_layer_set(present: set[int], num_layers: int, what: str, count_name: s
                           f"hold layers {spans(present)}; the config and the weights disagree")
 
 
+def check_config_layer_count(directory: Path) -> None:
+    """The raw layer count of `directory/config.json` (and its text_config), read before transformers builds
+    per-layer lists from it (a count of 10**12 would hang there)."""
+    raw = read_json(directory / "config.json")
+    for holder in (raw, raw.get("text_config")):
+        if isinstance(holder, dict) and "num_hidden_layers" in holder:
+            check_layer_count(holder["num_hidden_layers"], f"{directory / 'config.json'}: num_hidden_layers")
+
+
 def layer_index(key: str, layer_prefix: str) -> int | None:
     """The decoder-layer index of a checkpoint key (`model.layers.3.mlp...` -> 3), None for other keys."""
     m = LAYER_KEY.match(key)
@@ -232,8 +241,6 @@ def drop_dangling_auto_map(folder: Path) -> list[str]:
     """Remove the auto_map entries of an output's config.json / tokenizer_config.json whose code the output does
     not carry (outputs copy no ``.py`` but our DeciLM's): a dangling or third-party reference would either fail to
     load or fetch someone else's code. Returns "file:key" of each entry removed."""
-    from hf_layerprune.outputs import write_text_atomic
-
     dropped = []
     for name in ("config.json", "tokenizer_config.json"):
         path = folder / name
@@ -251,7 +258,7 @@ def drop_dangling_auto_map(folder: Path) -> list[str]:
             data["auto_map"] = kept
         else:
             del data["auto_map"]
-        write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")  # in a staging folder
         dropped += [f"{name}:{key}" for key in gone]
     return dropped
 

@@ -13,7 +13,7 @@ from transformers import AutoConfig
 from transformers.utils.hub import convert_file_size_to_int
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.checkpoint import check_checkpoint_layers, check_layer_count, loading_error, read_json
+from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count, check_layer_count, loading_error
 from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 from hf_layerprune.evaluation import check_tasks, settings_from_recipe
 from hf_layerprune.healing import check_heal, split_chain
@@ -98,10 +98,7 @@ def source_config(source: Source, token: str | None = None, trust_remote_code: b
     """The source's config alone (no weights): checked before any heavy work."""
     kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
     if source.kind == "dir" and (source.path / "config.json").is_file():  # before transformers builds per-layer lists
-        raw = read_json(source.path / "config.json")
-        for holder in (raw, raw.get("text_config")):
-            if isinstance(holder, dict) and "num_hidden_layers" in holder:
-                check_layer_count(holder["num_hidden_layers"], f"{source.path / 'config.json'}: num_hidden_layers")
+        check_config_layer_count(source.path)
     try:
         config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token,
                                             trust_remote_code=trust_remote_code, **kwargs)

@@ -271,11 +271,20 @@ def load_model(
         kwargs["quantization_config"] = quantized.config(want)
         if not device_map:  # bitsandbytes places the weights as it quantizes them: no `.to()` afterwards
             kwargs["device_map"] = {"": device or "cpu"}  # `device` is already this rank's GPU when there is one
-    if source.kind == "dir" and (source.path / "config.json").is_file():
-        from hf_layerprune.checks import check_source_layers, source_config
+    if source.kind == "dir" and (source.path / "config.json").is_file():  # transformers would fill missing layers
+        from transformers import AutoConfig  # with random weights and only warn
 
-        # transformers would fill missing layers with random weights and only warn
-        check_source_layers(source, source_config(source, trust_remote_code=trust_remote_code))
+        from hf_layerprune.architectures import get_architecture
+        from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count
+
+        check_config_layer_count(source.path)
+        try:
+            config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, TypeError) as exc:
+            from hf_layerprune.checkpoint import loading_error
+
+            raise loading_error(exc, f"could not read the config of {source.name}", source.name, trust_remote_code) from None
+        check_checkpoint_layers(source.path, config, get_architecture(config).key_prefix)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs

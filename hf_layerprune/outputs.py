@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import shutil
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator

@@ -20,6 +20,10 @@ The CLI opens one ``Display`` for the whole command. It renders the same events 
 Third-party progress bars are routed into the display while it is active: every ``tqdm`` bar (transformers'
 weight loading and shard writing, lm-eval's request loop, huggingface_hub's uploads) is created disabled and
 mirrored as one of our bars; the Trainer's printed log dicts are removed (healing/training.py adds its own callback).
+The json file is a temporary sibling opened at the first stage and renamed onto FILE at the end (outputs.py).
+
+Long module: the three renderings share one event path (``_event``, the bars, the stage list), and the tqdm and
+logging routing must be installed and undone by the same ``Display`` that renders them.
 """
 
 from __future__ import annotations
@@ -300,6 +304,7 @@ class Display:
     def _open_json(self) -> None:
         from hf_layerprune.outputs import temp_sibling
 
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)  # as --json does
         self._json_tmp = temp_sibling(self.json_path)
         self.json = open(self._json_tmp, "w", encoding="utf-8")
         self.json.writelines(self._pending)
