@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import socket
@@ -136,8 +137,13 @@ def _refuse_overlap(output: Path, source: Path, shown: Path, option: str = "--ou
 
 
 def temp_sibling(path: Path) -> Path:
-    """A fresh name next to `path` for writing it (same suffix: matplotlib picks the format from it)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", suffix=path.suffix, dir=path.parent)
+    """A fresh name next to `path` for writing it (same suffix: matplotlib picks the format from it), named after
+    this host and process; such files of this host's processes that are gone (killed runs) are removed first."""
+    mine = f".{path.name}.tmp-{socket.gethostname()}-"
+    for leftover in path.parent.glob(f"{glob.escape(mine)}*"):
+        if leftover.is_file() and not leftover.is_symlink() and not _pid_alive(leftover.name[len(mine):].split("-")[0]):
+            leftover.unlink(missing_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f"{mine}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     return Path(name)
 
@@ -186,11 +192,15 @@ def _owner_alive(staging: Path) -> bool:
         return False  # no owner file: from before owner files, or killed before it was written
     if host != socket.gethostname():
         return True  # another machine's run on a shared filesystem: leave it alone
+    return _pid_alive(pid)
+
+
+def _pid_alive(pid: str) -> bool:
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, ValueError):
+    except (PermissionError, ValueError, OverflowError):
         return True
     return True
 

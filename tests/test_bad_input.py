@@ -18,6 +18,7 @@ hang or a write outside the output) and the tests after the table, whose expecte
 | `WORLD_SIZE=abc`, `WORLD_SIZE=2` without a launcher, `RANK=7` of 2 | exit 2 at once (no wait), nothing written |
 | a source `auto_map` (local module, another repo's code) | accepted; the output's config has no `auto_map`, no `.py` |
 | stale push work folder (owner process gone) | removed by the next push; a live, foreign-host or kept one stays |
+| a temporary side file of a killed run (`.NAME.tmp-HOST-PID-*`) | removed by the next write of NAME on this host |
 | `layerprune-staging-*` branches older than 6 h / legacy names | deleted by the next publish; a live one stays |
 | publish failing after creating the repo (`refs/pr/999`) or before (`bad..name`) | no repo left on the Hub |
 """
@@ -594,3 +595,18 @@ def test_a_failed_publish_deletes_the_repo_it_created(ws, hub_server, revision):
     with pytest.raises(LayerPruneError):
         hub.publish_folder(ws / "pruned", "acme/fresh", token=WRITE_TOKEN, revision=revision)
     assert hub_server.refs("acme/fresh") == {}  # the repo this call created is gone again
+
+
+def test_a_killed_runs_temporary_log_is_removed_by_the_next_write(tmp_path):
+    import socket
+
+    from hf_layerprune.outputs import write_text_atomic
+
+    host = socket.gethostname()
+    dead = tmp_path / f".s.json.tmp-{host}-999999999-abc.json"
+    live = tmp_path / f".s.json.tmp-{host}-{__import__('os').getpid()}-def.json"
+    other = tmp_path / ".s.json.tmp-elsewhere-1-ghi.json"
+    for path in (dead, live, other):
+        path.write_text("{")
+    write_text_atomic(tmp_path / "s.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "s.json"])
