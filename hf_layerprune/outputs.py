@@ -145,6 +145,9 @@ def temp_sibling(path: Path) -> Path:
             leftover.unlink(missing_ok=True)
     fd, name = tempfile.mkstemp(prefix=f"{mine}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)  # the mode open(path, "w") would give, not mkstemp's 0600
     return Path(name)
 
 

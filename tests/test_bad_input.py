@@ -471,6 +471,15 @@ def test_log_json_is_renamed_into_place_and_absent_when_refused_before_any_stage
     events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
     assert events == ["message", "stage_start", "stage_end"]  # a run that failed after its checks keeps its log
     assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]
+    assert log.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open(..., "w") makes it, not mkstemp's 0600
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_links_inside_the_folder_are_followed_and_recipe_layers_may_be_an_integer(ws, tmp_path):
