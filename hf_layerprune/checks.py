@@ -13,8 +13,8 @@ from transformers import AutoConfig
 from transformers.utils.hub import convert_file_size_to_int
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.checkpoint import loading_error
-from hf_layerprune.errors import ConfigError, LayerPruneError
+from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count, check_layer_count, loading_error
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 from hf_layerprune.evaluation import check_tasks, settings_from_recipe
 from hf_layerprune.healing import check_heal, split_chain
 from hf_layerprune.healing.base import split_spec
@@ -97,13 +97,25 @@ def check_shard_size(text: str) -> None:
 def source_config(source: Source, token: str | None = None, trust_remote_code: bool = False):
     """The source's config alone (no weights): checked before any heavy work."""
     kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
+    if source.kind == "dir" and (source.path / "config.json").is_file():  # before transformers builds per-layer lists
+        check_config_layer_count(source.path)
     try:
         config = AutoConfig.from_pretrained(source.pretrained_id, revision=source.revision, token=token,
                                             trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         raise loading_error(exc, f"could not read the config of {source.name}", source.name, trust_remote_code) from None
+    except RecursionError:
+        raise CheckpointError(f"could not read the config of {source.name}: its JSON is nested too deeply") from None
     get_architecture(config)  # unknown families fail here
+    text = config.get_text_config()
+    check_layer_count(getattr(text, "num_hidden_layers", None), f"the config of {source.name}: num_hidden_layers")
     return config
+
+
+def check_source_layers(source: Source, config) -> None:
+    """A local safetensors checkpoint holds exactly the layers its config says (checkpoint.check_layer_set)."""
+    if source.kind == "dir":
+        check_checkpoint_layers(source.path, config, get_architecture(config).key_prefix)
 
 
 def check_target_against(recipe: Recipe, num_layers: int) -> None:

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, LayerPruneError
 
 T = TypeVar("T")
 
@@ -37,10 +37,26 @@ class World:
 
 def world() -> World:
     """This process's place, from the launcher's environment (WORLD_SIZE, RANK, LOCAL_RANK)."""
-    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    size = _env_int("WORLD_SIZE", "1")
     if size <= 1:
         return World()
-    return World(int(os.environ.get("RANK", "0")), size, int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))))
+    rank = _env_int("RANK", "0")
+    local = _env_int("LOCAL_RANK", str(rank))
+    if rank >= size:
+        raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={size}: start the processes with torchrun or "
+                          "accelerate launch")
+    return World(rank, size, local)
+
+
+def _env_int(name: str, default: str) -> int:
+    text = os.environ.get(name, default) or default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r} is not an integer (set by torchrun / accelerate launch)") from None
+    if value < 0:
+        raise ConfigError(f"{name}={value} is negative")
+    return value
 
 
 def is_distributed() -> bool:
@@ -75,6 +91,11 @@ def init() -> World:
 
     if not dist.is_initialized():
         from datetime import timedelta
+
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:
+            raise ConfigError(f"WORLD_SIZE={here.size} but {' and '.join(missing)} not set: start the run with "
+                              "torchrun or accelerate launch, or unset WORLD_SIZE")
 
         from accelerate import PartialState
 

@@ -92,5 +92,11 @@ def describe_os_error(exc: OSError) -> str:
 def _speaks(exc: LayerPruneError) -> bool:
     """Whether this process prints the error: in a multi-process launch only rank 0 does (the launcher's RANK, as
     distributed.world reads it; errors.py imports no other module of the package)."""
-    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    return (not several or int(os.environ.get("RANK", "0") or 0) == 0) and not getattr(exc, "quiet", False)
+    def number(name: str, default: int) -> int:
+        try:
+            return int(os.environ.get(name) or default)
+        except ValueError:  # a malformed launcher variable: the error about it must be printed
+            return default
+
+    size, rank = number("WORLD_SIZE", 1), number("RANK", 0)
+    return (size <= 1 or rank == 0 or rank >= size) and not getattr(exc, "quiet", False)  # rank >= size: no rank 0

@@ -34,6 +34,9 @@ class Timer:
 
 
 def write_outputs(tmp: Path, report: Report, recipe: Recipe, timer: Timer) -> None:
+    from hf_layerprune.checkpoint import drop_dangling_auto_map
+
+    drop_dangling_auto_map(tmp)  # the output carries no code of the source's: no auto_map pointing at it
     report.recipe = recipe.to_dict()
     report.versions = library_versions()
     report.timings = timer.timings

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from hf_layerprune.checkpoint import check_layer_count, check_layer_set
 from hf_layerprune.errors import LayerPruneError
 
 CHUNK_BYTES = 16 * 1024 * 1024
@@ -108,7 +109,13 @@ class GGUFHeader:
         count = self.value(f"{self.architecture}.block_count")
         if count is None:
             raise LayerPruneError(f"{self.path.name} has no {self.architecture}.block_count; it is not a layered decoder")
-        return int(count)
+        return check_layer_count(count, f"{self.path.name}: {self.architecture}.block_count")
+
+    def check_blocks(self) -> None:
+        """Before any cut: the `blk.N` tensors are exactly blocks 0..block_count-1 (plus its MTP blocks)."""
+        n = self.block_count
+        present = {int(m[1]) for m in (BLOCK_TENSOR.match(t.name) for t in self.tensors) if m}
+        check_layer_set(present, n, self.path.name, f"{self.architecture}.block_count")
 
     def per_layer_keys(self) -> list[str]:
         """Arrays under `<arch>.` whose length is the block count: one value per block."""
@@ -249,6 +256,7 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
 
     src, dst = Path(src), Path(dst)
     header = read_header(src)
+    header.check_blocks()
     arch, num_blocks = header.architecture, header.block_count
     if "split.count" in header.entries and int(header.value("split.count") or 1) > 1:
         raise LayerPruneError("split GGUF files are not supported; merge them first (llama-gguf-split --merge)")

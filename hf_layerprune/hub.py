@@ -45,6 +45,7 @@ import os
 import re
 import secrets
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -60,6 +61,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 KEEP_REMOTE = {".gitattributes"}  # never deleted when mirroring a folder
 SCAN_LIMIT = 10 * 1024 * 1024  # files up to this size are searched for the token before upload
 STAGING_PREFIX = "layerprune-staging-"
+STALE_STAGING_S = 6 * 3600  # a staging branch older than this belongs to a run that was killed
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,25 @@ class PublishResult:
 
 
 def resolve_token(token: str | None = None) -> str | None:
-    """`token` if given, else huggingface_hub's own lookup (HF_OIDC_RESOURCE, HF_TOKEN, `hf auth login`)."""
-    if token:
-        return token
+    """`token` if given (surrounding whitespace stripped: a pasted token often ends in a newline), else
+    huggingface_hub's own lookup (HF_OIDC_RESOURCE, HF_TOKEN, `hf auth login`)."""
+    if token and token.strip():
+        return token.strip()
     from huggingface_hub import get_token
 
     with hub_errors("reading the Hugging Face token", None):
         return get_token()
+
+
+BAD_REF = re.compile(r"\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{|//|^[/.]|[/.]$|\.lock$|/\.")
+
+
+def check_revision(revision: str | None) -> None:
+    """A branch name git accepts (git check-ref-format), or a pull request ref `refs/pr/N`; refused before any request."""
+    if revision is None or re.fullmatch(r"refs/pr/\d+", revision):
+        return
+    if not revision or BAD_REF.search(revision.removeprefix("refs/heads/")):
+        raise ConfigError(f"--revision {revision!r} is not a valid branch name")
 
 
 def check_repo_id(repo_id: str | None) -> None:
@@ -205,6 +219,7 @@ def publish_folder(
     """Push every file of `folder` to `repo_id` in one commit; with `verify(revision) -> record`, through a
     verified staging branch first (see the module docstring for the guarantees)."""
     check_repo_id(repo_id)
+    check_revision(revision)
     folder = Path(folder)
     files = local_files(folder)
     if not files:
@@ -213,15 +228,17 @@ def publish_folder(
     branch = (revision or "main").removeprefix("refs/heads/")
     api = _api(token)
     created_repo = new_branch = False
-    with hub_errors(f"preparing {repo_id}", token):
-        created_repo = _ensure_repo(api, repo_id, private)
-        if branch != "main" and not branch.startswith("refs/pr/"):
-            new_branch = branch not in _branches(api, repo_id)
-            if new_branch:
-                retrying("create_branch", api.create_branch, repo_id, branch=branch, exist_ok=True)
-        head = retrying("repo_info", api.repo_info, repo_id, revision=branch).sha
-        remote = set(retrying("list_repo_files", api.list_repo_files, repo_id, revision=head))
-    try:
+    try:  # a failure at any step, preparing included, deletes what this call created (_undo)
+        with hub_errors(f"preparing {repo_id}", token):
+            created_repo = _ensure_repo(api, repo_id, private)
+            branches = _branches(api, repo_id)
+            _delete_stale_staging(api, repo_id, branches)
+            if branch != "main" and not branch.startswith("refs/pr/"):
+                new_branch = branch not in branches
+                if new_branch:
+                    retrying("create_branch", api.create_branch, repo_id, branch=branch, exist_ok=True)
+            head = retrying("repo_info", api.repo_info, repo_id, revision=branch).sha
+            remote = set(retrying("list_repo_files", api.list_repo_files, repo_id, revision=head))
         _refuse_overwrite(repo_id, remote, branch, create_pr, exist_ok)
         operations = _operations(folder, files, remote)
         message = commit_message or f"Upload {folder.name} with hf-layerprune"
@@ -294,7 +311,7 @@ class _Publish:
 
     def staging_branch(self) -> str:
         """A fresh branch made from the target's head, for the commit that is verified before the target gets it."""
-        staging = f"{STAGING_PREFIX}{secrets.token_hex(4)}"
+        staging = f"{STAGING_PREFIX}{int(time.time())}-{secrets.token_hex(4)}"  # the time: stale_staging
         with hub_errors(f"creating the staging branch of {self.repo_id}", self.token):
             retrying("create_branch", self.api.create_branch, self.repo_id, branch=staging, revision=self.head)
         return staging
@@ -328,6 +345,21 @@ def _branches(api, repo_id: str) -> set[str]:
     return {b.name for b in refs.branches}
 
 
+def stale_staging(branch: str, now: float) -> bool:
+    """A staging branch a killed run left: older than STALE_STAGING_S by the time in its name, or named before
+    names carried a time. A live run's branch is younger (it lives while one model is verified)."""
+    if not branch.startswith(STAGING_PREFIX):
+        return False
+    stamp = branch[len(STAGING_PREFIX):].split("-")[0]
+    return not (len(branch[len(STAGING_PREFIX):].split("-")) == 2 and stamp.isdigit()) or now - int(stamp) > STALE_STAGING_S
+
+
+def _delete_stale_staging(api, repo_id: str, branches: set[str]) -> None:
+    for branch in sorted(b for b in branches if stale_staging(b, time.time())):
+        _delete_branch(api, repo_id, branch)
+        logger.warning("deleted %s of %s: a staging branch left by an earlier run that did not finish", branch, repo_id)
+
+
 def _delete_branch(api, repo_id: str, branch: str) -> None:
     try:
         retrying("delete_branch", api.delete_branch, repo_id, branch=branch)
@@ -354,6 +386,7 @@ def check_target(repo_id: str, *, token: str | None, private: bool = False, revi
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     check_repo_id(repo_id)
+    check_revision(revision)
     branch = (revision or "main").removeprefix("refs/heads/")
     api = _api(token)
     with hub_errors(f"checking {repo_id}", token):
@@ -381,7 +414,11 @@ def _refuse_overwrite(repo_id: str, remote: set[str], branch: str, create_pr: bo
 
 
 def local_files(folder: Path) -> list[str]:
-    """Relative POSIX paths of the files to publish: everything except hidden files and folders."""
+    """Relative POSIX paths of the files to publish: everything except hidden files and folders. A symbolic link
+    that resolves outside `folder` is refused: its target would be published."""
+    from hf_layerprune.checkpoint import check_links
+
+    check_links(folder)
     return sorted(
         path.relative_to(folder).as_posix()
         for path in folder.rglob("*")
@@ -510,7 +547,10 @@ def license_from_card_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise LayerPruneError(f"base model card not found: {path}")
-    card = ModelCard.load(path, ignore_metadata_errors=True)
+    try:
+        card = ModelCard.load(path, ignore_metadata_errors=True)
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        raise LayerPruneError(f"cannot read the base model card {path}: {type(exc).__name__}") from None
     info = _card_fields(card.data)
     info["source"] = f"card file {path.name}"
     return info

@@ -10,6 +10,7 @@ exponential backoff; each retry is logged. ``hub_errors`` turns whatever remains
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -104,4 +105,10 @@ def describe(exc: BaseException) -> str:
 
 
 def scrub(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
+    """`text` without `token` in any form it may be printed in: as given, stripped, repr- or JSON-escaped."""
+    if not token:
+        return text
+    forms = {token, token.strip(), repr(token)[1:-1], json.dumps(token)[1:-1], repr(token.strip())[1:-1]}
+    for form in sorted((f for f in forms if len(f) >= 4), key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text

@@ -25,7 +25,8 @@ from torch import nn
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.surgery import _LAYER_KEY, checkpoint_files, read_safetensors_header
+from hf_layerprune.checkpoint import LAYER_KEY
+from hf_layerprune.surgery import checkpoint_files, read_safetensors_header
 
 
 SAFETENSORS_DTYPES = {
@@ -110,7 +111,7 @@ class StreamedModel:
         return out
 
     def _load_non_layer_weights(self, skeleton: nn.Module) -> None:
-        keys = [k for k in self._files if not (_LAYER_KEY.match(k) and k.startswith(self.arch.key_prefix))]
+        keys = [k for k in self._files if not (LAYER_KEY.match(k) and k.startswith(self.arch.key_prefix))]
         state = self._tensors(keys)
         result = skeleton.load_state_dict(state, strict=False, assign=True)
         skeleton.tie_weights()

@@ -102,6 +102,9 @@ def _check_gguf(path: Path) -> None:
     except Exception as exc:  # the reader raises ValueError, struct errors, IndexError... on a damaged file
         text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise CheckpointError(f"{path.name} is not a valid GGUF file: {text}") from None
+    from hf_layerprune.gguf_surgery import read_header
+
+    read_header(path).check_blocks()  # block_count is a count and the file holds exactly those blocks
 
 
 def check_device(device: str | None) -> None:
@@ -314,6 +317,20 @@ def load_model(
 
         model_class, kwargs["config"] = DeciLMForCausalLM, DeciLMConfig.from_pretrained(code_folder(source))
         kwargs.pop("trust_remote_code")
+    elif source.kind == "dir" and (source.path / "config.json").is_file():  # transformers would fill missing layers
+        from transformers import AutoConfig  # with random weights and only warn
+
+        from hf_layerprune.architectures import get_architecture
+        from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count
+
+        check_config_layer_count(source.path)
+        try:
+            config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, TypeError) as exc:
+            from hf_layerprune.checkpoint import loading_error
+
+            raise loading_error(exc, f"could not read the config of {source.name}", source.name, trust_remote_code) from None
+        check_checkpoint_layers(source.path, config, get_architecture(config).key_prefix)
     try:
         model = model_class.from_pretrained(
             source.pretrained_id, dtype=want, use_safetensors=None if allow_pickle else True, **kwargs
@@ -324,6 +341,11 @@ def load_model(
         from hf_layerprune.checkpoint import loading_error
 
         raise loading_error(exc, f"could not load {source.name}", source.name, trust_remote_code) from None
+    except Exception as exc:  # transformers' GGUF reader fails in many ways on a file it cannot map
+        if source.kind != "gguf":
+            raise
+        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        raise CheckpointError(f"transformers cannot load {source.name}: {type(exc).__name__}: {text}"[:300]) from None
     if load_in_4bit:
         quantized.one_cpu_path(model)
     if not ours:

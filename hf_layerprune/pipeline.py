@@ -20,7 +20,8 @@ from typing import Callable
 from hf_layerprune import distributed, stages
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.checkpoint import check_weights, load_checkpoint
-from hf_layerprune.checks import check_4bit_source, check_recipe, check_target_against, preflight, source_config, source_paths
+from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_layers, check_target_against, preflight,
+                                  source_config, source_paths)
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.gguf_route import card_fields, check_sublayer_gguf, resolve_format, wants_gguf, write_deci_gguf
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
@@ -32,7 +33,7 @@ from hf_layerprune.recipe import Recipe
 from hf_layerprune.scoring import METRICS
 from hf_layerprune.report import CutSection, Report, SourceSection
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
-from hf_layerprune.surgery import kept_layers, remove_layers
+from hf_layerprune.surgery import side_files, kept_layers, remove_layers
 
 Log = Callable[[str], None]
 
@@ -64,6 +65,7 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
 
     def checks() -> str | None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
         check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
+        config = None
         if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
             config = source_config(source, trust_remote_code=recipe.trust_remote_code)
             check_target_against(recipe, config.num_hidden_layers)
@@ -76,6 +78,10 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
         check_4bit_source(recipe, source, files)
         if source.kind == "dir" and any(source.path.glob("*.safetensors")):
             check_weights(source.path)  # every shard whole, before the first stage reads one
+            if config is not None:
+                check_source_layers(source, config)  # and holding exactly the config's layers
+        if source.kind == "dir":
+            side_files(source.path)  # no side file is a link out of the folder (refused before any work)
         return resolved_revision(source) if source.kind == "hub" else source.revision
 
     base_revision = distributed.on_main(checks, share=True)

@@ -11,6 +11,19 @@ from pathlib import Path
 from typing import Any
 
 
+def check_plot_path(path: str | Path | None) -> None:
+    """--plot's format is its suffix: one matplotlib writes, checked before any work."""
+    if path is None:
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from hf_layerprune.errors import ConfigError
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(path).suffix.lower().lstrip(".") not in formats:
+        raise ConfigError(f"--plot {path}: give a file ending in one of {', '.join('.' + f for f in sorted(formats))}")
+
+
 def plot_analysis(result: dict[str, Any], path: str | Path) -> Path:
     import matplotlib
 
@@ -34,10 +47,14 @@ def plot_analysis(result: dict[str, Any], path: str | Path) -> Path:
         ax.axis("off")
     fig.suptitle(f"Layer importance ({result.get('model_type', '')}, {result.get('num_layers', '?')} layers)")
     fig.tight_layout()
+    from hf_layerprune.outputs import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 

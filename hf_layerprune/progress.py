@@ -20,6 +20,10 @@ The CLI opens one ``Display`` for the whole command. It renders the same events 
 Third-party progress bars are routed into the display while it is active: every ``tqdm`` bar (transformers'
 weight loading and shard writing, lm-eval's request loop, huggingface_hub's uploads) is created disabled and
 mirrored as one of our bars; the Trainer's printed log dicts are removed (healing/training.py adds its own callback).
+The json file is a temporary sibling opened at the first stage and renamed onto FILE at the end (outputs.py).
+
+Long module: the three renderings share one event path (``_event``, the bars, the stage list), and the tqdm and
+logging routing must be installed and undone by the same ``Display`` that renders them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -142,7 +147,10 @@ class Display:
         if mode not in ("live", "plain", "quiet"):
             raise ValueError(f"unknown display mode {mode!r}")
         self.mode, self.verbose, self.interval, self.width = mode, verbose, interval, width
-        self.json = open(json_path, "w", encoding="utf-8") if json_path else None
+        self.json_path = Path(json_path) if json_path else None
+        self.json: TextIO | None = None  # a temporary sibling, opened at the first stage (every check passed)
+        self._json_tmp: Path | None = None
+        self._pending: list[str] = []
         self.stages: dict[str, dict[str, float | None]] = {}
         self.current: list[str] = []
         self.bars: list[Bar] = []
@@ -177,9 +185,17 @@ class Display:
         if self._live is not None:
             self._live.__exit__(*exc)
             self._live = None
-        if self.json is not None:
-            self.json.close()
-            self.json = None
+        self._close_json(failed_early=exc[0] is not None and self.json is None)
+
+    def _close_json(self, failed_early: bool) -> None:
+        """Rename the log into place; a run refused before its first stage leaves no log at all."""
+        if self.json_path is None or failed_early:
+            return
+        if self.json is None:
+            self._open_json()
+        self.json.close()
+        self.json = None
+        os.replace(self._json_tmp, self.json_path)
 
     # --- events -------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -285,9 +301,25 @@ class Display:
             self.stream.write(f"[{stamp}] {line}\n" if i == 0 else f"           {line}\n")
         self.stream.flush()
 
+    def _open_json(self) -> None:
+        from hf_layerprune.outputs import temp_sibling
+
+        self.json_path.parent.mkdir(parents=True, exist_ok=True)  # as --json does
+        self._json_tmp = temp_sibling(self.json_path)
+        self.json = open(self._json_tmp, "w", encoding="utf-8")
+        self.json.writelines(self._pending)
+        self._pending.clear()
+
     def _event(self, kind: str, **fields: Any) -> None:
-        if self.json is not None:
-            self.json.write(json.dumps({"time": round(time.time(), 3), "event": kind, **fields}, default=str) + "\n")
+        if self.json_path is None:
+            return
+        line = json.dumps({"time": round(time.time(), 3), "event": kind, **fields}, default=str) + "\n"
+        if self.json is None and kind == "stage_start":
+            self._open_json()
+        if self.json is None:
+            self._pending.append(line)
+        else:
+            self.json.write(line)
             self.json.flush()
 
     @staticmethod

@@ -6,6 +6,7 @@ It is stored verbatim in `layerprune.json` so that any run can be reproduced wit
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,6 +19,14 @@ import yaml
 from hf_layerprune.errors import ConfigError, LayerPruneError
 
 GRANULARITIES = ("block", "attention", "mlp")
+
+# Bounds on sizes, checked before any work (one line naming the bound): far above any real run, low enough that a
+# typo (an extra zero group, 10**12) is refused instead of hanging in a pre-flight or dying for memory.
+MAX_LAYERS = 100_000
+MAX_CALIBRATION_TOKENS = 100_000_000  # calibration samples x sequence length
+UPPER_BOUNDS = {"drop": MAX_LAYERS, "rounds": MAX_LAYERS, "calibration_samples": 10_000_000, "seq_len": 1 << 20,
+                "batch_size": 1 << 16, "heal_steps": 10_000_000, "heal_tokens": 10**11, "lora_rank": 1 << 16,
+                "limit": 10_000_000, "num_fewshot": 1_000, "perplexity_tokens": 10**10}
 
 # The defaults a recipe resolves to (`resolve_defaults`), chosen from benchmarks/RESULTS.md on SmolLM2-135M-Instruct:
 # - metric: no single metric was best at every depth (angular + linear: 93.0% retention at drop 6 but 78.5% and
@@ -149,6 +158,18 @@ class Recipe:
             raise ConfigError(f"--num-fewshot must not be negative (got {self.num_fewshot})")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"--learning-rate must be positive (got {self.learning_rate})")
+        if self.learning_rate is not None and not math.isfinite(self.learning_rate):
+            raise ConfigError(f"--learning-rate must be a finite number (got {self.learning_rate})")
+        for name, bound in UPPER_BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and value > bound:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} is more than the bound {bound:,}")
+        tokens = self.calibration_samples * self.seq_len
+        if tokens > MAX_CALIBRATION_TOKENS:
+            raise ConfigError(f"--calibration-samples {self.calibration_samples} x --seq-len {self.seq_len} = {tokens:,} "
+                              f"calibration tokens, more than the bound {MAX_CALIBRATION_TOKENS:,}")
+        if self.layers and max(self.layers) >= MAX_LAYERS:
+            raise ConfigError(f"--layers: index {max(self.layers)} is beyond any model (at most {MAX_LAYERS:,} layers)")
 
     def validate_target(self) -> None:
         """Exactly one of drop/layers; drop >= 1. Range checks against the model happen at selection time."""
@@ -186,6 +207,8 @@ class Recipe:
             raise ConfigError(f"unknown recipe key(s): {', '.join(unknown)}")
         if isinstance(data.get("layers"), str):  # `layers: 20-27` reads like the CLI flag
             data["layers"] = parse_layers(data["layers"])
+        elif isinstance(data.get("layers"), int) and not isinstance(data["layers"], bool):  # `layers: 1`, as --layers 1
+            data["layers"] = [data["layers"]]
         for key in LIST_FIELDS:
             if isinstance(data.get(key), str):
                 data[key] = split_list(data[key])
@@ -197,10 +220,18 @@ class Recipe:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise LayerPruneError(f"recipe file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise LayerPruneError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {path} is not UTF-8 text") from None
+        except (yaml.YAMLError, RecursionError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
+            raise LayerPruneError(f"recipe {path} is not valid YAML: {first}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
         if not isinstance(data, dict):
             raise LayerPruneError(f"recipe {path} must be a mapping of option names to values")
+        odd = [k for k in data if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(f"recipe {path}: key {odd[0]!r} is not an option name")
         return cls.from_dict({k.replace("-", "_"): v for k, v in data.items()})
 
     def to_yaml(self) -> str:
@@ -252,7 +283,10 @@ def parse_layers(text: str | None) -> list[int] | None:
         part = part.strip()
         try:
             span = re.fullmatch(r"(\d+)-(\d+)", part)
-            out.extend(range(int(span[1]), int(span[2]) + 1) if span else [int(part)])
+            first, last = (int(span[1]), int(span[2])) if span else (int(part), int(part))
         except (ValueError, TypeError):
             raise ConfigError(f"cannot read --layers {text!r}: use 0-based indices like 3,4,5 or 3-5") from None
+        if last >= MAX_LAYERS:
+            raise ConfigError(f"--layers {text}: index {last} is beyond any model (at most {MAX_LAYERS:,} layers)")
+        out.extend(range(first, last + 1))
     return out

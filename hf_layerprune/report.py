@@ -156,8 +156,54 @@ def library_versions() -> dict[str, str]:
 def read_report(directory: str | os.PathLike) -> dict[str, Any]:
     """``layerprune.json`` as its JSON object (``Report.from_dict`` gives the typed sections)."""
     path = Path(directory) / REPORT_FILENAME
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:  # empty, not UTF-8, not JSON, nested too deeply
+        from hf_layerprune.errors import CheckpointError
+
+        if isinstance(exc, UnicodeDecodeError):
+            text = "not UTF-8 text"
+        elif isinstance(exc, json.JSONDecodeError):
+            text = f"not valid JSON ({exc})"
+        else:
+            text = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
+        raise CheckpointError(f"cannot read {path}: {text}") from None
+    check_report_types(report, path)
+    return report
+
+
+SECTION_KEYS = ("scoring", "healing", "evaluation", "export", "recipe", "gguf", "sweep", "timings", "memory",
+                "preflight", "versions", "removed_sublayers")
+LIST_KEYS = ("removed_layers", "kept_layers")
+NUMBER_KEYS = ("num_layers_before", "num_layers_after", "parameters_before", "parameters_after", "format_version")
+
+
+def check_report_types(report: Any, path: Path) -> None:
+    """The report's sections have the types every reader assumes; one line naming the first that does not."""
+    from hf_layerprune.errors import CheckpointError
+
+    def bad(key: str, value: Any, wanted: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {key} is {value!r:.60}, not {wanted}; the file is damaged or hand-edited")
+
+    if not isinstance(report, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    for key in SECTION_KEYS:
+        if report.get(key) is not None and not isinstance(report[key], dict):
+            raise bad(key, report[key], "an object")
+    for key in LIST_KEYS:
+        value = report.get(key)
+        if value is not None and not (isinstance(value, list) and all(type(i) is int for i in value)):
+            raise bad(key, value, "a list of layer indices")
+    for key in NUMBER_KEYS:
+        value = report.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise bad(key, value, "a number")
+    for key in ("base_model", "base_revision"):
+        if report.get(key) is not None and not isinstance(report[key], str):
+            raise bad(key, report[key], "a string")
 
 
 def write_report(directory: str | os.PathLike, report: Report | dict[str, Any]) -> Path:

@@ -28,7 +28,7 @@ from hf_layerprune import progress, quantized
 from hf_layerprune.auto import auto_select
 from hf_layerprune.base_view import SharedBase
 from hf_layerprune.card import record_base_card, render_card
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import LayerPruneError, OutputError
 from hf_layerprune.evaluation import evaluate_for_recipe
 from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
 from hf_layerprune.healing import heal_for_recipe
@@ -149,7 +149,14 @@ def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source
     if quantized.is_4bit(model):  # the 16-bit output, from the original shards with the adapter merged there
         _save_from_shards(model, recipe, folder, source, removed or [])
     elif wants_safetensors(recipe):
-        model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
+        try:
+            model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
+        except OSError:
+            raise  # one line from cli_errors, naming the file
+        except Exception as exc:  # safetensors' own error for a full disk (os error 28) or a failed write
+            if "os error" not in str(exc).lower() and "no space" not in str(exc).lower():
+                raise
+            raise OutputError(f"could not save the model into {folder}: {str(exc).splitlines()[0]}") from None
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return write_gguf(model, folder, recipe, source, removed or [], card=card) if wants_gguf(recipe) else None

@@ -26,6 +26,7 @@ import torch
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
+from hf_layerprune.checkpoint import LAYER_KEY, check_checkpoint_layers, check_link, check_layer_count, layer_index
 from hf_layerprune.errors import LayerPruneError
 
 SAFE_INDEX = "model.safetensors.index.json"
@@ -127,8 +128,6 @@ def remove_layers(model: torch.nn.Module, removed: Iterable[int]) -> torch.nn.Mo
 
 # ----------------------------------------------------------------------------------------------- on disk
 
-_LAYER_KEY = re.compile(r"^(?P<prefix>(?:.*?\.)?layers)\.(?P<idx>\d+)\.(?P<rest>.+)$")
-
 
 @dataclass
 class _Entry:
@@ -165,10 +164,10 @@ def checkpoint_files(directory: Path) -> list[Path]:
 
 def rename_layer_key(key: str, layer_prefix: str, new_index: dict[int, int]) -> str | None:
     """New name of a checkpoint key; None when it belongs to a removed layer. Non-layer keys are unchanged."""
-    m = _LAYER_KEY.match(key)
-    if not m or not (layer_prefix.endswith(m["prefix"] + ".") or (m["prefix"] + ".").endswith(layer_prefix)):
+    old = layer_index(key, layer_prefix)
+    if old is None:
         return key
-    old = int(m["idx"])
+    m = LAYER_KEY.match(key)
     if old not in new_index:
         return None
     return f"{m['prefix']}.{new_index[old]}.{m['rest']}"
@@ -204,7 +203,8 @@ def prune_checkpoint(
     src, dst = Path(src), Path(dst)
     config = AutoConfig.from_pretrained(src)
     arch = get_architecture(config)
-    num_layers = config.num_hidden_layers
+    num_layers = check_layer_count(config.num_hidden_layers, "config.json's num_hidden_layers")
+    check_checkpoint_layers(src, config, arch.key_prefix)  # before any cut: the weights are what the config says
     removed = validate_removed(removed, num_layers)
     kept = kept_layers(removed, num_layers)
     new_index = {old: new for new, old in enumerate(kept)}
@@ -251,19 +251,29 @@ def prune_checkpoint(
 SIDE_FOLDERS = ("additional_chat_templates",)  # the only sub-folders transformers reads beside the weights
 
 
-def copy_side_files(src: Path, dst: Path) -> None:
-    """Copy tokenizer, chat template, generation config and other non-weight files of a checkpoint: the files at
-    its top level and in SIDE_FOLDERS, never other sub-folders (an earlier output saved inside the model folder
-    must not end up inside the new one) and never code (``*.py``: a stock output needs none)."""
+def side_files(src: Path) -> list[Path]:
+    """The files `copy_side_files` copies: tokenizer, chat template, generation config and other non-weight files
+    of a checkpoint, at its top level and in SIDE_FOLDERS, never other sub-folders (an earlier output saved inside
+    the model folder must not end up inside the new one) and never code (``*.py``: a stock output needs none). A
+    symbolic link is followed only into the source folder or the Hub cache's blobs (checkpoint.check_link)."""
     paths = [p for p in src.iterdir() if p.is_file()]
     paths += [p for folder in SIDE_FOLDERS if (src / folder).is_dir() for p in (src / folder).iterdir() if p.is_file()]
+    out = []
     for path in sorted(paths):
         rel = path.relative_to(src)
         if any(part.startswith(".") for part in rel.parts) or path.suffix == ".py":
             continue
         if rel.name in NOT_COPIED or rel.name.endswith(WEIGHT_SUFFIXES):
             continue
-        target = dst / rel
+        check_link(path, src)
+        out.append(path)
+    return out
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    """Copy `side_files(src)` into `dst` (same relative paths)."""
+    for path in side_files(src):
+        target = dst / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
 

@@ -18,16 +18,17 @@ from hf_layerprune import distributed, stages
 from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
 from hf_layerprune.card import record_base_card, render_card
-from hf_layerprune.checks import check_recipe, check_target_against, source_config, source_paths
+from hf_layerprune.checks import check_recipe, check_source_layers, check_target_against, source_config, source_paths
 from hf_layerprune.errors import ConfigError, LayerPruneError, OutputError
 from hf_layerprune.evaluation import headline
 from hf_layerprune.hub import _model_name
 from hf_layerprune.loading import resolve_source, resolved_revision
-from hf_layerprune.outputs import check_output_dir
+from hf_layerprune.outputs import check_output_dir, check_path
 from hf_layerprune.pipeline import Timer, heal_and_evaluate, load, save
 from hf_layerprune.plots import plot_pareto
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import Report, SourceSection, read_report, write_report
+from hf_layerprune.surgery import side_files
 from hf_layerprune.scoring import build_context, get_metric, run_metric
 
 Log = Callable[[str], None]
@@ -83,21 +84,36 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     sources = source_paths(source)
     if root.exists() and not root.is_dir():
         raise OutputError(f"--output-dir {root} exists and is not a directory")
+    check_path(root, "--output-dir", sources, directory=True)
     config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+    check_source_layers(source, config)
+    if source.kind == "dir":
+        side_files(source.path)  # no side file is a link out of the folder
     for n in depths:
         check_target_against(dataclasses.replace(recipe, drop=n, layers=None), config.num_hidden_layers)
     targets = {n: variant_dir(root, source.name, config.num_hidden_layers - n) for n in depths}
 
-    def checks() -> None:  # rank 0 alone in a multi-process launch (distributed.py)
+    def checks() -> bool:  # rank 0 alone in a multi-process launch (distributed.py); True when it made the root
         if not root.exists():
             check_output_dir(root, False, sources)
         else:
             for path in targets.values():
                 check_output_dir(path, recipe.overwrite, sources)
+        made = not root.exists()
         root.mkdir(exist_ok=True)
+        return made
 
-    distributed.on_main(checks)
+    made_root = distributed.on_main(checks, share=True)
+    try:
+        return _sweep(recipe, depths, source, targets, command, log)
+    except BaseException:
+        if made_root and distributed.is_main() and not any(root.iterdir()):
+            root.rmdir()  # a failed sweep leaves no empty root behind
+        raise
 
+
+def _sweep(recipe: Recipe, depths: list[int], source, targets: dict[int, Path], command: str | None,
+           log: Log) -> list[Path]:
     timer = Timer()
     revision = resolved_revision(source) if source.kind == "hub" else source.revision  # as `prune` records it
     loaded = Report(SourceSection(base_model=source.name, base_revision=revision), command=command,

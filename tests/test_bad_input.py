@@ -3,6 +3,24 @@
 One table: each case names a command line (placeholders are paths in a shared workspace of good and broken
 models, recipes and outputs) and a phrase its error must contain. The workspace tree is compared before and after
 each case, so a case that writes anything, or removes anything, fails.
+
+Issue 32 added the sections "32.1" to "32.8" of CASES (each failed on db17af2: a traceback, a wrong acceptance, a
+hang or a write outside the output) and the tests after the table, whose expected outcomes are:
+
+| case | expected outcome |
+|---|---|
+| CASES (every row) | exit 2, one `Error:` line holding the row's phrase, workspace and local Hub unchanged |
+| `--log-json` refused before the first stage / failing after it | no file at all / the log renamed into place |
+| a side-file link inside the source folder | accepted: the output holds a copy of the file, not a link |
+| recipe `layers: 1` | accepted, as `--layers 1` |
+| `analyze --json --plot` | both written through a temporary sibling, none left behind |
+| `--token` with a newline or spaces, wrong | exit 2, no form of the token (raw, stripped, repr) in the output |
+| `WORLD_SIZE=abc`, `WORLD_SIZE=2` without a launcher, `RANK=7` of 2 | exit 2 at once (no wait), nothing written |
+| a source `auto_map` (local module, another repo's code) | accepted; the output's config has no `auto_map`, no `.py` |
+| stale push work folder (owner process gone) | removed by the next push; a live, foreign-host or kept one stays |
+| a temporary side file of a killed run (`.NAME.tmp-HOST-PID-*`) | removed by the next write of NAME on this host |
+| `layerprune-staging-*` branches older than 6 h / legacy names | deleted by the next publish; a live one stays |
+| publish failing after creating the repo (`refs/pr/999`) or before (`bad..name`) | no repo left on the Hub |
 """
 
 from __future__ import annotations
@@ -80,10 +98,97 @@ def ws(tmp_path_factory) -> Path:
         "unknown-key": "drop: 1\ncolour: blue\n", "list": "- drop\n- 1\n", "yaml": "drop: [1\n", "drop-str": 'drop: "4"\n',
         "heal-typo": "drop: 1\nheal: distill:adapter=ful\n", "layers-bad": "layers: x-y\n", "lr-str": "drop: 1\nlearning_rate: fast\n",
         "tasks-int": "drop: 1\ntasks: 5\n",
+        "int-key": "drop: 1\n1: 2\n", "lr-inf": "drop: 1\nlearning_rate: .inf\n",
+        "samples-huge": "drop: 1\ncalibration_samples: 1000000000000\n", "deep": "drop: " + "[" * 5000 + "]" * 5000 + "\n",
     }
     for name, text in recipes.items():
         (root / f"{name}.yaml").write_text(text)
+    (root / "latin1.yaml").write_bytes("drop: 1\n# r\xe9glage\n".encode("latin-1"))
+    _add_issue32_inputs(root, ckpt)
     return root
+
+
+def _with_config(root: Path, ckpt: Path, name: str, **changes) -> None:
+    shutil.copytree(ckpt, root / name)
+    config = json.loads((ckpt / "config.json").read_text())
+    (root / name / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _rewrite_header(path: Path, change) -> None:
+    """Rewrite a safetensors header in place (the data bytes stay where their offsets say)."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    text = change(header)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+
+
+def _negative_dims(header: dict) -> bytes:
+    name = next(k for k, v in header.items() if k != "__metadata__" and len(v["shape"]) == 2)
+    header[name]["shape"] = [-d for d in header[name]["shape"]]
+    return json.dumps(header).encode()
+
+
+def _deep_metadata(header: dict) -> bytes:
+    text = json.dumps(header).encode()
+    return text[:-1] + b', "deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+
+def _gguf(path: Path, block_count, blocks: int = 6) -> None:
+    import numpy as np
+    from gguf import GGUFValueType, GGUFWriter
+
+    writer = GGUFWriter(path, "llama")
+    if isinstance(block_count, int):
+        writer.add_block_count(block_count)
+    elif isinstance(block_count, str):
+        writer.add_string("llama.block_count", block_count)
+    else:
+        writer.add_key_value("llama.block_count", block_count, GGUFValueType.ARRAY, sub_type=GGUFValueType.UINT32)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 4), dtype=np.float32))
+    for i in range(blocks):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.full(4, i, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def _add_issue32_inputs(root: Path, ckpt: Path) -> None:
+    """Issue 32: links, FIFOs, inconsistent checkpoints, absurd sizes."""
+    import os
+
+    (root / "victim.txt").write_text("someone else's file\n")
+    (root / "log-link.json").symlink_to(root / "victim.txt")
+    (root / "dir-link").symlink_to(root / "empty")
+    os.mkfifo(root / "fifo")
+    _with_config(root, ckpt, "more-layers", num_hidden_layers=6)  # config 6 over weights of 4
+    _with_config(root, ckpt, "fewer-layers", num_hidden_layers=3)  # config 3 over weights of 4
+    _with_config(root, ckpt, "word-layers", num_hidden_layers="six")
+    _with_config(root, ckpt, "huge-layers", num_hidden_layers=10**12)
+    shutil.copytree(ckpt, root / "deep-config")
+    text = (ckpt / "config.json").read_text().rstrip().rstrip("}")
+    (root / "deep-config" / "config.json").write_text(text + ', "deep": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for name, change in {"negative-dims": _negative_dims, "deep-header": _deep_metadata}.items():
+        shutil.copytree(ckpt, root / name)
+        _rewrite_header(root / name / "model.safetensors", change)
+    shutil.copytree(ckpt, root / "linked")
+    (root / "linked" / "notes.txt").symlink_to(root / "victim.txt")  # a side file that leads out of the folder
+    shutil.copytree(root / "pruned", root / "pruned-linked")
+    (root / "pruned-linked" / "notes.txt").symlink_to(root / "victim.txt")
+    for name, content in {"report-empty": b"", "report-latin1": b"{\"base_model\": \"caf\xe9\"}", "report-list": b"[1, 2]",
+                          "report-mistyped": json.dumps({"format_version": 1, "base_model": "acme/x", "scoring": "bi"}).encode(),
+                          "report-layers": json.dumps({"format_version": 1, "base_model": "acme/x", "removed_layers": "1,2"}).encode(),
+                          "report-deep": b'{"scoring": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}.items():
+        shutil.copytree(root / "pruned", root / name)
+        (root / name / "layerprune.json").write_bytes(content)
+    (root / "card-latin1.md").write_bytes("---\nlicense: mit\n---\n# Caf\xe9\n".encode("latin-1"))
+    (root / "ppl-latin1.txt").write_bytes("Un caf\xe9 tr\xe8s fort.\n".encode("latin-1"))
+    _gguf(root / "gguf-ok.gguf", 6)  # consistent, but not a model transformers can build
+    _gguf(root / "gguf-more.gguf", 10)  # block_count 10 over 6 blocks
+    _gguf(root / "gguf-fewer.gguf", 4)
+    _gguf(root / "gguf-string.gguf", "6")
+    _gguf(root / "gguf-array.gguf", [6, 6])
 
 
 C = "{ws}/ckpt"
@@ -233,6 +338,86 @@ CASES: list[tuple[str, list[str], str]] = [
     ("sweep-granularity", ["sweep", C, "--drop", "1,2", "--granularity", "mlp", "-o", OUT, *FAST], "whole layers"),
     ("sweep-truncated", ["sweep", "{ws}/trunc", "--drop", "1,2", "-o", OUT, *FAST], "truncated"),
     ("sweep-bad-prefix", ["sweep", C, "--drop", "1,2", "-o", OUT, *FAST, "--repo-prefix", "a/b/c"], "invalid --repo-id"),
+    # --- issue 32.1: every output path goes through one check ---------------------------------------------------
+    ("log-json-source-config", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", C + "/config.json"], "inside the source"),
+    ("log-json-source-weights", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", C + "/model.safetensors"], "inside the source"),
+    ("log-json-other-model", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/pruned/log.jsonl"], "model folder"),
+    ("log-json-symlink", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/log-link.json"], "symbolic link"),
+    ("log-json-fifo", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/fifo"], "FIFO"),
+    ("log-json-device", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "/dev/full"], "device"),
+    ("log-json-weight-name", ["prune", C, "--layers", "1", "-o", OUT, *FAST, "--log-json", "{ws}/log.safetensors"], "model file"),
+    ("log-json-in-output", ["prune", C, "--layers", "1", "-o", "{ws}/previous", "--overwrite", *FAST, "--log-json", "{ws}/previous/log.jsonl"], "inside the run's output"),
+    ("log-json-bad-option", ["prune", C, "--drop", "0", "-o", OUT, *FAST, "--log-json", "{ws}/log.jsonl"], "at least 1"),
+    ("log-json-bad-layer", ["prune", C, "--layers", "9", "-o", OUT, *FAST, "--log-json", "{ws}/log.jsonl"], "out of range"),
+    ("push-log-json-source", ["push", C, "--layers", "1", *FAST, "--repo-id", "acme/x", "--log-json", C + "/config.json"], "inside the source"),
+    ("sweep-log-json-source", ["sweep", C, "--drop", "1,2", "-o", OUT, *FAST, "--log-json", C + "/tokenizer.json"], "inside the source"),
+    ("sweep-log-json-bad-option", ["sweep", C, "--drop", "1,9", "-o", OUT, *FAST, "--log-json", "{ws}/log.jsonl"], "smaller than"),
+    ("prune-output-symlink", ["prune", C, "--layers", "1", "-o", "{ws}/dir-link", "--overwrite", *FAST], "symbolic link"),
+    ("prune-output-in-model", ["prune", C, "--layers", "1", "-o", "{ws}/pruned/sub", *FAST], "model folder"),
+    ("sweep-output-symlink", ["sweep", C, "--drop", "1,2", "-o", "{ws}/dir-link", *FAST], "symbolic link"),
+    ("sweep-drop-negative", ["sweep", C, "--drop", "-1,2", "-o", OUT, *FAST], "at least 1"),
+    ("analyze-json-source-config", ["analyze", C, "--metric", "bi", "--json", C + "/config.json"], "inside the source"),
+    ("analyze-json-other-model", ["analyze", C, "--metric", "bi", "--json", "{ws}/pruned/s.json"], "model folder"),
+    ("analyze-json-symlink", ["analyze", C, "--metric", "bi", "--json", "{ws}/log-link.json"], "symbolic link"),
+    ("analyze-json-fifo", ["analyze", C, "--metric", "bi", "--json", "{ws}/fifo"], "FIFO"),
+    ("analyze-plot-device", ["analyze", C, "--metric", "bi", "--plot", "/dev/full"], "device"),
+    ("analyze-plot-format", ["analyze", C, "--metric", "bi", "--plot", "{ws}/scores.xyz"], ".png"),
+    ("analyze-json-is-plot", ["analyze", C, "--metric", "bi", "--json", "{ws}/s.png", "--plot", "{ws}/s.png"], "two files"),
+    ("evaluate-json-source", ["evaluate", C, "--no-base", "--json", C + "/config.json"], "inside the source"),
+    ("evaluate-json-symlink", ["evaluate", C, "--no-base", "--json", "{ws}/log-link.json"], "symbolic link"),
+    # --- issue 32.2: the checkpoint is what its config says, before any cut -------------------------------------
+    ("ckpt-more-layers-stream", ["prune", "{ws}/more-layers", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-more-layers-memory", ["prune", "{ws}/more-layers", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-fewer-layers", ["prune", "{ws}/fewer-layers", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-fewer-layers-analyze", ["analyze", "{ws}/fewer-layers", "--metric", "bi"], "disagree"),
+    ("ckpt-more-layers-evaluate", ["evaluate", "{ws}/more-layers", "--no-base", "--tasks", "none", "--perplexity", "none"], "disagree"),
+    ("ckpt-more-layers-sweep", ["sweep", "{ws}/more-layers", "--drop", "1,2", "-o", OUT, *FAST], "disagree"),
+    ("ckpt-word-layers", ["prune", "{ws}/word-layers", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
+    ("ckpt-huge-layers", ["prune", "{ws}/huge-layers", "--layers", "1", "-o", OUT, *FAST], "more than the 100000"),
+    ("ckpt-huge-layers-memory", ["prune", "{ws}/huge-layers", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "more than the 100000"),
+    ("ckpt-negative-dims", ["prune", "{ws}/negative-dims", "--layers", "1", "-o", OUT, *FAST], "non-negative integer"),
+    ("ckpt-deep-config", ["prune", "{ws}/deep-config", "--layers", "1", "-o", OUT, *FAST], "nested too deeply"),
+    ("ckpt-deep-header", ["prune", "{ws}/deep-header", "--layers", "1", "-o", OUT, *FAST], "nested too deeply"),
+    ("gguf-more-blocks", ["prune", "{ws}/gguf-more.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("gguf-fewer-blocks", ["prune", "{ws}/gguf-fewer.gguf", "--layers", "1", "-o", OUT, *FAST], "disagree"),
+    ("gguf-string-count", ["prune", "{ws}/gguf-string.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
+    # --- issue 32.4: links are never followed out of a folder --------------------------------------------------
+    ("link-side-file-stream", ["prune", "{ws}/linked", "--layers", "1", "-o", OUT, *FAST], "outside"),
+    ("link-side-file-memory", ["prune", "{ws}/linked", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "outside"),
+    ("link-side-file-sweep", ["sweep", "{ws}/linked", "--drop", "1,2", "-o", OUT, *FAST], "outside"),
+    ("link-upload", ["upload", "{ws}/pruned-linked", "--repo-id", "acme/x"], "outside"),
+    # --- issue 32.3: sizes bounded before any work ----------------------------------------------------------------
+    ("bound-layers-range", ["prune", C, "--layers", "0-99999999999", "-o", OUT, *FAST], "beyond any model"),
+    ("bound-layers-index", ["prune", C, "--layers", "123456789012", "-o", OUT, *FAST], "beyond any model"),
+    ("bound-calibration-tokens", ["prune", C, "--drop", "1", "--metric", "bi", "--calibration-samples", "1000000", "--seq-len", "4096", "-o", OUT, *FAST], "calibration tokens"),
+    ("bound-calibration-samples", ["prune", C, "--drop", "1", "--metric", "bi", "--calibration-samples", "1000000000000", "-o", OUT, *FAST], "bound"),
+    ("bound-seq-len", ["prune", C, "--drop", "1", "--metric", "bi", "--seq-len", "100000000", "--calibration-samples", "1", "-o", OUT, *FAST], "bound"),
+    ("bound-rounds", ["prune", C, "--drop", "1", "--rounds", "1000000", "-o", OUT, *FAST], "bound"),
+    ("bound-heal-steps", ["prune", C, "--layers", "1", "--heal", "lora", "--heal-steps", "1000000000", "--no-eval", "-o", OUT], "bound"),
+    ("bound-prune-limit", ["prune", C, "--layers", "1", "--heal", "none", "--limit", "100000000000", "-o", OUT], "bound"),
+    ("bound-sweep-depth", ["sweep", C, "--drop", "1,200000", "-o", OUT, *FAST], "bound"),
+    ("evaluate-limit-inf", ["evaluate", C, "--no-base", "--limit", "inf"], "finite"),
+    ("evaluate-limit-nan", ["evaluate", C, "--no-base", "--limit", "nan"], "finite"),
+    ("evaluate-limit-huge", ["evaluate", C, "--no-base", "--limit", "1e12"], "bound"),
+    ("evaluate-seq-len-huge", ["evaluate", C, "--no-base", "--seq-len", "100000000"], "bound"),
+    ("recipe-samples-huge", ["prune", C, "--recipe", "{ws}/samples-huge.yaml", "-o", OUT, *FAST], "bound"),
+    ("recipe-lr-inf", ["prune", C, "--recipe", "{ws}/lr-inf.yaml", "-o", OUT, *FAST], "finite"),
+    # --- issue 32.8: tracebacks that become one line ------------------------------------------------------------
+    ("recipe-not-utf8", ["prune", C, "--recipe", "{ws}/latin1.yaml", "-o", OUT, *FAST], "UTF-8"),
+    ("recipe-int-key", ["prune", C, "--recipe", "{ws}/int-key.yaml", "-o", OUT, *FAST], "not an option name"),
+    ("recipe-deep", ["prune", C, "--recipe", "{ws}/deep.yaml", "-o", OUT, *FAST], "recipe"),
+    ("gguf-unloadable", ["prune", "{ws}/gguf-ok.gguf", "--drop", "1", "--metric", "bi", "-o", OUT, *FAST], "cannot load"),
+    ("evaluate-report-empty", ["evaluate", "{ws}/report-empty", "--no-base", "--tasks", "none", "--perplexity", "none"], "cannot read"),
+    ("evaluate-report-latin1", ["evaluate", "{ws}/report-latin1", "--no-base", "--tasks", "none", "--perplexity", "none"], "cannot read"),
+    ("evaluate-report-list", ["evaluate", "{ws}/report-list", "--no-base", "--tasks", "none", "--perplexity", "none"], "not a JSON object"),
+    ("evaluate-ppl-latin1", ["evaluate", C, "--no-base", "--tasks", "none", "--perplexity", "{ws}/ppl-latin1.txt", "--no-speed"], "not UTF-8"),
+    ("card-report-mistyped", ["card", "{ws}/report-mistyped", "--no-plots", "--offline"], "scoring"),
+    ("card-report-layers", ["card", "{ws}/report-layers", "--no-plots", "--offline"], "removed_layers"),
+    ("card-report-deep", ["card", "{ws}/report-deep", "--no-plots", "--offline"], "cannot read"),
+    ("card-base-card-latin1", ["card", "{ws}/pruned", "--base-card", "{ws}/card-latin1.md", "--no-plots"], "base model card"),
+    ("upload-bad-revision", ["upload", "{ws}/pruned", "--repo-id", "acme/x", "--revision", "bad..name"], "not a valid branch name"),
+    ("push-bad-revision", ["push", C, "--layers", "1", *FAST, "--repo-id", "acme/x", "--revision", "a b"], "not a valid branch name"),
+    ("gguf-array-count", ["prune", "{ws}/gguf-array.gguf", "--layers", "1", "-o", OUT, *FAST], "not a positive integer"),
 ]
 
 
@@ -262,3 +447,175 @@ def test_the_table_covers_every_command():
     commands = {argv[0] for _, argv, _ in CASES}
     assert commands == {"prune", "analyze", "evaluate", "card", "upload", "push", "sweep"}
     assert len(CASES) >= 70
+
+
+# --- issue 32: what is accepted, and how outputs are written ------------------------------------------------------
+
+
+def test_log_json_is_renamed_into_place_and_absent_when_refused_before_any_stage(tmp_path):
+    from hf_layerprune.errors import ConfigError
+    from hf_layerprune.progress import Display
+
+    log = tmp_path / "events.jsonl"
+    with pytest.raises(ConfigError):
+        with Display("quiet", json_path=log) as display:
+            display.message("checking")
+            raise ConfigError("bad option")
+    assert list(tmp_path.iterdir()) == []  # refused during the checks: no log, no temporary file
+    with pytest.raises(RuntimeError):
+        with Display("quiet", json_path=log) as display:
+            display.message("checking")
+            with display.stage("load"):
+                assert not log.exists() and len(list(tmp_path.iterdir())) == 1  # a temporary sibling meanwhile
+                raise RuntimeError("out of memory")
+    events = [json.loads(line)["event"] for line in log.read_text().splitlines()]
+    assert events == ["message", "stage_start", "stage_end"]  # a run that failed after its checks keeps its log
+    assert [p.name for p in tmp_path.iterdir()] == ["events.jsonl"]
+    assert log.stat().st_mode & 0o777 == 0o666 & ~_umask()  # as open(..., "w") makes it, not mkstemp's 0600
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_links_inside_the_folder_are_followed_and_recipe_layers_may_be_an_integer(ws, tmp_path):
+    from hf_layerprune.recipe import Recipe
+
+    src = tmp_path / "src"
+    shutil.copytree(ws / "ckpt", src)
+    (src / "chat_template.jinja").write_text("{{ messages }}")
+    (src / "template-link.jinja").symlink_to(src / "chat_template.jinja")  # inside the folder: fine
+    result = runner.invoke(app, ["prune", str(src), "--layers", "1", "-o", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "template-link.jinja").read_text() == "{{ messages }}"
+    assert not (tmp_path / "out" / "template-link.jinja").is_symlink()
+    (tmp_path / "r.yaml").write_text("layers: 1\n")
+    assert Recipe.from_yaml(tmp_path / "r.yaml").layers == [1]
+
+
+def test_analyze_writes_json_and_plot_by_renaming(ws, tmp_path):
+    result = runner.invoke(app, ["analyze", str(ws / "ckpt"), "--metric", "bi", "--calibration-samples", "2",
+                                 "--seq-len", "8", "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "s.json").read_text())["metrics"]["bi"]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json", "s.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize("token", ["hf_SecretButWrong0123456789\n", " hf_SecretButWrong0123456789 \r\n"])
+def test_a_token_is_never_printed_in_any_form(ws, hub_server, token):
+    result = runner.invoke(app, ["upload", str(ws / "pruned"), "--repo-id", "acme/x", "--token", token])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:")
+    assert "SecretButWrong" not in result.output
+
+
+def test_scrub_covers_the_escaped_forms():
+    from hf_layerprune.hub_calls import scrub
+
+    token = "hf_abc123456789\n"
+    for text in (f"bad header {token!r}", f"bad header {token}", 'json "hf_abc123456789\\n"', "b'Bearer hf_abc123456789'"):
+        assert "abc123456789" not in scrub(text, token), text
+
+
+@pytest.mark.parametrize("env, phrase", [({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"),
+                                         ({"WORLD_SIZE": "2"}, "MASTER_ADDR"),
+                                         ({"WORLD_SIZE": "2", "RANK": "7", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29555"}, "RANK=7")])
+def test_a_malformed_launch_is_one_line_not_a_wait(ws, tmp_path, monkeypatch, env, phrase):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = runner.invoke(app, ["prune", str(ws / "ckpt"), "--layers", "1", "-o", str(tmp_path / "out"), *FAST])
+    assert result.exit_code == 2, f"{result.output}\n{result.exception!r}"
+    assert result.stderr.strip().splitlines()[-1].startswith("Error:") and phrase in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_drop_an_auto_map_whose_code_they_do_not_carry(ws, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(ws / "ckpt", src)
+    config = json.loads((src / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "acme/evil--modeling_x.XModel"}
+    (src / "config.json").write_text(json.dumps(config))
+    (src / "configuration_x.py").write_text("raise SystemExit('never run')\n")
+    for route in (["--layers", "1"], ["--drop", "1", "--metric", "bi", "--calibration-samples", "2", "--seq-len", "8"]):
+        out = tmp_path / f"out{len(route)}"
+        result = runner.invoke(app, ["prune", str(src), *route, "-o", str(out), *FAST])
+        assert result.exit_code == 0, result.output
+        assert "auto_map" not in json.loads((out / "config.json").read_text())
+        assert not list(out.glob("*.py"))
+
+
+# --- issue 32.7: killed runs and Hub litter ------------------------------------------------------------------------
+
+
+def test_push_work_folders_of_killed_runs_are_swept_and_kept_ones_are_not(tmp_path, monkeypatch):
+    import socket
+    import tempfile
+
+    from hf_layerprune.outputs import OWNER_FILE, release, work_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    host = socket.gethostname()
+    for name, owner in {"dead": f"{host} 999999999", "live": f"{host} {__import__('os').getpid()}",
+                        "other-host": "elsewhere 1", "kept": None}.items():
+        (tmp_path / f"hf-layerprune-push-{name}").mkdir()
+        if owner:
+            (tmp_path / f"hf-layerprune-push-{name}" / OWNER_FILE).write_text(owner + "\n")
+    work = work_dir("hf-layerprune-push-")
+    assert (work / OWNER_FILE).read_text().split() == [host, str(__import__("os").getpid())]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "hf-layerprune-push-dead" not in left  # its process is gone
+    assert {"hf-layerprune-push-live", "hf-layerprune-push-other-host", "hf-layerprune-push-kept"} <= set(left)
+    release(work)  # kept for `upload`: a later run leaves it alone
+    work_dir("hf-layerprune-push-")
+    assert work.is_dir()
+
+
+def test_a_publish_removes_stale_staging_branches_and_keeps_a_live_one(ws, hub_server):
+    import time
+
+    from huggingface_hub import HfApi
+
+    from hf_layerprune import hub
+
+    api = HfApi(token=WRITE_TOKEN)
+    api.create_repo("acme/litter")
+    api.upload_file(path_or_fileobj=b"x", path_in_repo="notes.txt", repo_id="acme/litter")
+    now = int(time.time())
+    live, stale, legacy = (f"layerprune-staging-{now - 60}-aa", f"layerprune-staging-{now - 7 * 3600}-bb",
+                           "layerprune-staging-0badc0de")
+    for branch in (live, stale, legacy, "dev"):
+        api.create_branch("acme/litter", branch=branch)
+    hub.publish_folder(ws / "pruned", "acme/litter", token=WRITE_TOKEN, exist_ok=True)
+    assert set(hub_server.refs("acme/litter")) == {"main", "dev", live}
+
+
+@pytest.mark.parametrize("revision", ["bad..name", "refs/pr/999"])
+def test_a_failed_publish_deletes_the_repo_it_created(ws, hub_server, revision):
+    from hf_layerprune import hub
+    from hf_layerprune.errors import LayerPruneError
+
+    with pytest.raises(LayerPruneError):
+        hub.publish_folder(ws / "pruned", "acme/fresh", token=WRITE_TOKEN, revision=revision)
+    assert hub_server.refs("acme/fresh") == {}  # the repo this call created is gone again
+
+
+def test_a_killed_runs_temporary_log_is_removed_by_the_next_write(tmp_path):
+    import socket
+
+    from hf_layerprune.outputs import write_text_atomic
+
+    host = socket.gethostname()
+    dead = tmp_path / f".s.json.tmp-{host}-999999999-abc.json"
+    live = tmp_path / f".s.json.tmp-{host}-{__import__('os').getpid()}-def.json"
+    other = tmp_path / ".s.json.tmp-elsewhere-1-ghi.json"
+    for path in (dead, live, other):
+        path.write_text("{")
+    write_text_atomic(tmp_path / "s.json", "{}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "s.json"])

@@ -335,9 +335,21 @@ def test_publish_workflow_keeps_the_token_to_the_push_step():
                 assert step["with"]["persist-credentials"] is False
     inputs = workflow[True]["workflow_call"]["inputs"]
     assert inputs["layerprune-ref"]["default"] == ""  # empty: a fixed commit, never a moving branch
-    from hf_layerprune import __version__
+    release = publish["env"]["LAYERPRUNE_RELEASE"]
+    assert len(release) == 40 and all(c in "0123456789abcdef" for c in release), release  # a commit, not a tag
+    root = Path(__file__).parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    import subprocess
 
-    assert publish["env"]["LAYERPRUNE_RELEASE"] == f"v{__version__}"
+    shallow = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-shallow-repository"], capture_output=True,
+                             text=True).stdout.strip() == "true"
+    found = subprocess.run(["git", "-C", str(root), "cat-file", "-e", f"{release}^{{commit}}"], capture_output=True)
+    if found.returncode and shallow:
+        pytest.skip("a shallow clone lacks the history to look the commit up")
+    assert found.returncode == 0, f"LAYERPRUNE_RELEASE {release} is not a commit of this repository"
+    ancestor = subprocess.run(["git", "-C", str(root), "merge-base", "--is-ancestor", release, "HEAD"])
+    assert ancestor.returncode == 0, f"LAYERPRUNE_RELEASE {release} is not in this branch's history"
 
 
 # --- 7. every check before any work -------------------------------------------------------------------------------

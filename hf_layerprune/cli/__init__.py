@@ -6,9 +6,9 @@ hide_bitsandbytes()  # before any command imports peft (which imports bitsandbyt
 
 from hf_layerprune.cli.app import app  # noqa: E402
 from hf_layerprune.cli import prune  # noqa: F401, E402  (registers commands)
-from hf_layerprune.cli import analyze  # noqa: F401
-from hf_layerprune.cli import upload, push, sweep  # noqa: F401
-from hf_layerprune.cli import evaluate, card, collection  # noqa: F401
+from hf_layerprune.cli import analyze  # noqa: F401, E402
+from hf_layerprune.cli import upload, push, sweep  # noqa: F401, E402
+from hf_layerprune.cli import evaluate, card, collection  # noqa: F401, E402
 
 
 def main() -> None:

@@ -53,12 +53,16 @@ def analyze(
     from hf_layerprune.scoring import analyze as run_analysis, default_metric
 
     from hf_layerprune.loading import check_device, torch_dtype
-    from hf_layerprune.outputs import check_output_file
+    from hf_layerprune.outputs import check_output_file, model_paths
+    from hf_layerprune.plots_scoring import check_plot_path
 
     metric_spec = options.pop("metric", None)
     recipe = build_recipe(model, options)
-    check_output_file(json_path, "--json")
-    check_output_file(plot, "--plot")
+    check_output_file(json_path, "--json", model_paths(model))
+    check_output_file(plot, "--plot", model_paths(model))
+    check_plot_path(plot)
+    if json_path and plot and json_path.expanduser().resolve() == plot.expanduser().resolve():
+        raise ConfigError(f"--json and --plot both name {json_path}; give two files")
     check_device(recipe.device)
     torch_dtype(recipe.dtype)
     if batch_size is not None and batch_size < 1:
@@ -90,8 +94,9 @@ def analyze(
         return
     print_tables(result)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        from hf_layerprune.outputs import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
         log(f"[green]Wrote[/green] {json_path}")
     if plot:
         from hf_layerprune.plots_scoring import plot_analysis

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
-from hf_layerprune.errors import cli_errors
+from hf_layerprune.errors import CheckpointError, LayerPruneError, cli_errors
 
 console = Console(stderr=True)
 
@@ -28,6 +28,13 @@ def card(
     """Write README.md (YAML metadata + body) and its plots in DIR; needs no model, only layerprune.json."""
     from hf_layerprune.card import record_base_card, render_card
 
-    record_base_card(directory, base_card=base_card, online=False if offline else None)
-    path = render_card(directory, repo_id=repo_id, base_card=base_card, plots=plots, online=False if offline else None)
+    try:
+        record_base_card(directory, base_card=base_card, online=False if offline else None)
+        path = render_card(directory, repo_id=repo_id, base_card=base_card, plots=plots, online=False if offline else None)
+    except LayerPruneError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:  # a hand-edited report
+        raise CheckpointError(f"{directory}/layerprune.json has a value of an unexpected type "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                              "fix the file or re-run the command that wrote it") from None
     console.print(f"Wrote {path}", highlight=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.table import Table
 from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
 from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
+from hf_layerprune.recipe import UPPER_BOUNDS
 
 console = Console(stderr=True)
 
@@ -26,8 +28,10 @@ def _limit(text: str | None) -> int | float | None:
         value = float(text)
     except ValueError:
         raise LayerPruneError(f"--limit {text!r}: give a number of documents (20) or a fraction (0.1)") from None
-    if value <= 0:
-        raise LayerPruneError("--limit must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise LayerPruneError(f"--limit must be a positive finite number (got {text})")
+    if value > UPPER_BOUNDS["limit"]:
+        raise LayerPruneError(f"--limit {text} is more than the bound {UPPER_BOUNDS['limit']:,}")
     return int(value) if value >= 1 and value == int(value) else value
 
 
@@ -125,15 +129,19 @@ def evaluate(
 
     from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
     from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
-    from hf_layerprune.outputs import check_output_file
+    from hf_layerprune.outputs import check_output_file, model_paths
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
 
-    check_output_file(json_path, "--json")
+    check_output_file(json_path, "--json", model_paths(model) + (model_paths(base) if base else []))
     check_device(device)
     torch_dtype(dtype)
-    for name, value in (("--batch-size", batch_size), ("--seq-len", seq_len), ("--perplexity-max-tokens", perplexity_max_tokens)):
-        if value is not None and value < 1:
-            raise ConfigError(f"{name} must be at least 1 (got {value})")
+    for name, value, bound in (("--batch-size", batch_size, "batch_size"), ("--seq-len", seq_len, "seq_len"),
+                               ("--perplexity-max-tokens", perplexity_max_tokens, "perplexity_tokens"),
+                               ("--num-fewshot", num_fewshot, "num_fewshot")):
+        if value is not None and value < (0 if name == "--num-fewshot" else 1):
+            raise ConfigError(f"{name} must be at least {0 if name == '--num-fewshot' else 1} (got {value})")
+        if value is not None and value > UPPER_BOUNDS[bound]:
+            raise ConfigError(f"{name} {value} is more than the bound {UPPER_BOUNDS[bound]:,}")
     out_dir = Path(model).expanduser()
     report = read_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
     if no_base and base:
@@ -198,7 +206,9 @@ def evaluate(
         section["settings"]["base_revision"] = base_revision
     Console().print(summary_table(section))
     if json_path:
-        json_path.write_text(json.dumps(section, indent=2) + "\n", encoding="utf-8")
+        from hf_layerprune.outputs import write_text_atomic
+
+        write_text_atomic(json_path, json.dumps(section, indent=2) + "\n")
         console.print(f"Wrote {json_path}", highlight=False)
     if report is not None:
         report["evaluation"] = section

@@ -129,15 +129,16 @@ class RegistryHelp(TyperCommand):
         super().format_help(ctx, formatter)
 
 
-def open_display(options: dict[str, Any]):
-    """The run's progress display from the --quiet / --verbose / --log-json flags (progress.Display)."""
+def open_display(options: dict[str, Any], model: str, output_dir: str | Path | None = None):
+    """The run's progress display from the --quiet / --verbose / --log-json flags (progress.Display). The log is
+    checked like every output (not in the source, nor in the output folder the run replaces)."""
     from hf_layerprune import distributed
-    from hf_layerprune.outputs import check_output_file
+    from hf_layerprune.outputs import check_output_file, model_paths
     from hf_layerprune.progress import Display
 
     if not distributed.is_main():  # several processes: rank 0 shows the run, the others stay quiet
         return Display("quiet", stream=distributed.quiet_stream())
-    check_output_file(options.get("log_json"), "--log-json")
+    check_output_file(options.get("log_json"), "--log-json", model_paths(model), [output_dir] if output_dir else ())
     return Display("quiet" if options.get("quiet") else "auto", verbose=bool(options.get("verbose")),
                    json_path=options.get("log_json"))
 

@@ -32,7 +32,7 @@ def prune(
     from hf_layerprune.pipeline import run
 
     recipe = build_recipe(model, recipe_options, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
-    with open_display(recipe_options) as display:
+    with open_display(recipe_options, model, recipe.output_dir) as display:
         if distributed.check_launch():
             display.warning(distributed.check_launch())
         report = run(recipe, command=command_line(ctx), log=display.message).to_dict()

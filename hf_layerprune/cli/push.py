@@ -2,7 +2,6 @@
 
 import shlex
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,6 +12,9 @@ from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
 from hf_layerprune.errors import LayerPruneError, cli_errors
+from hf_layerprune.outputs import release, work_dir
+
+PUSH_WORK_PREFIX = "hf-layerprune-push-"
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -66,13 +68,13 @@ def push(
 
     user, repo_id, gguf_target = distributed.on_main(checks, share=True)
     keep = output_dir is not None
-    work = Path(tempfile.mkdtemp(prefix="hf-layerprune-push-")) if not keep and distributed.is_main() else None
+    work = work_dir(PUSH_WORK_PREFIX) if not keep and distributed.is_main() else None
     if not keep:  # rank 0's folder; the other ranks never write it
         recipe.output_dir = distributed.broadcast(str(work / "model") if work is not None else None)
     out = Path(recipe.output_dir)
     finished = False
     try:
-        with open_display(recipe_options) as display:
+        with open_display(recipe_options, model, recipe.output_dir) as display:
             report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
             finished = True
             if not distributed.is_main():  # rank 0 publishes
@@ -96,6 +98,8 @@ def push(
                                            exist_ok=exist_ok, verify=verify, trust=recipe.trust_remote_code)
                             + (["--gguf-repo-id", gguf_target] if gguf_target and gguf_repo_id else [])
                             + (["--gguf-only"] if isinstance(exc, GgufPushError) else []))
+        if work is not None:
+            release(work)  # kept for `upload`: no later push sweeps it
         work = None
         message = str(exc).split("; run the same command again")[0]
         what = "the GGUF" if isinstance(exc, GgufPushError) else "it"

@@ -16,9 +16,12 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def parse_depths(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        depths = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise LayerPruneError(f"cannot read --drop {text!r}: give depths like 4,8,12") from None
+    if any(n < 1 for n in depths):
+        raise LayerPruneError(f"--drop {text}: every depth must be at least 1")
+    return depths
 
 
 @app.command(cls=RegistryHelp)
@@ -51,7 +54,7 @@ def sweep(
     if repo_prefix:
         token = hub.resolve_token(token)
         user = distributed.on_main(hub.check_write_access, token, repo_prefix, share=True)  # rank 0 talks to the Hub
-    with open_display(recipe_options) as display:
+    with open_display(recipe_options, model, output_dir) as display:
         outputs = run_sweep(recipe, depths, output_dir, command=command_line(ctx), log=display.message)
         if not distributed.is_main():  # rank 0 reports and publishes
             return

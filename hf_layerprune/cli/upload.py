@@ -43,6 +43,7 @@ def upload(
 
     hub.check_repo_id(repo_id)
     hub.check_repo_id(gguf_repo_id)
+    hub.check_revision(revision)
     report = check_model_folder(directory)
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
@@ -170,7 +171,7 @@ def say(text: str) -> None:
 
 def check_model_folder(directory: Path) -> dict[str, Any]:
     """The folder's layerprune.json, after checking its files are whole (every shard, the index); one-line errors."""
-    from hf_layerprune.checkpoint import check_weights, read_json
+    from hf_layerprune.checkpoint import check_links, check_weights, read_json
 
     if not directory.is_dir():
         raise LayerPruneError(f"{directory} is not a directory")
@@ -187,6 +188,7 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     if missing:
         raise LayerPruneError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
                               "(write one with `hf-layerprune prune MODEL ... --output-dir DIR`)")
+    check_links(directory)  # before anything reads a file: no link leads out of the folder
     report = read_json(directory / REPORT_FILENAME)
     if not is_gguf_folder(directory):
         read_json(directory / "config.json")

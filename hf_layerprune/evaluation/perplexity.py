@@ -82,10 +82,13 @@ def _load_text_rows(source: str, _stamp: int | None) -> tuple[tuple[str, ...], s
 def _read_text_rows(source: str) -> tuple[list[str], str]:
     path = Path(os.path.expanduser(source))
     if path.is_file():
-        if path.suffix == ".jsonl":
-            return _jsonl_rows(path), str(path.resolve())
-        if path.suffix in TEXT_SUFFIXES or not path.suffix:
-            return wikitext_rows(path.read_text(encoding="utf-8")), str(path.resolve())
+        try:
+            if path.suffix == ".jsonl":
+                return _jsonl_rows(path), str(path.resolve())
+            if path.suffix in TEXT_SUFFIXES or not path.suffix:
+                return wikitext_rows(path.read_text(encoding="utf-8")), str(path.resolve())
+        except UnicodeDecodeError as exc:
+            raise LayerPruneError(f"perplexity text {source} is not UTF-8 (byte {exc.start})") from None
         raise LayerPruneError(f"perplexity text {source}: use a .txt, .raw or .jsonl file")
     if path.suffix in TEXT_SUFFIXES + (".jsonl",) or os.sep in source and not _looks_like_hub(source):
         raise LayerPruneError(f"perplexity text file not found: {source}")
