@@ -170,7 +170,7 @@ def read_header(path: str | Path) -> GGUFHeader:
             pos += 4 + 8 * n_dims + 12
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
             tensors.append(TensorInfo(name, dims, ggml_type, offset, math.prod(dims) * type_size // block))
-    except (ValueError, OSError, struct.error, KeyError) as exc:
+    except (ValueError, OSError, struct.error, KeyError, OverflowError, IndexError) as exc:
         raise LayerPruneError(f"{path} is not a readable GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     header = GGUFHeader(path, version, entries, tensors, GGUF_DEFAULT_ALIGNMENT, 0, buf)
     header.alignment = int(header.value("general.alignment") or GGUF_DEFAULT_ALIGNMENT)

@@ -24,7 +24,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.evaluation.lm_eval_runner import default_cache_dir
+from hf_layerprune.cache import cache_root
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 # a path starting at the root or the home directory, not preceded by a word character, ':' or '/' (URLs, "tokens/s")
@@ -80,7 +80,7 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def _tasks_cache() -> str:
     """Where hf-layerprune renders the local task YAMLs (``local_*``): an --include-path there is regenerated."""
-    return str(default_cache_dir().parent / "tasks")
+    return str(cache_root() / "tasks")
 
 
 def _rendered_tasks(value: Any) -> bool:

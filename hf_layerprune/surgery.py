@@ -20,13 +20,15 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
-
-from hf_layerprune.architectures import get_architecture
+from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
 from hf_layerprune.errors import LayerPruneError
+
+if TYPE_CHECKING:
+    import torch
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -96,6 +98,54 @@ def config_updates(config: Any, kept: list[int]) -> dict[str, Any]:
     return updates
 
 
+def plain_config(directory: Path) -> dict[str, Any] | None:
+    """``config.json`` as a dict when the on-disk cut can rewrite it as JSON, without transformers; else None.
+
+    transformers derives some per-layer fields when a config.json leaves them out (qwen2's and gemma's
+    ``layer_types``, the MoE sparse step ...), and slicing needs its value. So the JSON route takes a registered
+    ``model_type`` whose every sliced, remapped and recounted field is written out, with no ``expand`` rule and no
+    sparse per-layer overrides; anything else is read by ``AutoConfig`` (which imports torch)."""
+    try:
+        raw = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("model_type") not in ARCHITECTURES:
+        return None
+    if not isinstance(raw.get("num_hidden_layers"), int) or "per_layer_config" in raw or raw.get("auto_map"):
+        return None
+    arch = ARCHITECTURES[raw["model_type"]]
+    if arch.expand or any(name not in raw for name in (*arch.sliced, *arch.remapped, *arch.recounted)):
+        return None
+    return raw
+
+
+def read_config(directory: Path) -> Any:
+    """The checkpoint's config: an attribute view of ``config.json`` (``plain_config``), else transformers'."""
+    raw = plain_config(directory)
+    if raw is not None:
+        return SimpleNamespace(**raw)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(directory)
+
+
+def write_config(config: Any, kept: list[int], directory: Path) -> None:
+    """``config.json`` of the cut: a JSON view (``read_config``) keeps the source's fields and spelling (and its
+    ``transformers_version``) with the per-layer fields rewritten; a transformers config is saved by transformers."""
+    if isinstance(config, SimpleNamespace):
+        data = {**vars(config), **config_updates(config, kept)}
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"  # as transformers' to_json_string writes it
+        (Path(directory) / "config.json").write_text(text, encoding="utf-8")
+        return
+    rewrite_config(config, kept)
+    config.save_pretrained(directory)
+
+
+def ties_embeddings(config: Any) -> bool:
+    tied = getattr(config, "tie_word_embeddings", None)
+    return get_architecture(config).tied_by_default if tied is None else bool(tied)
+
+
 def rewrite_config(config: Any, kept: list[int]) -> dict[str, Any]:
     """Apply `config_updates` in place (modules hold references to the config object) and return them."""
     updates = config_updates(config, kept)
@@ -112,6 +162,8 @@ def rewrite_config(config: Any, kept: list[int]) -> dict[str, Any]:
 
 def remove_layers(model: torch.nn.Module, removed: Iterable[int]) -> torch.nn.Module:
     """Remove decoder layers from a loaded *ForCausalLM in place; renumber `layer_idx`; rewrite the config."""
+    import torch
+
     arch = get_architecture(model.config)
     layers = arch.get_layers(model)
     removed = validate_removed(removed, len(layers))
@@ -199,10 +251,8 @@ def prune_checkpoint(
 
     Returns {"removed_layers", "kept_layers", "num_layers_before", "total_size", "shards"}.
     """
-    from transformers import AutoConfig
-
     src, dst = Path(src), Path(dst)
-    config = AutoConfig.from_pretrained(src)
+    config = read_config(src)
     arch = get_architecture(config)
     num_layers = config.num_hidden_layers
     removed = validate_removed(removed, num_layers)
@@ -221,7 +271,7 @@ def prune_checkpoint(
             begin, end = info["data_offsets"]
             entries.append(_Entry(new_key, path, info["dtype"], info["shape"], data_start + begin, end - begin))
     names = {e.key for e in entries}
-    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in names and arch.embed + ".weight" in names:
+    if ties_embeddings(config) and "lm_head.weight" in names and arch.embed + ".weight" in names:
         entries = [e for e in entries if e.key != "lm_head.weight"]  # as save_pretrained does for tied weights
     entries.sort(key=lambda e: _natural_key(e.key))
 
@@ -236,8 +286,7 @@ def prune_checkpoint(
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (dst / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    rewrite_config(config, kept)
-    config.save_pretrained(dst)
+    write_config(config, kept, dst)
     copy_side_files(src, dst)
     return {
         "removed_layers": removed,
