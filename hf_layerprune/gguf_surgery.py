@@ -2,8 +2,8 @@
 
 `prune_gguf(src, dst, removed)` scans the source's header (memory-mapped, see `read_header`), writes the
 metadata entries it does not change as their raw source bytes, the changed ones and the tensor table anew, then
-copies each kept tensor's bytes from the source file in fixed-size chunks (peak memory about one chunk, not one
-model). What changes:
+copies each kept tensor's bytes from the source file in the kernel (byte_copy.py; by chunks where it cannot: peak
+memory about one chunk, not one model). What changes:
 
 - tensors `blk.<i>.*` of removed blocks are dropped, the others renumbered `blk.<new i>.*`;
 - `<arch>.block_count` becomes the number of kept blocks;
@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from hf_layerprune.byte_copy import copy_range, write_all
 from hf_layerprune.errors import LayerPruneError
 
-CHUNK_BYTES = 16 * 1024 * 1024
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 # llama.cpp sets these layer patterns from the index (hparams.set_swa_pattern / n_no_rope_layer_step), not from
 # metadata arrays: a cut that shifts a kept layer's phase would silently change its attention kind.
@@ -257,36 +258,42 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
     def pad(n: int) -> int:
         return -(-n // align) * align
 
-    with open(dst, "wb") as out, open(src, "rb") as fin:
-        out.write(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), len(header.entries)))
-        for key, e in header.entries.items():
-            if key == f"{arch}.block_count":
-                out.write(_pack_entry(e, len(kept)))
-            elif key in sliced:
-                values = header.value(key)
-                out.write(_pack_entry(e, [values[i] for i in kept]))
-            else:
-                out.write(header.buf[e.start : e.end])
-        offset, sizes = 0, []
-        for name, t in tensors:
-            ggml_type, size = t.ggml_type, t.n_bytes
-            if name in replace:
-                data, qtype = replace[name]
-                ggml_type, size = int(qtype), data.nbytes
-                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-                if math.prod(t.dims) * type_size // block != size:
-                    raise LayerPruneError(f"replacement for {name} has {size} bytes, not a {t.dims} {qtype.name} tensor")
-            out.write(_pack_string(name) + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims))
-            out.write(struct.pack("<IQ", ggml_type, offset))
-            offset += pad(size)
-            sizes.append(size)
-        out.write(b"\0" * (pad(out.tell()) - out.tell()))
+    head = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), len(header.entries)))
+    for key, e in header.entries.items():
+        if key == f"{arch}.block_count":
+            head += _pack_entry(e, len(kept))
+        elif key in sliced:
+            values = header.value(key)
+            head += _pack_entry(e, [values[i] for i in kept])
+        else:
+            head += header.buf[e.start : e.end]
+    offset, sizes = 0, []
+    for name, t in tensors:
+        ggml_type, size = t.ggml_type, t.n_bytes
+        if name in replace:
+            data, qtype = replace[name]
+            ggml_type, size = int(qtype), data.nbytes
+            block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+            if math.prod(t.dims) * type_size // block != size:
+                raise LayerPruneError(f"replacement for {name} has {size} bytes, not a {t.dims} {qtype.name} tensor")
+        head += _pack_string(name) + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims)
+        head += struct.pack("<IQ", ggml_type, offset)
+        offset += pad(size)
+        sizes.append(size)
+    head += b"\0" * (pad(len(head)) - len(head))
+    fin = os.open(src, os.O_RDONLY)
+    out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(out, head)
         for (name, t), size in zip(tensors, sizes):
             if name in replace:
-                np.ascontiguousarray(replace[name][0]).tofile(out)
-            else:
-                _copy_range(fin, out, header.data_start + t.offset, size)
-            out.write(b"\0" * (pad(size) - size))
+                write_all(out, memoryview(np.ascontiguousarray(replace[name][0])).cast("B"))
+            else:  # the quantized blocks as they are, copied in the kernel
+                copy_range(fin, out, header.data_start + t.offset, size, what=src.name)
+            write_all(out, b"\0" * (pad(size) - size))
+    finally:
+        os.close(out)
+        os.close(fin)
     header.buf.close()
     return {
         "file": dst.name,
@@ -296,16 +303,6 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
         "tensors": len(tensors),
         "replaced_tensors": sorted(replace),
     }
-
-
-def _copy_range(fin, fout, offset: int, size: int) -> None:
-    fin.seek(offset)
-    while size > 0:
-        chunk = fin.read(min(CHUNK_BYTES, size))
-        if not chunk:
-            raise LayerPruneError("the GGUF file ends inside a tensor (truncated download?)")
-        fout.write(chunk)
-        size -= len(chunk)
 
 
 def gguf_output_name(source_file: str | Path, num_layers: int) -> str:

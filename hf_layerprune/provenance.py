@@ -8,6 +8,8 @@ report written:
 - ``provenance``: the base model as ``{"hub_id", "commit"}`` or, for a local file, ``{"name", "sha256", "bytes"}``
   (a local directory: its name and the sha256 of its config and weight files); every other local input file
   (perplexity text, calibration or healing data) the same way under ``files``. Recorded while the paths still exist.
+  Each file is hashed once per run: the on-disk cuts hash the source on a second thread while they copy it
+  (``hashed_alongside``), and ``sha256_file`` reuses a digest while the file's path, size and mtime are unchanged.
 - ``base_model``: a local path becomes ``./name`` (plainly local, never read as a Hub id).
 - ``command`` and ``recipe``: local paths replaced by their file or folder name, so the recipe runs
   after replacing only the model path (and placing any named local file beside it). ``--include-path`` of the tasks
@@ -18,11 +20,14 @@ report written:
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import shlex
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from hf_layerprune.cache import cache_root
 
@@ -43,12 +48,81 @@ def hub_id(value: Any) -> str | None:
     return value
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 2**22) -> str:
+# sha256 of the files hashed in this process, by (real path, size, mtime_ns): a file is hashed once per run, while
+# the cut reads it (`hashed_alongside`) or when the report is first written, and its digest reused after that.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+_SLICE = 64 * 2**20
+
+
+def _identity(path: str | os.PathLike) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+
+
+def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
+    """sha256 of the whole file (what `sha256sum` prints and the Hub's LFS pointer holds), read through a memory
+    map in large slices (hashlib releases the GIL on them); None when `stop` is set first."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return h.hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+            with memoryview(mapped) as view:
+                for start in range(0, size, _SLICE):
+                    if stop is not None and stop.is_set():
+                        return None
+                    h.update(view[start : start + _SLICE])
     return h.hexdigest()
+
+
+def _remember(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
+    key = _identity(path)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    digest = _hash_file(path, stop)
+    if digest is not None and _identity(path) == key:  # unchanged while it was read: the digest is the file's
+        _DIGESTS[key] = digest
+    return digest
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file; hashed once per process (a digest taken while the cut read it is reused while the file's
+    path, size and mtime are unchanged)."""
+    return _remember(path)
+
+
+@contextmanager
+def hashed_alongside(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Hash `paths` on a second thread while the body (an on-disk cut) reads them: the record costs no pass of its
+    own over the files (the hash reads the pages the copy brings in, or the copy those the hash did), and
+    `sha256_file` finds the digests when the report is written. Larger than HASH_LIMIT in all: not hashed at all
+    (file_record then records sizes only)."""
+    paths = [Path(p) for p in paths]
+    if sum(p.stat().st_size for p in paths) > HASH_LIMIT:
+        yield
+        return
+    stop = threading.Event()
+
+    def work() -> None:
+        for path in paths:
+            try:
+                if _remember(path, stop) is None:
+                    return
+            except OSError:  # unreadable now: the report's own hash says so later, in one line
+                return
+
+    thread = threading.Thread(target=work, name="provenance-sha256", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        thread.join()
 
 
 def is_local_path(value: Any) -> bool:

@@ -18,6 +18,7 @@ from hf_layerprune.gguf_route import elements, output_name, source_file
 from hf_layerprune.gguf_surgery import prune_gguf, read_header
 from hf_layerprune.loading import Source, local_checkpoint, torch_dtype
 from hf_layerprune.outputs import staging_dir
+from hf_layerprune.provenance import hashed_alongside
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, Report
 from hf_layerprune.selection import explicit_or_rule, uses_metric
@@ -95,7 +96,8 @@ def run_streaming(recipe: Recipe, source: Source, report: Report, timer, log: Lo
     timer.weight_bytes = sum(path.stat().st_size for path in checkpoint_files(src))
     log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
-        with timer.stage("cut"):
+        local = checkpoint_files(src) if source.kind == "dir" else []  # a Hub source's provenance is its commit
+        with timer.stage("cut"), hashed_alongside(local):  # the provenance hash, while the cut reads the shards
             info = prune_checkpoint(src, tmp, removed, max_shard_size=recipe.max_shard_size)
         report.source.num_layers_before = num_layers
         report.cut = CutSection(num_layers_after=len(info["kept_layers"]), removed_layers=info["removed_layers"],
@@ -114,7 +116,7 @@ def run_gguf_surgery(recipe: Recipe, source: Source, report: Report, timer, log:
     removed = explicit_or_rule(recipe, num_layers)
     log(f"Cutting {source.gguf_file}: removing layers {removed} of {num_layers}, quantized blocks copied as they are")
     with staging_dir(recipe.output_dir, recipe.overwrite, [source_file(source)]) as tmp:
-        with timer.stage("cut"):
+        with timer.stage("cut"), hashed_alongside([source_file(source)]):
             path = tmp / output_name(source, num_layers - len(removed))
             info = prune_gguf(source_file(source), path, removed)
             info.pop("replaced_tensors")

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
+from hf_layerprune.byte_copy import copy_range, write_all
 from hf_layerprune.errors import LayerPruneError
 
 if TYPE_CHECKING:
@@ -344,38 +345,12 @@ def _write_shard(path: Path, entries: list[_Entry], copy_buffer: int) -> None:
     sources: dict[Path, int] = {}
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(out, struct.pack("<Q", len(raw)) + raw)
+        write_all(out, struct.pack("<Q", len(raw)) + raw)
         for e in entries:
             if e.src_file not in sources:
                 sources[e.src_file] = os.open(e.src_file, os.O_RDONLY)
-            _copy_range(sources[e.src_file], out, e.start, e.nbytes, copy_buffer)
+            copy_range(sources[e.src_file], out, e.start, e.nbytes, what=e.src_file.name, chunk=copy_buffer)
     finally:
         os.close(out)
         for fd in sources.values():
             os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy_range(src: int, out: int, start: int, nbytes: int, copy_buffer: int) -> None:
-    """Append bytes [start, start+nbytes) of `src` to `out`: in the kernel when possible, else by chunks."""
-    copied = 0
-    if hasattr(os, "copy_file_range"):
-        try:
-            while copied < nbytes:
-                n = os.copy_file_range(src, out, nbytes - copied, start + copied)
-                if n == 0:
-                    break
-                copied += n
-        except OSError:
-            pass  # e.g. across file systems; finish with plain reads below
-    while copied < nbytes:
-        chunk = os.pread(src, min(copy_buffer, nbytes - copied), start + copied)
-        if not chunk:
-            raise LayerPruneError(f"a safetensors file is truncated at byte {start + copied}")
-        _write_all(out, chunk)
-        copied += len(chunk)
