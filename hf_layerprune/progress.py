@@ -28,6 +28,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import textwrap
 import time
@@ -348,14 +349,7 @@ class Display:
                 level = logger.level
                 logger.setLevel(logging.ERROR)
                 self._restore.append(lambda logger=logger, level=level: logger.setLevel(level))
-            try:
-                import transformers.utils.logging as hf_logging
-
-                verbosity = hf_logging.get_verbosity()
-                hf_logging.set_verbosity_error()
-                self._restore.append(lambda: hf_logging.set_verbosity(verbosity))
-            except ImportError:
-                pass
+            self._quiet_transformers()
         import warnings
 
         showwarning = warnings.showwarning
@@ -371,6 +365,30 @@ class Display:
         ours.addHandler(handler)
         ours.propagate, propagate = False, ours.propagate
         self._restore.append(lambda: (ours.removeHandler(handler), setattr(ours, "propagate", propagate)))
+
+
+    def _quiet_transformers(self) -> None:
+        """transformers at error level while the display runs. Not imported for it (3 s; an on-disk cut never
+        imports it): one imported later reads its level from TRANSFORMERS_VERBOSITY, set here meanwhile."""
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            self._restore.append(lambda: hf_logging.set_verbosity(verbosity))
+            return
+        previous = os.environ.get("TRANSFORMERS_VERBOSITY")
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+            else:
+                os.environ["TRANSFORMERS_VERBOSITY"] = previous
+            later = sys.modules.get("transformers.utils.logging")
+            if later is not None:  # imported while the display ran: back to the level it would have had
+                later.set_verbosity(getattr(logging, (previous or "warning").upper(), logging.WARNING))
+
+        self._restore.append(restore)
 
 
 class _ToDisplay(logging.Handler):

@@ -31,6 +31,7 @@ BLOCKED_CLI = textwrap.dedent(f"""
     class Refuse:
         def find_spec(self, name, path=None, target=None):
             if name.partition(".")[0] in {HEAVY!r}:
+                print("IMPORT ATTEMPTED: " + name, file=sys.stderr)
                 traceback.print_stack(limit=6)
                 raise ImportError("blocked by the test: " + name)
     sys.meta_path.insert(0, Refuse())
@@ -41,9 +42,13 @@ BLOCKED_CLI = textwrap.dedent(f"""
 
 
 def cli_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess where importing torch, transformers, peft or bitsandbytes fails; an attempt that
+    the code caught and survived counts as a failure too."""
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.run([sys.executable, "-c", BLOCKED_CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
+    assert "IMPORT ATTEMPTED" not in proc.stderr, proc.stderr[-3000:]
+    return proc
 
 
 def test_streaming_cut_runs_with_torch_and_transformers_unimportable(tmp_path):
