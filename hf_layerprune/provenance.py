@@ -8,8 +8,9 @@ report written:
 - ``provenance``: the base model as ``{"hub_id", "commit"}`` or, for a local file, ``{"name", "sha256", "bytes"}``
   (a local directory: its name and the sha256 of its config and weight files); every other local input file
   (perplexity text, calibration or healing data) the same way under ``files``. Recorded while the paths still exist.
-  Each file is hashed once per run: the on-disk cuts hash the source on a second thread while they copy it
-  (``hashed_alongside``), and ``sha256_file`` reuses a digest while the file's path, size and mtime are unchanged.
+  Each file is hashed once: the on-disk cuts hash the source on a second thread while they copy it
+  (``hashed_alongside``), and ``sha256_file`` reuses a digest while the file's path, size, mtime, ctime and inode
+  are unchanged (in memory, and across runs in the cache folder's ``sha256.json``).
 - ``base_model``: a local path becomes ``./name`` (plainly local, never read as a Hub id).
 - ``command`` and ``recipe``: local paths replaced by their file or folder name, so the recipe runs
   after replacing only the model path (and placing any named local file beside it). ``--include-path`` of the tasks
@@ -20,6 +21,7 @@ report written:
 from __future__ import annotations
 
 import hashlib
+import json
 import mmap
 import os
 import re
@@ -48,15 +50,62 @@ def hub_id(value: Any) -> str | None:
     return value
 
 
-# sha256 of the files hashed in this process, by (real path, size, mtime_ns): a file is hashed once per run, while
-# the cut reads it (`hashed_alongside`) or when the report is first written, and its digest reused after that.
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+# sha256 of files already hashed, by identity: (real path, size, mtime_ns, ctime_ns, inode). Any write to a file
+# changes its ctime (which no tool can set back), so a digest is reused only for the same bytes. Kept in memory for
+# the run (each file hashed at most once: while the cut reads it, `hashed_alongside`, or when the report is first
+# written) and, for files of CACHED_FROM bytes or more, in `sha256.json` of the cache folder (cache.py), so that
+# cutting the same checkpoint again (a sweep, another --layers) hashes nothing.
+Identity = tuple[str, int, int, int, int]
+_DIGESTS: dict[Identity, str] = {}
+_STORE: dict[str, list] | None = None  # the cache file's entries: real path -> [size, mtime_ns, ctime_ns, inode, sha256]
 _SLICE = 64 * 2**20
+CACHED_FROM = 2**20
 
 
-def _identity(path: str | os.PathLike) -> tuple[str, int, int]:
+def _identity(path: str | os.PathLike) -> Identity:
     st = os.stat(path)
-    return os.path.realpath(path), st.st_size, st.st_mtime_ns
+    return os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+def _store_path() -> Path:
+    return cache_root() / "sha256.json"
+
+
+def _stored() -> dict[str, list]:
+    global _STORE
+    if _STORE is None:
+        try:
+            data = json.loads(_store_path().read_text(encoding="utf-8"))
+            _STORE = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _STORE = {}
+    return _STORE
+
+
+def _lookup(key: Identity) -> str | None:
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    entry = _stored().get(key[0])
+    if isinstance(entry, list) and len(entry) == 5 and tuple(entry[:4]) == key[1:]:
+        _DIGESTS[key] = entry[4]
+        return entry[4]
+    return None
+
+
+def _keep(key: Identity, digest: str) -> None:
+    _DIGESTS[key] = digest
+    if key[1] < CACHED_FROM:
+        return
+    store = _stored()
+    store[key[0]] = [*key[1:], digest]
+    path = _store_path()
+    try:  # best effort: an unwritable cache only means hashing again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(store, indent=0), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
@@ -80,17 +129,18 @@ def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> 
 
 def _remember(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
     key = _identity(path)
-    if key in _DIGESTS:
-        return _DIGESTS[key]
+    known = _lookup(key)
+    if known is not None:
+        return known
     digest = _hash_file(path, stop)
     if digest is not None and _identity(path) == key:  # unchanged while it was read: the digest is the file's
-        _DIGESTS[key] = digest
+        _keep(key, digest)
     return digest
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file; hashed once per process (a digest taken while the cut read it is reused while the file's
-    path, size and mtime are unchanged)."""
+    """sha256 of a file, hashed once: a digest taken earlier (while the cut read it, or by an earlier run) is reused
+    while the file's path, size, mtime, ctime and inode are unchanged."""
     return _remember(path)
 
 

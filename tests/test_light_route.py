@@ -44,7 +44,8 @@ BLOCKED_CLI = textwrap.dedent(f"""
 def cli_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The CLI in a subprocess where importing torch, transformers, peft or bitsandbytes fails; an attempt that
     the code caught and survived counts as a failure too."""
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "LAYERPRUNE_CACHE": str(cwd / "cache")}
     proc = subprocess.run([sys.executable, "-c", BLOCKED_CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
     assert "IMPORT ATTEMPTED" not in proc.stderr, proc.stderr[-3000:]
@@ -119,29 +120,53 @@ def test_tied_by_default_is_transformers_default(model_type):
     assert AutoConfig.for_model(model_type).tie_word_embeddings == ARCHITECTURES[model_type].tied_by_default
 
 
-def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_path, monkeypatch):
-    src = tmp_path / "src"
-    tiny_model("llama").save_pretrained(src)
+@pytest.fixture
+def fresh_hash_cache(tmp_path, monkeypatch):
+    """An empty sha256 cache (in memory and on disk) that keeps every file; the list of files actually hashed."""
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(provenance, "_DIGESTS", {})
+    monkeypatch.setattr(provenance, "_STORE", None)
+    monkeypatch.setattr(provenance, "CACHED_FROM", 0)
     hashed: list[str] = []
     real = provenance._hash_file
     monkeypatch.setattr(provenance, "_hash_file", lambda path, stop=None: hashed.append(Path(path).name) or real(path, stop))
+    return hashed
+
+
+def new_process(monkeypatch) -> None:
+    """What a new run starts with: nothing in memory, the cache file on disk."""
+    monkeypatch.setattr(provenance, "_DIGESTS", {})
+    monkeypatch.setattr(provenance, "_STORE", None)
+
+
+def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_path, monkeypatch, fresh_hash_cache):
+    hashed = fresh_hash_cache
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src)
+    shard = src / "model.safetensors"
 
     def cut(out: str) -> dict:
         run(Recipe(model=str(src), layers=[1, 4], heal="none", evaluate=False, output_dir=str(tmp_path / out)), log=lambda _: None)
         return read_report(tmp_path / out)["provenance"]["base_model"]
 
     first = cut("a")
-    assert sorted(hashed) == sorted(set(hashed)), "a file was hashed twice in one run"
-    assert "model.safetensors" in hashed
-    shard = src / "model.safetensors"
+    assert sorted(hashed) == sorted(set(hashed)) and "model.safetensors" in hashed, hashed  # each file once
     assert first["files"]["model.safetensors"] == hashlib.sha256(shard.read_bytes()).hexdigest()  # = sha256sum, Hub LFS oid
+
+    hashed.clear()
+    new_process(monkeypatch)
+    assert cut("again") == first and hashed == []  # the next run reuses the digests: no pass over the bytes at all
 
     header, data_start = read_safetensors_header(shard)
     begin, end = header["model.layers.2.self_attn.q_proj.weight"]["data_offsets"]  # a kept layer's tensor
     data = bytearray(shard.read_bytes())
     data[data_start + (begin + end) // 2] ^= 0x01
+    before = shard.stat()
     shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: only the ctime tells
+    new_process(monkeypatch)
     second = cut("b")
+    assert hashed == ["model.safetensors"]
     assert second["files"]["model.safetensors"] == hashlib.sha256(bytes(data)).hexdigest()
     assert second["files"]["model.safetensors"] != first["files"]["model.safetensors"]
     assert second["files"]["config.json"] == first["files"]["config.json"]
