@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--layers", default="20-25", help="0-based layers to remove")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=int, default=1, help="build a file with this many times the blocks")
+    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests of earlier "
+                        "ones (default: each run starts with an empty cache, so each hashes the source)")
     parser.add_argument("--peer", action="store_true", help="also time dequantize-and-save (imports torch)")
     args = parser.parse_args()
 
@@ -164,7 +166,8 @@ def main() -> None:
                 dst = tmp / f"out-{name}-{r}" / ("x.gguf" if name in ("cp", "cut") else "")
                 dst.parent.mkdir(exist_ok=True)
                 os.sync()
-                result = timed(command(dst), cwd=tmp)
+                cache = None if args.warm_hash else tmp / f"cache-{name}-{r}"
+                result = timed(command(dst), cwd=tmp, cache=cache)
                 if name == "cp":
                     result["seconds"] *= kept / total
                 else:
@@ -177,7 +180,8 @@ def main() -> None:
                     file=sys.stderr, flush=True)
                 shutil.rmtree(tmp / f"out-{name}-{r}")
         print(f"# GGUF surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
-              f"python {platform.python_version()}, {args.repeat} interleaved runs ({', '.join(routes)})")
+              f"python {platform.python_version()}, {args.repeat} interleaved runs ({', '.join(routes)}); "
+              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}")
         print(f"source: {src.name}, {total / 2**20:.0f} MiB; removing layers {removed} ({kept / 2**20:.0f} MiB kept)")
         print("| route | median seconds | median ratio to the cp before it | peak RSS (MiB) |")
         print("|---|---|---|---|")

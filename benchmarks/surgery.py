@@ -112,12 +112,13 @@ def make_checkpoint(path: Path, args) -> int:
     return total // 2
 
 
-def timed(cmd: list[str], cwd: Path | None = None) -> dict:
+def timed(cmd: list[str], cwd: Path | None = None, cache: Path | None = None) -> dict:
     """Wall seconds, peak RSS (ru_maxrss of this child alone, via wait4) and, when the child prints
     {"inner": seconds} last, its own timing of the work after its imports."""
     start = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, env=ENV, cwd=cwd, stdout=out, stderr=err)
+        env = {**ENV, "LAYERPRUNE_CACHE": str(cache)} if cache else ENV  # a fresh one: the provenance hash is paid
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         out.seek(0), err.seek(0)
@@ -155,6 +156,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--remove", default="5,6,7,8", help="0-based layers to remove")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests of earlier "
+                        "ones (default: each run starts with an empty cache, so each hashes the source)")
     parser.add_argument("--naive", action="store_true", help="also time the from_pretrained + save_pretrained peer")
     parser.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
     args = parser.parse_args()
@@ -187,7 +190,8 @@ def main() -> None:
                 if name == "cut":
                     dst.mkdir()
                 os.sync()
-                result = timed(command(dst), cwd=work)  # cwd: `python -m` must not see another checkout
+                cache = None if args.warm_hash else work / f"cache-{name}-{r}"
+                result = timed(command(dst), cwd=work, cache=cache)  # cwd: `python -m` must not see another checkout
                 if name == "cp":
                     result["seconds"] *= kept / total
                 else:
@@ -200,7 +204,8 @@ def main() -> None:
                 shutil.rmtree(dst)
 
         print(f"# on-disk surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
-              f"python {platform.python_version()}, {args.repeat} interleaved runs (cp, cut, cli{', naive' if args.naive else ''})")
+              f"python {platform.python_version()}, {args.repeat} interleaved runs (cp, cut, cli{', naive' if args.naive else ''}); "
+              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}")
         print(f"checkpoint: {params / 1e9:.2f}B parameters ({args.layers} layers of hidden {args.hidden}, intermediate "
               f"{args.intermediate}), {total / 2**30:.2f} GiB bf16 in 2 GB shards; removing layers {removed} "
               f"({kept / 2**30:.2f} GiB kept)")

@@ -15,8 +15,9 @@ from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
 from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.selection import check_strategy, parse_protect, uses_metric
+from hf_layerprune.selection import check_strategy, parse_protect
 from hf_layerprune.surgery import parse_size, plain_config, validate_removed
+from hf_layerprune.targets import uses_metric
 
 # The stages' own checks (metrics, healers, tasks, 4-bit) are imported where a recipe uses that stage: they import
 # torch, which a cut by --layers on disk never needs (streaming.py).

@@ -28,7 +28,7 @@ from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import CutSection, Report, SourceSection
-from hf_layerprune.selection import uses_metric
+from hf_layerprune.targets import uses_metric
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
 from hf_layerprune.surgery import kept_layers, remove_layers
 

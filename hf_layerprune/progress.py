@@ -20,6 +20,9 @@ The CLI opens one ``Display`` for the whole command. It renders the same events 
 Third-party progress bars are routed into the display while it is active: every ``tqdm`` bar (transformers'
 weight loading and shard writing, lm-eval's request loop, huggingface_hub's uploads) is created disabled and
 mirrored as one of our bars; the Trainer's printed log dicts are removed (healing/training.py adds its own callback).
+
+Long module: the three renderings share the event model, and the routing of third-party output (tqdm, loggers,
+warnings, transformers' verbosity) must be undone by the same Display that installed it.
 """
 
 from __future__ import annotations
@@ -368,8 +371,8 @@ class Display:
 
 
     def _quiet_transformers(self) -> None:
-        """transformers at error level while the display runs. Not imported for it (3 s; an on-disk cut never
-        imports it): one imported later reads its level from TRANSFORMERS_VERBOSITY, set here meanwhile."""
+        """transformers at error level while the display runs, without importing it (3 s; an on-disk cut never
+        does): if it is imported later, it reads its level from TRANSFORMERS_VERBOSITY, set meanwhile."""
         hf_logging = sys.modules.get("transformers.utils.logging")
         if hf_logging is not None:
             verbosity = hf_logging.get_verbosity()

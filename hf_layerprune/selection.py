@@ -11,12 +11,9 @@ can be tested without a model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from hf_layerprune.errors import LayerPruneError
-
-if TYPE_CHECKING:
-    from hf_layerprune.recipe import Recipe
 
 STRATEGIES = ("contiguous", "topk", "greedy")
 Score = float | None
@@ -140,24 +137,3 @@ def config_rule_layers(rule: str, num_layers: int, n: int) -> list[int]:
     if rule == "reverse":
         return list(range(num_layers - n, num_layers))
     raise LayerPruneError(f"{rule!r} is not a config-only rule")
-
-
-def uses_metric(recipe: Recipe) -> bool:
-    """True when layers are chosen by scoring: not `--layers`, and not a metric with the `config_only` capability
-    (`last`, `reverse`: the selection needs only the depth)."""
-    if recipe.layers:
-        return False
-    from hf_layerprune.scoring import METRICS  # the metrics import torch; `--layers` needs none of them
-
-    return not METRICS.has(recipe.metric_name, "config_only")
-
-
-def explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
-    """`--layers`, or a config-only rule (`last`, `reverse`): the layers to remove, from the depth alone."""
-    from hf_layerprune.surgery import validate_removed
-
-    if recipe.layers:
-        return validate_removed(recipe.layers, num_layers)
-    if recipe.drop >= num_layers:
-        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
-    return validate_removed(config_rule_layers(recipe.metric_name, num_layers, recipe.drop), num_layers)

@@ -37,7 +37,7 @@ from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, SourceSection
 from hf_layerprune.scoring import METRICS, select_for_recipe
-from hf_layerprune.selection import explicit_or_rule, uses_metric  # noqa: F401  (part of the stages' API)
+from hf_layerprune.targets import explicit_or_rule, uses_metric  # noqa: F401  (part of the stages' API)
 from hf_layerprune.streamed_merge import write_merged
 from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers
 

@@ -21,7 +21,7 @@ from hf_layerprune.outputs import staging_dir
 from hf_layerprune.provenance import hashed_alongside
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, Report
-from hf_layerprune.selection import explicit_or_rule, uses_metric
+from hf_layerprune.targets import explicit_or_rule, uses_metric
 from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_config, read_safetensors_header
 
 # torch, transformers and the scoring stack are imported by `streamed_selection` alone: a cut by --layers or a
