@@ -58,7 +58,7 @@ def hub_id(value: Any) -> str | None:
 Identity = tuple[str, int, int, int, int]
 _DIGESTS: dict[Identity, str] = {}
 _STORE: dict[str, list] | None = None  # the cache file's entries: real path -> [size, mtime_ns, ctime_ns, inode, sha256]
-_SLICE = 64 * 2**20
+_SLICE = 16 * 2**20
 CACHED_FROM = 2**20
 
 
@@ -109,21 +109,17 @@ def _keep(key: Identity, digest: str) -> None:
 
 
 def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
-    """sha256 of the whole file (what `sha256sum` prints and the Hub's LFS pointer holds), read through a memory
-    map in large slices (hashlib releases the GIL on them); None when `stop` is set first."""
+    """sha256 of the whole file (what `sha256sum` prints and the Hub's LFS pointer holds), read through memory maps
+    of _SLICE bytes, one at a time (hashlib releases the GIL on them; the resident set stays one slice, where one
+    map of the file would count every page read); None when `stop` is set first."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return h.hexdigest()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_SEQUENTIAL"):
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-            with memoryview(mapped) as view:
-                for start in range(0, size, _SLICE):
-                    if stop is not None and stop.is_set():
-                        return None
-                    h.update(view[start : start + _SLICE])
+        for start in range(0, size, _SLICE):
+            if stop is not None and stop.is_set():
+                return None
+            with mmap.mmap(f.fileno(), min(_SLICE, size - start), offset=start, access=mmap.ACCESS_READ) as window:
+                h.update(window)
     return h.hexdigest()
 
 
