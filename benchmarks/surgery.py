@@ -113,20 +113,21 @@ def make_checkpoint(path: Path, args) -> int:
 
 
 def timed(cmd: list[str], cwd: Path | None = None, cache: Path | None = None) -> dict:
-    """Wall seconds, peak RSS (ru_maxrss of this child alone, via wait4) and, when the child prints
-    {"inner": seconds} last, its own timing of the work after its imports."""
-    start = time.perf_counter()
+    """Wall seconds, peak RSS (GNU time's %M: a child forked from this process would inherit its peak) and, when
+    the child prints {"inner": seconds} last, its own timing of the work after its imports."""
+    env = {**ENV, "LAYERPRUNE_CACHE": str(cache)} if cache else ENV  # a fresh one: the provenance hash is paid
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        env = {**ENV, "LAYERPRUNE_CACHE": str(cache)} if cache else ENV  # a fresh one: the provenance hash is paid
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        start = time.perf_counter()
+        status = subprocess.call(["/usr/bin/time", "-f", "MAXRSS %M", *cmd], env=env, cwd=cwd, stdout=out, stderr=err)
         seconds = time.perf_counter() - start
         out.seek(0), err.seek(0)
+        errors = err.read().decode()
         if status:
-            sys.exit(f"{cmd[:4]} failed:\n{err.read().decode()[-3000:]}")
+            sys.exit(f"{cmd[:4]} failed:\n{errors[-3000:]}")
         last = (out.read().decode().strip().splitlines() or [""])[-1]
     inner = json.loads(last).get("inner") if last.startswith("{") else None  # the cut alone, after the imports
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "inner": inner}
+    rss_kb = int(errors.rpartition("MAXRSS ")[2].split()[0])
+    return {"seconds": seconds, "peak_rss_mb": rss_kb / 1024, "inner": inner}
 
 
 def kept_fraction(src: Path, removed: list[int]) -> tuple[int, int]:
