@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from hf_layerprune.cache import cache_root
+from hf_layerprune.cache import FileIdentity, cache_root, file_identity
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 # a path starting at the root or the home directory, not preceded by a word character, ':' or '/' (URLs, "tokens/s")
@@ -55,16 +55,10 @@ def hub_id(value: Any) -> str | None:
 # the run (each file hashed at most once: while the cut reads it, `hashed_alongside`, or when the report is first
 # written) and, for files of CACHED_FROM bytes or more, in `sha256.json` of the cache folder (cache.py), so that
 # cutting the same checkpoint again (a sweep, another --layers) hashes nothing.
-Identity = tuple[str, int, int, int, int]
-_DIGESTS: dict[Identity, str] = {}
+_DIGESTS: dict[FileIdentity, str] = {}
 _STORE: dict[str, list] | None = None  # the cache file's entries: real path -> [size, mtime_ns, ctime_ns, inode, sha256]
 _SLICE = 16 * 2**20
 CACHED_FROM = 2**20
-
-
-def _identity(path: str | os.PathLike) -> Identity:
-    st = os.stat(path)
-    return os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def _store_path() -> Path:
@@ -82,7 +76,7 @@ def _stored() -> dict[str, list]:
     return _STORE
 
 
-def _lookup(key: Identity) -> str | None:
+def _lookup(key: FileIdentity) -> str | None:
     if key in _DIGESTS:
         return _DIGESTS[key]
     entry = _stored().get(key[0])
@@ -92,7 +86,7 @@ def _lookup(key: Identity) -> str | None:
     return None
 
 
-def _keep(key: Identity, digest: str) -> None:
+def _keep(key: FileIdentity, digest: str) -> None:
     _DIGESTS[key] = digest
     if key[1] < CACHED_FROM:
         return
@@ -124,12 +118,12 @@ def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> 
 
 
 def _remember(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
-    key = _identity(path)
+    key = file_identity(path)
     known = _lookup(key)
     if known is not None:
         return known
     digest = _hash_file(path, stop)
-    if digest is not None and _identity(path) == key:  # unchanged while it was read: the digest is the file's
+    if digest is not None and file_identity(path) == key:  # unchanged while it was read: the digest is the file's
         _keep(key, digest)
     return digest
 

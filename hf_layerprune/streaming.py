@@ -15,7 +15,7 @@ from hf_layerprune.checks import source_paths
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.finish import write_outputs
 from hf_layerprune.gguf_route import elements, output_name, source_file
-from hf_layerprune.gguf_surgery import prune_gguf, read_header
+from hf_layerprune.gguf_surgery import prune_gguf, read_header, renamed
 from hf_layerprune.loading import Source, local_checkpoint, torch_dtype
 from hf_layerprune.outputs import staging_dir
 from hf_layerprune.provenance import hashed_alongside
@@ -120,9 +120,8 @@ def run_gguf_surgery(recipe: Recipe, source: Source, report: Report, timer, log:
             path = tmp / output_name(source, num_layers - len(removed))
             info = prune_gguf(source_file(source), path, removed)
             info.pop("replaced_tensors")
-        written = read_header(path)
-        kept_total = sum(elements(t) for t in written.tensors)
-        written.buf.close()
+        new_index = {old: new for new, old in enumerate(info["kept_layers"])}
+        kept_total = sum(elements(t) for t in header.tensors if renamed(t.name, new_index) is not None)
         report.source.model_type, report.source.num_layers_before, report.source.parameters_before = arch, num_layers, total
         report.cut = CutSection(num_layers_after=len(info["kept_layers"]), removed_layers=sorted(removed),
                                 kept_layers=info["kept_layers"], parameters_after=kept_total, route="gguf")
