@@ -34,6 +34,7 @@ from surgery import timed  # noqa: E402  (one child runner for both benchmarks)
 
 CUT = r"""
 import json, sys, time
+import gguf, numpy  # the cut's own imports, before the clock (the cli column counts them)
 from hf_layerprune.gguf_surgery import prune_gguf
 from hf_layerprune.provenance import hashed_alongside
 src, dst, removed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

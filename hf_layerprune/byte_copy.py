@@ -1,7 +1,7 @@
 """Byte-range copies between files for the on-disk cuts (safetensors shards, GGUF files): in the kernel
 (``os.copy_file_range``: no pass through Python's memory) where the platform and file systems allow, else by
-chunks. Both cuts write their headers first and then append each kept tensor's bytes, so the output offset is the
-output file's position."""
+chunks. The GGUF cut appends each kept tensor at the output's position; the safetensors cut writes each tensor at
+its planned offset, in source order."""
 
 from __future__ import annotations
 
@@ -18,14 +18,16 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def copy_range(src: int, out: int, start: int, nbytes: int, *, what: str = "the source file",
-               chunk: int = CHUNK_BYTES) -> None:
-    """Append bytes [start, start+nbytes) of file descriptor `src` to `out` (at its position)."""
+def copy_range(src: int, out: int, start: int, nbytes: int, *, out_offset: int | None = None,
+               what: str = "the source file", chunk: int = CHUNK_BYTES) -> None:
+    """Copy bytes [start, start+nbytes) of file descriptor `src` to `out`: at `out_offset`, or appended at the
+    position of `out`."""
     copied = 0
     if hasattr(os, "copy_file_range"):
         try:
             while copied < nbytes:
-                n = os.copy_file_range(src, out, nbytes - copied, start + copied)
+                at = None if out_offset is None else out_offset + copied
+                n = os.copy_file_range(src, out, nbytes - copied, start + copied, at)
                 if n == 0:
                     break
                 copied += n
@@ -35,5 +37,11 @@ def copy_range(src: int, out: int, start: int, nbytes: int, *, what: str = "the 
         data = os.pread(src, min(chunk, nbytes - copied), start + copied)
         if not data:
             raise LayerPruneError(f"{what} is truncated at byte {start + copied} (an incomplete download?)")
-        write_all(out, data)
+        if out_offset is None:
+            write_all(out, data)
+        else:
+            view, at = memoryview(data), out_offset + copied
+            while view:
+                n = os.pwrite(out, view, at)
+                view, at = view[n:], at + n
         copied += len(data)

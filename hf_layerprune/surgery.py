@@ -261,7 +261,8 @@ def prune_checkpoint(
     new_index = {old: new for new, old in enumerate(kept)}
 
     entries: list[_Entry] = []
-    for path in checkpoint_files(src):
+    sources = checkpoint_files(src)
+    for path in sources:
         header, data_start = read_safetensors_header(path)
         for key, info in header.items():
             if key == "__metadata__":
@@ -277,11 +278,10 @@ def prune_checkpoint(
     entries.sort(key=lambda e: _natural_key(e.key))
 
     shards = _plan_shards(entries, parse_size(max_shard_size))
-    weight_map: dict[str, str] = {}
-    for number, shard in enumerate(shards, start=1):
-        name = SAFE_SINGLE if len(shards) == 1 else f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        _write_shard(dst / name, shard, copy_buffer)
-        weight_map.update({e.key: name for e in shard})
+    names = [SAFE_SINGLE if len(shards) == 1 else f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+             for n in range(1, len(shards) + 1)]
+    _write_shards([dst / name for name in names], shards, sources, copy_buffer)
+    weight_map = {e.key: name for name, shard in zip(names, shards) for e in shard}
     total_size = sum(e.nbytes for e in entries)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
@@ -334,7 +334,7 @@ def _plan_shards(entries: list[_Entry], max_bytes: int) -> list[list[_Entry]]:
     return shards
 
 
-def _write_shard(path: Path, entries: list[_Entry], copy_buffer: int) -> None:
+def _shard_header(entries: list[_Entry]) -> bytes:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
@@ -342,15 +342,31 @@ def _write_shard(path: Path, entries: list[_Entry], copy_buffer: int) -> None:
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
-    sources: dict[Path, int] = {}
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _write_shards(paths: list[Path], shards: list[list[_Entry]], sources: list[Path], copy_buffer: int) -> None:
+    """Write each shard's header, then copy the kept tensors in the order they lie in the source files (each
+    source read front to back, as the provenance hash reads it beside the copy, so they share the pages read),
+    each to its planned place in its shard."""
+    outputs: list[int] = []
+    inputs: dict[Path, int] = {}
+    jobs: list[tuple[_Entry, int, int]] = []  # (entry, output fd, offset in the output)
     try:
-        write_all(out, struct.pack("<Q", len(raw)) + raw)
-        for e in entries:
-            if e.src_file not in sources:
-                sources[e.src_file] = os.open(e.src_file, os.O_RDONLY)
-            copy_range(sources[e.src_file], out, e.start, e.nbytes, what=e.src_file.name, chunk=copy_buffer)
+        for path, shard in zip(paths, shards):
+            outputs.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            head = _shard_header(shard)
+            write_all(outputs[-1], head)
+            offset = len(head)
+            for e in shard:
+                jobs.append((e, outputs[-1], offset))
+                offset += e.nbytes
+        order = {path: i for i, path in enumerate(sources)}
+        for e, out, offset in sorted(jobs, key=lambda job: (order[job[0].src_file], job[0].start)):
+            if e.src_file not in inputs:
+                inputs[e.src_file] = os.open(e.src_file, os.O_RDONLY)
+            copy_range(inputs[e.src_file], out, e.start, e.nbytes, out_offset=offset, what=e.src_file.name,
+                       chunk=copy_buffer)
     finally:
-        os.close(out)
-        for fd in sources.values():
+        for fd in [*outputs, *inputs.values()]:
             os.close(fd)

@@ -177,3 +177,20 @@ def test_help_imports_neither_torch_nor_transformers():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_kernel_copy_and_its_chunked_fallback_write_the_same_shards(tmp_path, monkeypatch):
+    """Tensors are copied in source order to their planned offsets; without copy_file_range (another platform, a
+    file system that refuses it) the chunked pread/pwrite fallback writes the same bytes."""
+    from hf_layerprune.surgery import prune_checkpoint
+
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src, max_shard_size="40KB")
+    (tmp_path / "kernel").mkdir(), (tmp_path / "chunks").mkdir()
+    prune_checkpoint(src, tmp_path / "kernel", [1, 4], max_shard_size="30KB", copy_buffer=4096)
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    prune_checkpoint(src, tmp_path / "chunks", [1, 4], max_shard_size="30KB", copy_buffer=4096)
+    shards = sorted(p.name for p in (tmp_path / "kernel").glob("*.safetensors"))
+    assert len(shards) > 1 and shards == sorted(p.name for p in (tmp_path / "chunks").glob("*.safetensors"))
+    for name in shards:
+        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "chunks" / name).read_bytes(), name
