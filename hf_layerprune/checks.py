@@ -5,27 +5,23 @@ the source's config, the output folder, the memory the recipe will need (memory.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
-import torch
 from huggingface_hub import constants
-from transformers import AutoConfig
-from transformers.utils.hub import convert_file_size_to_int
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count, check_layer_count, loading_error
 from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
-from hf_layerprune.evaluation import check_tasks, settings_from_recipe
-from hf_layerprune.healing import check_heal, split_chain
-from hf_layerprune.healing.base import split_spec
 from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
-from hf_layerprune.quantized import check_available
 from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.scoring import get_metric
-from hf_layerprune.stages import uses_metric
 from hf_layerprune.selection import check_strategy, parse_protect
-from hf_layerprune.surgery import validate_removed
+from hf_layerprune.surgery import parse_size, plain_config, validate_removed
+from hf_layerprune.targets import uses_metric
+
+# The stages' own checks (metrics, healers, tasks, 4-bit) are imported where a recipe uses that stage: they import
+# torch, which a cut by --layers on disk never needs (streaming.py).
 
 Log = Callable[[str], None]
 
@@ -37,14 +33,21 @@ def check_recipe(recipe: Recipe) -> None:
     recipe.resolve_defaults()
     check_4bit(recipe)
     if uses_metric(recipe) and recipe.metric_name != AUTO:
+        from hf_layerprune.scoring import get_metric
+
         get_metric(recipe.metric_name).check_granularity(recipe.granularity)
     if recipe.selection is not None:
         check_strategy(recipe.selection)
-    check_heal(recipe.heal)
+    if recipe.heal not in (None, "none"):
+        from hf_layerprune.healing import check_heal
+
+        check_heal(recipe.heal)
     torch_dtype(recipe.dtype)
     check_device(recipe.device)
     check_shard_size(recipe.max_shard_size)
     if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
+        from hf_layerprune.evaluation import check_tasks, settings_from_recipe
+
         check_tasks(settings_from_recipe(recipe))
 
 
@@ -53,6 +56,10 @@ def check_4bit(recipe: Recipe) -> None:
     16-bit output is written from the original shards (quantized.py). Everything else is refused up front."""
     if not recipe.load_in_4bit:
         return
+    from hf_layerprune.healing import split_chain
+    from hf_layerprune.healing.base import split_spec
+    from hf_layerprune.quantized import check_available
+
     if recipe.granularity != "block":
         raise ConfigError("--load-in-4bit removes whole layers; --granularity attention|mlp exports a DeciLM model "
                           "from the 16-bit weights, so run it without --load-in-4bit")
@@ -88,14 +95,16 @@ def check_4bit_source(recipe: Recipe, source: Source, files: list[str] | None = 
 
 def check_shard_size(text: str) -> None:
     try:
-        if convert_file_size_to_int(text) < 1:
+        if parse_size(text) < 1:
             raise ValueError
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, LayerPruneError):
         raise ConfigError(f"cannot read --max-shard-size {text!r}: give a size like 5GB or 500MB") from None
 
 
 def source_config(source: Source, token: str | None = None, trust_remote_code: bool = False):
     """The source's config alone (no weights): checked before any heavy work."""
+    from transformers import AutoConfig
+
     kwargs = {"gguf_file": source.gguf_file} if source.kind == "gguf" else {}
     if source.kind == "dir" and (source.path / "config.json").is_file():  # before transformers builds per-layer lists
         check_config_layer_count(source.path)
@@ -116,6 +125,15 @@ def check_source_layers(source: Source, config) -> None:
     """A local safetensors checkpoint holds exactly the layers its config says (checkpoint.check_layer_set)."""
     if source.kind == "dir":
         check_checkpoint_layers(source.path, config, get_architecture(config).key_prefix)
+
+
+def light_config(source: Source, trust_remote_code: bool = False) -> Any:
+    """The source's config: an attribute view of config.json itself when the on-disk cut reads it that way
+    (surgery.plain_config, no transformers import), else `source_config`."""
+    raw = plain_config(source.path) if source.kind == "dir" and source.path else None
+    if raw is not None:
+        return SimpleNamespace(**raw)
+    return source_config(source, trust_remote_code=trust_remote_code)
 
 
 def check_target_against(recipe: Recipe, num_layers: int) -> None:
@@ -152,6 +170,8 @@ def source_paths(source: Source) -> list[Path]:
 
 def preflight(recipe: Recipe, source: Source, log: Log) -> dict[str, Any] | None:
     """memory.check_fits for the recipe on its device, from the source's config alone (no weights loaded)."""
+    import torch
+
     config = source_config(source, trust_remote_code=recipe.trust_remote_code)
     device = recipe.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded, stored = element_bytes(recipe, config, source.kind == "gguf")

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from hf_layerprune import progress, stages
+from hf_layerprune import progress
 from hf_layerprune.memory import MemoryMeter
 from hf_layerprune.recipe import Recipe
-from hf_layerprune.report import Report, library_versions
+from hf_layerprune.report import Report, library_versions, write_report
 
 
 class Timer:
@@ -41,4 +41,17 @@ def write_outputs(tmp: Path, report: Report, recipe: Recipe, timer: Timer) -> No
     report.versions = library_versions()
     report.timings = timer.timings
     report.memory = timer.memory.record(timer.weight_bytes)
-    stages.card(tmp, report, model=recipe.model)
+    card(tmp, report, model=recipe.model)
+
+
+def card(folder: str | Path, report: Report | dict[str, Any], *, model: str | None = None) -> Path:
+    """Write `layerprune.json` and render the model card (README.md, plots) from it; returns the card path.
+    `model`: the recipe's model path, whose README.md gives a local base's licence."""
+    from hf_layerprune.card import record_base_card, render_card
+
+    write_report(folder, report)
+    local_card = Path(model) / "README.md" if model else None
+    base_card = local_card if local_card and local_card.is_file() else None
+    with progress.stage("card"):
+        record_base_card(folder, base_card=base_card)  # the licence, kept in layerprune.json (the path is not)
+        return render_card(folder, base_card=base_card)

@@ -40,7 +40,7 @@ def resolve_format(recipe, source) -> str:
             raise LayerPruneError(MLP_REMOVED_REFUSAL)
     if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):
         raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
-    if fmt != "safetensors" and source.kind == "gguf" and recipe.heal:
+    if fmt != "safetensors" and source.kind == "gguf" and recipe.heal not in (None, "none"):  # (healing imports torch)
         from hf_layerprune.healing import split_chain, split_spec
 
         if any(split_spec(part)[0] in ADDS_TENSORS for part in split_chain(recipe.heal)):

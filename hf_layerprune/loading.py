@@ -94,13 +94,14 @@ def _check_weights(directory: Path, allow_pickle: bool, name: str, check_files: 
 
 
 def _check_gguf(path: Path) -> None:
-    """The file parses as GGUF (header, metadata, tensor table); reading it maps the file, it loads no weights."""
-    try:
-        from gguf import GGUFReader
+    """The file parses as GGUF (header, metadata, tensor table, data within the file); the scan maps the file and
+    walks the metadata lengths only (gguf_surgery.read_header: 0.1 s where gguf's GGUFReader takes seconds)."""
+    from hf_layerprune.gguf_surgery import read_header
 
-        GGUFReader(path)
-    except Exception as exc:  # the reader raises ValueError, struct errors, IndexError... on a damaged file
-        text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    try:
+        read_header(path).buf.close()
+    except LayerPruneError as exc:
+        text = str(exc).replace(str(path), "the file")
         raise CheckpointError(f"{path.name} is not a valid GGUF file: {text}") from None
     from hf_layerprune.gguf_surgery import read_header
 
@@ -217,10 +218,10 @@ def resolved_revision(source: Source, token: str | None = None) -> str | None:
 
 
 def torch_dtype(name: str | None):
-    import torch
-
     if name in (None, "auto"):
         return "auto"
+    import torch
+
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if name not in table:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -55,7 +56,10 @@ def _cpu_peak() -> int:
 
 
 def _cuda() -> bool:
-    import torch
+    """CUDA is in use: only a process that imported torch can have initialised it (no import here)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
 
     return torch.cuda.is_available() and torch.cuda.is_initialized()
 

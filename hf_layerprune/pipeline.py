@@ -17,30 +17,31 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from hf_layerprune import distributed, stages
-from hf_layerprune.base_view import SharedBase
+from hf_layerprune import distributed
 from hf_layerprune.checkpoint import check_weights, load_checkpoint
-from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_layers, check_target_against, preflight,
-                                  source_config, source_paths)
+from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_layers, check_target_against, light_config,
+                                  preflight, source_paths)
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.gguf_route import card_fields, check_sublayer_gguf, resolve_format, wants_gguf, write_deci_gguf
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
-from hf_layerprune.healing import trains
 from hf_layerprune.finish import Timer, write_outputs
 from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
-from hf_layerprune.scoring import METRICS
 from hf_layerprune.report import CutSection, Report, SourceSection
+from hf_layerprune.targets import uses_metric
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
-from hf_layerprune.surgery import side_files, kept_layers, remove_layers
+from hf_layerprune.surgery import kept_layers, remove_layers, side_files
+
+# `stages` (and through it torch, transformers, the healers and the evaluation) is imported by the routes that load
+# the model: the on-disk routes (streaming.py) start cutting without them.
 
 Log = Callable[[str], None]
 
 
 def _needs_gguf_model(recipe: Recipe) -> bool:
     """A GGUF source is dequantized only for scoring, healing or evaluation; a plain cut copies its blocks."""
-    return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or stages.uses_metric(recipe)
+    return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or uses_metric(recipe)
 
 
 def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
@@ -50,13 +51,13 @@ def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
         return True
     if recipe.layers or recipe.offload:
         return False
-    return not METRICS.has(recipe.metric_name, "config_only")
+    return uses_metric(recipe)
 
 
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Report:
     """Check everything, then run the recipe's route; the returned Report is what `layerprune.json` holds."""
     check_recipe(recipe)
-    distributed.check_recipe(recipe, trains(recipe.heal))
+    distributed.check_recipe(recipe, _trains(recipe.heal))
     if not recipe.output_dir:
         raise LayerPruneError("give --output-dir DIR for the pruned model")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
@@ -67,7 +68,7 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
         check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
         config = None
         if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
-            config = source_config(source, trust_remote_code=recipe.trust_remote_code)
+            config = light_config(source, trust_remote_code=recipe.trust_remote_code)
             check_target_against(recipe, config.num_hidden_layers)
             check_sublayer_gguf(recipe, config)
         files = None
@@ -104,8 +105,18 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
     return report
 
 
+def _trains(heal: str | None) -> bool:
+    if heal in (None, "none"):
+        return False
+    from hf_layerprune.healing import trains
+
+    return trains(heal)
+
+
 def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log):
     """The load stage with its pre-flight memory check, timed: (model, tokenizer); fills the report's source."""
+    from hf_layerprune import stages
+
     if not recipe.device_map:  # before loading: refuse a recipe that will not fit, naming what would
         report.preflight = preflight(recipe, source, log)
     with timer.stage("load"):
@@ -116,6 +127,9 @@ def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log)
 
 
 def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log) -> None:
+    from hf_layerprune import stages
+    from hf_layerprune.base_view import SharedBase
+
     streamed = None
     if recipe.offload and stages.uses_metric(recipe):  # score before the model is loaded, one layer at a time
         with timer.stage("score"):
@@ -139,6 +153,8 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
 
 
 def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, timer: Timer, log: Log) -> None:
+    from hf_layerprune import stages
+
     if recipe.heal != "none":
         with timer.stage("heal"):
             report.healing, report.cut = stages.heal(model, tokenizer, recipe, report.cut, base=base,
@@ -155,6 +171,8 @@ def save(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer
 
 def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer) -> Path:
     """The save stage into a staging folder, then layerprune.json and the card; moved into place at the end."""
+    from hf_layerprune import stages
+
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
             card = card_fields(report, recipe) if wants_gguf(recipe) else None
@@ -172,6 +190,8 @@ def round_sizes(total: int, rounds: int) -> list[int]:
 
 def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log) -> None:
     """Iterative prune -> heal -> rescore: each round scores the current (healed) model and removes its share."""
+    from hf_layerprune import stages
+
     before = model.config.num_hidden_layers
     cut = CutSection(num_layers_after=before, removed_layers=[], kept_layers=list(range(before)))
     rounds = []
@@ -219,6 +239,8 @@ def _protect_in_current(protect: list, original: list[int]) -> list:
 def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Source, report: Report,
                     timer: Timer, log: Log) -> None:
     """Attention-only / MLP-only removal: exported as a DeciLM (Nemotron-NAS) checkpoint, healed after reload."""
+    from hf_layerprune import stages
+
     from hf_layerprune.sublayer import export_decilm  # the DeciLM export (deferred with its modelling code)
 
     removed_attention = removed if recipe.granularity == "attention" else []

@@ -22,8 +22,8 @@ weight loading and shard writing, lm-eval's request loop, huggingface_hub's uplo
 mirrored as one of our bars; the Trainer's printed log dicts are removed (healing/training.py adds its own callback).
 The json file is a temporary sibling opened at the first stage and renamed onto FILE at the end (outputs.py).
 
-Long module: the three renderings share one event path (``_event``, the bars, the stage list), and the tqdm and
-logging routing must be installed and undone by the same ``Display`` that renders them.
+Long module: the three renderings share the event model, and the routing of third-party output (tqdm, loggers,
+warnings, transformers' verbosity) must be undone by the same Display that installed it.
 """
 
 from __future__ import annotations
@@ -380,14 +380,7 @@ class Display:
                 level = logger.level
                 logger.setLevel(logging.ERROR)
                 self._restore.append(lambda logger=logger, level=level: logger.setLevel(level))
-            try:
-                import transformers.utils.logging as hf_logging
-
-                verbosity = hf_logging.get_verbosity()
-                hf_logging.set_verbosity_error()
-                self._restore.append(lambda: hf_logging.set_verbosity(verbosity))
-            except ImportError:
-                pass
+            self._quiet_transformers()
         import warnings
 
         showwarning = warnings.showwarning
@@ -403,6 +396,30 @@ class Display:
         ours.addHandler(handler)
         ours.propagate, propagate = False, ours.propagate
         self._restore.append(lambda: (ours.removeHandler(handler), setattr(ours, "propagate", propagate)))
+
+
+    def _quiet_transformers(self) -> None:
+        """transformers at error level while the display runs, without importing it (3 s; an on-disk cut never
+        does): if it is imported later, it reads its level from TRANSFORMERS_VERBOSITY, set meanwhile."""
+        hf_logging = sys.modules.get("transformers.utils.logging")
+        if hf_logging is not None:
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            self._restore.append(lambda: hf_logging.set_verbosity(verbosity))
+            return
+        previous = os.environ.get("TRANSFORMERS_VERBOSITY")
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+
+        def restore() -> None:
+            if previous is None:
+                os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+            else:
+                os.environ["TRANSFORMERS_VERBOSITY"] = previous
+            later = sys.modules.get("transformers.utils.logging")
+            if later is not None:  # imported while the display ran: back to the level it would have had
+                later.set_verbosity(getattr(logging, (previous or "warning").upper(), logging.WARNING))
+
+        self._restore.append(restore)
 
 
 class _ToDisplay(logging.Handler):

@@ -8,6 +8,9 @@ report written:
 - ``provenance``: the base model as ``{"hub_id", "commit"}`` or, for a local file, ``{"name", "sha256", "bytes"}``
   (a local directory: its name and the sha256 of its config and weight files); every other local input file
   (perplexity text, calibration or healing data) the same way under ``files``. Recorded while the paths still exist.
+  Each file is hashed once: the on-disk cuts hash the source on a second thread while they copy it
+  (``hashed_alongside``), and ``sha256_file`` reuses a digest while the file's path, size, mtime, ctime and inode
+  are unchanged (in memory, and across runs in the cache folder's ``sha256.json``).
 - ``base_model``: a local path becomes ``./name`` (plainly local, never read as a Hub id).
 - ``command`` and ``recipe``: local paths replaced by their file or folder name, so the recipe runs
   after replacing only the model path (and placing any named local file beside it). ``--include-path`` of the tasks
@@ -18,13 +21,17 @@ report written:
 from __future__ import annotations
 
 import hashlib
+import json
+import mmap
 import os
 import re
 import shlex
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
-from hf_layerprune.evaluation.lm_eval_runner import default_cache_dir
+from hf_layerprune.cache import FileIdentity, cache_root, file_identity
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 # a path starting at the root or the home directory, not preceded by a word character, ':' or '/' (URLs, "tokens/s")
@@ -43,12 +50,119 @@ def hub_id(value: Any) -> str | None:
     return value
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 2**22) -> str:
+# sha256 of files already hashed, by identity: (real path, size, mtime_ns, ctime_ns, inode). Any write to a file
+# changes its ctime (which no tool can set back), so a digest is reused only for the same bytes. Kept in memory for
+# the run (each file hashed at most once: while the cut reads it, `hashed_alongside`, or when the report is first
+# written) and, for files of CACHED_FROM bytes or more, in `sha256.json` of the cache folder (cache.py), so that
+# cutting the same checkpoint again (a sweep, another --layers) hashes nothing.
+_DIGESTS: dict[FileIdentity, str] = {}
+_STORE: dict[str, list] | None = None  # the cache file's entries: real path -> [size, mtime_ns, ctime_ns, inode, sha256]
+_SLICE = 16 * 2**20
+CACHED_FROM = 2**20
+
+
+def _store_path() -> Path:
+    return cache_root() / "sha256.json"
+
+
+def _stored() -> dict[str, list]:
+    global _STORE
+    if _STORE is None:
+        try:
+            data = json.loads(_store_path().read_text(encoding="utf-8"))
+            _STORE = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _STORE = {}
+    return _STORE
+
+
+def _lookup(key: FileIdentity) -> str | None:
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    entry = _stored().get(key[0])
+    if isinstance(entry, list) and len(entry) == 5 and tuple(entry[:4]) == key[1:]:
+        _DIGESTS[key] = entry[4]
+        return entry[4]
+    return None
+
+
+def _keep(key: FileIdentity, digest: str) -> None:
+    _DIGESTS[key] = digest
+    if key[1] < CACHED_FROM:
+        return
+    store = _stored()
+    store[key[0]] = [*key[1:], digest]
+    path = _store_path()
+    try:  # best effort: an unwritable cache only means hashing again next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(store, indent=0), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
+    """sha256 of the whole file (what `sha256sum` prints and the Hub's LFS pointer holds), read through memory maps
+    of _SLICE bytes, one at a time (hashlib releases the GIL on them; the resident set stays one slice, where one
+    map of the file would count every page read); None when `stop` is set first."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        size = os.fstat(f.fileno()).st_size
+        for start in range(0, size, _SLICE):
+            if stop is not None and stop.is_set():
+                return None
+            with mmap.mmap(f.fileno(), min(_SLICE, size - start), offset=start, access=mmap.ACCESS_READ) as window:
+                h.update(window)
     return h.hexdigest()
+
+
+def _remember(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
+    key = file_identity(path)
+    known = _lookup(key)
+    if known is not None:
+        return known
+    digest = _hash_file(path, stop)
+    if digest is not None and file_identity(path) == key:  # unchanged while it was read: the digest is the file's
+        _keep(key, digest)
+    return digest
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, hashed once: a digest taken earlier (while the cut read it, or by an earlier run) is reused
+    while the file's path, size, mtime, ctime and inode are unchanged."""
+    return _remember(path)
+
+
+@contextmanager
+def hashed_alongside(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Hash `paths` on a second thread while the body (an on-disk cut) reads them: the record costs no pass of its
+    own over the files (the hash reads the pages the copy brings in, or the copy those the hash did), and
+    `sha256_file` finds the digests when the report is written. Larger than HASH_LIMIT in all: not hashed at all
+    (file_record then records sizes only)."""
+    paths = [Path(p) for p in paths]
+    if sum(p.stat().st_size for p in paths) > HASH_LIMIT:
+        yield
+        return
+    stop = threading.Event()
+
+    def work() -> None:
+        for path in paths:
+            try:
+                if _remember(path, stop) is None:
+                    return
+            except OSError:  # unreadable now: the report's own hash says so later, in one line
+                return
+
+    thread = threading.Thread(target=work, name="provenance-sha256", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        thread.join()
 
 
 def is_local_path(value: Any) -> bool:
@@ -80,7 +194,7 @@ def file_record(path: str | os.PathLike) -> dict[str, Any]:
 
 def _tasks_cache() -> str:
     """Where hf-layerprune renders the local task YAMLs (``local_*``): an --include-path there is regenerated."""
-    return str(default_cache_dir().parent / "tasks")
+    return str(cache_root() / "tasks")
 
 
 _RENDERED_TASKS = re.compile(r"(^|[/\\])hf-layerprune[/\\]tasks[/\\][0-9a-f]{12}[/\\]?$")

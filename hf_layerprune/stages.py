@@ -24,33 +24,27 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from hf_layerprune import progress, quantized
+from hf_layerprune import quantized
 from hf_layerprune.auto import auto_select
 from hf_layerprune.base_view import SharedBase
-from hf_layerprune.card import record_base_card, render_card
-from hf_layerprune.errors import LayerPruneError, OutputError
+from hf_layerprune.errors import OutputError
 from hf_layerprune.evaluation import evaluate_for_recipe
+from hf_layerprune.finish import card  # noqa: F401  (a stage of the API; light, the on-disk routes use it)
 from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
 from hf_layerprune.healing import heal_for_recipe
 from hf_layerprune.hub import publish_folder
 from hf_layerprune.quantized import count_parameters  # packed 4-bit weights at their real shape
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.report import CutSection, Report, SourceSection, write_report
+from hf_layerprune.report import CutSection, SourceSection
 from hf_layerprune.scoring import METRICS, select_for_recipe
-from hf_layerprune.selection import config_rule_layers
+from hf_layerprune.targets import explicit_or_rule, uses_metric  # noqa: F401  (part of the stages' API)
 from hf_layerprune.streamed_merge import write_merged
-from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers, validate_removed
+from hf_layerprune.surgery import copy_side_files, kept_layers, remove_layers
 
 Log = Callable[[str], None]
 
 __all__ = ["SharedBase", "card", "cut", "evaluate", "heal", "load", "publish", "save", "select"]
-
-
-def uses_metric(recipe: Recipe) -> bool:
-    """True when layers are chosen by scoring: not `--layers`, and not a metric with the `config_only` capability
-    (`last`, `reverse`: the selection needs only the depth)."""
-    return not recipe.layers and not METRICS.has(recipe.metric_name, "config_only")
 
 
 def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> tuple[Any, Any, SourceSection]:
@@ -89,15 +83,6 @@ def _dtype_name(model, source: Source, recipe: Recipe) -> str:
         stored = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
         return str(stored or "bfloat16").replace("torch.", "")
     return str(next(model.parameters()).dtype).replace("torch.", "")
-
-
-def explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
-    """`--layers`, or a config-only rule (`last`, `reverse`): the layers to remove, from the depth alone."""
-    if recipe.layers:
-        return validate_removed(recipe.layers, num_layers)
-    if recipe.drop >= num_layers:
-        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
-    return validate_removed(config_rule_layers(recipe.metric_name, num_layers, recipe.drop), num_layers)
 
 
 def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any] | None]:
@@ -171,17 +156,6 @@ def _save_from_shards(model, recipe: Recipe, folder: Path, source: Source, remov
         write_merged(checkpoint, tmp, removed, state, scaling or 1.0, max_shard_size=recipe.max_shard_size)
         for path in Path(tmp).iterdir():
             os.replace(path, folder / path.name)
-
-
-def card(folder: str | Path, report: Report | dict[str, Any], *, model: str | None = None) -> Path:
-    """Write `layerprune.json` and render the model card (README.md, plots) from it; returns the card path.
-    `model`: the recipe's model path, whose README.md gives a local base's licence."""
-    write_report(folder, report)
-    local_card = Path(model) / "README.md" if model else None
-    base_card = local_card if local_card and local_card.is_file() else None
-    with progress.stage("card"):
-        record_base_card(folder, base_card=base_card)  # the licence, kept in layerprune.json (the path is not)
-        return render_card(folder, base_card=base_card)
 
 
 def publish(folder: str | Path, repo_id: str, **options: Any):

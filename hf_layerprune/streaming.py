@@ -10,26 +10,22 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-from transformers import AutoConfig, AutoTokenizer
-
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.calibration import calibration_batches, calibration_record
 from hf_layerprune.checks import source_paths
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.finish import write_outputs
 from hf_layerprune.gguf_route import card_fields, elements, output_name, source_file
-from hf_layerprune.gguf_surgery import kept_blocks, prune_gguf, read_header
-from hf_layerprune.layer_stream import StreamedModel
+from hf_layerprune.gguf_surgery import kept_blocks, prune_gguf, read_header, renamed
 from hf_layerprune.loading import Source, local_checkpoint, torch_dtype
 from hf_layerprune.outputs import staging_dir
+from hf_layerprune.provenance import hashed_alongside
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, Report
-from hf_layerprune.scoring import get_metric, run_metric
-from hf_layerprune.scoring.run import default_batch_size
-from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
-from hf_layerprune.stages import explicit_or_rule, uses_metric
-from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_safetensors_header
+from hf_layerprune.targets import explicit_or_rule, uses_metric
+from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_config, read_safetensors_header
+
+# torch, transformers and the scoring stack are imported by `streamed_selection` alone: a cut by --layers or a
+# config rule starts at once (tests/test_light_route.py runs it with both unimportable).
 
 Log = Callable[[str], None]
 
@@ -44,6 +40,15 @@ def checkpoint_parameters(directory: Path) -> int:
 
 def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list[int], dict[str, Any]]:
     """--offload: score with one layer in memory at a time (scoring/streamed.py) on a text calibration set."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from hf_layerprune.calibration import calibration_batches, calibration_record
+    from hf_layerprune.layer_stream import StreamedModel
+    from hf_layerprune.scoring import get_metric, run_metric
+    from hf_layerprune.scoring.run import default_batch_size
+    from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
+
     if recipe.metric_name == AUTO:
         raise LayerPruneError("--offload scores one layer at a time, which --metric auto cannot (it heals candidate "
                               "copies of the whole model); give --metric angular, bi, cosine, shapley or ppl")
@@ -76,7 +81,7 @@ def run_streaming(recipe: Recipe, source: Source, report: Report, timer, log: Lo
         src = local_checkpoint(source, allow_pickle=recipe.allow_pickle)
         if not any(src.glob("*.safetensors")):
             return in_memory(Source("dir", source.name, src, None, source.revision))
-        config = AutoConfig.from_pretrained(src)
+        config = read_config(src)
     get_architecture(config)
     num_layers = config.num_hidden_layers
     if uses_metric(recipe):
@@ -85,12 +90,14 @@ def run_streaming(recipe: Recipe, source: Source, report: Report, timer, log: Lo
     else:
         removed = explicit_or_rule(recipe, num_layers)
     report.source.model_type = config.model_type
-    report.source.dtype = str(getattr(config, "dtype", None) or "auto").replace("torch.", "")
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)  # config.json may say either
+    report.source.dtype = str(dtype or "auto").replace("torch.", "")
     report.source.parameters_before = checkpoint_parameters(src)
     timer.weight_bytes = sum(path.stat().st_size for path in checkpoint_files(src))
     log(f"Streaming {source.name}: removing layers {removed} of {num_layers} on disk")
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
-        with timer.stage("cut"):
+        local = checkpoint_files(src) if source.kind == "dir" else []  # a Hub source's provenance is its commit
+        with timer.stage("cut"), hashed_alongside(local):  # the provenance hash, while the cut reads the shards
             info = prune_checkpoint(src, tmp, removed, max_shard_size=recipe.max_shard_size)
         report.source.num_layers_before = num_layers
         report.cut = CutSection(num_layers_after=len(info["kept_layers"]), removed_layers=info["removed_layers"],
@@ -112,12 +119,11 @@ def run_gguf_surgery(recipe: Recipe, source: Source, report: Report, timer, log:
     report.cut = CutSection(num_layers_after=num_layers - len(removed), removed_layers=sorted(removed),
                             kept_layers=kept_blocks(removed, num_layers), route="gguf")
     with staging_dir(recipe.output_dir, recipe.overwrite, [source_file(source)]) as tmp:
-        with timer.stage("cut"):
+        with timer.stage("cut"), hashed_alongside([source_file(source)]):
             path = tmp / output_name(source, num_layers - len(removed))
             info = prune_gguf(source_file(source), path, removed, card=card_fields(report, recipe))
             info.pop("replaced_tensors")
-        written = read_header(path)
-        report.cut.parameters_after = sum(elements(t) for t in written.tensors)
-        written.buf.close()
+        new_index = {old: new for new, old in enumerate(info["kept_layers"])}
+        report.cut.parameters_after = sum(elements(t) for t in header.tensors if renamed(t.name, new_index) is not None)
         report.gguf = {"route": "surgery", **info, "requantized": {}}
         write_outputs(tmp, report, recipe, timer)

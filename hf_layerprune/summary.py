@@ -25,6 +25,8 @@ def _change(before: Any, after: Any) -> str:
 
 def quality_line(report: dict[str, Any]) -> str | None:
     """The headline as the card states it: accuracy retained (with its paired SE when stored), perplexity."""
+    if not report.get("evaluation"):  # nothing measured (and the evaluation package imports torch)
+        return None
     from hf_layerprune.evaluation import headline
 
     h = headline(report)

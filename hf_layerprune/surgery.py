@@ -20,14 +20,17 @@ import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Iterable
 
-import torch
-
-from hf_layerprune.architectures import get_architecture
+from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
 from hf_layerprune.checkpoint import LAYER_KEY, check_checkpoint_layers, check_link, check_layer_count, layer_index
+from hf_layerprune.byte_copy import copy_range, write_all
 from hf_layerprune.errors import LayerPruneError
+
+if TYPE_CHECKING:
+    import torch
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -97,6 +100,54 @@ def config_updates(config: Any, kept: list[int]) -> dict[str, Any]:
     return updates
 
 
+def plain_config(directory: Path) -> dict[str, Any] | None:
+    """``config.json`` as a dict when the on-disk cut can rewrite it as JSON, without transformers; else None.
+
+    transformers derives some per-layer fields when a config.json leaves them out (qwen2's and gemma's
+    ``layer_types``, the MoE sparse step ...), and slicing needs its value. So the JSON route takes a registered
+    ``model_type`` whose every sliced, remapped and recounted field is written out, with no ``expand`` rule and no
+    sparse per-layer overrides; anything else is read by ``AutoConfig`` (which imports torch)."""
+    try:
+        raw = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict) or raw.get("model_type") not in ARCHITECTURES:
+        return None
+    if not isinstance(raw.get("num_hidden_layers"), int) or "per_layer_config" in raw or raw.get("auto_map"):
+        return None
+    arch = ARCHITECTURES[raw["model_type"]]
+    if arch.expand or any(name not in raw for name in (*arch.sliced, *arch.remapped, *arch.recounted)):
+        return None
+    return raw
+
+
+def read_config(directory: Path) -> Any:
+    """The checkpoint's config: an attribute view of ``config.json`` (``plain_config``), else transformers'."""
+    raw = plain_config(directory)
+    if raw is not None:
+        return SimpleNamespace(**raw)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(directory)
+
+
+def write_config(config: Any, kept: list[int], directory: Path) -> None:
+    """``config.json`` of the cut: a JSON view (``read_config``) keeps the source's fields and spelling (and its
+    ``transformers_version``) with the per-layer fields rewritten; a transformers config is saved by transformers."""
+    if isinstance(config, SimpleNamespace):
+        data = {**vars(config), **config_updates(config, kept)}
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"  # as transformers' to_json_string writes it
+        (Path(directory) / "config.json").write_text(text, encoding="utf-8")
+        return
+    rewrite_config(config, kept)
+    config.save_pretrained(directory)
+
+
+def ties_embeddings(config: Any) -> bool:
+    tied = getattr(config, "tie_word_embeddings", None)
+    return get_architecture(config).tied_by_default if tied is None else bool(tied)
+
+
 def rewrite_config(config: Any, kept: list[int]) -> dict[str, Any]:
     """Apply `config_updates` in place (modules hold references to the config object) and return them."""
     updates = config_updates(config, kept)
@@ -113,6 +164,8 @@ def rewrite_config(config: Any, kept: list[int]) -> dict[str, Any]:
 
 def remove_layers(model: torch.nn.Module, removed: Iterable[int]) -> torch.nn.Module:
     """Remove decoder layers from a loaded *ForCausalLM in place; renumber `layer_idx`; rewrite the config."""
+    import torch
+
     arch = get_architecture(model.config)
     layers = arch.get_layers(model)
     removed = validate_removed(removed, len(layers))
@@ -198,10 +251,8 @@ def prune_checkpoint(
 
     Returns {"removed_layers", "kept_layers", "num_layers_before", "total_size", "shards"}.
     """
-    from transformers import AutoConfig
-
     src, dst = Path(src), Path(dst)
-    config = AutoConfig.from_pretrained(src)
+    config = read_config(src)
     arch = get_architecture(config)
     num_layers = check_layer_count(config.num_hidden_layers, "config.json's num_hidden_layers")
     check_checkpoint_layers(src, config, arch.key_prefix)  # before any cut: the weights are what the config says
@@ -210,7 +261,8 @@ def prune_checkpoint(
     new_index = {old: new for new, old in enumerate(kept)}
 
     entries: list[_Entry] = []
-    for path in checkpoint_files(src):
+    sources = checkpoint_files(src)
+    for path in sources:
         header, data_start = read_safetensors_header(path)
         for key, info in header.items():
             if key == "__metadata__":
@@ -221,23 +273,21 @@ def prune_checkpoint(
             begin, end = info["data_offsets"]
             entries.append(_Entry(new_key, path, info["dtype"], info["shape"], data_start + begin, end - begin))
     names = {e.key for e in entries}
-    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" in names and arch.embed + ".weight" in names:
+    if ties_embeddings(config) and "lm_head.weight" in names and arch.embed + ".weight" in names:
         entries = [e for e in entries if e.key != "lm_head.weight"]  # as save_pretrained does for tied weights
     entries.sort(key=lambda e: _natural_key(e.key))
 
     shards = _plan_shards(entries, parse_size(max_shard_size))
-    weight_map: dict[str, str] = {}
-    for number, shard in enumerate(shards, start=1):
-        name = SAFE_SINGLE if len(shards) == 1 else f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        _write_shard(dst / name, shard, copy_buffer)
-        weight_map.update({e.key: name for e in shard})
+    names = [SAFE_SINGLE if len(shards) == 1 else f"model-{n:05d}-of-{len(shards):05d}.safetensors"
+             for n in range(1, len(shards) + 1)]
+    _write_shards([dst / name for name in names], shards, sources, copy_buffer)
+    weight_map = {e.key: name for name, shard in zip(names, shards) for e in shard}
     total_size = sum(e.nbytes for e in entries)
     if len(shards) > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (dst / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
-    rewrite_config(config, kept)
-    config.save_pretrained(dst)
+    write_config(config, kept, dst)
     copy_side_files(src, dst)
     return {
         "removed_layers": removed,
@@ -294,7 +344,7 @@ def _plan_shards(entries: list[_Entry], max_bytes: int) -> list[list[_Entry]]:
     return shards
 
 
-def _write_shard(path: Path, entries: list[_Entry], copy_buffer: int) -> None:
+def _shard_header(entries: list[_Entry]) -> bytes:
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
@@ -302,41 +352,31 @@ def _write_shard(path: Path, entries: list[_Entry], copy_buffer: int) -> None:
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
-    sources: dict[Path, int] = {}
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _write_shards(paths: list[Path], shards: list[list[_Entry]], sources: list[Path], copy_buffer: int) -> None:
+    """Write each shard's header, then copy the kept tensors in the order they lie in the source files (each
+    source read front to back, as the provenance hash reads it beside the copy, so they share the pages read),
+    each to its planned place in its shard."""
+    outputs: list[int] = []
+    inputs: dict[Path, int] = {}
+    jobs: list[tuple[_Entry, int, int]] = []  # (entry, output fd, offset in the output)
     try:
-        _write_all(out, struct.pack("<Q", len(raw)) + raw)
-        for e in entries:
-            if e.src_file not in sources:
-                sources[e.src_file] = os.open(e.src_file, os.O_RDONLY)
-            _copy_range(sources[e.src_file], out, e.start, e.nbytes, copy_buffer)
+        for path, shard in zip(paths, shards):
+            outputs.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            head = _shard_header(shard)
+            write_all(outputs[-1], head)
+            offset = len(head)
+            for e in shard:
+                jobs.append((e, outputs[-1], offset))
+                offset += e.nbytes
+        order = {path: i for i, path in enumerate(sources)}
+        for e, out, offset in sorted(jobs, key=lambda job: (order[job[0].src_file], job[0].start)):
+            if e.src_file not in inputs:
+                inputs[e.src_file] = os.open(e.src_file, os.O_RDONLY)
+            copy_range(inputs[e.src_file], out, e.start, e.nbytes, out_offset=offset, what=e.src_file.name,
+                       chunk=copy_buffer)
     finally:
-        os.close(out)
-        for fd in sources.values():
+        for fd in [*outputs, *inputs.values()]:
             os.close(fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _copy_range(src: int, out: int, start: int, nbytes: int, copy_buffer: int) -> None:
-    """Append bytes [start, start+nbytes) of `src` to `out`: in the kernel when possible, else by chunks."""
-    copied = 0
-    if hasattr(os, "copy_file_range"):
-        try:
-            while copied < nbytes:
-                n = os.copy_file_range(src, out, nbytes - copied, start + copied)
-                if n == 0:
-                    break
-                copied += n
-        except OSError:
-            pass  # e.g. across file systems; finish with plain reads below
-    while copied < nbytes:
-        chunk = os.pread(src, min(copy_buffer, nbytes - copied), start + copied)
-        if not chunk:
-            raise LayerPruneError(f"a safetensors file is truncated at byte {start + copied}")
-        _write_all(out, chunk)
-        copied += len(chunk)

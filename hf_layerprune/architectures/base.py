@@ -40,6 +40,7 @@ class Architecture:
     mlp_bias_field: str | None = "mlp_bias"  # config flag that gives the MLP output projection a bias
     down_proj: str = "mlp.down_proj"  # last linear of the MLP branch (closed-form healers fuse into it)
     lora_targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")  # the MLP's linears (`--heal lora`'s default)
+    tied_by_default: bool = False  # transformers' default `tie_word_embeddings` for the family (a config.json may omit it)
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 

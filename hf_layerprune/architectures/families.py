@@ -55,6 +55,7 @@ register(
         mlp_out="post_feedforward_layernorm",
         sliced=("layer_types",),
         mlp_bias_field=None,
+        tied_by_default=True,
         notes="alternating sliding/full layer_types; residual updates go through post-norms",
     )
 )
@@ -66,6 +67,7 @@ register(
         mlp_out="post_feedforward_layernorm",
         sliced=("layer_types",),
         mlp_bias_field=None,
+        tied_by_default=True,
         notes="layer_types expanded from sliding_window_pattern; rope per layer type",
     )
 )
@@ -104,6 +106,7 @@ register(
         mlp_bias_field=None,  # OPT's fc2 already has a bias
         down_proj="fc2",
         lora_targets=("fc1", "fc2"),
+        tied_by_default=True,
         notes="layers at model.decoder.layers; fc1/fc2 instead of an mlp module",
     )
 )

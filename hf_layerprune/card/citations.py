@@ -33,19 +33,21 @@ for _key, _entry in json.loads((Path(__file__).parent / "bibliography.json").rea
 
 def metric_entry(name: Any):
     """The registry entry of metric `name` (``auto``: its selection's record), or None for unknown names."""
+    if not isinstance(name, str):  # no metric (--layers): nothing to import (the registries import torch)
+        return None
     from hf_layerprune.auto import AutoSelection
     from hf_layerprune.scoring import METRICS
 
-    if not isinstance(name, str):
-        return None
     return AutoSelection if name == AutoSelection.name else METRICS.get(name)
 
 
 def heal_info(method: Any) -> tuple[str, list[str], list[str]] | None:
     """(what it does, tags, citation keys) of a healer or of a chain `linear+distill` (run in that order)."""
+    if not isinstance(method, str) or method == "none":
+        return None
     from hf_layerprune.healing import HEALERS
 
-    parts = [HEALERS[m] for m in str(method).split("+") if m in HEALERS] if isinstance(method, str) else []
+    parts = [HEALERS[m] for m in method.split("+") if m in HEALERS]
     if not parts:
         return None
     return "; then ".join(p.description for p in parts), [t for p in parts for t in p.tags], [k for p in parts for k in p.citations]
@@ -54,8 +56,6 @@ def heal_info(method: Any) -> tuple[str, list[str], list[str]] | None:
 def citation_keys(report: dict[str, Any]) -> list[str]:
     """The papers of the report's metric (with its selection) and healers, then the papers whose recipes the
     healers follow; each once, in that order, those the bibliography has."""
-    from hf_layerprune.healing import HEALERS
-
     keys: list[str] = []
     scoring = report.get("scoring") or {}
     entry = metric_entry(scoring.get("metric") or (report.get("recipe") or {}).get("metric"))
@@ -64,6 +64,8 @@ def citation_keys(report: dict[str, Any]) -> list[str]:
     method = (report.get("healing") or {}).get("method")
     info = heal_info(method)
     if info:
+        from hf_layerprune.healing import HEALERS
+
         keys += info[2]
         keys += [k for m in str(method).split("+") if m in HEALERS for k in HEALERS[m].recipe_citations]
     return [k for i, k in enumerate(keys) if k in BIBLIOGRAPHY and k not in keys[:i]]

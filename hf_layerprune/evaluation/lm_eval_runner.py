@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from hf_layerprune.cache import cache_root
 from hf_layerprune.errors import LayerPruneError
 
 log_ = logging.getLogger(__name__)
@@ -197,10 +198,7 @@ def offline_datasets(enabled: bool = True) -> Iterator[None]:
 
 # --------------------------------------------------------------------------------------------- caching
 def default_cache_dir() -> Path:
-    base = os.environ.get("LAYERPRUNE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hf-layerprune"
-    )
-    return Path(base) / "lm-eval"
+    return cache_root() / "lm-eval"
 
 
 def model_fingerprint(model, tokenizer=None, *, model_id: str | None = None, revision: str | None = None) -> str:

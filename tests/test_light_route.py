@@ -1,0 +1,196 @@
+"""The on-disk cuts at disk speed (issue 36): they run with torch and transformers unimportable, rewrite config.json
+as transformers would, and hash the source once, alongside the copy, into a record that identifies its bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig
+
+from hf_layerprune import provenance
+from hf_layerprune.architectures import ARCHITECTURES
+from hf_layerprune.gguf_export import export_gguf
+from hf_layerprune.pipeline import run
+from hf_layerprune.recipe import Recipe
+from hf_layerprune.report import read_report
+from hf_layerprune.surgery import plain_config, read_config, read_safetensors_header, write_config
+from tiny_models import FAMILIES, tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes")
+# the CLI with a meta path finder that refuses the heavy packages (and says which module asked for one)
+BLOCKED_CLI = textwrap.dedent(f"""
+    import sys, traceback
+    class Refuse:
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in {HEAVY!r}:
+                print("IMPORT ATTEMPTED: " + name, file=sys.stderr)
+                traceback.print_stack(limit=6)
+                raise ImportError("blocked by the test: " + name)
+    sys.meta_path.insert(0, Refuse())
+    sys.argv = ["hf-layerprune", *sys.argv[1:]]
+    from hf_layerprune.cli import main
+    main()
+""")
+
+
+def cli_without_torch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess where importing torch, transformers, peft or bitsandbytes fails; an attempt that
+    the code caught and survived counts as a failure too."""
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "LAYERPRUNE_CACHE": str(cwd / "cache")}
+    proc = subprocess.run([sys.executable, "-c", BLOCKED_CLI, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert "IMPORT ATTEMPTED" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+def test_streaming_cut_runs_with_torch_and_transformers_unimportable(tmp_path):
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src)
+    proc = cli_without_torch("prune", str(src), "--layers", "1,4", "--heal", "none", "--no-eval", "-o", "out",
+                             cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "out"
+    report = read_report(out)
+    assert report["route"] == "streaming" and report["kept_layers"] == [0, 2, 3, 5]
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+    header, _ = read_safetensors_header(out / "model.safetensors")
+    assert "model.layers.3.mlp.down_proj.weight" in header and "model.layers.4.mlp.down_proj.weight" not in header
+    source_digest = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()
+    assert report["provenance"]["base_model"]["files"]["model.safetensors"] == source_digest
+    assert (out / "README.md").is_file()
+
+
+def test_gguf_cut_runs_with_torch_and_transformers_unimportable(tmp_path):
+    src = tmp_path / "tiny.Q8_0.gguf"
+    export_gguf(tiny_model("llama", num_layers=6), src, out_type="Q8_0")
+    proc = cli_without_torch("prune", str(src), "--layers", "2,3", "--format", "gguf", "--heal", "none",
+                             "--no-eval", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = read_report(tmp_path / "out")
+    assert report["route"] == "gguf" and report["num_layers_after"] == 4
+    assert report["provenance"]["base_model"]["sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert list((tmp_path / "out").glob("*.gguf"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_json_rewritten_as_transformers_writes_it(family, tmp_path):
+    """The JSON route (no transformers) writes the same config.json as AutoConfig + save_pretrained, byte for byte
+    apart from `transformers_version` (the source's is kept); families whose per-layer fields transformers derives
+    (an `expand` rule) go through AutoConfig."""
+    src, by_json, by_transformers = tmp_path / "src", tmp_path / "json", tmp_path / "hf"
+    tiny_model(family).save_pretrained(src)
+    kept = [1, 2, 4]
+    raw = plain_config(src)
+    assert (raw is None) == (ARCHITECTURES[family].expand is not None)
+    if raw is None:
+        return
+    for folder in (by_json, by_transformers):
+        folder.mkdir()
+    write_config(read_config(src), kept, by_json)
+    write_config(AutoConfig.from_pretrained(src), kept, by_transformers)
+
+    def lines(folder):
+        return [line for line in (folder / "config.json").read_text().splitlines() if "transformers_version" not in line]
+
+    assert lines(by_json) == lines(by_transformers)
+
+
+def test_config_json_needs_transformers_when_it_leaves_out_a_derived_field(tmp_path):
+    """qwen2 derives `layer_types` from `max_window_layers` when config.json omits it: that one goes to AutoConfig."""
+    tiny_model("qwen2").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert plain_config(tmp_path) is not None
+    config.pop("layer_types")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert plain_config(tmp_path) is None
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHITECTURES.names()))
+def test_tied_by_default_is_transformers_default(model_type):
+    """A config.json may omit `tie_word_embeddings`: the JSON route then takes the family's default from this table."""
+    assert AutoConfig.for_model(model_type).tie_word_embeddings == ARCHITECTURES[model_type].tied_by_default
+
+
+@pytest.fixture
+def fresh_hash_cache(tmp_path, monkeypatch):
+    """An empty sha256 cache (in memory and on disk) that keeps every file; the list of files actually hashed."""
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(provenance, "_DIGESTS", {})
+    monkeypatch.setattr(provenance, "_STORE", None)
+    monkeypatch.setattr(provenance, "CACHED_FROM", 0)
+    hashed: list[str] = []
+    real = provenance._hash_file
+    monkeypatch.setattr(provenance, "_hash_file", lambda path, stop=None: hashed.append(Path(path).name) or real(path, stop))
+    return hashed
+
+
+def new_process(monkeypatch) -> None:
+    """What a new run starts with: nothing in memory, the cache file on disk."""
+    monkeypatch.setattr(provenance, "_DIGESTS", {})
+    monkeypatch.setattr(provenance, "_STORE", None)
+
+
+def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_path, monkeypatch, fresh_hash_cache):
+    hashed = fresh_hash_cache
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src)
+    shard = src / "model.safetensors"
+
+    def cut(out: str) -> dict:
+        run(Recipe(model=str(src), layers=[1, 4], heal="none", evaluate=False, output_dir=str(tmp_path / out)), log=lambda _: None)
+        return read_report(tmp_path / out)["provenance"]["base_model"]
+
+    first = cut("a")
+    assert sorted(hashed) == sorted(set(hashed)) and "model.safetensors" in hashed, hashed  # each file once
+    assert first["files"]["model.safetensors"] == hashlib.sha256(shard.read_bytes()).hexdigest()  # = sha256sum, Hub LFS oid
+
+    hashed.clear()
+    new_process(monkeypatch)
+    assert cut("again") == first and hashed == []  # the next run reuses the digests: no pass over the bytes at all
+
+    header, data_start = read_safetensors_header(shard)
+    begin, end = header["model.layers.2.self_attn.q_proj.weight"]["data_offsets"]  # a kept layer's tensor
+    data = bytearray(shard.read_bytes())
+    data[data_start + (begin + end) // 2] ^= 0x01
+    before = shard.stat()
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: only the ctime tells
+    new_process(monkeypatch)
+    second = cut("b")
+    assert hashed == ["model.safetensors"]
+    assert second["files"]["model.safetensors"] == hashlib.sha256(bytes(data)).hexdigest()
+    assert second["files"]["model.safetensors"] != first["files"]["model.safetensors"]
+    assert second["files"]["config.json"] == first["files"]["config.json"]
+
+
+def test_help_imports_neither_torch_nor_transformers():
+    code = "import sys; from hf_layerprune.cli import app; print(sorted(m for m in {!r} if m in sys.modules))".format(HEAVY)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_kernel_copy_and_its_chunked_fallback_write_the_same_shards(tmp_path, monkeypatch):
+    """Tensors are copied in source order to their planned offsets; without copy_file_range (another platform, a
+    file system that refuses it) the chunked pread/pwrite fallback writes the same bytes."""
+    from hf_layerprune.surgery import prune_checkpoint
+
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src, max_shard_size="40KB")
+    (tmp_path / "kernel").mkdir(), (tmp_path / "chunks").mkdir()
+    prune_checkpoint(src, tmp_path / "kernel", [1, 4], max_shard_size="30KB", copy_buffer=4096)
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    prune_checkpoint(src, tmp_path / "chunks", [1, 4], max_shard_size="30KB", copy_buffer=4096)
+    shards = sorted(p.name for p in (tmp_path / "kernel").glob("*.safetensors"))
+    assert len(shards) > 1 and shards == sorted(p.name for p in (tmp_path / "chunks").glob("*.safetensors"))
+    for name in shards:
+        assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "chunks" / name).read_bytes(), name
