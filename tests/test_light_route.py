@@ -173,7 +173,7 @@ def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_pat
 
 
 def test_help_imports_neither_torch_nor_transformers():
-    code = "import sys; from hf_layerprune.cli import app; print(sorted(m for m in {!r} if m in sys.modules))".format(HEAVY)
+    code = "import sys; from hf_layerprune.cli import app; print(sorted(m for m in {!r} if sys.modules.get(m) is not None))".format(HEAVY)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
