@@ -16,6 +16,7 @@ from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checkpoint import loading_error
 from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.evaluation import check_tasks, settings_from_recipe
+from hf_layerprune.evaluation.fidelity import check_held_out
 from hf_layerprune.healing import check_heal, split_chain
 from hf_layerprune.healing.base import split_spec
 from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
@@ -45,7 +46,9 @@ def check_recipe(recipe: Recipe) -> None:
     check_device(recipe.device)
     check_shard_size(recipe.max_shard_size)
     if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
-        check_tasks(settings_from_recipe(recipe))
+        settings = settings_from_recipe(recipe)
+        check_tasks(settings)
+        check_held_out(settings.generation, calibration=recipe.calibration, heal_data=recipe.heal_data)
 
 
 def check_4bit(recipe: Recipe) -> None:

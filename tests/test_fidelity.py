@@ -206,3 +206,29 @@ def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok
     write_report(out, json.loads(json.dumps(report)))
     text = render_card(out, online=False).read_text(encoding="utf-8")
     assert "Generation fidelity" not in text and "GSM8K" not in text and "generation:" not in quality_line(report)
+
+
+def test_evaluate_cli_with_a_base_measures_generation_fidelity(rows, tok, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from hf_layerprune.cli import app
+
+    held = tmp_path / "held_out.raw"
+    held.write_text("".join(rows), encoding="utf-8")
+    base = tiny_llama(num_layers=3)
+    pruned = copy.deepcopy(base)
+    remove_layers(pruned, [1])
+    for name, model in (("base", base), ("pruned", pruned)):
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+    args = ["evaluate", str(tmp_path / "pruned"), "--base", str(tmp_path / "base"), "--tasks", "none", "--no-speed",
+            "--perplexity", str(held), "--json", str(tmp_path / "e.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    gen = json.loads((tmp_path / "e.json").read_text())["generation"]
+    direct = generation_fidelity(base, pruned, tok, rows, source="x", log=lambda m: None, seq_len=512)
+    assert gen["summary"]["docs"] == 3 and gen["summary"]["kl"] == pytest.approx(direct["summary"]["kl"], abs=ATOL)
+    result = CliRunner().invoke(app, args[:-2] + ["--no-generation", "--json", str(tmp_path / "f.json")])
+    assert result.exit_code == 0 and "generation" not in json.loads((tmp_path / "f.json").read_text())

@@ -105,6 +105,7 @@ def evaluate(
     seq_len: Annotated[int, typer.Option(help="Perplexity context length (tokens per window).")] = 512,
     perplexity_max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the perplexity text.")] = None,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure throughput, memory and size.")] = True,
+    generation: Annotated[bool, typer.Option("--generation/--no-generation", help="With a base: generation fidelity on held-out text (top-1 agreement, KL, last-word test).")] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the evaluation section to this JSON file.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -120,7 +121,10 @@ def evaluate(
     """
     import dataclasses
 
-    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
+    from hf_layerprune.evaluation import (
+        EvalSettings, check_tasks, evaluate_model, evaluation_section, fidelity_of_pair, reachable_text, speed_of_pair,
+    )
+    from hf_layerprune.evaluation.fidelity import held_out_text
     from hf_layerprune.loading import check_device, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
@@ -149,8 +153,11 @@ def evaluate(
         include_path=str(include_path) if include_path else None,
         perplexity=None if perplexity.strip().lower() == "none" else perplexity, seq_len=seq_len,
         ppl_max_tokens=perplexity_max_tokens, speed=speed, device=device, use_cache=not no_cache,
+        generation=held_out_text(None if perplexity.strip().lower() in ("wikitext", "none") else perplexity)
+        if generation and base else None,
     )
     check_tasks(settings)  # unknown tasks fail before any model is loaded
+    settings.generation = reachable_text(settings.generation, "generation fidelity", lambda msg: console.print(msg, highlight=False))
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     start = time.perf_counter()
     base_result = base_model = base_dir = None
@@ -160,7 +167,7 @@ def evaluate(
         if base_tok is None:
             raise LayerPruneError(f"no tokenizer found for {base}")
         base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
-        if not speed:
+        if not speed and not settings.generation:
             del base_model
             base_model = None
             _free()
@@ -173,13 +180,16 @@ def evaluate(
         tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
     pruned_result = evaluate_model(pruned_model, tokenizer, each, model_id=model if sha else None, revision=sha,
                                    model_dir=local, log=log)
-    pair = None
-    if base_model is not None:
+    pair = generated = None
+    if base_model is not None and settings.generation:
+        generated = fidelity_of_pair(base_model, pruned_model, tokenizer, settings, log=log)
+    if base_model is not None and speed:
         pair = speed_of_pair(base_model, pruned_model, tokenizer, settings, base_dir=base_dir, pruned_dir=local, log=log)
         del base_model
     del pruned_model
     _free()
-    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair)
+    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair,
+                                 generation=generated)
     from hf_layerprune.cli.options import command_line
 
     section["command"] = command_line(ctx)

@@ -279,6 +279,20 @@ def evaluate_pair(
     return evaluation_section(s, base, pruned, time.perf_counter() - start, speed_pair=speed, generation=generation)
 
 
+def reachable_text(source: str | None, what: str, log: Log = print) -> str | None:
+    """``source`` when its text can be loaded now (offline: a local file), else None with a note in the log."""
+    from hf_layerprune.evaluation.perplexity import load_text_rows
+
+    if not source:
+        return None
+    try:
+        load_text_rows(source)
+    except LayerPruneError as exc:
+        log(f"Skipping {what}: {exc}")
+        return None
+    return source
+
+
 def fidelity_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *, log: Log = print) -> dict[str, Any] | None:
     """``generation_fidelity`` on the settings' held-out text (None when the settings name none), its window capped at
     the model's context length."""
@@ -395,13 +409,7 @@ def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = prin
         except LayerPruneError as exc:
             log(f"Skipping perplexity: {exc}")
             s.perplexity = None
-    try:
-        from hf_layerprune.evaluation.perplexity import load_text_rows
-
-        load_text_rows(s.generation)
-    except LayerPruneError as exc:
-        log(f"Skipping generation fidelity: {exc}")
-        s.generation = None
+    s.generation = reachable_text(s.generation, "generation fidelity", log)
     base_id = getattr(recipe, "model", None)
     section = evaluate_pair(base_model, model, tokenizer, s, base_id=base_id, base_revision=recipe.revision, log=log)
     if quantized.is_4bit(model):  # `--load-in-4bit`: both evaluated as loaded, the adapter unmerged

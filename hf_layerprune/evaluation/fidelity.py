@@ -58,6 +58,21 @@ def held_out_text(given: str | None = None) -> str:
     return "wikitext"
 
 
+def check_held_out(held_out: str, **texts: str | None) -> None:
+    """Refuse a calibration or healing text that is the held-out text itself (``calibration="path"``): the
+    generation figures would then not be held out."""
+    target = Path(os.path.expanduser(held_out))
+    if not target.is_file():
+        return
+    for name, value in texts.items():
+        for part in str(value or "").split(","):
+            path = Path(os.path.expanduser(part.strip()))
+            if part.strip() and path.is_file() and path.resolve() == target.resolve():
+                flag = name.replace("_", "-")
+                raise LayerPruneError(f"--{flag} {part.strip()} is the held-out text of the generation fidelity "
+                                      "measure; calibrate and heal on other text (or pass --perplexity OTHER_FILE)")
+
+
 def documents(rows: list[str]) -> list[str]:
     """The text's documents: WikiText articles split at top-level headings, else one per non-blank row."""
     starts = [i for i, row in enumerate(rows) if HEADING.match(row)]
