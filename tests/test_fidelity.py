@@ -31,6 +31,14 @@ ATOL = 1e-5
 WORDS = ["river", "stone", "castle", "king", "harbour", "music", "winter", "garden"]
 
 
+def cut_pair(num_layers: int, removed: int):
+    """A tiny random Llama and a copy of it with one layer removed."""
+    base = tiny_llama(num_layers=num_layers)
+    pruned = copy.deepcopy(base)
+    remove_layers(pruned, [removed])
+    return base, pruned
+
+
 def article(title: str, seed: int, sentences: int = 24) -> str:
     rng = random.Random(seed)
     lines = [f" = {title} = \n", "\n"]
@@ -69,9 +77,7 @@ def test_documents_split_at_top_level_headings_and_targets_are_repeated_sentence
 
 
 def test_measures_match_an_independent_computation(rows, tok):
-    base = tiny_llama(num_layers=4)
-    pruned = copy.deepcopy(base)
-    remove_layers(pruned, [2])
+    base, pruned = cut_pair(4, 2)
     out = generation_fidelity(base, pruned, tok, rows, source="tiny", docs=3, seq_len=400, log=lambda m: None)
     assert out["settings"]["docs"] == 3 and len(out["per_doc"]) == 3
 
@@ -142,9 +148,7 @@ def test_last_word_retention_is_paired_over_targets():
 def test_evaluate_pair_stores_the_section_and_documents_too_short_are_skipped(rows, tok, tmp_path):
     path = tmp_path / "held_out.raw"
     path.write_text("".join(rows), encoding="utf-8")
-    base = tiny_llama(num_layers=3)
-    pruned = copy.deepcopy(base)
-    remove_layers(pruned, [1])
+    base, pruned = cut_pair(3, 1)
     settings = EvalSettings(tasks=[], perplexity=None, speed=False, generation=str(path), generation_docs=2,
                             generation_seq_len=4096)
     section = evaluate_pair(base, pruned, tok, settings, log=lambda m: None)
@@ -167,9 +171,7 @@ def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok
     from hf_layerprune.report import write_report
     from hf_layerprune.summary import quality_line
 
-    base = tiny_llama(num_layers=4)
-    pruned = copy.deepcopy(base)
-    remove_layers(pruned, [2])
+    base, pruned = cut_pair(4, 2)
     gen = generation_fidelity(base, pruned, tok, rows, source="/data/wikitext2_raw/wiki.test.raw", docs=3, seq_len=400,
                               log=lambda m: None)
     paired = {"z": 2.0, "tasks": {}, "headline": {"tasks": ["arc"], "excluded": {}, "base": 0.5, "pruned": 0.45,
@@ -217,9 +219,7 @@ def test_evaluate_cli_with_a_base_measures_generation_fidelity(rows, tok, tmp_pa
 
     held = tmp_path / "held_out.raw"
     held.write_text("".join(rows), encoding="utf-8")
-    base = tiny_llama(num_layers=3)
-    pruned = copy.deepcopy(base)
-    remove_layers(pruned, [1])
+    base, pruned = cut_pair(3, 1)
     for name, model in (("base", base), ("pruned", pruned)):
         model.save_pretrained(tmp_path / name)
         tok.save_pretrained(tmp_path / name)
