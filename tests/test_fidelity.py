@@ -232,3 +232,20 @@ def test_evaluate_cli_with_a_base_measures_generation_fidelity(rows, tok, tmp_pa
     assert gen["summary"]["docs"] == 3 and gen["summary"]["kl"] == pytest.approx(direct["summary"]["kl"], abs=ATOL)
     result = CliRunner().invoke(app, args[:-2] + ["--no-generation", "--json", str(tmp_path / "f.json")])
     assert result.exit_code == 0 and "generation" not in json.loads((tmp_path / "f.json").read_text())
+
+
+def test_kl_to_base_of_autos_judge_matches_the_fidelity_measure(rows, tok):
+    """`auto` judges candidates by healing.training.kl_to_base; on the same ids it is the token-weighted mean of the
+    fidelity measure's per-position KL (one document here, so the two means coincide)."""
+    from hf_layerprune.healing.training import kl_to_base
+
+    base, pruned = cut_pair(4, 2)
+    ids = torch.tensor([tok(documents(rows)[0])["input_ids"][:300]])
+    out = generation_fidelity(base, pruned, tok, rows, source="x", docs=1, seq_len=300, log=lambda m: None)
+    positions = out["per_doc"][0]["tokens"]  # the last position predicts nothing in the fidelity measure
+    with torch.no_grad():
+        b = base(ids, use_cache=False).logits[0, -1].double().log_softmax(-1)
+        p = pruned(ids, use_cache=False).logits[0, -1].double().log_softmax(-1)
+    last = float(F.kl_div(p, b, log_target=True, reduction="sum"))
+    assert kl_to_base(pruned, base, ids) == pytest.approx((out["per_doc"][0]["kl"] * positions + last) / (positions + 1),
+                                                          abs=ATOL)

@@ -60,6 +60,9 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
     metric = scoring.get("metric") or recipe.get("metric")
     entry = metric_entry(metric)
     metric_what = entry.description if entry is not None else None
+    judged = scoring.get("judged_with") if isinstance(scoring.get("judged_with"), dict) else {}
+    if judged.get("objective") == "kl_to_base" and getattr(entry, "description_kl", None):  # `auto` since issue 35
+        metric_what = entry.description_kl
     chosen = scoring.get("chosen_metric")
     if metric == "auto" and isinstance(chosen, str) and entry is not None:  # name the metric whose selection won
         metric_what = f"{metric_what}; here the {chosen} selection won"

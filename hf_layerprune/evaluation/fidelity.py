@@ -138,7 +138,7 @@ def prepare(tokenizer, rows: list[str], docs: int = DEFAULT_DOCS, seq_len: int =
     return out
 
 
-def _logprobs(model, ids):
+def logprobs(model, ids):
     import torch
 
     device = next(model.parameters()).device
@@ -220,8 +220,8 @@ def generation_fidelity(base_model, pruned_model, tokenizer, rows: list[str], *,
     per_doc = []
     for item in prepared:
         with as_base(base_model) as base:
-            base_lp = _logprobs(base, item["ids"])
-        pruned_lp = _logprobs(pruned_model, item["ids"])
+            base_lp = logprobs(base, item["ids"])
+        pruned_lp = logprobs(pruned_model, item["ids"])
         per_doc.append({"doc": item["doc"], **score_document(base_lp, pruned_lp, item["ids"], item["targets"])})
     return {
         "settings": {"source": source, "docs": docs, "seq_len": seq_len, "min_context": MIN_CONTEXT,

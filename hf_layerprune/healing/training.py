@@ -194,5 +194,28 @@ def lm_loss(model, ids: torch.Tensor, batch_size: int = 1) -> float:
     return round(total / max(count, 1), 6)
 
 
+@torch.no_grad()
+def kl_to_base(model, base, ids: torch.Tensor, batch_size: int = 1) -> float:
+    """Mean KL(base ‖ model) of the next-token distributions over every position of `ids`, in fp32 (nats per
+    token). `base`: a SharedBase view over `model` (run as base per batch) or a separate unpruned model."""
+    from hf_layerprune.base_view import as_base
+
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size].to(device)
+            with as_base(base) as teacher:
+                target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+            pred = F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+            total += float(F.kl_div(pred, target, log_target=True, reduction="sum"))
+            count += batch.numel()
+    finally:
+        model.train(was_training)
+    return round(total / max(count, 1), 6)
+
+
 def perplexity(loss: float) -> float:
     return round(math.exp(loss), 4) if loss < 50 else float("inf")
