@@ -13,7 +13,10 @@ document.
     python benchmarks/generation.py --render --versus default6
 
 Models are specs as in `retention.py`: `cut:LAYERS` (the base with LAYERS removed, unhealed) or a saved model
-directory (a pipeline output says its metric, healer, removed layers and stage times). Per-document values are
+directory (a pipeline output says its metric, healer, removed layers and stage times), or
+`heal:HEAL@LAYERS[@DATA]`: the base cut at LAYERS and healed in this process as the pipeline's heal stage does
+(`heal_for_recipe`, healing text from DATA, default `self`), timed. `self` text is generated once per process and
+shared by every `heal:` model (calibration.py's memo), which is why they are made here and not by separate runs. Per-document values are
 stored under ``--store`` (default ``benchmarks/generation_store``, committed) as ``NAME.json``, keyed by article
 index, so that runs over disjoint ``--docs`` ranges add up and a later session can pair a new model with these.
 """
@@ -34,6 +37,28 @@ from hf_layerprune.evaluation.fidelity import DEFAULT_SEQ_LEN, logprobs, prepare
 from hf_layerprune.evaluation.paired import standard_error  # noqa: E402
 
 STORE = Path(__file__).resolve().parent / "generation_store"
+
+
+def healed(spec: str, base, tokenizer):
+    """`heal:HEAL@LAYERS[@DATA]` -> (a standalone healed copy, {"heal": seconds}); `base` is left as it was."""
+    import copy
+
+    from hf_layerprune.base_view import trial
+    from hf_layerprune.healing import heal_for_recipe
+    from hf_layerprune.recipe import Recipe, parse_layers
+    from hf_layerprune.surgery import kept_layers, remove_layers
+
+    heal, layers, *data = spec[len("heal:"):].split("@")
+    removed = sorted(parse_layers(layers))
+    num_layers = base.config.num_hidden_layers
+    recipe = Recipe(model="base", layers=removed, heal=heal, heal_data=data[0] if data else None)
+    report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers), "num_layers_before": num_layers}
+    start = time.perf_counter()
+    with trial(base) as shared:
+        remove_layers(base, removed)
+        heal_for_recipe(base, tokenizer, recipe, report, base_model=shared, log=print)
+        model = copy.deepcopy(base)
+    return model.eval(), {"heal": round(time.perf_counter() - start)}
 
 
 def stage_seconds(spec: str) -> dict[str, float]:
@@ -57,13 +82,19 @@ def measure(args) -> None:
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     docs = prepare(tokenizer, rows, docs=hi, seq_len=args.seq_len)[lo:hi]
     specs = dict(s.split("=", 1) for s in args.models)
-    models = {name: build(spec, base).eval() for name, spec in specs.items()}
+    models, seconds = {}, {}
+    for name, spec in specs.items():
+        if spec.startswith("heal:"):
+            models[name], seconds[name] = healed(spec, base, tokenizer)
+        else:
+            models[name], seconds[name] = build(spec, base).eval(), stage_seconds(spec)
     args.store.mkdir(parents=True, exist_ok=True)
     stores = {}
     for name, spec in specs.items():
         path = args.store / f"{name}.json"
         stores[name] = json.loads(path.read_text()) if path.exists() else {"docs": {}}
-        stores[name].update(what=describe(spec), seq_len=args.seq_len, stage_seconds=stage_seconds(spec))
+        what = f"healed here: {spec[5:]}" if spec.startswith("heal:") else describe(spec)
+        stores[name].update(what=what, seq_len=args.seq_len, stage_seconds=seconds[name])
     start = time.perf_counter()
     for n, item in enumerate(docs, 1):
         base_lp = logprobs(base, item["ids"])
