@@ -190,9 +190,9 @@ def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok
     top1 = f"{100 * s['top1']:.1f}% ± {100 * s['top1_se']:.1f}"
     if s["last_word"]["base"] == 0:  # a random model never guesses a word: no retention to state
         assert "predicting the last word" not in text
-    lw = s["last_word"] = {**s["last_word"], "base": 0.6, "pruned": 0.3, "delta": -0.3, "delta_se": 0.05,
-                           "retention_pct": 50.0, "retention_se_pts": 8.3, "word_perplexity_base": 7.0,
-                           "word_perplexity_pruned": 90.0}
+    s["last_word"] = {**s["last_word"], "base": 0.6, "pruned": 0.3, "delta": -0.3, "delta_se": 0.05,
+                      "retention_pct": 50.0, "retention_se_pts": 8.3, "word_perplexity_base": 7.0,
+                      "word_perplexity_pruned": 90.0}
     write_report(out, json.loads(json.dumps(report)))
     text = render_card(out, online=False).read_text(encoding="utf-8")
     kept = "50.0% ± 8.3"

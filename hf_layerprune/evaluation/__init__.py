@@ -29,7 +29,14 @@ from hf_layerprune.evaluation.lm_eval_runner import (
     resolve_tasks,
     run_lm_eval,
 )
-from hf_layerprune.evaluation.fidelity import DEFAULT_DOCS, DEFAULT_SEQ_LEN, generation_fidelity, held_out_text
+from hf_layerprune.evaluation.fidelity import (
+    DEFAULT_DOCS,
+    DEFAULT_SEQ_LEN,
+    fidelity_of_pair,
+    generation_fidelity,
+    held_out_text,
+    reachable_text,
+)
 from hf_layerprune.evaluation.paired import paired_comparison
 from hf_layerprune.evaluation.perplexity import perplexity
 from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair, plausibility
@@ -50,6 +57,7 @@ __all__ = [
     "evaluation_section",
     "fidelity_of_pair",
     "generation_fidelity",
+    "reachable_text",
     "headline",
     "main_metric",
     "kv_cache_bytes_per_token",
@@ -277,35 +285,6 @@ def evaluate_pair(
     generation = fidelity_of_pair(base_model, pruned_model, tokenizer, s, log=log) if base_model is not None else None
     speed = speed_of_pair(base_model, pruned_model, tokenizer, s, base_dir=base_dir, pruned_dir=pruned_dir, log=log) if paired_speed else None
     return evaluation_section(s, base, pruned, time.perf_counter() - start, speed_pair=speed, generation=generation)
-
-
-def reachable_text(source: str | None, what: str, log: Log = print) -> str | None:
-    """``source`` when its text can be loaded now (offline: a local file), else None with a note in the log."""
-    from hf_layerprune.evaluation.perplexity import load_text_rows
-
-    if not source:
-        return None
-    try:
-        load_text_rows(source)
-    except LayerPruneError as exc:
-        log(f"Skipping {what}: {exc}")
-        return None
-    return source
-
-
-def fidelity_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *, log: Log = print) -> dict[str, Any] | None:
-    """``generation_fidelity`` on the settings' held-out text (None when the settings name none), its window capped at
-    the model's context length."""
-    from hf_layerprune.evaluation.perplexity import load_text_rows
-
-    s = settings
-    if not s.generation or s.generation_docs < 1:
-        return None
-    rows, source = load_text_rows(s.generation)
-    limit = getattr(pruned_model.config, "max_position_embeddings", None)
-    seq_len = min(s.generation_seq_len, limit) if isinstance(limit, int) and limit > 1 else s.generation_seq_len
-    return generation_fidelity(base_model, pruned_model, tokenizer, rows, source=source, docs=s.generation_docs,
-                               seq_len=seq_len, log=log)
 
 
 def speed_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *, base_dir=None, pruned_dir=None,

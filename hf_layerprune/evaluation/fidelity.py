@@ -34,6 +34,7 @@ from typing import Any, Callable
 from hf_layerprune.base_view import as_base
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.evaluation.paired import Z, compare_task, standard_error
+from hf_layerprune.evaluation.perplexity import load_text_rows
 
 DEFAULT_DOCS = 16
 DEFAULT_SEQ_LEN = 1024
@@ -229,6 +230,31 @@ def generation_fidelity(base_model, pruned_model, tokenizer, rows: list[str], *,
         "summary": summarize(per_doc),
         "per_doc": per_doc,
     }
+
+
+def reachable_text(source: str | None, what: str, log: Log = print) -> str | None:
+    """``source`` when its text can be loaded now (offline: a local file), else None with a note in the log."""
+    if not source:
+        return None
+    try:
+        load_text_rows(source)
+    except LayerPruneError as exc:
+        log(f"Skipping {what}: {exc}")
+        return None
+    return source
+
+
+def fidelity_of_pair(base_model, pruned_model, tokenizer, settings, *, log: Log = print) -> dict[str, Any] | None:
+    """``generation_fidelity`` on the settings' held-out text (None when the settings name none), its window capped at
+    the model's context length (``settings``: an ``EvalSettings``)."""
+    s = settings
+    if not s.generation or s.generation_docs < 1:
+        return None
+    rows, source = load_text_rows(s.generation)
+    limit = getattr(pruned_model.config, "max_position_embeddings", None)
+    seq_len = min(s.generation_seq_len, limit) if isinstance(limit, int) and limit > 1 else s.generation_seq_len
+    return generation_fidelity(base_model, pruned_model, tokenizer, rows, source=source, docs=s.generation_docs,
+                               seq_len=seq_len, log=log)
 
 
 def retentions(generation: dict[str, Any] | None) -> dict[str, Any] | None:

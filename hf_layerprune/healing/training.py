@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from hf_layerprune import distributed, progress
+from hf_layerprune.base_view import as_base
 
 
 class Rows(torch.utils.data.Dataset):
@@ -242,8 +243,6 @@ def lm_loss(model, ids: torch.Tensor, batch_size: int = 1) -> float:
 def kl_to_base(model, base, ids: torch.Tensor, batch_size: int = 1) -> float:
     """Mean KL(base ‖ model) of the next-token distributions over every position of `ids`, in fp32 (nats per
     token). `base`: a SharedBase view over `model` (run as base per batch) or a separate unpruned model."""
-    from hf_layerprune.base_view import as_base
-
     was_training = model.training
     model.eval()
     device = model_device(model)
