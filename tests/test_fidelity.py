@@ -121,6 +121,10 @@ def test_a_model_against_itself_agrees_everywhere(rows, tok):
     out = generation_fidelity(base, copy.deepcopy(base), tok, rows, source="tiny", docs=2, seq_len=300, log=lambda m: None)
     s = out["summary"]
     assert s["top1"] == 1.0 and s["kl"] == pytest.approx(0.0, abs=ATOL) and s["nll_delta"] == pytest.approx(0.0, abs=ATOL)
+    from hf_layerprune.evaluation.fidelity import DEFAULT_SEQ_LEN
+    from hf_layerprune.memory import FIDELITY_TOKENS
+
+    assert FIDELITY_TOKENS == DEFAULT_SEQ_LEN  # the memory estimate plans for the default window
 
 
 def test_last_word_retention_is_paired_over_targets():

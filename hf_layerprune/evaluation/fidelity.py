@@ -40,6 +40,7 @@ DEFAULT_DOCS = 16
 DEFAULT_SEQ_LEN = 1024
 MIN_CONTEXT = 128  # tokens of document before a last-word target
 MIN_DOC_TOKENS = 256
+CHUNK = 128  # positions per step of the KL sum
 HEADING = re.compile(r"^ = [^=].* = \s*$")  # a WikiText top-level heading (sections are " = = ... = = ")
 SENTENCE_END = re.compile(r"(\w+)(?=\s*(?:[.!?](?:\s|$)|\s*$))")  # a word before . ! ? or the line end
 
@@ -154,7 +155,8 @@ def score_document(base_lp, pruned_lp, ids: list[int], targets) -> dict[str, Any
     import torch
 
     nxt = torch.tensor(ids[1:])
-    kl = (base_lp.exp() * (base_lp - pruned_lp)).sum(-1).clamp_min(0)
+    kl = torch.cat([(b.exp() * (b - p)).sum(-1) for b, p in zip(base_lp.split(CHUNK), pruned_lp.split(CHUNK))])
+    kl = kl.clamp_min(0)  # per position; in chunks, so that no third [positions, vocab] tensor is alive
     b_top, p_top = base_lp.argmax(-1), pruned_lp.argmax(-1)
     rec: dict[str, Any] = {
         "tokens": len(ids) - 1,
