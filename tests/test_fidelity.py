@@ -253,3 +253,21 @@ def test_kl_to_base_of_autos_judge_matches_the_fidelity_measure(rows, tok):
     last = float(F.kl_div(p, b, log_target=True, reduction="sum"))
     assert kl_to_base(pruned, base, ids) == pytest.approx((out["per_doc"][0]["kl"] * positions + last) / (positions + 1),
                                                           abs=ATOL)
+
+
+def test_the_pipelines_evaluation_measures_it_on_the_perplexity_text_or_says_why_not(rows, tok, tmp_path):
+    from hf_layerprune.evaluation import evaluate_for_recipe
+    from hf_layerprune.recipe import Recipe
+
+    path = tmp_path / "held_out.raw"
+    path.write_text("".join(rows), encoding="utf-8")
+    base, pruned = cut_pair(3, 1)
+    recipe = Recipe(model="x", layers=[1], tasks=[], perplexity=str(path))
+    section = evaluate_for_recipe(base, pruned, tok, recipe, log=lambda m: None)
+    assert section["generation"]["summary"]["docs"] == 3 and section["settings"]["generation"] == str(path)
+    assert "generation_skipped" not in section
+    short = tmp_path / "short.raw"
+    short.write_text(" = A = \n\n too short . \n", encoding="utf-8")
+    section = evaluate_for_recipe(base, pruned, tok, Recipe(model="x", layers=[1], tasks=[], perplexity=str(short)),
+                                  log=lambda m: None)
+    assert "generation" not in section and "long enough" in section["generation_skipped"]
