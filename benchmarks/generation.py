@@ -12,6 +12,8 @@ document.
     python benchmarks/generation.py --model MODEL --docs 0:24 default6=out6 cut6=cut:13-18 lin6=lin6
     python benchmarks/generation.py --render --versus default6
 
+On a GPU machine `benchmarks/generation_gpu.sh` runs the same levers at drop 6 and drop 9 over every article.
+
 Models are specs as in `retention.py`: `cut:LAYERS` (the base with LAYERS removed, unhealed) or a saved model
 directory (a pipeline output says its metric, healer, removed layers and stage times), or
 `heal:HEAL@LAYERS[@DATA]`: the base cut at LAYERS and healed in this process as the pipeline's heal stage does
@@ -79,7 +81,7 @@ def measure(args) -> None:
     lo, hi = (int(x) for x in args.docs.split(":"))
     rows, _ = load_text_rows(str(data_dir() / "wikitext2_raw" / "wiki.test.raw"))
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval().to(args.device)
     docs = prepare(tokenizer, rows, docs=hi, seq_len=args.seq_len)[lo:hi]
     specs = dict(s.split("=", 1) for s in args.models)
     models, seconds = {}, {}
@@ -87,7 +89,7 @@ def measure(args) -> None:
         if spec.startswith("heal:"):
             models[name], seconds[name] = healed(spec, base, tokenizer)
         else:
-            models[name], seconds[name] = build(spec, base).eval(), stage_seconds(spec)
+            models[name], seconds[name] = build(spec, base).eval().to(args.device), stage_seconds(spec)
     args.store.mkdir(parents=True, exist_ok=True)
     stores = {}
     for name, spec in specs.items():
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument("--docs", default="0:24", help="articles LO:HI of the WikiText-2 test split (default 0:24)")
     parser.add_argument("--seq-len", type=int, default=DEFAULT_SEQ_LEN)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (models, healing and scoring)")
     parser.add_argument("--store", type=Path, default=STORE)
     parser.add_argument("--render", action="store_true", help="print the table over every stored document")
     parser.add_argument("--versus", help="comma-separated stored names to pair every model with")
