@@ -381,13 +381,7 @@ def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = prin
         log(f"Evaluating on rank 0 alone ({distributed.world().size} processes): lm-eval shares out only models it loads itself")
     s = settings_from_recipe(recipe)
     if not recipe.perplexity:
-        try:
-            from hf_layerprune.evaluation.perplexity import load_text_rows
-
-            load_text_rows(s.perplexity)
-        except LayerPruneError as exc:
-            log(f"Skipping perplexity: {exc}")
-            s.perplexity = None
+        s.perplexity = reachable_text(s.perplexity, "perplexity", log)
     s.generation = reachable_text(s.generation, "generation fidelity", log)
     base_id = getattr(recipe, "model", None)
     section = evaluate_pair(base_model, model, tokenizer, s, base_id=base_id, base_revision=recipe.revision, log=log)
