@@ -229,9 +229,10 @@ def test_evaluate_cli_with_a_base_measures_generation_fidelity(rows, tok, tmp_pa
         tok.save_pretrained(tmp_path / name)
     args = ["evaluate", str(tmp_path / "pruned"), "--base", str(tmp_path / "base"), "--tasks", "none", "--no-speed",
             "--perplexity", str(held), "--json", str(tmp_path / "e.json")]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     gen = json.loads((tmp_path / "e.json").read_text())["generation"]
+    assert f"{gen['summary']['top1']:.4f}" in result.output and "KL(base‖pruned)" in result.output
     direct = generation_fidelity(base, pruned, tok, rows, source="x", log=lambda m: None, seq_len=512)
     assert gen["summary"]["docs"] == 3 and gen["summary"]["kl"] == pytest.approx(direct["summary"]["kl"], abs=ATOL)
     result = CliRunner().invoke(app, args[:-2] + ["--no-generation", "--json", str(tmp_path / "f.json")])

@@ -55,7 +55,9 @@ def _free() -> None:
 
 def summary_table(section: dict[str, Any]) -> Table:
     """A terminal table of the main numbers of an ``evaluation`` section."""
-    has_base = bool(section.get("base"))
+    from hf_layerprune.evaluation.fidelity import retentions  # deferred: the CLI answers --help without torch
+
+    has_base = section.get("base") is not None
     table = Table(title="Evaluation", show_lines=False)
     for col in ["task", "metric", "n-shot"] + (["base"] if has_base else []) + ["pruned" if has_base else "score"] + (
         ["Δ", "retention"] if has_base else []
@@ -79,6 +81,14 @@ def summary_table(section: dict[str, Any]) -> Table:
                 row.append(f"{cmp['delta']:+.4f}" if cmp else "–")
                 row.append(f"{cmp['retention_pct']:.1f}%" if cmp and cmp.get("retention_pct") is not None else "–")
             table.add_row(*row)
+    gen = retentions(section.get("generation"))
+    if gen is not None and has_base:  # generation fidelity: agreement, KL, the last-word test paired with the base
+        table.add_row("generation", "top-1 agreement", "", "1.0000", f"{gen['top1']:.4f}", "", "")
+        table.add_row("generation", "KL(base‖pruned)", "", "0", f"{gen['kl']:.4f}", "", "")
+        if gen.get("last_word_retention") is not None:
+            table.add_row("generation", f"last word ({gen['targets']} targets)", "", f"{gen['last_word_base']:.4f}",
+                          f"{gen['last_word_pruned']:.4f}", "",
+                          f"{gen['last_word_retention']:.1f}% ± {gen['last_word_se'] or 0:.1f}")
     ppl = section.get("perplexity") or {}
     for who in ("base", "pruned"):
         rec = ppl.get(who)
