@@ -9,8 +9,11 @@ benchmarks/RESULTS.md). So `auto` does what the issue of healability asks for:
 2. for each distinct candidate set, cut the model and heal it, as a reversible patch (`base_view.trial`), with the
    recipe's closed-form healer (`linear`, `bias`, `projection`; the closed-form head of a chain such as `linear+distill`; for `absorb` its
    closed-form proxy `linear`; none for the other trained healers, whose cost would multiply);
-3. keep the candidate with the lowest next-token loss on held-out calibration text: ``HELD_OUT`` more sequences
-   from the same source (for `self`, sampled from the model like the calibration set), never the evaluation text.
+3. keep the candidate whose next-token distribution is closest to the base model's, KL(base ‖ candidate), on
+   held-out calibration text: ``HELD_OUT`` more sequences from the same source (for `self`, sampled from the model
+   like the calibration set), never the evaluation text. On the model's own text the held-out loss is a one-sample
+   estimate of that KL plus the text's entropy; the KL reads the whole distribution, which is what generation
+   fidelity (evaluation/fidelity.py) measures afterwards. The loss is recorded beside it.
 
 Cost: one capture pass, then per distinct candidate one healing fit and one loss pass. Memory: no copy of the model;
 the judge healer copies only the modules it changes, and everything is undone after each candidate.
@@ -28,7 +31,7 @@ from hf_layerprune.calibration import calibration_batches
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing import HEALERS, heal_for_recipe, split_chain
 from hf_layerprune.healing.base import split_spec
-from hf_layerprune.healing.training import lm_loss
+from hf_layerprune.healing.training import kl_to_base, lm_loss
 from hf_layerprune.recipe import AUTO
 from hf_layerprune.scoring import build_context, get_metric, run_metric
 from hf_layerprune.surgery import kept_layers, remove_layers
@@ -45,6 +48,8 @@ class AutoSelection:
     name = AUTO
     summary = "the best of the angular, cosine and bi selections after the recipe's closed-form healing"
     description = "the best of the angular, cosine and bi selections, judged by held-out calibration loss after healing"
+    description_kl = ("the best of the angular, cosine and bi selections, judged after healing by the KL divergence "
+                      "from the base model's next-token distribution on held-out calibration text")
     citations = ("gromov2024", "streamline", "shortgpt")
     tags = ("auto-selection",)
 
@@ -91,7 +96,7 @@ def _judge_all(model, tokenizer, recipe, judge: str, candidates: dict, log: Log)
     num_layers = model.config.num_hidden_layers
     quiet = dataclasses.replace(recipe, heal=judge)
     log(f"Comparing {len(candidates)} candidate selections ({', '.join('/'.join(c['metrics']) for c in candidates.values())}) "
-        f"by held-out loss after --heal {judge}")
+        f"by KL to the base model on held-out text after --heal {judge}")
     results = []
     with progress.stage("select"):
         bar = progress.task(f"candidates judged after --heal {judge}", total=len(candidates), unit="candidates")
@@ -111,8 +116,9 @@ def _judge(model, tokenizer, quiet, judge: str, selected, entry, held_out, num_l
                       "num_layers_before": num_layers}
             heal_for_recipe(model, tokenizer, quiet, report, base_model=base, log=lambda message: None)
         loss = lm_loss(model, held_out)
-    log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out loss {loss:.4f}")
-    return {"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss}
+        kl = kl_to_base(model, base, held_out)
+    log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out KL to the base {kl:.4f}, loss {loss:.4f}")
+    return {"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss, "held_out_kl": kl}
 
 
 def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> tuple[list[int], dict[str, Any]]:
@@ -133,11 +139,11 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     if len(candidates) == 1:  # every metric chose the same layers: nothing to judge (on a 7B CPU run, 44 minutes)
         (selected, entry), = candidates.items()
         log(f"{'/'.join(entry['metrics'])} agree on layers {list(selected)}: no candidates to judge")
-        results = [{"metrics": entry["metrics"], "selected": list(selected), "held_out_loss": None}]
+        results = [{"metrics": entry["metrics"], "selected": list(selected), "held_out_loss": None, "held_out_kl": None}]
         best = results[0]
     else:
         results = _judge_all(model, tokenizer, recipe, judge, candidates, log)
-        best = min(results, key=lambda r: r["held_out_loss"])
+        best = min(results, key=lambda r: (r["held_out_kl"], r["held_out_loss"]))
 
     chosen = candidates[tuple(best["selected"])]["record"]
     record = {
@@ -145,7 +151,8 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
         "metric": AUTO,
         "chosen_metric": best["metrics"][0],
         "candidates": results,
-        "judged_with": {"heal": judge, "held_out_samples": HELD_OUT, "seq_len": recipe.seq_len} if len(results) > 1 else None,
+        "judged_with": {"heal": judge, "objective": "kl_to_base", "held_out_samples": HELD_OUT,
+                        "seq_len": recipe.seq_len} if len(results) > 1 else None,
         "calibration": calibration,
         "seconds": round(time.perf_counter() - start, 3),
     }

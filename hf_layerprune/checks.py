@@ -47,8 +47,11 @@ def check_recipe(recipe: Recipe) -> None:
     check_shard_size(recipe.max_shard_size)
     if recipe.evaluate:  # unknown tasks fail now, not after cutting and healing
         from hf_layerprune.evaluation import check_tasks, settings_from_recipe
+        from hf_layerprune.evaluation.fidelity import check_held_out
 
-        check_tasks(settings_from_recipe(recipe))
+        settings = settings_from_recipe(recipe)
+        check_tasks(settings)
+        check_held_out(settings.generation, calibration=recipe.calibration, heal_data=recipe.heal_data)
 
 
 def check_4bit(recipe: Recipe) -> None:

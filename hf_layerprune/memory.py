@@ -195,15 +195,20 @@ def element_bytes(recipe, config, gguf: bool) -> tuple[int, int | None]:
     return _dtype_bytes(want), stored
 
 
+FIDELITY_TOKENS = 1024  # evaluation/fidelity.py DEFAULT_SEQ_LEN (memory.py imports nothing heavy)
+
+
 def _logits(shape: Shape, batch: int, tokens: int) -> int:
     """fp32 logits, their log-softmax and gradient for `batch` x `tokens`."""
     return batch * tokens * shape.vocab * 4 * 3
 
 
 def _evaluate_bytes(shape: Shape, recipe) -> int:
-    """lm-eval imported and its batches of short multiple-choice contexts; perplexity windows one at a time."""
+    """lm-eval imported and its batches of short multiple-choice contexts; perplexity windows one at a time; the
+    generation-fidelity window (both models' log-probabilities of one 1,024-token document, evaluation/fidelity.py)."""
     tokens = min(512, recipe.perplexity_tokens or 512)
-    return EVAL_BYTES + max(_logits(shape, recipe.batch_size, 32), _logits(shape, 1, tokens)) if recipe.evaluate else 0
+    fidelity = _logits(shape, 1, FIDELITY_TOKENS)
+    return EVAL_BYTES + max(_logits(shape, recipe.batch_size, 32), _logits(shape, 1, tokens), fidelity) if recipe.evaluate else 0
 
 
 def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:

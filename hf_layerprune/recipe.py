@@ -96,6 +96,9 @@ class Recipe:
     heal_steps: int | None = option(help="Optimizer steps for trained healers.", panel="Healing")
     heal_tokens: int | None = option(help="Token budget for trained healers (alternative to --heal-steps).",
                                      panel="Healing")
+    heal_budget: str | None = option(help="Wall-clock training time for trained healers, e.g. 20m, 90s or 1h: it sets "
+                                          "their steps (a schedule over time; stops within one step of it).",
+                                     panel="Healing")
     heal_data: str | None = option(help="Healing text source (default: the calibration source).", panel="Healing")
     learning_rate: float | None = option(help="Learning rate for trained healers.", panel="Healing")
     lora_rank: int | None = option(help="LoRA rank.", panel="Healing")
@@ -154,6 +157,7 @@ class Recipe:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
+        parse_duration(self.heal_budget)
         if self.num_fewshot is not None and self.num_fewshot < 0:
             raise ConfigError(f"--num-fewshot must not be negative (got {self.num_fewshot})")
         if self.learning_rate is not None and not self.learning_rate > 0:
@@ -272,6 +276,19 @@ def _describe_type(hint: Any) -> str:
     if origin is list:
         return f"a list of {_describe_type(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
     return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+def parse_duration(text: str | None, what: str = "--heal-budget") -> float | None:
+    """Seconds of "90s", "20m", "1.5h" or a plain number of seconds; None for None."""
+    if text is None:
+        return None
+    m = DURATION.match(str(text).lower())
+    if not m or float(m.group(1)) <= 0:
+        raise ConfigError(f"cannot read {what} {text!r}: give a positive time such as 90s, 20m or 1h")
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
 
 
 def parse_layers(text: str | None) -> list[int] | None:

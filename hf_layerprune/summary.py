@@ -24,10 +24,12 @@ def _change(before: Any, after: Any) -> str:
 
 
 def quality_line(report: dict[str, Any]) -> str | None:
-    """The headline as the card states it: accuracy retained (with its paired SE when stored), perplexity."""
+    """The headline as the card states it: accuracy retained (with its paired SE when stored), generation fidelity
+    (last-word retention with its paired SE, top-1 agreement, KL), perplexity."""
     if not report.get("evaluation"):  # nothing measured (and the evaluation package imports torch)
         return None
     from hf_layerprune.evaluation import headline
+    from hf_layerprune.evaluation.fidelity import retentions
 
     h = headline(report)
     parts = []
@@ -37,6 +39,13 @@ def quality_line(report: dict[str, Any]) -> str | None:
         parts.append(f"{stored['retention_pct']:.1f}% of the base accuracy" + (f" ± {se:.1f}" if se else ""))
     elif h.get("retention_pct") is not None:
         parts.append(f"{h['retention_pct']:.1f}% of the base accuracy over {h['accuracy_tasks']} task(s)")
+    g = retentions((report.get("evaluation") or {}).get("generation"))
+    if g is not None:  # the generation retention beside the multiple-choice one
+        text = f"generation: top-1 agreement {100 * g['top1']:.1f}%, KL {g['kl']:.3f}"
+        if g.get("last_word_retention") is not None:
+            text = (f"generation: {g['last_word_retention']:.1f}% ± {g['last_word_se'] or 0:.1f} of the base last-word "
+                    f"accuracy, top-1 agreement {100 * g['top1']:.1f}%, KL {g['kl']:.3f}")
+        parts.append(text)
     if h.get("perplexity") is not None:
         base = f"{h['perplexity_base']:.2f} → " if h.get("perplexity_base") is not None else ""
         parts.append(f"perplexity {base}{h['perplexity']:.2f}")

@@ -4,10 +4,13 @@ the weight files' sha256 and the report without timings. `python tests/same_outp
 first made at cfb9032 (before the shared-weights base view, issue 22), matched by 33cab4b (issue 23 merged) after
 setting aside the records issue 23 added, and re-recorded there with them, before the stages refactor (issue 21).
 Re-recorded in session 11 with weights unchanged: `recipe.load_in_4bit` added, and `auto` no longer judges a single
-candidate (its `held_out_loss` and `judged_with` are null where the three metrics agree).
-Session 12 (issue 31) added `tensors`, a fingerprint of every tensor, recorded on a CPU with AVX512-BF16 under
-`ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 DNNL_MAX_CPU_ISA=AVX2`, with which every weight hash of the
-recording (made on an AVX2 machine) came out identical.
+candidate (its `held_out_loss` and `judged_with` are null where the three metrics agree). Re-recorded in issue 35:
+reports gain the generation-fidelity settings (`generation_skipped` here: the tiny text has no 256-token article),
+`recipe.heal_budget`, healer `options.budget`, and `auto`'s `held_out_kl` / `judged_with.objective`; the `rounds`
+recipe's second round now keeps the candidate closest to the base (KL), so its layers and weights changed.
+Session 12 (issue 31) added `tensors`, a fingerprint of every tensor. The recording is made on a CPU with
+AVX512-BF16 under `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 DNNL_MAX_CPU_ISA=AVX2`, with which every
+weight hash of the earlier recording (made on an AVX2 machine) came out identical.
 
 Why not bytes everywhere: a recipe that trains by gradient descent (TRAINED) sums in another order on another CPU
 (torch's AVX2 and AVX512 kernels, oneDNN, MKL), so its weights differ in the last bits, and the differences grow

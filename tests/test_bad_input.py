@@ -232,6 +232,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prune-samples-zero", ["prune", C, "--drop", "1", "--calibration-samples", "0", "-o", OUT, *FAST], "at least 1"),
     ("prune-seqlen-zero", ["prune", C, "--drop", "1", "--seq-len", "0", "-o", OUT, *FAST], "at least 1"),
     ("prune-seqlen-word", ["prune", C, "--drop", "1", "--seq-len", "abc", "-o", OUT, *FAST], "--seq-len"),
+    ("prune-calibration-is-held-out", ["prune", C, "--drop", "1", "--heal", "none", "--calibration", "{ws}/notes.txt",
+                                       "--perplexity", "{ws}/notes.txt", "-o", OUT], "held-out text"),
     ("prune-rounds-zero", ["prune", C, "--drop", "1", "--rounds", "0", "-o", OUT, *FAST], "at least 1"),
     # --- prune: healing and evaluation options ----------------------------------------------------------------
     # --- prune --load-in-4bit: what does not work on 4-bit weights is refused before loading --------------------

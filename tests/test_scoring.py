@@ -401,7 +401,7 @@ def test_unpruned_scores_are_computed_once_per_context(monkeypatch):
 
 
 @pytest.mark.parametrize("heal", ["linear", "none"])
-def test_auto_keeps_the_candidate_with_the_lowest_held_out_loss(heal):
+def test_auto_keeps_the_candidate_closest_to_the_base_on_held_out_text(heal):
     """Identity layers 1 and 4 are not contiguous: only bi's top-k finds both, and removing them changes nothing,
     so `auto` must pick them over angular/cosine's best block, with or without the judging healer."""
     from hf_layerprune.recipe import Recipe
@@ -421,8 +421,11 @@ def test_auto_keeps_the_candidate_with_the_lowest_held_out_loss(heal):
     assert {m for c in record["candidates"] for m in c["metrics"]} == set(AUTO_METRICS)
     assert len(record["candidates"]) >= 2 and record["judged_with"]["heal"] == heal
     held_out = self_batches(model, samples=8 + HELD_OUT, seq_len=32)[-HELD_OUT:]
-    best = min(c["held_out_loss"] for c in record["candidates"])
-    assert best == pytest.approx(mean_loss(model, held_out), abs=1e-5)  # removing identities is lossless
+    best = min(record["candidates"], key=lambda c: c["held_out_kl"])
+    assert best["selected"] == [1, 4] and best["held_out_kl"] == pytest.approx(0.0, abs=1e-6)  # identities: lossless
+    assert all(c["held_out_kl"] > 1e-3 for c in record["candidates"] if c is not best)
+    assert best["held_out_loss"] == pytest.approx(mean_loss(model, held_out), abs=1e-5)
+    assert record["judged_with"]["objective"] == "kl_to_base"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left unchanged
 
 
@@ -446,4 +449,5 @@ def test_auto_judges_nothing_when_the_metrics_agree(monkeypatch):
     monkeypatch.setattr(auto, "_judge_all", lambda *a, **k: pytest.fail("judged a single candidate"))
     removed, record = auto.auto_select(model, None, recipe, log=lambda m: None)
     assert removed == [3, 4] and record["judged_with"] is None
-    assert record["candidates"] == [{"metrics": ["angular", "cosine", "bi"], "selected": [3, 4], "held_out_loss": None}]
+    assert record["candidates"] == [{"metrics": ["angular", "cosine", "bi"], "selected": [3, 4], "held_out_loss": None,
+                                     "held_out_kl": None}]

@@ -270,3 +270,41 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
         "threads": md(ref.get("torch_threads")) if ref.get("torch_threads") else None,
         "has_base": bool(b),
     }
+
+
+def generation_view(generation: dict[str, Any]) -> dict[str, Any] | None:
+    """Generation fidelity (``evaluation.generation``, evaluation/fidelity.py): top-1 agreement and KL to the base on
+    held-out text, and the long-range last-word test paired with the base; None for reports without it."""
+    from hf_layerprune.evaluation.fidelity import retentions
+
+    r = retentions(generation)
+    if r is None:
+        return None
+    s, settings = generation["summary"], generation.get("settings") or {}
+    source = str(settings.get("source") or "")
+    lw = s.get("last_word") if isinstance(s.get("last_word"), dict) else None
+    view = {
+        "source": md("WikiText-2 (raw, test)" if source.startswith("wikitext:") or source.endswith("wiki.test.raw")
+                     else os.path.basename(source) or source),
+        "docs": md(s.get("docs")),
+        "seq_len": md(r["seq_len"]),
+        "tokens": Markup(f"{s['tokens']:,}") if isinstance(s.get("tokens"), int) else Markup("–"),
+        "top1": Markup(f"{100 * r['top1']:.1f}% ± {100 * (r['top1_se'] or 0):.1f}"),
+        "kl": Markup(f"{r['kl']:.3f} ± {r['kl_se'] or 0:.3f}"),
+        "nll": {"base": fmt_float(s.get("nll_base"), 3), "pruned": fmt_float(s.get("nll_pruned"), 3),
+                "delta": Markup(f"{s['nll_delta']:+.3f} ± {s.get('nll_delta_se') or 0:.3f}".replace("-", "−"))
+                if _num(s.get("nll_delta")) is not None else Markup("–")},
+        "min_context": md(settings.get("min_context")),
+        "last_word": None,
+    }
+    if lw and _num(r.get("last_word_retention")) is not None:
+        view["last_word"] = {
+            "targets": md(lw.get("targets")),
+            "base": fmt_metric("acc", lw["base"], lw.get("base_se")),
+            "pruned": fmt_metric("acc", lw["pruned"], lw.get("pruned_se")),
+            "delta": _paired_delta(lw, 2.0),
+            "retention": Markup(f"{r['last_word_retention']:.1f}% ± {r['last_word_se'] or 0:.1f}"),
+            "word_ppl": {"base": fmt_float(lw.get("word_perplexity_base"), 1),
+                         "pruned": fmt_float(lw.get("word_perplexity_pruned"), 1)},
+        }
+    return view

@@ -13,7 +13,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from hf_layerprune.card.citations import citations, heal_info, metric_entry, paper_links
-from hf_layerprune.card.evaluation import _settings_view, evaluation_view, perplexity_view, speed_view
+from hf_layerprune.card.evaluation import _settings_view, evaluation_view, generation_view, perplexity_view, speed_view
 from hf_layerprune.card.formatting import (
     _num,
     code,
@@ -60,6 +60,9 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
     metric = scoring.get("metric") or recipe.get("metric")
     entry = metric_entry(metric)
     metric_what = entry.description if entry is not None else None
+    judged = scoring.get("judged_with") if isinstance(scoring.get("judged_with"), dict) else {}
+    if judged.get("objective") == "kl_to_base" and getattr(entry, "description_kl", None):  # `auto` since issue 35
+        metric_what = entry.description_kl
     chosen = scoring.get("chosen_metric")
     if metric == "auto" and isinstance(chosen, str) and entry is not None:  # name the metric whose selection won
         metric_what = f"{metric_what}; here the {chosen} selection won"
@@ -164,6 +167,8 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "eval_settings": _settings_view(evaluation.get("settings") or {}) if evaluation else None,
         "perplexity": ppl,
         "perplexity_skipped": md(evaluation.get("perplexity_skipped")) if evaluation.get("perplexity_skipped") else None,
+        "generation": generation_view(evaluation.get("generation") or {}) if evaluation else None,
+        "generation_skipped": md(evaluation.get("generation_skipped")) if evaluation.get("generation_skipped") else None,
         "speed": speed,
         "sweep": _sweep_view(report, output_dir),
         "rounds": [

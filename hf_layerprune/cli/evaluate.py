@@ -61,7 +61,9 @@ def _free() -> None:
 
 def summary_table(section: dict[str, Any]) -> Table:
     """A terminal table of the main numbers of an ``evaluation`` section."""
-    has_base = bool(section.get("base") or (section.get("perplexity") or {}).get("base"))
+    from hf_layerprune.evaluation.fidelity import retentions  # deferred: the CLI answers --help without torch
+
+    has_base = section.get("base") is not None or bool((section.get("perplexity") or {}).get("base"))
     table = Table(title="Evaluation", show_lines=False)
     for col in ["task", "metric", "n-shot"] + (["base"] if has_base else []) + ["pruned" if has_base else "score"] + (
         ["Δ", "retention"] if has_base else []
@@ -85,6 +87,14 @@ def summary_table(section: dict[str, Any]) -> Table:
                 row.append(f"{cmp['delta']:+.4f}" if cmp else "–")
                 row.append(f"{cmp['retention_pct']:.1f}%" if cmp and cmp.get("retention_pct") is not None else "–")
             table.add_row(*row)
+    gen = retentions(section.get("generation"))
+    if gen is not None and has_base:  # generation fidelity: agreement, KL, the last-word test paired with the base
+        table.add_row("generation", "top-1 agreement", "", "1.0000", f"{gen['top1']:.4f}", "", "")
+        table.add_row("generation", "KL(base‖pruned)", "", "0", f"{gen['kl']:.4f}", "", "")
+        if gen.get("last_word_retention") is not None:
+            table.add_row("generation", f"last word ({gen['targets']} targets)", "", f"{gen['last_word_base']:.4f}",
+                          f"{gen['last_word_pruned']:.4f}", "",
+                          f"{gen['last_word_retention']:.1f}% ± {gen['last_word_se'] or 0:.1f}")
     ppl = section.get("perplexity") or {}
     for who in ("base", "pruned"):
         rec = ppl.get(who)
@@ -111,6 +121,7 @@ def evaluate(
     seq_len: Annotated[int, typer.Option(help="Perplexity context length (tokens per window).")] = 512,
     perplexity_max_tokens: Annotated[Optional[int], typer.Option(help="Score only the first N tokens of the perplexity text.")] = None,
     speed: Annotated[bool, typer.Option("--speed/--no-speed", help="Measure throughput, memory and size.")] = True,
+    generation: Annotated[bool, typer.Option("--generation/--no-generation", help="With a base: generation fidelity on held-out text (top-1 agreement, KL, last-word test).")] = True,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the evaluation section to this JSON file.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
@@ -127,7 +138,10 @@ def evaluate(
     """
     import dataclasses
 
-    from hf_layerprune.evaluation import EvalSettings, check_tasks, evaluate_model, evaluation_section, speed_of_pair
+    from hf_layerprune.evaluation import (
+        EvalSettings, check_tasks, evaluate_model, evaluation_section, fidelity_of_pair, reachable_text, speed_of_pair,
+    )
+    from hf_layerprune.evaluation.fidelity import held_out_text
     from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file, model_paths
     from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
@@ -160,6 +174,8 @@ def evaluate(
         include_path=str(include_path) if include_path else None,
         perplexity=None if perplexity.strip().lower() == "none" else perplexity, seq_len=seq_len,
         ppl_max_tokens=perplexity_max_tokens, speed=speed, device=device, use_cache=not no_cache,
+        generation=held_out_text(None if perplexity.strip().lower() in ("wikitext", "none") else perplexity)
+        if generation and base else None,
     )
     check_tasks(settings)  # unknown tasks fail before any model is loaded
     # MODEL must be loadable before the base is evaluated (minutes): its source, and code of its own
@@ -167,6 +183,7 @@ def evaluate(
     if base:
         check_loadable(resolve_source(base, base_revision, allow_pickle=allow_pickle, check_files=False),
                        trust_remote_code)
+    settings.generation = reachable_text(settings.generation, "generation fidelity", lambda msg: console.print(msg, highlight=False))
     log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
     start = time.perf_counter()
     base_result = base_model = base_dir = None
@@ -177,7 +194,7 @@ def evaluate(
         if base_tok is None:
             raise LayerPruneError(f"no tokenizer found for {base}")
         base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
-        if not speed:
+        if not speed and not settings.generation:
             del base_model
             base_model = None
             _free()
@@ -191,13 +208,16 @@ def evaluate(
         tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
     pruned_result = evaluate_model(pruned_model, tokenizer, each, model_id=model if sha else None, revision=sha,
                                    model_dir=local, log=log)
-    pair = None
-    if base_model is not None:
+    pair = generated = None
+    if base_model is not None and settings.generation:
+        generated = fidelity_of_pair(base_model, pruned_model, tokenizer, settings, log=log)
+    if base_model is not None and speed:
         pair = speed_of_pair(base_model, pruned_model, tokenizer, settings, base_dir=base_dir, pruned_dir=local, log=log)
         del base_model
     del pruned_model
     _free()
-    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair)
+    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair,
+                                 generation=generated)
     from hf_layerprune.cli.options import command_line
 
     section["command"] = command_line(ctx)

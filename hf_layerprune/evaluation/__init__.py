@@ -29,6 +29,14 @@ from hf_layerprune.evaluation.lm_eval_runner import (
     resolve_tasks,
     run_lm_eval,
 )
+from hf_layerprune.evaluation.fidelity import (
+    DEFAULT_DOCS,
+    DEFAULT_SEQ_LEN,
+    fidelity_of_pair,
+    generation_fidelity,
+    held_out_text,
+    reachable_text,
+)
 from hf_layerprune.evaluation.paired import paired_comparison
 from hf_layerprune.evaluation.perplexity import perplexity
 from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair, plausibility
@@ -47,6 +55,9 @@ __all__ = [
     "evaluate_model",
     "evaluate_pair",
     "evaluation_section",
+    "fidelity_of_pair",
+    "generation_fidelity",
+    "reachable_text",
     "headline",
     "main_metric",
     "kv_cache_bytes_per_token",
@@ -84,6 +95,9 @@ class EvalSettings:
     speed_warmup: int = 2
     speed_repeats: int = 7
     speed_threads: int | None = None  # CPU threads for the speed measurement (None: torch's current count)
+    generation: str | None = None  # held-out text for generation fidelity (fidelity.py); None skips it
+    generation_docs: int = DEFAULT_DOCS
+    generation_seq_len: int = DEFAULT_SEQ_LEN
     device: str | None = None
     cache_dir: str | None = None
     use_cache: bool = True
@@ -200,9 +214,10 @@ def _main_metrics(results: dict[str, Any]) -> dict[str, str]:
 
 
 def evaluation_section(settings: EvalSettings, base: dict[str, Any] | None, pruned: dict[str, Any],
-                       seconds: float | None = None, speed_pair: dict[str, Any] | None = None) -> dict[str, Any]:
+                       seconds: float | None = None, speed_pair: dict[str, Any] | None = None,
+                       generation: dict[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the report's ``evaluation`` section from evaluate_model outputs (base may be None) and, when both
-    models were timed together, ``measure_speed_pair``'s result."""
+    models were timed together, ``measure_speed_pair``'s result; ``generation``: ``generation_fidelity``'s."""
     record = settings.to_record()
     lm = pruned.get("lm_eval_settings") or (base or {}).get("lm_eval_settings") or {}
     for key in ("lm_eval_version", "device", "dtype"):
@@ -232,6 +247,8 @@ def evaluation_section(settings: EvalSettings, base: dict[str, Any] | None, prun
         if speed_pair is None and speed.get("base") and speed.get("pruned"):
             speed["plausibility"] = plausibility(speed)
         section["speed"] = speed
+    if generation is not None:
+        section["generation"] = generation
     if seconds is not None:
         section["seconds"] = round(seconds, 3)
     return section
@@ -265,8 +282,9 @@ def evaluate_pair(
                                   log=log)
     log("Evaluating the pruned model")
     pruned = evaluate_model(pruned_model, tokenizer, each, model_dir=pruned_dir, log=log)
+    generation = fidelity_of_pair(base_model, pruned_model, tokenizer, s, log=log) if base_model is not None else None
     speed = speed_of_pair(base_model, pruned_model, tokenizer, s, base_dir=base_dir, pruned_dir=pruned_dir, log=log) if paired_speed else None
-    return evaluation_section(s, base, pruned, time.perf_counter() - start, speed_pair=speed)
+    return evaluation_section(s, base, pruned, time.perf_counter() - start, speed_pair=speed, generation=generation)
 
 
 def speed_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *, base_dir=None, pruned_dir=None,
@@ -349,6 +367,7 @@ def settings_from_recipe(recipe) -> EvalSettings:
         include_path=recipe.include_path,
         perplexity=recipe.perplexity or "wikitext",
         ppl_max_tokens=recipe.perplexity_tokens,
+        generation=held_out_text(recipe.perplexity),
         device=recipe.device,
     )
 
@@ -362,13 +381,8 @@ def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = prin
         log(f"Evaluating on rank 0 alone ({distributed.world().size} processes): lm-eval shares out only models it loads itself")
     s = settings_from_recipe(recipe)
     if not recipe.perplexity:
-        try:
-            from hf_layerprune.evaluation.perplexity import load_text_rows
-
-            load_text_rows(s.perplexity)
-        except LayerPruneError as exc:
-            log(f"Skipping perplexity: {exc}")
-            s.perplexity = None
+        s.perplexity = reachable_text(s.perplexity, "perplexity", log)
+    s.generation = reachable_text(s.generation, "generation fidelity", log)
     base_id = getattr(recipe, "model", None)
     section = evaluate_pair(base_model, model, tokenizer, s, base_id=base_id, base_revision=recipe.revision, log=log)
     if quantized.is_4bit(model):  # `--load-in-4bit`: both evaluated as loaded, the adapter unmerged
@@ -376,4 +390,7 @@ def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = prin
         section["settings"].update(dtype=f"4-bit NF4, {record['compute_dtype']} compute", quantization=record)
     if s.perplexity is None and not recipe.perplexity:
         section["perplexity_skipped"] = "WikiText-2 was not reachable; pass --perplexity FILE"
+    if base_model is not None and "generation" not in section:
+        section["generation_skipped"] = ("no held-out text was reachable (WikiText-2 test, or --perplexity FILE)"
+                                         if s.generation is None else "no document of the held-out text is long enough")
     return section

@@ -68,7 +68,7 @@ register(Healer(
 
 # recipe field -> options field
 RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate": "learning_rate",
-                 "lora_rank": "rank", "lora_targets": "targets", "seed": "seed"}
+                 "lora_rank": "rank", "lora_targets": "targets", "seed": "seed", "heal_budget": "budget"}
 
 
 def available_healers() -> list[str]:
@@ -197,6 +197,9 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
         else:
             train_samples = max(1, opts.tokens // recipe.seq_len) if opts.tokens else recipe.calibration_samples
         plan.append((healer, opts, train_samples))
+    trained = [opts for healer, opts, _ in plan if healer.trained and opts.budget]
+    for opts in trained if len(trained) > 1 else []:  # the trained stages of a chain share one --heal-budget
+        opts.budget = f"{opts.budget_seconds() / len(trained):.3f}s"
     held_out = max(opts.eval_samples for _, opts, _ in plan)
     samples = max(n for _, _, n in plan) + held_out
     source = recipe.heal_data or recipe.calibration

@@ -112,12 +112,13 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
         raise LayerPruneError("--heal absorb: no layers were removed")
     arch = get_architecture(ctx.model.config)
     seq_len = ctx.train_ids.shape[1]
-    steps = options.resolve_steps(seq_len)
+    steps = options.step_cap(seq_len)
     train_ids = ctx.train_ids[: options.training_samples(seq_len)]
     chunk = max(1, options.batch_size)
     plan = spans(removed, num_before, options.layers)
     sites = [Site(f"{arch.layers}.{kept.index(i)}", 0, f"layer {i}") for s in plan for i in s.layers]
-    record: dict = {"method": "absorb", "steps": steps * len(plan), "learning_rate": options.lr(), "runs": []}
+    budget = options.budget_seconds()
+    record: dict = {"method": "absorb", "steps": 0, "learning_rate": options.lr(), "runs": []}
     losses: list[float] = []
     train_seconds = 0.0
     with undo_unless_better(ctx, sites, options, record):
@@ -136,15 +137,17 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
             params = [p for i in indices for p in layers_of(ctx.model)[i].parameters()]
             settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(),
                                      seed=options.seed, weight_decay=options.weight_decay,
-                                     max_grad_norm=options.max_grad_norm, progress=options.progress)
+                                     max_grad_norm=options.max_grad_norm, progress=options.progress,
+                                     budget_s=budget / len(plan) if budget else None)  # the runs share a budget
             with only_trainable(ctx.model, params):
                 run = train(BlockMSE(ctx.model, indices), dataset, settings)
+            record["steps"] += run["steps"]
             del dataset
             train_seconds += run["seconds"]
             losses += run["losses"]
             record["runs"].append({"removed": span.run, "layers": span.layers, "block_mse_before": mse_before,
                                    "block_mse_after": layer_mse(ctx.model, indices, ctx.eval_ids, eval_in, eval_out)})
-    tokens = steps * options.batch_size * seq_len * len(plan)
+    tokens = record["steps"] * options.batch_size * seq_len
     record.update(
         tokens=tokens,
         samples=len(train_ids),

@@ -18,10 +18,12 @@ import torch
 
 from hf_layerprune import registry
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.recipe import parse_duration
 from hf_layerprune.registry import split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
 
 Log = Callable[[str], None]
 DEFAULT_STEPS = 100
+BUDGET_STEP_CAP = 10**6  # a budget's steps: the wall clock ends training long before
 
 
 @dataclass
@@ -34,6 +36,9 @@ class HealOptions:
     batch_size: sequences per optimizer step (trained healers) or per forward pass (closed-form healers).
     eval_samples: held-out sequences on which loss_before / loss_after are measured.
     progress: show the Trainer's progress bar.
+    budget: wall-clock training time of a trained healer ("20m", "90s"; `--heal-budget`): the steps are as many as
+        fit (the learning-rate schedule runs over time, training stops before a step would overrun it); with
+        --heal-steps / --heal-tokens as well, those cap the steps. Setup and held-out evaluation are not counted.
     """
 
     steps: int | None = None
@@ -43,6 +48,7 @@ class HealOptions:
     batch_size: int = 4
     eval_samples: int = 4
     progress: bool = False
+    budget: str | None = None
 
     default_learning_rate: typing.ClassVar[float] = 3e-4
 
@@ -56,6 +62,17 @@ class HealOptions:
             raise LayerPruneError(f"--heal batch_size and eval_samples must be at least 1 (got {self.batch_size}, {self.eval_samples})")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise LayerPruneError(f"--learning-rate must be positive (got {self.learning_rate})")
+        parse_duration(self.budget)
+
+    def budget_seconds(self) -> float | None:
+        return parse_duration(self.budget)
+
+    def step_cap(self, seq_len: int) -> int:
+        """The Trainer's max_steps: the resolved steps, or with a budget and no explicit steps/tokens as many as
+        the budget allows (BUDGET_STEP_CAP; the wall clock stops it)."""
+        if self.budget is not None and self.steps is None and self.tokens is None:
+            return BUDGET_STEP_CAP
+        return self.resolve_steps(seq_len)
 
     def lr(self) -> float:
         return float(self.learning_rate if self.learning_rate is not None else self.default_learning_rate)

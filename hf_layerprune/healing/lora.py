@@ -140,15 +140,16 @@ def run_training(ctx: HealContext, options: LoraOptions, method: str, what: str,
                  optim: str = "adamw_torch", gradient_checkpointing_default: bool | None = None) -> dict:
     """One Trainer run of `module` (whose trainable parameters live in `target`) on ctx.train_ids."""
     seq_len = ctx.train_ids.shape[1]
-    steps = options.resolve_steps(seq_len)
+    steps = options.step_cap(seq_len)
     use_gc = options.gradient_checkpointing
     if use_gc is None:
         use_gc = gradient_checkpointing_default
     if use_gc is None:
         use_gc = next(target.parameters()).device.type == "cuda"
     settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(), seed=options.seed,
-                             optim=optim, progress=options.progress)
-    ctx.log(f"Healing with {method}: {what}, {steps} steps x {options.batch_size} x {seq_len} tokens")
+                             optim=optim, progress=options.progress, budget_s=options.budget_seconds())
+    budget = f"{options.budget} of" if options.budget else f"{steps}"
+    ctx.log(f"Healing with {method}: {what}, {budget} steps x {options.batch_size} x {seq_len} tokens")
     with gradient_checkpointing(target, use_gc):
         run = train(module, Rows(input_ids=ctx.train_ids), settings)
     run.update(gradient_checkpointing=bool(use_gc), optimizer=optim)

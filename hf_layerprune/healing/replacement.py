@@ -154,10 +154,10 @@ def heal_replace(ctx: HealContext, options: ReplaceOptions) -> dict:
     mse_init = layer_mse(ctx.model, index, ctx.eval_ids, eval_in, eval_out)
     layer = layers_of(ctx.model)[index]
     seq_len = ctx.train_ids.shape[1]
-    steps = options.resolve_steps(seq_len)
+    steps = options.step_cap(seq_len)
     settings = TrainSettings(steps=steps, batch_size=options.batch_size, learning_rate=options.lr(), seed=options.seed,
                              weight_decay=options.weight_decay, max_grad_norm=options.max_grad_norm,
-                             progress=options.progress)
+                             progress=options.progress, budget_s=options.budget_seconds())
     with only_trainable(ctx.model, list(layer.parameters())):
         if options.mode == "mse":
             train_in, train_out = block_io(ctx.base_model, ctx.train_ids, block)
@@ -165,6 +165,7 @@ def heal_replace(ctx: HealContext, options: ReplaceOptions) -> dict:
             run = train(BlockMSE(ctx.model, index), dataset, settings)
         else:
             run = train(LMLoss(ctx.model), Rows(input_ids=ctx.train_ids), settings)
+    steps = run["steps"]
     tokens = steps * options.batch_size * seq_len
     return {
         "method": "replace",

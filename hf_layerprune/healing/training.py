@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import TrainerCallback
 
 from hf_layerprune import distributed, progress
+from hf_layerprune.base_view import as_base
 
 
 class Rows(torch.utils.data.Dataset):
@@ -63,6 +64,7 @@ class TrainSettings:
     bf16: bool | None = None  # None: on CUDA when supported
     optim: str = "adamw_torch"
     progress: bool = False
+    budget_s: float | None = None  # wall-clock training time: the schedule runs over time, `steps` only caps it
 
 
 def model_device(model) -> torch.device:
@@ -72,7 +74,8 @@ def model_device(model) -> torch.device:
 def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: TrainSettings) -> dict[str, Any]:
     """Train the parameters of `module` that require grad with the transformers Trainer.
 
-    Returns {"steps", "losses", "seconds", "samples_per_second"}. The module is left in eval mode."""
+    Returns {"steps" (done), "losses", "seconds", "samples_per_second"} (and "budget_seconds" with a budget). The
+    module is left in eval mode."""
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
     on_cpu = model_device(module).type == "cpu"
@@ -87,8 +90,8 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
             max_steps=settings.steps,
             per_device_train_batch_size=per_device,
             learning_rate=settings.learning_rate,
-            lr_scheduler_type=settings.scheduler,
-            warmup_steps=settings.warmup,
+            lr_scheduler_type="constant" if settings.budget_s else settings.scheduler,  # budget: _WallClock's
+            warmup_steps=0 if settings.budget_s else settings.warmup,
             weight_decay=settings.weight_decay,
             max_grad_norm=settings.max_grad_norm,
             optim=settings.optim,
@@ -104,21 +107,63 @@ def train(module: torch.nn.Module, dataset: torch.utils.data.Dataset, settings: 
             remove_unused_columns=False,
             dataloader_num_workers=0,
         )
-        trainer = Trainer(model=module, args=args, train_dataset=dataset, callbacks=[_StepsToDisplay(settings.steps)])
+        callbacks = [_StepsToDisplay(None if settings.budget_s else settings.steps)]
+        if settings.budget_s:
+            callbacks.append(_WallClock(settings.budget_s, settings.learning_rate, settings.warmup, settings.scheduler))
+        trainer = Trainer(model=module, args=args, train_dataset=dataset, callbacks=callbacks)
         if quiet:
             trainer.remove_callback(PrinterCallback)  # quiet: the losses are in the record, steps on our display
         start = time.perf_counter()
+        for callback in callbacks:  # the budget counts from here, the Trainer's own setup included
+            if isinstance(callback, _WallClock):
+                callback.start = start
         trainer.train()
         distributed.gather_trained(trainer, module)  # FSDP / DeepSpeed shards: the full trained weights, once
         seconds = time.perf_counter() - start
         history = trainer.state.log_history
+        steps = trainer.state.global_step
         del trainer
     module.eval()
     losses = [round(float(h["loss"]), 6) for h in history if "loss" in h]
-    return {"steps": settings.steps, "losses": losses, "seconds": round(seconds, 3),
-            "samples_per_second": round(settings.steps * settings.batch_size / max(seconds, 1e-9), 3),
+    return {"steps": steps, "losses": losses, "seconds": round(seconds, 3),
+            "samples_per_second": round(steps * settings.batch_size / max(seconds, 1e-9), 3),
+            **({"budget_seconds": settings.budget_s} if settings.budget_s else {}),
             **({"world_size": distributed.world().size, "per_device_batch_size": per_device}
                if distributed.is_distributed() else {})}
+
+
+class _WallClock(TrainerCallback):
+    """A training budget in seconds: the learning rate follows the schedule over the elapsed *time* (warm-up, then
+    cosine or linear decay to 0 at the budget), and training stops when one more step (at the mean step time so far)
+    would overrun it. The budget counts from the start of `train` (the Trainer's setup included). The Trainer's own schedule is constant, so the rate set here is the one each step uses."""
+
+    def __init__(self, budget_s: float, learning_rate: float, warmup: float, scheduler: str) -> None:
+        self.budget, self.lr, self.warmup, self.scheduler = budget_s, learning_rate, warmup, scheduler
+        self.start = time.perf_counter()
+        self.first_step: float | None = None  # when the first step began: the mean step time leaves setup out
+
+    def rate(self, fraction: float) -> float:
+        warm = self.warmup if self.warmup < 1 else 0.0  # warm-up given as a fraction of the run
+        if fraction < warm:
+            return self.lr * fraction / warm
+        rest = min(1.0, (fraction - warm) / max(1e-9, 1 - warm))
+        if self.scheduler == "cosine":
+            return self.lr * 0.5 * (1 + math.cos(math.pi * rest))
+        return self.lr * (1 - rest) if self.scheduler == "linear" else self.lr
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if self.first_step is None:
+            self.first_step = time.perf_counter()
+        if optimizer is not None:
+            lr = self.rate((time.perf_counter() - self.start) / self.budget)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        step = (now - (self.first_step or self.start)) / max(1, state.global_step)
+        if now - self.start + step > self.budget:
+            control.should_training_stop = True
 
 
 class _StepsToDisplay(TrainerCallback):
@@ -189,6 +234,27 @@ def lm_loss(model, ids: torch.Tensor, batch_size: int = 1) -> float:
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
             total += float(nll)
             count += batch[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return round(total / max(count, 1), 6)
+
+
+@torch.no_grad()
+def kl_to_base(model, base, ids: torch.Tensor, batch_size: int = 1) -> float:
+    """Mean KL(base ‖ model) of the next-token distributions over every position of `ids`, in fp32 (nats per
+    token). `base`: a SharedBase view over `model` (run as base per batch) or a separate unpruned model."""
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(ids), batch_size):
+            batch = ids[start : start + batch_size].to(device)
+            with as_base(base) as teacher:
+                target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+            pred = F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+            total += float(F.kl_div(pred, target, log_target=True, reduction="sum"))
+            count += batch.numel()
     finally:
         model.train(was_training)
     return round(total / max(count, 1), 6)
