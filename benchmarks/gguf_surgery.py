@@ -22,15 +22,13 @@ import importlib.util
 import json
 import os
 import platform
-import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from surgery import timed  # noqa: E402  (one child runner for both benchmarks)
+from surgery import interleave, print_table  # noqa: E402  (one runner and table for both benchmarks)
 
 CUT = r"""
 import json, sys, time
@@ -159,39 +157,20 @@ def main() -> None:
         }
         if args.peer:
             routes["dequantize"] = lambda dst: [py, "-c", PEER, str(src), str(dst), json.dumps(removed)]
-        runs: dict[str, list[dict]] = {name: [] for name in routes}
-        ratios: dict[str, list[float]] = {name: [] for name in routes if name != "cp"}
-        inner: list[float] = []  # the cut's own time (after its imports) over the cp before it
-        for r in range(args.repeat):
-            for name, command in routes.items():
-                dst = tmp / f"out-{name}-{r}" / ("x.gguf" if name in ("cp", "cut") else "")
-                dst.parent.mkdir(exist_ok=True)
-                os.sync()
-                cache = None if args.warm_hash else tmp / f"cache-{name}-{r}"
-                result = timed(command(dst), cwd=tmp, cache=cache)
-                if name == "cp":
-                    result["seconds"] *= kept / total
-                else:
-                    ratios[name].append(result["seconds"] / runs["cp"][-1]["seconds"])
-                    if result["inner"] is not None:
-                        inner.append(result["inner"] / runs["cp"][-1]["seconds"])
-                runs[name].append(result)
-                print(f"  {name:10s} run {r + 1}: {result['seconds']:.3f} s" + (
-                    " (scaled to the kept bytes)" if name == "cp" else f", {ratios[name][-1]:.2f}x the cp before it"),
-                    file=sys.stderr, flush=True)
-                shutil.rmtree(tmp / f"out-{name}-{r}")
+
+        def destination(name: str, r: int) -> tuple[Path, Path]:
+            folder = tmp / f"out-{name}-{r}"  # a file for cp and the cut, an output folder (made by it) otherwise
+            if name in ("cp", "cut"):
+                folder.mkdir()
+                return folder / "x.gguf", folder
+            return folder, folder
+
+        runs, ratios, inner = interleave(routes, args.repeat, tmp, kept / total, args.warm_hash, destination)
         print(f"# GGUF surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
               f"python {platform.python_version()}, {args.repeat} interleaved runs ({', '.join(routes)}); "
               f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}")
         print(f"source: {src.name}, {total / 2**20:.0f} MiB; removing layers {removed} ({kept / 2**20:.0f} MiB kept)")
-        print("| route | median seconds | median ratio to the cp before it | peak RSS (MiB) |")
-        print("|---|---|---|---|")
-        for name in routes:
-            seconds = statistics.median(x["seconds"] for x in runs[name])
-            ratio = f"{statistics.median(ratios[name]):.2f}x ({', '.join(f'{x:.2f}' for x in ratios[name])})" if name in ratios else "1"
-            print(f"| {LABELS[name]} | {seconds:.3f} | {ratio} | {max(x['peak_rss_mb'] for x in runs[name]):.0f} |")
-        print(f"cut stage alone, after its imports (the process start-up and imports left out): median "
-              f"{statistics.median(inner):.2f}x the cp ({', '.join(f'{x:.2f}' for x in inner)})")
+        print_table(routes, runs, ratios, inner, LABELS, digits=3)
 
 
 if __name__ == "__main__":

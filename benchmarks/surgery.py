@@ -148,6 +148,45 @@ def kept_fraction(src: Path, removed: list[int]) -> tuple[int, int]:
     return kept, total
 
 
+def interleave(routes: dict, repeat: int, work: Path, kept_share: float, warm_hash: bool, destination) -> tuple:
+    """Run every route `repeat` times in turn (cp, cut, cli, cp, cut, cli ...); each ratio is to the cp just before
+    it (the page cache and the other load on the machine alike). `destination(name, r)` gives (the command's output
+    path, the path to remove afterwards). Returns (runs, ratios, inner): per route the timed results, its ratios to
+    the cp, and the cut stage's own time (after its imports) over the cp."""
+    runs: dict[str, list[dict]] = {name: [] for name in routes}
+    ratios: dict[str, list[float]] = {name: [] for name in routes if name != "cp"}
+    inner: list[float] = []
+    for r in range(repeat):
+        for name, command in routes.items():
+            dst, remove = destination(name, r)
+            os.sync()
+            cache = None if warm_hash else work / f"cache-{name}-{r}"
+            result = timed(command(dst), cwd=work, cache=cache)  # cwd: `python -m` must not see another checkout
+            if name == "cp":
+                result["seconds"] *= kept_share
+            else:
+                ratios[name].append(result["seconds"] / runs["cp"][-1]["seconds"])
+                if result["inner"] is not None:
+                    inner.append(result["inner"] / runs["cp"][-1]["seconds"])
+            runs[name].append(result)
+            print(f"  {name:10s} run {r + 1}: {result['seconds']:.3f} s" + (
+                " (scaled to the kept bytes)" if name == "cp" else f", {ratios[name][-1]:.2f}x the cp before it"),
+                file=sys.stderr, flush=True)
+            shutil.rmtree(remove)
+    return runs, ratios, inner
+
+
+def print_table(routes: dict, runs: dict, ratios: dict, inner: list[float], labels: dict, digits: int) -> None:
+    print("| route | median seconds | median ratio to the cp before it | peak RSS (MiB) |")
+    print("|---|---|---|---|")
+    for name in routes:
+        seconds = statistics.median(x["seconds"] for x in runs[name])
+        ratio = f"{statistics.median(ratios[name]):.2f}x ({', '.join(f'{x:.2f}' for x in ratios[name])})" if name in ratios else "1"
+        print(f"| {labels[name]} | {seconds:.{digits}f} | {ratio} | {max(x['peak_rss_mb'] for x in runs[name]):.0f} |")
+    print(f"cut stage alone, after its imports (the process start-up and imports left out): median "
+          f"{statistics.median(inner):.2f}x the cp ({', '.join(f'{x:.2f}' for x in inner)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=4096)
@@ -182,27 +221,13 @@ def main() -> None:
         }
         if args.naive:
             routes["naive"] = lambda dst: [py, "-c", NAIVE, str(src), str(dst), json.dumps(removed)]
-        runs: dict[str, list[dict]] = {name: [] for name in routes}
-        ratios: dict[str, list[float]] = {name: [] for name in routes if name != "cp"}
-        inner: list[float] = []  # the cut's own time (after its imports) over the cp before it
-        for r in range(args.repeat):
-            for name, command in routes.items():
-                dst = work / f"{name}-{r}"
-                if name == "cut":
-                    dst.mkdir()
-                os.sync()
-                cache = None if args.warm_hash else work / f"cache-{name}-{r}"
-                result = timed(command(dst), cwd=work, cache=cache)  # cwd: `python -m` must not see another checkout
-                if name == "cp":
-                    result["seconds"] *= kept / total
-                else:
-                    ratios[name].append(result["seconds"] / runs["cp"][-1]["seconds"])
-                    if result["inner"] is not None:
-                        inner.append(result["inner"] / runs["cp"][-1]["seconds"])
-                runs[name].append(result)
-                print(f"  {name:5s} run {r + 1}: {result['seconds']:.2f} s" + (" (scaled to the kept bytes)" if name == "cp" else
-                      f", {ratios[name][-1]:.2f}x the cp before it"), file=sys.stderr, flush=True)
-                shutil.rmtree(dst)
+        def destination(name: str, r: int) -> tuple[Path, Path]:
+            dst = work / f"{name}-{r}"
+            if name == "cut":
+                dst.mkdir()
+            return dst, dst
+
+        runs, ratios, inner = interleave(routes, args.repeat, work, kept / total, args.warm_hash, destination)
 
         print(f"# on-disk surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
               f"python {platform.python_version()}, {args.repeat} interleaved runs (cp, cut, cli{', naive' if args.naive else ''}); "
@@ -210,16 +235,9 @@ def main() -> None:
         print(f"checkpoint: {params / 1e9:.2f}B parameters ({args.layers} layers of hidden {args.hidden}, intermediate "
               f"{args.intermediate}), {total / 2**30:.2f} GiB bf16 in 2 GB shards; removing layers {removed} "
               f"({kept / 2**30:.2f} GiB kept)")
-        print("| route | median seconds | median ratio to the cp before it | peak RSS (MiB) |")
-        print("|---|---|---|---|")
         labels = {"cp": "`cp -r`, scaled to the kept bytes (floor)", "cut": "cut stage (prune_checkpoint + provenance hash)",
                   "cli": "`hf-layerprune prune --layers` end to end", "naive": "from_pretrained + del + save_pretrained"}
-        for name in routes:
-            seconds = statistics.median(x["seconds"] for x in runs[name])
-            ratio = f"{statistics.median(ratios[name]):.2f}x ({', '.join(f'{x:.2f}' for x in ratios[name])})" if name in ratios else "1"
-            print(f"| {labels[name]} | {seconds:.2f} | {ratio} | {max(x['peak_rss_mb'] for x in runs[name]):.0f} |")
-        print(f"cut stage alone, after its imports (the process start-up and imports left out): median "
-              f"{statistics.median(inner):.2f}x the cp ({', '.join(f'{x:.2f}' for x in inner)})")
+        print_table(routes, runs, ratios, inner, labels, digits=2)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
