@@ -133,6 +133,8 @@ def check_source_layers(source: Source, config) -> None:
 def light_config(source: Source, trust_remote_code: bool = False) -> Any:
     """The source's config: an attribute view of config.json itself when the on-disk cut reads it that way
     (surgery.plain_config, no transformers import), else `source_config`."""
+    if source.kind == "dir" and source.path and (source.path / "config.json").is_file():
+        check_config_layer_count(source.path)  # bounded and sane before anything builds per-layer lists
     raw = plain_config(source.path) if source.kind == "dir" and source.path else None
     if raw is not None:
         return SimpleNamespace(**raw)
