@@ -101,7 +101,22 @@ def init() -> World:
 
         timeout = timedelta(seconds=float(os.environ.get("HF_LAYERPRUNE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
         PartialState(cpu=not torch.cuda.is_available(), timeout=timeout)
+        import atexit
+
+        atexit.register(_leave)
     return here
+
+
+def _leave() -> None:
+    """Leave the process group before the interpreter exits: a gloo group torn down by the C++ destructors at exit
+    sometimes aborts a rank ("terminate called without an active exception", exit -6) after its work is done."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001  leaving is best effort: the run's outcome is already decided
+            pass
 
 
 def barrier() -> None:

@@ -126,13 +126,20 @@ def test_run_as_base_is_the_4bit_model_as_loaded_after_qlora(src):
         assert not torch.equal(model(ids).logits, want)
 
 
+def held_out(src: Path) -> Path:
+    """Evaluation text other than the calibration text (the pipeline refuses to measure on what it calibrated on)."""
+    path = src.parent / "held-out.raw"
+    path.write_text(" ".join(f"w{3 + (11 * i) % 40}" for i in range(800)), encoding="utf-8")
+    return path
+
+
 def test_evaluated_in_4bit_and_the_card_says_so(src, tmp_path):
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "tiny_mc.yaml").write_text(TINY_TASK.format(path=json.dumps(str((DATA / "tiny_mc.jsonl").resolve()))))
     out = tmp_path / "out"
     report = run(recipe(src, output_dir=str(out), tasks=["tiny_mc"], include_path=str(tasks), limit=4,
-                        perplexity=str(src.parent / "text.raw"), perplexity_tokens=64), **QUIET)
+                        perplexity=str(held_out(src)), perplexity_tokens=64), **QUIET)
     settings = report.evaluation["settings"]
     assert settings["dtype"] == "4-bit NF4, bfloat16 compute" and settings["quantization"]["type"] == "nf4"
     assert report.evaluation["base"] and report.evaluation["pruned"]
