@@ -223,38 +223,41 @@ def lm_loss(model, ids: torch.Tensor, batch_size: int = 1) -> float:
 
     One sequence at a time by default: the fp32 logits of a batch (batch x seq_len x vocab) would otherwise set the
     healer's peak memory (measured: +0.24 GiB over plain peft for 4 x 256 tokens and a 32k vocabulary)."""
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    total, count = 0.0, 0
-    try:
-        for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
-            total += float(nll)
-            count += batch[:, 1:].numel()
-    finally:
-        model.train(was_training)
-    return round(total / max(count, 1), 6)
+
+    def nll(batch: torch.Tensor) -> tuple[float, int]:
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        return float(total), batch[:, 1:].numel()
+
+    return _mean_over_batches(model, ids, batch_size, nll)
 
 
 @torch.no_grad()
 def kl_to_base(model, base, ids: torch.Tensor, batch_size: int = 1) -> float:
     """Mean KL(base ‖ model) of the next-token distributions over every position of `ids`, in fp32 (nats per
     token). `base`: a SharedBase view over `model` (run as base per batch) or a separate unpruned model."""
+
+    def kl(batch: torch.Tensor) -> tuple[float, int]:
+        with as_base(base) as teacher:
+            target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+        pred = F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+        return float(F.kl_div(pred, target, log_target=True, reduction="sum")), batch.numel()
+
+    return _mean_over_batches(model, ids, batch_size, kl)
+
+
+def _mean_over_batches(model, ids: torch.Tensor, batch_size: int, measure) -> float:
+    """sum / count of `measure(batch) -> (sum, count)` over `ids` in batches on the model's device, the model in eval
+    mode meanwhile (its training flag restored), rounded to 6 decimals."""
     was_training = model.training
     model.eval()
     device = model_device(model)
     total, count = 0.0, 0
     try:
         for start in range(0, len(ids), batch_size):
-            batch = ids[start : start + batch_size].to(device)
-            with as_base(base) as teacher:
-                target = F.log_softmax(teacher(input_ids=batch, use_cache=False).logits.float(), dim=-1)
-            pred = F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
-            total += float(F.kl_div(pred, target, log_target=True, reduction="sum"))
-            count += batch.numel()
+            part, n = measure(ids[start : start + batch_size].to(device))
+            total += part
+            count += n
     finally:
         model.train(was_training)
     return round(total / max(count, 1), 6)
