@@ -29,8 +29,7 @@ from hf_layerprune import progress
 from hf_layerprune.base_view import trial
 from hf_layerprune.calibration import calibration_batches
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.healing import HEALERS, heal_for_recipe, split_chain
-from hf_layerprune.healing.base import split_spec
+from hf_layerprune.healing import HEALERS, heal_chain, heal_for_recipe
 from hf_layerprune.healing.training import kl_to_base, lm_loss
 from hf_layerprune.recipe import AUTO
 from hf_layerprune.scoring import build_context, get_metric, run_metric
@@ -64,17 +63,14 @@ def ranking_healer(heal: str | None, model=None) -> str:
     a trained layer; only if the proxy does not refuse `model`, e.g. sparse-MoE MLPs with nowhere to fold); none
     for the other trained healers, whose cost would multiply."""
     head = []
-    for part in split_chain(heal or "none"):
-        name = split_spec(part)[0]
-        if name not in HEALERS:
-            break
-        if HEALERS[name].trained:
-            proxy = HEALERS[name].proxy
+    for step in heal_chain(heal):
+        if step.healer.trained:
+            proxy = step.healer.proxy
             usable = proxy and (model is None or HEALERS[proxy].refuses(model) is None)
             if usable and proxy not in head:
                 head.append(proxy)
             break
-        head.append(part)
+        head.append(step.spec)
     return "+".join(head) or "none"
 
 

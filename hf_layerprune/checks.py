@@ -41,7 +41,7 @@ def check_recipe(recipe: Recipe) -> None:
     if recipe.heal not in (None, "none"):
         from hf_layerprune.healing import check_heal
 
-        check_heal(recipe.heal)
+        check_heal(recipe.heal, recipe)
     torch_dtype(recipe.dtype)
     check_device(recipe.device)
     check_shard_size(recipe.max_shard_size)
@@ -59,15 +59,13 @@ def check_4bit(recipe: Recipe) -> None:
     16-bit output is written from the original shards (quantized.py). Everything else is refused up front."""
     if not recipe.load_in_4bit:
         return
-    from hf_layerprune.healing import split_chain
-    from hf_layerprune.healing.base import split_spec
+    from hf_layerprune.healing import heal_names
     from hf_layerprune.quantized import check_available
 
     if recipe.granularity != "block":
         raise ConfigError("--load-in-4bit removes whole layers; --granularity attention|mlp exports a DeciLM model "
                           "from the 16-bit weights, so run it without --load-in-4bit")
-    other = [name for name in (split_spec(part)[0] for part in split_chain(recipe.heal or "none"))
-             if name not in ("none", "qlora")]
+    other = [name for name in heal_names(recipe.heal) if name != "qlora"]
     if other:
         raise ConfigError(f"--load-in-4bit heals with qlora (or none): --heal {other[0]} changes 16-bit weights, "
                           "which a 4-bit model does not have")

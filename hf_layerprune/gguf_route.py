@@ -41,9 +41,9 @@ def resolve_format(recipe, source) -> str:
     if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):
         raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
     if fmt != "safetensors" and source.kind == "gguf" and recipe.heal not in (None, "none"):  # (healing imports torch)
-        from hf_layerprune.healing import split_chain, split_spec
+        from hf_layerprune.healing import heal_names
 
-        if any(split_spec(part)[0] in ADDS_TENSORS for part in split_chain(recipe.heal)):
+        if any(name in ADDS_TENSORS for name in heal_names(recipe.heal)):
             raise LayerPruneError(f"--heal {recipe.heal} adds bias tensors the GGUF file has no slot for; "
                                   "use --format safetensors")
     recipe.format = fmt

@@ -220,8 +220,7 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     moments per trained weight); calibration, evaluation logits (fp32) and one safetensors shard while saving."""
     if getattr(recipe, "load_in_4bit", False):
         return estimate_4bit(shape, recipe, device=device)
-    from hf_layerprune.healing import split_chain
-    from hf_layerprune.healing.base import split_spec
+    from hf_layerprune.healing import heal_names
     e, W, Wl = shape.element_bytes, shape.weight_bytes, shape.layer_bytes
     runtime = 0 if device.startswith("cuda") else RUNTIME_BYTES
     drop = recipe.drop or len(recipe.layers or []) or 1
@@ -231,7 +230,7 @@ def estimate(shape: Shape, recipe, *, device: str = "cpu") -> dict[str, Any]:
     stream = lambda samples: samples * seq * shape.hidden * e  # noqa: E731
     kept = shape.num_layers - drop
     cow = train = data = 0
-    heals = [split_spec(part)[0] for part in split_chain(recipe.heal or "none") if split_spec(part)[0] != "none"]
+    heals = heal_names(recipe.heal)
     for name in heals:
         if name == "absorb":
             width = 2

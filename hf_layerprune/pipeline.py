@@ -18,20 +18,18 @@ from pathlib import Path
 from typing import Callable
 
 from hf_layerprune import distributed
-from hf_layerprune.checkpoint import check_weights, load_checkpoint
-from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_layers, check_target_against, light_config,
-                                  preflight, source_paths)
-from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.gguf_route import card_fields, check_sublayer_gguf, resolve_format, wants_gguf, write_deci_gguf
-from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
+from hf_layerprune.checkpoint import load_checkpoint
+from hf_layerprune.checks import preflight, source_paths
+from hf_layerprune.gguf_route import card_fields, wants_gguf, write_deci_gguf
+from hf_layerprune.loading import Source, local_checkpoint
 from hf_layerprune.finish import Timer, write_outputs
 from hf_layerprune.memory import summary as memory_summary
-from hf_layerprune.outputs import check_output_dir, staging_dir
+from hf_layerprune.outputs import staging_dir
+from hf_layerprune.plan import Plan, make_plan
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import CutSection, Report, SourceSection
-from hf_layerprune.targets import uses_metric
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
-from hf_layerprune.surgery import kept_layers, remove_layers, side_files
+from hf_layerprune.surgery import kept_layers, remove_layers
 
 # `stages` (and through it torch, transformers, the healers and the evaluation) is imported by the routes that load
 # the model: the on-disk routes (streaming.py) start cutting without them.
@@ -39,78 +37,32 @@ from hf_layerprune.surgery import kept_layers, remove_layers, side_files
 Log = Callable[[str], None]
 
 
-def _needs_gguf_model(recipe: Recipe) -> bool:
-    """A GGUF source is dequantized only for scoring, healing or evaluation; a plain cut copies its blocks."""
-    return recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate or uses_metric(recipe)
-
-
-def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
-    if recipe.format in ("gguf", "both"):  # GGUF export needs the model; a GGUF source is cut in memory too
-        return True
-    if source.kind == "gguf" or recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate:
-        return True
-    if recipe.layers or recipe.offload:
-        return False
-    return uses_metric(recipe)
-
-
 def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Report:
-    """Check everything, then run the recipe's route; the returned Report is what `layerprune.json` holds."""
-    check_recipe(recipe)
-    distributed.check_recipe(recipe, _trains(recipe.heal))
-    if not recipe.output_dir:
-        raise LayerPruneError("give --output-dir DIR for the pruned model")
-    source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
-    gguf_cut = resolve_format(recipe, source) == "gguf" and source.kind == "gguf" and not _needs_gguf_model(recipe)
-    in_memory = not gguf_cut and needs_model_in_memory(recipe, source)
+    """Check everything (plan.make_plan), then run the recipe's route; the returned Report is what
+    `layerprune.json` holds."""
+    return execute(make_plan(recipe), command=command, log=log)
 
-    def checks() -> str | None:  # rank 0 alone in a multi-process launch; the others wait for the outcome
-        check_output_dir(recipe.output_dir, recipe.overwrite, source_paths(source))
-        config = None
-        if source.kind != "hub" and not gguf_cut:  # Hub configs are read after the snapshot download, locally
-            config = light_config(source, trust_remote_code=recipe.trust_remote_code)
-            check_target_against(recipe, config.num_hidden_layers)
-            check_sublayer_gguf(recipe, config)
-        files = None
-        if source.kind == "hub":  # gated, missing, Meta-format: said before anything is downloaded
-            files = hub_files(source)
-            if in_memory and distributed.is_distributed():  # one download; the other ranks read the Hub cache
-                local_checkpoint(source, allow_pickle=recipe.allow_pickle)
-        check_4bit_source(recipe, source, files)
-        if source.kind == "dir" and any(source.path.glob("*.safetensors")):
-            check_weights(source.path)  # every shard whole, before the first stage reads one
-            if config is not None:
-                check_source_layers(source, config)  # and holding exactly the config's layers
-        if source.kind == "dir":
-            side_files(source.path)  # no side file is a link out of the folder (refused before any work)
-        return resolved_revision(source) if source.kind == "hub" else source.revision
 
-    base_revision = distributed.on_main(checks, share=True)
+def execute(plan: Plan, *, command: str | None = None, log: Log = print) -> Report:
+    """Run a checked plan: the route it chose, one stage after another."""
+    recipe, source = plan.recipe, plan.source
     if source.kind == "hub":
         distributed.hub_cache_only()  # ranks > 0: no Hub request from here on
     timer = Timer()
-    report = Report(SourceSection(base_model=source.name, base_revision=base_revision), command=command,
+    report = Report(SourceSection(base_model=source.name, base_revision=plan.base_revision), command=command,
                     granularity=recipe.granularity, other=distributed.world_record())
-    if not in_memory and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk, the others wait
+    if plan.route != "in-memory" and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk
         log("Several processes, no stage to split (the cut streams on disk): rank 0 does it alone")
-    if gguf_cut:  # any llama.cpp architecture: transformers never reads this file
+    if plan.route == "gguf":  # any llama.cpp architecture: transformers never reads this file
         distributed.on_main(run_gguf_surgery, recipe, source, report, timer, log)
-    elif in_memory:
-        run_in_memory(recipe, source, report, timer, log)
+    elif plan.route == "in-memory":
+        run_in_memory(recipe, source, report, timer, log, heal=plan.heal)
     else:
         distributed.on_main(run_streaming, recipe, source, report, timer, log,
-                            in_memory=lambda src: run_in_memory(recipe, src, report, timer, log))
+                            in_memory=lambda src: run_in_memory(recipe, src, report, timer, log, heal=plan.heal))
     if report.memory:
         log(memory_summary(report.memory))
     return report
-
-
-def _trains(heal: str | None) -> bool:
-    if heal in (None, "none"):
-        return False
-    from hf_layerprune.healing import trains
-
-    return trains(heal)
 
 
 def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log):
@@ -126,7 +78,8 @@ def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log)
     return model, tokenizer
 
 
-def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log) -> None:
+def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log, heal=None) -> None:
+    """Load, select, cut, heal (`heal`: the plan's checked chain), evaluate and save, on one copy of the weights."""
     from hf_layerprune import stages
     from hf_layerprune.base_view import SharedBase
 
@@ -141,23 +94,25 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
         # aside, changed modules copied on write); the sub-layer route reloads the pruned model, the base is `model`
         base = SharedBase(model) if recipe.granularity == "block" else model
     if recipe.rounds > 1 and stages.uses_metric(recipe) and recipe.granularity == "block" and streamed is None:
-        return run_rounds(model, tokenizer, base, recipe, source, report, timer, log)
+        return run_rounds(model, tokenizer, base, recipe, source, report, timer, log, heal)
     with timer.stage("score"):
         removed, report.scoring = streamed or stages.select(model, tokenizer, recipe, log=log)
     if recipe.granularity != "block":
-        return distributed.on_main(finish_sublayer, model, tokenizer, base, removed, recipe, source, report, timer, log)
+        return distributed.on_main(finish_sublayer, model, tokenizer, base, removed, recipe, source, report, timer, log,
+                                   heal)
     with timer.stage("cut"):
         report.cut = stages.cut(model, removed, log=log)
-    heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log)
+    heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log, heal)
     save(model, tokenizer, recipe, source, report, timer)
 
 
-def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, timer: Timer, log: Log) -> None:
+def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, timer: Timer, log: Log,
+                      heal=None) -> None:
     from hf_layerprune import stages
 
     if recipe.heal != "none":
         with timer.stage("heal"):
-            report.healing, report.cut = stages.heal(model, tokenizer, recipe, report.cut, base=base,
+            report.healing, report.cut = stages.heal(model, tokenizer, recipe, report.cut, base=base, chain=heal,
                                                      num_layers_before=report.source.num_layers_before, log=log)
     if recipe.evaluate:
         with timer.stage("evaluate"):
@@ -188,7 +143,8 @@ def round_sizes(total: int, rounds: int) -> list[int]:
     return [total // rounds + (1 if i < total % rounds else 0) for i in range(rounds)]
 
 
-def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log) -> None:
+def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log,
+               heal=None) -> None:
     """Iterative prune -> heal -> rescore: each round scores the current (healed) model and removes its share."""
     from hf_layerprune import stages
 
@@ -211,7 +167,7 @@ def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: R
         if recipe.heal != "none":
             with timer.stage("heal"):
                 entry["healing"], cut = stages.heal(model, tokenizer, step, cut, num_layers_before=before, base=base,
-                                                    log=log)
+                                                    chain=heal, log=log)
         rounds.append(entry)
     report.rounds, report.scoring = rounds, rounds[-1]["scoring"]
     report.cut = dataclasses.replace(cut, num_layers_after=model.config.num_hidden_layers,
@@ -237,7 +193,7 @@ def _protect_in_current(protect: list, original: list[int]) -> list:
 
 
 def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Source, report: Report,
-                    timer: Timer, log: Log) -> None:
+                    timer: Timer, log: Log, heal=None) -> None:
     """Attention-only / MLP-only removal: exported as a DeciLM (Nemotron-NAS) checkpoint, healed after reload."""
     from hf_layerprune import stages
 
@@ -263,7 +219,7 @@ def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Sou
         if recipe.heal != "none" or recipe.evaluate:
             pruned = load_checkpoint(tmp)  # our DeciLM classes from the package, never the folder's copy
             report.cut.parameters_after = stages.count_parameters(pruned)
-            heal_and_evaluate(pruned, tokenizer, base, recipe, report, timer, log)
+            heal_and_evaluate(pruned, tokenizer, base, recipe, report, timer, log, heal)
             if recipe.heal != "none":
                 with timer.stage("save"):
                     pruned.save_pretrained(tmp, max_shard_size=recipe.max_shard_size)

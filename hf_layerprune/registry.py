@@ -9,8 +9,10 @@ adding one is one new file (docs/architecture.md, "Registries"):
 - ``tags``: model-card tags;
 - ``capabilities``: a set of words the pipeline selects routes by (``streamable``, ``config_only``,
   ``needs_base``, ``trained``, ...);
-- ``options``: a dataclass of the entry's options (defaults, ``name: text`` help lines in its docstring, checks in
-  ``__post_init__``), filled from ``NAME:key=value,key=value`` by ``build_options``; ``option_defaults`` lists them;
+- ``options``: a dataclass of the entry's options (defaults, ``name: text`` help lines in its docstring, each
+  number's allowed range and each word's choices declared with ``option(...)``), filled from
+  ``NAME:key=value,key=value`` by ``build_options``, which checks types and ranges before any work;
+  ``option_defaults`` lists them;
 - ``aliases``: other names it answers to.
 
 A second entry under a taken name is refused (``ValueError``: a programming error, not user input).
@@ -153,6 +155,50 @@ def option_defaults(cls: type | None) -> str:
                      if f.init and f.default is not dataclasses.MISSING)
 
 
+# ------------------------------------------------------------------------------ declared ranges of options
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """What values an option accepts: numbers within [at_least, at_most] and above `above` / below `below`;
+    words among `one_of`. None (for an optional field) is always accepted."""
+
+    at_least: float | None = None
+    at_most: float | None = None
+    above: float | None = None
+    below: float | None = None
+    one_of: tuple[str, ...] | None = None
+
+    def refusal(self, value: Any) -> str | None:
+        """Why `value` is refused (`must be ...`), or None."""
+        if value is None:
+            return None
+        if self.one_of is not None:
+            return None if value in self.one_of else f"must be one of {', '.join(self.one_of)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return "must be a number"
+        parts = [(self.at_least, lambda v, b: v >= b, "at least"), (self.above, lambda v, b: v > b, "more than"),
+                 (self.at_most, lambda v, b: v <= b, "at most"), (self.below, lambda v, b: v < b, "less than")]
+        wanted = [f"{word} {bound:g}" for bound, ok, word in parts if bound is not None]
+        if any(bound is not None and not ok(value, bound) for bound, ok, _ in parts) or value in (float("inf"), float("-inf")):
+            return "must be " + (" and ".join(wanted) if wanted else "finite")
+        return None
+
+
+def option(default: Any = dataclasses.MISSING, *, at_least: float | None = None, at_most: float | None = None,
+           above: float | None = None, below: float | None = None, one_of: tuple[str, ...] | None = None) -> Any:
+    """A field of an options dataclass with the values it accepts, checked when the options are built (the
+    `--heal` / `--metric` value is read, before any work): ``rank: int = option(8, at_least=1)``."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(at_least, at_most, above, below, one_of)})
+
+
+def check_bounds(options: Any, what: str) -> None:
+    """One ConfigError line naming the first field of `options` outside its declared range."""
+    for f in dataclasses.fields(options):
+        bounds = f.metadata.get("bounds")
+        why = bounds.refusal(getattr(options, f.name)) if bounds else None
+        if why:
+            raise ConfigError(f"{what}: option {f.name}={getattr(options, f.name)!r} {why}")
+
+
 def build_options(cls: type | None, what: str, raw: dict[str, Any]) -> Any:
     """An options dataclass from strings (CLI) or values (Python), typed from the field types, with one-line
     ConfigErrors for unknown keys and bad values (``what`` names the flag and entry, e.g. ``--heal distill``).
@@ -164,7 +210,20 @@ def build_options(cls: type | None, what: str, raw: dict[str, Any]) -> Any:
     if cls is None:
         return None
     hints = typing.get_type_hints(cls)
-    return cls(**{k: convert(v, hints[k], what, k) for k, v in raw.items()})
+    values = {k: convert(v, hints[k], what, k) for k, v in raw.items()}
+    check_bounds(_with_defaults(cls, values), what)  # before __post_init__'s checks of combinations
+    return cls(**values)
+
+
+def _with_defaults(cls: type, values: dict[str, Any]) -> Any:
+    """A stand-in with the fields `cls(**values)` would have, built without running its __post_init__."""
+    ns = {f.name: (f.default if f.default is not dataclasses.MISSING else
+                   f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+          for f in dataclasses.fields(cls)}
+    ns.update(values)
+    stub = object.__new__(cls)
+    stub.__dict__.update(ns)
+    return stub
 
 
 _WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}

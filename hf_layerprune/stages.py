@@ -105,14 +105,15 @@ def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
 
 
 def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, num_layers_before: int | None = None,
-         base=None, log: Log = print) -> tuple[dict[str, Any], CutSection]:
+         base=None, chain=None, log: Log = print) -> tuple[dict[str, Any], CutSection]:
     """Heal the cut model in place with the recipe's healer chain; the healing section and the cut section as it
     is afterwards (`replace` puts the first layer of each removed block back as its trained replacement).
 
-    `base`: the unpruned model (a `SharedBase` view or a separate model), for healers that compare with it."""
+    `base`: the unpruned model (a `SharedBase` view or a separate model), for healers that compare with it;
+    `chain`: the checked heal chain (plan.Plan.heal; default: read from the recipe)."""
     before = num_layers_before if num_layers_before is not None else len(cut_section.kept_layers) + len(cut_section.removed_layers)
     layers = cut_section.as_healing_input(before)  # the healers' working copy of the layer lists
-    record = heal_for_recipe(model, tokenizer, recipe, layers, base_model=base, log=log)
+    record = heal_for_recipe(model, tokenizer, recipe, layers, base_model=base, log=log, chain=chain)
     return record, cut_section.updated_by(layers)
 
 

@@ -205,7 +205,7 @@ def test_full_distill_default_learning_rate_and_bad_adapter():
     assert DistillOptions(adapter="full").lr() == FULL_LEARNING_RATE < DistillOptions().lr()
     assert DistillOptions(adapter="full", learning_rate=5e-5).lr() == 5e-5
     base, model, report = pruned()
-    with pytest.raises(LayerPruneError, match="adapter='qlora'; use lora or full"):
+    with pytest.raises(LayerPruneError, match="adapter='qlora' must be one of lora, full"):
         heal(model, "distill:adapter=qlora", markov_ids(4), base_model=base, report=report, steps=1, **QUIET)
 
 
@@ -255,7 +255,7 @@ def test_distill_hidden_lowers_the_intermediate_state_loss_more_than_logits_alon
     assert hidden["hidden_before"] == pytest.approx(before, rel=1e-4)  # the record measures the same term
     assert hidden["hidden_after"] == pytest.approx(state_loss(model), rel=1e-4)
     assert_stock_reload(model, tmp_path)
-    with pytest.raises(LayerPruneError, match="hidden=-1.0 must be >= 0"):
+    with pytest.raises(LayerPruneError, match="hidden=-1.0 must be at least 0"):
         heal(model, "distill:hidden=-1", ids, base_model=base, report=report, steps=1, **QUIET)
 
 

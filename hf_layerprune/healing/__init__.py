@@ -12,6 +12,8 @@ tests/test_registry.py).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,6 +71,7 @@ register(Healer(
 # recipe field -> options field
 RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate": "learning_rate",
                  "lora_rank": "rank", "lora_targets": "targets", "seed": "seed", "heal_budget": "budget"}
+LORA_FIELDS = ("rank", "targets")  # filled by --lora-rank / --lora-targets in LoRA healers' options only
 
 
 def available_healers() -> list[str]:
@@ -89,29 +92,63 @@ def split_chain(spec: str) -> list[str]:
     return parts
 
 
-def get_healer(spec: str) -> tuple[Healer, dict[str, str]]:
-    """The healer of `--heal NAME[:options]` and its raw options; one-line error for unknown names."""
+def get_healer(spec: str) -> tuple[Healer | None, dict[str, str]]:
+    """The healer of `--heal NAME[:options]` and its raw options (None for `none`); one-line error for unknown
+    names."""
     name, raw = split_spec(spec, "--heal")
+    if name == "none":
+        return None, raw
     return HEALERS.get_entry(DEFAULT_HEALER if name == "default" else name), raw
 
 
-def _stages(spec: str | None) -> list[str]:
-    """The healers of a `--heal` value, `none` left out."""
-    if not spec:
-        return []
-    return [part for part in split_chain(spec) if split_spec(part)[0] != "none"]
+@dataclass(frozen=True)
+class HealStep:
+    """One healer of a `--heal` chain with its options: typed, range-checked, and merged with the recipe's shared
+    fields (`--heal-steps`, `--lora-rank`, ...). `heal_chain` builds them once, when the recipe is checked."""
+
+    healer: Healer
+    options: Any
+    spec: str  # as the user wrote it, e.g. "linear:ridge=0.01"
+    unused: tuple[str, ...] = ()  # recipe fields this healer does not take (said once when it runs)
+
+    @property
+    def name(self) -> str:
+        return self.healer.name
+
+
+def heal_chain(spec: str | None, recipe=None) -> tuple[HealStep, ...]:
+    """The healers of a `--heal` value (`none` left out), each with its options built and checked: the one reader
+    of `--heal` (checks, memory estimate, route and format choices, `auto`, the heal stage). With `recipe`, its
+    shared healing fields fill the options the spec does not give."""
+    given = {} if recipe is None else {opt: getattr(recipe, field) for field, opt in RECIPE_FIELDS.items()
+                                       if getattr(recipe, field, None) is not None}
+    steps = []
+    for part in split_chain(spec or "none"):
+        healer, raw = get_healer(part)
+        if healer is None:
+            continue
+        known = set(healer.options.__dataclass_fields__)
+        if not issubclass(healer.options, LoraOptions):  # `linear:rank` is the rank of its Δ, not --lora-rank's
+            known -= set(LORA_FIELDS)
+        options = build_options(healer.options, healer.name, {**{k: v for k, v in given.items() if k in known}, **raw})
+        steps.append(HealStep(healer, options, part.strip(), tuple(sorted(k for k in given if k not in known))))
+    return tuple(steps)
+
+
+def heal_names(spec: str | None) -> list[str]:
+    """The healer names of a `--heal` value, in order, `none` left out."""
+    return [step.name for step in heal_chain(spec)]
 
 
 def trains(spec: str | None) -> bool:
     """Whether a `--heal` value has a trained healer (an optimizer loop) in its chain."""
-    return any(get_healer(part)[0].trained for part in _stages(spec))
+    return any(step.healer.trained for step in heal_chain(spec))
 
 
-def check_heal(spec: str | None) -> None:
-    """Validate a `--heal` value (names and options, every stage of a chain) before any work is done."""
-    for part in _stages(spec):
-        healer, raw = get_healer(part)
-        build_options(healer.options, healer.name, raw)
+def check_heal(spec: str | None, recipe=None) -> tuple[HealStep, ...]:
+    """Validate a `--heal` value (names and options of every stage, with the recipe's shared fields) before any
+    work is done; the checked chain."""
+    return heal_chain(spec, recipe)
 
 
 def check_applies(healer: Healer, model) -> None:
@@ -153,7 +190,7 @@ def heal(
     `report` needs removed_layers / kept_layers / num_layers_before (0-based, of the base model) for the
     healers that compare with `base_model`. `eval_ids` (default: the first `eval_samples` rows of `ids`) is
     where loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
-    parts = _stages(method)
+    parts = [part for part in split_chain(method or "none") if get_healer(part)[0] is not None]
     report = report if report is not None else {}  # one report for every stage (`replace` updates it)
     resolved = [get_healer(part) for part in parts]
     for healer, _ in resolved:  # every stage is refused before the first one runs
@@ -174,21 +211,19 @@ def heal(
     return chain_record(stages)
 
 
-def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, log: Log = print) -> dict[str, Any]:
+def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, log: Log = print,
+                    chain: tuple[HealStep, ...] | None = None) -> dict[str, Any]:
     """The pipeline's heal stage: healing text from `--heal-data` (default: the calibration source), packed into
-    `seq_len` windows, then `heal`. Returns the report's "healing" record (with the data description)."""
+    `seq_len` windows, then the healers of `chain` (default: `heal_chain(recipe.heal, recipe)`, which the
+    pipeline's plan holds already). Returns the report's "healing" record (with the data description)."""
     from hf_layerprune.calibration import calibration_batches, calibration_record
 
-    given = {opt: getattr(recipe, field) for field, opt in RECIPE_FIELDS.items() if getattr(recipe, field, None) is not None}
     plan = []  # (healer, options, training samples) per stage of the chain
-    for part in _stages(recipe.heal):
-        healer, raw = get_healer(part)
-        known = set(healer.options.__dataclass_fields__)
-        unused = sorted(k for k in given if k not in known)
-        if unused:
-            log(f"--heal {healer.name} does not use: {', '.join(unused)}")
-        opts = build_options(healer.options, healer.name, {**{k: v for k, v in given.items() if k in known}, **raw})
-        opts.progress = True
+    for step in heal_chain(recipe.heal, recipe) if chain is None else chain:
+        healer = step.healer
+        if step.unused:
+            log(f"--heal {healer.name} does not use: {', '.join(step.unused)}")
+        opts = dataclasses.replace(step.options, progress=True)  # the plan's options stay as checked
         if healer.needs_base_model and base_model is None:
             raise LayerPruneError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
         check_applies(healer, model)
@@ -226,13 +261,16 @@ __all__ = [
     "Healer",
     "HealContext",
     "HealOptions",
+    "HealStep",
     "available_healers",
     "chain_record",
     "check_heal",
     "default_healer",
     "get_healer",
     "heal",
+    "heal_chain",
     "heal_for_recipe",
+    "heal_names",
     "register",
     "split_chain",
     "trains",

@@ -27,6 +27,7 @@ import torch
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.activations import iter_capture, layers_of
+from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.compensation import Site, undo_unless_better
 from hf_layerprune.healing.replacement import BlockMSE, layer_mse
@@ -42,17 +43,12 @@ class AbsorbOptions(HealOptions):
     learning_rate default 1e-3; weight_decay / max_grad_norm as LLM-Streamline;
     keep_if_better: restore a layer whose training raised the held-out loss."""
 
-    batch_size: int = 8
-    samples: int | None = 64
-    layers: int = 2
-    weight_decay: float = 1e-3
-    max_grad_norm: float = 5.0
+    batch_size: int = option(8, at_least=1)
+    samples: int | None = option(64, at_least=1)
+    layers: int = option(2, at_least=1)
+    weight_decay: float = option(1e-3, at_least=0)
+    max_grad_norm: float = option(5.0, above=0)
     keep_if_better: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.layers < 1:
-            raise LayerPruneError(f"--heal absorb:layers must be at least 1 (got {self.layers})")
 
     default_learning_rate = 1e-3
 

@@ -19,7 +19,7 @@ import torch
 from hf_layerprune import registry
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.recipe import parse_duration
-from hf_layerprune.registry import split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
+from hf_layerprune.registry import option, split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
 
 Log = Callable[[str], None]
 DEFAULT_STEPS = 100
@@ -41,12 +41,12 @@ class HealOptions:
         --heal-steps / --heal-tokens as well, those cap the steps. Setup and held-out evaluation are not counted.
     """
 
-    steps: int | None = None
-    tokens: int | None = None
-    learning_rate: float | None = None
-    seed: int = 0
-    batch_size: int = 4
-    eval_samples: int = 4
+    steps: int | None = option(None, at_least=1)
+    tokens: int | None = option(None, at_least=1)
+    learning_rate: float | None = option(None, above=0)
+    seed: int = option(0, at_least=0)
+    batch_size: int = option(4, at_least=1)
+    eval_samples: int = option(4, at_least=1)
     progress: bool = False
     budget: str | None = None
 

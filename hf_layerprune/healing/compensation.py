@@ -43,6 +43,7 @@ from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.activations import capture, check_additive
+from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.training import lm_loss
 
@@ -338,9 +339,9 @@ class ClosedFormOptions(HealOptions):
     """ridge: λ relative to the mean eigenvalue of yᵀy (pulls T towards the identity = no correction).
     rank: keep only the best rank-k Δ (None: full rank). batch_size: sequences per forward pass."""
 
-    ridge: float = 1e-3
-    rank: int | None = None
-    batch_size: int = 8
+    ridge: float = option(1e-3, at_least=0)
+    rank: int | None = option(None, at_least=1)
+    batch_size: int = option(8, at_least=1)
     keep_if_better: bool = True  # undo the fused corrections when they raise the held-out loss
 
 
@@ -348,8 +349,8 @@ class ClosedFormOptions(HealOptions):
 class ProjectionOptions(ClosedFormOptions):
     """layers: how many of the most-drifted kept layers get a compensation matrix."""
 
-    ridge: float = 1e-2
-    layers: int = 1
+    ridge: float = option(1e-2, at_least=0)
+    layers: int = option(1, at_least=1)
 
 
 def _heal_blocks(ctx: HealContext, options: ClosedFormOptions, method: str, mode: str) -> dict:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from hf_layerprune.base_view import SharedBase, as_base, protect
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.activations import layers_of, recording
+from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.lora import (
     LoraOptions, check_qlora_available, merge_in_place, quantized_copy, run_training, train_adapter, training_record,
@@ -39,22 +40,11 @@ class DistillOptions(LoraOptions):
     default learning rate is FULL_LEARNING_RATE, a third of the adapter's, as full-weight continued training uses).
     hidden: weight of the intermediate-state loss (0: logits only)."""
 
-    temperature: float = 1.0
-    alpha: float = 1.0
-    teacher: str = "base"
-    adapter: str = "lora"
-    hidden: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
-            raise LayerPruneError(f"--heal distill needs 0 <= alpha <= 1 and temperature > 0 (got {self.alpha}, {self.temperature})")
-        if self.teacher not in ("base", "4bit"):
-            raise LayerPruneError(f"--heal distill:teacher={self.teacher!r}; use base or 4bit")
-        if self.adapter not in ("lora", "full"):
-            raise LayerPruneError(f"--heal distill:adapter={self.adapter!r}; use lora or full")
-        if self.hidden < 0:
-            raise LayerPruneError(f"--heal distill:hidden={self.hidden} must be >= 0")
+    temperature: float = option(1.0, above=0)
+    alpha: float = option(1.0, at_least=0, at_most=1)
+    teacher: str = option("base", one_of=("base", "4bit"))
+    adapter: str = option("lora", one_of=("lora", "full"))
+    hidden: float = option(0.0, at_least=0)
 
     def lr(self) -> float:
         if self.learning_rate is None and self.adapter == "full":

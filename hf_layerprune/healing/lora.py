@@ -23,6 +23,7 @@ import torch
 from hf_layerprune import quantized
 from hf_layerprune.architectures import ARCHITECTURES, Architecture, get_architecture
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, options_record
 from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, gradient_checkpointing, lm_loss, train
 
@@ -36,9 +37,9 @@ class LoraOptions(HealOptions):
     module but the output head; None: the MLP, as Gromov et al.).
     gradient_checkpointing: None means on for qlora and for CUDA training, off on CPU."""
 
-    rank: int = 8
-    lora_alpha: float | None = None
-    dropout: float = 0.05
+    rank: int = option(8, at_least=1)
+    lora_alpha: float | None = option(None, above=0)
+    dropout: float = option(0.05, at_least=0, below=1)
     targets: list[str] | None = None
     gradient_checkpointing: bool | None = None
 

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.healing.activations import capture, layer_call, layers_of
+from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, lm_loss, only_trainable, train
 from hf_layerprune.surgery import config_updates
@@ -37,16 +38,11 @@ class ReplaceOptions(HealOptions):
     """mode: "mse" (map the captured block input to its output) or "lm" (LM loss through the whole model).
     weight_decay / max_grad_norm / learning_rate (default 2e-4): as LLM-Streamline."""
 
-    mode: str = "mse"
-    weight_decay: float = 1e-3
-    max_grad_norm: float = 5.0
+    mode: str = option("mse", one_of=("mse", "lm"))
+    weight_decay: float = option(1e-3, at_least=0)
+    max_grad_norm: float = option(5.0, above=0)
 
     default_learning_rate = 2e-4
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.mode not in ("mse", "lm"):
-            raise LayerPruneError(f"--heal replace:mode={self.mode!r}; use mse or lm")
 
 
 def run_layers(model, indices: int | list[int], ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

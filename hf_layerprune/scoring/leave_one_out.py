@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.registry import option
 from hf_layerprune.scoring.base import Metric, Scores, register
 
 
@@ -24,14 +24,8 @@ class ShapleyOptions:
     subnetworks: how many subnetworks `sampled` scores (0: four per unit).
     """
 
-    estimator: str = "loo"
-    subnetworks: int = 0
-
-    def __post_init__(self) -> None:
-        if self.estimator not in ("loo", "sampled"):
-            raise ConfigError(f"shapley estimator must be loo or sampled, not {self.estimator!r}")
-        if self.subnetworks < 0:
-            raise ConfigError(f"shapley subnetworks must be at least 0 (got {self.subnetworks})")
+    estimator: str = option("loo", one_of=("loo", "sampled"))
+    subnetworks: int = option(0, at_least=0)
 
 
 @register
