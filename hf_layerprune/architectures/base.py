@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import UnsupportedArchitecture
 from hf_layerprune.registry import Registry
 
 # Fields every family may carry; rewritten whenever present (transformers 5 validates them against the depth).
@@ -83,7 +83,7 @@ def supported_model_types() -> list[str]:
 def get_architecture(config_or_type: Any) -> Architecture:
     model_type = config_or_type if isinstance(config_or_type, str) else getattr(config_or_type, "model_type", None)
     if model_type not in ARCHITECTURES:
-        raise LayerPruneError(
+        raise UnsupportedArchitecture(
             f"unsupported architecture model_type={model_type!r}; supported: {', '.join(supported_model_types())}"
         )
     return ARCHITECTURES[model_type]
