@@ -134,6 +134,12 @@ def check_checkpoint_layers(directory: Path, config: Any, layer_prefix: str) -> 
                     extra if is_count(extra) else 0)
 
 
+def check_saved(directory: Path) -> None:
+    """The safetensors format's verifier: config.json is JSON and every shard (and the index) is whole."""
+    read_json(Path(directory) / "config.json")
+    check_weights(Path(directory))
+
+
 def check_weights(directory: Path) -> list[Path]:
     """Check every safetensors file of `directory` and its index; return the weight files."""
     index = directory / SAFE_INDEX

@@ -13,6 +13,7 @@ from huggingface_hub import constants
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count, check_layer_count, loading_error
 from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
+from hf_layerprune.formats import formats_of
 from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
 from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 from hf_layerprune.recipe import AUTO, Recipe
@@ -76,9 +77,10 @@ def check_4bit(recipe: Recipe) -> None:
         raise ConfigError("--rounds with --load-in-4bit would stack one unmerged adapter per round; use one round")
     if recipe.offload:
         raise ConfigError("--offload and --load-in-4bit are two ways to score a model larger than memory; give one")
-    if recipe.format in ("gguf", "both"):
-        raise ConfigError("--load-in-4bit writes safetensors; convert the written folder to GGUF in a second run "
-                          "(hf-layerprune prune DIR --layers ... --format gguf)")
+    unwritable = [entry.name for entry in formats_of(recipe) if "4bit" not in entry.capabilities]
+    if unwritable:
+        raise ConfigError(f"--load-in-4bit writes safetensors, not {unwritable[0]}; convert the written folder in a "
+                          f"second run (hf-layerprune prune DIR --layers ... --format {unwritable[0]})")
     check_available()
 
 

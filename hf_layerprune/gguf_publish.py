@@ -29,6 +29,15 @@ def gguf_files(directory: Path) -> list[str]:
     return sorted(p.name for p in Path(directory).glob("*.gguf"))
 
 
+def check_gguf_files(directory: Path) -> None:
+    """The gguf format's verifier: every .gguf file of `directory` has a readable header and tensor table that
+    fits the file (gguf_surgery.read_header; one CheckpointError line otherwise)."""
+    from hf_layerprune.gguf_surgery import read_header
+
+    for name in gguf_files(directory):
+        read_header(Path(directory) / name).buf.close()
+
+
 def is_gguf_folder(directory: Path) -> bool:
     """A `--format gguf` output: GGUF file(s), no safetensors."""
     return bool(gguf_files(directory)) and not any(Path(directory).glob("*.safetensors"))

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.formats import format_names, formats_of, wants
 
-FORMATS = ("safetensors", "gguf", "both")
 ADDS_TENSORS = ("bias",)  # healers that add tensors (down_proj biases) a GGUF surgery has no slot for
 # Types gguf.quants can only dequantize -> the closest type it can quantize to (bits per weight at or above).
 NEAREST = {
@@ -26,11 +26,21 @@ NEAREST = {
 
 
 def resolve_format(recipe, source) -> str:
-    """Fill recipe.format (a GGUF source defaults to both) and refuse what cannot be written."""
+    """Fill recipe.format (a GGUF source defaults to both) and refuse what cannot be written: each format's own
+    check (formats.OUTPUT_FORMATS)."""
     fmt = recipe.format or ("both" if source.kind == "gguf" else "safetensors")
-    if fmt not in FORMATS:
-        raise LayerPruneError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
-    if fmt != "safetensors" and recipe.granularity != "block":
+    format_names(fmt)
+    if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):  # refused with any format
+        raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
+    recipe.format = fmt
+    for entry in formats_of(recipe):
+        entry.call("check", recipe, source)
+    return fmt
+
+
+def check_gguf_recipe(recipe, source) -> None:
+    """What a GGUF output cannot hold, refused before any work."""
+    if recipe.granularity != "block":
         if source.kind == "gguf":
             raise LayerPruneError("GGUF output of a .gguf source holds whole-layer cuts only; use --format "
                                   f"safetensors with --granularity {recipe.granularity}")
@@ -38,16 +48,12 @@ def resolve_format(recipe, source) -> str:
             from hf_layerprune.gguf_export import MLP_REMOVED_REFUSAL
 
             raise LayerPruneError(MLP_REMOVED_REFUSAL)
-    if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):
-        raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
-    if fmt != "safetensors" and source.kind == "gguf" and recipe.heal not in (None, "none"):  # (healing imports torch)
+    if source.kind == "gguf" and recipe.heal not in (None, "none"):  # (healing imports torch)
         from hf_layerprune.healing import heal_names
 
         if any(name in ADDS_TENSORS for name in heal_names(recipe.heal)):
             raise LayerPruneError(f"--heal {recipe.heal} adds bias tensors the GGUF file has no slot for; "
                                   "use --format safetensors")
-    recipe.format = fmt
-    return fmt
 
 
 def check_sublayer_gguf(recipe, config) -> None:
@@ -59,11 +65,7 @@ def check_sublayer_gguf(recipe, config) -> None:
 
 
 def wants_gguf(recipe) -> bool:
-    return recipe.format in ("gguf", "both")
-
-
-def wants_safetensors(recipe) -> bool:
-    return recipe.format in (None, "safetensors", "both")
+    return wants(recipe, "gguf")
 
 
 def source_file(source) -> Path:
@@ -87,6 +89,11 @@ def card_fields(report, recipe):
     data = {**report.to_dict(), "recipe": recipe.to_dict()}
     local_card = Path(recipe.model) / "README.md"
     return fields(data, base_card=local_card if local_card.is_file() else None)
+
+
+def write_gguf_output(model, tokenizer, recipe, folder: Path, *, source, removed: list[int], card=None) -> dict[str, Any]:
+    """The gguf format's writer (formats.OUTPUT_FORMATS): `write_gguf` into the save stage's folder."""
+    return write_gguf(model, Path(folder), recipe, source, removed, card=card)
 
 
 def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=None, card=None) -> dict[str, Any]:

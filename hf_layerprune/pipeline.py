@@ -131,8 +131,10 @@ def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report,
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("save"):
             card = card_fields(report, recipe) if wants_gguf(recipe) else None
-            report.gguf = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers,
-                                      card=card)
+            sections = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers,
+                                   card=card)
+            report.gguf = sections.pop("gguf", None)
+            report.other.update(sections)  # sections of other registered formats (formats.OUTPUT_FORMATS)
         write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
 

@@ -17,6 +17,7 @@ from hf_layerprune.checkpoint import check_weights
 from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_layers, check_target_against, light_config,
                                   source_config, source_paths)
 from hf_layerprune.errors import ConfigError
+from hf_layerprune.formats import formats_of
 from hf_layerprune.gguf_route import check_sublayer_gguf, resolve_format
 from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
 from hf_layerprune.outputs import check_output_dir
@@ -94,7 +95,7 @@ def _needs_gguf_model(recipe: Recipe) -> bool:
 
 
 def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
-    if recipe.format in ("gguf", "both"):  # GGUF export needs the model; a GGUF source is cut in memory too
+    if any("streamable" not in entry.capabilities for entry in formats_of(recipe)):  # e.g. a GGUF export
         return True
     if source.kind == "gguf" or recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate:
         return True

@@ -30,7 +30,7 @@ from hf_layerprune.base_view import SharedBase
 from hf_layerprune.errors import OutputError
 from hf_layerprune.evaluation import evaluate_for_recipe
 from hf_layerprune.finish import card  # noqa: F401  (a stage of the API; light, the on-disk routes use it)
-from hf_layerprune.gguf_route import wants_gguf, wants_safetensors, write_gguf
+from hf_layerprune.formats import formats_of
 from hf_layerprune.healing import heal_for_recipe
 from hf_layerprune.hub import publish_folder
 from hf_layerprune.quantized import count_parameters  # packed 4-bit weights at their real shape
@@ -124,17 +124,33 @@ def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> dic
 
 
 def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source | None = None,
-         removed: list[int] | None = None, card=None) -> dict[str, Any] | None:
-    """Write the weights (sharded safetensors and/or GGUF), tokenizer and the source's side files (licence,
-    generation config) into `folder`; returns the report's gguf section when a GGUF was written (`removed`: the
-    cut's layers, which a GGUF source's surgery needs; `card`: gguf_route.card_fields, for the GGUF's metadata)."""
+         removed: list[int] | None = None, card=None) -> dict[str, Any]:
+    """Write the tokenizer, the source's side files (licence, generation config) and every output format of the
+    recipe (formats.OUTPUT_FORMATS: sharded safetensors, GGUF, ...) into `folder`, each checked by its verifier;
+    returns the formats' report sections by key (e.g. {"gguf": {...}}). `removed`: the cut's layers, which a GGUF
+    source's surgery needs; `card`: gguf_route.card_fields, for the GGUF's metadata."""
     folder = Path(folder)
     source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     if source.kind == "dir":
         copy_side_files(source.path, folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    sections = {}
+    for entry in formats_of(recipe):
+        section = entry.call("writer", model, tokenizer, recipe, folder, source=source, removed=removed or [], card=card)
+        entry.call("verifier", folder)
+        if entry.record and section is not None:
+            sections[entry.record] = section
+    return sections
+
+
+def write_safetensors(model, tokenizer, recipe: Recipe, folder: Path, *, source: Source, removed: list[int],
+                      card=None) -> None:
+    """The safetensors format's writer: `save_pretrained` in shards, or for a model loaded in 4-bit the source's
+    shards cut on disk with the adapter merged."""
     if quantized.is_4bit(model):  # the 16-bit output, from the original shards with the adapter merged there
-        _save_from_shards(model, recipe, folder, source, removed or [])
-    elif wants_safetensors(recipe):
+        _save_from_shards(model, recipe, folder, source, removed)
+    else:
         try:
             model.save_pretrained(folder, max_shard_size=recipe.max_shard_size)
         except OSError:
@@ -143,9 +159,6 @@ def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source
             if "os error" not in str(exc).lower() and "no space" not in str(exc).lower():
                 raise
             raise OutputError(f"could not save the model into {folder}: {str(exc).splitlines()[0]}") from None
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    return write_gguf(model, folder, recipe, source, removed or [], card=card) if wants_gguf(recipe) else None
 
 
 def _save_from_shards(model, recipe: Recipe, folder: Path, source: Source, removed: list[int]) -> None:

@@ -108,3 +108,44 @@ def test_docs_tables_list_what_the_registries_hold():
     assert table_names(ROOT / "docs" / "scoring.md", "| `--metric` |") == [AutoSelection.name, *METRICS]
     assert table_names(ROOT / "docs" / "healing.md", "| name | method |") == HEALERS.choices()
     assert sorted(table_names(ROOT / "README.md", "| model_type |")) == sorted(ARCHITECTURES.names(aliases=True))
+
+
+def test_an_output_format_in_one_file_reaches_format_save_verify_card_and_help(tmp_path):
+    """Issue 33: tests/toy_format.py registers `npz`; `prune --format npz` writes it through the save stage, the
+    format's verifier checks it there and in `upload`'s folder check, the card shows its usage block and tag, and
+    `--help` lists it. Unregistered, `--format npz` is one error line."""
+    from tiny_models import save_word_tokenizer, tiny_model
+    from toy_format import FILE, registered
+
+    from hf_layerprune.cli.upload import check_model_folder
+    from hf_layerprune.errors import CheckpointError
+
+    checkpoint = tmp_path / "tiny"
+    tiny_model("llama", num_layers=4).save_pretrained(checkpoint)
+    save_word_tokenizer(checkpoint)
+    runner = CliRunner()
+    out = tmp_path / "out"
+    with registered():
+        result = runner.invoke(app, ["prune", str(checkpoint), "--layers", "1", "--heal", "none", "--no-eval",
+                                     "--format", "npz", "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        assert sorted(p.name for p in out.glob("*.npz")) == [FILE] and not list(out.glob("*.safetensors"))
+        report = json.loads((out / "layerprune.json").read_text())
+        assert report["npz"] == {"file": FILE, "tensors": len(tiny_model("llama", num_layers=3).state_dict())}
+        card = (out / "README.md").read_text()
+        assert f'NumPy: `numpy.load("{FILE}")`' in card and "- npz" in card
+        assert check_model_folder(out)["removed_layers"] == [1]
+        (out / FILE).write_bytes((out / FILE).read_bytes()[:100])
+        with pytest.raises(CheckpointError, match="not a whole .npz archive"):
+            check_model_folder(out)
+        text = runner.invoke(app, ["prune", "--help"], env={"COLUMNS": "400"}).output
+        assert "npz (a NumPy archive of the state dict (toy))" in text
+    result = runner.invoke(app, ["prune", str(checkpoint), "--layers", "1", "--heal", "none", "--no-eval",
+                                 "--format", "npz", "-o", str(tmp_path / "again")])
+    assert result.exit_code == 2 and "unknown --format 'npz'; use one of both, safetensors, gguf" in result.stderr
+
+
+def test_the_formats_table_lists_what_the_registry_holds():
+    from hf_layerprune.formats import OUTPUT_FORMATS
+
+    assert table_names(ROOT / "docs" / "architecture.md", "| `--format` |") == list(OUTPUT_FORMATS)

@@ -7,6 +7,7 @@ from typing import Any
 
 from hf_layerprune.card.citations import heal_info, metric_entry
 from hf_layerprune.card.formatting import _num, hub_id, slug
+from hf_layerprune.formats import OUTPUT_FORMATS
 
 TASK_DATASETS: dict[str, tuple[str, str, str | None, str]] = {
     "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
@@ -62,8 +63,9 @@ def _tags(report: dict[str, Any]) -> list[str]:
     model_type = report.get("model_type")
     if isinstance(model_type, str) and model_type:
         tags.append(slug(model_type))
-    if isinstance(report.get("gguf"), dict):
-        tags.append("gguf")
+    for entry in OUTPUT_FORMATS.values():  # the formats written (gguf, ...): their record is in the report
+        if entry.record and isinstance(report.get(entry.record), dict):
+            tags += entry.tags
     return [t for i, t in enumerate(tags) if t and t not in tags[:i]]
 
 

@@ -29,6 +29,7 @@ from hf_layerprune.card.formatting import (
     model_link,
 )
 from hf_layerprune.card.metadata import _gguf_only
+from hf_layerprune.formats import OUTPUT_FORMATS
 
 PLOT_FILES = {  # the pictures the card can show, drawn beside it by render.make_plots
     "scores": "layerprune_scores.png",
@@ -180,6 +181,7 @@ def build_context(report: dict[str, Any], *, model_name: str, repo_id: str | Non
         "decilm": decilm,
         "usage": codeblock(usage, "python") if not _gguf_only(report) else None,
         "gguf": _gguf_view(report, str(report.get("gguf_repo") or load_id)),
+        "format_usage": _format_usage(report, str(load_id)),
         "command": codeblock(report["command"], "bash") if isinstance(report.get("command"), str) and report["command"] else None,
         "base_scores_from": md(evaluation.get("base_scores_from")) if evaluation.get("base_scores_from") else None,
         "eval_command": codeblock(evaluation["command"], "bash") if isinstance(evaluation.get("command"), str) and evaluation["command"] else None,
@@ -203,6 +205,19 @@ def _absorb_runs(runs) -> Markup:
     parts = [f"{', '.join(map(str, r.get('layers') or []))} (for removed {', '.join(map(str, r.get('removed') or []))})"
              for r in runs if isinstance(r, dict)]
     return md("; ".join(parts))
+
+
+def _format_usage(report: dict[str, Any], load_id: str) -> list[Markup]:
+    """How to load the output formats with a usage block of their own (formats.OUTPUT_FORMATS; safetensors and
+    GGUF have the card's built-in sections): one Markdown block each, for the formats whose record is in the
+    report."""
+    blocks = []
+    for entry in OUTPUT_FORMATS.values():
+        if entry.usage and entry.record and isinstance(report.get(entry.record), dict):
+            text = entry.call("usage", report, load_id)
+            if text:
+                blocks.append(Markup(text))
+    return blocks
 
 
 def _gguf_view(report: dict[str, Any], load_id: str) -> dict[str, Any] | None:

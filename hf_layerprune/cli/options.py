@@ -116,13 +116,17 @@ class RegistryHelp(TyperCommand):
     metric added in its own module appears here without an edit to the CLI."""
 
     def format_help(self, ctx, formatter) -> None:
-        from hf_layerprune.healing import HEALERS
         from hf_layerprune.auto import AutoSelection
+        from hf_layerprune.formats import OUTPUT_FORMATS
+        from hf_layerprune.healing import HEALERS
         from hf_layerprune.scoring import METRICS
 
         for param in self.params:
             if param.name == "heal":
                 param.help = f"Healing method: {', '.join(HEALERS.choices())}; chain with + (linear+absorb)."
+            if param.name == "format":
+                param.help = ("Output: " + "; ".join(f"{e.name} ({e.summary})" for e in OUTPUT_FORMATS.values())
+                              + "; both = safetensors and gguf (default: both for a .gguf MODEL, else safetensors).")
         if any(param.name == "metric" for param in self.params):
             self.epilog = "Metrics (--metric NAME or NAME:key=value,key=value; all: every one): " + "; ".join(
                 f"{name} ({METRICS[name].summary}{_options(METRICS[name].options)})" for name in METRICS) + f"; auto (the default: {AutoSelection.summary})."

@@ -170,29 +170,24 @@ def say(text: str) -> None:
 
 
 def check_model_folder(directory: Path) -> dict[str, Any]:
-    """The folder's layerprune.json, after checking its files are whole (every shard, the index); one-line errors."""
-    from hf_layerprune.checkpoint import check_links, check_weights, read_json
+    """The folder's layerprune.json, after checking its files are whole: each output format it holds, by that
+    format's verifier (formats.OUTPUT_FORMATS: every shard and the index, every GGUF header); one-line errors."""
+    from hf_layerprune.checkpoint import check_links, read_json
+    from hf_layerprune.formats import OUTPUT_FORMATS, written_formats
 
     if not directory.is_dir():
         raise LayerPruneError(f"{directory} is not a directory")
-    from hf_layerprune.gguf_publish import is_gguf_folder
-
-    weights = sorted(directory.glob("*.safetensors"))
-    if is_gguf_folder(directory):  # `--format gguf`: the .gguf file holds config and weights
-        weights, has_config = [True], True
-    else:
-        has_config = (directory / "config.json").is_file()
-    missing = [name for name, present in (("config.json", has_config),
-                                          ("*.safetensors weights", bool(weights)),
+    formats = written_formats(directory)
+    weights = " or ".join(f"{entry.files[0]} ({entry.name})" for entry in OUTPUT_FORMATS.values())
+    missing = [name for name, present in ((f"model weights: {weights}", bool(formats)),
                                           (REPORT_FILENAME, (directory / REPORT_FILENAME).is_file())) if not present]
     if missing:
         raise LayerPruneError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
                               "(write one with `hf-layerprune prune MODEL ... --output-dir DIR`)")
     check_links(directory)  # before anything reads a file: no link leads out of the folder
     report = read_json(directory / REPORT_FILENAME)
-    if not is_gguf_folder(directory):
-        read_json(directory / "config.json")
-        check_weights(directory)
+    for entry in formats:
+        entry.call("verifier", directory)
     return report
 
 
