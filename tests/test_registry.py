@@ -117,7 +117,7 @@ def test_an_output_format_in_one_file_reaches_format_save_verify_card_and_help(t
     from tiny_models import save_word_tokenizer, tiny_model
     from toy_format import FILE, registered
 
-    from hf_layerprune.cli.upload import check_model_folder
+    from hf_layerprune.publish import check_model_folder
     from hf_layerprune.errors import CheckpointError
 
     checkpoint = tmp_path / "tiny"

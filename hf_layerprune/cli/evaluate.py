@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
-import math
 import json
-import time
+import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -33,30 +31,6 @@ def _limit(text: str | None) -> int | float | None:
     if value > UPPER_BOUNDS["limit"]:
         raise LayerPruneError(f"--limit {text} is more than the bound {UPPER_BOUNDS['limit']:,}")
     return int(value) if value >= 1 and value == int(value) else value
-
-
-def _load(name: str, revision: str | None, dtype: str, device: str | None, allow_pickle: bool,
-          trust_remote_code: bool = False):
-    from hf_layerprune.loading import load_model, resolve_source, resolved_revision
-
-    source = resolve_source(name, revision, allow_pickle=allow_pickle)
-    sha = resolved_revision(source) if source.kind == "hub" else None
-    console.print(f"Loading {name}" + (f" @ {sha or revision}" if (sha or revision) else ""), highlight=False)
-    model, tokenizer = load_model(source, dtype=dtype, device=device, allow_pickle=allow_pickle, need_tokenizer=False,
-                                  trust_remote_code=trust_remote_code)
-    local = str(source.path) if source.kind == "dir" else None
-    return model, tokenizer, sha or revision, local
-
-
-def _free() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def summary_table(section: dict[str, Any]) -> Table:
@@ -136,11 +110,9 @@ def evaluate(
     When MODEL is a hf-layerprune output, the results are written into its layerprune.json (`evaluation`) and its
     model card is re-rendered.
     """
-    import dataclasses
 
-    from hf_layerprune.evaluation import (
-        EvalSettings, check_tasks, evaluate_model, evaluation_section, fidelity_of_pair, reachable_text, speed_of_pair,
-    )
+    from hf_layerprune.evaluation import EvalSettings, check_tasks, reachable_text
+    from hf_layerprune.evaluation.side_by_side import compare_models
     from hf_layerprune.evaluation.fidelity import held_out_text
     from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file, model_paths
@@ -184,40 +156,9 @@ def evaluate(
         check_loadable(resolve_source(base, base_revision, allow_pickle=allow_pickle, check_files=False),
                        trust_remote_code)
     settings.generation = reachable_text(settings.generation, "generation fidelity", lambda msg: console.print(msg, highlight=False))
-    log = lambda msg: console.print(msg, highlight=False)  # noqa: E731
-    start = time.perf_counter()
-    base_result = base_model = base_dir = None
-    each = dataclasses.replace(settings, speed=False) if base and speed else settings  # the pair is timed together
-    if base:
-        base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle,
-                                                             trust_remote_code)
-        if base_tok is None:
-            raise LayerPruneError(f"no tokenizer found for {base}")
-        base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
-        if not speed and not settings.generation:
-            del base_model
-            base_model = None
-            _free()
-    pruned_model, tokenizer, sha, local = _load(model, revision, dtype, device, allow_pickle,
-                                                   trust_remote_code)
-    if tokenizer is None:
-        if base is None:
-            raise LayerPruneError(f"no tokenizer found for {model}")
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
-    pruned_result = evaluate_model(pruned_model, tokenizer, each, model_id=model if sha else None, revision=sha,
-                                   model_dir=local, log=log)
-    pair = generated = None
-    if base_model is not None and settings.generation:
-        generated = fidelity_of_pair(base_model, pruned_model, tokenizer, settings, log=log)
-    if base_model is not None and speed:
-        pair = speed_of_pair(base_model, pruned_model, tokenizer, settings, base_dir=base_dir, pruned_dir=local, log=log)
-        del base_model
-    del pruned_model
-    _free()
-    section = evaluation_section(settings, base_result, pruned_result, time.perf_counter() - start, speed_pair=pair,
-                                 generation=generated)
+    section = compare_models(model, base, settings, revision=revision, base_revision=base_revision, dtype=dtype,
+                             allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                             log=lambda msg: console.print(msg, highlight=False))
     from hf_layerprune.cli.options import command_line
 
     section["command"] = command_line(ctx)

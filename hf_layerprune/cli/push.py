@@ -43,7 +43,7 @@ def push(
 ) -> None:
     """Prune, heal, evaluate and card MODEL, then publish it to the Hub in one commit and verify it loads."""
     from hf_layerprune import hub
-    from hf_layerprune.cli.upload import check_gguf_target, publish_and_verify, upload_flags
+    from hf_layerprune.publish import check_gguf_target, publish_and_verify, upload_flags
     from hf_layerprune.gguf_publish import GgufPushError
     from hf_layerprune.checks import check_recipe, planned_num_layers
     from hf_layerprune.pipeline import run

@@ -61,7 +61,7 @@ def sweep(
         for out in outputs:
             display.message(f"[green]Saved[/green] {out}")
         if repo_prefix:
-            from hf_layerprune.cli.upload import check_gguf_target, publish_and_verify
+            from hf_layerprune.publish import check_gguf_target, publish_and_verify
             from hf_layerprune.report import read_report
 
             published = {}
