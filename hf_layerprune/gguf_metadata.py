@@ -13,6 +13,9 @@ Every GGUF we write (surgery or export) gets:
   any `general.base_model.*` of the source (the source's own base) is dropped;
 - `general.license` (`.name`, `.link`) and `general.tags` as on the model card (card.metadata.card_data); the
   source's licence stays when the card knows none.
+
+What the card says comes in as `CardFields`; gguf_route.card_fields reads them from the card (this module knows no
+card).
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any, Iterable
 
 BASE_MODEL_PREFIX = "general.base_model."
@@ -38,24 +40,6 @@ class CardFields:
     license_name: str | None = None
     license_link: str | None = None
     tags: list[str] = field(default_factory=list)
-
-
-def card_fields(report: dict[str, Any], *, base_card=None) -> CardFields:
-    """The card's base model, licence and tags for a report (as far as the run has filled it)."""
-    from hf_layerprune.card.formatting import hub_id
-    from hf_layerprune.card.metadata import card_data
-    from hf_layerprune.card.render import base_card_info
-
-    try:
-        info = base_card_info(report, base_card=base_card) or {}
-    except Exception:  # noqa: BLE001 - an unreadable card only means "licence unknown", as on the card itself
-        info = {}
-    data = card_data({**report, "gguf": report.get("gguf") or {}}, model_name="model", license_info=info)
-    base = str(report.get("base_model") or "model")
-    rid = hub_id(base)
-    return CardFields(base=rid or PurePosixPath(base.replace("\\", "/").rstrip("/")).name, hub=rid is not None,
-                      license=getattr(data, "license", None), license_name=getattr(data, "license_name", None),
-                      license_link=getattr(data, "license_link", None), tags=list(data.tags or []))
 
 
 def parameter_counts(shapes: Iterable[tuple[str, tuple[int, ...]]]) -> tuple[int, int, int, int]:

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.formats import format_names, formats_of, wants
+from hf_layerprune.gguf_metadata import CardFields
 
 ADDS_TENSORS = ("bias",)  # healers that add tensors (down_proj biases) a GGUF surgery has no slot for
 # Types gguf.quants can only dequantize -> the closest type it can quantize to (bits per weight at or above).
@@ -81,14 +82,25 @@ def output_name(source, num_layers: int, suffix: str = "") -> str:
     return f"{_model_name(source.name)}-pruned-{num_layers}L{suffix}.gguf"  # docs/gguf.md: <model>-pruned-<N>L.<TYPE>.gguf
 
 
-def card_fields(report, recipe):
-    """The model card's base, licence and tags for the GGUF's `general.*` keys (gguf_metadata.py), from the report
-    as the run has filled it so far (the card itself is rendered after the weights are written)."""
-    from hf_layerprune.gguf_metadata import card_fields as fields
+def card_fields(report, recipe) -> CardFields:
+    """The model card's base model, licence and tags for the GGUF's `general.*` keys (gguf_metadata.py), from the
+    report as the run has filled it so far (the card itself is rendered after the weights are written)."""
+    from hf_layerprune.card.formatting import hub_id
+    from hf_layerprune.card.metadata import card_data
+    from hf_layerprune.card.render import base_card_info
 
     data = {**report.to_dict(), "recipe": recipe.to_dict()}
     local_card = Path(recipe.model) / "README.md"
-    return fields(data, base_card=local_card if local_card.is_file() else None)
+    try:
+        info = base_card_info(data, base_card=local_card if local_card.is_file() else None) or {}
+    except Exception:  # noqa: BLE001 - an unreadable card only means "licence unknown", as on the card itself
+        info = {}
+    card = card_data({**data, "gguf": data.get("gguf") or {}}, model_name="model", license_info=info)
+    base = str(data.get("base_model") or "model")
+    rid = hub_id(base)
+    return CardFields(base=rid or PurePosixPath(base.replace("\\", "/").rstrip("/")).name, hub=rid is not None,
+                      license=getattr(card, "license", None), license_name=getattr(card, "license_name", None),
+                      license_link=getattr(card, "license_link", None), tags=list(card.tags or []))
 
 
 def write_gguf_output(model, tokenizer, recipe, folder: Path, *, source, removed: list[int], card=None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from hf_layerprune.errors import OutputError, describe_os_error
-from hf_layerprune.report import REPORT_FILENAME  # the mark of our own output
+REPORT_FILENAME = "layerprune.json"  # the mark of our own output (the run record, report.py)
 
 
 OWNER_FILE = ".layerprune-staging"  # inside a staging directory: "<host> <pid>" of the run writing it

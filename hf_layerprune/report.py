@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from hf_layerprune import __version__
+from hf_layerprune.outputs import REPORT_FILENAME  # noqa: F401  (defined where an output is recognised by it)
 
-REPORT_FILENAME = "layerprune.json"
 # a JSON array of plain numbers, one per line as indent=2 writes it: kept on one line (per-doc scores, layer scores)
 _NUMBER_LIST = re.compile(r"\[\n\s+(-?[\d.eE+-]+(?:,\n\s+-?[\d.eE+-]+)*)\n\s*\]")
 FORMAT_VERSION = 1
