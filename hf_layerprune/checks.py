@@ -14,7 +14,8 @@ from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checkpoint import check_checkpoint_layers, check_config_layer_count, check_layer_count, loading_error
 from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 from hf_layerprune.formats import formats_of
-from hf_layerprune.loading import Source, check_device, hub_files, resolve_source, torch_dtype
+from hf_layerprune.hub import hub_files
+from hf_layerprune.loading import Source, check_device, resolve_source, torch_dtype
 from hf_layerprune.memory import GiB, check_fits, element_bytes, shape_of
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.selection import check_strategy, parse_protect

@@ -52,8 +52,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hf_layerprune.checkpoint import Probe, load_checkpoint, probe_model, sha256
-from hf_layerprune.errors import ConfigError, HubAccessError, HubError, LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, HubAccessError, HubError, LayerPruneError
 from hf_layerprune.hub_calls import hub_errors, logger, retrying, status_of
+from hf_layerprune.loading import Source, is_meta_format
 
 TOKEN_HELP = "set HF_TOKEN, run `hf auth login`, or pass --token (create a write token at https://huggingface.co/settings/tokens)"
 MODEL_FILES = ("config.json",)
@@ -520,6 +521,33 @@ def _api(token: str | None):
     return HfApi(token=token, library_name="hf-layerprune", library_version=__version__)
 
 
+def verify_pushed_gguf(repo_id: str, revision: str, directory: Path, token: str | None) -> list[dict[str, Any]]:
+    """Each .gguf file of `directory` downloaded back from `repo_id@revision`: byte-identical (SHA-256) and read back
+    with the blocks and tensors it was written with."""
+    from huggingface_hub import hf_hub_download
+
+    from hf_layerprune.gguf_surgery import read_header
+
+    checks = []
+    for name in sorted(p.name for p in Path(directory).glob("*.gguf")):
+        local = Path(directory) / name
+        with tempfile.TemporaryDirectory(prefix="layerprune-verify-gguf-") as cache:
+            with hub_errors(f"downloading {name} from {repo_id}@{revision} to verify it", token):
+                pushed = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache, token=token))
+            if sha256(pushed) != sha256(local):
+                raise LayerPruneError(f"{repo_id}@{revision}: {name} differs from the local file after the push")
+            mine, theirs = read_header(local), read_header(pushed)
+            try:
+                if (theirs.block_count, len(theirs.tensors)) != (mine.block_count, len(mine.tensors)):
+                    raise LayerPruneError(f"{repo_id}@{revision}: {name} does not read back as written")
+                checks.append({"file": name, "sha256": sha256(local), "block_count": theirs.block_count,
+                               "tensors": len(theirs.tensors)})
+            finally:
+                mine.buf.close()
+                theirs.buf.close()
+    return checks
+
+
 # ------------------------------------------------------------------------------------------------ base card
 CARD_FILENAME = "README.md"
 
@@ -654,3 +682,95 @@ def pushed_json(repo_id: str, filename: str, *, token: str | None) -> dict[str, 
             return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+GATED_HELP = ("accept its licence on its page at {url} (while logged in), then log in here with `hf auth login` "
+              "(or set HF_TOKEN) with that account")
+
+
+def hub_files(source: Source, token: str | None = None) -> list[str]:
+    """The files of a Hub source, after checking it is a transformers checkpoint this token may download.
+
+    Each refusal says what to do: a gated repo names its licence page and `hf auth login`; a missing repo says
+    whether its owner exists; Meta's original-format repos name their `-hf` sibling when there is one."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(token=token)
+    try:
+        files = api.list_repo_files(source.name, revision=source.revision)
+        api.auth_check(source.name)
+    except GatedRepoError:
+        from huggingface_hub import constants
+
+        raise HubAccessError(f"{source.name} is gated: " + GATED_HELP.format(url=f"{constants.ENDPOINT}/{source.name}")) from None
+    except RepositoryNotFoundError:
+        raise HubAccessError(f"model {source.name!r} not found on the Hub{_owner_hint(api, source.name)}") from None
+    except RevisionNotFoundError:
+        raise ConfigError(f"revision {source.revision!r} not found in {source.name}") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise HubError(f"could not reach the Hub for {source.name}: {type(exc).__name__}") from None
+    if is_meta_format(files):
+        sibling = f"{source.name}-hf"
+        hint = f"use {sibling}, its transformers checkpoint" if _repo_exists(api, sibling) else \
+            "use its transformers (-hf) checkpoint, or convert it with transformers' convert_llama_weights_to_hf.py"
+        raise CheckpointError(f"{source.name} is in Meta's original format (params.json, consolidated.*.pth), which "
+                              f"transformers does not load: {hint}")
+    if "config.json" not in files and not any(f.endswith(".gguf") for f in files):
+        raise CheckpointError(f"{source.name} has no config.json: it is not a transformers checkpoint")
+    return files
+
+
+def _repo_exists(api, repo_id: str) -> bool:
+    try:
+        return bool(api.repo_exists(repo_id))
+    except Exception:  # unreachable or refused: no hint rather than a wrong one
+        return False
+
+
+def _owner_hint(api, repo_id: str) -> str:
+    """Whether the repo's owner exists (a typo in the model name, or in the owner); private repos look missing."""
+    owner = repo_id.split("/")[0] if "/" in repo_id else None
+    if owner is None:
+        return " (give it as owner/name)"
+    for lookup in (api.get_user_overview, api.get_organization_overview):
+        try:
+            lookup(owner)
+            return (f"; the owner {owner!r} exists: check the model name (or, for a private repo, that your token "
+                    "can read it)")
+        except Exception:
+            continue
+    return f"; no user or organization named {owner!r} exists on the Hub"
+
+
+def local_checkpoint(source: Source, *, allow_pickle: bool = False, token: str | None = None) -> Path:
+    """A local directory holding the source checkpoint's safetensors, config and tokenizer files."""
+    if source.kind == "dir":
+        return source.path  # type: ignore[return-value]
+    if source.kind == "gguf":
+        raise LayerPruneError("GGUF files are pruned in memory; the on-disk path needs safetensors")
+    from huggingface_hub import snapshot_download
+
+    files = hub_files(source, token)
+    if not any(f.endswith(".safetensors") for f in files):
+        if not allow_pickle:
+            raise LayerPruneError(
+                f"{source.name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
+            )
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md", "additional_chat_templates/*"]
+    if allow_pickle and not any(f.endswith(".safetensors") for f in files):
+        patterns.append("*.bin")
+    return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=patterns, token=token))
+
+
+def resolved_revision(source: Source, token: str | None = None) -> str | None:
+    """The commit sha of a Hub source (recorded so a run can be reproduced exactly)."""
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(token=token).model_info(source.name, revision=source.revision).sha
+    except Exception:  # offline or mirrors without sha: the requested revision is still recorded
+        return source.revision

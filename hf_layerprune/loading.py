@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_layerprune.distributed import world
-from hf_layerprune.errors import CheckpointError, ConfigError, HubAccessError, HubError, LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -66,14 +66,14 @@ def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool
 META_FILES = ("params.json",)  # Meta's original Llama format: params.json + consolidated.NN.pth, no config.json
 
 
-def _is_meta_format(files: list[str]) -> bool:
+def is_meta_format(files: list[str]) -> bool:
     names = [Path(f).name for f in files]
     return "config.json" not in names and (any(n in META_FILES for n in names)
                                            or any(n.startswith("consolidated.") and n.endswith(".pth") for n in names))
 
 
 def _check_weights(directory: Path, allow_pickle: bool, name: str, check_files: bool = True) -> None:
-    if _is_meta_format([p.name for p in directory.iterdir()]):
+    if is_meta_format([p.name for p in directory.iterdir()]):
         raise CheckpointError(f"{name} is in Meta's original format (params.json, consolidated.*.pth), which "
                               "transformers does not load; use the converted -hf checkpoint (e.g. meta-llama/Llama-2-7b-hf) "
                               "or convert it with transformers' convert_llama_weights_to_hf.py")
@@ -124,97 +124,6 @@ def check_device(device: str | None) -> None:
         raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {device}: MPS is not available on this machine")
-
-
-GATED_HELP = ("accept its licence on its page at {url} (while logged in), then log in here with `hf auth login` "
-              "(or set HF_TOKEN) with that account")
-
-
-def hub_files(source: Source, token: str | None = None) -> list[str]:
-    """The files of a Hub source, after checking it is a transformers checkpoint this token may download.
-
-    Each refusal says what to do: a gated repo names its licence page and `hf auth login`; a missing repo says
-    whether its owner exists; Meta's original-format repos name their `-hf` sibling when there is one."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    api = HfApi(token=token)
-    try:
-        files = api.list_repo_files(source.name, revision=source.revision)
-        api.auth_check(source.name)
-    except GatedRepoError:
-        from huggingface_hub import constants
-
-        raise HubAccessError(f"{source.name} is gated: " + GATED_HELP.format(url=f"{constants.ENDPOINT}/{source.name}")) from None
-    except RepositoryNotFoundError:
-        raise HubAccessError(f"model {source.name!r} not found on the Hub{_owner_hint(api, source.name)}") from None
-    except RevisionNotFoundError:
-        raise ConfigError(f"revision {source.revision!r} not found in {source.name}") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise HubError(f"could not reach the Hub for {source.name}: {type(exc).__name__}") from None
-    if _is_meta_format(files):
-        sibling = f"{source.name}-hf"
-        hint = f"use {sibling}, its transformers checkpoint" if _repo_exists(api, sibling) else \
-            "use its transformers (-hf) checkpoint, or convert it with transformers' convert_llama_weights_to_hf.py"
-        raise CheckpointError(f"{source.name} is in Meta's original format (params.json, consolidated.*.pth), which "
-                              f"transformers does not load: {hint}")
-    if "config.json" not in files and not any(f.endswith(".gguf") for f in files):
-        raise CheckpointError(f"{source.name} has no config.json: it is not a transformers checkpoint")
-    return files
-
-
-def _repo_exists(api, repo_id: str) -> bool:
-    try:
-        return bool(api.repo_exists(repo_id))
-    except Exception:  # unreachable or refused: no hint rather than a wrong one
-        return False
-
-
-def _owner_hint(api, repo_id: str) -> str:
-    """Whether the repo's owner exists (a typo in the model name, or in the owner); private repos look missing."""
-    owner = repo_id.split("/")[0] if "/" in repo_id else None
-    if owner is None:
-        return " (give it as owner/name)"
-    for lookup in (api.get_user_overview, api.get_organization_overview):
-        try:
-            lookup(owner)
-            return (f"; the owner {owner!r} exists: check the model name (or, for a private repo, that your token "
-                    "can read it)")
-        except Exception:
-            continue
-    return f"; no user or organization named {owner!r} exists on the Hub"
-
-
-def local_checkpoint(source: Source, *, allow_pickle: bool = False, token: str | None = None) -> Path:
-    """A local directory holding the source checkpoint's safetensors, config and tokenizer files."""
-    if source.kind == "dir":
-        return source.path  # type: ignore[return-value]
-    if source.kind == "gguf":
-        raise LayerPruneError("GGUF files are pruned in memory; the on-disk path needs safetensors")
-    from huggingface_hub import snapshot_download
-
-    files = hub_files(source, token)
-    if not any(f.endswith(".safetensors") for f in files):
-        if not allow_pickle:
-            raise LayerPruneError(
-                f"{source.name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
-            )
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md", "additional_chat_templates/*"]
-    if allow_pickle and not any(f.endswith(".safetensors") for f in files):
-        patterns.append("*.bin")
-    return Path(snapshot_download(source.name, revision=source.revision, allow_patterns=patterns, token=token))
-
-
-def resolved_revision(source: Source, token: str | None = None) -> str | None:
-    """The commit sha of a Hub source (recorded so a run can be reproduced exactly)."""
-    if source.kind != "hub":
-        return None
-    from huggingface_hub import HfApi
-
-    try:
-        return HfApi(token=token).model_info(source.name, revision=source.revision).sha
-    except Exception:  # offline or mirrors without sha: the requested revision is still recorded
-        return source.revision
 
 
 def torch_dtype(name: str | None):

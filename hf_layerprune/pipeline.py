@@ -21,7 +21,8 @@ from hf_layerprune import distributed
 from hf_layerprune.checkpoint import load_checkpoint
 from hf_layerprune.checks import preflight, source_paths
 from hf_layerprune.gguf_route import card_fields, wants_gguf, write_deci_gguf
-from hf_layerprune.loading import Source, local_checkpoint
+from hf_layerprune.hub import local_checkpoint
+from hf_layerprune.loading import Source
 from hf_layerprune.finish import Timer, write_outputs
 from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import staging_dir

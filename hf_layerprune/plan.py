@@ -19,7 +19,8 @@ from hf_layerprune.checks import (check_4bit_source, check_recipe, check_source_
 from hf_layerprune.errors import ConfigError
 from hf_layerprune.formats import formats_of
 from hf_layerprune.gguf_route import check_sublayer_gguf, resolve_format
-from hf_layerprune.loading import Source, hub_files, local_checkpoint, resolve_source, resolved_revision
+from hf_layerprune.hub import hub_files, local_checkpoint, resolved_revision
+from hf_layerprune.loading import Source, resolve_source
 from hf_layerprune.outputs import check_output_dir
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.surgery import side_files

@@ -71,7 +71,7 @@ def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *
                         exist_ok: bool, verify: bool, trust_remote_code: bool) -> str:
     from hf_layerprune import checkpoint, hub
 
-    from hf_layerprune.gguf_publish import is_gguf_folder, verify_pushed_gguf
+    from hf_layerprune.gguf_publish import is_gguf_folder
 
     gguf_only = is_gguf_folder(directory)  # `--format gguf`: nothing for transformers to load, the GGUF is read back
     probe = None
@@ -86,7 +86,7 @@ def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *
     def verify_revision(rev: str) -> dict[str, Any]:
         record = {} if gguf_only else hub.verify_pushed(repo_id, rev, directory, token, probe=probe,
                                                          trust_remote_code=trust_remote_code)
-        return {**record, "gguf": verify_pushed_gguf(repo_id, rev, directory, token)}
+        return {**record, "gguf": hub.verify_pushed_gguf(repo_id, rev, directory, token)}
 
     result = hub.publish_folder(
         directory, repo_id, token=token, private=private, revision=revision, create_pr=create_pr,

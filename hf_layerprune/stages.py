@@ -34,7 +34,8 @@ from hf_layerprune.formats import formats_of
 from hf_layerprune.healing import heal_for_recipe
 from hf_layerprune.hub import publish_folder
 from hf_layerprune.quantized import count_parameters  # packed 4-bit weights at their real shape
-from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source
+from hf_layerprune.hub import local_checkpoint
+from hf_layerprune.loading import Source, load_model, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
 from hf_layerprune.report import CutSection, SourceSection
 from hf_layerprune.scoring import METRICS, select_for_recipe

@@ -16,7 +16,8 @@ from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.finish import write_outputs
 from hf_layerprune.gguf_route import card_fields, elements, output_name, source_file
 from hf_layerprune.gguf_surgery import kept_blocks, prune_gguf, read_header, renamed
-from hf_layerprune.loading import Source, local_checkpoint, torch_dtype
+from hf_layerprune.hub import local_checkpoint
+from hf_layerprune.loading import Source, torch_dtype
 from hf_layerprune.outputs import staging_dir
 from hf_layerprune.provenance import hashed_alongside
 from hf_layerprune.recipe import AUTO, Recipe

@@ -22,7 +22,8 @@ from hf_layerprune.checks import check_recipe, check_source_layers, check_target
 from hf_layerprune.errors import ConfigError, LayerPruneError, OutputError
 from hf_layerprune.evaluation import headline
 from hf_layerprune.hub import _model_name
-from hf_layerprune.loading import resolve_source, resolved_revision
+from hf_layerprune.hub import resolved_revision
+from hf_layerprune.loading import resolve_source
 from hf_layerprune.outputs import check_output_dir, check_path
 from hf_layerprune.pipeline import Timer, heal_and_evaluate, load, save
 from hf_layerprune.plots import plot_pareto

@@ -112,7 +112,7 @@ def evaluate(
     """
 
     from hf_layerprune.evaluation import EvalSettings, check_tasks, reachable_text
-    from hf_layerprune.evaluation.side_by_side import compare_models
+    from hf_layerprune.side_by_side import compare_models
     from hf_layerprune.evaluation.fidelity import held_out_text
     from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file, model_paths

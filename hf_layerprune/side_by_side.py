@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from hf_layerprune.errors import LayerPruneError
 from hf_layerprune.evaluation import EvalSettings, evaluate_model, evaluation_section, fidelity_of_pair, speed_of_pair
-from hf_layerprune.loading import load_model, resolve_source, resolved_revision
+from hf_layerprune.hub import resolved_revision
+from hf_layerprune.loading import load_model, resolve_source
 
 Log = Callable[[str], None]
 
