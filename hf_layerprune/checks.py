@@ -33,6 +33,11 @@ def check_recipe(recipe: Recipe) -> None:
     metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks."""
     recipe.validate_target()
     recipe.resolve_defaults()
+    if recipe.target is not None:
+        for flag, on in (("--load-in-4bit", recipe.load_in_4bit), ("--offload", recipe.offload),
+                         ("--rounds", recipe.rounds > 1), ("--protect", bool(recipe.protect))):
+            if on:
+                raise ConfigError(f"--target judges its plans on the whole model in memory; drop {flag}")
     check_4bit(recipe)
     if uses_metric(recipe) and recipe.metric_name != AUTO:
         from hf_layerprune.scoring import get_metric
@@ -143,6 +148,8 @@ def light_config(source: Source, trust_remote_code: bool = False) -> Any:
 
 
 def check_target_against(recipe: Recipe, num_layers: int) -> None:
+    if recipe.target is not None:  # a budget: met by the plan (budget.py), any depth can be asked
+        return
     if recipe.protect and recipe.granularity == "block":
         parse_protect(recipe.protect, num_layers)
     if recipe.layers:
@@ -155,6 +162,8 @@ def check_target_against(recipe: Recipe, num_layers: int) -> None:
 
 def planned_num_layers(recipe: Recipe, token: str | None = None) -> int:
     """Depth of the output, known before any work (for the default repo name): from the source config alone."""
+    if recipe.target is not None:
+        raise ConfigError("with --target the plan chooses the depth after scoring; give --repo-id for the repo name")
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
     if source.kind == "hub":
         hub_files(source, token)

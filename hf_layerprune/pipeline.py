@@ -89,6 +89,8 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
         with timer.stage("score"):
             streamed = streamed_selection(local_checkpoint(source, allow_pickle=recipe.allow_pickle), recipe, log)
     model, tokenizer = load(recipe, source, report, timer, log)
+    if recipe.target is not None:
+        return run_target(model, tokenizer, recipe, source, report, timer, log)
     base = None
     if recipe.evaluate or recipe.heal != "none":
         # one copy of the weights: the base is a view over the pruned model (kept layers shared, removed layers held
@@ -99,8 +101,10 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
     with timer.stage("score"):
         removed, report.scoring = streamed or stages.select(model, tokenizer, recipe, log=log)
     if recipe.granularity != "block":
-        return distributed.on_main(finish_sublayer, model, tokenizer, base, removed, recipe, source, report, timer, log,
-                                   heal)
+        removed_attention = removed if recipe.granularity == "attention" else []
+        removed_mlp = removed if recipe.granularity == "mlp" else []
+        return distributed.on_main(finish_sublayer, model, tokenizer, base, removed_attention, removed_mlp, recipe,
+                                   source, report, timer, log, heal)
     with timer.stage("cut"):
         report.cut = stages.cut(model, removed, log=log)
     heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log, heal)
@@ -195,19 +199,43 @@ def _protect_in_current(protect: list, original: list[int]) -> list:
     return out
 
 
-def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Source, report: Report,
-                    timer: Timer, log: Log, heal=None) -> None:
-    """Attention-only / MLP-only removal: exported as a DeciLM (Nemotron-NAS) checkpoint, healed after reload."""
+def run_target(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log) -> None:
+    """`--target`: the plan that meets the budget (budget.py), then a whole-layer cut or a sub-layer export."""
+    from hf_layerprune import stages
+    from hf_layerprune.base_view import SharedBase
+    from hf_layerprune.budget import plan_for_target
+    from hf_layerprune.recipe import default_healer
+
+    with timer.stage("score"):
+        whole, attention, report.scoring = plan_for_target(model, tokenizer, recipe, log=log)
+    if recipe.heal is None:  # the default healer of the kind of plan chosen
+        recipe.heal = default_healer("block" if not attention else "attention")
+    needs_base = recipe.evaluate or recipe.heal != "none"
+    if not attention:  # whole layers pay the whole budget: a stock-architecture cut
+        base = SharedBase(model) if needs_base else None
+        with timer.stage("cut"):
+            report.cut = stages.cut(model, whole, log=log)
+        heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log)
+        return save(model, tokenizer, recipe, source, report, timer)
+    report.granularity = "mixed"
+    distributed.on_main(finish_sublayer, model, tokenizer, model if needs_base else None, sorted(whole + attention),
+                        whole, recipe, source, report, timer, log)
+
+
+def finish_sublayer(model, tokenizer, base, removed_attention: list[int], removed_mlp: list[int], recipe: Recipe,
+                    source: Source, report: Report, timer: Timer, log: Log, heal=None) -> None:
+    """Attention-only / MLP-only removal (a layer in both lists goes whole): exported as a DeciLM (Nemotron-NAS)
+    checkpoint, healed after reload."""
     from hf_layerprune import stages
 
     from hf_layerprune.sublayer import export_decilm  # the DeciLM export (deferred with its modelling code)
 
-    removed_attention = removed if recipe.granularity == "attention" else []
-    removed_mlp = removed if recipe.granularity == "mlp" else []
     num_layers = model.config.num_hidden_layers
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("cut"):
-            log(f"Removing {recipe.granularity} sub-layers {removed} of {num_layers} (DeciLM / Nemotron-NAS export)")
+            what = " and ".join(f"{kind} sub-layers {units}" for kind, units in (("attention", removed_attention),
+                                                                               ("mlp", removed_mlp)) if units)
+            log(f"Removing {what} of {num_layers} (DeciLM / Nemotron-NAS export)")
             summary = export_decilm(model, removed_attention, removed_mlp, tmp, max_shard_size=recipe.max_shard_size,
                                     overwrite=True)
             if tokenizer is not None:

@@ -96,6 +96,8 @@ def _needs_gguf_model(recipe: Recipe) -> bool:
 
 
 def needs_model_in_memory(recipe: Recipe, source: Source) -> bool:
+    if recipe.target is not None:  # the plan is judged on the model
+        return True
     if any("streamable" not in entry.capabilities for entry in formats_of(recipe)):  # e.g. a GGUF export
         return True
     if source.kind == "gguf" or recipe.granularity != "block" or recipe.heal != "none" or recipe.evaluate:

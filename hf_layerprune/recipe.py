@@ -78,6 +78,10 @@ class Recipe:
     # what to remove
     drop: int | None = option(help="Number of layers (or sub-layers) to remove, chosen by --metric.")
     layers: list[int] | None = option(help="Exact 0-based indices to remove, e.g. 3,4,5 or 20-27.")
+    target: str | None = option(help="A budget instead of a depth: params=F keeps the fraction F of the parameters, "
+                                     "kv=F of the KV cache; whole-layer and attention-only removals are mixed to meet "
+                                     "it and the candidate plans compared by KL to the base on held-out text "
+                                     "(budget.py; a plan with attention-only removals is a sub-layer export).")
     granularity: str = option("block", help="Unit to remove: block (default), attention or mlp.")
     metric: str | None = option(help="Importance metric used by --drop (see `analyze --help`).")
     selection: str | None = option(help="contiguous | topk | greedy (default: the metric's own).")
@@ -176,17 +180,22 @@ class Recipe:
             raise ConfigError(f"--layers: index {max(self.layers)} is beyond any model (at most {MAX_LAYERS:,} layers)")
 
     def validate_target(self) -> None:
-        """Exactly one of drop/layers; drop >= 1. Range checks against the model happen at selection time."""
-        if self.drop is None and not self.layers:
-            raise LayerPruneError("say what to remove: give --drop N or --layers i,j,k")
-        if self.drop is not None and self.layers:
-            raise LayerPruneError("give either --drop or --layers, not both")
+        """Exactly one of drop/layers/target; drop >= 1. Range checks against the model happen at selection time."""
+        if self.drop is None and not self.layers and self.target is None:
+            raise LayerPruneError("say what to remove: give --drop N or --layers i,j,k (or --target params=F)")
+        if sum(x is not None and x != [] for x in (self.drop, self.layers, self.target)) > 1:
+            raise LayerPruneError("give one of --drop, --layers and --target, not several")
+        if self.target is not None:
+            parse_target(self.target)
+            if self.granularity != "block":
+                raise ConfigError("--target mixes whole-layer and attention-only removals itself; drop --granularity")
         if self.drop is not None and self.drop < 1:
             raise LayerPruneError(f"--drop must be at least 1 (got {self.drop})")
 
     def resolve_defaults(self) -> "Recipe":
-        """Fill the choices left to the tool (the default healer) so that the report names what really ran."""
-        if self.heal is None:
+        """Fill the choices left to the tool (the default healer) so that the report names what really ran. With
+        --target the default healer depends on the plan chosen (budget.py fills it then)."""
+        if self.heal is None and self.target is None:
             self.heal = DEFAULT_4BIT_HEALER if self.load_in_4bit else default_healer(self.granularity)
         if self.metric is None and self.drop and not self.layers:
             self.metric = self.metric_name
@@ -200,7 +209,9 @@ class Recipe:
         return DEFAULT_4BIT_METRIC if self.load_in_4bit else default_metric(self.granularity)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field; the ones added since reports were first written (LATER_FIELDS) only when set, so that the
+        record of a run that does not use them is what it was."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in LATER_FIELDS and v is None)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
@@ -279,6 +290,26 @@ def _describe_type(hint: Any) -> str:
 
 
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
+
+
+TARGET_KINDS = ("params", "kv")
+LATER_FIELDS = ("target",)
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """`params=0.8` -> ("params", 0.8): keep that fraction of the parameters (or of the KV cache, `kv=`)."""
+    kind, eq, value = str(text).partition("=")
+    kind = kind.strip().lower()
+    if kind == "speed":
+        raise ConfigError("--target speed= is not supported: decode speed is measured, not predicted; give params=F "
+                          "or kv=F and read the measured speed-up on the card")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = float("nan")
+    if not eq or kind not in TARGET_KINDS or not 0 < fraction < 1:
+        raise ConfigError(f"cannot read --target {text!r}: give params=F or kv=F with 0 < F < 1 (the fraction kept)")
+    return kind, fraction
 
 
 def parse_duration(text: str | None, what: str = "--heal-budget") -> float | None:

@@ -54,7 +54,8 @@ def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> t
     A tokenizer is loaded only when a stage reads text: text calibration, healing or evaluation (`self`
     calibration samples token ids from the model, so scoring alone needs none)."""
     source = source or resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle)
-    scoring_text = bool(recipe.drop and not METRICS.has(recipe.metric_name, "config_only")) and recipe.calibration != "self"
+    scoring_text = bool((recipe.drop or recipe.target) and not METRICS.has(recipe.metric_name, "config_only")) \
+        and recipe.calibration != "self"
     needs_text = scoring_text or recipe.heal != "none" or recipe.evaluate
     log(f"Loading {source.name}")
     model, tokenizer = load_model(

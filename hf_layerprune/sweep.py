@@ -76,6 +76,8 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
         raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
     if recipe.granularity != "block":
         raise LayerPruneError("sweep removes whole layers; use prune --granularity for sub-layers")
+    if recipe.target is not None:
+        raise ConfigError("sweep takes depths (--drop 4,8,12); a budget is one prune: prune --target params=F")
     if recipe.load_in_4bit:  # each depth is a reversible patch; an adapter trained in place is not undone
         raise ConfigError("sweep does not take --load-in-4bit; run prune --load-in-4bit once per depth")
     check_recipe(dataclasses.replace(recipe, drop=max(depths), layers=None))

@@ -60,6 +60,8 @@ def _tags(report: dict[str, Any]) -> list[str]:
         tags += info[1] if info else [slug(method)]
     if report.get("granularity") in ("attention", "mlp"):
         tags.append(f"{report['granularity']}-pruning")
+    if report.get("granularity") == "mixed":
+        tags += ["layer-pruning", "attention-pruning"]
     model_type = report.get("model_type")
     if isinstance(model_type, str) and model_type:
         tags.append(slug(model_type))
