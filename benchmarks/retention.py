@@ -41,7 +41,6 @@ def build(spec: str, base):
     import copy
 
     import torch
-    from transformers import AutoModelForCausalLM
 
     from hf_layerprune.surgery import remove_layers
 
@@ -53,7 +52,9 @@ def build(spec: str, base):
         return model
     if not Path(spec).is_dir():
         raise SystemExit(f"error: {spec!r} is neither base, cut:LAYERS nor a model directory")
-    return AutoModelForCausalLM.from_pretrained(spec, dtype=torch.float32)
+    from hf_layerprune.checkpoint import load_checkpoint  # our DeciLM (sub-layer, --target) outputs with our classes
+
+    return load_checkpoint(Path(spec), dtype=torch.float32)
 
 
 def describe(spec: str) -> str:
