@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import HubError, LayerPruneError
 
 
 def gguf_files(directory: Path) -> list[str]:
@@ -64,11 +64,11 @@ def verify_pushed_gguf(repo_id: str, revision: str, directory: Path, token: str 
             with hub_errors(f"downloading {name} from {repo_id}@{revision} to verify it", token):
                 pushed = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache, token=token))
             if _sha256(pushed) != _sha256(local):
-                raise LayerPruneError(f"{repo_id}@{revision}: {name} differs from the local file after the push")
+                raise HubError(f"{repo_id}@{revision}: {name} differs from the local file after the push")
             mine, theirs = read_header(local), read_header(pushed)
             try:
                 if (theirs.block_count, len(theirs.tensors)) != (mine.block_count, len(mine.tensors)):
-                    raise LayerPruneError(f"{repo_id}@{revision}: {name} does not read back as written")
+                    raise HubError(f"{repo_id}@{revision}: {name} does not read back as written")
                 checks.append({"file": name, "sha256": _sha256(local), "block_count": theirs.block_count,
                                "tensors": len(theirs.tensors)})
             finally:

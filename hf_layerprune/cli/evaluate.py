@@ -15,7 +15,7 @@ from rich.table import Table
 
 from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
-from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError, cli_errors
 from hf_layerprune.recipe import UPPER_BOUNDS
 
 console = Console(stderr=True)
@@ -27,11 +27,11 @@ def _limit(text: str | None) -> int | float | None:
     try:
         value = float(text)
     except ValueError:
-        raise LayerPruneError(f"--limit {text!r}: give a number of documents (20) or a fraction (0.1)") from None
+        raise ConfigError(f"--limit {text!r}: give a number of documents (20) or a fraction (0.1)") from None
     if not math.isfinite(value) or value <= 0:
-        raise LayerPruneError(f"--limit must be a positive finite number (got {text})")
+        raise ConfigError(f"--limit must be a positive finite number (got {text})")
     if value > UPPER_BOUNDS["limit"]:
-        raise LayerPruneError(f"--limit {text} is more than the bound {UPPER_BOUNDS['limit']:,}")
+        raise ConfigError(f"--limit {text} is more than the bound {UPPER_BOUNDS['limit']:,}")
     return int(value) if value >= 1 and value == int(value) else value
 
 
@@ -159,7 +159,7 @@ def evaluate(
     out_dir = Path(model).expanduser()
     report = read_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
     if no_base and base:
-        raise LayerPruneError("give either --base or --no-base, not both")
+        raise ConfigError("give either --base or --no-base, not both")
     if base is None and not no_base and report is not None:
         base = report.get("base_model")
         base_revision = base_revision or report.get("base_revision")
@@ -192,7 +192,7 @@ def evaluate(
         base_model, base_tok, base_sha, base_dir = _load(base, base_revision, dtype, device, allow_pickle,
                                                              trust_remote_code)
         if base_tok is None:
-            raise LayerPruneError(f"no tokenizer found for {base}")
+            raise CheckpointError(f"no tokenizer found for {base}")
         base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir, log=log)
         if not speed and not settings.generation:
             del base_model
@@ -202,7 +202,7 @@ def evaluate(
                                                    trust_remote_code)
     if tokenizer is None:
         if base is None:
-            raise LayerPruneError(f"no tokenizer found for {model}")
+            raise CheckpointError(f"no tokenizer found for {model}")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)
