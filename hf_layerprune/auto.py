@@ -28,7 +28,7 @@ from typing import Any, Callable
 from hf_layerprune import progress
 from hf_layerprune.base_view import trial
 from hf_layerprune.calibration import calibration_batches
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.healing import HEALERS, heal_chain, heal_for_recipe
 from hf_layerprune.healing.training import kl_to_base, lm_loss
 from hf_layerprune.recipe import AUTO
@@ -122,7 +122,7 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
     if recipe.granularity != "block":
-        raise LayerPruneError("--metric auto chooses whole layers; give --metric bi|shapley|ppl for sub-layers")
+        raise ConfigError("--metric auto chooses whole layers; give --metric bi|shapley|ppl for sub-layers")
     start = time.perf_counter()
     metrics = [get_metric(name) for name in AUTO_METRICS]
     ctx, calibration = shared or auto_context(model, tokenizer, recipe, log)

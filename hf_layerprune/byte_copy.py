@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError
 
 CHUNK_BYTES = 16 * 2**20
 
@@ -36,7 +36,7 @@ def copy_range(src: int, out: int, start: int, nbytes: int, *, out_offset: int |
     while copied < nbytes:
         data = os.pread(src, min(chunk, nbytes - copied), start + copied)
         if not data:
-            raise LayerPruneError(f"{what} is truncated at byte {start + copied} (an incomplete download?)")
+            raise CheckpointError(f"{what} is truncated at byte {start + copied} (an incomplete download?)")
         if out_offset is None:
             write_all(out, data)
         else:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from hf_layerprune import progress
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, HubError, StageError
 from hf_layerprune.registry import Registry
 
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
@@ -63,15 +63,15 @@ def calibration_batches(
 ) -> torch.LongTensor:
     """Token ids of shape [samples, seq_len] from `source` (see module docstring); deterministic in `seed`."""
     if samples < 1 or seq_len < 2:
-        raise LayerPruneError(f"calibration needs samples >= 1 and seq_len >= 2 (got {samples} x {seq_len})")
+        raise ConfigError(f"calibration needs samples >= 1 and seq_len >= 2 (got {samples} x {seq_len})")
     kind = SOURCES[source_kind(source)]
     with progress.stage("calibrate"):
         if kind.documents is None:  # `self`: token ids sampled from the model
             if model is None:
-                raise LayerPruneError("--calibration self samples text from the model; no model was given")
+                raise StageError("--calibration self samples text from the model; no model was given")
             return _self_samples(model, tokenizer, samples, seq_len, seed)
         if tokenizer is None:
-            raise LayerPruneError(f"calibration text {source!r} needs a tokenizer and the model has none; use --calibration self")
+            raise ConfigError(f"calibration text {source!r} needs a tokenizer and the model has none; use --calibration self")
         return _windows(kind.documents(source, text_column), tokenizer, samples, seq_len, seed, source)
 
 
@@ -256,13 +256,13 @@ def _expand_files(source: str) -> list[Path]:
             continue
         matches = sorted(glob.glob(str(Path(part).expanduser()))) if any(c in part for c in "*?[") else [part]
         if not matches:
-            raise LayerPruneError(f"calibration glob {part!r} matches no files")
+            raise ConfigError(f"calibration glob {part!r} matches no files")
         for m in matches:
             path = Path(m).expanduser()
             if not path.is_file():
-                raise LayerPruneError(f"calibration file not found: {m}")
+                raise ConfigError(f"calibration file not found: {m}")
             if not path.name.endswith(FILE_SUFFIXES):
-                raise LayerPruneError(f"calibration file {m} must be one of {', '.join(FILE_SUFFIXES)}")
+                raise ConfigError(f"calibration file {m} must be one of {', '.join(FILE_SUFFIXES)}")
             files.append(path)
     return files
 
@@ -287,7 +287,7 @@ def _column(rows: list[dict], text_column: str | None, where: str) -> list[str]:
         return []
     column = text_column or ("text" if "text" in rows[0] else next((k for k, v in rows[0].items() if isinstance(v, str)), None))
     if column is None or column not in rows[0]:
-        raise LayerPruneError(f"{where} has no text column {text_column or 'text'!r}; give --text-column (columns: {', '.join(rows[0])})")
+        raise ConfigError(f"{where} has no text column {text_column or 'text'!r}; give --text-column (columns: {', '.join(rows[0])})")
     return [str(r[column]) for r in rows if r.get(column)]
 
 
@@ -299,19 +299,19 @@ def _hub_documents(source: str, text_column: str | None) -> list[str]:
         data = load_dataset(name, config or None, split=split or "train")
     except Exception as exc:  # offline, unknown id, bad config: one actionable line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise LayerPruneError(
+        raise HubError(
             f"could not load calibration dataset {source!r} ({first}); offline? use --calibration self or a local file"
         ) from None
     column = text_column or ("text" if "text" in data.column_names else None)
     if column is None or column not in data.column_names:
-        raise LayerPruneError(f"dataset {source!r} has no column {text_column or 'text'!r}; give --text-column (columns: {', '.join(data.column_names)})")
+        raise ConfigError(f"dataset {source!r} has no column {text_column or 'text'!r}; give --text-column (columns: {', '.join(data.column_names)})")
     return [t for t in data[column] if t and t.strip()]
 
 
 def _windows(docs: list[str], tokenizer, samples: int, seq_len: int, seed: int, source: str) -> torch.Tensor:
     docs = [d for d in docs if d and d.strip()]
     if not docs:
-        raise LayerPruneError(f"calibration source {source!r} has no text")
+        raise ConfigError(f"calibration source {source!r} has no text")
     needed = samples * seq_len
     rng = torch.Generator().manual_seed(seed)
     eos = getattr(tokenizer, "eos_token_id", None)
@@ -324,7 +324,7 @@ def _windows(docs: list[str], tokenizer, samples: int, seq_len: int, seed: int, 
             break
     count = len(stream) // seq_len
     if count < samples:
-        raise LayerPruneError(
+        raise ConfigError(
             f"calibration source {source!r} has {len(stream)} tokens: not enough for {samples} x {seq_len}; "
             "lower --calibration-samples or --seq-len"
         )

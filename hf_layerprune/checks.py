@@ -155,9 +155,9 @@ def check_target_against(recipe: Recipe, num_layers: int) -> None:
     if recipe.layers:
         validate_removed(recipe.layers, num_layers)
     elif recipe.granularity == "block" and recipe.drop >= num_layers:
-        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+        raise ConfigError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
     elif recipe.drop > num_layers:
-        raise LayerPruneError(f"--drop {recipe.drop} is more than the {num_layers} {recipe.granularity} sub-layers")
+        raise ConfigError(f"--drop {recipe.drop} is more than the {num_layers} {recipe.granularity} sub-layers")
 
 
 def planned_num_layers(recipe: Recipe, token: str | None = None) -> int:

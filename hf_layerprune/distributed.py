@@ -279,10 +279,10 @@ def check_recipe(recipe, trains: bool) -> None:
     if not is_distributed():
         return
     if recipe.device_map:
-        raise LayerPruneError("--device-map splits one model over the GPUs of one process; with torchrun or "
+        raise ConfigError("--device-map splits one model over the GPUs of one process; with torchrun or "
                               "accelerate launch each process holds its own copy: drop --device-map")
     if recipe.granularity != "block" and trains:
-        raise LayerPruneError(f"--granularity {recipe.granularity} with a trained --heal runs in one process: "
+        raise ConfigError(f"--granularity {recipe.granularity} with a trained --heal runs in one process: "
                               "launch it without torchrun / accelerate")
     init()
 

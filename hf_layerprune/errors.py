@@ -3,12 +3,23 @@
 A small hierarchy in the huggingface_hub style, so that a library caller can tell the causes apart; every class
 is a ``LayerPruneError`` (one actionable line, exit code 2) and also the matching built-in where there is one:
 
-- ``ConfigError`` (``ValueError``): a bad option, recipe value or combination of options;
-- ``UnsupportedArchitecture`` (``ConfigError``): a ``model_type`` the tool has no adapter for;
+- ``ConfigError`` (``ValueError``): a bad option, recipe value or combination of options, including options that
+  do not fit the model (``--drop`` against its layer count) or this machine (no CUDA, no bitsandbytes), and a
+  missing or unreadable file an option names (a recipe, calibration or perplexity text);
+- ``UnsupportedModel``: a model with a feature that what was asked cannot handle (a RoPE type, biases, sliding
+  windows, MoE MLPs, a split GGUF, a family without sub-layer or GGUF support); the message names what to use
+  instead. ``UnsupportedArchitecture`` (also a ``ConfigError``) is its case of a ``model_type`` with no adapter;
 - ``CheckpointError``: a model folder or file that is missing, truncated, corrupt or inconsistent;
-- ``OutputError``: an output that may not be written (exists, is the source, read-only or full filesystem);
+- ``OutputError``: an output that may not be written or published (exists, is the source, read-only or full
+  filesystem, a file holding the token);
 - ``HubAccessError`` (``PermissionError``): a missing, invalid or too weak token, a gated or private repo;
-- ``HubError``: any other failure talking to the Hub (after retries).
+- ``HubError``: any other failure talking to the Hub (after retries), including a download of calibration or
+  benchmark data and a pushed copy that does not read back as the local one;
+- ``StageError``: a stage whose input from an earlier stage, or whose own result, fails a consistency check (no
+  unpruned copy kept, a fused correction that changed the outputs, lm-eval returning no numbers): a bug or a
+  changed dependency rather than the user's input.
+
+Every raise names the class of its cause: no module raises the bare ``LayerPruneError`` (tests/test_errors.py).
 """
 
 from __future__ import annotations
@@ -32,7 +43,11 @@ class ConfigError(LayerPruneError, ValueError):
     """A bad option, recipe value or combination of options."""
 
 
-class UnsupportedArchitecture(ConfigError):
+class UnsupportedModel(LayerPruneError):
+    """The model has a feature that what was asked cannot handle; the message names what to use instead."""
+
+
+class UnsupportedArchitecture(ConfigError, UnsupportedModel):
     """The model's family has no architecture adapter."""
 
 
@@ -50,6 +65,10 @@ class HubAccessError(LayerPruneError, PermissionError):
 
 class HubError(LayerPruneError):
     """A Hub call that failed (after retries)."""
+
+
+class StageError(LayerPruneError):
+    """A stage's input from an earlier stage, or its own result, fails a consistency check (not the user's input)."""
 
 
 def one_line(text: str) -> str:

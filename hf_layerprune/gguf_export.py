@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, UnsupportedModel
 
 EXPORT_TYPES = ("F32", "BF16", "Q8_0")
 # transformers model_type -> gguf MODEL_ARCH member name
@@ -22,12 +22,12 @@ PERMUTED = ("llama", "mistral")  # convert_hf_to_gguf.py's LlamaModel.permute
 
 def check_exportable(config) -> None:
     if config.model_type not in FAMILIES:
-        raise LayerPruneError(
+        raise UnsupportedModel(
             f"GGUF export supports {', '.join(FAMILIES)}, not {config.model_type}; use --format safetensors"
         )
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
-        raise LayerPruneError(f"GGUF export of RoPE type {rope['rope_type']!r} is not supported; use --format safetensors")
+        raise UnsupportedModel(f"GGUF export of RoPE type {rope['rope_type']!r} is not supported; use --format safetensors")
 
 
 def permute(w, n_head: int):
@@ -117,7 +117,7 @@ def export_gguf(model, path: str | Path, *, out_type: str = "BF16", tokenizer_di
 
 def check_type(out_type: str) -> None:
     if out_type not in EXPORT_TYPES:
-        raise LayerPruneError(f"unknown GGUF export type {out_type!r}; use one of {', '.join(EXPORT_TYPES)}")
+        raise ConfigError(f"unknown GGUF export type {out_type!r}; use one of {', '.join(EXPORT_TYPES)}")
 
 
 def _write(writer, arch, num_blocks: int, tensors, heads, *, path, out_type: str, tokenizer_dir, name, card) -> dict:
@@ -139,7 +139,7 @@ def _write(writer, arch, num_blocks: int, tensors, heads, *, path, out_type: str
         base, suffix = hf_name.rsplit(".", 1)
         gguf_name = names.get_name(base)
         if gguf_name is None:
-            raise LayerPruneError(f"no GGUF name for {hf_name} in gguf's {arch.name} map")
+            raise UnsupportedModel(f"no GGUF name for {hf_name} in gguf's {arch.name} map")
         gguf_name = f"{gguf_name}.{suffix}"
         array = tensor.detach().to(torch.float32).cpu().numpy()
         if heads(hf_name):
@@ -176,17 +176,17 @@ def check_deci_exportable(config: dict) -> None:
     """What llama.cpp's deci loader and graph run as the DeciLM export computes it (docs/gguf.md, "Sub-layer cuts")."""
     blocks = config.get("block_configs") or []
     if any(b["ffn"]["no_op"] and not b["attention"]["no_op"] for b in blocks):
-        raise LayerPruneError(MLP_REMOVED_REFUSAL)
+        raise ConfigError(MLP_REMOVED_REFUSAL)
     if config.get("qkv_bias") or config.get("attention_bias") or config.get("mlp_bias"):
-        raise LayerPruneError("GGUF (deci) export of biased projections (Qwen2's q/k/v bias) is not supported; "
+        raise UnsupportedModel("GGUF (deci) export of biased projections (Qwen2's q/k/v bias) is not supported; "
                               "use --format safetensors")
     if "sliding_attention" in (config.get("layer_types") or []):
-        raise LayerPruneError("llama.cpp's deci graph has no sliding-window attention; use --format safetensors")
+        raise UnsupportedModel("llama.cpp's deci graph has no sliding-window attention; use --format safetensors")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", "default") != "default":
-        raise LayerPruneError(f"GGUF export of RoPE type {rope['rope_type']!r} is not supported; use --format safetensors")
+        raise UnsupportedModel(f"GGUF export of RoPE type {rope['rope_type']!r} is not supported; use --format safetensors")
     if config.get("hidden_act") != "silu":
-        raise LayerPruneError("llama.cpp's deci graph runs SiLU MLPs only; use --format safetensors")
+        raise UnsupportedModel("llama.cpp's deci graph runs SiLU MLPs only; use --format safetensors")
 
 
 def export_deci_gguf(directory: str | Path, path: str | Path, *, out_type: str = "BF16",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, UnsupportedModel
 from hf_layerprune.formats import format_names, formats_of, wants
 from hf_layerprune.gguf_metadata import CardFields
 
@@ -32,7 +32,7 @@ def resolve_format(recipe, source) -> str:
     fmt = recipe.format or ("both" if source.kind == "gguf" else "safetensors")
     format_names(fmt)
     if recipe.gguf_type is not None and recipe.gguf_type not in ("BF16", "Q8_0", "F32"):  # refused with any format
-        raise LayerPruneError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
+        raise ConfigError(f"unknown --gguf-type {recipe.gguf_type!r}; use BF16, Q8_0 or F32")
     recipe.format = fmt
     for entry in formats_of(recipe):
         entry.call("check", recipe, source)
@@ -43,24 +43,24 @@ def check_gguf_recipe(recipe, source) -> None:
     """What a GGUF output cannot hold, refused before any work."""
     if recipe.granularity != "block":
         if source.kind == "gguf":
-            raise LayerPruneError("GGUF output of a .gguf source holds whole-layer cuts only; use --format "
+            raise ConfigError("GGUF output of a .gguf source holds whole-layer cuts only; use --format "
                                   f"safetensors with --granularity {recipe.granularity}")
         if recipe.granularity == "mlp":  # every block of an MLP cut keeps its attention and loses its FFN
             from hf_layerprune.gguf_export import MLP_REMOVED_REFUSAL
 
-            raise LayerPruneError(MLP_REMOVED_REFUSAL)
+            raise ConfigError(MLP_REMOVED_REFUSAL)
     if source.kind == "gguf" and recipe.heal not in (None, "none"):  # (healing imports torch)
         from hf_layerprune.healing import heal_names
 
         if any(name in ADDS_TENSORS for name in heal_names(recipe.heal)):
-            raise LayerPruneError(f"--heal {recipe.heal} adds bias tensors the GGUF file has no slot for; "
+            raise ConfigError(f"--heal {recipe.heal} adds bias tensors the GGUF file has no slot for; "
                                   "use --format safetensors")
 
 
 def check_sublayer_gguf(recipe, config) -> None:
     """Before any work: a sub-layer cut's GGUF is a llama.cpp `deci` file, whose graph is Llama's."""
     if recipe.granularity != "block" and wants_gguf(recipe) and config.model_type != "llama":
-        raise LayerPruneError(f"GGUF output of a --granularity {recipe.granularity} cut uses llama.cpp's deci "
+        raise UnsupportedModel(f"GGUF output of a --granularity {recipe.granularity} cut uses llama.cpp's deci "
                               f"architecture, which runs Llama blocks only, not {config.model_type}; use --format "
                               "safetensors")
 
@@ -191,7 +191,7 @@ def changed_tensors(model, source, removed: list[int]) -> tuple[dict, dict]:
                                                              and hf not in tied}
     added = sorted(hf for hf in slotless if bool(state[hf].any()))  # all-zero additions (unused biases) change nothing
     if added:
-        raise LayerPruneError(f"healing added {added[0]}, which the GGUF file has no tensor for; "
+        raise ConfigError(f"healing added {added[0]}, which the GGUF file has no tensor for; "
                               "use --format safetensors")
     replace, requantized = {}, {}
     for name, t in out_names.items():

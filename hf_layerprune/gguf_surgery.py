@@ -32,7 +32,7 @@ from typing import Any, Iterable
 from hf_layerprune.checkpoint import check_layer_count, check_layer_set
 from hf_layerprune.byte_copy import copy_range, write_all
 from hf_layerprune.cache import FileIdentity, file_identity
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, StageError, UnsupportedModel
 
 BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
 # llama.cpp sets these layer patterns from the index (hparams.set_swa_pattern / n_no_rope_layer_step), not from
@@ -103,14 +103,14 @@ class GGUFHeader:
     def architecture(self) -> str:
         arch = self.value("general.architecture")
         if not arch:
-            raise LayerPruneError(f"{self.path.name} has no general.architecture")
+            raise CheckpointError(f"{self.path.name} has no general.architecture")
         return arch
 
     @property
     def block_count(self) -> int:
         count = self.value(f"{self.architecture}.block_count")
         if count is None:
-            raise LayerPruneError(f"{self.path.name} has no {self.architecture}.block_count; it is not a layered decoder")
+            raise UnsupportedModel(f"{self.path.name} has no {self.architecture}.block_count; it is not a layered decoder")
         return check_layer_count(count, f"{self.path.name}: {self.architecture}.block_count")
 
     def check_blocks(self) -> None:
@@ -144,7 +144,7 @@ def _skip_value(buf, vtype: int, pos: int) -> int:
         for _ in range(count):
             pos = _skip_value(buf, sub, pos)
         return pos
-    raise LayerPruneError(f"unknown GGUF value type {vtype}")
+    raise CheckpointError(f"unknown GGUF value type {vtype}")
 
 
 # scans already made in this process, by file identity: one run checks, loads and cuts the same file (0.1-0.2 s
@@ -166,13 +166,13 @@ def read_header(path: str | Path) -> GGUFHeader:
             _SCANS[key] = _scan(buf)
         version, entries, tensors, pos = _SCANS[key]
     except (ValueError, OSError, struct.error, KeyError, OverflowError, IndexError) as exc:
-        raise LayerPruneError(f"{path} is not a readable GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise CheckpointError(f"{path} is not a readable GGUF file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     header = GGUFHeader(path, version, entries, tensors, GGUF_DEFAULT_ALIGNMENT, 0, buf)
     header.alignment = int(header.value("general.alignment") or GGUF_DEFAULT_ALIGNMENT)
     header.data_start = -(-pos // header.alignment) * header.alignment
     end = max((header.data_start + t.offset + t.n_bytes for t in tensors), default=header.data_start)
     if end > len(buf):
-        raise LayerPruneError(f"{path} ends inside its tensor data (truncated download?)")
+        raise CheckpointError(f"{path} ends inside its tensor data (truncated download?)")
     return header
 
 
@@ -211,7 +211,7 @@ def _scan(buf) -> tuple[int, dict[str, Entry], list[TensorInfo], int]:
 def check_layer_phase(arch: str, kept: list[int]) -> None:
     period = INDEX_PERIODS.get(arch)
     if period and any(new % period != old % period for new, old in enumerate(kept)):
-        raise LayerPruneError(
+        raise ConfigError(
             f"llama.cpp derives {arch}'s layer kinds from the layer index (period {period}); this cut shifts kept "
             f"layers out of phase, so the GGUF output would change them. Remove layers in runs of {period}, or use "
             "--format safetensors"
@@ -221,10 +221,10 @@ def check_layer_phase(arch: str, kept: list[int]) -> None:
 def kept_blocks(removed: Iterable[int], num_blocks: int) -> list[int]:
     removed = set(removed)
     if not removed or min(removed) < 0 or max(removed) >= num_blocks:
-        raise LayerPruneError(f"layers to remove must be within 0..{num_blocks - 1}")
+        raise ConfigError(f"layers to remove must be within 0..{num_blocks - 1}")
     kept = [i for i in range(num_blocks) if i not in removed]
     if not kept:
-        raise LayerPruneError("cannot remove every layer")
+        raise ConfigError("cannot remove every layer")
     return kept
 
 
@@ -277,12 +277,12 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
     header.check_blocks()
     arch, num_blocks = header.architecture, header.block_count
     if "split.count" in header.entries and int(header.value("split.count") or 1) > 1:
-        raise LayerPruneError("split GGUF files are not supported; merge them first (llama-gguf-split --merge)")
+        raise UnsupportedModel("split GGUF files are not supported; merge them first (llama-gguf-split --merge)")
     kept = kept_blocks(removed, num_blocks)
     check_layer_phase(arch, kept)
     nextn = int(header.value(f"{arch}.nextn_predict_layers") or 0)
     if nextn and max(set(range(num_blocks)) - set(kept)) >= num_blocks - nextn:
-        raise LayerPruneError(f"the last {nextn} blocks of this {arch} file are multi-token-prediction layers "
+        raise ConfigError(f"the last {nextn} blocks of this {arch} file are multi-token-prediction layers "
                               f"({arch}.nextn_predict_layers); remove layers below {num_blocks - nextn}")
     new_index = {old: new for new, old in enumerate(kept)}
     replace = dict(replace or {})
@@ -290,7 +290,7 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
     tensors = [(name, t) for name, t in tensors if name is not None]
     unknown = set(replace) - {name for name, _ in tensors}
     if unknown:
-        raise LayerPruneError(f"no tensor {sorted(unknown)[0]} in the pruned GGUF")
+        raise StageError(f"no tensor {sorted(unknown)[0]} in the pruned GGUF")
     sliced = header.per_layer_keys()
     align = header.alignment
     source_general = {k: header.value(k) for k, e in header.entries.items() if k.startswith("general.")}
@@ -326,7 +326,7 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
             ggml_type, size = int(qtype), data.nbytes
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
             if math.prod(t.dims) * type_size // block != size:
-                raise LayerPruneError(f"replacement for {name} has {size} bytes, not a {t.dims} {qtype.name} tensor")
+                raise StageError(f"replacement for {name} has {size} bytes, not a {t.dims} {qtype.name} tensor")
         head += _pack_string(name) + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims)
         head += struct.pack("<IQ", ggml_type, offset)
         offset += pad(size)

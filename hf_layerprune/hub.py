@@ -52,7 +52,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from hf_layerprune.checkpoint import Probe, load_checkpoint, probe_model, sha256
-from hf_layerprune.errors import CheckpointError, ConfigError, HubAccessError, HubError, LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, HubAccessError, HubError, OutputError
 from hf_layerprune.hub_calls import hub_errors, logger, retrying, status_of
 from hf_layerprune.loading import Source, is_meta_format
 
@@ -224,7 +224,7 @@ def publish_folder(
     folder = Path(folder)
     files = local_files(folder)
     if not files:
-        raise LayerPruneError(f"{folder} has no files to publish")
+        raise CheckpointError(f"{folder} has no files to publish")
     _refuse_token_in_files(folder, files, token)
     branch = (revision or "main").removeprefix("refs/heads/")
     api = _api(token)
@@ -457,7 +457,7 @@ def _refuse_token_in_files(folder: Path, files: list[str], token: str | None) ->
     for name in files:
         path = folder / name
         if path.stat().st_size <= SCAN_LIMIT and needle in path.read_bytes():
-            raise LayerPruneError(f"{path} contains your Hugging Face token; remove it before publishing")
+            raise OutputError(f"{path} contains your Hugging Face token; remove it before publishing")
 
 
 # --- verification -----------------------------------------------------------------------------------------------
@@ -498,7 +498,7 @@ def verify_pushed(
     expected = probe.logits
     diff = (expected - actual).abs().max().item() if expected.shape == actual.shape else float("inf")
     if not diff <= atol:
-        raise LayerPruneError(f"{repo_id}@{revision} does not reproduce the local model: max |logit diff| {diff:.3g} > {atol:g}")
+        raise HubError(f"{repo_id}@{revision} does not reproduce the local model: max |logit diff| {diff:.3g} > {atol:g}")
     return {"repo_id": repo_id, "revision": revision, "commit": pushed.name, "files": len(pushed_files),
             "probe_tokens": probe.ids.numel(), "max_abs_diff": diff, "atol": atol}
 
@@ -507,10 +507,10 @@ def _same_files(local_dir: Path, pushed: Path, pushed_files: list[str], label: s
     local = local_files(local_dir)
     missing = sorted(set(local) - set(pushed_files))
     if missing:
-        raise LayerPruneError(f"{label} lacks {', '.join(missing)} after the push")
+        raise HubError(f"{label} lacks {', '.join(missing)} after the push")
     differ = [name for name in local if sha256(local_dir / name) != sha256(pushed / name)]
     if differ:
-        raise LayerPruneError(f"{label} holds different bytes than the local folder for {', '.join(differ[:3])}")
+        raise HubError(f"{label} holds different bytes than the local folder for {', '.join(differ[:3])}")
 
 
 def _api(token: str | None):
@@ -535,11 +535,11 @@ def verify_pushed_gguf(repo_id: str, revision: str, directory: Path, token: str 
             with hub_errors(f"downloading {name} from {repo_id}@{revision} to verify it", token):
                 pushed = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache, token=token))
             if sha256(pushed) != sha256(local):
-                raise LayerPruneError(f"{repo_id}@{revision}: {name} differs from the local file after the push")
+                raise HubError(f"{repo_id}@{revision}: {name} differs from the local file after the push")
             mine, theirs = read_header(local), read_header(pushed)
             try:
                 if (theirs.block_count, len(theirs.tensors)) != (mine.block_count, len(mine.tensors)):
-                    raise LayerPruneError(f"{repo_id}@{revision}: {name} does not read back as written")
+                    raise HubError(f"{repo_id}@{revision}: {name} does not read back as written")
                 checks.append({"file": name, "sha256": sha256(local), "block_count": theirs.block_count,
                                "tensors": len(theirs.tensors)})
             finally:
@@ -574,11 +574,11 @@ def license_from_card_file(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise LayerPruneError(f"base model card not found: {path}")
+        raise ConfigError(f"base model card not found: {path}")
     try:
         card = ModelCard.load(path, ignore_metadata_errors=True)
     except (UnicodeDecodeError, ValueError, OSError) as exc:
-        raise LayerPruneError(f"cannot read the base model card {path}: {type(exc).__name__}") from None
+        raise ConfigError(f"cannot read the base model card {path}: {type(exc).__name__}") from None
     info = _card_fields(card.data)
     info["source"] = f"card file {path.name}"
     return info
@@ -749,13 +749,13 @@ def local_checkpoint(source: Source, *, allow_pickle: bool = False, token: str |
     if source.kind == "dir":
         return source.path  # type: ignore[return-value]
     if source.kind == "gguf":
-        raise LayerPruneError("GGUF files are pruned in memory; the on-disk path needs safetensors")
+        raise ConfigError("GGUF files are pruned in memory; the on-disk path needs safetensors")
     from huggingface_hub import snapshot_download
 
     files = hub_files(source, token)
     if not any(f.endswith(".safetensors") for f in files):
         if not allow_pickle:
-            raise LayerPruneError(
+            raise ConfigError(
                 f"{source.name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
             )
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "README.md", "additional_chat_templates/*"]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, UnsupportedModel
 from hf_layerprune.checkpoint import LAYER_KEY
 from hf_layerprune.surgery import checkpoint_files, read_safetensors_header
 
@@ -117,7 +117,7 @@ class StreamedModel:
         skeleton.tie_weights()
         missing = [n for n, p in skeleton.named_parameters() if p.is_meta]
         if missing or result.unexpected_keys:
-            raise LayerPruneError(
+            raise UnsupportedModel(
                 "layer-streamed scoring needs checkpoint keys that match the model's module names "
                 f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}); score in memory instead"
             )
@@ -131,7 +131,7 @@ class StreamedModel:
         state = {k[len(prefix):]: v for k, v in self._tensors(keys).items()}
         missing, unexpected = shell.load_state_dict(state, strict=False, assign=True)
         if [m for m in missing if dict(shell.named_parameters()).get(m) is not None] or unexpected:
-            raise LayerPruneError(f"layer {index}: checkpoint keys do not match the module ({missing[:3]}, {unexpected[:3]})")
+            raise CheckpointError(f"layer {index}: checkpoint keys do not match the module ({missing[:3]}, {unexpected[:3]})")
         shell.to(self.device).eval()
         try:
             yield shell

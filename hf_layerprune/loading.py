@@ -57,9 +57,9 @@ def resolve_source(name: str, revision: str | None = None, *, allow_pickle: bool
         _check_weights(path, allow_pickle, name, check_files)
         return Source("dir", name, path, None, revision)
     if path.exists():
-        raise LayerPruneError(f"{name} is a file but not a .gguf model; give a model directory, a .gguf file or a Hub id")
+        raise ConfigError(f"{name} is a file but not a .gguf model; give a model directory, a .gguf file or a Hub id")
     if _looks_local(name):
-        raise LayerPruneError(f"model path not found: {name}")
+        raise ConfigError(f"model path not found: {name}")
     return Source("hub", name, None, None, revision)
 
 
@@ -78,11 +78,11 @@ def _check_weights(directory: Path, allow_pickle: bool, name: str, check_files: 
                               "transformers does not load; use the converted -hf checkpoint (e.g. meta-llama/Llama-2-7b-hf) "
                               "or convert it with transformers' convert_llama_weights_to_hf.py")
     if not (directory / "config.json").exists() and not list(directory.glob("*.gguf")):
-        raise LayerPruneError(f"{name} has no config.json; is it a transformers model directory?")
+        raise CheckpointError(f"{name} has no config.json; is it a transformers model directory?")
     has_safetensors = any(directory.glob("*.safetensors"))
     has_pickle = any(p.suffix in PICKLE_SUFFIXES for p in directory.iterdir())
     if not has_safetensors and has_pickle and not allow_pickle:
-        raise LayerPruneError(
+        raise ConfigError(
             f"{name} holds only pickle (.bin) weights, which can run code when loaded; pass --allow-pickle if you trust it"
         )
     if not has_safetensors and not has_pickle:
@@ -134,7 +134,7 @@ def torch_dtype(name: str | None):
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
              "float16": torch.float16, "fp16": torch.float16}
     if name not in table:
-        raise LayerPruneError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16")
+        raise ConfigError(f"unknown dtype {name!r}; use one of auto, float32, bfloat16, float16")
     return table[name]
 
 
@@ -268,7 +268,7 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(source.pretrained_id, **tok_kwargs)
     except Exception as exc:  # tiny test checkpoints have no tokenizer
         if need_tokenizer:
-            raise LayerPruneError(f"could not load a tokenizer for {source.name}: {type(exc).__name__}") from None
+            raise CheckpointError(f"could not load a tokenizer for {source.name}: {type(exc).__name__}") from None
     if device and not device_map and not load_in_4bit:
         model.to(device)
     model.eval()

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-STAGES = ("load", "calibrate", "score", "select", "cut", "heal", "evaluate", "save", "card", "publish")
 _current: contextvars.ContextVar["Display | None"] = contextvars.ContextVar("hf_layerprune_display", default=None)
 NOISY_LOGGERS = ("transformers", "huggingface_hub", "datasets", "lm-eval", "lm_eval", "peft", "accelerate", "httpx")
 

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
 from hf_layerprune.report import REPORT_FILENAME
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -26,12 +26,12 @@ def check_gguf_target(directory: Path | None, repo_id: str, gguf_repo_id: str | 
     both = has_both(directory) if both is None else both
     if not both:
         if gguf_only or gguf_repo_id:
-            raise LayerPruneError("--gguf-only and --gguf-repo-id are for a folder holding both safetensors and GGUF "
+            raise ConfigError("--gguf-only and --gguf-repo-id are for a folder holding both safetensors and GGUF "
                                   "(--format both)")
         return None
     gguf_repo_id = gguf_repo_id or default_gguf_repo(repo_id)
     if gguf_repo_id == repo_id:
-        raise LayerPruneError("--gguf-repo-id must differ from --repo-id: the GGUF gets a repo of its own")
+        raise ConfigError("--gguf-repo-id must differ from --repo-id: the GGUF gets a repo of its own")
     hub.check_repo_id(gguf_repo_id)
     hub.check_write_access(token, gguf_repo_id)
     hub.check_target(gguf_repo_id, token=token, **target)
@@ -125,13 +125,13 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     from hf_layerprune.formats import OUTPUT_FORMATS, written_formats
 
     if not directory.is_dir():
-        raise LayerPruneError(f"{directory} is not a directory")
+        raise ConfigError(f"{directory} is not a directory")
     formats = written_formats(directory)
     weights = " or ".join(f"{entry.files[0]} ({entry.name})" for entry in OUTPUT_FORMATS.values())
     missing = [name for name, present in ((f"model weights: {weights}", bool(formats)),
                                           (REPORT_FILENAME, (directory / REPORT_FILENAME).is_file())) if not present]
     if missing:
-        raise LayerPruneError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
+        raise CheckpointError(f"{directory} is not a pruned model folder: it lacks {', '.join(missing)} "
                               "(write one with `hf-layerprune prune MODEL ... --output-dir DIR`)")
     check_links(directory)  # before anything reads a file: no link leads out of the folder
     report = read_json(directory / REPORT_FILENAME)

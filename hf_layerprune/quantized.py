@@ -13,14 +13,14 @@ from typing import Any
 
 import torch
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError
 from hf_layerprune.third_party import allow_bitsandbytes
 
 
 def check_available(what: str = "--load-in-4bit") -> None:
     """One line when bitsandbytes cannot quantize here: not installed, or no CUDA and no CPU backend."""
     if allow_bitsandbytes() is None:
-        raise LayerPruneError(f"{what} needs bitsandbytes: pip install 'hf-layerprune[quantization]'")
+        raise ConfigError(f"{what} needs bitsandbytes: pip install 'hf-layerprune[quantization]'")
     if torch.cuda.is_available():
         return
     try:  # the CPU backend (bitsandbytes >= 0.48) quantizes a CPU tensor; older builds need CUDA
@@ -28,7 +28,7 @@ def check_available(what: str = "--load-in-4bit") -> None:
 
         F.quantize_4bit(torch.zeros(64, dtype=torch.bfloat16), quant_type="nf4")
     except Exception as exc:  # noqa: BLE001  any failure means: no 4-bit on this machine
-        raise LayerPruneError(f"{what} needs a CUDA GPU or bitsandbytes >= 0.48 with its CPU backend "
+        raise ConfigError(f"{what} needs a CUDA GPU or bitsandbytes >= 0.48 with its CPU backend "
                               f"({type(exc).__name__} here); use --heal lora on the CPU") from None
 
 
@@ -90,7 +90,7 @@ def unmerged_adapter(model) -> tuple[dict[str, torch.Tensor], float | None]:
                 state[f"{name}.lora_B.weight"] = lora_b[adapter].weight.detach()
                 scalings.add(float(module.scaling[adapter]))
     if len(scalings) > 1:
-        raise LayerPruneError(f"the adapter has several scalings {sorted(scalings)}; one rank and alpha are expected")
+        raise StageError(f"the adapter has several scalings {sorted(scalings)}; one rank and alpha are expected")
     return state, scalings.pop() if scalings else None
 
 

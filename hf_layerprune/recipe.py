@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from hf_layerprune.errors import ConfigError, LayerPruneError
+from hf_layerprune.errors import ConfigError
 
 GRANULARITIES = ("block", "attention", "mlp")
 
@@ -182,15 +182,15 @@ class Recipe:
     def validate_target(self) -> None:
         """Exactly one of drop/layers/target; drop >= 1. Range checks against the model happen at selection time."""
         if self.drop is None and not self.layers and self.target is None:
-            raise LayerPruneError("say what to remove: give --drop N or --layers i,j,k (or --target params=F)")
+            raise ConfigError("say what to remove: give --drop N or --layers i,j,k (or --target params=F)")
         if sum(x is not None and x != [] for x in (self.drop, self.layers, self.target)) > 1:
-            raise LayerPruneError("give one of --drop, --layers and --target, not several")
+            raise ConfigError("give one of --drop, --layers and --target, not several")
         if self.target is not None:
             parse_target(self.target)
             if self.granularity != "block":
                 raise ConfigError("--target mixes whole-layer and attention-only removals itself; drop --granularity")
         if self.drop is not None and self.drop < 1:
-            raise LayerPruneError(f"--drop must be at least 1 (got {self.drop})")
+            raise ConfigError(f"--drop must be at least 1 (got {self.drop})")
 
     def resolve_defaults(self) -> "Recipe":
         """Fill the choices left to the tool (the default healer) so that the report names what really ran. With
@@ -234,16 +234,16 @@ class Recipe:
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
-            raise LayerPruneError(f"recipe file not found: {path}") from None
+            raise ConfigError(f"recipe file not found: {path}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"recipe {path} is not UTF-8 text") from None
         except (yaml.YAMLError, RecursionError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else "nested too deeply"
-            raise LayerPruneError(f"recipe {path} is not valid YAML: {first}") from None
+            raise ConfigError(f"recipe {path} is not valid YAML: {first}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read recipe {path}: {exc.strerror or exc}") from None
         if not isinstance(data, dict):
-            raise LayerPruneError(f"recipe {path} must be a mapping of option names to values")
+            raise ConfigError(f"recipe {path} must be a mapping of option names to values")
         odd = [k for k in data if not isinstance(k, str)]
         if odd:
             raise ConfigError(f"recipe {path}: key {odd[0]!r} is not an option name")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError
 
 STRATEGIES = ("contiguous", "topk", "greedy")
 Score = float | None
@@ -22,7 +22,7 @@ ScoreStep = Callable[[list[int], list[int]], Sequence[Score]]
 
 def check_strategy(name: str) -> str:
     if name not in STRATEGIES:
-        raise LayerPruneError(f"unknown --selection {name!r}; use one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown --selection {name!r}; use one of {', '.join(STRATEGIES)}")
     return name
 
 
@@ -45,9 +45,9 @@ def parse_protect(items: Iterable[str | int] | str | None, num_units: int) -> se
             try:
                 index = int(text)
             except ValueError:
-                raise LayerPruneError(f"cannot read --protect {item!r}: use first, last or 0-based indices") from None
+                raise ConfigError(f"cannot read --protect {item!r}: use first, last or 0-based indices") from None
             if not 0 <= index < num_units:
-                raise LayerPruneError(f"--protect {index} is out of range: the model has units 0..{num_units - 1}")
+                raise ConfigError(f"--protect {index} is out of range: the model has units 0..{num_units - 1}")
             out.add(index)
     return out
 
@@ -61,9 +61,9 @@ def _key(score: Score, higher_is_more_important: bool) -> float:
 
 def _check_count(n: int, available: int) -> None:
     if n < 1:
-        raise LayerPruneError(f"--drop must be at least 1 (got {n})")
+        raise ConfigError(f"--drop must be at least 1 (got {n})")
     if n > available:
-        raise LayerPruneError(f"cannot remove {n} units: only {available} are not protected")
+        raise ConfigError(f"cannot remove {n} units: only {available} are not protected")
 
 
 def ranking(scores: Sequence[Score], higher_is_more_important: bool) -> list[int]:
@@ -97,9 +97,9 @@ def contiguous(
         if block_scores[s] is not None and not protected.intersection(range(s, s + n))
     ]
     if n < 1:
-        raise LayerPruneError(f"--drop must be at least 1 (got {n})")
+        raise ConfigError(f"--drop must be at least 1 (got {n})")
     if not starts:
-        raise LayerPruneError(f"no block of {n} consecutive units avoids the protected units {sorted(protected)}")
+        raise ConfigError(f"no block of {n} consecutive units avoids the protected units {sorted(protected)}")
     best = min(starts, key=lambda s: (_key(block_scores[s], higher_is_more_important), s))
     return list(range(best, best + n))
 
@@ -124,7 +124,7 @@ def greedy(
         scores = list(score_step(list(removed), candidates))
         scored = [u for u in candidates if scores[u] is not None]
         if not scored:
-            raise LayerPruneError("the metric scored none of the remaining units")
+            raise StageError("the metric scored none of the remaining units")
         removed.append(min(scored, key=lambda u: (_key(scores[u], higher_is_more_important), u)))
         steps.append(scores)
     return removed, steps
@@ -136,4 +136,4 @@ def config_rule_layers(rule: str, num_layers: int, n: int) -> list[int]:
         return list(range(num_layers - 1 - n, num_layers - 1))
     if rule == "reverse":
         return list(range(num_layers - n, num_layers))
-    raise LayerPruneError(f"{rule!r} is not a config-only rule")
+    raise ConfigError(f"{rule!r} is not a config-only rule")

@@ -8,7 +8,7 @@ import gc
 import time
 from typing import Any, Callable
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError
 from hf_layerprune.evaluation import EvalSettings, evaluate_model, evaluation_section, fidelity_of_pair, speed_of_pair
 from hf_layerprune.hub import resolved_revision
 from hf_layerprune.loading import load_model, resolve_source
@@ -40,7 +40,7 @@ def compare_models(model: str, base: str | None, settings: EvalSettings, *, revi
     if base:
         base_model, base_tok, base_sha, base_dir = load_for_evaluation(base, base_revision, **opts)
         if base_tok is None:
-            raise LayerPruneError(f"no tokenizer found for {base}")
+            raise CheckpointError(f"no tokenizer found for {base}")
         base_result = evaluate_model(base_model, base_tok, each, model_id=base, revision=base_sha, model_dir=base_dir,
                                      log=log)
         if not settings.speed and not settings.generation:
@@ -49,7 +49,7 @@ def compare_models(model: str, base: str | None, settings: EvalSettings, *, revi
     pruned_model, tokenizer, sha, local = load_for_evaluation(model, revision, **opts)
     if tokenizer is None:
         if base is None:
-            raise LayerPruneError(f"no tokenizer found for {model}")
+            raise CheckpointError(f"no tokenizer found for {model}")
         from transformers import AutoTokenizer  # the base's, for an output saved without one
 
         tokenizer = AutoTokenizer.from_pretrained(base, revision=base_revision)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import StageError, UnsupportedModel
 from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_safetensors_header
 
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
@@ -29,11 +29,11 @@ def lora_factors(adapter_state: dict[str, torch.Tensor]) -> dict[str, tuple[torc
     for key, value in adapter_state.items():
         m = _LORA_KEY.match(key)
         if not m:
-            raise LayerPruneError(f"not a LoRA weight: {key}")
+            raise StageError(f"not a LoRA weight: {key}")
         pairs.setdefault(m["module"] + ".weight", {})[m["which"]] = value
     missing = [k for k, v in pairs.items() if set(v) != {"A", "B"}]
     if missing:
-        raise LayerPruneError(f"LoRA factors without their pair: {missing[:3]}")
+        raise StageError(f"LoRA factors without their pair: {missing[:3]}")
     return {k: (v["A"], v["B"]) for k, v in pairs.items()}
 
 
@@ -68,12 +68,12 @@ def write_merged(src: str | Path, dst: str | Path, removed: list[int], adapter_s
                 where[key] = (path, info, start)
     unknown = sorted(set(factors) - set(where))
     if unknown:
-        raise LayerPruneError(f"the adapter names weights the pruned checkpoint does not have: {unknown[:3]}")
+        raise StageError(f"the adapter names weights the pruned checkpoint does not have: {unknown[:3]}")
     for key, (a, b) in factors.items():
         path, info, start = where[key]
         dtype = _DTYPES.get(info["dtype"])
         if dtype is None:
-            raise LayerPruneError(f"cannot merge into {key}: dtype {info['dtype']}")
+            raise UnsupportedModel(f"cannot merge into {key}: dtype {info['dtype']}")
         begin, end = info["data_offsets"]
         with open(path, "r+b") as f:
             f.seek(start + begin)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checks import source_paths
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError
 from hf_layerprune.finish import write_outputs
 from hf_layerprune.gguf_route import card_fields, elements, output_name, source_file
 from hf_layerprune.gguf_surgery import kept_blocks, prune_gguf, read_header, renamed
@@ -51,19 +51,19 @@ def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list
     from hf_layerprune.scoring.streamed import StreamedScoringContext, check_streamable
 
     if recipe.metric_name == AUTO:
-        raise LayerPruneError("--offload scores one layer at a time, which --metric auto cannot (it heals candidate "
+        raise ConfigError("--offload scores one layer at a time, which --metric auto cannot (it heals candidate "
                               "copies of the whole model); give --metric angular, bi, cosine, shapley or ppl")
     metric = get_metric(recipe.metric_name)
     check_streamable(metric.name)
     if recipe.granularity != "block":
-        raise LayerPruneError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
+        raise ConfigError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
     if recipe.calibration == "self":
-        raise LayerPruneError("--offload cannot sample `self` calibration text (that needs the whole model); "
+        raise ConfigError("--offload cannot sample `self` calibration text (that needs the whole model); "
                               "give --calibration a dataset or text files")
     try:
         tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     except Exception:
-        raise LayerPruneError(f"--offload with text calibration needs the tokenizer files in {checkpoint}") from None
+        raise CheckpointError(f"--offload with text calibration needs the tokenizer files in {checkpoint}") from None
     cal = dict(samples=recipe.calibration_samples, seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column)
     batches = calibration_batches(recipe.calibration, tokenizer, **cal)
     dtype = None if recipe.dtype in (None, "auto") else torch_dtype(recipe.dtype)

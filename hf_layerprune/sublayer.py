@@ -24,7 +24,7 @@ import torch
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
 from hf_layerprune.decilm import DeciLMConfig, DeciLMForCausalLM, ffn_mult_to_intermediate_size
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, UnsupportedModel
 from hf_layerprune.outputs import staging_dir
 
 # Families whose decoder layer is exactly a Llama layer (RMSNorm, rotary attention with optional q/k/v bias, gated
@@ -47,7 +47,7 @@ def supported_for_sublayer(model_type: str) -> bool:
 
 def check_sublayer_support(model_type: str) -> None:
     if not supported_for_sublayer(model_type):
-        raise LayerPruneError(
+        raise UnsupportedModel(
             f"sub-layer pruning (attention or MLP only) supports {', '.join(SUBLAYER_MODEL_TYPES)}; "
             f"model_type={model_type!r} supports block only (whole-layer) pruning"
         )
@@ -57,16 +57,16 @@ def _validate(indices: Iterable[int], num_layers: int, what: str) -> list[int]:
     indices = list(indices)
     for i in indices:
         if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < num_layers:
-            raise LayerPruneError(f"{what} index {i!r} is not a layer index 0..{num_layers - 1}")
+            raise ConfigError(f"{what} index {i!r} is not a layer index 0..{num_layers - 1}")
     if len(set(indices)) != len(indices):
-        raise LayerPruneError(f"{what} indices are repeated: {indices}")
+        raise ConfigError(f"{what} indices are repeated: {indices}")
     return sorted(indices)
 
 
 def plan_blocks(num_layers: int, removed_attention: Iterable[int], removed_mlp: Iterable[int]) -> list[dict]:
     """One entry per surviving block: its source layer and which sub-layers it keeps.
 
-    Layers that lose both attention and MLP are dropped as whole layers. Raises LayerPruneError for plans the
+    Layers that lose both attention and MLP are dropped as whole layers. Raises ConfigError for plans the
     layout (or vLLM) cannot run: nothing left, no attention left, or a first block without attention.
     """
     attn = set(_validate(removed_attention, num_layers, "removed attention"))
@@ -77,11 +77,11 @@ def plan_blocks(num_layers: int, removed_attention: Iterable[int], removed_mlp: 
         if i not in attn or i not in mlp
     ]
     if not blocks:
-        raise LayerPruneError("every sub-layer is removed: at least one attention must stay")
+        raise ConfigError("every sub-layer is removed: at least one attention must stay")
     if not any(b["attention"] for b in blocks):
-        raise LayerPruneError("every attention sub-layer is removed: keep at least one (vLLM sizes its KV cache on it)")
+        raise ConfigError("every attention sub-layer is removed: keep at least one (vLLM sizes its KV cache on it)")
     if not blocks[0]["attention"]:
-        raise LayerPruneError(
+        raise ConfigError(
             f"the first kept layer ({blocks[0]['source_layer']}) has no attention: vLLM's nemotron_nas cannot run a "
             "first block whose attention is a no-op; keep its attention or remove the whole layer"
         )

@@ -27,7 +27,7 @@ from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
 from hf_layerprune.checkpoint import LAYER_KEY, check_checkpoint_layers, check_link, check_layer_count, layer_index
 from hf_layerprune.byte_copy import copy_range, write_all
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -43,21 +43,21 @@ NOT_COPIED = {"config.json", "README.md", ".gitattributes", SAFE_INDEX, "pytorch
 
 
 def validate_removed(removed: Iterable[int], num_layers: int) -> list[int]:
-    """Check 0-based indices to remove; return them sorted. Raises LayerPruneError on bad input."""
+    """Check 0-based indices to remove; return them sorted. Raises ConfigError on bad input."""
     removed = list(removed)
     if not removed:
-        raise LayerPruneError("no layers to remove: give --drop N (N >= 1) or --layers with at least one index")
+        raise ConfigError("no layers to remove: give --drop N (N >= 1) or --layers with at least one index")
     seen = set()
     for i in removed:
         if not isinstance(i, int) or isinstance(i, bool):
-            raise LayerPruneError(f"layer index {i!r} is not an integer")
+            raise ConfigError(f"layer index {i!r} is not an integer")
         if i < 0 or i >= num_layers:
-            raise LayerPruneError(f"layer index {i} is out of range: the model has layers 0..{num_layers - 1}")
+            raise ConfigError(f"layer index {i} is out of range: the model has layers 0..{num_layers - 1}")
         if i in seen:
-            raise LayerPruneError(f"layer index {i} is repeated in --layers")
+            raise ConfigError(f"layer index {i} is repeated in --layers")
         seen.add(i)
     if len(removed) >= num_layers:
-        raise LayerPruneError(f"cannot remove all {num_layers} layers: at least one must stay")
+        raise ConfigError(f"cannot remove all {num_layers} layers: at least one must stay")
     return sorted(removed)
 
 
@@ -83,7 +83,7 @@ def config_updates(config: Any, kept: list[int]) -> dict[str, Any]:
         value = current(name)
         if isinstance(value, (list, tuple)):
             if len(value) != n:
-                raise LayerPruneError(f"config.{name} has {len(value)} entries for {n} layers; refusing to guess")
+                raise CheckpointError(f"config.{name} has {len(value)} entries for {n} layers; refusing to guess")
             updates[name] = [value[i] for i in kept]
     for name in arch.remapped:
         value = current(name)
@@ -212,7 +212,7 @@ def checkpoint_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     if files:
         return files
-    raise LayerPruneError(f"no safetensors weights in {directory}")
+    raise CheckpointError(f"no safetensors weights in {directory}")
 
 
 def rename_layer_key(key: str, layer_prefix: str, new_index: dict[int, int]) -> str | None:
@@ -231,7 +231,7 @@ def parse_size(size: int | str) -> int:
         return size
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*", str(size).upper())
     if not m:
-        raise LayerPruneError(f"cannot read size {size!r}; use e.g. 5GB or 500MB")
+        raise ConfigError(f"cannot read size {size!r}; use e.g. 5GB or 500MB")
     unit = (m[2] or "B").replace("IB", "B")
     scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[unit]
     if "I" in (m[2] or ""):

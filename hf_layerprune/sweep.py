@@ -19,7 +19,7 @@ from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
 from hf_layerprune.card import record_base_card, render_card
 from hf_layerprune.checks import check_recipe, check_source_layers, check_target_against, source_config, source_paths
-from hf_layerprune.errors import ConfigError, LayerPruneError, OutputError
+from hf_layerprune.errors import ConfigError, OutputError
 from hf_layerprune.evaluation import headline
 from hf_layerprune.hub import _model_name
 from hf_layerprune.hub import resolved_revision
@@ -73,9 +73,9 @@ def run_sweep(recipe: Recipe, depths: list[int], root: str | Path, *, command: s
     """One output per depth under `root` (`<model>-pruned-<N>L`): load and score once, then per depth cut, heal,
     evaluate and save as `prune` would (pipeline.py's stages), each as a reversible patch of the one loaded model."""
     if not depths or len(set(depths)) != len(depths):
-        raise LayerPruneError("give distinct depths, e.g. --drop 4,8,12")
+        raise ConfigError("give distinct depths, e.g. --drop 4,8,12")
     if recipe.granularity != "block":
-        raise LayerPruneError("sweep removes whole layers; use prune --granularity for sub-layers")
+        raise ConfigError("sweep removes whole layers; use prune --granularity for sub-layers")
     if recipe.target is not None:
         raise ConfigError("sweep takes depths (--drop 4,8,12); a budget is one prune: prune --target params=F")
     if recipe.load_in_4bit:  # each depth is a reversible patch; an adapter trained in place is not undone

@@ -4,7 +4,7 @@ imports torch. The on-disk routes (streaming.py) and the checks use it; `stages`
 
 from __future__ import annotations
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.selection import config_rule_layers
 from hf_layerprune.surgery import validate_removed
@@ -25,5 +25,5 @@ def explicit_or_rule(recipe: Recipe, num_layers: int) -> list[int]:
     if recipe.layers:
         return validate_removed(recipe.layers, num_layers)
     if recipe.drop >= num_layers:
-        raise LayerPruneError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
+        raise ConfigError(f"--drop {recipe.drop} must be smaller than the number of layers ({num_layers})")
     return validate_removed(config_rule_layers(recipe.metric_name, num_layers, recipe.drop), num_layers)

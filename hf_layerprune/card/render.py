@@ -8,7 +8,6 @@ autoescaping on; every value reaches it through view.py (escaped and formatted).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 from hf_layerprune.card.formatting import HUB, code, hub_id, md
 from hf_layerprune.card.metadata import card_data
 from hf_layerprune.card.view import PLOT_FILES, _published_repo, build_context
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import CheckpointError, ConfigError
 from hf_layerprune.hub import CARD_FILENAME, find_base_card, license_from_card_file
 from hf_layerprune.report import read_report, write_report
 
@@ -27,12 +26,8 @@ TEMPLATE_NAME = "model_card.md.j2"
 def _read(out: Path) -> dict[str, Any]:
     try:
         report = read_report(out)
-    except FileNotFoundError:
-        raise LayerPruneError(f"{out} has no layerprune.json; is it a hf-layerprune output directory?") from None
-    except json.JSONDecodeError as exc:
-        raise LayerPruneError(f"{out}/layerprune.json is not valid JSON: {exc}") from None
-    if not isinstance(report, dict):
-        raise LayerPruneError(f"{out}/layerprune.json must hold a JSON object")
+    except FileNotFoundError:  # (read_report itself refuses a file that is not a JSON object, in one line)
+        raise CheckpointError(f"{out} has no layerprune.json; is it a hf-layerprune output directory?") from None
     return report
 
 
@@ -151,7 +146,7 @@ def render_card(
     out = Path(output_dir)
     report = _read(out)
     if repo_id is not None and not hub_id(repo_id):
-        raise LayerPruneError(f"{repo_id!r} is not a valid Hub repo id (use owner/name)")
+        raise ConfigError(f"{repo_id!r} is not a valid Hub repo id (use owner/name)")
     info = base_card_info(report, base_card=base_card, online=online)
     images = make_plots(report, out) if plots else {}
     name = repo_id or _published_repo(report)

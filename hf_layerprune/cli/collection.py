@@ -14,7 +14,7 @@ from rich.console import Console
 
 from hf_layerprune.cli.app import app
 from hf_layerprune.distributed import rank_zero_only
-from hf_layerprune.errors import LayerPruneError, cli_errors
+from hf_layerprune.errors import CheckpointError, ConfigError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -41,7 +41,7 @@ def gather(repos: list[str], reports: dict[str, dict], title: str | None, *, tok
         if repo_id not in reports:
             report = hub.pushed_json(repo_id, REPORT_FILENAME, token=token)
             if report is None and repo_id in repos:
-                raise LayerPruneError(f"{repo_id} has no layerprune.json: not an hf-layerprune output")
+                raise CheckpointError(f"{repo_id} has no layerprune.json: not an hf-layerprune output")
             if report is not None:
                 reports[repo_id] = report
     order = sorted(reports, key=lambda r: (-int(reports[r].get("num_layers_after") or 0), r))
@@ -65,7 +65,7 @@ def collection(
     for repo_id in repos:
         hub.check_repo_id(repo_id)
         if "/" not in repo_id:
-            raise LayerPruneError(f"give {repo_id} as owner/name")
+            raise ConfigError(f"give {repo_id} as owner/name")
     token = hub.resolve_token(token)
     hub.check_write_access(token, repos[0])
     url = gather(list(repos), {}, title, token=token, private=private)

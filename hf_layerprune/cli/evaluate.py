@@ -25,11 +25,11 @@ def _limit(text: str | None) -> int | float | None:
     try:
         value = float(text)
     except ValueError:
-        raise LayerPruneError(f"--limit {text!r}: give a number of documents (20) or a fraction (0.1)") from None
+        raise ConfigError(f"--limit {text!r}: give a number of documents (20) or a fraction (0.1)") from None
     if not math.isfinite(value) or value <= 0:
-        raise LayerPruneError(f"--limit must be a positive finite number (got {text})")
+        raise ConfigError(f"--limit must be a positive finite number (got {text})")
     if value > UPPER_BOUNDS["limit"]:
-        raise LayerPruneError(f"--limit {text} is more than the bound {UPPER_BOUNDS['limit']:,}")
+        raise ConfigError(f"--limit {text} is more than the bound {UPPER_BOUNDS['limit']:,}")
     return int(value) if value >= 1 and value == int(value) else value
 
 
@@ -131,7 +131,7 @@ def evaluate(
     out_dir = Path(model).expanduser()
     report = read_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
     if no_base and base:
-        raise LayerPruneError("give either --base or --no-base, not both")
+        raise ConfigError("give either --base or --no-base, not both")
     if base is None and not no_base and report is not None:
         base = report.get("base_model")
         base_revision = base_revision or report.get("base_revision")

@@ -9,7 +9,7 @@ from rich.console import Console
 from hf_layerprune import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, with_recipe_options
-from hf_layerprune.errors import LayerPruneError, cli_errors
+from hf_layerprune.errors import ConfigError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -18,9 +18,9 @@ def parse_depths(text: str) -> list[int]:
     try:
         depths = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise LayerPruneError(f"cannot read --drop {text!r}: give depths like 4,8,12") from None
+        raise ConfigError(f"cannot read --drop {text!r}: give depths like 4,8,12") from None
     if any(n < 1 for n in depths):
-        raise LayerPruneError(f"--drop {text}: every depth must be at least 1")
+        raise ConfigError(f"--drop {text}: every depth must be at least 1")
     return depths
 
 
@@ -48,7 +48,7 @@ def sweep(
     recipe = build_recipe(model, recipe_options, drop=max(depths) if depths else None, overwrite=overwrite or None)
     user = None
     if collection is not None and not repo_prefix:
-        raise LayerPruneError("--collection gathers pushed variants: give --repo-prefix too")
+        raise ConfigError("--collection gathers pushed variants: give --repo-prefix too")
     from hf_layerprune import hub
 
     if repo_prefix:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from hf_layerprune import quantized
 from hf_layerprune.base_view import as_base
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.evaluation.lm_eval_runner import (
     DEFAULT_TASKS,
     LOCAL_TASKS,
@@ -111,7 +111,7 @@ class EvalSettings:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(settings) - known)
         if unknown:
-            raise LayerPruneError(f"unknown evaluation setting(s): {', '.join(unknown)}")
+            raise ConfigError(f"unknown evaluation setting(s): {', '.join(unknown)}")
         return cls(**settings)
 
     def to_record(self) -> dict[str, Any]:

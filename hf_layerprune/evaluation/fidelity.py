@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hf_layerprune.base_view import as_base
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.evaluation.paired import Z, compare_task, standard_error
 from hf_layerprune.evaluation.perplexity import load_text_rows
 
@@ -71,7 +71,7 @@ def check_held_out(held_out: str, **texts: str | None) -> None:
             path = Path(os.path.expanduser(part.strip()))
             if part.strip() and path.is_file() and path.resolve() == target.resolve():
                 flag = name.replace("_", "-")
-                raise LayerPruneError(f"--{flag} {part.strip()} is the held-out text of the generation fidelity "
+                raise ConfigError(f"--{flag} {part.strip()} is the held-out text of the generation fidelity "
                                       "measure; calibrate and heal on other text (or pass --perplexity OTHER_FILE)")
 
 
@@ -214,7 +214,7 @@ def generation_fidelity(base_model, pruned_model, tokenizer, rows: list[str], *,
     """The report's ``evaluation.generation`` section (module doc): settings, summary and per-document values; None
     when no document is long enough."""
     if seq_len < 2:
-        raise LayerPruneError("the generation fidelity window needs at least 2 tokens")
+        raise ConfigError("the generation fidelity window needs at least 2 tokens")
     prepared = prepare(tokenizer, rows, docs, seq_len)
     if not prepared:
         log(f"Skipping generation fidelity: no document of {source} has {min(MIN_DOC_TOKENS, seq_len)} tokens")

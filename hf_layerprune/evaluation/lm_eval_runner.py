@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from hf_layerprune.cache import cache_root
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, HubError, LayerPruneError, StageError
 
 log_ = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def resolve_tasks(tasks: str | Iterable[str] | None) -> list[str]:
             if task not in out:
                 out.append(task)
     if not out:
-        raise LayerPruneError("give at least one evaluation task (--tasks)")
+        raise ConfigError("give at least one evaluation task (--tasks)")
     return out
 
 
@@ -99,7 +99,7 @@ def task_manager(include_path: str | os.PathLike | Iterable | None, tasks: list[
         close = difflib.get_close_matches(t, tm.all_tasks, n=3)
         hints.append(f"{t!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
     extra = "" if paths else "; local tasks need --include-path (see benchmarks/tasks/README.md)"
-    raise LayerPruneError(f"unknown lm-eval task(s): {', '.join(hints)}{extra}")
+    raise ConfigError(f"unknown lm-eval task(s): {', '.join(hints)}{extra}")
 
 
 def _paths(include_path) -> list[str]:
@@ -110,7 +110,7 @@ def _paths(include_path) -> list[str]:
     for item in items:
         path = Path(item).expanduser()
         if not path.is_dir():
-            raise LayerPruneError(f"--include-path {item}: not a directory")
+            raise ConfigError(f"--include-path {item}: not a directory")
         out.append(str(path.resolve()))
     return out
 
@@ -129,7 +129,7 @@ def default_local_include_path() -> Path | None:
     try:
         return Path(module.include_path())
     except FileNotFoundError as exc:
-        raise LayerPruneError(str(exc)) from None
+        raise ConfigError(str(exc)) from None
 
 
 def _entry_fingerprint(tm, name: str, depth: int = 0) -> Any:
@@ -458,7 +458,7 @@ def run_lm_eval(
             tree = _descendants(children, name)
             part = {t: fresh[t] for t in tree if t in fresh}
             if not part:
-                raise LayerPruneError(f"lm-eval returned no numbers for task {name!r}")
+                raise StageError(f"lm-eval returned no numbers for task {name!r}")
             part_docs = {t: docs[t] for t in tree if t in docs}
             results.update(part)
             samples.update(part_docs)
@@ -512,12 +512,12 @@ def _simple_evaluate(model, tokenizer, tasks, tm, *, num_fewshot, limit, batch_s
         raise
     except (ConnectionError, FileNotFoundError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise LayerPruneError(
+        raise HubError(
             f"lm-eval could not load the data of {', '.join(tasks)}: {first}. Offline? Use the local tasks: "
             "--tasks local (local copies of the benchmarks; see benchmarks/tasks/README.md)"
         ) from None
     finally:
         model.train(was_training)
     if res is None:  # non-zero rank in a distributed launch
-        raise LayerPruneError("lm-eval returned no results (non-zero process rank?)")
+        raise StageError("lm-eval returned no results (non-zero process rank?)")
     return res

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, HubError
 
 WIKITEXT = "wikitext"
 WIKITEXT_HUB = ("wikitext", "wikitext-2-raw-v1", "test")  # datasets.load_dataset(path, name, split=...)
@@ -47,7 +47,7 @@ def _jsonl_rows(path: Path) -> list[str]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
-                raise LayerPruneError(f"{path}:{n} is not valid JSON") from None
+                raise ConfigError(f"{path}:{n} is not valid JSON") from None
             if isinstance(record, str):
                 rows.append(record)
                 continue
@@ -58,7 +58,7 @@ def _jsonl_rows(path: Path) -> list[str]:
             else:
                 strings = [v for v in record.values() if isinstance(v, str)]
                 if len(strings) != 1:
-                    raise LayerPruneError(f"{path}:{n} has no 'text' field; give one text field per JSON line")
+                    raise ConfigError(f"{path}:{n} has no 'text' field; give one text field per JSON line")
                 rows.append(strings[0])
     return rows
 
@@ -88,10 +88,10 @@ def _read_text_rows(source: str) -> tuple[list[str], str]:
             if path.suffix in TEXT_SUFFIXES or not path.suffix:
                 return wikitext_rows(path.read_text(encoding="utf-8")), str(path.resolve())
         except UnicodeDecodeError as exc:
-            raise LayerPruneError(f"perplexity text {source} is not UTF-8 (byte {exc.start})") from None
-        raise LayerPruneError(f"perplexity text {source}: use a .txt, .raw or .jsonl file")
+            raise ConfigError(f"perplexity text {source} is not UTF-8 (byte {exc.start})") from None
+        raise ConfigError(f"perplexity text {source}: use a .txt, .raw or .jsonl file")
     if path.suffix in TEXT_SUFFIXES + (".jsonl",) or os.sep in source and not _looks_like_hub(source):
-        raise LayerPruneError(f"perplexity text file not found: {source}")
+        raise ConfigError(f"perplexity text file not found: {source}")
     if source == WIKITEXT:
         name, config, split = WIKITEXT_HUB
     else:
@@ -109,13 +109,13 @@ def _hub_rows(name: str, config: str | None, split: str, given: str) -> list[str
     try:
         import datasets
     except ImportError:  # pragma: no cover - a declared dependency
-        raise LayerPruneError("perplexity on a Hub dataset needs the `datasets` package") from None
+        raise ConfigError("perplexity on a Hub dataset needs the `datasets` package") from None
     try:
         ds = datasets.load_dataset(name, config or None, split=split)
     except (ConnectionError, OSError, ValueError, FileNotFoundError) as exc:
         offline = datasets.config.HF_HUB_OFFLINE
         why = "offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)" if offline else type(exc).__name__
-        raise LayerPruneError(
+        raise HubError(
             f"cannot load the perplexity text {given!r} from the Hub ({why}); give a local file instead, e.g. "
             "--perplexity /path/to/wikitext-2-raw/wiki.test.raw (see docs/evaluation.md)"
         ) from None
@@ -123,7 +123,7 @@ def _hub_rows(name: str, config: str | None, split: str, given: str) -> list[str
         (c for c in ds.column_names if ds.features[c].dtype == "string"), None
     )
     if column is None:
-        raise LayerPruneError(f"dataset {given!r} has no text column")
+        raise ConfigError(f"dataset {given!r} has no text column")
     return list(ds[column])
 
 
@@ -133,7 +133,7 @@ def tokenize_stream(tokenizer, rows: Iterable[str], max_tokens: int | None = Non
 
     text = "\n\n".join(rows)
     if not text.strip():
-        raise LayerPruneError("the perplexity text is empty")
+        raise ConfigError("the perplexity text is empty")
     verbose = getattr(tokenizer, "verbose", None)
     try:
         if verbose is not None:
@@ -182,17 +182,17 @@ def perplexity(
     import torch
 
     if seq_len < 2:
-        raise LayerPruneError("--seq-len must be at least 2")
+        raise ConfigError("--seq-len must be at least 2")
     stride = int(stride or seq_len)
     if not 1 <= stride <= seq_len:
-        raise LayerPruneError(f"stride must be between 1 and seq_len ({seq_len}); got {stride}")
+        raise ConfigError(f"stride must be between 1 and seq_len ({seq_len}); got {stride}")
     if rows is None:
         rows, source = load_text_rows(text_source)
     else:
         source = text_source
     ids = tokenize_stream(tokenizer, rows, max_tokens)
     if ids.numel() < 2:
-        raise LayerPruneError("the perplexity text has fewer than 2 tokens")
+        raise ConfigError("the perplexity text has fewer than 2 tokens")
     device = next(model.parameters()).device
     spans = windows(ids.numel(), seq_len, stride)
     total_nll = 0.0

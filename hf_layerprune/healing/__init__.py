@@ -20,7 +20,7 @@ import torch
 
 from hf_layerprune import distributed
 from hf_layerprune.base_view import as_base
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError, UnsupportedModel
 from hf_layerprune.healing.absorb import AbsorbOptions, heal_absorb
 from hf_layerprune.healing.base import Healer, HealContext, HealOptions, Log, build_options, split_spec
 from hf_layerprune.healing.compensation import (
@@ -155,7 +155,7 @@ def check_applies(healer: Healer, model) -> None:
     """One-line error, before any work, when `healer` cannot run on `model` (e.g. `linear` on sparse MoE)."""
     refusal = healer.refuses(model)
     if refusal:
-        raise LayerPruneError(f"--heal {healer.name}: {refusal}")
+        raise UnsupportedModel(f"--heal {healer.name}: {refusal}")
 
 
 def chain_record(stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -207,7 +207,7 @@ def heal(
         finally:
             model.train(was_training)
     if not stages:
-        raise LayerPruneError(f"--heal {method!r} names no healer; use one of {', '.join(available_healers())}")
+        raise ConfigError(f"--heal {method!r} names no healer; use one of {', '.join(available_healers())}")
     return chain_record(stages)
 
 
@@ -225,7 +225,7 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
             log(f"--heal {healer.name} does not use: {', '.join(step.unused)}")
         opts = dataclasses.replace(step.options, progress=True)  # the plan's options stay as checked
         if healer.needs_base_model and base_model is None:
-            raise LayerPruneError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
+            raise StageError(f"--heal {healer.name} needs the unpruned model; the pipeline did not keep a copy")
         check_applies(healer, model)
         if healer.trained:
             train_samples = opts.training_samples(recipe.seq_len)

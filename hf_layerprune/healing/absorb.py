@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.healing.activations import iter_capture, layers_of
 from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
@@ -82,7 +82,7 @@ def spans(removed: list[int], num_layers: int, width: int = 1) -> list[Span]:
             following = runs[k + 1][0] if k + 1 < len(runs) else num_layers
             layers = list(range(run[-1] + 1, min(run[-1] + 1 + width, following)))
             if not layers:
-                raise LayerPruneError("--heal absorb needs at least one kept layer")
+                raise ConfigError("--heal absorb needs at least one kept layer")
             out.append(Span(run, layers, layers[-1] + 1))
             continue
         used = max(out[-1].end - 1, out[-1].layers[-1]) if out else -1
@@ -105,7 +105,7 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
     ctx.require_base("absorb")
     removed, kept, num_before = ctx.removed_and_kept("absorb")
     if not removed:
-        raise LayerPruneError("--heal absorb: no layers were removed")
+        raise ConfigError("--heal absorb: no layers were removed")
     arch = get_architecture(ctx.model.config)
     seq_len = ctx.train_ids.shape[1]
     steps = options.step_cap(seq_len)

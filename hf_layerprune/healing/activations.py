@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import UnsupportedModel
 
 
 class _Stop(Exception):
@@ -162,7 +162,7 @@ def check_additive(model, module: torch.nn.Module, point: int, ids: torch.Tensor
         handle.remove()
     tol = 1e-3 if base.dtype == torch.float32 else 5e-2
     if not torch.allclose((moved - base).float(), delta.float().expand_as(base), atol=tol * (1 + delta.abs().max().item())):
-        raise LayerPruneError(
+        raise UnsupportedModel(
             f"--heal {method} cannot fold into {where} of {model.config.model_type}: the residual stream is not "
             f"'rest + its output' there (a norm or position term follows it); use lora or replace"
         )

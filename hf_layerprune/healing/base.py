@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from hf_layerprune import registry
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError
 from hf_layerprune.recipe import parse_duration
 from hf_layerprune.registry import option, split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
 
@@ -57,11 +57,11 @@ class HealOptions:
         for name in ("steps", "tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise LayerPruneError(f"--heal-{name} must be at least 1 (got {value})")
+                raise ConfigError(f"--heal-{name} must be at least 1 (got {value})")
         if self.batch_size < 1 or self.eval_samples < 1:
-            raise LayerPruneError(f"--heal batch_size and eval_samples must be at least 1 (got {self.batch_size}, {self.eval_samples})")
+            raise ConfigError(f"--heal batch_size and eval_samples must be at least 1 (got {self.batch_size}, {self.eval_samples})")
         if self.learning_rate is not None and not self.learning_rate > 0:
-            raise LayerPruneError(f"--learning-rate must be positive (got {self.learning_rate})")
+            raise ConfigError(f"--learning-rate must be positive (got {self.learning_rate})")
         parse_duration(self.budget)
 
     def budget_seconds(self) -> float | None:
@@ -107,7 +107,7 @@ class HealContext:
 
     def require_base(self, method: str) -> Any:
         if self.base_model is None:
-            raise LayerPruneError(f"--heal {method} needs the unpruned model (base_model) to compare with; none was given")
+            raise StageError(f"--heal {method} needs the unpruned model (base_model) to compare with; none was given")
         return self.base_model
 
     def as_base(self):
@@ -141,7 +141,7 @@ class HealContext:
             kept = sorted(self.report["kept_layers"])
             before = int(self.report["num_layers_before"])
         except KeyError as exc:
-            raise LayerPruneError(f"--heal {method} needs report[{exc.args[0]!r}] from the cut stage") from None
+            raise StageError(f"--heal {method} needs report[{exc.args[0]!r}] from the cut stage") from None
         return removed, kept, before
 
 

@@ -41,7 +41,7 @@ from hf_layerprune import distributed
 from hf_layerprune.base_view import as_base
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError, UnsupportedModel
 from hf_layerprune.healing.activations import capture, check_additive
 from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
@@ -84,14 +84,14 @@ class Correction:
             weight.copy_(self.apply(weight))  # each row is an output
             return
         if not isinstance(module, torch.nn.Linear):
-            raise LayerPruneError(f"cannot fold a correction into {self.path} ({type(module).__name__})")
+            raise UnsupportedModel(f"cannot fold a correction into {self.path} ({type(module).__name__})")
         if self.delta is not None:
             t = torch.eye(weight.shape[0], dtype=torch.float64, device=weight.device) + self.delta.to(weight.device)
             weight.copy_((t.T @ weight.double()).to(weight.dtype))
         if module.bias is not None:
             module.bias.copy_(self.apply(module.bias))
         elif self.bias is not None:
-            raise LayerPruneError(f"{self.path} has no bias to fold the correction into")
+            raise UnsupportedModel(f"{self.path} has no bias to fold the correction into")
 
 
 class LeastSquares:
@@ -169,7 +169,7 @@ def down_site(model, layer: int) -> Site:
     arch = get_architecture(model.config)
     refusal = fold_refusal(model)
     if refusal:
-        raise LayerPruneError(refusal)
+        raise UnsupportedModel(refusal)
     return Site(f"{arch.layers}.{layer}.{arch.down_proj}", layer + 1, f"layer {layer} {arch.down_proj}")
 
 
@@ -178,7 +178,7 @@ def embedding_site(model, method: str) -> Site:
     embed = get_submodule(model, arch.embed)
     head = model.get_output_embeddings()
     if head is not None and head.weight is embed.weight:
-        raise LayerPruneError(
+        raise ConfigError(
             f"--heal {method}: layer 0 is removed and the input embeddings are tied to lm_head, so there is no weight "
             f"to fold the correction into; keep layer 0 (--protect first) or use lora/replace"
         )
@@ -230,7 +230,7 @@ def fuse_checked(model, correction: Correction, point: int, probe: torch.Tensor)
     error = float((got - want).norm() / want.norm().clamp_min(1e-12))
     limit = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
     if error > limit:
-        raise LayerPruneError(f"fusing the correction into {correction.path} changed the result (relative error {error:.2e})")
+        raise StageError(f"fusing the correction into {correction.path} changed the result (relative error {error:.2e})")
     return error
 
 
@@ -260,7 +260,7 @@ def enable_mlp_bias(model, method: str = "bias", ctx: HealContext | None = None)
     arch = get_architecture(model.config)
     layers = arch.get_layers(model)
     if not arch.down_proj:
-        raise LayerPruneError(f"--heal {method} cannot add a bias to {arch.model_type}: its MLPs are sparse MoE blocks")
+        raise UnsupportedModel(f"--heal {method} cannot add a bias to {arch.model_type}: its MLPs are sparse MoE blocks")
     if get_submodule(layers[0], arch.down_proj).bias is not None:
         return []
     flag = arch.mlp_bias_field
@@ -269,7 +269,7 @@ def enable_mlp_bias(model, method: str = "bias", ctx: HealContext | None = None)
         f"has no config flag that adds one; use --heal linear, lora or replace"
     )
     if flag is None or arch.mlp == arch.down_proj:
-        raise LayerPruneError(no_bias)
+        raise UnsupportedModel(no_bias)
     mlp = get_submodule(layers[0], arch.mlp)
     config = copy.deepcopy(model.config)
     setattr(config, flag, True)
@@ -277,12 +277,12 @@ def enable_mlp_bias(model, method: str = "bias", ctx: HealContext | None = None)
         with torch.device("meta"):
             probe = type(mlp)(config)  # what stock transformers builds (and loads) with the flag on
     except Exception:
-        raise LayerPruneError(no_bias) from None
+        raise UnsupportedModel(no_bias) from None
     have = {name for name, _ in mlp.named_parameters()}
     added = sorted(name for name, _ in probe.named_parameters() if name not in have)
     down = arch.down_proj[len(arch.mlp) + 1 :]
     if f"{down}.bias" not in added or any(not name.endswith(".bias") for name in added):
-        raise LayerPruneError(no_bias)  # e.g. Mistral: MistralMLP ignores mlp_bias
+        raise UnsupportedModel(no_bias)  # e.g. Mistral: MistralMLP ignores mlp_bias
     for layer in layers:
         block = get_submodule(layer, arch.mlp)
         for name in added:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_layerprune.base_view import SharedBase, as_base, protect
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError
 from hf_layerprune.healing.activations import layers_of, recording
 from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext
@@ -114,7 +114,7 @@ def heal_distill(ctx: HealContext, options: DistillOptions) -> dict:
         _, kept, before = ctx.removed_and_kept("distill:hidden")
         depth = len(layers_of(ctx.model))
         if len(kept) != depth:
-            raise LayerPruneError(f"--heal distill:hidden: the report keeps {len(kept)} layers but the model has {depth}")
+            raise StageError(f"--heal distill:hidden: the report keeps {len(kept)} layers but the model has {depth}")
         pairs = point_pairs(kept, before)
     teacher = ctx.require_base("distill")  # a SharedBase view (run as base per forward) or a separate model
     if options.teacher == "4bit":
@@ -171,7 +171,7 @@ def full_parameters(model, teacher, ctx: HealContext | None = None) -> list[torc
         return [p for p in model.parameters() if id(p) not in frozen]
     params = [p for p in model.parameters() if id(p) not in frozen]
     if {id(p) for p in params} & {id(p) for p in teacher.parameters()}:
-        raise LayerPruneError("--heal distill:adapter=full: the pruned model shares weights with the teacher; heal a copy")
+        raise ConfigError("--heal distill:adapter=full: the pruned model shares weights with the teacher; heal a copy")
     return params
 
 

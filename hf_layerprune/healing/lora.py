@@ -22,7 +22,7 @@ import torch
 
 from hf_layerprune import quantized
 from hf_layerprune.architectures import ARCHITECTURES, Architecture, get_architecture
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError
 from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, options_record
 from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, gradient_checkpointing, lm_loss, train
@@ -52,7 +52,7 @@ def lora_targets(model, targets: list[str] | None, log: Callable[[str], None] = 
     names = list(targets) if targets else list(arch.lora_targets if arch else DEFAULT_MLP_TARGETS)
     if ALL_LINEAR in names:
         if len(names) > 1:
-            raise LayerPruneError(f"--lora-targets {ALL_LINEAR} already names every linear module; give it alone")
+            raise ConfigError(f"--lora-targets {ALL_LINEAR} already names every linear module; give it alone")
         return ALL_LINEAR
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     tied = head is not None and head.weight is embed.weight
@@ -63,7 +63,7 @@ def lora_targets(model, targets: list[str] | None, log: Callable[[str], None] = 
     present = {name.rpartition(".")[2] for name, _ in model.named_modules()} | {name for name, _ in model.named_modules()}
     missing = [n for n in names if n not in present]
     if missing:
-        raise LayerPruneError(f"--lora-targets {', '.join(missing)} not found in {model_type} (module names such as {', '.join(DEFAULT_MLP_TARGETS)})")
+        raise ConfigError(f"--lora-targets {', '.join(missing)} not found in {model_type} (module names such as {', '.join(DEFAULT_MLP_TARGETS)})")
     return list(dict.fromkeys(names))
 
 
@@ -71,7 +71,7 @@ def lora_config(model, options: LoraOptions, log: Callable[[str], None] = print)
     from peft import LoraConfig
 
     if options.rank < 1:
-        raise LayerPruneError(f"--lora-rank must be at least 1 (got {options.rank})")
+        raise ConfigError(f"--lora-rank must be at least 1 (got {options.rank})")
     dropout = options.dropout
     if dropout and any(p.dim() == 3 for p in model.parameters()):
         # fused MoE experts ([experts, out, in] parameters, transformers 5): peft adapts them with its ParamWrapper,
@@ -107,7 +107,7 @@ def merge_adapter(model, config, adapter_state: dict[str, torch.Tensor], ctx: He
     device = next(model.parameters()).device
     result = set_peft_model_state_dict(peft_model, {k: v.to(device) for k, v in adapter_state.items()})
     if getattr(result, "unexpected_keys", None):
-        raise LayerPruneError(f"adapter does not match the model: unexpected {result.unexpected_keys[:3]}")
+        raise StageError(f"adapter does not match the model: unexpected {result.unexpected_keys[:3]}")
     return merge_in_place(ctx, peft_model) if ctx is not None else peft_model.merge_and_unload()
 
 

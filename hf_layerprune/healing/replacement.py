@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.healing.activations import capture, layer_call, layers_of
 from hf_layerprune.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
@@ -72,11 +72,11 @@ class BlockMSE(torch.nn.Module):
 def check_block(removed: list[int]) -> list[int]:
     runs = contiguous_runs(removed)
     if len(runs) != 1:
-        raise LayerPruneError(
+        raise ConfigError(
             f"--heal replace needs one contiguous block of removed layers (got {removed}); use --selection contiguous"
         )
     if len(removed) < 2:
-        raise LayerPruneError("--heal replace replaces n >= 2 removed layers by one; with one removed layer use lora or linear")
+        raise ConfigError("--heal replace replaces n >= 2 removed layers by one; with one removed layer use lora or linear")
     return runs[0]
 
 

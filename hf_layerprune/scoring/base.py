@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError, StageError
 from hf_layerprune.recipe import GRANULARITIES
 from hf_layerprune.registry import Registry, build_options, split_spec
 
@@ -73,7 +73,7 @@ class Metric:
 
     def check_granularity(self, granularity: str) -> None:
         if granularity not in self.granularities:
-            raise LayerPruneError(
+            raise ConfigError(
                 f"--metric {self.name} does not support --granularity {granularity}; it scores: {', '.join(self.granularities)}"
             )
 
@@ -116,7 +116,7 @@ class ScoringContext:
         log: Callable[[str], None] | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
-            raise LayerPruneError(f"unknown --granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
+            raise ConfigError(f"unknown --granularity {granularity!r}; use one of {', '.join(GRANULARITIES)}")
         self.model = model
         self.arch = get_architecture(model.config)
         self.batches = batches
@@ -139,7 +139,7 @@ class ScoringContext:
         from hf_layerprune.scoring.prefix_cache import ActivationCache
 
         if self.batches is None:
-            raise LayerPruneError("this metric needs calibration data")
+            raise StageError("this metric needs calibration data")
         stats = ResidualStats(self.num_points)
         cache = ActivationCache(
             self.model, self.arch, self.batches, granularity=self.granularity, batch_size=self.batch_size,

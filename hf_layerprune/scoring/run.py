@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable
 
 from hf_layerprune import distributed
 from hf_layerprune.calibration import calibration_batches, calibration_record
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric
 from hf_layerprune.selection import check_strategy, contiguous, greedy, parse_protect, ranking, topk, window_scores
 
@@ -52,7 +52,7 @@ def run_metric(
     protected = parse_protect(protect, ctx.num_units)
     higher = metric.higher_is_more_important
     if drop is not None and ctx.granularity == "block" and drop >= ctx.num_units:
-        raise LayerPruneError(f"--drop {drop} must be smaller than the number of layers ({ctx.num_units})")
+        raise ConfigError(f"--drop {drop} must be smaller than the number of layers ({ctx.num_units})")
     record: dict[str, Any] = {"metric": metric.name, "selection": strategy, "granularity": ctx.granularity}
     if metric.config:
         record["options"] = dict(metric.config)
@@ -138,7 +138,7 @@ def expand_metrics(spec: str | Iterable[str], granularity: str, log: Log = print
     """`all`, one name, or a comma-separated list -> metrics. `all` keeps those that support `granularity`."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
-        raise LayerPruneError("give at least one --metric")
+        raise ConfigError("give at least one --metric")
     if names == ["all"]:
         metrics = [get_metric(n) for n in available_metrics()]
         skipped = [m.name for m in metrics if granularity not in m.granularities]

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import torch
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.errors import ConfigError
 from hf_layerprune.layer_stream import StreamedModel
 from hf_layerprune.scoring.base import METRICS, ScoringContext
 
@@ -45,14 +45,14 @@ class _StreamedLosses:
             return self.result["base"]
         if len(extra) == 1:
             return self.result["without"][extra[0]]
-        raise LayerPruneError("layer-streamed scoring supports leave-one-out only (shapley:estimator=loo)")
+        raise ConfigError("layer-streamed scoring supports leave-one-out only (shapley:estimator=loo)")
 
 
 class StreamedScoringContext(ScoringContext):
     def __init__(self, streamed: StreamedModel, batches: torch.Tensor, *, granularity: str = "block",
                  batch_size: int = 4, seed: int = 0, log=None) -> None:
         if granularity != "block":
-            raise LayerPruneError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
+            raise ConfigError("--offload scores whole layers only; drop --offload for --granularity attention|mlp")
         # The skeleton (meta layers replaced by relays) stands in for the model: same config, same layer count.
         super().__init__(streamed.skeleton, batches, granularity=granularity, batch_size=batch_size, seed=seed,
                          keep_states=False, log=log)
@@ -69,7 +69,7 @@ class StreamedScoringContext(ScoringContext):
         from hf_layerprune.scoring.capture import ResidualStats
 
         if removed:
-            raise LayerPruneError("with --offload, static metrics score the full model once (use --selection topk or contiguous)")
+            raise ConfigError("with --offload, static metrics score the full model once (use --selection topk or contiguous)")
         if self._stats is None:
             self.log("Streaming the residual stream through every layer")
             states = self.streamed.boundary_states(self.micro_batches())
@@ -82,7 +82,7 @@ class StreamedScoringContext(ScoringContext):
 
 def check_streamable(metric_name: str) -> None:
     if not METRICS.has(metric_name, "streamable"):
-        raise LayerPruneError(
+        raise ConfigError(
             f"--metric {metric_name} needs the whole model in memory (backward pass); with --offload use one of "
             f"{', '.join(METRICS.with_capability('streamable'))}"
         )
