@@ -116,8 +116,7 @@ def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list
     for granularity, name in (("block", block_metric), ("attention", "bi")):
         metric = get_metric(name)
         ctx, record = build_context(model, tokenizer, [metric], granularity=granularity, **calibration)
-        ranked = run_metric(metric, ctx)["ranking"]  # most important first
-        orders[granularity] = list(reversed(ranked))
+        orders[granularity] = run_metric(metric, ctx)["ranking"]  # least important first
     plans = candidate_plans(orders["block"][:-1] if len(whole) > 1 else [], orders["attention"], whole, attention,
                             kind, amount)
     if not plans:

@@ -65,6 +65,23 @@ def test_judging_the_plans_leaves_the_model_bit_identical(src):
     assert section["chosen"]["parameters_removed"] == sum(sizes[0][i] for i in whole) + sum(sizes[1][i] for i in attn)
 
 
+def test_the_plans_take_the_planted_unimportant_units():
+    """Layer 2 computes nothing (its outputs zeroed) and layer 4's attention adds nothing: a budget of one layer is
+    paid by layer 2, and the KL of that plan is 0; a budget of one layer plus one attention adds layer 4's attention."""
+    from test_scoring import plant_identity, planted
+
+    model = plant_identity(planted("llama", identity=[2]), 4, "attention")
+    whole, attention = unit_sizes(model)
+    total = sum(p.numel() for p in model.parameters())
+    recipe = Recipe(model="m", target=f"params={1 - whole[2] / total + 1e-9}", calibration_samples=4, seq_len=16)
+    layers, attn, section = plan_for_target(model, None, recipe, log=lambda _: None)
+    assert (layers, attn) == ([2], []) and section["chosen"]["held_out_kl"] < 1e-6
+    recipe = Recipe(model="m", target=f"params={1 - (whole[2] + attention[4]) / total + 1e-9}", calibration_samples=4,
+                    seq_len=16)
+    layers, attn, section = plan_for_target(model, None, recipe, log=lambda _: None)
+    assert (layers, attn) == ([2], [4]) and section["chosen"]["held_out_kl"] < 1e-6
+
+
 @pytest.mark.parametrize("target", ["params=0.8", "kv=0.5"])
 def test_a_target_run_writes_the_plan_it_chose_and_it_loads(src, tmp_path, target):
     from hf_layerprune.checkpoint import load_checkpoint
