@@ -61,7 +61,7 @@ def _free() -> None:
 
 def summary_table(section: dict[str, Any]) -> Table:
     """A terminal table of the main numbers of an ``evaluation`` section."""
-    from hf_layerprune.evaluation.fidelity import retentions  # deferred: the CLI answers --help without torch
+    from hf_layerprune.results import retentions
 
     has_base = section.get("base") is not None or bool((section.get("perplexity") or {}).get("base"))
     table = Table(title="Evaluation", show_lines=False)
