@@ -40,18 +40,17 @@ class CardFields:
     tags: list[str] = field(default_factory=list)
 
 
-def card_fields(report: dict[str, Any], *, base_card=None) -> CardFields:
-    """The card's base model, licence and tags for a report (as far as the run has filled it)."""
+def card_fields(report) -> CardFields:
+    """The card's base model, licence and tags for a report (`report.Report`, as far as the run has filled it,
+    its base card looked up: finish.look_up_base_card)."""
+    import dataclasses
+
     from hf_layerprune.card.formatting import hub_id
     from hf_layerprune.card.metadata import card_data
-    from hf_layerprune.card.render import base_card_info
+    from hf_layerprune.report import GgufSection
 
-    try:
-        info = base_card_info(report, base_card=base_card) or {}
-    except Exception:  # noqa: BLE001 - an unreadable card only means "licence unknown", as on the card itself
-        info = {}
-    data = card_data({**report, "gguf": report.get("gguf") or {}}, model_name="model", license_info=info)
-    base = str(report.get("base_model") or "model")
+    data = card_data(dataclasses.replace(report, gguf=report.gguf or GgufSection()), model_name="model")
+    base = str(report.source.base_model or "model")
     rid = hub_id(base)
     return CardFields(base=rid or PurePosixPath(base.replace("\\", "/").rstrip("/")).name, hub=rid is not None,
                       license=getattr(data, "license", None), license_name=getattr(data, "license_name", None),

@@ -81,12 +81,19 @@ def output_name(source, num_layers: int, suffix: str = "") -> str:
 
 def card_fields(report, recipe):
     """The model card's base, licence and tags for the GGUF's `general.*` keys (gguf_metadata.py), from the report
-    as the run has filled it so far (the card itself is rendered after the weights are written)."""
-    from hf_layerprune.gguf_metadata import card_fields as fields
+    as the run has filled it so far (the card itself is rendered after the weights are written); the base card is
+    looked up here when the run has not yet (finish.look_up_base_card: once per run)."""
+    import dataclasses
 
-    data = {**report.to_dict(), "recipe": recipe.to_dict()}
-    local_card = Path(recipe.model) / "README.md"
-    return fields(data, base_card=local_card if local_card.is_file() else None)
+    from hf_layerprune.finish import look_up_base_card
+    from hf_layerprune.gguf_metadata import card_fields as fields
+    from hf_layerprune.report import RecipeSection
+
+    try:
+        look_up_base_card(report, model=recipe.model)
+    except Exception:  # noqa: BLE001 - an unreadable card only means "licence unknown", as on the card itself
+        report.base_card, report.base_card_looked_up = None, True
+    return fields(dataclasses.replace(report, recipe=RecipeSection.from_dict(recipe.to_dict())))
 
 
 def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=None, card=None) -> dict[str, Any]:

@@ -28,7 +28,9 @@ from hf_layerprune.finish import Timer, write_outputs
 from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import check_output_dir, staging_dir
 from hf_layerprune.recipe import Recipe
-from hf_layerprune.report import CutSection, Report, SourceSection
+from hf_layerprune.report import (
+    CutSection, ExportSection, GgufSection, PreflightSection, Report, RoundRecord, SourceSection,
+)
 from hf_layerprune.targets import uses_metric
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
 from hf_layerprune.surgery import kept_layers, remove_layers, side_files
@@ -90,7 +92,7 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
         distributed.hub_cache_only()  # ranks > 0: no Hub request from here on
     timer = Timer()
     report = Report(SourceSection(base_model=source.name, base_revision=base_revision), command=command,
-                    granularity=recipe.granularity, other=distributed.world_record())
+                    granularity=recipe.granularity, **distributed.world_record())
     if not in_memory and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk, the others wait
         log("Several processes, no stage to split (the cut streams on disk): rank 0 does it alone")
     if gguf_cut:  # any llama.cpp architecture: transformers never reads this file
@@ -101,7 +103,7 @@ def run(recipe: Recipe, *, command: str | None = None, log: Log = print) -> Repo
         distributed.on_main(run_streaming, recipe, source, report, timer, log,
                             in_memory=lambda src: run_in_memory(recipe, src, report, timer, log))
     if report.memory:
-        log(memory_summary(report.memory))
+        log(memory_summary(report.memory.to_dict()))
     return report
 
 
@@ -118,7 +120,8 @@ def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log)
     from hf_layerprune import stages
 
     if not recipe.device_map:  # before loading: refuse a recipe that will not fit, naming what would
-        report.preflight = preflight(recipe, source, log)
+        estimate = preflight(recipe, source, log)
+        report.preflight = PreflightSection.from_dict(estimate) if estimate is not None else None
     with timer.stage("load"):
         model, tokenizer, section = stages.load(recipe, source, log=log)
     report.source = dataclasses.replace(section, base_revision=report.source.base_revision)
@@ -157,8 +160,7 @@ def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, ti
 
     if recipe.heal != "none":
         with timer.stage("heal"):
-            report.healing, report.cut = stages.heal(model, tokenizer, recipe, report.cut, base=base,
-                                                     num_layers_before=report.source.num_layers_before, log=log)
+            report.healing, report.cut = stages.heal(model, tokenizer, recipe, report.cut, base=base, log=log)
     if recipe.evaluate:
         with timer.stage("evaluate"):
             report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
@@ -207,17 +209,16 @@ def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: R
                          removed_layers=sorted(cut.removed_layers + removed_original),
                          kept_layers=[i for j, i in enumerate(cut.kept_layers) if j not in set(removed_now)],
                          parameters_after=stages.count_parameters(model))
-        entry = {"round": k, "removed_layers": sorted(removed_original), "scoring": scoring}
+        entry = RoundRecord(round=k, removed_layers=sorted(removed_original), scoring=scoring)
         if recipe.heal != "none":
             with timer.stage("heal"):
-                entry["healing"], cut = stages.heal(model, tokenizer, step, cut, num_layers_before=before, base=base,
-                                                    log=log)
+                entry.healing, cut = stages.heal(model, tokenizer, step, cut, base=base, log=log)
         rounds.append(entry)
-    report.rounds, report.scoring = rounds, rounds[-1]["scoring"]
+    report.rounds, report.scoring = rounds, rounds[-1].scoring
     report.cut = dataclasses.replace(cut, num_layers_after=model.config.num_hidden_layers,
                                      parameters_after=stages.count_parameters(model))
     if recipe.heal != "none":
-        report.healing = rounds[-1]["healing"]
+        report.healing = rounds[-1].healing
     if recipe.evaluate:
         with timer.stage("evaluate"):
             report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
@@ -254,8 +255,9 @@ def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Sou
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         whole = summary["removed_layers"]
-        export = {"format": "decilm", "architecture": "DeciLMForCausalLM", "trust_remote_code": True,
-                  "block_configs": summary["block_configs"], "kv_cache_bytes_per_token": summary["kv_cache_bytes_per_token"]}
+        export = ExportSection(format="decilm", architecture="DeciLMForCausalLM", trust_remote_code=True,
+                               block_configs=summary["block_configs"],
+                               kv_cache_bytes_per_token=summary["kv_cache_bytes_per_token"])
         report.cut = CutSection(
             num_layers_after=num_layers - len(whole), removed_layers=whole, kept_layers=kept_layers(whole, num_layers),
             removed_sublayers={"attention": summary["removed_attention"], "mlp": summary["removed_mlp"]}, export=export)
@@ -271,6 +273,6 @@ def finish_sublayer(model, tokenizer, base, removed, recipe: Recipe, source: Sou
             report.cut.parameters_after = checkpoint_parameters(tmp)
         if wants_gguf(recipe):  # llama.cpp's deci architecture, from the folder just written
             with timer.stage("save"):
-                report.gguf = write_deci_gguf(tmp, recipe, source, num_layers - len(whole),
-                                              card=card_fields(report, recipe), log=log)
+                report.gguf = GgufSection.from_dict(write_deci_gguf(tmp, recipe, source, num_layers - len(whole),
+                                                                    card=card_fields(report, recipe), log=log))
         write_outputs(tmp, report, recipe, timer)

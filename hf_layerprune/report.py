@@ -514,6 +514,7 @@ class Report:
     format_version: int = FORMAT_VERSION
     tool: dict[str, str] = field(default_factory=lambda: {"name": "hf-layerprune", "version": __version__})
     other: dict[str, Any] = field(default_factory=dict)  # keys written by other code or a newer version
+    base_card_looked_up: bool = field(default=False, repr=False, compare=False)  # not written: finish.look_up_base_card
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format_version": self.format_version, "tool": self.tool, "command": self.command}
@@ -587,7 +588,8 @@ def library_versions() -> dict[str, str]:
 
 
 def read_report(directory: str | os.PathLike) -> dict[str, Any]:
-    """``layerprune.json`` as its JSON object (``Report.from_dict`` gives the typed sections)."""
+    """``layerprune.json`` as its JSON object, its sections' types checked (``Report.from_dict`` gives the typed
+    sections; ``load_report`` both)."""
     path = Path(directory) / REPORT_FILENAME
     try:
         with open(path, encoding="utf-8") as f:
@@ -606,6 +608,11 @@ def read_report(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path}: {text}") from None
     check_report_types(report, path)
     return report
+
+
+def load_report(directory: str | os.PathLike) -> Report:
+    """The typed Report of an output folder's ``layerprune.json`` (one-line errors for a damaged file)."""
+    return Report.from_dict(read_report(directory))
 
 
 SECTION_KEYS = ("scoring", "healing", "evaluation", "export", "recipe", "gguf", "sweep", "timings", "memory",
@@ -639,36 +646,19 @@ def check_report_types(report: Any, path: Path) -> None:
             raise bad(key, report[key], "a string")
 
 
-def write_report(directory: str | os.PathLike, report: Report | dict[str, Any]) -> Path:
-    """Write ``layerprune.json`` (atomically), local paths replaced by names and hashes (provenance.py)."""
+def write_report(directory: str | os.PathLike, report: Report | dict[str, Any]) -> Report:
+    """Write ``layerprune.json`` (atomically), local paths replaced by names and hashes (provenance.py); returns the
+    report as written (what the card renders)."""
     from hf_layerprune.provenance import portable_report
 
-    if isinstance(report, Report):
-        report = report.to_dict()
-    _remember_base_card(report)
-    report = portable_report(report)
+    data = portable_report(report.to_dict() if isinstance(report, Report) else report)
     path = Path(directory) / REPORT_FILENAME
     tmp = path.with_suffix(".json.tmp")
-    text = json.dumps(report, indent=2, sort_keys=False, default=_json_default)
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(_NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n")
     os.replace(tmp, path)
-    return path
-
-
-def _remember_base_card(report: dict[str, Any]) -> None:
-    """A local base model's license must be read before its path is dropped from the report."""
-    base = report.get("base_model")
-    if report.get("base_card") or not isinstance(base, str) or not os.path.exists(os.path.expanduser(base)):
-        return
-    from hf_layerprune.hub import find_base_card
-
-    try:
-        info = find_base_card(report, online=False)
-    except Exception:  # noqa: BLE001 - an unreadable card only means "license unknown"
-        info = None
-    if info and info.get("license"):
-        report["base_card"] = {k: v for k, v in info.items() if not k.startswith("_")}
+    return Report.from_dict(json.loads(text))
 
 
 def _json_default(obj: Any) -> Any:

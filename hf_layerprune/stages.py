@@ -10,8 +10,7 @@ them too (README, "Python API"):
     healing, cut_section = heal(model, tokenizer, recipe, cut_section, base=base)
     evaluation = evaluate(base, model, tokenizer, recipe)
     save(model, tokenizer, recipe, "out")
-    card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation,
-                       recipe=recipe.to_dict()))
+    card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation))
 
 Calibration is drawn inside `select` (the scoring text) and `heal` (the healing text), each from the recipe, so
 that a stage run alone draws exactly what it draws inside the pipeline.
@@ -36,7 +35,7 @@ from hf_layerprune.hub import publish_folder
 from hf_layerprune.quantized import count_parameters  # packed 4-bit weights at their real shape
 from hf_layerprune.loading import Source, load_model, local_checkpoint, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.report import CutSection, SourceSection
+from hf_layerprune.report import CutSection, EvaluationSection, GgufSection, HealingSection, ScoringSection, SourceSection
 from hf_layerprune.scoring import METRICS, select_for_recipe
 from hf_layerprune.targets import explicit_or_rule, uses_metric  # noqa: F401  (part of the stages' API)
 from hf_layerprune.streamed_merge import write_merged
@@ -85,14 +84,15 @@ def _dtype_name(model, source: Source, recipe: Recipe) -> str:
     return str(next(model.parameters()).dtype).replace("torch.", "")
 
 
-def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any] | None]:
+def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], ScoringSection | None]:
     """The units to remove and the report's scoring section (None for `--layers` or a config-only rule):
     `auto` compares candidate cuts (auto.py), a metric scores and selects (scoring/), a rule needs only the depth."""
     if not uses_metric(recipe):
         return explicit_or_rule(recipe, model.config.num_hidden_layers), None
     if recipe.metric_name == AUTO:
         return auto_select(model, tokenizer, recipe, log=log)
-    return select_for_recipe(model, tokenizer, recipe, log=log)
+    removed, record = select_for_recipe(model, tokenizer, recipe, log=log)
+    return removed, ScoringSection.from_dict(record)
 
 
 def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
@@ -104,26 +104,24 @@ def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
                       kept_layers=kept_layers(removed, num_layers), parameters_after=count_parameters(model))
 
 
-def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, num_layers_before: int | None = None,
-         base=None, log: Log = print) -> tuple[dict[str, Any], CutSection]:
+def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, base=None,
+         log: Log = print) -> tuple[HealingSection, CutSection]:
     """Heal the cut model in place with the recipe's healer chain; the healing section and the cut section as it
-    is afterwards (`replace` puts the first layer of each removed block back as its trained replacement).
+    is afterwards (`replace` puts the first layer of each removed block back as its trained replacement: a new
+    section, the one given is left as it was).
 
     `base`: the unpruned model (a `SharedBase` view or a separate model), for healers that compare with it."""
-    before = num_layers_before if num_layers_before is not None else len(cut_section.kept_layers) + len(cut_section.removed_layers)
-    layers = cut_section.as_healing_input(before)  # the healers' working copy of the layer lists
-    record = heal_for_recipe(model, tokenizer, recipe, layers, base_model=base, log=log)
-    return record, cut_section.updated_by(layers)
+    return heal_for_recipe(model, tokenizer, recipe, cut_section, base_model=base, log=log)
 
 
-def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> dict[str, Any]:
+def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> EvaluationSection:
     """lm-eval tasks, perplexity, speed and size of the pruned model and (when `base` is given) of the base, with
     identical settings: the report's evaluation section (evaluation/)."""
-    return evaluate_for_recipe(base, model, tokenizer, recipe, log=log)
+    return EvaluationSection.from_dict(evaluate_for_recipe(base, model, tokenizer, recipe, log=log))
 
 
 def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source | None = None,
-         removed: list[int] | None = None, card=None) -> dict[str, Any] | None:
+         removed: list[int] | None = None, card=None) -> GgufSection | None:
     """Write the weights (sharded safetensors and/or GGUF), tokenizer and the source's side files (licence,
     generation config) into `folder`; returns the report's gguf section when a GGUF was written (`removed`: the
     cut's layers, which a GGUF source's surgery needs; `card`: gguf_route.card_fields, for the GGUF's metadata)."""
@@ -144,7 +142,9 @@ def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source
             raise OutputError(f"could not save the model into {folder}: {str(exc).splitlines()[0]}") from None
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    return write_gguf(model, folder, recipe, source, removed or [], card=card) if wants_gguf(recipe) else None
+    if not wants_gguf(recipe):
+        return None
+    return GgufSection.from_dict(write_gguf(model, folder, recipe, source, removed or [], card=card))
 
 
 def _save_from_shards(model, recipe: Recipe, folder: Path, source: Source, removed: list[int]) -> None:

@@ -18,6 +18,9 @@ from typing import Any, Iterable
 
 from markupsafe import Markup
 
+from hf_layerprune.report import EvalSettings, EvaluationSection, PairedSection, PerplexitySection, SpeedSection
+from hf_layerprune.results import compare, main_metric, plausibility, retentions
+
 from hf_layerprune.card.formatting import (
     _num,
     fmt_bytes,
@@ -33,10 +36,10 @@ from hf_layerprune.card.formatting import (
 MEANINGLESS_BYTES = 2**20  # a CPU peak-RSS growth below 1 MiB measures nothing
 
 
-def _ordered_tasks(evaluation: dict[str, Any]) -> list[str]:
-    pruned = evaluation.get("pruned") or {}
-    base = evaluation.get("base") or {}
-    requested = list((evaluation.get("settings") or {}).get("tasks") or [])
+def _ordered_tasks(evaluation: EvaluationSection) -> list[str]:
+    pruned = evaluation.pruned or {}
+    base = evaluation.base or {}
+    requested = list((evaluation.settings or EvalSettings()).tasks or [])
     names = [t for t in requested if t in pruned or t in base]
     for t in list(pruned) + list(base):
         metrics = pruned.get(t) or base.get(t) or {}
@@ -55,22 +58,20 @@ def _metric_order(metrics: Iterable[str]) -> list[str]:
 
 
 def _main_metric(metrics: dict[str, Any]) -> str | None:
-    from hf_layerprune.evaluation import main_metric
-
     return main_metric(metrics) or next(iter(metrics), None)
 
 
-def _settings_view(settings: dict[str, Any]) -> dict[str, Any]:
-    limit = settings.get("limit")
+def _settings_view(settings: EvalSettings) -> dict[str, Any]:
+    limit = settings.limit
     return {
-        "harness": md(f"lm-eval {settings.get('lm_eval_version')}" if settings.get("lm_eval_version") else "lm-eval"),
-        "num_fewshot": md(settings.get("num_fewshot")) if settings.get("num_fewshot") is not None else None,
+        "harness": md(f"lm-eval {settings.lm_eval_version}" if settings.lm_eval_version else "lm-eval"),
+        "num_fewshot": md(settings.num_fewshot) if settings.num_fewshot is not None else None,
         "limit": md(limit) if limit is not None else None,
-        "batch_size": md(settings.get("batch_size")),
-        "device": md(settings.get("device") or "–"),
-        "dtype": md(settings.get("dtype") or "–"),
-        "local": any(str(t).startswith("local_") for t in settings.get("tasks") or []),
-        "quantized": isinstance(settings.get("quantization"), dict),
+        "batch_size": md(settings.batch_size),
+        "device": md(settings.device or "–"),
+        "dtype": md(settings.dtype or "–"),
+        "local": any(str(t).startswith("local_") for t in settings.tasks or []),
+        "quantized": settings.quantization is not None,
     }
 
 
@@ -95,20 +96,18 @@ def _baseline_text(rec: dict[str, Any]) -> Markup:
     return Markup(" / ".join(parts) or "–")
 
 
-def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
     """Rows of the before/after table, the headline (or the plain average of old reports) and the plot's bars."""
-    pruned = evaluation.get("pruned") or {}
-    base = evaluation.get("base") or {}
+    pruned = evaluation.pruned or {}
+    base = evaluation.base or {}
     if not pruned and not base:
         return None
-    paired = evaluation.get("paired") if isinstance(evaluation.get("paired"), dict) else {}
-    from hf_layerprune.evaluation import compare
-
-    comparison = evaluation.get("comparison")  # stored by the evaluation stage; reports without one: computed alike
-    if not isinstance(comparison, dict) or (base and pruned and not comparison):
+    paired = evaluation.paired or PairedSection()
+    comparison = evaluation.comparison  # stored by the evaluation stage; reports without one: computed alike
+    if comparison is None or (base and pruned and not comparison):
         comparison = compare(base, pruned) if base else {}
-    ptasks = paired.get("tasks") or {}
-    z = _num(paired.get("z")) or 2.0
+    ptasks = paired.tasks or {}
+    z = _num(paired.z) or 2.0
     rows, bars, kept = [], [], []
     for task in _ordered_tasks(evaluation):
         p_metrics = pruned.get(task) or {}
@@ -148,7 +147,7 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
                     kept.append((bv, pv))
     view: dict[str, Any] = {"rows": rows, "bars": bars, "average": None, "headline": None, "has_base": bool(base),
                             "paired": bool(ptasks), "z": md(f"{z:g}"), "no_headline": None}
-    head = paired.get("headline") if isinstance(paired.get("headline"), dict) else None
+    head = paired.headline
     if head and _num(head.get("retention_pct")) is not None:
         rng = head.get("retention_range") or []
         view["headline"] = {
@@ -181,8 +180,9 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     return view
 
 
-def perplexity_view(ppl: dict[str, Any]) -> dict[str, Any] | None:
-    b, p = ppl.get("base") or {}, ppl.get("pruned") or {}
+def perplexity_view(ppl: PerplexitySection | None) -> dict[str, Any] | None:
+    ppl = ppl or PerplexitySection()
+    b, p = ppl.base or {}, ppl.pruned or {}
     if not (b or p):
         return None
     ref = p or b
@@ -207,16 +207,15 @@ def _ratio(rec: dict[str, Any] | None) -> Markup:
     return Markup(f"×{rec['median']:.2f}" + (f" ± {spread:.2f}" if spread is not None else ""))
 
 
-def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
+def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
     """Size rows, throughput rows (medians, with the speed-up and its spread), and the plausibility flags."""
-    from hf_layerprune.evaluation.speed import plausibility
-
-    b, p = speed.get("base") or {}, speed.get("pruned") or {}
+    speed = speed or SpeedSection()
+    b, p = speed.base or {}, speed.pruned or {}
     if not (b or p):
         return None
     ref = p or b
-    check = speed.get("plausibility") if isinstance(speed.get("plausibility"), dict) else (plausibility(speed) if b and p else None)
-    speedup = speed.get("speedup") if isinstance(speed.get("speedup"), dict) else {}
+    check = speed.plausibility if speed.plausibility is not None else (plausibility(speed.to_dict()) if b and p else None)
+    speedup = speed.speedup or {}
     batch, prompt, steps = ref.get("batch_size"), ref.get("prompt_len"), ref.get("decode_tokens")
     rows, flags = [], []
 
@@ -254,7 +253,7 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
                  "cuda_run_peak_above_weights": "Peak GPU memory above the weights (activations + KV cache)",
                  "cpu_rss_delta": "Peak RSS growth during the run (CPU)"}.get(kind, "Peak memory")
         row(label, "peak_memory_bytes", fmt_bytes)
-    protocol = speed.get("protocol") if isinstance(speed.get("protocol"), dict) else None
+    protocol = speed.protocol
     return {
         "rows": rows,
         "flags": flags,
@@ -275,8 +274,6 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
 def generation_view(generation: dict[str, Any]) -> dict[str, Any] | None:
     """Generation fidelity (``evaluation.generation``, evaluation/fidelity.py): top-1 agreement and KL to the base on
     held-out text, and the long-range last-word test paired with the base; None for reports without it."""
-    from hf_layerprune.evaluation.fidelity import retentions
-
     r = retentions(generation)
     if r is None:
         return None
