@@ -10,7 +10,8 @@ them too (README, "Python API"):
     healing, cut_section = heal(model, tokenizer, recipe, cut_section, base=base)
     evaluation = evaluate(base, model, tokenizer, recipe)
     save(model, tokenizer, recipe, "out")
-    card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation))
+    card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation,
+                       recipe=RecipeSection.from_dict(recipe.to_dict())))
 
 Calibration is drawn inside `select` (the scoring text) and `heal` (the healing text), each from the recipe, so
 that a stage run alone draws exactly what it draws inside the pipeline.
