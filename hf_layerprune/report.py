@@ -536,30 +536,16 @@ class Report:
     def from_dict(cls, data: dict[str, Any]) -> "Report":
         """A report from ``layerprune.json`` (any format_version so far: missing keys stay None; a value of the
         wrong type is kept in ``other`` and its field left None)."""
-        hints = _hints_of_report()
-        typed, other = {}, {}
-        for key in (*_SECTIONS, *_AFTER, "command"):
-            if key in data:
-                fits, value = _load(hints[key], data[key])
-                (typed.__setitem__(key, value) if fits else other.__setitem__(key, data[key]))
+        other: dict[str, Any] = {}
+        typed = _typed(Report, data, (*_SECTIONS, *_AFTER, "command"), other)
         cut = None
         if isinstance(data.get("removed_layers"), list) and isinstance(data.get("kept_layers"), list):
-            cut_hints = typing.get_type_hints(CutSection)
-            values = {}
-            for k in _CUT:
-                if k in data:
-                    fits, value = _load(cut_hints[k], data[k])
-                    (values.__setitem__(k, value) if fits else other.__setitem__(k, data[k]))
-            values.setdefault("num_layers_after", len(data["kept_layers"]))
-            values.setdefault("route", None)  # an older file without it
+            values = {"num_layers_after": len(data["kept_layers"]), "route": None,  # an older file without them
+                      **_typed(CutSection, data, _CUT, other)}
             cut = CutSection(**values)
         elif any(k in data for k in _CUT):
             other.update({k: data[k] for k in _CUT if k in data})
-        source_hints = typing.get_type_hints(SourceSection)
-        source = {}
-        for k in _SOURCE:
-            fits, value = _load(source_hints[k] | None, data.get(k))
-            (source.__setitem__(k, value) if fits else other.__setitem__(k, data[k]))
+        source = {"base_model": None, **_typed(SourceSection, data, _SOURCE, other)}
         known = {*_HEADER, *_SOURCE, *_CUT, *_SECTIONS, *_AFTER, "granularity"}
         other.update({k: v for k, v in data.items() if k not in known})
         return cls(
@@ -570,8 +556,18 @@ class Report:
         )
 
 
-def _hints_of_report() -> dict[str, Any]:
-    return typing.get_type_hints(Report)
+def _typed(cls: type, data: dict[str, Any], keys: tuple[str, ...], other: dict[str, Any]) -> dict[str, Any]:
+    """{key: typed value} of the `keys` of `data` that fit their field of dataclass `cls`; the others go to `other`."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key in keys:
+        if key in data:
+            fits, value = _load(hints[key], data[key])
+            if fits:
+                out[key] = value
+            else:
+                other[key] = data[key]
+    return out
 
 
 def library_versions() -> dict[str, str]:

@@ -16,7 +16,7 @@ from rich.markup import escape
 from hf_layerprune.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
 from hf_layerprune.errors import LayerPruneError, cli_errors
-from hf_layerprune.report import REPORT_FILENAME
+from hf_layerprune.report import REPORT_FILENAME, Report
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -47,7 +47,8 @@ def upload(
     report = check_model_folder(directory)
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
-    repo_id = repo_id or hub.default_repo_id(user, str(report.get("base_model", directory.name)), report.get("num_layers_after", 0))
+    repo_id = repo_id or hub.default_repo_id(user, str(report.source.base_model or directory.name),
+                                             report.cut.num_layers_after if report.cut else 0)
     gguf_repo_id = check_gguf_target(directory, repo_id, gguf_repo_id, gguf_only, token=token, private=private,
                                      revision=revision, create_pr=create_pr, exist_ok=exist_ok)
     from hf_layerprune.gguf_publish import GgufPushError
@@ -89,7 +90,7 @@ def check_gguf_target(directory: Path | None, repo_id: str, gguf_repo_id: str | 
     return gguf_repo_id
 
 
-def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
+def publish_and_verify(directory: Path, report: Report, repo_id: str, *, user: str, token: str | None,
                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
                        exist_ok: bool, verify: bool, trust_remote_code: bool = False, gguf_repo_id: str | None = None,
                        gguf_only: bool = False) -> str:
@@ -117,7 +118,7 @@ def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *,
         return url or gguf_url
 
 
-def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
+def _publish_and_verify(directory: Path, report: Report, repo_id: str, *, user: str, token: str | None,
                         private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
                         exist_ok: bool, verify: bool, trust_remote_code: bool) -> str:
     from hf_layerprune import checkpoint, hub
@@ -169,8 +170,9 @@ def say(text: str) -> None:
         console.print(text)
 
 
-def check_model_folder(directory: Path) -> dict[str, Any]:
-    """The folder's layerprune.json, after checking its files are whole (every shard, the index); one-line errors."""
+def check_model_folder(directory: Path) -> Report:
+    """The folder's layerprune.json as a Report, after checking its files are whole (every shard, the index);
+    one-line errors."""
     from hf_layerprune.checkpoint import check_links, check_weights, read_json
 
     if not directory.is_dir():
@@ -193,15 +195,15 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     if not is_gguf_folder(directory):
         read_json(directory / "config.json")
         check_weights(directory)
-    return report
+    return Report.from_dict(report)
 
 
-def default_commit_message(report: dict[str, Any], directory: Path) -> str:
+def default_commit_message(report: Report, directory: Path) -> str:
     """The commit title: the base model by Hub id, or by file name when it was local (no local paths published)."""
     from hf_layerprune.hub import public_name
 
-    before, after = report.get("num_layers_before"), report.get("num_layers_after")
-    base = public_name(report.get("base_model") or directory.name)
+    before, after = report.source.num_layers_before, report.cut.num_layers_after if report.cut else None
+    base = public_name(report.source.base_model or directory.name)
     if before is not None and after is not None:
         return f"Upload {base} pruned from {before} to {after} layers (hf-layerprune)"
     return f"Upload {base} (hf-layerprune)"
