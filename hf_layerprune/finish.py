@@ -4,7 +4,6 @@ written into the staging folder)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from contextlib import contextmanager
@@ -94,10 +93,8 @@ def card(folder: str | Path, report: Report, *, model: str | None = None) -> Pat
     returns the card path. `model`: the recipe's model path, whose README.md gives a local base's licence."""
     from hf_layerprune.card import render_card
 
-    info = look_up_base_card(report, model=model)
-    kept = info if info is not None and info.license else None  # layerprune.json keeps a card that names a licence
-    written = write_report(folder, dataclasses.replace(report, base_card=kept))
-    written.base_card = info
+    look_up_base_card(report, model=model)
+    written = write_report(folder, report)
     with progress.stage("card"):
         return render_card(folder, written)
 

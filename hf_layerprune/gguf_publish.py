@@ -84,7 +84,7 @@ def has_both(directory: Path) -> bool:
 
 
 @contextmanager
-def split_views(directory: Path, repo_id: str, gguf_repo_id: str) -> Iterator[tuple[Path, Path]]:
+def split_views(directory: Path, report, repo_id: str, gguf_repo_id: str) -> Iterator[tuple[Path, Path]]:
     """Two folders to publish, inside `directory/.publish/` (hidden, removed afterwards; files hard-linked):
 
     - the pruned model without the GGUF, its card pointing to `gguf_repo_id` for the GGUF;
@@ -93,13 +93,12 @@ def split_views(directory: Path, repo_id: str, gguf_repo_id: str) -> Iterator[tu
     from hf_layerprune.card import PLOT_FILES, render_card
     from hf_layerprune.hub import local_files
     from hf_layerprune.provenance import CARD_FILENAME
-    from hf_layerprune.report import REPORT_FILENAME, load_report, write_report
+    from hf_layerprune.report import REPORT_FILENAME, write_report
 
     directory = Path(directory)
     root = directory / ".publish"
     shutil.rmtree(root, ignore_errors=True)
     model_view, gguf_view = root / "model", root / "gguf"
-    report = load_report(directory)
     rendered = {CARD_FILENAME, REPORT_FILENAME, *PLOT_FILES.values()}  # written anew in each view
     try:
         for view, repo, extra in ((model_view, repo_id, {"gguf_repo": gguf_repo_id}),

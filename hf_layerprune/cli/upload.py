@@ -106,7 +106,7 @@ def publish_and_verify(directory: Path, report: Report, repo_id: str, *, user: s
     with progress.stage("publish"):
         if gguf_repo_id is None:
             return _publish_and_verify(directory, report, repo_id, **options)
-        with split_views(directory, repo_id, gguf_repo_id) as (model_view, gguf_view):
+        with split_views(directory, report, repo_id, gguf_repo_id) as (model_view, gguf_view):
             url = None if gguf_only else _publish_and_verify(model_view, report, repo_id, **options)
             try:
                 gguf_url = _publish_and_verify(gguf_view, report, gguf_repo_id, **options)
