@@ -13,7 +13,9 @@ from typing import Iterator
 from hf_layerprune import progress
 from hf_layerprune.memory import MemoryMeter
 from hf_layerprune.recipe import Recipe
+from hf_layerprune.card import render_card
 from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.hub import find_base_card, license_from_card_file
 from hf_layerprune.provenance import CARD_FILENAME, hub_id
 from hf_layerprune.report import (
     BaseCard,
@@ -77,8 +79,6 @@ def base_card_info(report: Report, *, base_card: str | os.PathLike | None = None
                    online: bool | None = None) -> BaseCard | None:
     """The base model's license fields: from ``base_card`` (a card file), else as recorded in the report, else
     looked up (hub.find_base_card); None when unknown."""
-    from hf_layerprune.hub import find_base_card, license_from_card_file
-
     recorded = report.base_card
     if base_card is not None:
         return BaseCard.from_dict(license_from_card_file(base_card))
@@ -91,8 +91,6 @@ def base_card_info(report: Report, *, base_card: str | os.PathLike | None = None
 def card(folder: str | Path, report: Report, *, model: str | None = None) -> Path:
     """Write `layerprune.json` (once) and render the model card (README.md, plots) from the report as written;
     returns the card path. `model`: the recipe's model path, whose README.md gives a local base's licence."""
-    from hf_layerprune.card import render_card
-
     look_up_base_card(report, model=model)
     written = write_report(folder, report)
     with progress.stage("card"):
@@ -104,8 +102,6 @@ def rerender(output_dir: str | os.PathLike, *, repo_id: str | None = None, base_
     """Re-render the card of an output folder from its `layerprune.json` (read once, `Report.from_dict`): the base
     card from `base_card` (a card file), as recorded, or looked up (`online`: allow the Hub API; None: unless
     HF_HUB_OFFLINE). `remember`: a newly found licence is kept in `layerprune.json` for later offline renders."""
-    from hf_layerprune.card import render_card
-
     out = Path(output_dir)
     try:
         report = load_report(out)
