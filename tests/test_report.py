@@ -109,7 +109,7 @@ def test_the_card_package_and_hub_do_not_import_each_other():
 
 
 def test_a_run_looks_the_base_card_up_once_and_writes_layerprune_json_once(tmp_path, monkeypatch):
-    from hf_layerprune import hub
+    from hf_layerprune import finish
     from hf_layerprune.pipeline import run
     from hf_layerprune.recipe import Recipe
     from tiny_models import save_word_tokenizer, tiny_model
@@ -119,9 +119,9 @@ def test_a_run_looks_the_base_card_up_once_and_writes_layerprune_json_once(tmp_p
     save_word_tokenizer(ckpt)
     (ckpt / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
     lookups = []
-    for name in ("find_base_card", "license_from_card_file"):
-        real = getattr(hub, name)
-        monkeypatch.setattr(hub, name, lambda *a, _real=real, _name=name, **k: lookups.append(_name) or _real(*a, **k))
+    for name in ("find_base_card", "license_from_card_file"):  # hub's lookups, as the composition calls them
+        real = getattr(finish, name)
+        monkeypatch.setattr(finish, name, lambda *a, _real=real, _name=name, **k: lookups.append(_name) or _real(*a, **k))
     opened = []
     armed = [True]
 
