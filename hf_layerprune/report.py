@@ -47,6 +47,7 @@ from hf_layerprune.sections import (
     JudgedWith,
     MemorySection,
     PairedSection,
+    PerplexityRecord,
     PerplexitySection,
     PreflightSection,
     Provenance,
@@ -66,7 +67,7 @@ from hf_layerprune.typed_json import MappingSection, Section, _dump, _typed
 __all__ = [  # the sections are defined in sections.py and read from here, beside the Report that holds them
     "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection", "ExportSection",
     "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection", "PairedSection",
-    "PerplexitySection", "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord",
+    "PerplexityRecord", "PerplexitySection", "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord",
     "ScoringSection", "Section", "SourceSection", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
     "library_versions", "load_report", "read_report", "write_report",
 ]

@@ -167,9 +167,21 @@ class PairedSection(Section):
 
 
 @dataclass(kw_only=True)
+class PerplexityRecord(Section):
+    """One model's perplexity (evaluation/perplexity.py)."""
+
+    perplexity: float | None = None
+    source: str | None = None  # "wikitext:..." or a text file
+    seq_len: int | None = None
+    stride: int | None = None
+    tokens: int | None = None
+    max_tokens: int | None = None  # the text was cut to this many tokens
+
+
+@dataclass(kw_only=True)
 class PerplexitySection(Section):
-    base: dict[str, Any] | None = None  # {perplexity, source, seq_len, stride, tokens, max_tokens}
-    pruned: dict[str, Any] | None = None
+    base: PerplexityRecord | None = None
+    pruned: PerplexityRecord | None = None
     delta: float | None = None
     ratio: float | None = None
 

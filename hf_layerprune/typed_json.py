@@ -68,6 +68,10 @@ class Section:
             new.key_order = self.key_order + tuple(k for k in changes if k not in self.key_order)
         return new
 
+    def __bool__(self) -> bool:
+        """False for a section that holds nothing (an empty object in the file), as the dict it replaces was."""
+        return bool(self.key_order or self.other) or any(getattr(self, f) is not None for f in self.data_fields())
+
     def get(self, key: str, default: Any = None) -> Any:
         """A key's value as written (a field or a kept key): for keys named at run time (``f"{stem}_before"``)."""
         value = getattr(self, key) if key in self.data_fields() else self.other.get(key)

@@ -182,21 +182,21 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
 
 def perplexity_view(ppl: PerplexitySection | None) -> dict[str, Any] | None:
     ppl = ppl or PerplexitySection()
-    b, p = ppl.base or {}, ppl.pruned or {}
+    b, p = ppl.base or None, ppl.pruned or None
     if not (b or p):
         return None
     ref = p or b
-    source = str(ref.get("source") or "")
+    source = ref.source or ""
     label = "WikiText-2 (raw, test)" if source.startswith("wikitext:") or source.endswith("wiki.test.raw") else os.path.basename(source) or source
     return {
         "source": md(label),
-        "seq_len": md(ref.get("seq_len")),
-        "stride": md(ref.get("stride")),
-        "tokens": Markup(f"{ref['tokens']:,}") if isinstance(ref.get("tokens"), int) else Markup("–"),
-        "base": fmt_float(b.get("perplexity")) if b else Markup("–"),
-        "pruned": fmt_float(p.get("perplexity")) if p else Markup("–"),
-        "change": fmt_pct_change(p.get("perplexity"), b.get("perplexity")) if b and p else Markup("–"),
-        "truncated": ref.get("max_tokens") is not None,
+        "seq_len": md(ref.seq_len),
+        "stride": md(ref.stride),
+        "tokens": Markup(f"{ref.tokens:,}") if ref.tokens is not None else Markup("–"),
+        "base": fmt_float(b.perplexity) if b else Markup("–"),
+        "pruned": fmt_float(p.perplexity) if p else Markup("–"),
+        "change": fmt_pct_change(p.perplexity, b.perplexity) if b and p else Markup("–"),
+        "truncated": ref.max_tokens is not None,
     }
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 from hf_layerprune.card.citations import heal_info, method_names, metric_entry
 from hf_layerprune.card.formatting import _num, hub_id, slug
-from hf_layerprune.report import BaseCard, CalibrationRecord, EvaluationSection, HealingSection, RecipeSection, Report
+from hf_layerprune.report import (
+    BaseCard, CalibrationRecord, EvaluationSection, HealingSection, PerplexityRecord, RecipeSection, Report,
+)
 
 TASK_DATASETS: dict[str, tuple[str, str, str | None, str]] = {
     "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
@@ -30,11 +32,11 @@ def _datasets(report: Report) -> list[str]:
     recipe = report.recipe or RecipeSection()
     candidates = []
     if calibration.kind in (None, "hub"):
-        candidates.append(calibration.source or (recipe.calibration if not calibration.to_dict() else None))
+        candidates.append(calibration.source or (recipe.calibration if not calibration else None))
     heal_data = healing.data
     if isinstance(heal_data, dict):
         heal_data = heal_data.get("source") if heal_data.get("kind") in (None, "hub") else None
-    if healing.to_dict() or recipe.heal not in (None, "none"):
+    if healing or recipe.heal not in (None, "none"):
         candidates.append(heal_data or recipe.heal_data)
     for cand in candidates:
         if not isinstance(cand, str) or cand in ("self", ""):
@@ -97,9 +99,9 @@ def _eval_results(report: Report) -> list:
                 metric_name=str(metric),
                 metric_value=round(float(rec["value"]), 4),
             ))
-    ppl = (evaluation.perplexity.pruned if evaluation.perplexity else None) or {}
-    source = str(ppl.get("source") or "")
-    if _num(ppl.get("perplexity")) is not None and (source.startswith("wikitext:wikitext-2-raw") or source.endswith("wiki.test.raw")):
+    ppl = (evaluation.perplexity.pruned if evaluation.perplexity else None) or PerplexityRecord()
+    source = ppl.source or ""
+    if _num(ppl.perplexity) is not None and (source.startswith("wikitext:wikitext-2-raw") or source.endswith("wiki.test.raw")):
         out.append(EvalResult(
             task_type="text-generation",
             task_name="Text Generation",
@@ -108,9 +110,9 @@ def _eval_results(report: Report) -> list:
             dataset_config="wikitext-2-raw-v1",
             dataset_split="test",
             metric_type="perplexity",
-            metric_name=f"perplexity ({ppl.get('seq_len')}-token windows)",
-            metric_value=round(float(ppl["perplexity"]), 4),
-            metric_args={"seq_len": ppl.get("seq_len"), "stride": ppl.get("stride")},
+            metric_name=f"perplexity ({ppl.seq_len}-token windows)",
+            metric_value=round(float(ppl.perplexity), 4),
+            metric_args={"seq_len": ppl.seq_len, "stride": ppl.stride},
         ))
     return out
 

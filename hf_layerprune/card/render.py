@@ -59,7 +59,7 @@ def make_plots(report: Report, output_dir: Path) -> dict[str, str]:
 
     made: dict[str, str] = {}
     scoring, cut = report.scoring, report.cut
-    if scoring is not None and scoring.scores is not None and scoring.scores.to_dict():
+    if scoring is not None and scoring.scores:
         path = plots.plot_layer_scores(scoring.to_dict(), cut.removed_layers if cut else [],
                                        output_dir / PLOT_FILES["scores"],
                                        removed_sublayers=cut.removed_sublayers if cut else None)

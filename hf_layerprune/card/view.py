@@ -41,7 +41,6 @@ from hf_layerprune.report import (
     Report,
     ScoresRecord,
     ScoringSection,
-    Section,
 )
 
 PLOT_FILES = {  # the pictures the card can show, drawn beside it by render.make_plots
@@ -49,11 +48,6 @@ PLOT_FILES = {  # the pictures the card can show, drawn beside it by render.make
     "healing": "layerprune_healing_loss.png",
     "evaluation": "layerprune_evaluation.png",
 }
-
-
-def _present(section: Section | None) -> bool:
-    """A section that holds something (an empty object reads as absent, as it always did)."""
-    return section is not None and bool(section.to_dict())
 
 
 def build_context(report: Report, *, model_name: str, repo_id: str | None, license_link: str | None,
@@ -70,7 +64,7 @@ def build_context(report: Report, *, model_name: str, repo_id: str | None, licen
     p_before, p_after = _num(source.parameters_before), _num(cut.parameters_after if cut else None)
     scoring = report.scoring or ScoringSection()
     healing = report.healing or HealingSection()
-    evaluation = report.evaluation if _present(report.evaluation) else None
+    evaluation = report.evaluation or None
     export = (cut.export if cut else None) or ExportSection()
     recipe = report.recipe or RecipeSection()
     decilm = str(export.format).lower() == "decilm"
@@ -88,7 +82,7 @@ def build_context(report: Report, *, model_name: str, repo_id: str | None, licen
     healer = heal_info(heal_method)
     if healing.stages is not None:  # a chain: show the trained stage's settings beside the totals
         healing = healing.with_stage_settings()
-    calibration = scoring.calibration if _present(scoring.calibration) else None
+    calibration = scoring.calibration or None
 
     ev = evaluation_view(evaluation) if evaluation else None
     ppl = perplexity_view(evaluation.perplexity) if evaluation else None
@@ -111,7 +105,7 @@ def build_context(report: Report, *, model_name: str, repo_id: str | None, licen
     )
 
     recipe_yaml = None
-    if _present(report.recipe):
+    if report.recipe:
         clean = {k: v for k, v in recipe.to_dict().items() if k not in ("output_dir", "overwrite") and v not in (None, [], {})}
         recipe_yaml = codeblock(yaml.safe_dump(clean, sort_keys=False, allow_unicode=True), "yaml")
 
@@ -184,16 +178,16 @@ def build_context(report: Report, *, model_name: str, repo_id: str | None, licen
             ],
         } if heal_method else None,
         "evaluation": ev,
-        "eval_settings": _settings_view(settings) if _present(report.evaluation) else None,
+        "eval_settings": _settings_view(settings) if report.evaluation else None,
         "perplexity": ppl,
         "perplexity_skipped": md(evaluation.perplexity_skipped) if evaluation.perplexity_skipped else None,
-        "generation": generation_view(evaluation.generation or {}) if _present(report.evaluation) else None,
+        "generation": generation_view(evaluation.generation or {}) if report.evaluation else None,
         "generation_skipped": md(evaluation.generation_skipped) if evaluation.generation_skipped else None,
         "speed": speed,
         "sweep": _sweep_view(report, output_dir),
         "rounds": [
             {"round": md(r.get("round", i + 1)), "removed": code(json.dumps(r.removed_layers or [])),
-             "healed": _present(r.healing)}
+             "healed": bool(r.healing)}
             for i, r in enumerate(report.rounds)
         ] if report.rounds is not None and len(report.rounds) > 1 else [],
         "kv": kv_view,
