@@ -56,6 +56,7 @@ from hf_layerprune.sections import (
     ScoresRecord,
     ScoringSection,
     SourceSection,
+    SpeedRecord,
     SpeedSection,
     SweepPoint,
     SweepSection,
@@ -68,7 +69,7 @@ __all__ = [  # the sections are defined in sections.py and read from here, besid
     "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection", "ExportSection",
     "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection", "PairedSection",
     "PerplexityRecord", "PerplexitySection", "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord",
-    "ScoringSection", "Section", "SourceSection", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
+    "ScoringSection", "Section", "SourceSection", "SpeedRecord", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
     "library_versions", "load_report", "read_report", "write_report",
 ]
 

@@ -187,9 +187,31 @@ class PerplexitySection(Section):
 
 
 @dataclass(kw_only=True)
+class SpeedRecord(Section):
+    """One model's size and throughput (evaluation/speed.py)."""
+
+    num_layers: int | None = None
+    layer_parameters: int | None = None
+    parameters: int | None = None
+    weights_bytes: int | None = None
+    weights_disk_bytes: int | None = None
+    kv_cache_bytes_per_token: int | None = None
+    prefill_tokens_per_s: float | None = None
+    decode_tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    peak_memory_kind: str | None = None  # "cuda_max_allocated" | "cuda_run_peak_above_weights" | "cpu_rss_delta"
+    batch_size: int | None = None
+    prompt_len: int | None = None
+    decode_tokens: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    torch_threads: int | None = None
+
+
+@dataclass(kw_only=True)
 class SpeedSection(Section):
-    base: dict[str, Any] | None = None  # {prefill_tokens_per_s, decode_tokens_per_s, num_layers, parameters, ...}
-    pruned: dict[str, Any] | None = None
+    base: SpeedRecord | None = None
+    pruned: SpeedRecord | None = None
     protocol: dict[str, Any] | None = None
     speedup: dict[str, Any] | None = None  # {phase: {median, spread}}
     plausibility: dict[str, Any] | None = None

@@ -145,7 +145,7 @@ def test_evaluated_in_4bit_and_the_card_says_so(src, tmp_path):
     assert report.evaluation.base and report.evaluation.pruned
     speed = report.evaluation.speed
     if speed is not None and speed.base:  # parameters as used: the packed 4-bit weights count their unpacked shape
-        assert speed.base["parameters"] == tiny_param_count(src)
+        assert speed.base.parameters == tiny_param_count(src)
     card = (out / "README.md").read_text()
     assert "4-bit NF4, bfloat16 compute" in card and "loaded the model in 4-bit" in card
 

@@ -18,7 +18,9 @@ from typing import Any, Iterable
 
 from markupsafe import Markup
 
-from hf_layerprune.report import EvalSettings, EvaluationSection, PairedSection, PerplexitySection, SpeedSection
+from hf_layerprune.report import (
+    EvalSettings, EvaluationSection, PairedSection, PerplexitySection, SpeedRecord, SpeedSection,
+)
 from hf_layerprune.results import compare, main_metric, plausibility, retentions
 
 from hf_layerprune.card.formatting import (
@@ -210,17 +212,17 @@ def _ratio(rec: dict[str, Any] | None) -> Markup:
 def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
     """Size rows, throughput rows (medians, with the speed-up and its spread), and the plausibility flags."""
     speed = speed or SpeedSection()
-    b, p = speed.base or {}, speed.pruned or {}
+    b, p = speed.base or SpeedRecord(), speed.pruned or SpeedRecord()
     if not (b or p):
         return None
     ref = p or b
     check = speed.plausibility if speed.plausibility is not None else (plausibility(speed.to_dict()) if b and p else None)
     speedup = speed.speedup or {}
-    batch, prompt, steps = ref.get("batch_size"), ref.get("prompt_len"), ref.get("decode_tokens")
+    batch, prompt, steps = ref.batch_size, ref.prompt_len, ref.decode_tokens
     rows, flags = [], []
 
     def row(label: str, key: str, fmt, change: Markup | None = None) -> None:
-        bv, pv = b.get(key), p.get(key)
+        bv, pv = getattr(b, key), getattr(p, key)
         if _num(bv) is None and _num(pv) is None:
             return
         rows.append({"label": Markup(label), "base": fmt(bv), "pruned": fmt(pv),
@@ -246,8 +248,8 @@ def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
             row(label, key, lambda v: fmt_float(v, 1), _ratio(speedup.get(phase)))
         else:
             row(label, key, lambda v: fmt_float(v, 1))
-    kind = ref.get("peak_memory_kind")
-    peak = [v for v in (_num(b.get("peak_memory_bytes")), _num(p.get("peak_memory_bytes"))) if v is not None]
+    kind = ref.peak_memory_kind
+    peak = [v for v in (_num(b.peak_memory_bytes), _num(p.peak_memory_bytes)) if v is not None]
     if peak and not (kind == "cpu_rss_delta" and max(peak) < MEANINGLESS_BYTES):
         label = {"cuda_max_allocated": "Peak GPU memory (max allocated)",
                  "cuda_run_peak_above_weights": "Peak GPU memory above the weights (activations + KV cache)",
@@ -261,12 +263,12 @@ def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
         "basis": md(check.get("basis")) if check else None,
         "protocol": {"warmup": md(protocol.get("warmup")), "repeats": md(protocol.get("repeats")),
                      "threads": md(protocol.get("threads")) if protocol.get("threads") else None} if protocol else None,
-        "device": md(ref.get("device")),
-        "dtype": md(ref.get("dtype")),
+        "device": md(ref.device),
+        "dtype": md(ref.dtype),
         "batch_size": md(batch),
         "prompt_len": md(prompt),
         "decode_tokens": md(steps),
-        "threads": md(ref.get("torch_threads")) if ref.get("torch_threads") else None,
+        "threads": md(ref.torch_threads) if ref.torch_threads else None,
         "has_base": bool(b),
     }
 
