@@ -46,7 +46,9 @@ from hf_layerprune.sections import (
     HealingSection,
     JudgedWith,
     MemorySection,
+    Headline,
     PairedSection,
+    PairedTask,
     PerplexityRecord,
     PerplexitySection,
     PreflightSection,
@@ -67,7 +69,7 @@ from hf_layerprune.typed_json import MappingSection, Section, _dump, _typed
 
 __all__ = [  # the sections are defined in sections.py and read from here, beside the Report that holds them
     "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection", "ExportSection",
-    "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection", "PairedSection",
+    "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection", "Headline", "PairedSection", "PairedTask",
     "PerplexityRecord", "PerplexitySection", "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord",
     "ScoringSection", "Section", "SourceSection", "SpeedRecord", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
     "library_versions", "load_report", "read_report", "write_report",

@@ -158,12 +158,43 @@ class EvalSettings(Section):
 
 
 @dataclass(kw_only=True)
+class PairedTask(Section):
+    """One task's main metric, pruned vs base on the same docs (evaluation/paired.py)."""
+
+    metric: str | None = None
+    delta: float | None = None
+    delta_se: float | None = None
+    measurable: bool | None = None
+    chance: float | None = None
+    majority: float | None = None
+    baseline: float | None = None
+    included: bool | None = None  # in the headline: the base is clearly above chance/majority
+    reason: str | None = None  # why not
+
+
+@dataclass(kw_only=True)
+class Headline(Section):
+    """The paired headline over the tasks whose base is clearly above baseline."""
+
+    tasks: list[str] | None = None
+    excluded: dict[str, Any] | None = None  # {task: reason}
+    base: float | None = None
+    pruned: float | None = None
+    delta: float | None = None
+    delta_se: float | None = None
+    retention_pct: float | None = None
+    retention_se_pts: float | None = None
+    measurable: bool | None = None
+    retention_range: list | None = None
+
+
+@dataclass(kw_only=True)
 class PairedSection(Section):
     """Per-task paired Δ ± SE against the base on the same docs, and the headline over the tasks above baseline."""
 
     z: float | None = None
-    tasks: dict[str, Any] | None = None  # {task: {metric, delta, delta_se, measurable, chance, majority, included, reason}}
-    headline: dict[str, Any] | None = None
+    tasks: dict[str, PairedTask] | None = None
+    headline: Headline | None = None
 
 
 @dataclass(kw_only=True)

@@ -46,7 +46,7 @@ def test_sections_are_typed_all_the_way_down():
     assert all(isinstance(r, RoundRecord) and isinstance(r.scoring, ScoringSection) for r in report.rounds)
     assert isinstance(report.versions, Versions) and report.versions.items["hf-layerprune"]
     paired = Report.from_dict(json.loads((GOLDEN / "licensed-paired.json").read_text()))
-    assert isinstance(paired.evaluation, EvaluationSection) and paired.evaluation.paired.headline["tasks"]
+    assert isinstance(paired.evaluation, EvaluationSection) and paired.evaluation.paired.headline.tasks
     assert isinstance(paired.base_card, BaseCard) and paired.base_card.license == "llama2"
     sweep = Report.from_dict(json.loads((GOLDEN / "sweep-tiny-llama-pruned-4L.json").read_text()))
     assert isinstance(sweep.sweep, SweepSection) and {p.num_layers_after for p in sweep.sweep.points} == {4, 5}

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from markupsafe import Markup
 
 from hf_layerprune.report import (
-    EvalSettings, EvaluationSection, PairedSection, PerplexitySection, SpeedRecord, SpeedSection,
+    EvalSettings, EvaluationSection, PairedSection, PairedTask, PerplexitySection, SpeedRecord, SpeedSection,
 )
 from hf_layerprune.results import compare, main_metric, plausibility, retentions
 
@@ -81,20 +81,20 @@ def _pts(value: float) -> str:
     return f"{value:+.1f}".replace("-", "−")
 
 
-def _paired_delta(rec: dict[str, Any], z: float) -> Markup:
-    """"−2.1 ± 0.9 pts" and, when |Δ| < z SE, "(no measurable change)"."""
-    text = f"{_pts(100 * rec['delta'])} ± {100 * rec['delta_se']:.1f} pts"
-    if not rec.get("measurable"):
+def _paired_delta(delta: float, delta_se: float, measurable: bool | None) -> Markup:
+    """"−2.1 ± 0.9 pts" and, when |Δ| < z SE (`measurable` false), "(no measurable change)"."""
+    text = f"{_pts(100 * delta)} ± {100 * delta_se:.1f} pts"
+    if not measurable:
         text += " (no measurable change)"
     return Markup(text)
 
 
-def _baseline_text(rec: dict[str, Any]) -> Markup:
+def _baseline_text(rec: PairedTask) -> Markup:
     parts = []
-    if _num(rec.get("chance")) is not None:
-        parts.append(f"chance {100 * rec['chance']:.1f}")
-    if _num(rec.get("majority")) is not None:
-        parts.append(f"majority {100 * rec['majority']:.1f}")
+    if _num(rec.chance) is not None:
+        parts.append(f"chance {100 * rec.chance:.1f}")
+    if _num(rec.majority) is not None:
+        parts.append(f"majority {100 * rec.majority:.1f}")
     return Markup(" / ".join(parts) or "–")
 
 
@@ -116,7 +116,7 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
         b_metrics = base.get(task) or {}
         names = _metric_order(set(p_metrics) | set(b_metrics))
         main = _main_metric({m: 1 for m in names}) if names else None
-        prec = ptasks.get(task) if isinstance(ptasks.get(task), dict) else None
+        prec = ptasks.get(task)
         for metric in names:
             p, b = p_metrics.get(metric) or {}, b_metrics.get(metric) or {}
             any_rec = p or b
@@ -125,10 +125,10 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
             stored = (comparison.get(task) or {}).get(metric) or {} if pv is not None and bv is not None else {}
             delta, retention = _num(stored.get("delta")), _num(stored.get("retention_pct"))
             samples, total = any_rec.get("samples"), any_rec.get("samples_total")
-            this = prec if prec and prec.get("metric") == metric else None
+            this = prec if prec is not None and prec.metric == metric else None
             status = Markup("")
             if this is not None:
-                status = Markup("in headline") if this.get("included") else Markup("**excluded**: ") + md(this.get("reason"))
+                status = Markup("in headline") if this.included else Markup("**excluded**: ") + md(this.reason)
             rows.append({
                 "task": md(task),
                 "metric": md(metric) + (Markup(" ↓") if higher is False else Markup("")),
@@ -137,35 +137,35 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
                 + (Markup(f" of {total:,}") if isinstance(total, int) and isinstance(samples, int) and total != samples else Markup("")),
                 "base": fmt_metric(metric, bv, b.get("stderr")) if b else Markup("–"),
                 "pruned": fmt_metric(metric, pv, p.get("stderr")) if p else Markup("–"),
-                "delta": _paired_delta(this, z) if this else fmt_delta(metric, delta),
+                "delta": _paired_delta(this.delta, this.delta_se, this.measurable) if this else fmt_delta(metric, delta),
                 "retention": Markup(f"{retention:.1f}%") if retention is not None else Markup("–"),
                 "baseline": _baseline_text(this) if this else Markup("–"),
                 "status": status,
             })
             if metric == main and is_percent_metric(metric) and pv is not None:
                 bars.append({"label": f"{task} ({metric})", "base": bv, "pruned": pv,
-                             "baseline": _num((this or {}).get("baseline")), "excluded": bool(this and not this.get("included"))})
+                             "baseline": _num(this.baseline) if this else None, "excluded": bool(this and not this.included)})
                 if retention is not None:
                     kept.append((bv, pv))
     view: dict[str, Any] = {"rows": rows, "bars": bars, "average": None, "headline": None, "has_base": bool(base),
                             "paired": bool(ptasks), "z": md(f"{z:g}"), "no_headline": None}
     head = paired.headline
-    if head and _num(head.get("retention_pct")) is not None:
-        rng = head.get("retention_range") or []
+    if head is not None and _num(head.retention_pct) is not None:
+        rng = head.retention_range or []
         view["headline"] = {
-            "count": len(head.get("tasks") or []),
-            "tasks": md(", ".join(head.get("tasks") or [])),
-            "base": fmt_metric("acc", head["base"]),
-            "pruned": fmt_metric("acc", head["pruned"]),
-            "delta": _paired_delta(head, z),
-            "delta_plain": Markup(f"{_pts(100 * head['delta'])} ± {100 * head['delta_se']:.1f} pts"),
-            "retention": Markup(f"{head['retention_pct']:.1f}% ± {head['retention_se_pts']:.1f}"),
+            "count": len(head.tasks or []),
+            "tasks": md(", ".join(head.tasks or [])),
+            "base": fmt_metric("acc", head.base),
+            "pruned": fmt_metric("acc", head.pruned),
+            "delta": _paired_delta(head.delta, head.delta_se, head.measurable),
+            "delta_plain": Markup(f"{_pts(100 * head.delta)} ± {100 * head.delta_se:.1f} pts"),
+            "retention": Markup(f"{head.retention_pct:.1f}% ± {head.retention_se_pts:.1f}"),
             "range": Markup(f"{rng[0]:.1f}%–{rng[1]:.1f}%") if len(rng) == 2 and rng[0] != rng[1] else None,
-            "measurable": bool(head.get("measurable")),
-            "excluded": [{"task": md(t), "reason": md(r)} for t, r in (head.get("excluded") or {}).items()],
+            "measurable": bool(head.measurable),
+            "excluded": [{"task": md(t), "reason": md(r)} for t, r in (head.excluded or {}).items()],
         }
     elif ptasks:  # per-doc scores, but no task is clearly above its baseline: no headline at all
-        view["no_headline"] = [{"task": md(t), "reason": md(r.get("reason"))} for t, r in ptasks.items()]
+        view["no_headline"] = [{"task": md(t), "reason": md(r.reason)} for t, r in ptasks.items()]
     elif len(kept) >= 2:  # an old report: the plain average, said to be unchecked
         b_avg = sum(b for b, _ in kept) / len(kept)
         p_avg = sum(p for _, p in kept) / len(kept)
@@ -301,7 +301,7 @@ def generation_view(generation: dict[str, Any]) -> dict[str, Any] | None:
             "targets": md(lw.get("targets")),
             "base": fmt_metric("acc", lw["base"], lw.get("base_se")),
             "pruned": fmt_metric("acc", lw["pruned"], lw.get("pruned_se")),
-            "delta": _paired_delta(lw, 2.0),
+            "delta": _paired_delta(lw["delta"], lw["delta_se"], lw.get("measurable")),
             "retention": Markup(f"{r['last_word_retention']:.1f}% ± {r['last_word_se'] or 0:.1f}"),
             "word_ppl": {"base": fmt_float(lw.get("word_perplexity_base"), 1),
                          "pruned": fmt_float(lw.get("word_perplexity_pruned"), 1)},
