@@ -158,6 +158,20 @@ class EvalSettings(Section):
 
 
 @dataclass(kw_only=True)
+class MetricResult(Section):
+    """One lm-eval metric of one task (evaluation/lm_eval_runner.py): {task: {metric: MetricResult}}."""
+
+    value: float | None = None
+    stderr: float | None = None
+    n_shot: int | None = None
+    limit: Any = None
+    samples: int | None = None
+    samples_total: int | None = None
+    higher_is_better: bool | None = None
+    parent: str | None = None  # a group's sub-task: the group's name
+
+
+@dataclass(kw_only=True)
 class PairedTask(Section):
     """One task's main metric, pruned vs base on the same docs (evaluation/paired.py)."""
 
@@ -254,8 +268,8 @@ class EvaluationSection(Section):
     samples and paired statistics, perplexity, speed and generation fidelity."""
 
     settings: EvalSettings | None = None
-    base: dict[str, Any] | None = None
-    pruned: dict[str, Any] | None = None
+    base: dict[str, dict[str, MetricResult]] | None = None
+    pruned: dict[str, dict[str, MetricResult]] | None = None
     comparison: dict[str, Any] | None = None
     samples: Any = None
     paired: PairedSection | None = None

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 from markupsafe import Markup
 
 from hf_layerprune.report import (
-    EvalSettings, EvaluationSection, PairedSection, PairedTask, PerplexitySection, SpeedRecord, SpeedSection,
+    EvalSettings, EvaluationSection, MetricResult, PairedSection, PairedTask, PerplexitySection, SpeedRecord, SpeedSection,
 )
 from hf_layerprune.results import compare, main_metric, plausibility, retentions
 
@@ -45,7 +45,7 @@ def _ordered_tasks(evaluation: EvaluationSection) -> list[str]:
     names = [t for t in requested if t in pruned or t in base]
     for t in list(pruned) + list(base):
         metrics = pruned.get(t) or base.get(t) or {}
-        top = isinstance(metrics, dict) and not any(isinstance(r, dict) and r.get("parent") for r in metrics.values())
+        top = not any(r.parent for r in metrics.values())
         if top and t not in names:
             names.append(t)
     return names
@@ -107,7 +107,8 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
     paired = evaluation.paired or PairedSection()
     comparison = evaluation.comparison  # stored by the evaluation stage; reports without one: computed alike
     if comparison is None or (base and pruned and not comparison):
-        comparison = compare(base, pruned) if base else {}
+        written = evaluation.to_dict()
+        comparison = compare(written["base"], written["pruned"]) if base else {}
     ptasks = paired.tasks or {}
     z = _num(paired.z) or 2.0
     rows, bars, kept = [], [], []
@@ -118,13 +119,13 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
         main = _main_metric({m: 1 for m in names}) if names else None
         prec = ptasks.get(task)
         for metric in names:
-            p, b = p_metrics.get(metric) or {}, b_metrics.get(metric) or {}
+            p, b = p_metrics.get(metric) or MetricResult(), b_metrics.get(metric) or MetricResult()
             any_rec = p or b
-            higher = any_rec.get("higher_is_better")
-            pv, bv = _num(p.get("value")), _num(b.get("value"))
+            higher = any_rec.higher_is_better
+            pv, bv = _num(p.value), _num(b.value)
             stored = (comparison.get(task) or {}).get(metric) or {} if pv is not None and bv is not None else {}
             delta, retention = _num(stored.get("delta")), _num(stored.get("retention_pct"))
-            samples, total = any_rec.get("samples"), any_rec.get("samples_total")
+            samples, total = any_rec.samples, any_rec.samples_total
             this = prec if prec is not None and prec.metric == metric else None
             status = Markup("")
             if this is not None:
@@ -132,11 +133,11 @@ def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
             rows.append({
                 "task": md(task),
                 "metric": md(metric) + (Markup(" ↓") if higher is False else Markup("")),
-                "n_shot": md(any_rec.get("n_shot") if any_rec.get("n_shot") is not None else "–"),
-                "samples": Markup(f"{samples:,}" if isinstance(samples, int) else "–")
-                + (Markup(f" of {total:,}") if isinstance(total, int) and isinstance(samples, int) and total != samples else Markup("")),
-                "base": fmt_metric(metric, bv, b.get("stderr")) if b else Markup("–"),
-                "pruned": fmt_metric(metric, pv, p.get("stderr")) if p else Markup("–"),
+                "n_shot": md(any_rec.n_shot if any_rec.n_shot is not None else "–"),
+                "samples": Markup(f"{samples:,}" if samples is not None else "–")
+                + (Markup(f" of {total:,}") if total is not None and samples is not None and total != samples else Markup("")),
+                "base": fmt_metric(metric, bv, b.stderr) if b else Markup("–"),
+                "pruned": fmt_metric(metric, pv, p.stderr) if p else Markup("–"),
                 "delta": _paired_delta(this.delta, this.delta_se, this.measurable) if this else fmt_delta(metric, delta),
                 "retention": Markup(f"{retention:.1f}%") if retention is not None else Markup("–"),
                 "baseline": _baseline_text(this) if this else Markup("–"),

@@ -78,15 +78,13 @@ def _eval_results(report: Report) -> list:
     evaluation = report.evaluation or EvaluationSection()
     out = []
     for task, metrics in (evaluation.pruned or {}).items():
-        if not isinstance(metrics, dict):
-            continue
         dataset = TASK_DATASETS.get(_task_base(task))
         for metric, rec in metrics.items():
-            if not isinstance(rec, dict) or rec.get("parent") or _num(rec.get("value")) is None:
+            if rec.parent or _num(rec.value) is None:
                 continue
-            args: dict[str, Any] = {"num_few_shot": rec.get("n_shot") if isinstance(rec.get("n_shot"), int) else 0}
-            if rec.get("limit") is not None:
-                args["limit"] = rec["limit"]
+            args: dict[str, Any] = {"num_few_shot": rec.n_shot if rec.n_shot is not None else 0}
+            if rec.limit is not None:
+                args["limit"] = rec.limit
             out.append(EvalResult(
                 task_type="text-generation",
                 task_name="Text Generation",
@@ -97,7 +95,7 @@ def _eval_results(report: Report) -> list:
                 dataset_args=args,
                 metric_type=str(metric).split(",")[0],
                 metric_name=str(metric),
-                metric_value=round(float(rec["value"]), 4),
+                metric_value=round(float(rec.value), 4),
             ))
     ppl = (evaluation.perplexity.pruned if evaluation.perplexity else None) or PerplexityRecord()
     source = ppl.source or ""
