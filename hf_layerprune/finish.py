@@ -1,6 +1,11 @@
 """The bookkeeping around the stages: `Timer` (seconds and peak memory per stage) and `write_outputs`, every
 route's last step (the recipe, versions, timings and memory go into the report; layerprune.json and the card are
-written into the staging folder)."""
+written into the staging folder).
+
+The base model's card is looked up once per run (`look_up_base_card`: the GGUF's `general.license` and the card
+share it, kept in `Report.base_card`); `card` writes layerprune.json once and renders the card from the report as
+written, never reading the file back. `rerender` is the other way in: a folder's layerprune.json read once with
+`Report.from_dict` (`hf-layerprune card`, tests)."""
 
 from __future__ import annotations
 
