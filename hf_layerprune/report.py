@@ -42,6 +42,7 @@ from hf_layerprune.sections import (
     EvalSettings,
     EvaluationSection,
     ExportSection,
+    FileRecord,
     GgufSection,
     HealingSection,
     JudgedWith,
@@ -69,7 +70,7 @@ from hf_layerprune.sections import (
 from hf_layerprune.typed_json import MappingSection, Section, _dump, _typed
 
 __all__ = [  # the sections are defined in sections.py and read from here, beside the Report that holds them
-    "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection", "ExportSection",
+    "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection", "ExportSection", "FileRecord",
     "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection", "MetricResult", "Headline", "PairedSection", "PairedTask",
     "PerplexityRecord", "PerplexitySection", "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord",
     "ScoringSection", "Section", "SourceSection", "SpeedRecord", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",

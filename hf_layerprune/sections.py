@@ -384,8 +384,22 @@ class BaseCard(Section):
 
 
 @dataclass(kw_only=True)
+class FileRecord(Section):
+    """A local input (provenance.file_record): a file's name, sha256 and size, or a directory's name and its
+    weight/config files' sha256 (or size, past the hashing limit); a Hub base: its id and commit."""
+
+    name: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    files: dict[str, Any] | None = None  # a directory: {file name: sha256 or {"bytes": size}}
+    role: str | None = None  # "perplexity text", "calibration text", "healing text"
+    hub_id: str | None = None
+    commit: str | None = None
+
+
+@dataclass(kw_only=True)
 class Provenance(Section):
     """Where the inputs came from (provenance.py): the base model and local input files with their hashes."""
 
-    base_model: dict[str, Any] | None = None
-    files: list | None = None
+    base_model: FileRecord | None = None
+    files: list[FileRecord] | None = None

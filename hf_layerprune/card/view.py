@@ -297,8 +297,8 @@ def _base_link(report: Report) -> Markup:
     """The base model: a Hub link, or a local file's name and the start of its sha256 (the full one is under
     Reproduce)."""
     record = report.provenance.base_model if report.provenance is not None else None
-    if record is not None and record.get("sha256") and not hub_id(report.source.base_model):
-        return code(record.get("name")) + Markup(" (a local file, sha256 ") + code(str(record["sha256"])[:12] + "…") + Markup(")")
+    if record is not None and record.sha256 and not hub_id(report.source.base_model):
+        return code(record.name) + Markup(" (a local file, sha256 ") + code(record.sha256[:12] + "…") + Markup(")")
     return model_link(report.source.base_model)
 
 
@@ -308,17 +308,16 @@ def _inputs(report: Report) -> list[dict[str, Markup]]:
     out = []
     base = record.base_model
     if base is not None:
-        sha = code(base["sha256"]) if base.get("sha256") else None
-        files = base.get("files") if isinstance(base.get("files"), dict) else {}
-        if files:  # a local directory: each weight/config file's hash
+        sha = code(base.sha256) if base.sha256 else None
+        if base.files:  # a local directory: each weight/config file's hash
             sha = Markup("; ").join(code(name) + Markup(" ") + (code(h) if isinstance(h, str) else md(f"{h.get('bytes')} bytes"))
-                                    for name, h in files.items())
-        out.append({"role": Markup("base model"), "name": code(base.get("hub_id") or base.get("name")), "sha": sha,
-                    "commit": code(base["commit"]) if base.get("commit") else None})
+                                    for name, h in base.files.items())
+        out.append({"role": Markup("base model"), "name": code(base.hub_id or base.name), "sha": sha,
+                    "commit": code(base.commit) if base.commit else None})
     for f in record.files or []:
-        if isinstance(f, dict) and f.get("name"):
-            out.append({"role": md(f.get("role") or "file"), "name": code(f["name"]),
-                        "sha": code(f["sha256"]) if f.get("sha256") else None, "commit": None})
+        if f.name:
+            out.append({"role": md(f.role or "file"), "name": code(f.name),
+                        "sha": code(f.sha256) if f.sha256 else None, "commit": None})
     return out
 
 
