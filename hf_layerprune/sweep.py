@@ -26,7 +26,7 @@ from hf_layerprune.outputs import check_output_dir, check_path
 from hf_layerprune.pipeline import Timer, heal_and_evaluate, load, save
 from hf_layerprune.plots import plot_pareto
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.finish import card
+from hf_layerprune.finish import card, look_up_base_card
 from hf_layerprune.report import Report, ScoringSection, SourceSection, SweepSection
 from hf_layerprune.surgery import side_files
 from hf_layerprune.scoring import build_context, get_metric, run_metric
@@ -125,6 +125,7 @@ def _sweep(recipe: Recipe, depths: list[int], source, targets: dict[int, Path], 
     loaded = Report(SourceSection(base_model=source.name, base_revision=revision), command=command,
                     **distributed.world_record())
     model, tokenizer = load(dataclasses.replace(recipe, drop=max(depths)), source, loaded, timer, log)
+    look_up_base_card(loaded, model=recipe.model)  # once for every variant (each report is a copy of `loaded`)
     needs_base = recipe.evaluate or recipe.heal != "none"
     with timer.stage("score"):
         selections = select_depths(model, tokenizer, recipe, sorted(depths), log)

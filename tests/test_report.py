@@ -151,3 +151,24 @@ def test_replace_returns_a_new_cut_and_leaves_the_given_one():
     assert ctx.removed_and_kept("x") == ([2, 3], [0, 1, 4, 5], 6)
     with pytest.raises(Exception, match="needs the cut section"):
         HealContext(model=None, train_ids=None, eval_ids=None).removed_and_kept("replace")
+
+
+def test_a_sweep_looks_the_base_card_up_once_for_all_its_variants(tmp_path, monkeypatch):
+    from hf_layerprune import finish
+    from hf_layerprune.recipe import Recipe
+    from hf_layerprune.sweep import run_sweep
+    from tiny_models import save_word_tokenizer, tiny_model
+
+    ckpt = tmp_path / "tiny"
+    tiny_model("llama", num_layers=4).save_pretrained(ckpt)
+    save_word_tokenizer(ckpt)
+    (ckpt / "README.md").write_text("---\nlicense: mit\n---\n# tiny\n")
+    lookups = []
+    real = finish.license_from_card_file
+    monkeypatch.setattr(finish, "license_from_card_file", lambda *a, **k: lookups.append(a) or real(*a, **k))
+    outs = run_sweep(Recipe(model=str(ckpt), metric="bi", heal="none", evaluate=False, calibration_samples=4,
+                            seq_len=16), [1, 2], tmp_path / "sweep", log=lambda m: None)
+    assert len(outs) == 2 and len(lookups) == 1
+    for out in outs:
+        written = json.loads((out / "layerprune.json").read_text())
+        assert written["base_card"]["license"] == "mit" and len(written["sweep"]["points"]) == 2
