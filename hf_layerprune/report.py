@@ -70,10 +70,11 @@ from hf_layerprune.sections import (
 from hf_layerprune.typed_json import MappingSection, Section, _dump, _typed
 
 __all__ = [  # the sections are defined in sections.py and read from here, beside the Report that holds them
-    "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection", "ExportSection", "FileRecord",
-    "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection", "MetricResult", "Headline", "PairedSection", "PairedTask",
-    "PerplexityRecord", "PerplexitySection", "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord",
-    "ScoringSection", "Section", "SourceSection", "SpeedRecord", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
+    "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection",
+    "ExportSection", "FileRecord", "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection",
+    "MetricResult", "Headline", "PairedSection", "PairedTask", "PerplexityRecord", "PerplexitySection",
+    "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord", "ScoringSection",
+    "Section", "SourceSection", "SpeedRecord", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
     "library_versions", "load_report", "read_report", "write_report",
 ]
 
@@ -89,7 +90,8 @@ _SOURCE = tuple(f.name for f in dataclasses.fields(SourceSection))
 _CUT = tuple(f.name for f in dataclasses.fields(CutSection))
 _SECTIONS = ("preflight", "scoring", "rounds", "healing", "evaluation", "gguf", "recipe", "versions", "timings",
              "memory", "sweep")
-_AFTER = ("world_size", "hub", "base_card", "provenance", "gguf_of", "gguf_repo")  # after `other`: "world_size" before
+# written after the stage sections: world_size, then the keys kept in `other`, then the rest
+_AFTER = ("world_size", "hub", "base_card", "provenance", "gguf_of", "gguf_repo")
 
 
 @dataclass
