@@ -32,6 +32,7 @@ from hf_layerprune.errors import ConfigError
 from hf_layerprune.healing import HEALERS, heal_chain, heal_for_recipe
 from hf_layerprune.healing.training import kl_to_base, lm_loss
 from hf_layerprune.recipe import AUTO
+from hf_layerprune.report import CalibrationRecord, Candidate, CutSection, JudgedWith, ScoringSection
 from hf_layerprune.scoring import build_context, get_metric, run_metric
 from hf_layerprune.surgery import kept_layers, remove_layers
 
@@ -83,7 +84,7 @@ def auto_context(model, tokenizer, recipe, log: Log = print):
     )
 
 
-def _judge_all(model, tokenizer, recipe, judge: str, candidates: dict, log: Log) -> list[dict[str, Any]]:
+def _judge_all(model, tokenizer, recipe, judge: str, candidates: dict, log: Log) -> list[Candidate]:
     """Each candidate selection's held-out loss after the judge healer, every one on the same held-out text."""
     held_out = calibration_batches(
         recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
@@ -102,23 +103,23 @@ def _judge_all(model, tokenizer, recipe, judge: str, candidates: dict, log: Log)
     return results
 
 
-def _judge(model, tokenizer, quiet, judge: str, selected, entry, held_out, num_layers: int, log: Log) -> dict[str, Any]:
+def _judge(model, tokenizer, quiet, judge: str, selected, entry, held_out, num_layers: int, log: Log) -> Candidate:
     """One candidate: cut and heal in place as a reversible trial, its held-out loss, every bit restored."""
     removed = list(selected)
     with trial(model) as base:  # cut and heal in place, undone on exit: no copy of the model
         remove_layers(model, removed)
         if judge != "none":
-            report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers),
-                      "num_layers_before": num_layers}
-            heal_for_recipe(model, tokenizer, quiet, report, base_model=base, log=lambda message: None)
+            cut = CutSection(num_layers_after=num_layers - len(removed), removed_layers=removed,
+                             kept_layers=kept_layers(removed, num_layers))
+            heal_for_recipe(model, tokenizer, quiet, cut, base_model=base, log=lambda message: None)
         loss = lm_loss(model, held_out)
         kl = kl_to_base(model, base, held_out)
     log(f"  {'/'.join(entry['metrics'])}: layers {removed} -> held-out KL to the base {kl:.4f}, loss {loss:.4f}")
-    return {"metrics": entry["metrics"], "selected": removed, "held_out_loss": loss, "held_out_kl": kl}
+    return Candidate(metrics=entry["metrics"], selected=removed, held_out_loss=loss, held_out_kl=kl)
 
 
-def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> tuple[list[int], dict[str, Any]]:
-    """(layers to remove, scoring record) for `--metric auto`; `model` is the unpruned model (left unchanged).
+def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> tuple[list[int], ScoringSection]:
+    """(layers to remove, scoring section) for `--metric auto`; `model` is the unpruned model (left unchanged).
 
     `shared`: an `auto_context(...)` result to reuse (a sweep scores once for every depth)."""
     if recipe.granularity != "block":
@@ -135,21 +136,20 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     if len(candidates) == 1:  # every metric chose the same layers: nothing to judge (on a 7B CPU run, 44 minutes)
         (selected, entry), = candidates.items()
         log(f"{'/'.join(entry['metrics'])} agree on layers {list(selected)}: no candidates to judge")
-        results = [{"metrics": entry["metrics"], "selected": list(selected), "held_out_loss": None, "held_out_kl": None}]
+        results = [Candidate(metrics=entry["metrics"], selected=list(selected))]
         best = results[0]
     else:
         results = _judge_all(model, tokenizer, recipe, judge, candidates, log)
-        best = min(results, key=lambda r: (r["held_out_kl"], r["held_out_loss"]))
+        best = min(results, key=lambda r: (r.held_out_kl, r.held_out_loss))
 
-    chosen = candidates[tuple(best["selected"])]["record"]
-    record = {
-        **chosen,
-        "metric": AUTO,
-        "chosen_metric": best["metrics"][0],
-        "candidates": results,
-        "judged_with": {"heal": judge, "objective": "kl_to_base", "held_out_samples": HELD_OUT,
-                        "seq_len": recipe.seq_len} if len(results) > 1 else None,
-        "calibration": calibration,
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    return best["selected"], record
+    chosen = ScoringSection.from_dict(candidates[tuple(best.selected)]["record"])
+    section = chosen.but(
+        metric=AUTO,
+        chosen_metric=best.metrics[0],
+        candidates=results,
+        judged_with=JudgedWith(heal=judge, objective="kl_to_base", held_out_samples=HELD_OUT,
+                               seq_len=recipe.seq_len) if len(results) > 1 else None,
+        calibration=CalibrationRecord.from_dict(calibration),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    return best.selected, section

@@ -9,8 +9,8 @@ is one entry plus its own module (tests/toy_format.py does it):
 - ``files``: glob patterns of what it writes (the first one marks a folder as holding the format);
 - ``verifier``: ``"module:function"``, ``verify(folder)`` raises a one-line `CheckpointError` when the written
   files are not whole (``upload`` runs it before publishing, and the save stage after writing);
-- ``usage``: ``"module:function"``, ``usage(report, load_id) -> str | None``: the card's how-to-load block for
-  the format (None: the card's built-in section, safetensors and GGUF);
+- ``usage``: ``"module:function"``, ``usage(record, load_id) -> str | None``: the card's how-to-load block for
+  the format, from its record in the report (None: the card's built-in section, safetensors and GGUF);
 - ``check``: ``"module:function"``, ``check(recipe, source)``: refusals before any work (`plan.make_plan`);
 - ``capabilities``: ``streamable`` (an on-disk cut writes it with no model in memory), ``4bit`` (the
   ``--load-in-4bit`` route writes it, from the source's shards);

@@ -13,6 +13,7 @@ fails, the first stays published and `GgufPushError` says how to push the GGUF a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from collections.abc import Iterator
@@ -55,22 +56,21 @@ def has_both(directory: Path) -> bool:
 
 
 @contextmanager
-def split_views(directory: Path, repo_id: str, gguf_repo_id: str) -> Iterator[tuple[Path, Path]]:
+def split_views(directory: Path, report, repo_id: str, gguf_repo_id: str) -> Iterator[tuple[Path, Path]]:
     """Two folders to publish, inside `directory/.publish/` (hidden, removed afterwards; files hard-linked):
 
     - the pruned model without the GGUF, its card pointing to `gguf_repo_id` for the GGUF;
     - the GGUF with `layerprune.json` and a card whose `base_model` is `repo_id` with `base_model_relation:
       quantized`, so that the Hub's model tree shows base -> pruned -> GGUF."""
-    from hf_layerprune.card import render_card
-    from hf_layerprune.card.view import PLOT_FILES
-    from hf_layerprune.hub import CARD_FILENAME, local_files
-    from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
+    from hf_layerprune.card import PLOT_FILES, render_card
+    from hf_layerprune.hub import local_files
+    from hf_layerprune.provenance import CARD_FILENAME
+    from hf_layerprune.report import REPORT_FILENAME, write_report
 
     directory = Path(directory)
     root = directory / ".publish"
     shutil.rmtree(root, ignore_errors=True)
     model_view, gguf_view = root / "model", root / "gguf"
-    report = read_report(directory)
     rendered = {CARD_FILENAME, REPORT_FILENAME, *PLOT_FILES.values()}  # written anew in each view
     try:
         for view, repo, extra in ((model_view, repo_id, {"gguf_repo": gguf_repo_id}),
@@ -79,8 +79,8 @@ def split_views(directory: Path, repo_id: str, gguf_repo_id: str) -> Iterator[tu
             for name in local_files(directory):
                 if name not in rendered and name.endswith(".gguf") == (view == gguf_view):
                     _link(directory / name, view / name)
-            write_report(view, {**report, **extra})
-            render_card(view, repo_id=repo, online=False)
+            written = write_report(view, dataclasses.replace(report, **extra))
+            render_card(view, written, repo_id=repo)
         yield model_view, gguf_view
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -84,19 +84,22 @@ def output_name(source, num_layers: int, suffix: str = "") -> str:
 
 def card_fields(report, recipe) -> CardFields:
     """The model card's base model, licence and tags for the GGUF's `general.*` keys (gguf_metadata.py), from the
-    report as the run has filled it so far (the card itself is rendered after the weights are written)."""
+    report as the run has filled it so far (the card itself is rendered after the weights are written); the base
+    card is looked up here when the run has not yet (finish.look_up_base_card: once per run)."""
+    import dataclasses
+
     from hf_layerprune.card.formatting import hub_id
     from hf_layerprune.card.metadata import card_data
-    from hf_layerprune.card.render import base_card_info
+    from hf_layerprune.finish import look_up_base_card
+    from hf_layerprune.report import GgufSection, RecipeSection
 
-    data = {**report.to_dict(), "recipe": recipe.to_dict()}
-    local_card = Path(recipe.model) / "README.md"
     try:
-        info = base_card_info(data, base_card=local_card if local_card.is_file() else None) or {}
+        look_up_base_card(report, model=recipe.model)
     except Exception:  # noqa: BLE001 - an unreadable card only means "licence unknown", as on the card itself
-        info = {}
-    card = card_data({**data, "gguf": data.get("gguf") or {}}, model_name="model", license_info=info)
-    base = str(data.get("base_model") or "model")
+        report.base_card, report.base_card_looked_up = None, True
+    report = dataclasses.replace(report, recipe=RecipeSection.from_dict(recipe.to_dict()))
+    card = card_data(dataclasses.replace(report, gguf=report.gguf or GgufSection()), model_name="model")
+    base = str(report.source.base_model or "model")
     rid = hub_id(base)
     return CardFields(base=rid or PurePosixPath(base.replace("\\", "/").rstrip("/")).name, hub=rid is not None,
                       license=getattr(card, "license", None), license_name=getattr(card, "license_name", None),

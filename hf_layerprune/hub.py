@@ -55,6 +55,7 @@ from hf_layerprune.checkpoint import Probe, load_checkpoint, probe_model, sha256
 from hf_layerprune.errors import CheckpointError, ConfigError, HubAccessError, HubError, OutputError
 from hf_layerprune.hub_calls import hub_errors, logger, retrying, status_of
 from hf_layerprune.loading import Source, is_meta_format
+from hf_layerprune.provenance import CARD_FILENAME, HUB, hub_id
 
 TOKEN_HELP = "set HF_TOKEN, run `hf auth login`, or pass --token (create a write token at https://huggingface.co/settings/tokens)"
 MODEL_FILES = ("config.json",)
@@ -549,7 +550,6 @@ def verify_pushed_gguf(repo_id: str, revision: str, directory: Path, token: str 
 
 
 # ------------------------------------------------------------------------------------------------ base card
-CARD_FILENAME = "README.md"
 
 
 def _card_fields(data: Any) -> dict[str, Any]:
@@ -584,10 +584,9 @@ def license_from_card_file(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def find_base_card(report: dict[str, Any], *, online: bool | None = None) -> dict[str, Any] | None:
-    """License fields of the base model's card: local README.md, Hub cache, then the Hub API. None if unreadable."""
-    base = report.get("base_model")
-    revision = report.get("base_revision")
+def find_base_card(base: str | None, revision: str | None = None, *, online: bool | None = None) -> dict[str, Any] | None:
+    """License fields of the card of base model `base` (a local path or Hub id, at `revision`): its local README.md,
+    the Hub cache, then the Hub API (unless `online` is False, or None with HF_HUB_OFFLINE). None if unreadable."""
     if not isinstance(base, str) or not base:
         return None
     path = Path(base).expanduser()
@@ -596,8 +595,6 @@ def find_base_card(report: dict[str, Any], *, online: bool | None = None) -> dic
         info = license_from_card_file(folder / CARD_FILENAME)
         info["source"] = "the base model's README.md"
         return info
-    from hf_layerprune.card.formatting import HUB, hub_id
-
     rid = hub_id(base)
     if rid is None:
         return None

@@ -28,7 +28,9 @@ from hf_layerprune.memory import summary as memory_summary
 from hf_layerprune.outputs import staging_dir
 from hf_layerprune.plan import Plan, make_plan
 from hf_layerprune.recipe import Recipe
-from hf_layerprune.report import CutSection, Report, SourceSection
+from hf_layerprune.report import (
+    CutSection, ExportSection, GgufSection, PreflightSection, Report, RoundRecord, ScoringSection, SourceSection,
+)
 from hf_layerprune.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
 from hf_layerprune.surgery import kept_layers, remove_layers
 
@@ -51,7 +53,7 @@ def execute(plan: Plan, *, command: str | None = None, log: Log = print) -> Repo
         distributed.hub_cache_only()  # ranks > 0: no Hub request from here on
     timer = Timer()
     report = Report(SourceSection(base_model=source.name, base_revision=plan.base_revision), command=command,
-                    granularity=recipe.granularity, other=distributed.world_record())
+                    granularity=recipe.granularity, **distributed.world_record())
     if plan.route != "in-memory" and distributed.is_distributed():  # nothing to split: rank 0 cuts on disk
         log("Several processes, no stage to split (the cut streams on disk): rank 0 does it alone")
     if plan.route == "gguf":  # any llama.cpp architecture: transformers never reads this file
@@ -62,7 +64,7 @@ def execute(plan: Plan, *, command: str | None = None, log: Log = print) -> Repo
         distributed.on_main(run_streaming, recipe, source, report, timer, log,
                             in_memory=lambda src: run_in_memory(recipe, src, report, timer, log, heal=plan.heal))
     if report.memory:
-        log(memory_summary(report.memory))
+        log(memory_summary(report.memory.to_dict()))
     return report
 
 
@@ -71,7 +73,8 @@ def load(recipe: Recipe, source: Source, report: Report, timer: Timer, log: Log)
     from hf_layerprune import stages
 
     if not recipe.device_map:  # before loading: refuse a recipe that will not fit, naming what would
-        report.preflight = preflight(recipe, source, log)
+        estimate = preflight(recipe, source, log)
+        report.preflight = PreflightSection.from_dict(estimate) if estimate is not None else None
     with timer.stage("load"):
         model, tokenizer, section = stages.load(recipe, source, log=log)
     report.source = dataclasses.replace(section, base_revision=report.source.base_revision)
@@ -118,7 +121,7 @@ def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, ti
     if recipe.heal != "none":
         with timer.stage("heal"):
             report.healing, report.cut = stages.heal(model, tokenizer, recipe, report.cut, base=base, chain=heal,
-                                                     num_layers_before=report.source.num_layers_before, log=log)
+                                                     log=log)
     if recipe.evaluate:
         with timer.stage("evaluate"):
             report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
@@ -138,7 +141,8 @@ def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report,
             card = card_fields(report, recipe) if wants_gguf(recipe) else None
             sections = stages.save(model, tokenizer, recipe, tmp, source=source, removed=report.cut.removed_layers,
                                    card=card)
-            report.gguf = sections.pop("gguf", None)
+            gguf = sections.pop("gguf", None)
+            report.gguf = GgufSection.from_dict(gguf) if gguf is not None else None
             report.other.update(sections)  # sections of other registered formats (formats.OUTPUT_FORMATS)
         write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
@@ -170,17 +174,16 @@ def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: R
                          removed_layers=sorted(cut.removed_layers + removed_original),
                          kept_layers=[i for j, i in enumerate(cut.kept_layers) if j not in set(removed_now)],
                          parameters_after=stages.count_parameters(model))
-        entry = {"round": k, "removed_layers": sorted(removed_original), "scoring": scoring}
+        entry = RoundRecord(round=k, removed_layers=sorted(removed_original), scoring=scoring)
         if recipe.heal != "none":
             with timer.stage("heal"):
-                entry["healing"], cut = stages.heal(model, tokenizer, step, cut, num_layers_before=before, base=base,
-                                                    chain=heal, log=log)
+                entry.healing, cut = stages.heal(model, tokenizer, step, cut, base=base, chain=heal, log=log)
         rounds.append(entry)
-    report.rounds, report.scoring = rounds, rounds[-1]["scoring"]
+    report.rounds, report.scoring = rounds, rounds[-1].scoring
     report.cut = dataclasses.replace(cut, num_layers_after=model.config.num_hidden_layers,
                                      parameters_after=stages.count_parameters(model))
     if recipe.heal != "none":
-        report.healing = rounds[-1]["healing"]
+        report.healing = rounds[-1].healing
     if recipe.evaluate:
         with timer.stage("evaluate"):
             report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
@@ -207,7 +210,8 @@ def run_target(model, tokenizer, recipe: Recipe, source: Source, report: Report,
     from hf_layerprune.recipe import default_healer
 
     with timer.stage("score"):
-        whole, attention, report.scoring = plan_for_target(model, tokenizer, recipe, log=log)
+        whole, attention, section = plan_for_target(model, tokenizer, recipe, log=log)
+    report.scoring = ScoringSection.from_dict(section)
     if recipe.heal is None:  # the default healer of the kind of plan chosen
         recipe.heal = default_healer("block" if not attention else "attention")
     needs_base = recipe.evaluate or recipe.heal != "none"
@@ -241,8 +245,9 @@ def finish_sublayer(model, tokenizer, base, removed_attention: list[int], remove
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
         whole = summary["removed_layers"]
-        export = {"format": "decilm", "architecture": "DeciLMForCausalLM", "trust_remote_code": True,
-                  "block_configs": summary["block_configs"], "kv_cache_bytes_per_token": summary["kv_cache_bytes_per_token"]}
+        export = ExportSection(format="decilm", architecture="DeciLMForCausalLM", trust_remote_code=True,
+                               block_configs=summary["block_configs"],
+                               kv_cache_bytes_per_token=summary["kv_cache_bytes_per_token"])
         report.cut = CutSection(
             num_layers_after=num_layers - len(whole), removed_layers=whole, kept_layers=kept_layers(whole, num_layers),
             removed_sublayers={"attention": summary["removed_attention"], "mlp": summary["removed_mlp"]}, export=export)
@@ -258,6 +263,6 @@ def finish_sublayer(model, tokenizer, base, removed_attention: list[int], remove
             report.cut.parameters_after = checkpoint_parameters(tmp)
         if wants_gguf(recipe):  # llama.cpp's deci architecture, from the folder just written
             with timer.stage("save"):
-                report.gguf = write_deci_gguf(tmp, recipe, source, num_layers - len(whole),
-                                              card=card_fields(report, recipe), log=log)
+                report.gguf = GgufSection.from_dict(write_deci_gguf(tmp, recipe, source, num_layers - len(whole),
+                                                                    card=card_fields(report, recipe), log=log))
         write_outputs(tmp, report, recipe, timer)

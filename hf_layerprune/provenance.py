@@ -33,6 +33,8 @@ from typing import Any, Iterable, Iterator
 
 from hf_layerprune.cache import FileIdentity, cache_root, file_identity
 
+HUB = "https://huggingface.co"
+CARD_FILENAME = "README.md"  # a model card, in a Hub repo and in an output folder
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
 # a path starting at the root or the home directory, not preceded by a word character, ':' or '/' (URLs, "tokens/s")
 _ABS_PATH = re.compile(r"(?:^|(?<=[\s'\"=(,\[]))(?:~/|[A-Za-z]:\\|/(?!/))[^\s'\"`,;()\[\]{}<>|]+")

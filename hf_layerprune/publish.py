@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hf_layerprune.errors import CheckpointError, ConfigError, LayerPruneError
-from hf_layerprune.report import REPORT_FILENAME
+from hf_layerprune.report import REPORT_FILENAME, Report
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -38,7 +38,7 @@ def check_gguf_target(directory: Path | None, repo_id: str, gguf_repo_id: str | 
     return gguf_repo_id
 
 
-def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
+def publish_and_verify(directory: Path, report: Report, repo_id: str, *, user: str, token: str | None,
                        private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
                        exist_ok: bool, verify: bool, trust_remote_code: bool = False, gguf_repo_id: str | None = None,
                        gguf_only: bool = False) -> str:
@@ -54,7 +54,7 @@ def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *,
     with progress.stage("publish"):
         if gguf_repo_id is None:
             return _publish_and_verify(directory, report, repo_id, **options)
-        with split_views(directory, repo_id, gguf_repo_id) as (model_view, gguf_view):
+        with split_views(directory, report, repo_id, gguf_repo_id) as (model_view, gguf_view):
             url = None if gguf_only else _publish_and_verify(model_view, report, repo_id, **options)
             try:
                 gguf_url = _publish_and_verify(gguf_view, report, gguf_repo_id, **options)
@@ -66,7 +66,7 @@ def publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *,
         return url or gguf_url
 
 
-def _publish_and_verify(directory: Path, report: dict[str, Any], repo_id: str, *, user: str, token: str | None,
+def _publish_and_verify(directory: Path, report: Report, repo_id: str, *, user: str, token: str | None,
                         private: bool, revision: str | None, create_pr: bool, commit_message: str | None,
                         exist_ok: bool, verify: bool, trust_remote_code: bool) -> str:
     from hf_layerprune import checkpoint, hub
@@ -118,8 +118,8 @@ def say(text: str) -> None:
         console.print(text)
 
 
-def check_model_folder(directory: Path) -> dict[str, Any]:
-    """The folder's layerprune.json, after checking its files are whole: each output format it holds, by that
+def check_model_folder(directory: Path) -> Report:
+    """The folder's layerprune.json as a Report, after checking its files are whole: each output format it holds, by that
     format's verifier (formats.OUTPUT_FORMATS: every shard and the index, every GGUF header); one-line errors."""
     from hf_layerprune.checkpoint import check_links, read_json
     from hf_layerprune.formats import OUTPUT_FORMATS, written_formats
@@ -137,15 +137,15 @@ def check_model_folder(directory: Path) -> dict[str, Any]:
     report = read_json(directory / REPORT_FILENAME)
     for entry in formats:
         entry.call("verifier", directory)
-    return report
+    return Report.from_dict(report)
 
 
-def default_commit_message(report: dict[str, Any], directory: Path) -> str:
+def default_commit_message(report: Report, directory: Path) -> str:
     """The commit title: the base model by Hub id, or by file name when it was local (no local paths published)."""
     from hf_layerprune.hub import public_name
 
-    before, after = report.get("num_layers_before"), report.get("num_layers_after")
-    base = public_name(report.get("base_model") or directory.name)
+    before, after = report.source.num_layers_before, report.cut.num_layers_after if report.cut else None
+    base = public_name(report.source.base_model or directory.name)
     if before is not None and after is not None:
         return f"Upload {base} pruned from {before} to {after} layers (hf-layerprune)"
     return f"Upload {base} (hf-layerprune)"

@@ -35,46 +35,52 @@ from typing import Any
 
 from hf_layerprune import __version__
 from hf_layerprune.outputs import REPORT_FILENAME  # noqa: F401  (defined where an output is recognised by it)
+from hf_layerprune.sections import (
+    BaseCard,
+    CalibrationRecord,
+    Candidate,
+    CutSection,
+    EvalSettings,
+    EvaluationSection,
+    ExportSection,
+    FileRecord,
+    GgufSection,
+    HealingSection,
+    JudgedWith,
+    MemorySection,
+    MetricResult,
+    Headline,
+    PairedSection,
+    PairedTask,
+    PerplexityRecord,
+    PerplexitySection,
+    PreflightSection,
+    Provenance,
+    RecipeSection,
+    RoundRecord,
+    ScoresRecord,
+    ScoringSection,
+    SourceSection,
+    SpeedRecord,
+    SpeedSection,
+    SweepPoint,
+    SweepSection,
+    Timings,
+    Versions,
+)
+from hf_layerprune.typed_json import MappingSection, Section, _dump, _typed
 
+__all__ = [  # the sections are defined in sections.py and read from here, beside the Report that holds them
+    "BaseCard", "CalibrationRecord", "Candidate", "CutSection", "EvalSettings", "EvaluationSection",
+    "ExportSection", "FileRecord", "GgufSection", "HealingSection", "JudgedWith", "MappingSection", "MemorySection",
+    "MetricResult", "Headline", "PairedSection", "PairedTask", "PerplexityRecord", "PerplexitySection",
+    "PreflightSection", "Provenance", "RecipeSection", "Report", "RoundRecord", "ScoresRecord", "ScoringSection",
+    "Section", "SourceSection", "SpeedRecord", "SpeedSection", "SweepPoint", "SweepSection", "Timings", "Versions",
+    "library_versions", "load_report", "read_report", "write_report",
+]
 # a JSON array of plain numbers, one per line as indent=2 writes it: kept on one line (per-doc scores, layer scores)
 _NUMBER_LIST = re.compile(r"\[\n\s+(-?[\d.eE+-]+(?:,\n\s+-?[\d.eE+-]+)*)\n\s*\]")
 FORMAT_VERSION = 1
-
-
-@dataclass
-class SourceSection:
-    """What was pruned (the load stage): flat top-level keys of ``layerprune.json``."""
-
-    base_model: str
-    base_revision: str | None = None
-    model_type: str | None = None
-    dtype: str | None = None
-    num_layers_before: int | None = None
-    parameters_before: int | None = None
-
-
-@dataclass
-class CutSection:
-    """What was removed (the cut stage; a `replace` healer that puts a layer back returns a new one)."""
-
-    num_layers_after: int
-    removed_layers: list[int]
-    kept_layers: list[int]
-    parameters_after: int | None = None
-    route: str = "in-memory"  # "in-memory" | "streaming" | "gguf"
-    removed_sublayers: dict[str, list[int]] | None = None  # --granularity attention|mlp
-    export: dict[str, Any] | None = None  # the DeciLM export of a sub-layer cut
-
-    def as_healing_input(self, num_layers_before: int) -> dict[str, Any]:
-        """The mapping healers read (removed/kept layers of the base model); a copy they may update."""
-        return {"removed_layers": list(self.removed_layers), "kept_layers": list(self.kept_layers),
-                "num_layers_before": num_layers_before, "num_layers_after": self.num_layers_after,
-                "parameters_after": self.parameters_after}
-
-    def updated_by(self, healing_input: dict[str, Any]) -> "CutSection":
-        """This cut after a healer changed the layer lists (`replace` keeps the block's first layer)."""
-        return dataclasses.replace(self, **{k: healing_input[k] for k in
-                                            ("removed_layers", "kept_layers", "num_layers_after", "parameters_after")})
 
 
 # top-level keys in the order they are written; each belongs to one section (docs/report.md)
@@ -83,32 +89,42 @@ _SOURCE = tuple(f.name for f in dataclasses.fields(SourceSection))
 _CUT = tuple(f.name for f in dataclasses.fields(CutSection))
 _SECTIONS = ("preflight", "scoring", "rounds", "healing", "evaluation", "gguf", "recipe", "versions", "timings",
              "memory", "sweep")
+# written after the stage sections: world_size, then the keys kept in `other`, then the rest
+_AFTER = ("world_size", "hub", "base_card", "provenance", "gguf_of", "gguf_repo")
 
 
 @dataclass
 class Report:
-    """The run record: one section per stage (source, scoring, cut, healing, evaluation, output), serialised to
+    """The run record: one typed section per stage (source, scoring, cut, healing, evaluation, output), serialised to
     the flat ``layerprune.json`` schema (format_version 1) by ``to_dict`` and read back, from any older file, by
-    ``from_dict``. Stages return their section; only the composition (pipeline.py, sweep.py) assigns them."""
+    ``from_dict`` (keys it does not know kept in ``other`` and in each section's ``other``). Stages return their
+    section; only the composition (pipeline.py, sweep.py) assigns them."""
 
     source: SourceSection
     command: str | None = None
     granularity: str = "block"
     cut: CutSection | None = None
-    preflight: dict[str, Any] | None = None  # memory estimate before loading (memory.py)
-    scoring: dict[str, Any] | None = None
-    rounds: list[dict[str, Any]] | None = None  # --rounds: scoring (and healing) of each round
-    healing: dict[str, Any] | None = None
-    evaluation: dict[str, Any] | None = None
-    gguf: dict[str, Any] | None = None  # a GGUF output (gguf_route.py)
-    recipe: dict[str, Any] | None = None
-    versions: dict[str, str] | None = None
-    timings: dict[str, float] | None = None
-    memory: dict[str, Any] | None = None
-    sweep: dict[str, Any] | None = None  # added to every variant of a sweep
+    preflight: PreflightSection | None = None  # memory estimate before loading (memory.py)
+    scoring: ScoringSection | None = None
+    rounds: list[RoundRecord] | None = None  # --rounds: scoring (and healing) of each round
+    healing: HealingSection | None = None
+    evaluation: EvaluationSection | None = None
+    gguf: GgufSection | None = None  # a GGUF output (gguf_route.py)
+    recipe: RecipeSection | None = None
+    versions: Versions | None = None
+    timings: Timings | None = None
+    memory: MemorySection | None = None
+    sweep: SweepSection | None = None  # added to every variant of a sweep
+    world_size: int | None = None  # only when several processes ran
+    hub: dict[str, Any] | None = None  # {repo_id, ...} when published
+    base_card: BaseCard | None = None  # the base model's license, looked up once by the composition
+    provenance: Provenance | None = None  # written by write_report (provenance.py)
+    gguf_of: str | None = None  # the GGUF's own repo: the pruned repo it was made from
+    gguf_repo: str | None = None  # the pruned repo: where its GGUF is published
     format_version: int = FORMAT_VERSION
     tool: dict[str, str] = field(default_factory=lambda: {"name": "hf-layerprune", "version": __version__})
-    other: dict[str, Any] = field(default_factory=dict)  # keys written by other code (provenance, base_card) or newer
+    other: dict[str, Any] = field(default_factory=dict)  # keys written by other code or a newer version
+    base_card_looked_up: bool = field(default=False, repr=False, compare=False)  # not written: finish.look_up_base_card
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format_version": self.format_version, "tool": self.tool, "command": self.command}
@@ -117,27 +133,39 @@ class Report:
                    granularity=self.granularity)
         out.update({k: v for k, v in source.items() if v is not None})
         if self.cut is not None:
-            out.update({k: v for k, v in dataclasses.asdict(self.cut).items() if v is not None})
-        out.update({k: getattr(self, k) for k in _SECTIONS if getattr(self, k) is not None})
-        out.update(self.other)
+            cut = {f.name: getattr(self.cut, f.name) for f in dataclasses.fields(self.cut)}
+            out.update({k: _dump(v) for k, v in cut.items() if v is not None})
+        out.update({k: _dump(getattr(self, k)) for k in _SECTIONS if getattr(self, k) is not None})
+        if self.world_size is not None:
+            out["world_size"] = self.world_size
+        out.update(self.other)  # a key read with a value of the wrong type keeps it
+        out.update({k: _dump(getattr(self, k)) for k in _AFTER if getattr(self, k) is not None})
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Report":
-        """A report from ``layerprune.json`` (any format_version so far: missing keys stay None)."""
+        """A report from ``layerprune.json`` (any format_version so far: missing keys stay None; a value of the
+        wrong type is kept in ``other`` and its field left None)."""
+        other: dict[str, Any] = {}
+        typed = _typed(Report, data, (*_SECTIONS, *_AFTER, "command"), other)
         cut = None
-        if "removed_layers" in data and "kept_layers" in data:
-            cut = CutSection(**{k: data[k] for k in _CUT if k in data and k != "num_layers_after"},
-                             num_layers_after=data.get("num_layers_after", len(data["kept_layers"])))
-        known = {*_HEADER, *_SOURCE, *_CUT, *_SECTIONS, "granularity"}
+        if isinstance(data.get("removed_layers"), list) and isinstance(data.get("kept_layers"), list):
+            values = {"num_layers_after": len(data["kept_layers"]), "route": None,  # an older file without them
+                      **_typed(CutSection, data, _CUT, other)}
+            cut = CutSection(**values)
+        elif any(k in data for k in _CUT):
+            other.update({k: data[k] for k in _CUT if k in data})
+        source = {"base_model": None, **_typed(SourceSection, data, _SOURCE, other)}
+        known = {*_HEADER, *_SOURCE, *_CUT, *_SECTIONS, *_AFTER, "granularity"}
+        other.update({k: v for k, v in data.items() if k not in known})
         return cls(
-            source=SourceSection(**{k: data.get(k) for k in _SOURCE}),
-            command=data.get("command"), granularity=data.get("granularity") or "block", cut=cut,
-            **{k: data.get(k) for k in _SECTIONS},
+            source=SourceSection(**source), granularity=data.get("granularity") or "block", cut=cut, **typed,
             format_version=data.get("format_version", FORMAT_VERSION),
             tool=data.get("tool") or {"name": "hf-layerprune", "version": "unknown"},
-            other={k: v for k, v in data.items() if k not in known},
+            other=other,
         )
+
+
 
 
 def library_versions() -> dict[str, str]:
@@ -154,7 +182,8 @@ def library_versions() -> dict[str, str]:
 
 
 def read_report(directory: str | os.PathLike) -> dict[str, Any]:
-    """``layerprune.json`` as its JSON object (``Report.from_dict`` gives the typed sections)."""
+    """``layerprune.json`` as its JSON object, its sections' types checked (``Report.from_dict`` gives the typed
+    sections; ``load_report`` both)."""
     path = Path(directory) / REPORT_FILENAME
     try:
         with open(path, encoding="utf-8") as f:
@@ -173,6 +202,11 @@ def read_report(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"cannot read {path}: {text}") from None
     check_report_types(report, path)
     return report
+
+
+def load_report(directory: str | os.PathLike) -> Report:
+    """The typed Report of an output folder's ``layerprune.json`` (one-line errors for a damaged file)."""
+    return Report.from_dict(read_report(directory))
 
 
 SECTION_KEYS = ("scoring", "healing", "evaluation", "export", "recipe", "gguf", "sweep", "timings", "memory",
@@ -206,36 +240,19 @@ def check_report_types(report: Any, path: Path) -> None:
             raise bad(key, report[key], "a string")
 
 
-def write_report(directory: str | os.PathLike, report: Report | dict[str, Any]) -> Path:
-    """Write ``layerprune.json`` (atomically), local paths replaced by names and hashes (provenance.py)."""
+def write_report(directory: str | os.PathLike, report: Report | dict[str, Any]) -> Report:
+    """Write ``layerprune.json`` (atomically), local paths replaced by names and hashes (provenance.py); returns the
+    report as written (what the card renders)."""
     from hf_layerprune.provenance import portable_report
 
-    if isinstance(report, Report):
-        report = report.to_dict()
-    _remember_base_card(report)
-    report = portable_report(report)
+    data = portable_report(report.to_dict() if isinstance(report, Report) else report)
     path = Path(directory) / REPORT_FILENAME
     tmp = path.with_suffix(".json.tmp")
-    text = json.dumps(report, indent=2, sort_keys=False, default=_json_default)
+    text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(_NUMBER_LIST.sub(lambda m: "[" + re.sub(r",\s+", ", ", m.group(1)) + "]", text) + "\n")
     os.replace(tmp, path)
-    return path
-
-
-def _remember_base_card(report: dict[str, Any]) -> None:
-    """A local base model's license must be read before its path is dropped from the report."""
-    base = report.get("base_model")
-    if report.get("base_card") or not isinstance(base, str) or not os.path.exists(os.path.expanduser(base)):
-        return
-    from hf_layerprune.hub import find_base_card
-
-    try:
-        info = find_base_card(report, online=False)
-    except Exception:  # noqa: BLE001 - an unreadable card only means "license unknown"
-        info = None
-    if info and info.get("license"):
-        report["base_card"] = {k: v for k, v in info.items() if not k.startswith("_")}
+    return Report.from_dict(json.loads(text))
 
 
 def _json_default(obj: Any) -> Any:

@@ -11,7 +11,7 @@ them too (README, "Python API"):
     evaluation = evaluate(base, model, tokenizer, recipe)
     save(model, tokenizer, recipe, "out")
     card("out", Report(source, cut=cut_section, scoring=scoring, healing=healing, evaluation=evaluation,
-                       recipe=recipe.to_dict()))
+                       recipe=RecipeSection.from_dict(recipe.to_dict())))
 
 Calibration is drawn inside `select` (the scoring text) and `heal` (the healing text), each from the recipe, so
 that a stage run alone draws exactly what it draws inside the pipeline.
@@ -37,7 +37,7 @@ from hf_layerprune.quantized import count_parameters  # packed 4-bit weights at 
 from hf_layerprune.hub import local_checkpoint
 from hf_layerprune.loading import Source, load_model, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.report import CutSection, SourceSection
+from hf_layerprune.report import CutSection, EvaluationSection, HealingSection, ScoringSection, SourceSection
 from hf_layerprune.scoring import METRICS, select_for_recipe
 from hf_layerprune.targets import explicit_or_rule, uses_metric  # noqa: F401  (part of the stages' API)
 from hf_layerprune.streamed_merge import write_merged
@@ -87,14 +87,15 @@ def _dtype_name(model, source: Source, recipe: Recipe) -> str:
     return str(next(model.parameters()).dtype).replace("torch.", "")
 
 
-def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], dict[str, Any] | None]:
+def select(model, tokenizer, recipe: Recipe, *, log: Log = print) -> tuple[list[int], ScoringSection | None]:
     """The units to remove and the report's scoring section (None for `--layers` or a config-only rule):
     `auto` compares candidate cuts (auto.py), a metric scores and selects (scoring/), a rule needs only the depth."""
     if not uses_metric(recipe):
         return explicit_or_rule(recipe, model.config.num_hidden_layers), None
     if recipe.metric_name == AUTO:
         return auto_select(model, tokenizer, recipe, log=log)
-    return select_for_recipe(model, tokenizer, recipe, log=log)
+    removed, record = select_for_recipe(model, tokenizer, recipe, log=log)
+    return removed, ScoringSection.from_dict(record)
 
 
 def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
@@ -106,23 +107,21 @@ def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
                       kept_layers=kept_layers(removed, num_layers), parameters_after=count_parameters(model))
 
 
-def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, num_layers_before: int | None = None,
-         base=None, chain=None, log: Log = print) -> tuple[dict[str, Any], CutSection]:
+def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, base=None, chain=None,
+         log: Log = print) -> tuple[HealingSection, CutSection]:
     """Heal the cut model in place with the recipe's healer chain; the healing section and the cut section as it
-    is afterwards (`replace` puts the first layer of each removed block back as its trained replacement).
+    is afterwards (`replace` puts the first layer of each removed block back as its trained replacement: a new
+    section, the one given is left as it was).
 
     `base`: the unpruned model (a `SharedBase` view or a separate model), for healers that compare with it;
     `chain`: the checked heal chain (plan.Plan.heal; default: read from the recipe)."""
-    before = num_layers_before if num_layers_before is not None else len(cut_section.kept_layers) + len(cut_section.removed_layers)
-    layers = cut_section.as_healing_input(before)  # the healers' working copy of the layer lists
-    record = heal_for_recipe(model, tokenizer, recipe, layers, base_model=base, log=log, chain=chain)
-    return record, cut_section.updated_by(layers)
+    return heal_for_recipe(model, tokenizer, recipe, cut_section, base_model=base, log=log, chain=chain)
 
 
-def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> dict[str, Any]:
+def evaluate(base, model, tokenizer, recipe: Recipe, *, log: Log = print) -> EvaluationSection:
     """lm-eval tasks, perplexity, speed and size of the pruned model and (when `base` is given) of the base, with
     identical settings: the report's evaluation section (evaluation/)."""
-    return evaluate_for_recipe(base, model, tokenizer, recipe, log=log)
+    return EvaluationSection.from_dict(evaluate_for_recipe(base, model, tokenizer, recipe, log=log))
 
 
 def save(model, tokenizer, recipe: Recipe, folder: str | Path, *, source: Source | None = None,

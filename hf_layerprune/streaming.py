@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.checks import source_paths
@@ -21,7 +21,7 @@ from hf_layerprune.loading import Source, torch_dtype
 from hf_layerprune.outputs import staging_dir
 from hf_layerprune.provenance import hashed_alongside
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.report import CutSection, Report
+from hf_layerprune.report import CutSection, GgufSection, Report, ScoringSection
 from hf_layerprune.targets import explicit_or_rule, uses_metric
 from hf_layerprune.surgery import checkpoint_files, prune_checkpoint, read_config, read_safetensors_header
 
@@ -39,7 +39,7 @@ def checkpoint_parameters(directory: Path) -> int:
     return total
 
 
-def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list[int], dict[str, Any]]:
+def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list[int], ScoringSection]:
     """--offload: score with one layer in memory at a time (scoring/streamed.py) on a text calibration set."""
     import torch
     from transformers import AutoTokenizer
@@ -73,7 +73,7 @@ def streamed_selection(checkpoint: Path, recipe: Recipe, log: Log) -> tuple[list
     record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
     record["calibration"] = calibration_record(recipe.calibration, tokenizer, batches=batches, **cal)
     record["offload"] = True
-    return record["selected"], record
+    return record["selected"], ScoringSection.from_dict(record)
 
 
 def run_streaming(recipe: Recipe, source: Source, report: Report, timer, log: Log, *, in_memory: Callable) -> None:
@@ -126,5 +126,5 @@ def run_gguf_surgery(recipe: Recipe, source: Source, report: Report, timer, log:
             info.pop("replaced_tensors")
         new_index = {old: new for new, old in enumerate(info["kept_layers"])}
         report.cut.parameters_after = sum(elements(t) for t in header.tensors if renamed(t.name, new_index) is not None)
-        report.gguf = {"route": "surgery", **info, "requantized": {}}
+        report.gguf = GgufSection.from_dict({"route": "surgery", **info, "requantized": {}})
         write_outputs(tmp, report, recipe, timer)

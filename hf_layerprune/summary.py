@@ -29,7 +29,7 @@ def quality_line(report: dict[str, Any]) -> str | None:
     if not report.get("evaluation"):  # nothing measured (and the evaluation package imports torch)
         return None
     from hf_layerprune.evaluation import headline
-    from hf_layerprune.evaluation.fidelity import retentions
+    from hf_layerprune.results import retentions
 
     h = headline(report)
     parts = []

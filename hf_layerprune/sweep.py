@@ -17,7 +17,6 @@ from typing import Any, Callable
 from hf_layerprune import distributed, stages
 from hf_layerprune.auto import auto_context, auto_select
 from hf_layerprune.base_view import trial
-from hf_layerprune.card import record_base_card, render_card
 from hf_layerprune.checks import check_recipe, check_source_layers, check_target_against, source_config, source_paths
 from hf_layerprune.errors import ConfigError, OutputError
 from hf_layerprune.evaluation import headline
@@ -28,7 +27,8 @@ from hf_layerprune.outputs import check_output_dir, check_path
 from hf_layerprune.pipeline import Timer, heal_and_evaluate, load, save
 from hf_layerprune.plots import plot_pareto
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.report import Report, SourceSection, read_report, write_report
+from hf_layerprune.finish import card, look_up_base_card
+from hf_layerprune.report import Report, ScoringSection, SourceSection, SweepSection
 from hf_layerprune.surgery import side_files
 from hf_layerprune.scoring import build_context, get_metric, run_metric
 
@@ -40,8 +40,14 @@ def variant_dir(root: Path, base_model: str, num_layers_after: int) -> Path:
     return root / f"{_model_name(base_model)}-pruned-{num_layers_after}L"
 
 
-def select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log) -> dict[int, tuple[list[int], dict]]:
-    """{depth: (removed layers, scoring record)} from one calibration set and one capture pass."""
+def select_depths(model, tokenizer, recipe: Recipe, depths: list[int],
+                  log: Log) -> dict[int, tuple[list[int], ScoringSection]]:
+    """{depth: (removed layers, scoring section)} from one calibration set and one capture pass."""
+    return {n: (removed, record if isinstance(record, ScoringSection) else ScoringSection.from_dict(record))
+            for n, (removed, record) in _select_depths(model, tokenizer, recipe, depths, log).items()}
+
+
+def _select_depths(model, tokenizer, recipe: Recipe, depths: list[int], log: Log) -> dict[int, tuple[list[int], Any]]:
     if recipe.metric_name == AUTO:  # one capture pass; candidates judged per depth
         shared = auto_context(model, tokenizer, recipe, log)
         return {n: auto_select(model, tokenizer, dataclasses.replace(recipe, drop=n), shared=shared, log=log)
@@ -120,15 +126,16 @@ def _sweep(recipe: Recipe, depths: list[int], source, targets: dict[int, Path], 
     timer = Timer()
     revision = resolved_revision(source) if source.kind == "hub" else source.revision  # as `prune` records it
     loaded = Report(SourceSection(base_model=source.name, base_revision=revision), command=command,
-                    other=distributed.world_record())
+                    **distributed.world_record())
     model, tokenizer = load(dataclasses.replace(recipe, drop=max(depths)), source, loaded, timer, log)
+    look_up_base_card(loaded, model=recipe.model)  # once for every variant (each report is a copy of `loaded`)
     needs_base = recipe.evaluate or recipe.heal != "none"
     with timer.stage("score"):
         selections = select_depths(model, tokenizer, recipe, sorted(depths), log)
-    outputs = []
+    outputs, reports = [], []
     for n in sorted(depths):
         variant = dataclasses.replace(recipe, drop=n, layers=None, output_dir=str(targets[n]))
-        report = dataclasses.replace(copy.deepcopy(loaded), scoring=selections[n][1])
+        report = dataclasses.replace(copy.deepcopy(loaded), scoring=selections[n][1])  # typed by select_depths
         vtimer = Timer()
         vtimer.timings.update(timer.timings)
         with trial(model) as base:  # cut, heal, evaluate and save in place; undone before the next depth
@@ -136,28 +143,24 @@ def _sweep(recipe: Recipe, depths: list[int], source, targets: dict[int, Path], 
                 report.cut = stages.cut(model, selections[n][0], log=log)
             heal_and_evaluate(model, tokenizer, base if needs_base else None, variant, report, vtimer, log)
             outputs.append(save(model, tokenizer, variant, source, report, vtimer))
-    distributed.on_main(add_pareto, outputs)
+            reports.append(report)
+    distributed.on_main(add_pareto, outputs, reports)
     return outputs
 
 
-def sweep_points(outputs: list[Path]) -> list[dict[str, Any]]:
+def sweep_points(outputs: list[Path], reports: list[Report]) -> list[dict[str, Any]]:
     """One point per variant: depth, parameters, and the quality numbers its report has."""
-    points = []
-    for out in outputs:
-        report = read_report(out)
-        points.append({"output": out.name, "num_layers_after": report["num_layers_after"],
-                       "removed_layers": report["removed_layers"], "parameters": report["parameters_after"],
-                       "parameters_before": report["parameters_before"], **headline(report)})
-    return points
+    return [{"output": out.name, "num_layers_after": report.cut.num_layers_after,
+             "removed_layers": report.cut.removed_layers, "parameters": report.cut.parameters_after,
+             "parameters_before": report.source.parameters_before, **headline(report.to_dict())}
+            for out, report in zip(outputs, reports)]
 
 
-def add_pareto(outputs: list[Path]) -> None:
-    """Write the sweep's points and Pareto plot into every variant and re-render its card."""
-    points = sweep_points(outputs)
-    for out in outputs:
-        report = read_report(out)
-        report["sweep"] = {"points": points, "plot": PARETO_PNG}
+def add_pareto(outputs: list[Path], reports: list[Report]) -> None:
+    """Add the sweep's points and Pareto plot to every variant's report (kept in memory from its run) and write its
+    layerprune.json and card again."""
+    points = sweep_points(outputs, reports)
+    for out, report in zip(outputs, reports):
+        report.sweep = SweepSection.from_dict({"points": points, "plot": PARETO_PNG})
         plot_pareto(points, out / PARETO_PNG, current=out.name)
-        write_report(out, report)
-        record_base_card(out)
-        render_card(out)
+        card(out, report)

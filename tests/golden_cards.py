@@ -73,7 +73,7 @@ def render(report: dict, name: str, work: Path) -> str:
     report resolved from `work`, where they name nothing, as when it was recorded)."""
     from contextlib import chdir
 
-    from hf_layerprune.card import render_card
+    from hf_layerprune.finish import rerender
     from hf_layerprune.report import write_report
 
     out = work / name
@@ -82,7 +82,7 @@ def render(report: dict, name: str, work: Path) -> str:
     out.mkdir(parents=True)
     with chdir(work):
         write_report(out, json.loads(json.dumps(report)))
-        return render_card(out, online=False).read_text(encoding="utf-8")
+        return rerender(out, online=False).read_text(encoding="utf-8")
 
 
 def help_texts() -> dict[str, str]:

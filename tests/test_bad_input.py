@@ -212,7 +212,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("prune-fake-gguf", ["prune", "{ws}/fake.gguf", "--layers", "1", "-o", OUT, *FAST], "not a valid GGUF"),
     # --- prune: what to remove --------------------------------------------------------------------------------
     ("prune-no-target", ["prune", C, "-o", OUT, *FAST], "--drop N or --layers"),
-    ("prune-both-targets", ["prune", C, "--drop", "1", "--layers", "1", "-o", OUT, *FAST], "not both"),
+    ("prune-both-targets", ["prune", C, "--drop", "1", "--layers", "1", "-o", OUT, *FAST], "not several"),
     ("prune-drop-zero", ["prune", C, "--drop", "0", "-o", OUT, *FAST], "at least 1"),
     ("prune-drop-all", ["prune", C, "--drop", "4", "-o", OUT, *FAST], "smaller than the number of layers"),
     ("prune-drop-huge", ["prune", C, "--drop", "99", "-o", OUT, *FAST], "smaller than the number of layers"),

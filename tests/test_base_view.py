@@ -12,7 +12,8 @@ import torch
 
 from hf_layerprune.base_view import SharedBase, trial
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.healing import HEALERS, heal
+from hf_layerprune.healing import HEALERS, heal, heal_and_cut
+from hf_layerprune.report import CutSection
 from hf_layerprune.surgery import kept_layers, remove_layers
 from same_outputs import HERE, RECIPES, run_recipe, setup
 from tiny_models import FAMILIES, sample_ids, tiny_model
@@ -40,20 +41,20 @@ def logits(model, ids):
 
 
 def healed(family: str, method: str):
-    """(original copy, pruned model, its SharedBase, heal report) or None when the healer refuses the family."""
+    """(original copy, pruned model, its SharedBase, the cut after healing) or None when the healer refuses the family."""
     model = tiny_model(family, num_layers=6)
     original = copy.deepcopy(model)
     view = SharedBase(model)
     remove_layers(model, REMOVED)
-    report = {"removed_layers": REMOVED, "kept_layers": kept_layers(REMOVED, 6), "num_layers_before": 6}
+    cut = CutSection(num_layers_after=4, removed_layers=REMOVED, kept_layers=kept_layers(REMOVED, 6))
     try:
-        heal(model, method, sample_ids(8, 16, seed=3), base_model=view, report=report, log=lambda m: None,
-             **HEALER_OPTIONS.get(method, {}))
+        _, cut = heal_and_cut(model, method, sample_ids(8, 16, seed=3), base_model=view, cut=cut, log=lambda m: None,
+                              **HEALER_OPTIONS.get(method, {}))
     except LayerPruneError as exc:  # e.g. `linear` on sparse-MoE MLPs, `bias` where the family has no bias flag
         if "not possible" in str(exc) or "cannot" in str(exc) or "sparse" in str(exc) or "no single" in str(exc):
             return None
         raise
-    return original, model, view, report
+    return original, model, view, cut
 
 
 @pytest.mark.parametrize("method", [m for m in HEALERS if m != "qlora"])
@@ -62,7 +63,7 @@ def test_base_view_after_each_healer(family, method):
     got = healed(family, method)
     if got is None:
         pytest.skip(f"{method} refuses {family}")
-    original, model, view, report = got
+    original, model, view, cut = got
     ids = sample_ids(2, 12)
     pruned_before = logits(model, ids)
     with view.active() as base:
@@ -71,7 +72,7 @@ def test_base_view_after_each_healer(family, method):
         assert base.config.num_hidden_layers == 6
     assert torch.equal(logits(model, ids), pruned_before)  # and back to the pruned model, unchanged
     reference = dict(original.named_parameters())
-    kept = report["kept_layers"]
+    kept = cut.kept_layers
     protected = {(id(owner), name) for owner, name, _ in view.originals.values()}
     slots = {id(p): (id(owner), name) for owner in model.modules() for name, p in owner._parameters.items() if p is not None}
     owners = {id(p): owner for owner in model.modules() for p in owner._parameters.values() if p is not None}
@@ -143,11 +144,11 @@ def test_auto_judging_leaves_the_model_bit_identical(family):
     recipe = Recipe(model="x", drop=2, heal="absorb", calibration_samples=4, seq_len=16)
     recipe.resolve_defaults()
     removed, record = auto_select(model, None, recipe, log=lambda m: None)
-    assert len(record["candidates"]) >= 1 and len(removed) == 2
-    if len(record["candidates"]) == 1:  # the metrics agree: nothing judged, nothing touched
-        assert record["judged_with"] is None and record["candidates"][0]["held_out_loss"] is None
+    assert len(record.candidates) >= 1 and len(removed) == 2
+    if len(record.candidates) == 1:  # the metrics agree: nothing judged, nothing touched
+        assert record.judged_with is None and record.candidates[0].held_out_loss is None
     else:  # gemma2 normalises the MLP output, so `linear` refuses it up front and candidates are judged unhealed
-        assert record["judged_with"]["heal"] == ("none" if family in ("gemma2", "qwen2_moe") else "linear")
+        assert record.judged_with.heal == ("none" if family in ("gemma2", "qwen2_moe") else "linear")
     assert same_state(state(model), before)
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_layerprune.card import code, codeblock, find_base_card, md, record_base_card, render_card
+from hf_layerprune.card import code, codeblock, md
+from hf_layerprune.finish import rerender
+from hf_layerprune.hub import find_base_card
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.report import read_report, write_report
+from hf_layerprune.finish import card
+from hf_layerprune.report import Report, read_report, write_report
 
 
 def _task(acc, acc_norm=None, n=500, shot=0, limit=None):
@@ -112,7 +115,7 @@ def html_of(text: str) -> str:
 def test_card_metadata_parses_and_eval_results_round_trip(tmp_path):
     report = realistic_report(base_card={"license": "llama2", "source": "https://huggingface.co/meta-llama/Llama-2-7b-hf"})
     out = write(tmp_path, report)
-    path = render_card(out, repo_id="alice/Llama-2-7b-24L", online=False)
+    path = rerender(out, repo_id="alice/Llama-2-7b-24L", online=False)
     card = ModelCard.load(path)
     data = card.data
     assert data.base_model == "meta-llama/Llama-2-7b-hf"
@@ -143,7 +146,7 @@ def test_card_metadata_parses_and_eval_results_round_trip(tmp_path):
 
 def test_bare_report_renders_without_optional_sections(tmp_path):
     out = write(tmp_path, bare_report())
-    text = render_card(out, online=False).read_text()
+    text = rerender(out, online=False).read_text()
     card = ModelCard.load(out / "README.md")
     assert card.data.license is None and "license" not in front_matter(text)  # unknown: omitted, never guessed
     assert card.data.base_model is None  # a local path is no Hub id
@@ -157,19 +160,19 @@ def test_bare_report_renders_without_optional_sections(tmp_path):
 
 def test_rerender_from_report_alone_is_deterministic(tmp_path):
     out = write(tmp_path, realistic_report(base_card={"license": "apache-2.0", "source": "test"}))
-    first = render_card(out, online=False).read_text()
+    first = rerender(out, online=False).read_text()
     pngs = {p.name: p.read_bytes() for p in out.glob("*.png")}
     for p in list(out.glob("*.png")) + [out / "README.md"]:
         p.unlink()
     assert sorted(p.name for p in out.iterdir()) == ["layerprune.json"]  # no weights, no config: the report is enough
-    second = render_card(out, online=False).read_text()
+    second = rerender(out, online=False).read_text()
     assert first == second
     assert {p.name: p.read_bytes() for p in out.glob("*.png")} == pngs
     # dropping a section from the report drops its plot on the next render
     report = read_report(out)
     del report["healing"]
     write_report(out, report)
-    render_card(out, online=False)
+    rerender(out, online=False)
     assert not (out / "layerprune_healing_loss.png").exists()
 
 
@@ -208,9 +211,11 @@ def test_license_inherited_from_local_base_card_with_custom_name_and_link(tmp_pa
     (base / "README.md").write_text(BASE_README)
     report = bare_report()
     report["base_model"] = str(base)
-    out = write(tmp_path, report)
+    out = tmp_path / "out"
+    out.mkdir()
     (out / "LICENSE").write_text("ACME license text")  # copied beside the weights by the pipeline
-    text = render_card(out, online=False).read_text()
+    card(out, Report.from_dict(report))  # the composition's step: the base card looked up while the path exists
+    text = (out / "README.md").read_text()
     data = ModelCard.load(out / "README.md").data
     assert (data.license, data.license_name, data.license_link) == ("other", "acme-community-license", "LICENSE")
     assert data.language == ["en", "fr"]
@@ -219,7 +224,7 @@ def test_license_inherited_from_local_base_card_with_custom_name_and_link(tmp_pa
     assert read_report(out)["base_card"]["license_name"] == "acme-community-license"
     (base / "README.md").unlink()
     (out / "LICENSE").unlink()
-    data = ModelCard.load(render_card(out, online=False)).data
+    data = ModelCard.load(rerender(out, online=False)).data
     assert (data.license, data.license_name) == ("other", "acme-community-license")
     assert data.license_link is None  # a relative link to a file that is not there is dropped
 
@@ -239,19 +244,19 @@ def test_license_from_hub_card_data_and_relative_link(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", fake_model_info)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     report = realistic_report(base_model="meta-llama/Meta-Llama-3-8B", base_revision="b" * 40)
-    info = find_base_card(report)
+    info = find_base_card(report["base_model"], report["base_revision"])
     assert info["license_name"] == "llama3" and info["gated"] is True
     out = write(tmp_path, report)
     before = read_report(out)
-    data = ModelCard.load(render_card(out)).data
+    data = ModelCard.load(rerender(out)).data
     assert read_report(out) == before  # rendering never changes the report ...
-    record_base_card(out)  # ... remembering the license is its own step (the pipeline and `card` take it)
+    rerender(out, remember=True)  # ... unless asked to remember the license (`card` does)
     assert data.license == "other" and data.license_name == "llama3"
     assert data.license_link == f"https://huggingface.co/meta-llama/Meta-Llama-3-8B/blob/{'b' * 40}/LICENSE"
     assert calls and calls[0][0] == "meta-llama/Meta-Llama-3-8B"
     # offline: no Hub call; the license recorded in the report is used
     calls.clear()
-    data = ModelCard.load(render_card(out, online=False)).data
+    data = ModelCard.load(rerender(out, online=False)).data
     assert data.license_name == "llama3" and not calls
 
 
@@ -259,9 +264,9 @@ def test_license_from_explicit_card_file_and_never_a_default(tmp_path):
     card_file = tmp_path / "BASE.md"
     card_file.write_text("---\nlicense: cc-by-nc-4.0\n---\n# x\n")
     out = write(tmp_path, bare_report())
-    assert ModelCard.load(render_card(out, base_card=card_file, online=False)).data.license == "cc-by-nc-4.0"
+    assert ModelCard.load(rerender(out, base_card=card_file, online=False)).data.license == "cc-by-nc-4.0"
     with pytest.raises(LayerPruneError, match="not found"):
-        render_card(out, base_card=tmp_path / "missing.md")
+        rerender(out, base_card=tmp_path / "missing.md")
 
 
 # ------------------------------------------------------------------------------------------- escaping
@@ -281,7 +286,7 @@ def test_hostile_strings_cannot_break_metadata_or_inject_markup(tmp_path):
     report["versions"] = {"torch": "2.13 <iframe src=evil>"}
     report["hub"] = {"repo_id": "alice/model\n---\nlicense: mit"}
     out = write(tmp_path, report)
-    text = render_card(out, online=False).read_text()
+    text = rerender(out, online=False).read_text()
 
     card = ModelCard.load(out / "README.md")
     assert card.data.license == "llama2"  # the injected "license: mit" never became metadata
@@ -316,7 +321,7 @@ def test_sublayer_decilm_card_mentions_remote_code_and_kv_saving(tmp_path):
                   export={"format": "decilm", "trust_remote_code": True,
                           "kv_cache_bytes_per_token": {"before": 6 * 4096, "after": 3 * 4096}})
     out = write(tmp_path, report)
-    text = render_card(out, online=False).read_text()
+    text = rerender(out, online=False).read_text()
     assert "trust_remote_code=True" in text and "DeciLMForCausalLM" in text
     assert "24.00 KiB → 12.00 KiB" in text and "−50.0%" in text
     assert "`[2, 3, 4]`" in text and "attention-pruning" in front_matter(text)
@@ -337,7 +342,7 @@ def test_citations_follow_metric_and_healer(tmp_path, metric, selection, healer,
         del report["healing"]
     else:
         report["healing"]["method"] = healer
-    text = render_card(write(tmp_path, report), online=False).read_text()
+    text = rerender(write(tmp_path, report), online=False).read_text()
     for key in expected:
         assert f"{{{key}," in text, key
     for key in unexpected:
@@ -354,7 +359,7 @@ def test_limit_and_pruned_only_evaluation(tmp_path):
             rec.update(limit=20, samples=20)
     ev["speed"]["base"] = None
     ev["perplexity"]["base"] = None
-    text = render_card(write(tmp_path, report), online=False).read_text()
+    text = rerender(write(tmp_path, report), online=False).read_text()
     assert "first 20 documents" in text and "| Task | Metric | n-shot | Docs | Score |" in text
     assert "20 of 2,376" in text and "Retention" not in text
     data = ModelCard.load(Path(tmp_path / "out" / "README.md")).data
@@ -363,17 +368,17 @@ def test_limit_and_pruned_only_evaluation(tmp_path):
 
 def test_report_without_json_is_a_clear_error(tmp_path):
     with pytest.raises(LayerPruneError, match="layerprune.json"):
-        render_card(tmp_path)
+        rerender(tmp_path)
     (tmp_path / "layerprune.json").write_text("{oops")
     with pytest.raises(LayerPruneError, match="not valid JSON"):
-        render_card(tmp_path)
+        rerender(tmp_path)
 
 
 def test_report_is_not_mutated_by_rendering_except_base_card(tmp_path):
     report = realistic_report()
     out = write(tmp_path, report)
     before = read_report(out)
-    render_card(out, online=False)
+    rerender(out, online=False)
     assert read_report(out) == before  # no license found offline: nothing recorded
 
 
@@ -390,34 +395,34 @@ def test_sweep_section_and_pareto_plot(tmp_path):
                               sweep={"points": points, "plot": "sweep_pareto.png"})
     out = write(tmp_path, report, "m-pruned-24L")
     assert plot_pareto(points, out / "sweep_pareto.png", current=out.name).stat().st_size > 1000
-    text = render_card(out, online=False).read_text()
+    text = rerender(out, online=False).read_text()
     section = text[text.index("## Depth sweep"):text.index("## How to use")]
     assert "| **this model** | 24 | 23–30 | 5.04B | 60.0 |" in section
     assert "](sweep_pareto.png)" in section
     # a plot name that is not a plain file name beside the card is not linked
     report["sweep"]["plot"] = "../../etc/passwd.png"
     write_report(out, report)
-    assert "passwd" not in render_card(out, online=False).read_text()
+    assert "passwd" not in rerender(out, online=False).read_text()
 
 
 def test_absorb_card_names_the_trained_layers_and_whether_the_fit_was_kept(tmp_path):
     report = realistic_report(base_card={"license": "mit", "source": "t"})
     report["healing"].update(method="absorb", reverted=False,
                              runs=[{"removed": [5], "layers": [3, 4]}, {"removed": [12, 13], "layers": [10, 11]}])
-    text = render_card(write(tmp_path, report), online=False).read_text()
+    text = rerender(write(tmp_path, report), online=False).read_text()
     assert "| Trained layers | 3, 4 (for removed 5); 10, 11 (for removed 12, 13) |" in text
     assert "| Kept | yes |" in text and "layer-absorption" in text and "{chen2024streamlining," in text
     report["healing"]["reverted"] = True
-    text = render_card(write(tmp_path, report, name="undone"), online=False).read_text()
+    text = rerender(write(tmp_path, report, name="undone"), online=False).read_text()
     assert "| Kept | no: undone, it raised the held-out loss |" in text
 
 
 def test_distill_card_gives_loss_kl_and_intermediate_state_before_and_after(tmp_path):
     report = realistic_report(base_card={"license": "mit", "source": "t"})
-    text = render_card(write(tmp_path, report), online=False).read_text()
+    text = rerender(write(tmp_path, report), online=False).read_text()
     assert "| Loss before → after | 5.1000 → 1.9300 |" in text and "KL to the base model" not in text
     report["healing"].update(method="distill", kd_before=0.5778, kd_after=0.5048, hidden_before=0.0669, hidden_after=0.05)
-    text = render_card(write(tmp_path, report, name="kd"), online=False).read_text()
+    text = rerender(write(tmp_path, report, name="kd"), online=False).read_text()
     assert "| KL to the base model before → after | 0.5778 → 0.5048 |" in text
     assert "| Intermediate-state loss before → after | 0.0669 → 0.0500 |" in text
 
@@ -444,7 +449,7 @@ def test_old_report_still_renders_with_its_claims_qualified(tmp_path):
     out = tmp_path / "old"
     out.mkdir()
     (out / "layerprune.json").write_text(OLD_REPORT.read_text())  # as it is on disk, absolute paths and all
-    text = render_card(out, online=False).read_text()
+    text = rerender(out, online=False).read_text()
     ModelCard.load(out / "README.md")
     assert_no_machine_path(text, "card of an old report")
     assert "`SmolLM2-135M-Instruct.Q4_1.gguf`" in text
@@ -478,7 +483,7 @@ def test_card_headline_leaves_out_a_task_below_its_majority_rate(tmp_path):
     section = _paired_evaluation()
     assert section["paired"]["headline"]["tasks"] == ["local_hellaswag"]
     report = realistic_report(evaluation=section, base_card={"license": "llama2", "source": "test"})
-    text = render_card(write(tmp_path, report), online=False).read_text()
+    text = rerender(write(tmp_path, report), online=False).read_text()
     # 75.0 -> 67.5: 90.0 % kept; paired SE 4.2 points of accuracy = 5.6 points of retention (4.2 / 75.0)
     assert "it keeps **90.0% ± 5.6** of the base model's mean score (Δ −7.5 ± 4.2 pts, paired over the same " \
            "documents: no measurable change)" in text
@@ -503,7 +508,7 @@ def test_no_machine_path_in_report_card_or_recipe_and_the_recipe_runs(tmp_path):
     result = CliRunner().invoke(app, ["prune", str(checkpoint), "--drop", "2", "--metric", "last", "-o", str(out),
                                       "--heal", "none", "--no-eval"])
     assert result.exit_code == 0, result.output
-    text = render_card(out, online=False).read_text()
+    text = rerender(out, online=False).read_text()
     report_text = (out / "layerprune.json").read_text()
     for content, what in ((text, "card"), (report_text, "layerprune.json")):
         assert_no_machine_path(content, what)

@@ -301,7 +301,7 @@ def test_evaluate_pair_numbers_land_in_report_and_card(model, tok, tasks_dir, te
 
     from huggingface_hub import ModelCard
 
-    from hf_layerprune.card import render_card
+    from hf_layerprune.finish import rerender
     from hf_layerprune.report import read_report, write_report
     from hf_layerprune.surgery import remove_layers
 
@@ -324,7 +324,7 @@ def test_evaluate_pair_numbers_land_in_report_and_card(model, tok, tasks_dir, te
               "kept_layers": [0, 1, 3], "parameters_before": 1000, "parameters_after": 750, "evaluation": section,
               "base_card": {"license": "mit", "source": "test"}}
     write_report(out, json.loads(json.dumps(report)))
-    card = ModelCard.load(render_card(out, online=False))
+    card = ModelCard.load(rerender(out, online=False))
     results = {(r.dataset_name, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert results[("tiny_mc", "acc")] == round(p["value"], 4)
     assert results[("tiny_mc", "acc_norm")] == round(section["pruned"]["tiny_mc"]["acc_norm"]["value"], 4)
@@ -336,7 +336,7 @@ def test_evaluate_pair_numbers_land_in_report_and_card(model, tok, tasks_dir, te
 def test_evaluate_cli_updates_report_and_card(model, tok, tasks_dir, text_file, tmp_path):
     from typer.testing import CliRunner
 
-    from hf_layerprune.card import render_card
+    from hf_layerprune.finish import rerender
     from hf_layerprune.cli import app
     from hf_layerprune.report import read_report, write_report
 
@@ -345,7 +345,7 @@ def test_evaluate_cli_updates_report_and_card(model, tok, tasks_dir, text_file, 
     tok.save_pretrained(out)
     write_report(out, {"format_version": 1, "base_model": "acme/unreachable-base", "num_layers_before": 5,
                        "num_layers_after": 4, "removed_layers": [4], "kept_layers": [0, 1, 2, 3]})
-    render_card(out, online=False)
+    rerender(out, online=False)
     result = CliRunner().invoke(app, [
         "evaluate", str(out), "--no-base", "--tasks", "tiny_mc", "--include-path", str(tasks_dir), "--limit", "5",
         "--perplexity", str(text_file), "--seq-len", "16", "--no-speed", "--no-cache", "--json", str(tmp_path / "e.json"),
@@ -540,7 +540,7 @@ def test_task_below_its_majority_rate_is_excluded_from_the_headline_and_flagged(
 
 
 def test_implausible_speedup_is_flagged_not_reported(tmp_path):
-    from hf_layerprune.card import render_card
+    from hf_layerprune.finish import rerender
     from hf_layerprune.evaluation.speed import plausibility
     from hf_layerprune.report import write_report
 
@@ -569,7 +569,7 @@ def test_implausible_speedup_is_flagged_not_reported(tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     write_report(out, report)
-    text = render_card(out, online=False, plots=False).read_text()
+    text = rerender(out, online=False, plots=False).read_text()
     assert "Prefill speed not reported" in text and "Decode speed not reported" in text and "×1.25" in text
     assert "2,763" not in text and "Prefill throughput" not in text  # the artefact is not shown as a result
     assert "Peak RSS" not in text  # 20 KiB -> 4 KiB measures nothing

@@ -171,7 +171,7 @@ def test_evaluate_pair_stores_the_section_and_documents_too_short_are_skipped(ro
 def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok, tmp_path):
     import json
 
-    from hf_layerprune.card import render_card
+    from hf_layerprune.finish import rerender
     from hf_layerprune.report import write_report
     from hf_layerprune.summary import quality_line
 
@@ -189,7 +189,7 @@ def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok
     out = tmp_path / "out"
     out.mkdir()
     write_report(out, json.loads(json.dumps(report)))
-    text = render_card(out, online=False).read_text(encoding="utf-8")
+    text = rerender(out, online=False).read_text(encoding="utf-8")
     s = gen["summary"]
     top1 = f"{100 * s['top1']:.1f}% ± {100 * s['top1_se']:.1f}"
     if s["last_word"]["base"] == 0:  # a random model never guesses a word: no retention to state
@@ -198,7 +198,7 @@ def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok
                       "retention_pct": 50.0, "retention_se_pts": 8.3, "word_perplexity_base": 7.0,
                       "word_perplexity_pruned": 90.0}
     write_report(out, json.loads(json.dumps(report)))
-    text = render_card(out, online=False).read_text(encoding="utf-8")
+    text = rerender(out, online=False).read_text(encoding="utf-8")
     kept = "50.0% ± 8.3"
     assert f"its most likely next token is the base model's **{top1}** of the time" in text
     assert f"it keeps **{kept}** of the base model's accuracy at predicting the last word" in text
@@ -210,7 +210,7 @@ def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok
 
     del report["evaluation"]["generation"]  # an old report: no generation sentence, section or limit
     write_report(out, json.loads(json.dumps(report)))
-    text = render_card(out, online=False).read_text(encoding="utf-8")
+    text = rerender(out, online=False).read_text(encoding="utf-8")
     assert "Generation fidelity" not in text and "GSM8K" not in text and "generation:" not in quality_line(report)
 
 

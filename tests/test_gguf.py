@@ -353,9 +353,9 @@ def test_push_publishes_and_reads_back_the_gguf(hub_server, llama_q8, tmp_path):
     assert open(pushed, "rb").read() == (out / name).read_bytes()
     card = open(hf_hub_download(repo, "README.md", cache_dir=tmp_path / "cache"), encoding="utf-8").read()
     assert "library_name: gguf" in card and "- gguf" in card and f"llama-cli -m {name}" in card
-    from hf_layerprune.card import render_card
+    from hf_layerprune.finish import rerender
 
-    hub_card = render_card(out, repo_id=repo, plots=False, online=False).read_text(encoding="utf-8")
+    hub_card = rerender(out, repo_id=repo, plots=False, online=False).read_text(encoding="utf-8")
     assert f"llama-cli -hf {repo}" in hub_card and f"ollama run hf.co/{repo}" in hub_card
 
 

@@ -51,7 +51,7 @@ def test_absorb_runs_share_the_budget_through_the_recipe():
     base, model, report = pruned(removed=(1, 4))
     recipe = Recipe(model="x", layers=[1, 4], heal="absorb", heal_budget=f"{LONGER}s", calibration_samples=4,
                     seq_len=32, calibration="self")
-    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)
+    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)[0].to_dict()
     assert len(record["runs"]) == 2 and record["options"]["budget"] == f"{LONGER}s" and record["steps"] > 2
     assert abs(train_seconds(record) - LONGER) <= 0.1 * LONGER, record
 
@@ -60,7 +60,7 @@ def test_a_chain_splits_the_budget_between_its_trained_stages():
     base, model, report = pruned()
     recipe = Recipe(model="x", layers=[2, 3], heal="lora+distill", heal_budget=f"{LONGER}s", calibration_samples=4,
                     seq_len=32, calibration="self")
-    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)
+    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)[0].to_dict()
     stages = record["stages"]
     assert [s["options"]["budget"] for s in stages] == ["4.000s", "4.000s"]
     assert all(abs(train_seconds(s) - LONGER / 2) <= 0.1 * LONGER / 2 for s in stages), stages

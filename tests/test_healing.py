@@ -9,11 +9,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.healing import DEFAULT_HEALER, HEALERS, check_heal, heal, heal_for_recipe
+from hf_layerprune.healing import DEFAULT_HEALER, HEALERS, as_cut, check_heal, heal, heal_and_cut, heal_for_recipe
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.compensation import ClosedFormOptions, enable_mlp_bias, fit_site, site_for_block
 from hf_layerprune.healing.lora import LoraOptions, merge_adapter, train_adapter
 from hf_layerprune.recipe import Recipe
+from hf_layerprune.report import Report
 from hf_layerprune.surgery import kept_layers, remove_layers
 from tiny_models import VOCAB, tiny_model
 
@@ -265,9 +266,12 @@ def test_distill_hidden_lowers_the_intermediate_state_loss_more_than_logits_alon
 @pytest.mark.parametrize("family", ["llama", "opt", "qwen2"])
 def test_replace_gives_l_minus_n_plus_1_stock_layers(family, tmp_path):
     base, model, report = pruned(family, removed=(1, 2, 3))
-    record = heal(model, "replace", markov_ids(16), base_model=base, report=report, steps=20, learning_rate=1e-3, **QUIET)
+    given = as_cut(report)
+    record, cut = heal_and_cut(model, "replace", markov_ids(16), base_model=base, cut=given, steps=20,
+                               learning_rate=1e-3, **QUIET)
     assert model.config.num_hidden_layers == LAYERS - 3 + 1 == len(model.get_decoder().layers)
-    assert report["removed_layers"] == [2, 3] and report["kept_layers"] == [0, 1, 4, 5] and report["num_layers_after"] == 4
+    assert cut.removed_layers == [2, 3] and cut.kept_layers == [0, 1, 4, 5] and cut.num_layers_after == 4
+    assert given.removed_layers == [1, 2, 3] and given.num_layers_after == 3  # a new section; the given one is kept
     assert record["replaced"] == {"layers": [1, 2, 3], "initialised_from": 1, "index": 1,
                                   "trainable_parameters": record["replaced"]["trainable_parameters"]}
     assert record["block_mse_after"] < record["block_mse_init"] and record["block_mse_after"] < record["block_mse_before"]
@@ -374,7 +378,7 @@ def test_fusion_equals_the_explicit_correction(family, removed, method):
         before = logits(model, markov_ids(2, seed=4))
         enable_mlp_bias(model)
         torch.testing.assert_close(logits(model, markov_ids(2, seed=4)), before)  # zero biases change nothing
-    ctx = HealContext(model, markov_ids(32), markov_ids(2), base, report, **QUIET)
+    ctx = HealContext(model, markov_ids(32), markov_ids(2), base, as_cut(report), **QUIET)
     blocks = [[removed[0]], [removed[1]]] if removed[1] != removed[0] + 1 else [list(removed)]
     site = site_for_block(model, blocks[0], report["kept_layers"], method)
     correction = fit_site(ctx, site, blocks[0][-1] + 1, ClosedFormOptions(), mode=method)
@@ -433,7 +437,7 @@ def test_projection_picks_the_most_drifted_layer():
 def test_heal_for_recipe_builds_data_and_record(method, extra):
     base, model, report = pruned()
     recipe = Recipe(model="tiny", drop=2, heal=method, calibration="self", calibration_samples=6, seq_len=16, **extra)
-    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)
+    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)[0].to_dict()
     for key in ("method", "steps", "tokens", "seconds", "losses", "loss_before", "loss_after", "data"):
         assert key in record, key
     assert record["data"]["source"] == "self" and record["data"]["seq_len"] == 16
@@ -473,9 +477,9 @@ def test_chain_in_the_pipeline_stage_and_the_card(tmp_path):
     base, model, report = pruned()
     recipe = Recipe(model="tiny", drop=2, heal="linear+lora", calibration="self", calibration_samples=6, seq_len=16,
                     heal_steps=2, lora_rank=4)
-    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)
+    record = heal_for_recipe(model, None, recipe, report, base_model=base, **QUIET)[0].to_dict()
     assert record["data"]["samples"] == max(6, 2 * 4) + 4 and record["stages"][1]["lora_rank"] == 4
-    report = {**report, "healing": record, "recipe": {"heal": "linear+lora"}}
+    report = Report.from_dict({**report, "healing": record, "recipe": {"heal": "linear+lora"}})
     assert {"linear-compensation", "lora"} <= set(_tags(report))
     assert {"replaceme", "lora"} <= {c["key"] for c in _citations(report)}
     assert_stock_reload(model, tmp_path)

@@ -75,8 +75,8 @@ def test_output_is_the_source_shards_with_the_adapter_merged_in_16_bit(src, tmp_
     out = tmp_path / "out"
     report = run(recipe(src, output_dir=str(out), evaluate=False, device=device), **QUIET)
     removed = report.cut.removed_layers
-    assert len(removed) == 2 and report.healing["method"] == "qlora"
-    assert report.healing["loss_after"] < report.healing["loss_before"]
+    assert len(removed) == 2 and report.healing.method == "qlora"
+    assert report.healing.loss_after < report.healing.loss_before
     assert report.source.dtype == "bfloat16" and report.source.parameters_before == tiny_param_count(src)
     state = captured["state"]
     assert len(state) == 2 * 3 * 4  # A and B of gate/up/down in each of the 4 kept layers
@@ -140,12 +140,12 @@ def test_evaluated_in_4bit_and_the_card_says_so(src, tmp_path):
     out = tmp_path / "out"
     report = run(recipe(src, output_dir=str(out), tasks=["tiny_mc"], include_path=str(tasks), limit=4,
                         perplexity=str(held_out(src)), perplexity_tokens=64), **QUIET)
-    settings = report.evaluation["settings"]
-    assert settings["dtype"] == "4-bit NF4, bfloat16 compute" and settings["quantization"]["type"] == "nf4"
-    assert report.evaluation["base"] and report.evaluation["pruned"]
-    speed = report.evaluation.get("speed") or {}
-    if speed.get("base"):  # parameters as used: the packed 4-bit weights count their unpacked shape
-        assert speed["base"]["parameters"] == tiny_param_count(src)
+    settings = report.evaluation.settings
+    assert settings.dtype == "4-bit NF4, bfloat16 compute" and settings.quantization["type"] == "nf4"
+    assert report.evaluation.base and report.evaluation.pruned
+    speed = report.evaluation.speed
+    if speed is not None and speed.base:  # parameters as used: the packed 4-bit weights count their unpacked shape
+        assert speed.base.parameters == tiny_param_count(src)
     card = (out / "README.md").read_text()
     assert "4-bit NF4, bfloat16 compute" in card and "loaded the model in 4-bit" in card
 

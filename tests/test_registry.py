@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hf_layerprune.architectures import ARCHITECTURES
-from hf_layerprune.card import BIBLIOGRAPHY, render_card
+from hf_layerprune.card import BIBLIOGRAPHY
+from hf_layerprune.finish import rerender
 from hf_layerprune.cli import app
 from hf_layerprune.errors import ConfigError
 from hf_layerprune.healing import HEALERS
@@ -47,7 +48,7 @@ def test_a_metric_in_one_file_reaches_analyze_help_and_card(tmp_path):
         out = tmp_path / "out"
         out.mkdir()
         write_report(out, report)
-        card = render_card(out, online=False, plots=False).read_text()
+        card = rerender(out, online=False, plots=False).read_text()
         assert "chosen by `toy` (a toy rule that ranks layers by their depth; [Toy depth, Example et al., 2026](https://example.org/toy-depth))" in card
         assert "- [Toy depth, Example et al., 2026](https://example.org/toy-depth)" in card
         assert "@article{example2026toy," in card and "- toy-depth" in card
@@ -134,7 +135,7 @@ def test_an_output_format_in_one_file_reaches_format_save_verify_card_and_help(t
         assert report["npz"] == {"file": FILE, "tensors": len(tiny_model("llama", num_layers=3).state_dict())}
         card = (out / "README.md").read_text()
         assert f'NumPy: `numpy.load("{FILE}")`' in card and "- npz" in card
-        assert check_model_folder(out)["removed_layers"] == [1]
+        assert check_model_folder(out).cut.removed_layers == [1]
         (out / FILE).write_bytes((out / FILE).read_bytes()[:100])
         with pytest.raises(CheckpointError, match="not a whole .npz archive"):
             check_model_folder(out)

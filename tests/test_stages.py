@@ -12,7 +12,7 @@ import pytest
 from hf_layerprune import stages
 from hf_layerprune.pipeline import run
 from hf_layerprune.recipe import Recipe
-from hf_layerprune.report import CutSection, Report, read_report
+from hf_layerprune.report import CutSection, RecipeSection, Report, read_report
 from tiny_models import save_word_tokenizer, tiny_model
 
 HERE = Path(__file__).parent
@@ -40,11 +40,12 @@ def test_stages_composed_by_hand_equal_the_pipeline(tmp_path, heal):
     healing, cut = stages.heal(model, tokenizer, recipe, cut, base=base, log=quiet)
     out = tmp_path / "by-hand"
     stages.save(model, tokenizer, recipe, out)
-    stages.card(out, Report(source, cut=cut, scoring=scoring, healing=healing, recipe=recipe.to_dict()))
+    stages.card(out, Report(source, cut=cut, scoring=scoring, healing=healing,
+                            recipe=RecipeSection.from_dict(recipe.to_dict())))
 
     assert weights(out) == weights(tmp_path / "pipeline")
     assert cut == expected.cut and cut.num_layers_after == (5 if heal == "replace" else 4)
-    assert source.num_layers_before == 6 and scoring["selected"] == removed == expected.scoring["selected"]
+    assert source.num_layers_before == 6 and scoring.selected == removed == expected.scoring.selected
     got = read_report(out)
     assert got["removed_layers"] == expected.cut.removed_layers and got["healing"]["method"] == heal
     assert (out / "README.md").read_text().count(heal) >= 1

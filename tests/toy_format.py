@@ -34,8 +34,8 @@ def verify(folder: Path) -> None:
         raise CheckpointError(f"{Path(folder) / FILE} is not a whole .npz archive ({exc})") from None
 
 
-def usage(report: dict, load_id: str) -> str:
-    return f"NumPy: `numpy.load(\"{report['npz']['file']}\")` holds the {report['npz']['tensors']} tensors by name."
+def usage(record: dict, load_id: str) -> str:
+    return f"NumPy: `numpy.load(\"{record['file']}\")` holds the {record['tensors']} tensors by name."
 
 
 NPZ = OutputFormat("npz", "a NumPy archive of the state dict (toy)", writer=f"{__name__}:write", files=("*.npz",),

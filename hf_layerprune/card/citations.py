@@ -16,6 +16,7 @@ from markupsafe import Markup, escape
 
 from hf_layerprune.card.formatting import codeblock
 from hf_layerprune.registry import Registry
+from hf_layerprune.report import Report
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,20 @@ def heal_info(method: Any) -> tuple[str, list[str], list[str]] | None:
     return "; then ".join(p.description for p in parts), [t for p in parts for t in p.tags], [k for p in parts for k in p.citations]
 
 
-def citation_keys(report: dict[str, Any]) -> list[str]:
+def method_names(report: Report) -> tuple[str | None, str | None]:
+    """(the metric: scoring's, else the recipe's; the healing method) of a report."""
+    metric = (report.scoring.metric if report.scoring else None) or (report.recipe.metric if report.recipe else None)
+    return metric, report.healing.method if report.healing else None
+
+
+def citation_keys(report: Report) -> list[str]:
     """The papers of the report's metric (with its selection) and healers, then the papers whose recipes the
     healers follow; each once, in that order, those the bibliography has."""
     keys: list[str] = []
-    scoring = report.get("scoring") or {}
-    entry = metric_entry(scoring.get("metric") or (report.get("recipe") or {}).get("metric"))
+    metric, method = method_names(report)
+    entry = metric_entry(metric)
     if entry is not None:
-        keys += entry.citation_keys(scoring.get("selection"))
-    method = (report.get("healing") or {}).get("method")
+        keys += entry.citation_keys(report.scoring.selection if report.scoring else None)
     info = heal_info(method)
     if info:
         from hf_layerprune.healing import HEALERS
@@ -71,7 +77,7 @@ def citation_keys(report: dict[str, Any]) -> list[str]:
     return [k for i, k in enumerate(keys) if k in BIBLIOGRAPHY and k not in keys[:i]]
 
 
-def citations(report: dict[str, Any]) -> list[dict[str, Any]]:
+def citations(report: Report) -> list[dict[str, Any]]:
     return [{"key": k, "label": BIBLIOGRAPHY[k].label, "url": BIBLIOGRAPHY[k].url,
              "bibtex": codeblock(BIBLIOGRAPHY[k].bibtex, "bibtex")} for k in citation_keys(report)]
 

@@ -18,6 +18,11 @@ from typing import Any, Iterable
 
 from markupsafe import Markup
 
+from hf_layerprune.report import (
+    EvalSettings, EvaluationSection, MetricResult, PairedSection, PairedTask, PerplexitySection, SpeedRecord, SpeedSection,
+)
+from hf_layerprune.results import compare, main_metric, plausibility, retentions
+
 from hf_layerprune.card.formatting import (
     _num,
     fmt_bytes,
@@ -33,14 +38,14 @@ from hf_layerprune.card.formatting import (
 MEANINGLESS_BYTES = 2**20  # a CPU peak-RSS growth below 1 MiB measures nothing
 
 
-def _ordered_tasks(evaluation: dict[str, Any]) -> list[str]:
-    pruned = evaluation.get("pruned") or {}
-    base = evaluation.get("base") or {}
-    requested = list((evaluation.get("settings") or {}).get("tasks") or [])
+def _ordered_tasks(evaluation: EvaluationSection) -> list[str]:
+    pruned = evaluation.pruned or {}
+    base = evaluation.base or {}
+    requested = list((evaluation.settings or EvalSettings()).tasks or [])
     names = [t for t in requested if t in pruned or t in base]
     for t in list(pruned) + list(base):
         metrics = pruned.get(t) or base.get(t) or {}
-        top = isinstance(metrics, dict) and not any(isinstance(r, dict) and r.get("parent") for r in metrics.values())
+        top = not any(r.parent for r in metrics.values())
         if top and t not in names:
             names.append(t)
     return names
@@ -55,22 +60,20 @@ def _metric_order(metrics: Iterable[str]) -> list[str]:
 
 
 def _main_metric(metrics: dict[str, Any]) -> str | None:
-    from hf_layerprune.evaluation import main_metric
-
     return main_metric(metrics) or next(iter(metrics), None)
 
 
-def _settings_view(settings: dict[str, Any]) -> dict[str, Any]:
-    limit = settings.get("limit")
+def _settings_view(settings: EvalSettings) -> dict[str, Any]:
+    limit = settings.limit
     return {
-        "harness": md(f"lm-eval {settings.get('lm_eval_version')}" if settings.get("lm_eval_version") else "lm-eval"),
-        "num_fewshot": md(settings.get("num_fewshot")) if settings.get("num_fewshot") is not None else None,
+        "harness": md(f"lm-eval {settings.lm_eval_version}" if settings.lm_eval_version else "lm-eval"),
+        "num_fewshot": md(settings.num_fewshot) if settings.num_fewshot is not None else None,
         "limit": md(limit) if limit is not None else None,
-        "batch_size": md(settings.get("batch_size")),
-        "device": md(settings.get("device") or "–"),
-        "dtype": md(settings.get("dtype") or "–"),
-        "local": any(str(t).startswith("local_") for t in settings.get("tasks") or []),
-        "quantized": isinstance(settings.get("quantization"), dict),
+        "batch_size": md(settings.batch_size),
+        "device": md(settings.device or "–"),
+        "dtype": md(settings.dtype or "–"),
+        "local": any(str(t).startswith("local_") for t in settings.tasks or []),
+        "quantized": settings.quantization is not None,
     }
 
 
@@ -78,93 +81,92 @@ def _pts(value: float) -> str:
     return f"{value:+.1f}".replace("-", "−")
 
 
-def _paired_delta(rec: dict[str, Any], z: float) -> Markup:
-    """"−2.1 ± 0.9 pts" and, when |Δ| < z SE, "(no measurable change)"."""
-    text = f"{_pts(100 * rec['delta'])} ± {100 * rec['delta_se']:.1f} pts"
-    if not rec.get("measurable"):
+def _paired_delta(delta: float, delta_se: float, measurable: bool | None) -> Markup:
+    """"−2.1 ± 0.9 pts" and, when |Δ| < z SE (`measurable` false), "(no measurable change)"."""
+    text = f"{_pts(100 * delta)} ± {100 * delta_se:.1f} pts"
+    if not measurable:
         text += " (no measurable change)"
     return Markup(text)
 
 
-def _baseline_text(rec: dict[str, Any]) -> Markup:
+def _baseline_text(rec: PairedTask) -> Markup:
     parts = []
-    if _num(rec.get("chance")) is not None:
-        parts.append(f"chance {100 * rec['chance']:.1f}")
-    if _num(rec.get("majority")) is not None:
-        parts.append(f"majority {100 * rec['majority']:.1f}")
+    if _num(rec.chance) is not None:
+        parts.append(f"chance {100 * rec.chance:.1f}")
+    if _num(rec.majority) is not None:
+        parts.append(f"majority {100 * rec.majority:.1f}")
     return Markup(" / ".join(parts) or "–")
 
 
-def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
+def evaluation_view(evaluation: EvaluationSection) -> dict[str, Any] | None:
     """Rows of the before/after table, the headline (or the plain average of old reports) and the plot's bars."""
-    pruned = evaluation.get("pruned") or {}
-    base = evaluation.get("base") or {}
+    pruned = evaluation.pruned or {}
+    base = evaluation.base or {}
     if not pruned and not base:
         return None
-    paired = evaluation.get("paired") if isinstance(evaluation.get("paired"), dict) else {}
-    from hf_layerprune.evaluation import compare
-
-    comparison = evaluation.get("comparison")  # stored by the evaluation stage; reports without one: computed alike
-    if not isinstance(comparison, dict) or (base and pruned and not comparison):
-        comparison = compare(base, pruned) if base else {}
-    ptasks = paired.get("tasks") or {}
-    z = _num(paired.get("z")) or 2.0
+    paired = evaluation.paired or PairedSection()
+    comparison = evaluation.comparison  # stored by the evaluation stage; reports without one: computed alike
+    if comparison is None or (base and pruned and not comparison):
+        written = evaluation.to_dict()
+        comparison = compare(written["base"], written["pruned"]) if base else {}
+    ptasks = paired.tasks or {}
+    z = _num(paired.z) or 2.0
     rows, bars, kept = [], [], []
     for task in _ordered_tasks(evaluation):
         p_metrics = pruned.get(task) or {}
         b_metrics = base.get(task) or {}
         names = _metric_order(set(p_metrics) | set(b_metrics))
         main = _main_metric({m: 1 for m in names}) if names else None
-        prec = ptasks.get(task) if isinstance(ptasks.get(task), dict) else None
+        prec = ptasks.get(task)
         for metric in names:
-            p, b = p_metrics.get(metric) or {}, b_metrics.get(metric) or {}
+            p, b = p_metrics.get(metric) or MetricResult(), b_metrics.get(metric) or MetricResult()
             any_rec = p or b
-            higher = any_rec.get("higher_is_better")
-            pv, bv = _num(p.get("value")), _num(b.get("value"))
+            higher = any_rec.higher_is_better
+            pv, bv = _num(p.value), _num(b.value)
             stored = (comparison.get(task) or {}).get(metric) or {} if pv is not None and bv is not None else {}
             delta, retention = _num(stored.get("delta")), _num(stored.get("retention_pct"))
-            samples, total = any_rec.get("samples"), any_rec.get("samples_total")
-            this = prec if prec and prec.get("metric") == metric else None
+            samples, total = any_rec.samples, any_rec.samples_total
+            this = prec if prec is not None and prec.metric == metric else None
             status = Markup("")
             if this is not None:
-                status = Markup("in headline") if this.get("included") else Markup("**excluded**: ") + md(this.get("reason"))
+                status = Markup("in headline") if this.included else Markup("**excluded**: ") + md(this.reason)
             rows.append({
                 "task": md(task),
                 "metric": md(metric) + (Markup(" ↓") if higher is False else Markup("")),
-                "n_shot": md(any_rec.get("n_shot") if any_rec.get("n_shot") is not None else "–"),
-                "samples": Markup(f"{samples:,}" if isinstance(samples, int) else "–")
-                + (Markup(f" of {total:,}") if isinstance(total, int) and isinstance(samples, int) and total != samples else Markup("")),
-                "base": fmt_metric(metric, bv, b.get("stderr")) if b else Markup("–"),
-                "pruned": fmt_metric(metric, pv, p.get("stderr")) if p else Markup("–"),
-                "delta": _paired_delta(this, z) if this else fmt_delta(metric, delta),
+                "n_shot": md(any_rec.n_shot if any_rec.n_shot is not None else "–"),
+                "samples": Markup(f"{samples:,}" if samples is not None else "–")
+                + (Markup(f" of {total:,}") if total is not None and samples is not None and total != samples else Markup("")),
+                "base": fmt_metric(metric, bv, b.stderr) if b else Markup("–"),
+                "pruned": fmt_metric(metric, pv, p.stderr) if p else Markup("–"),
+                "delta": _paired_delta(this.delta, this.delta_se, this.measurable) if this else fmt_delta(metric, delta),
                 "retention": Markup(f"{retention:.1f}%") if retention is not None else Markup("–"),
                 "baseline": _baseline_text(this) if this else Markup("–"),
                 "status": status,
             })
             if metric == main and is_percent_metric(metric) and pv is not None:
                 bars.append({"label": f"{task} ({metric})", "base": bv, "pruned": pv,
-                             "baseline": _num((this or {}).get("baseline")), "excluded": bool(this and not this.get("included"))})
+                             "baseline": _num(this.baseline) if this else None, "excluded": bool(this and not this.included)})
                 if retention is not None:
                     kept.append((bv, pv))
     view: dict[str, Any] = {"rows": rows, "bars": bars, "average": None, "headline": None, "has_base": bool(base),
                             "paired": bool(ptasks), "z": md(f"{z:g}"), "no_headline": None}
-    head = paired.get("headline") if isinstance(paired.get("headline"), dict) else None
-    if head and _num(head.get("retention_pct")) is not None:
-        rng = head.get("retention_range") or []
+    head = paired.headline
+    if head is not None and _num(head.retention_pct) is not None:
+        rng = head.retention_range or []
         view["headline"] = {
-            "count": len(head.get("tasks") or []),
-            "tasks": md(", ".join(head.get("tasks") or [])),
-            "base": fmt_metric("acc", head["base"]),
-            "pruned": fmt_metric("acc", head["pruned"]),
-            "delta": _paired_delta(head, z),
-            "delta_plain": Markup(f"{_pts(100 * head['delta'])} ± {100 * head['delta_se']:.1f} pts"),
-            "retention": Markup(f"{head['retention_pct']:.1f}% ± {head['retention_se_pts']:.1f}"),
+            "count": len(head.tasks or []),
+            "tasks": md(", ".join(head.tasks or [])),
+            "base": fmt_metric("acc", head.base),
+            "pruned": fmt_metric("acc", head.pruned),
+            "delta": _paired_delta(head.delta, head.delta_se, head.measurable),
+            "delta_plain": Markup(f"{_pts(100 * head.delta)} ± {100 * head.delta_se:.1f} pts"),
+            "retention": Markup(f"{head.retention_pct:.1f}% ± {head.retention_se_pts:.1f}"),
             "range": Markup(f"{rng[0]:.1f}%–{rng[1]:.1f}%") if len(rng) == 2 and rng[0] != rng[1] else None,
-            "measurable": bool(head.get("measurable")),
-            "excluded": [{"task": md(t), "reason": md(r)} for t, r in (head.get("excluded") or {}).items()],
+            "measurable": bool(head.measurable),
+            "excluded": [{"task": md(t), "reason": md(r)} for t, r in (head.excluded or {}).items()],
         }
     elif ptasks:  # per-doc scores, but no task is clearly above its baseline: no headline at all
-        view["no_headline"] = [{"task": md(t), "reason": md(r.get("reason"))} for t, r in ptasks.items()]
+        view["no_headline"] = [{"task": md(t), "reason": md(r.reason)} for t, r in ptasks.items()]
     elif len(kept) >= 2:  # an old report: the plain average, said to be unchecked
         b_avg = sum(b for b, _ in kept) / len(kept)
         p_avg = sum(p for _, p in kept) / len(kept)
@@ -181,22 +183,23 @@ def evaluation_view(evaluation: dict[str, Any]) -> dict[str, Any] | None:
     return view
 
 
-def perplexity_view(ppl: dict[str, Any]) -> dict[str, Any] | None:
-    b, p = ppl.get("base") or {}, ppl.get("pruned") or {}
+def perplexity_view(ppl: PerplexitySection | None) -> dict[str, Any] | None:
+    ppl = ppl or PerplexitySection()
+    b, p = ppl.base or None, ppl.pruned or None
     if not (b or p):
         return None
     ref = p or b
-    source = str(ref.get("source") or "")
+    source = ref.source or ""
     label = "WikiText-2 (raw, test)" if source.startswith("wikitext:") or source.endswith("wiki.test.raw") else os.path.basename(source) or source
     return {
         "source": md(label),
-        "seq_len": md(ref.get("seq_len")),
-        "stride": md(ref.get("stride")),
-        "tokens": Markup(f"{ref['tokens']:,}") if isinstance(ref.get("tokens"), int) else Markup("–"),
-        "base": fmt_float(b.get("perplexity")) if b else Markup("–"),
-        "pruned": fmt_float(p.get("perplexity")) if p else Markup("–"),
-        "change": fmt_pct_change(p.get("perplexity"), b.get("perplexity")) if b and p else Markup("–"),
-        "truncated": ref.get("max_tokens") is not None,
+        "seq_len": md(ref.seq_len),
+        "stride": md(ref.stride),
+        "tokens": Markup(f"{ref.tokens:,}") if ref.tokens is not None else Markup("–"),
+        "base": fmt_float(b.perplexity) if b else Markup("–"),
+        "pruned": fmt_float(p.perplexity) if p else Markup("–"),
+        "change": fmt_pct_change(p.perplexity, b.perplexity) if b and p else Markup("–"),
+        "truncated": ref.max_tokens is not None,
     }
 
 
@@ -207,21 +210,20 @@ def _ratio(rec: dict[str, Any] | None) -> Markup:
     return Markup(f"×{rec['median']:.2f}" + (f" ± {spread:.2f}" if spread is not None else ""))
 
 
-def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
+def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
     """Size rows, throughput rows (medians, with the speed-up and its spread), and the plausibility flags."""
-    from hf_layerprune.evaluation.speed import plausibility
-
-    b, p = speed.get("base") or {}, speed.get("pruned") or {}
+    speed = speed or SpeedSection()
+    b, p = speed.base or SpeedRecord(), speed.pruned or SpeedRecord()
     if not (b or p):
         return None
     ref = p or b
-    check = speed.get("plausibility") if isinstance(speed.get("plausibility"), dict) else (plausibility(speed) if b and p else None)
-    speedup = speed.get("speedup") if isinstance(speed.get("speedup"), dict) else {}
-    batch, prompt, steps = ref.get("batch_size"), ref.get("prompt_len"), ref.get("decode_tokens")
+    check = speed.plausibility if speed.plausibility is not None else (plausibility(speed.to_dict()) if b and p else None)
+    speedup = speed.speedup or {}
+    batch, prompt, steps = ref.batch_size, ref.prompt_len, ref.decode_tokens
     rows, flags = [], []
 
     def row(label: str, key: str, fmt, change: Markup | None = None) -> None:
-        bv, pv = b.get(key), p.get(key)
+        bv, pv = getattr(b, key), getattr(p, key)
         if _num(bv) is None and _num(pv) is None:
             return
         rows.append({"label": Markup(label), "base": fmt(bv), "pruned": fmt(pv),
@@ -247,14 +249,14 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
             row(label, key, lambda v: fmt_float(v, 1), _ratio(speedup.get(phase)))
         else:
             row(label, key, lambda v: fmt_float(v, 1))
-    kind = ref.get("peak_memory_kind")
-    peak = [v for v in (_num(b.get("peak_memory_bytes")), _num(p.get("peak_memory_bytes"))) if v is not None]
+    kind = ref.peak_memory_kind
+    peak = [v for v in (_num(b.peak_memory_bytes), _num(p.peak_memory_bytes)) if v is not None]
     if peak and not (kind == "cpu_rss_delta" and max(peak) < MEANINGLESS_BYTES):
         label = {"cuda_max_allocated": "Peak GPU memory (max allocated)",
                  "cuda_run_peak_above_weights": "Peak GPU memory above the weights (activations + KV cache)",
                  "cpu_rss_delta": "Peak RSS growth during the run (CPU)"}.get(kind, "Peak memory")
         row(label, "peak_memory_bytes", fmt_bytes)
-    protocol = speed.get("protocol") if isinstance(speed.get("protocol"), dict) else None
+    protocol = speed.protocol
     return {
         "rows": rows,
         "flags": flags,
@@ -262,12 +264,12 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
         "basis": md(check.get("basis")) if check else None,
         "protocol": {"warmup": md(protocol.get("warmup")), "repeats": md(protocol.get("repeats")),
                      "threads": md(protocol.get("threads")) if protocol.get("threads") else None} if protocol else None,
-        "device": md(ref.get("device")),
-        "dtype": md(ref.get("dtype")),
+        "device": md(ref.device),
+        "dtype": md(ref.dtype),
         "batch_size": md(batch),
         "prompt_len": md(prompt),
         "decode_tokens": md(steps),
-        "threads": md(ref.get("torch_threads")) if ref.get("torch_threads") else None,
+        "threads": md(ref.torch_threads) if ref.torch_threads else None,
         "has_base": bool(b),
     }
 
@@ -275,8 +277,6 @@ def speed_view(speed: dict[str, Any]) -> dict[str, Any] | None:
 def generation_view(generation: dict[str, Any]) -> dict[str, Any] | None:
     """Generation fidelity (``evaluation.generation``, evaluation/fidelity.py): top-1 agreement and KL to the base on
     held-out text, and the long-range last-word test paired with the base; None for reports without it."""
-    from hf_layerprune.evaluation.fidelity import retentions
-
     r = retentions(generation)
     if r is None:
         return None
@@ -302,7 +302,7 @@ def generation_view(generation: dict[str, Any]) -> dict[str, Any] | None:
             "targets": md(lw.get("targets")),
             "base": fmt_metric("acc", lw["base"], lw.get("base_se")),
             "pruned": fmt_metric("acc", lw["pruned"], lw.get("pruned_se")),
-            "delta": _paired_delta(lw, 2.0),
+            "delta": _paired_delta(lw["delta"], lw["delta_se"], lw.get("measurable")),
             "retention": Markup(f"{r['last_word_retention']:.1f}% ± {r['last_word_se'] or 0:.1f}"),
             "word_ppl": {"base": fmt_float(lw.get("word_perplexity_base"), 1),
                          "pruned": fmt_float(lw.get("word_perplexity_pruned"), 1)},

@@ -3,11 +3,16 @@ tags (from the registries) and the ``model-index`` of the pruned model's results
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
-from hf_layerprune.card.citations import heal_info, metric_entry
+from hf_layerprune.card.citations import heal_info, method_names, metric_entry
 from hf_layerprune.card.formatting import _num, hub_id, slug
 from hf_layerprune.formats import OUTPUT_FORMATS
+from hf_layerprune.report import (
+    BaseCard, CalibrationRecord, EvaluationSection, HealingSection, PerplexityRecord, RecipeSection, Report,
+)
 
 TASK_DATASETS: dict[str, tuple[str, str, str | None, str]] = {
     "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "ARC-Easy", "test"),
@@ -22,21 +27,20 @@ TASK_DATASETS: dict[str, tuple[str, str, str | None, str]] = {
 }
 
 
-def _datasets(report: dict[str, Any]) -> list[str]:
+def _datasets(report: Report) -> list[str]:
     """Hub ids of the calibration and healing datasets (local files and self-generated text are left out)."""
     out: list[str] = []
-    scoring = report.get("scoring") or {}
-    calibration = scoring.get("calibration") or {}
-    healing = report.get("healing") or {}
-    recipe = report.get("recipe") or {}
+    calibration = (report.scoring.calibration if report.scoring else None) or CalibrationRecord()
+    healing = report.healing or HealingSection()
+    recipe = report.recipe or RecipeSection()
     candidates = []
-    if calibration.get("kind") in (None, "hub"):
-        candidates.append(calibration.get("source") or (recipe.get("calibration") if not calibration else None))
-    heal_data = healing.get("data")
+    if calibration.kind in (None, "hub"):
+        candidates.append(calibration.source or (recipe.calibration if not calibration else None))
+    heal_data = healing.data
     if isinstance(heal_data, dict):
         heal_data = heal_data.get("source") if heal_data.get("kind") in (None, "hub") else None
-    if healing or recipe.get("heal") not in (None, "none"):
-        candidates.append(heal_data or recipe.get("heal_data"))
+    if healing or recipe.heal not in (None, "none"):
+        candidates.append(heal_data or recipe.heal_data)
     for cand in candidates:
         if not isinstance(cand, str) or cand in ("self", ""):
             continue
@@ -47,26 +51,25 @@ def _datasets(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def _tags(report: dict[str, Any]) -> list[str]:
+def _tags(report: Report) -> list[str]:
     tags = ["layer-pruning", "pruned", "hf-layerprune"]
-    scoring = report.get("scoring") or {}
-    metric = scoring.get("metric") or (report.get("recipe") or {}).get("metric")
+    metric = method_names(report)[0]
     if metric:
         entry = metric_entry(metric)
         tags += list(entry.tags) if entry is not None else [slug(metric)]
-    method = (report.get("healing") or {}).get("method")
+    method = report.healing.method if report.healing else None
     if method and method != "none":
         info = heal_info(method)
         tags += info[1] if info else [slug(method)]
-    if report.get("granularity") in ("attention", "mlp"):
-        tags.append(f"{report['granularity']}-pruning")
-    if report.get("granularity") == "mixed":
+    if report.granularity in ("attention", "mlp"):
+        tags.append(f"{report.granularity}-pruning")
+    if report.granularity == "mixed":
         tags += ["layer-pruning", "attention-pruning"]
-    model_type = report.get("model_type")
-    if isinstance(model_type, str) and model_type:
+    model_type = report.source.model_type
+    if model_type:
         tags.append(slug(model_type))
     for entry in OUTPUT_FORMATS.values():  # the formats written (gguf, ...): their record is in the report
-        if entry.record and isinstance(report.get(entry.record), dict):
+        if format_record(report, entry) is not None:
             tags += entry.tags
     return [t for i, t in enumerate(tags) if t and t not in tags[:i]]
 
@@ -75,21 +78,19 @@ def _task_base(task: str) -> str:
     return task[len("local_"):] if task.startswith("local_") else task
 
 
-def _eval_results(report: dict[str, Any]) -> list:
+def _eval_results(report: Report) -> list:
     from huggingface_hub import EvalResult
 
-    evaluation = report.get("evaluation") or {}
+    evaluation = report.evaluation or EvaluationSection()
     out = []
-    for task, metrics in (evaluation.get("pruned") or {}).items():
-        if not isinstance(metrics, dict):
-            continue
+    for task, metrics in (evaluation.pruned or {}).items():
         dataset = TASK_DATASETS.get(_task_base(task))
         for metric, rec in metrics.items():
-            if not isinstance(rec, dict) or rec.get("parent") or _num(rec.get("value")) is None:
+            if rec.parent or _num(rec.value) is None:
                 continue
-            args: dict[str, Any] = {"num_few_shot": rec.get("n_shot") if isinstance(rec.get("n_shot"), int) else 0}
-            if rec.get("limit") is not None:
-                args["limit"] = rec["limit"]
+            args: dict[str, Any] = {"num_few_shot": rec.n_shot if rec.n_shot is not None else 0}
+            if rec.limit is not None:
+                args["limit"] = rec.limit
             out.append(EvalResult(
                 task_type="text-generation",
                 task_name="Text Generation",
@@ -100,11 +101,11 @@ def _eval_results(report: dict[str, Any]) -> list:
                 dataset_args=args,
                 metric_type=str(metric).split(",")[0],
                 metric_name=str(metric),
-                metric_value=round(float(rec["value"]), 4),
+                metric_value=round(float(rec.value), 4),
             ))
-    ppl = ((evaluation.get("perplexity") or {}).get("pruned")) or {}
-    source = str(ppl.get("source") or "")
-    if _num(ppl.get("perplexity")) is not None and (source.startswith("wikitext:wikitext-2-raw") or source.endswith("wiki.test.raw")):
+    ppl = (evaluation.perplexity.pruned if evaluation.perplexity else None) or PerplexityRecord()
+    source = ppl.source or ""
+    if _num(ppl.perplexity) is not None and (source.startswith("wikitext:wikitext-2-raw") or source.endswith("wiki.test.raw")):
         out.append(EvalResult(
             task_type="text-generation",
             task_name="Text Generation",
@@ -113,33 +114,34 @@ def _eval_results(report: dict[str, Any]) -> list:
             dataset_config="wikitext-2-raw-v1",
             dataset_split="test",
             metric_type="perplexity",
-            metric_name=f"perplexity ({ppl.get('seq_len')}-token windows)",
-            metric_value=round(float(ppl["perplexity"]), 4),
-            metric_args={"seq_len": ppl.get("seq_len"), "stride": ppl.get("stride")},
+            metric_name=f"perplexity ({ppl.seq_len}-token windows)",
+            metric_value=round(float(ppl.perplexity), 4),
+            metric_args={"seq_len": ppl.seq_len, "stride": ppl.stride},
         ))
     return out
 
 
-def card_data(report: dict[str, Any], *, model_name: str, license_info: dict[str, Any] | None = None):
-    """The YAML metadata as huggingface_hub ``ModelCardData``."""
+def card_data(report: Report, *, model_name: str, license_link: str | None = None):
+    """The YAML metadata as huggingface_hub ``ModelCardData``; the license from the report's ``base_card``
+    (``license_link``: its link resolved against the output folder or the base repo, render._license_link)."""
     from huggingface_hub import ModelCardData
 
-    info = license_info or {}
-    base = hub_id(report.get("base_model"))
+    info = report.base_card or BaseCard()
+    base = hub_id(report.source.base_model)
     kwargs: dict[str, Any] = {}
-    if hub_id(report.get("gguf_of")):  # the GGUF's own repo (push --format both): a quantized edge from the pruned repo
-        kwargs["base_model"] = report["gguf_of"]
+    if hub_id(report.gguf_of):  # the GGUF's own repo (push --format both): a quantized edge from the pruned repo
+        kwargs["base_model"] = report.gguf_of
         kwargs["base_model_relation"] = "quantized"
     elif base:
         kwargs["base_model"] = base
         kwargs["base_model_relation"] = "finetune"
     for key in ("license", "license_name"):
-        if isinstance(info.get(key), str) and info[key].strip():
-            kwargs[key] = " ".join(info[key].split())
-    link = info.get("_resolved_link")
-    if link:
-        kwargs["license_link"] = link
-    language = info.get("language")
+        value = getattr(info, key)
+        if value is not None and value.strip():
+            kwargs[key] = " ".join(value.split())
+    if license_link:
+        kwargs["license_link"] = license_link
+    language = info.language
     if isinstance(language, (str, list)) and language:
         kwargs["language"] = language
     datasets = _datasets(report)
@@ -153,6 +155,16 @@ def card_data(report: dict[str, Any], *, model_name: str, license_info: dict[str
     return ModelCardData(library_name=library, pipeline_tag="text-generation", tags=_tags(report), **kwargs)
 
 
-def _gguf_only(report: dict[str, Any]) -> bool:
-    return isinstance(report.get("gguf"), dict) and ((report.get("recipe") or {}).get("format") == "gguf"
-                                                     or bool(report.get("gguf_of")))
+def _gguf_only(report: Report) -> bool:
+    return report.gguf is not None and ((report.recipe.format if report.recipe else None) == "gguf"
+                                        or bool(report.gguf_of))
+
+
+def format_record(report: Report, entry) -> Any:
+    """The report's record of an output format (formats.OUTPUT_FORMATS): its typed section (`gguf`), or for a format
+    the Report does not model the key of `report.other`; None when the run did not write it."""
+    if not entry.record:
+        return None
+    if entry.record in {f.name for f in dataclasses.fields(Report)}:
+        return getattr(report, entry.record)
+    return report.other.get(entry.record)

@@ -26,11 +26,11 @@ def card(
     offline: Annotated[bool, typer.Option("--offline", help="Do not ask the Hub for the base model's card.")] = False,
 ) -> None:
     """Write README.md (YAML metadata + body) and its plots in DIR; needs no model, only layerprune.json."""
-    from hf_layerprune.card import record_base_card, render_card
+    from hf_layerprune.finish import rerender
 
     try:
-        record_base_card(directory, base_card=base_card, online=False if offline else None)
-        path = render_card(directory, repo_id=repo_id, base_card=base_card, plots=plots, online=False if offline else None)
+        path = rerender(directory, repo_id=repo_id, base_card=base_card, plots=plots, online=False if offline else None,
+                        remember=True)
     except LayerPruneError:
         raise
     except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:  # a hand-edited report

@@ -35,7 +35,7 @@ def _limit(text: str | None) -> int | float | None:
 
 def summary_table(section: dict[str, Any]) -> Table:
     """A terminal table of the main numbers of an ``evaluation`` section."""
-    from hf_layerprune.evaluation.fidelity import retentions  # deferred: the CLI answers --help without torch
+    from hf_layerprune.results import retentions
 
     has_base = section.get("base") is not None or bool((section.get("perplexity") or {}).get("base"))
     table = Table(title="Evaluation", show_lines=False)
@@ -116,7 +116,7 @@ def evaluate(
     from hf_layerprune.evaluation.fidelity import held_out_text
     from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
     from hf_layerprune.outputs import check_output_file, model_paths
-    from hf_layerprune.report import REPORT_FILENAME, read_report, write_report
+    from hf_layerprune.report import REPORT_FILENAME, EvaluationSection, load_report, write_report
 
     check_output_file(json_path, "--json", model_paths(model) + (model_paths(base) if base else []))
     check_device(device)
@@ -129,12 +129,12 @@ def evaluate(
         if value is not None and value > UPPER_BOUNDS[bound]:
             raise ConfigError(f"{name} {value} is more than the bound {UPPER_BOUNDS[bound]:,}")
     out_dir = Path(model).expanduser()
-    report = read_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
+    report = load_report(out_dir) if (out_dir / REPORT_FILENAME).is_file() else None
     if no_base and base:
         raise ConfigError("give either --base or --no-base, not both")
     if base is None and not no_base and report is not None:
-        base = report.get("base_model")
-        base_revision = base_revision or report.get("base_revision")
+        base = report.source.base_model
+        base_revision = base_revision or report.source.base_revision
         try:
             resolve_source(base, base_revision, allow_pickle=allow_pickle, check_files=False)
         except LayerPruneError:  # a local base is recorded by name only (no local paths are published)
@@ -172,11 +172,13 @@ def evaluate(
         write_text_atomic(json_path, json.dumps(section, indent=2) + "\n")
         console.print(f"Wrote {json_path}", highlight=False)
     if report is not None:
-        report["evaluation"] = section
-        write_report(out_dir, report)
-        console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)
+        report.evaluation = EvaluationSection.from_dict(section)
         if (out_dir / "README.md").is_file():
-            from hf_layerprune.card import record_base_card, render_card
+            from hf_layerprune.finish import card
 
-            record_base_card(out_dir)
-            console.print(f"Re-rendered {render_card(out_dir)}", highlight=False)
+            path = card(out_dir, report)  # layerprune.json and the card, from the report in memory
+            console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)
+            console.print(f"Re-rendered {path}", highlight=False)
+        else:
+            write_report(out_dir, report)
+            console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)

@@ -75,7 +75,8 @@ def push(
     finished = False
     try:
         with open_display(recipe_options, model, recipe.output_dir) as display:
-            report = run(recipe, command=command_line(ctx), log=display.message).to_dict()
+            result = run(recipe, command=command_line(ctx), log=display.message)
+            report = result.to_dict()
             finished = True
             if not distributed.is_main():  # rank 0 publishes
                 return
@@ -83,7 +84,7 @@ def push(
                 display.message(f"[yellow]Dry run[/yellow]: not uploaded; the model is in {out if keep else 'a temporary folder (removed)'}")
                 show_summary(display, report, str(out) if keep else None, None)
                 return
-            url = publish_and_verify(out, report, repo_id, user=user, token=token, private=private, revision=revision,
+            url = publish_and_verify(out, result, repo_id, user=user, token=token, private=private, revision=revision,
                                      create_pr=create_pr, commit_message=commit_message, exist_ok=exist_ok,
                                      verify=verify, trust_remote_code=recipe.trust_remote_code,
                                      gguf_repo_id=gguf_target)

@@ -62,12 +62,12 @@ def sweep(
             display.message(f"[green]Saved[/green] {out}")
         if repo_prefix:
             from hf_layerprune.publish import check_gguf_target, publish_and_verify
-            from hf_layerprune.report import read_report
+            from hf_layerprune.report import load_report
 
             published = {}
             for out in outputs:
-                report = read_report(out)
-                repo_id = f"{repo_prefix}-{report['num_layers_after']}L"
+                report = load_report(out)
+                repo_id = f"{repo_prefix}-{report.cut.num_layers_after}L"
                 if "/" not in repo_id:
                     repo_id = f"{user}/{repo_id}"
                 where = dict(private=private, revision=None, create_pr=False, exist_ok=exist_ok)
@@ -75,7 +75,7 @@ def sweep(
                 url = publish_and_verify(out, report, repo_id, user=user, token=token, commit_message=None,
                                          verify=True, gguf_repo_id=gguf_repo, **where)
                 display.message(f"[green]Published[/green] {url}")
-                published[repo_id] = report
+                published[repo_id] = report.to_dict()
             from hf_layerprune.cli.collection import gather
 
             url = gather(list(published), published, collection, token=token, private=private)

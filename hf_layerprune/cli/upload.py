@@ -43,7 +43,8 @@ def upload(
     report = check_model_folder(directory)
     token = hub.resolve_token(token)
     user = hub.check_write_access(token, repo_id)
-    repo_id = repo_id or hub.default_repo_id(user, str(report.get("base_model", directory.name)), report.get("num_layers_after", 0))
+    repo_id = repo_id or hub.default_repo_id(user, str(report.source.base_model or directory.name),
+                                             report.cut.num_layers_after if report.cut else 0)
     gguf_repo_id = check_gguf_target(directory, repo_id, gguf_repo_id, gguf_only, token=token, private=private,
                                      revision=revision, create_pr=create_pr, exist_ok=exist_ok)
     from hf_layerprune.gguf_publish import GgufPushError

@@ -39,7 +39,8 @@ from hf_layerprune.evaluation.fidelity import (
 )
 from hf_layerprune.evaluation.paired import paired_comparison
 from hf_layerprune.evaluation.perplexity import perplexity
-from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair, plausibility
+from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair
+from hf_layerprune.results import ACCURACY_METRICS, compare, main_metric, plausibility  # noqa: F401 - re-exported
 
 Log = Callable[[str], None]
 
@@ -176,32 +177,6 @@ def check_tasks(settings: EvalSettings | dict[str, Any] | None) -> list[str]:
     return names
 
 
-def _retention(base: float, pruned: float, higher_is_better: bool | None) -> float | None:
-    """% of the base score kept: pruned/base for higher-is-better metrics, base/pruned for lower-is-better ones."""
-    if higher_is_better is False:
-        return 100.0 * base / pruned if pruned else None
-    return 100.0 * pruned / base if base else None
-
-
-def compare(base: dict[str, Any] | None, pruned: dict[str, Any]) -> dict[str, Any]:
-    """{task: {metric: {base, pruned, delta, retention_pct, higher_is_better}}} for metrics present in both."""
-    out: dict[str, Any] = {}
-    for task, metrics in (pruned or {}).items():
-        for metric, p in metrics.items():
-            b = ((base or {}).get(task) or {}).get(metric)
-            if not b or b.get("value") is None or p.get("value") is None:
-                continue
-            hib = p.get("higher_is_better", b.get("higher_is_better"))
-            out.setdefault(task, {})[metric] = {
-                "base": b["value"],
-                "pruned": p["value"],
-                "delta": p["value"] - b["value"],
-                "retention_pct": _retention(b["value"], p["value"], hib),
-                "higher_is_better": hib,
-            }
-    return out
-
-
 def _main_metrics(results: dict[str, Any]) -> dict[str, str]:
     """{top-level task: its main metric} (sub-tasks of groups left out)."""
     out = {}
@@ -300,17 +275,6 @@ def speed_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *
     return measure_speed_pair(base_model, pruned_model, tokenizer, prompt_len=s.prompt_len, decode_tokens=s.decode_tokens,
                               batch_size=s.speed_batch_size, warmup=s.speed_warmup, repeats=s.speed_repeats,
                               threads=s.speed_threads, base_dir=base_dir, pruned_dir=pruned_dir)
-
-
-ACCURACY_METRICS = ("acc_norm", "acc", "exact_match", "f1")  # the main metric of a task, in this order
-
-
-def main_metric(metrics: dict[str, Any]) -> str | None:
-    """The metric that stands for a task in averages and plots: acc_norm when the task has it, else acc, ..."""
-    for name in ACCURACY_METRICS:
-        if name in metrics:
-            return name
-    return None
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:

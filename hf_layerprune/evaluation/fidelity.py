@@ -35,6 +35,7 @@ from hf_layerprune.base_view import as_base
 from hf_layerprune.errors import ConfigError, LayerPruneError
 from hf_layerprune.evaluation.paired import Z, compare_task, standard_error
 from hf_layerprune.evaluation.perplexity import load_text_rows
+from hf_layerprune.results import retentions  # noqa: F401 - re-exported
 
 DEFAULT_DOCS = 16
 DEFAULT_SEQ_LEN = 1024
@@ -259,13 +260,3 @@ def fidelity_of_pair(base_model, pruned_model, tokenizer, settings, *, log: Log 
                                seq_len=seq_len, log=log)
 
 
-def retentions(generation: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The card's and the summary's generation headline: last-word retention ± SE, top-1 agreement, KL."""
-    s = (generation or {}).get("summary") if isinstance(generation, dict) else None
-    if not isinstance(s, dict) or s.get("top1") is None:
-        return None
-    lw = s.get("last_word") if isinstance(s.get("last_word"), dict) else {}
-    return {"top1": s["top1"], "top1_se": s.get("top1_se"), "kl": s["kl"], "kl_se": s.get("kl_se"),
-            "docs": s.get("docs"), "seq_len": ((generation.get("settings") or {}).get("seq_len")),
-            "last_word_retention": lw.get("retention_pct"), "last_word_se": lw.get("retention_se_pts"),
-            "last_word_base": lw.get("base"), "last_word_pruned": lw.get("pruned"), "targets": lw.get("targets")}

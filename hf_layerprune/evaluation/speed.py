@@ -25,6 +25,7 @@ from typing import Any
 
 from hf_layerprune.quantized import count_parameters
 from hf_layerprune.base_view import as_base
+from hf_layerprune.results import plausibility, plausible_speedup  # noqa: F401 - re-exported
 
 NON_ATTENTION_LAYER_TYPES = {"linear_attention", "conv", "mamba", "mlp", "moe_only"}
 
@@ -154,48 +155,6 @@ def layer_parameters(model) -> int:
         seen.add(p.data_ptr())
         total += p.numel()
     return total
-
-
-def plausible_speedup(base: dict[str, Any], pruned: dict[str, Any]) -> tuple[float | None, str | None]:
-    """The largest speed-up removing layers can explain: the ratio of decoder-layer parameters (all per-token
-    compute and weight bytes of the layers go, none of the embedding, head or framework overhead does), else of
-    layers, parameters or weight bytes, whichever is largest. (bound, what it is based on)."""
-    candidates = []
-    for key, label in (("layer_parameters", "decoder-layer parameters"), ("num_layers", "decoder layers"),
-                       ("parameters", "parameters"), ("weights_bytes", "weight bytes")):
-        b, p = base.get(key), pruned.get(key)
-        if isinstance(b, (int, float)) and isinstance(p, (int, float)) and b > 0 and p > 0:
-            candidates.append((b / p, f"{label} {b:,} → {p:,}"))
-    if not candidates:
-        return None, None
-    return max(candidates)
-
-
-def plausibility(speed: dict[str, Any]) -> dict[str, Any] | None:
-    """Flag measured speed-ups beyond what the removed layers can explain by more than their spread.
-
-    ``speed``: the report's ``evaluation.speed`` ({"base", "pruned"} and, from ``measure_speed_pair``,
-    "speedup": {phase: {"median", "spread"}}). Old reports (one measurement per model, no spread) are checked with a
-    spread of 0. Returns {"bound", "basis", phase: {"speedup", "spread", "flagged"}, "flagged"} or None.
-    """
-    base, pruned = speed.get("base") or {}, speed.get("pruned") or {}
-    bound, basis = plausible_speedup(base, pruned)
-    if bound is None:
-        return None
-    out: dict[str, Any] = {"bound": bound, "basis": basis, "flagged": False}
-    measured = speed.get("speedup") or {}
-    for phase, key in (("prefill", "prefill_tokens_per_s"), ("decode", "decode_tokens_per_s")):
-        rec = measured.get(phase)
-        if isinstance(rec, dict) and isinstance(rec.get("median"), (int, float)):
-            ratio, spread = rec["median"], rec.get("spread") or 0.0
-        elif isinstance(base.get(key), (int, float)) and isinstance(pruned.get(key), (int, float)) and base[key] > 0:
-            ratio, spread = pruned[key] / base[key], 0.0
-        else:
-            continue
-        flagged = ratio - bound > spread
-        out[phase] = {"speedup": ratio, "spread": spread, "flagged": flagged}
-        out["flagged"] = out["flagged"] or flagged
-    return out
 
 
 def measure_speed_pair(

@@ -7,7 +7,9 @@ capabilities (``needs_base``, ``trained``); docs/healing.md has the table (check
 tests/test_registry.py).
 
 ``--heal NAME[:key=value,...]`` picks one (options per healer: see each options dataclass). Python API:
-``heal(model, "linear", ids, base_model=..., report=...)``; the pipeline calls ``heal_for_recipe``.
+``heal(model, "linear", ids, base_model=..., cut=...)`` (``heal_and_cut`` also returns the cut as it is after the
+chain: ``replace`` puts a layer back); the pipeline calls ``heal_for_recipe``. Healers receive the cut section
+(``report.CutSection``) through ``HealContext`` and the stage returns a typed ``report.HealingSection``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hf_layerprune.healing.lora import LoraOptions, heal_lora, heal_qlora
 from hf_layerprune.healing.replacement import ReplaceOptions, heal_replace
 from hf_layerprune.recipe import DEFAULT_HEALER, DEFAULT_SUBLAYER_HEALER, default_healer
 from hf_layerprune.registry import Registry
+from hf_layerprune.report import CutSection, HealingSection
 
 HEALERS: Registry[Healer] = Registry("healer", "--heal", extra=("none",))
 register = HEALERS.register
@@ -174,24 +177,40 @@ def chain_record(stages: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def heal(
+def heal(model, method: str, ids: torch.Tensor, **kwargs: Any) -> dict[str, Any]:
+    """Heal the pruned `model` in place on token ids `ids` [samples, seq_len]; return the healing record
+    (``heal_and_cut``: the record and the cut section afterwards)."""
+    return heal_and_cut(model, method, ids, **kwargs)[0]
+
+
+def as_cut(layers: CutSection | dict[str, Any] | None) -> CutSection | None:
+    """The cut section healers read: given as one, or as a mapping {removed_layers, kept_layers} (the older form)."""
+    if layers is None or isinstance(layers, CutSection):
+        return layers
+    kept = list(layers["kept_layers"])
+    return CutSection(num_layers_after=len(kept), removed_layers=list(layers["removed_layers"]), kept_layers=kept)
+
+
+def heal_and_cut(
     model,
     method: str,
     ids: torch.Tensor,
     *,
     base_model=None,
+    cut: CutSection | None = None,
     report: dict | None = None,
     eval_ids: torch.Tensor | None = None,
     log: Log = print,
     **options: Any,
-) -> dict[str, Any]:
-    """Heal the pruned `model` in place on token ids `ids` [samples, seq_len]; return the healing record.
+) -> tuple[dict[str, Any], CutSection | None]:
+    """Heal the pruned `model` in place on token ids `ids` [samples, seq_len]; (the healing record, the cut section
+    as it is afterwards).
 
-    `report` needs removed_layers / kept_layers / num_layers_before (0-based, of the base model) for the
-    healers that compare with `base_model`. `eval_ids` (default: the first `eval_samples` rows of `ids`) is
-    where loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
+    `cut` (or `report`, a mapping with removed_layers / kept_layers, 0-based of the base model) is needed by the
+    healers that compare with `base_model`. `eval_ids` (default: the first `eval_samples` rows of `ids`) is where
+    loss_before / loss_after are measured. Options: the healer's options dataclass fields."""
     parts = [part for part in split_chain(method or "none") if get_healer(part)[0] is not None]
-    report = report if report is not None else {}  # one report for every stage (`replace` updates it)
+    cut = as_cut(cut if cut is not None else report)
     resolved = [get_healer(part) for part in parts]
     for healer, _ in resolved:  # every stage is refused before the first one runs
         check_applies(healer, model)
@@ -200,22 +219,24 @@ def heal(
         given = options if len(parts) == 1 else {k: v for k, v in options.items() if k in healer.options.__dataclass_fields__}
         opts = build_options(healer.options, healer.name, {**raw, **given})
         stage_eval = ids[: max(1, opts.eval_samples)] if eval_ids is None else eval_ids
-        ctx = HealContext(model, ids, stage_eval, base_model, report, log)
+        ctx = HealContext(model, ids, stage_eval, base_model, cut, log)
         was_training = model.training
         try:
             stages.append(healer.run(ctx, opts))
         finally:
             model.train(was_training)
+        cut = ctx.cut  # the next stage sees the cut as this one left it
     if not stages:
         raise ConfigError(f"--heal {method!r} names no healer; use one of {', '.join(available_healers())}")
-    return chain_record(stages)
+    return chain_record(stages), cut
 
 
-def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, log: Log = print,
-                    chain: tuple[HealStep, ...] | None = None) -> dict[str, Any]:
+def heal_for_recipe(model, tokenizer, recipe, cut: CutSection | dict[str, Any], *, base_model=None,
+                    log: Log = print, chain: tuple[HealStep, ...] | None = None) -> tuple[HealingSection, CutSection]:
     """The pipeline's heal stage: healing text from `--heal-data` (default: the calibration source), packed into
     `seq_len` windows, then the healers of `chain` (default: `heal_chain(recipe.heal, recipe)`, which the
-    pipeline's plan holds already). Returns the report's "healing" record (with the data description)."""
+    pipeline's plan holds already) on the cut model. Returns the report's healing section (with the data
+    description) and the cut section as it is afterwards (`replace` puts a layer back)."""
     from hf_layerprune.calibration import calibration_batches, calibration_record
 
     plan = []  # (healer, options, training samples) per stage of the chain
@@ -245,13 +266,15 @@ def heal_for_recipe(model, tokenizer, recipe, report: dict, *, base_model=None, 
         data = calibration_record(source, tokenizer, model=generator, samples=samples, seq_len=recipe.seq_len,
                                   seed=recipe.seed, text_column=recipe.text_column, batches=ids)
     stages = []
+    cut = as_cut(cut)
     for healer, opts, train_samples in plan:
-        ctx = HealContext(model, ids[:train_samples], ids[samples - held_out:], base_model, report, log)
+        ctx = HealContext(model, ids[:train_samples], ids[samples - held_out:], base_model, cut, log)
         stages.append(healer.run(ctx, opts))
+        cut = ctx.cut
         model.eval()
     record = chain_record(stages)
     record["data"] = data
-    return record
+    return HealingSection.from_dict(record), cut
 
 
 __all__ = [
@@ -268,6 +291,7 @@ __all__ = [
     "default_healer",
     "get_healer",
     "heal",
+    "heal_and_cut",
     "heal_chain",
     "heal_for_recipe",
     "heal_names",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -20,6 +20,7 @@ from hf_layerprune import registry
 from hf_layerprune.errors import ConfigError, StageError
 from hf_layerprune.recipe import parse_duration
 from hf_layerprune.registry import option, split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
+from hf_layerprune.report import CutSection
 
 Log = Callable[[str], None]
 DEFAULT_STEPS = 100
@@ -95,14 +96,16 @@ class HealContext:
     """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one: a
     `base_view.SharedBase` over the same weights (the pipeline's) or a separate model, read only through
     `with ctx.as_base() as base:`; a healer calls `ctx.protect(module)` (or `ctx.snapshot`) before it changes a
-    module of `model`, so that the base keeps the original (copy-on-write); `report` the run's report (removed_layers, kept_layers, num_layers_before; `replace`
-    updates it); `train_ids` / `eval_ids` token ids [samples, seq_len]."""
+    module of `model`, so that the base keeps the original (copy-on-write); `cut` the cut stage's section (removed
+    and kept layers of the base model: `removed_and_kept`); a healer that changes the cut (`replace` puts a layer
+    back) sets a new one (`dataclasses.replace`), which the heal stage returns; `train_ids` / `eval_ids` token ids
+    [samples, seq_len]."""
 
     model: Any
     train_ids: torch.Tensor
     eval_ids: torch.Tensor
     base_model: Any = None
-    report: dict = field(default_factory=dict)
+    cut: CutSection | None = None
     log: Log = print
 
     def require_base(self, method: str) -> Any:
@@ -136,13 +139,11 @@ class HealContext:
         return {n: p.detach().clone() for n, p in module.named_parameters()}
 
     def removed_and_kept(self, method: str) -> tuple[list[int], list[int], int]:
-        try:
-            removed = sorted(self.report["removed_layers"])
-            kept = sorted(self.report["kept_layers"])
-            before = int(self.report["num_layers_before"])
-        except KeyError as exc:
-            raise StageError(f"--heal {method} needs report[{exc.args[0]!r}] from the cut stage") from None
-        return removed, kept, before
+        """(removed layers, kept layers, layers of the base model), of the base model's numbering."""
+        if self.cut is None:
+            raise StageError(f"--heal {method} needs the cut section (removed and kept layers) from the cut stage")
+        removed, kept = sorted(self.cut.removed_layers), sorted(self.cut.kept_layers)
+        return removed, kept, len(removed) + len(kept)
 
 
 @dataclass(frozen=True)

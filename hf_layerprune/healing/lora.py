@@ -240,7 +240,7 @@ def heal_qlora(ctx: HealContext, options: LoraOptions) -> dict:
     copy4 = prepare_model_for_kbit_training(
         copy4, use_gradient_checkpointing=use_gc, gradient_checkpointing_kwargs={"use_reentrant": False}
     )
-    sub = HealContext(copy4, ctx.train_ids, ctx.eval_ids, ctx.base_model, ctx.report, ctx.log)
+    sub = HealContext(copy4, ctx.train_ids, ctx.eval_ids, ctx.base_model, ctx.cut, ctx.log)
     run, state, config, _ = train_adapter(sub, options, "qlora", optim=paged_optimizer(), gradient_checkpointing_default=False)
     run["gradient_checkpointing"] = use_gc
     del copy4, sub

@@ -18,6 +18,7 @@ Defaults follow the paper's code: AdamW lr 2e-4 cosine, weight decay 1e-3, grad 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -106,11 +107,9 @@ def put_back(ctx: HealContext, first: int) -> int:
         setattr(model.config, key, value)
     if hasattr(model.config, "validate"):
         model.config.validate()
-    ctx.report.update(
-        removed_layers=[i for i in removed if i != first],
-        kept_layers=new_kept,
-        num_layers_after=len(new_kept),
-        parameters_after=sum(p.numel() for p in model.parameters()),
+    ctx.cut = dataclasses.replace(  # a new cut section: the heal stage returns it
+        ctx.cut, removed_layers=[i for i in removed if i != first], kept_layers=new_kept,
+        num_layers_after=len(new_kept), parameters_after=sum(p.numel() for p in model.parameters()),
     )
     return index
 
