@@ -42,22 +42,6 @@ HELD_OUT = 8
 Log = Callable[[str], None]
 
 
-class AutoSelection:
-    """What the card and the help say about ``--metric auto`` (no Metric: it compares the AUTO_METRICS' selections)."""
-
-    name = AUTO
-    summary = "the best of the angular, cosine and bi selections after the recipe's closed-form healing"
-    description = "the best of the angular, cosine and bi selections, judged by held-out calibration loss after healing"
-    description_kl = ("the best of the angular, cosine and bi selections, judged after healing by the KL divergence "
-                      "from the base model's next-token distribution on held-out calibration text")
-    citations = ("gromov2024", "streamline", "shortgpt")
-    tags = ("auto-selection",)
-
-    @classmethod
-    def citation_keys(cls, selection: str | None = None) -> tuple[str, ...]:
-        return cls.citations
-
-
 def ranking_healer(heal: str | None, model=None) -> str:
     """The healer used to judge candidates: the recipe's closed-form healers (the head of a chain), then the
     closed-form proxy of the first trained one (`absorb` -> `linear`: the same fold site, a linear map instead of

@@ -19,7 +19,7 @@ from hf_layerprune.errors import ConfigError
 from hf_layerprune.healing import HEALERS
 from hf_layerprune.registry import Registry, split_spec
 from hf_layerprune.report import write_report
-from hf_layerprune.auto import AutoSelection
+from hf_layerprune.scoring import AutoSelection, TargetSelection
 from hf_layerprune.scoring import METRICS, get_metric
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ def test_duplicates_are_refused_and_unregistering_restores():
 
 
 def test_every_cited_key_is_in_the_bibliography_and_capabilities_drive_routes():
-    for entry in [*METRICS.values(), *HEALERS.values(), AutoSelection]:
+    for entry in [*METRICS.values(), *HEALERS.values(), AutoSelection, TargetSelection]:
         for key in (*entry.citations, *getattr(entry, "recipe_citations", ())):
             assert key in BIBLIOGRAPHY, (entry.name, key)
         assert entry.description and entry.tags

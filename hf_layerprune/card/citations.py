@@ -36,10 +36,9 @@ def metric_entry(name: Any):
     """The registry entry of metric `name` (``auto``: its selection's record), or None for unknown names."""
     if not isinstance(name, str):  # no metric (--layers): nothing to import (the registries import torch)
         return None
-    from hf_layerprune.auto import AutoSelection
-    from hf_layerprune.scoring import METRICS
+    from hf_layerprune.scoring import METRICS, SELECTIONS
 
-    return AutoSelection if name == AutoSelection.name else METRICS.get(name)
+    return SELECTIONS.get(name) or METRICS.get(name)
 
 
 def heal_info(method: Any) -> tuple[str, list[str], list[str]] | None:

@@ -116,7 +116,7 @@ class RegistryHelp(TyperCommand):
     metric added in its own module appears here without an edit to the CLI."""
 
     def format_help(self, ctx, formatter) -> None:
-        from hf_layerprune.auto import AutoSelection
+        from hf_layerprune.scoring import AutoSelection
         from hf_layerprune.formats import OUTPUT_FORMATS
         from hf_layerprune.healing import HEALERS
         from hf_layerprune.scoring import METRICS

@@ -9,7 +9,10 @@ metrics for the `analyze` command. `auto` (the default) is not a metric: it is a
 (hf_layerprune/auto.py) that compares the candidate cuts of several metrics. See docs/scoring.md.
 """
 
-from hf_layerprune.scoring.base import METRICS, Metric, Scores, ScoringContext, available_metrics, get_metric, register
+from hf_layerprune.scoring.base import (
+    METRICS, SELECTIONS, AutoSelection, Metric, Scores, ScoringContext, TargetSelection, available_metrics, get_metric,
+    register,
+)
 # Registration order is the order of `--metric all`.
 from hf_layerprune.scoring import static  # noqa: F401,E402
 from hf_layerprune.scoring import leave_one_out  # noqa: F401,E402
@@ -22,6 +25,9 @@ __all__ = [
     "DEFAULT_METRIC",
     "DEFAULT_SUBLAYER_METRIC",
     "METRICS",
+    "SELECTIONS",
+    "AutoSelection",
+    "TargetSelection",
     "Metric",
     "Scores",
     "ScoringContext",

@@ -170,3 +170,38 @@ class ScoringContext:
         stats = ResidualStats(self.num_points)
         cache.walk(removed, stats.add)
         return stats.reduce()
+
+
+class AutoSelection:
+    """What the card and the help say about ``--metric auto`` (no Metric: it compares the AUTO_METRICS' selections)."""
+
+    name = "auto"
+    summary = "the best of the angular, cosine and bi selections after the recipe's closed-form healing"
+    description = "the best of the angular, cosine and bi selections, judged by held-out calibration loss after healing"
+    description_kl = ("the best of the angular, cosine and bi selections, judged after healing by the KL divergence "
+                      "from the base model's next-token distribution on held-out calibration text")
+    citations = ("gromov2024", "streamline", "shortgpt")
+    tags = ("auto-selection",)
+
+    @classmethod
+    def citation_keys(cls, selection: str | None = None) -> tuple[str, ...]:
+        return cls.citations
+
+
+class TargetSelection:
+    """What the card says about a `--target` plan (budget.py): no Metric, a mix of whole layers and attention
+    sub-layers judged by held-out KL."""
+
+    name = "target"
+    summary = "the plan of whole layers and attention sub-layers that meets the --target budget"
+    description = ("the plan of whole layers (ranked by bi) and attention sub-layers (ranked by bi) that meets the "
+                   "--target budget with the lowest KL divergence from the base model on held-out calibration text")
+    citations = ("shortgpt", "siddiqui2024")
+    tags = ("budget-selection",)
+
+    @classmethod
+    def citation_keys(cls, selection: str | None = None) -> tuple[str, ...]:
+        return cls.citations
+
+
+SELECTIONS = {AutoSelection.name: AutoSelection, TargetSelection.name: TargetSelection}  # strategies above metrics
