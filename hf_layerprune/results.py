@@ -100,3 +100,48 @@ def retentions(generation: dict[str, Any] | None) -> dict[str, Any] | None:
             "docs": s.get("docs"), "seq_len": ((generation.get("settings") or {}).get("seq_len")),
             "last_word_retention": lw.get("retention_pct"), "last_word_se": lw.get("retention_se_pts"),
             "last_word_base": lw.get("base"), "last_word_pruned": lw.get("pruned"), "targets": lw.get("targets")}
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers that summarise a pruned model's evaluation (sweep points, CI summaries).
+
+    {"mean_accuracy", "mean_accuracy_base", "retention_pct", "retention_se_pts", "accuracy_tasks" (how many tasks
+    averaged), "excluded_tasks", "perplexity", "perplexity_base", "perplexity_seq_len"}; values are None when the
+    report lacks them. With per-document scores (``evaluation.paired``) it is the paired headline: the tasks where the
+    base model is clearly above chance/majority. Otherwise the mean is over top-level tasks of each task's main
+    metric (``main_metric``), on the tasks the base has too when it exists.
+    """
+    ev = report.get("evaluation") or {}
+    ppl = ev.get("perplexity") or {}
+    p_ppl, b_ppl = ppl.get("pruned") or {}, ppl.get("base") or {}
+    perplexities = {"perplexity": p_ppl.get("perplexity"), "perplexity_base": b_ppl.get("perplexity"),
+                    "perplexity_seq_len": (p_ppl or b_ppl).get("seq_len")}
+    paired = (ev.get("paired") or {}).get("headline")
+    if isinstance(paired, dict) and paired.get("tasks"):  # the paired headline: only tasks above chance/majority
+        return {"mean_accuracy": paired["pruned"], "mean_accuracy_base": paired["base"],
+                "retention_pct": paired["retention_pct"], "retention_se_pts": paired.get("retention_se_pts"),
+                "accuracy_tasks": len(paired["tasks"]), "excluded_tasks": sorted(paired.get("excluded") or {}),
+                **perplexities}
+    pruned, base = ev.get("pruned") or {}, ev.get("base") or {}
+    pairs = []
+    for task, metrics in pruned.items():
+        if not isinstance(metrics, dict) or any(isinstance(r, dict) and r.get("parent") for r in metrics.values()):
+            continue
+        name = main_metric(metrics)
+        if name is None or not isinstance((metrics[name] or {}).get("value"), (int, float)):
+            continue
+        b = ((base.get(task) or {}).get(name) or {}).get("value")
+        pairs.append((metrics[name]["value"], b if isinstance(b, (int, float)) else None))
+    both = [(p, b) for p, b in pairs if b is not None]
+    used = both if base and both else pairs
+    mean = sum(p for p, _ in used) / len(used) if used else None
+    mean_base = sum(b for _, b in both) / len(both) if base and both else None
+    return {
+        "mean_accuracy": mean,
+        "mean_accuracy_base": mean_base,
+        "retention_pct": 100.0 * mean / mean_base if mean is not None and mean_base else None,
+        "retention_se_pts": None,
+        "accuracy_tasks": len(used),
+        "excluded_tasks": [],
+        **perplexities,
+    }

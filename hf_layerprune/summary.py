@@ -28,7 +28,7 @@ def quality_line(report: dict[str, Any]) -> str | None:
     (last-word retention with its paired SE, top-1 agreement, KL), perplexity."""
     if not report.get("evaluation"):  # nothing measured (and the evaluation package imports torch)
         return None
-    from hf_layerprune.evaluation import headline
+    from hf_layerprune.results import headline
     from hf_layerprune.results import retentions
 
     h = headline(report)

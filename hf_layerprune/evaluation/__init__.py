@@ -40,7 +40,7 @@ from hf_layerprune.evaluation.fidelity import (
 from hf_layerprune.evaluation.paired import paired_comparison
 from hf_layerprune.evaluation.perplexity import perplexity
 from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair
-from hf_layerprune.results import ACCURACY_METRICS, compare, main_metric, plausibility  # noqa: F401 - re-exported
+from hf_layerprune.results import ACCURACY_METRICS, compare, headline, main_metric, plausibility  # noqa: F401 - re-exported
 
 Log = Callable[[str], None]
 
@@ -275,51 +275,6 @@ def speed_of_pair(base_model, pruned_model, tokenizer, settings: EvalSettings, *
     return measure_speed_pair(base_model, pruned_model, tokenizer, prompt_len=s.prompt_len, decode_tokens=s.decode_tokens,
                               batch_size=s.speed_batch_size, warmup=s.speed_warmup, repeats=s.speed_repeats,
                               threads=s.speed_threads, base_dir=base_dir, pruned_dir=pruned_dir)
-
-
-def headline(report: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers that summarise a pruned model's evaluation (sweep points, CI summaries).
-
-    {"mean_accuracy", "mean_accuracy_base", "retention_pct", "retention_se_pts", "accuracy_tasks" (how many tasks
-    averaged), "excluded_tasks", "perplexity", "perplexity_base", "perplexity_seq_len"}; values are None when the
-    report lacks them. With per-document scores (``evaluation.paired``) it is the paired headline: the tasks where the
-    base model is clearly above chance/majority. Otherwise the mean is over top-level tasks of each task's main
-    metric (``main_metric``), on the tasks the base has too when it exists.
-    """
-    ev = report.get("evaluation") or {}
-    ppl = ev.get("perplexity") or {}
-    p_ppl, b_ppl = ppl.get("pruned") or {}, ppl.get("base") or {}
-    perplexities = {"perplexity": p_ppl.get("perplexity"), "perplexity_base": b_ppl.get("perplexity"),
-                    "perplexity_seq_len": (p_ppl or b_ppl).get("seq_len")}
-    paired = (ev.get("paired") or {}).get("headline")
-    if isinstance(paired, dict) and paired.get("tasks"):  # the paired headline: only tasks above chance/majority
-        return {"mean_accuracy": paired["pruned"], "mean_accuracy_base": paired["base"],
-                "retention_pct": paired["retention_pct"], "retention_se_pts": paired.get("retention_se_pts"),
-                "accuracy_tasks": len(paired["tasks"]), "excluded_tasks": sorted(paired.get("excluded") or {}),
-                **perplexities}
-    pruned, base = ev.get("pruned") or {}, ev.get("base") or {}
-    pairs = []
-    for task, metrics in pruned.items():
-        if not isinstance(metrics, dict) or any(isinstance(r, dict) and r.get("parent") for r in metrics.values()):
-            continue
-        name = main_metric(metrics)
-        if name is None or not isinstance((metrics[name] or {}).get("value"), (int, float)):
-            continue
-        b = ((base.get(task) or {}).get(name) or {}).get("value")
-        pairs.append((metrics[name]["value"], b if isinstance(b, (int, float)) else None))
-    both = [(p, b) for p, b in pairs if b is not None]
-    used = both if base and both else pairs
-    mean = sum(p for p, _ in used) / len(used) if used else None
-    mean_base = sum(b for _, b in both) / len(both) if base and both else None
-    return {
-        "mean_accuracy": mean,
-        "mean_accuracy_base": mean_base,
-        "retention_pct": 100.0 * mean / mean_base if mean is not None and mean_base else None,
-        "retention_se_pts": None,
-        "accuracy_tasks": len(used),
-        "excluded_tasks": [],
-        **perplexities,
-    }
 
 
 def settings_from_recipe(recipe) -> EvalSettings:
