@@ -45,10 +45,10 @@ def healed(spec: str, base, tokenizer):
     """`heal:HEAL@LAYERS[@DATA]` -> (a standalone healed copy, {"heal": seconds}); `base` is left as it was."""
     import copy
 
-    from hf_layerprune.base_view import trial
+    from hf_layerprune.surgery.base_view import trial
     from hf_layerprune.healing import heal_for_recipe
     from hf_layerprune.recipe import Recipe, parse_layers
-    from hf_layerprune.surgery import kept_layers, remove_layers
+    from hf_layerprune.surgery.layers import kept_layers, remove_layers
 
     heal, layers, *data = spec[len("heal:"):].split("@")
     removed = sorted(parse_layers(layers))

@@ -2,7 +2,7 @@
 
 Each in a fresh process, after an `os.sync()`, in the order cp, cut, cli[, dequantize], cp, cut, cli ...:
   cp          `cp` of the source file, its time scaled to the kept bytes (the floor, as in issue 36),
-  cut         hf_layerprune.gguf_surgery.prune_gguf with the provenance hash alongside (what the cut stage runs),
+  cut         hf_layerprune.surgery.gguf_surgery.prune_gguf with the provenance hash alongside (what the cut stage runs),
   cli         `hf-layerprune prune X.gguf --layers ... --format gguf --heal none --no-eval -o OUT` end to end:
               start-up, imports, checks, the cut, layerprune.json and the card,
   dequantize  (--peer) what `prune x.gguf` did before issue 24: transformers from_pretrained(gguf_file=)
@@ -33,8 +33,8 @@ from surgery import interleave, print_table  # noqa: E402  (one runner and table
 CUT = r"""
 import json, sys, time
 import gguf, numpy  # the cut's own imports, before the clock (the cli column counts them)
-from hf_layerprune.gguf_surgery import prune_gguf
-from hf_layerprune.provenance import hashed_alongside
+from hf_layerprune.surgery.gguf_surgery import prune_gguf
+from hf_layerprune.report.provenance import hashed_alongside
 src, dst, removed = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 start = time.perf_counter()
 with hashed_alongside([src]):
@@ -47,7 +47,7 @@ import json, sys
 from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GgufConfig
-from hf_layerprune.surgery import remove_layers
+from hf_layerprune.surgery.layers import remove_layers
 src, dst, removed = Path(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 torch.set_num_threads(2)
 model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32,
@@ -116,7 +116,7 @@ def parse_layers(text: str) -> list[int]:
 def kept_bytes(src: Path, removed: list[int]) -> tuple[int, int]:
     """(header + kept tensors' bytes, file size): what a copy of the kept bytes copies."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hf_layerprune.gguf_surgery import kept_blocks, read_header, renamed
+    from hf_layerprune.surgery.gguf_surgery import kept_blocks, read_header, renamed
 
     h = read_header(src)
     keep = {o: n for n, o in enumerate(kept_blocks(removed, h.block_count))}

@@ -51,7 +51,7 @@ def peak_memory(device: str) -> float:
 
 def route_ours(args, model_path: str, ids: torch.Tensor) -> dict:
     from hf_layerprune.healing import heal
-    from hf_layerprune.loading import load_model
+    from hf_layerprune.surgery.loading import load_model
 
     dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
     model, _ = load_model(model_path, dtype=dtype, device=args.device, need_tokenizer=False)

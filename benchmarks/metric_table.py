@@ -60,7 +60,7 @@ def perplexity(model, ids: torch.Tensor, window: int, batch: int = 4) -> float:
 def selections(metric, ctx, drops: list[int]) -> tuple[dict[int, list[int]], float, str]:
     """{drop: sorted layers} with the metric's default strategy, the scoring seconds and that strategy."""
     from hf_layerprune.scoring import run_metric
-    from hf_layerprune.selection import contiguous, topk, window_scores
+    from hf_layerprune.runtime.selection import contiguous, topk, window_scores
 
     start = time.perf_counter()
     strategy = metric.default_selection
@@ -98,12 +98,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from hf_layerprune.calibration import calibration_batches, calibration_record
-    from hf_layerprune.loading import load_model
+    from hf_layerprune.runtime.calibration import calibration_batches, calibration_record
+    from hf_layerprune.surgery.loading import load_model
     from hf_layerprune.report import library_versions
     from hf_layerprune.scoring import ScoringContext
     from hf_layerprune.scoring.run import default_batch_size, expand_metrics
-    from hf_layerprune.surgery import remove_layers
+    from hf_layerprune.surgery.layers import remove_layers
 
     t0 = time.perf_counter()
     model_path = args.model or smollm2_path()

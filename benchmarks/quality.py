@@ -1,6 +1,6 @@
 """Quality of the default pipeline vs every seed method, on SmolLM2-135M-Instruct (issue: >= 95% at drop 6).
 
-Every method runs through the same harness (`hf_layerprune.pipeline.run`), on the same calibration / healing
+Every method runs through the same harness (`hf_layerprune.flow.pipeline.run`), on the same calibration / healing
 text and the same evaluation: lm-eval on the local copies of hellaswag, arc_easy and piqa (acc_norm, first
 --limit docs each; retention = pruned mean / base mean), with boolq and openbookqa reported separately (boolq
 sits below its majority class for the base model and drifts to "always yes" after pruning). Perplexity is
@@ -89,7 +89,7 @@ def acc_norm(section: dict, task: str) -> float | None:
 
 def run_method(model: str, name: str, drop: int, args, work: Path) -> tuple[dict, dict]:
     """One method through the pipeline with the shared evaluation; (row, base numbers)."""
-    from hf_layerprune.pipeline import run
+    from hf_layerprune.flow.pipeline import run
     from hf_layerprune.recipe import Recipe
 
     overrides = parse_method(name)

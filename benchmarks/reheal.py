@@ -24,7 +24,7 @@ import torch
 
 def healing_text(base, tokenizer, args) -> tuple[torch.Tensor, torch.Tensor]:
     """(train rows, held-out rows): self-generated rows (the last `eval_samples` held out) plus file windows."""
-    from hf_layerprune.calibration import calibration_batches
+    from hf_layerprune.runtime.calibration import calibration_batches
 
     cache = Path(args.self_cache)
     if cache.exists():
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from hf_layerprune.healing import chain_record, heal
     from hf_layerprune.healing.lora import ALL_LINEAR
-    from hf_layerprune.loading import load_model
-    from hf_layerprune.outputs import staging_dir
+    from hf_layerprune.surgery.loading import load_model
+    from hf_layerprune.runtime.outputs import staging_dir
     from hf_layerprune.report import read_report, write_report
 
     source = Path(args.source)

@@ -42,7 +42,7 @@ def build(spec: str, base):
 
     import torch
 
-    from hf_layerprune.surgery import remove_layers
+    from hf_layerprune.surgery.layers import remove_layers
 
     if spec == "base":
         return base
@@ -52,7 +52,7 @@ def build(spec: str, base):
         return model
     if not Path(spec).is_dir():
         raise SystemExit(f"error: {spec!r} is neither base, cut:LAYERS nor a model directory")
-    from hf_layerprune.checkpoint import load_checkpoint  # our DeciLM (sub-layer, --target) outputs with our classes
+    from hf_layerprune.surgery.checkpoint import load_checkpoint  # our DeciLM (sub-layer, --target) outputs with our classes
 
     return load_checkpoint(Path(spec), dtype=torch.float32)
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render:
         if not args.model or any(spec is None for _, spec in pairs) or not pairs:
             parser.error("give --model and NAME=SPEC models to evaluate (or --render)")
-        from hf_layerprune.loading import load_model
+        from hf_layerprune.surgery.loading import load_model
 
         lo, hi = (int(x) for x in args.docs.split(":"))
         base, tokenizer = load_model(args.model, dtype="float32")

@@ -50,7 +50,7 @@ def build_model(args):
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     if args.model:
-        from hf_layerprune.loading import load_model
+        from hf_layerprune.surgery.loading import load_model
 
         model, _ = load_model(args.model, dtype=args.dtype, device=args.device, need_tokenizer=False)
         return model

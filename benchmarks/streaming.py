@@ -2,7 +2,7 @@
 
 Builds a random Llama-shaped checkpoint (~1.1B parameters, 2.1 GiB bf16 by default), then in fresh
 subprocesses computes the residual stream at every layer boundary (what angular / bi / cosine need):
-  streamed   hf_layerprune.layer_stream.StreamedModel, one decoder layer in memory at a time,
+  streamed   hf_layerprune.surgery.layer_stream.StreamedModel, one decoder layer in memory at a time,
              under an address-space cap (RLIMIT_DATA) smaller than the checkpoint,
   in-memory  from_pretrained + one forward with hooks (the peer approach), uncapped.
 Prints time, peak RSS and the largest difference between the two sets of states.
@@ -32,7 +32,7 @@ import torch
 mode, src, samples, seq_len, cap, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 torch.set_num_threads(2)
 from transformers import AutoModelForCausalLM
-from hf_layerprune.layer_stream import StreamedModel
+from hf_layerprune.surgery.layer_stream import StreamedModel
 def hwm():
     return next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 g = torch.Generator().manual_seed(0)

@@ -3,7 +3,7 @@
 Writes a random Llama-shaped bf16 checkpoint tensor by tensor (no torch, no model in memory; 2 GB shards), warms
 the page cache with one read, then repeats, each in a fresh process and after an `os.sync()`:
   cp     `cp -r` of the checkpoint, its time scaled to the kept bytes (the floor, as in issue 36),
-  cut    hf_layerprune.surgery.prune_checkpoint with the provenance hash alongside (what the cut stage runs),
+  cut    hf_layerprune.surgery.layers.prune_checkpoint with the provenance hash alongside (what the cut stage runs),
   cli    `hf-layerprune prune SRC --layers ... --heal none --no-eval -o OUT` end to end: start-up, imports,
          checks, the cut, layerprune.json and the card,
   naive  (--naive) AutoModelForCausalLM.from_pretrained + del + save_pretrained, the peer route.
@@ -35,8 +35,8 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 CUT = r"""
 import json, sys, time
 from pathlib import Path
-from hf_layerprune.provenance import hashed_alongside
-from hf_layerprune.surgery import checkpoint_files, prune_checkpoint
+from hf_layerprune.report.provenance import hashed_alongside
+from hf_layerprune.surgery.layers import checkpoint_files, prune_checkpoint
 src, dst, removed = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 start = time.perf_counter()
 with hashed_alongside(checkpoint_files(src)):
@@ -132,7 +132,7 @@ def timed(cmd: list[str], cwd: Path | None = None, cache: Path | None = None) ->
 
 def kept_fraction(src: Path, removed: list[int]) -> tuple[int, int]:
     sys.path.insert(0, str(REPO))
-    from hf_layerprune.surgery import checkpoint_files, read_safetensors_header
+    from hf_layerprune.surgery.layers import checkpoint_files, read_safetensors_header
 
     kept = total = 0
     for file in checkpoint_files(src):

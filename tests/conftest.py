@@ -28,7 +28,7 @@ for _var, _sub in (("HF_HOME", "hf-home"), ("XDG_CACHE_HOME", "cache"), ("XDG_CO
 import pytest  # noqa: E402
 from hub_server import HubServer  # noqa: E402
 
-from hf_layerprune.third_party import hide_bitsandbytes  # noqa: E402
+from hf_layerprune.runtime.third_party import hide_bitsandbytes  # noqa: E402
 
 hide_bitsandbytes()  # as the CLI does: 4-bit tests get it through quantized.check_available / allow_bitsandbytes
 
@@ -138,7 +138,7 @@ def bnb_cpu_path(request, monkeypatch):
     when true, repacks its weight for a fused bf16 kernel the first time it runs in eval mode without gradients.
     Forcing the answer either way makes every 4-bit model built in the test take that branch (our
     `quantized.one_cpu_path` must then keep it on the portable path, whatever the CPU says)."""
-    from hf_layerprune.third_party import allow_bitsandbytes
+    from hf_layerprune.runtime.third_party import allow_bitsandbytes
 
     if allow_bitsandbytes() is None:
         pytest.skip("bitsandbytes is not installed")

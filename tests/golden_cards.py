@@ -73,7 +73,7 @@ def render(report: dict, name: str, work: Path) -> str:
     report resolved from `work`, where they name nothing, as when it was recorded)."""
     from contextlib import chdir
 
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
     from hf_layerprune.report import write_report
 
     out = work / name

@@ -455,8 +455,8 @@ def test_the_table_covers_every_command():
 
 
 def test_log_json_is_renamed_into_place_and_absent_when_refused_before_any_stage(tmp_path):
-    from hf_layerprune.errors import ConfigError
-    from hf_layerprune.progress import Display
+    from hf_layerprune.runtime.errors import ConfigError
+    from hf_layerprune.runtime.progress import Display
 
     log = tmp_path / "events.jsonl"
     with pytest.raises(ConfigError):
@@ -517,7 +517,7 @@ def test_a_token_is_never_printed_in_any_form(ws, hub_server, token):
 
 
 def test_scrub_covers_the_escaped_forms():
-    from hf_layerprune.hub_calls import scrub
+    from hf_layerprune.hub.calls import scrub
 
     token = "hf_abc123456789\n"
     for text in (f"bad header {token!r}", f"bad header {token}", 'json "hf_abc123456789\\n"', "b'Bearer hf_abc123456789'"):
@@ -560,7 +560,7 @@ def test_push_work_folders_of_killed_runs_are_swept_and_kept_ones_are_not(tmp_pa
     import socket
     import tempfile
 
-    from hf_layerprune.outputs import OWNER_FILE, release, work_dir
+    from hf_layerprune.runtime.outputs import OWNER_FILE, release, work_dir
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     host = socket.gethostname()
@@ -601,7 +601,7 @@ def test_a_publish_removes_stale_staging_branches_and_keeps_a_live_one(ws, hub_s
 @pytest.mark.parametrize("revision", ["bad..name", "refs/pr/999"])
 def test_a_failed_publish_deletes_the_repo_it_created(ws, hub_server, revision):
     from hf_layerprune import hub
-    from hf_layerprune.errors import LayerPruneError
+    from hf_layerprune.runtime.errors import LayerPruneError
 
     with pytest.raises(LayerPruneError):
         hub.publish_folder(ws / "pruned", "acme/fresh", token=WRITE_TOKEN, revision=revision)
@@ -611,7 +611,7 @@ def test_a_failed_publish_deletes_the_repo_it_created(ws, hub_server, revision):
 def test_a_killed_runs_temporary_log_is_removed_by_the_next_write(tmp_path):
     import socket
 
-    from hf_layerprune.outputs import write_text_atomic
+    from hf_layerprune.runtime.outputs import write_text_atomic
 
     host = socket.gethostname()
     dead = tmp_path / f".s.json.tmp-{host}-999999999-abc.json"

@@ -10,11 +10,11 @@ import json
 import pytest
 import torch
 
-from hf_layerprune.base_view import SharedBase, trial
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.surgery.base_view import SharedBase, trial
+from hf_layerprune.runtime.errors import LayerPruneError
 from hf_layerprune.healing import HEALERS, heal, heal_and_cut
 from hf_layerprune.report import CutSection
-from hf_layerprune.surgery import kept_layers, remove_layers
+from hf_layerprune.surgery.layers import kept_layers, remove_layers
 from same_outputs import HERE, RECIPES, run_recipe, setup
 from tiny_models import FAMILIES, sample_ids, tiny_model
 
@@ -137,7 +137,7 @@ def test_trial_restores_every_bit(heal_spec):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma2", "qwen2_moe", "opt"])  # fold, sliding, refused, MoE
 def test_auto_judging_leaves_the_model_bit_identical(family):
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.auto import auto_select
+    from hf_layerprune.flow.auto import auto_select
 
     model = tiny_model(family, num_layers=6)
     before = state(model)

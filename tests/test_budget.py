@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hf_layerprune.budget import budget, candidate_plans, plan_for_target, unit_sizes
+from hf_layerprune.flow.budget import budget, candidate_plans, plan_for_target, unit_sizes
 from hf_layerprune.cli import app
 from hf_layerprune.recipe import Recipe
 from tiny_models import save_word_tokenizer, tiny_model
@@ -46,7 +46,7 @@ def test_every_candidate_meets_the_budget_within_one_unit():
 
 
 def test_judging_the_plans_leaves_the_model_bit_identical(src):
-    from hf_layerprune.loading import load_model
+    from hf_layerprune.surgery.loading import load_model
 
     model, tokenizer = load_model(str(src))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -84,7 +84,7 @@ def test_the_plans_take_the_planted_unimportant_units():
 
 @pytest.mark.parametrize("target", ["params=0.8", "kv=0.5"])
 def test_a_target_run_writes_the_plan_it_chose_and_it_loads(src, tmp_path, target):
-    from hf_layerprune.checkpoint import load_checkpoint
+    from hf_layerprune.surgery.checkpoint import load_checkpoint
 
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["prune", str(src), "--target", target, "--heal", "none", *FAST, "-o", str(out)])

@@ -9,8 +9,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from hf_layerprune.calibration import calibration_batches, calibration_record, source_kind
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.runtime.calibration import calibration_batches, calibration_record, source_kind
+from hf_layerprune.runtime.errors import LayerPruneError
 from tiny_models import VOCAB, tiny_model
 
 torch.set_num_threads(1)
@@ -114,7 +114,7 @@ def test_self_calibration_without_tokenizer_is_seeded_and_starts_at_bos():
 def test_self_samples_are_reused_only_for_the_same_weights():
     import copy
 
-    from hf_layerprune import calibration
+    from hf_layerprune.runtime import calibration
 
     model = tiny_model("llama", 2)
     calibration._SELF_MEMO.clear()

@@ -11,10 +11,10 @@ import pytest
 from huggingface_hub import ModelCard
 
 from hf_layerprune.card import code, codeblock, md
-from hf_layerprune.finish import rerender
+from hf_layerprune.flow.finish import rerender
 from hf_layerprune.hub import find_base_card
-from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.finish import card
+from hf_layerprune.runtime.errors import LayerPruneError
+from hf_layerprune.flow.finish import card
 from hf_layerprune.report import Report, read_report, write_report
 
 
@@ -384,7 +384,7 @@ def test_report_is_not_mutated_by_rendering_except_base_card(tmp_path):
 
 def test_sweep_section_and_pareto_plot(tmp_path):
     from hf_layerprune.evaluation import headline
-    from hf_layerprune.plots import plot_pareto
+    from hf_layerprune.card.plots import plot_pareto
 
     points = []
     for n, acc in [(28, 0.66), (24, 0.60), (20, 0.52)]:

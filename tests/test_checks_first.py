@@ -118,7 +118,7 @@ def test_every_number_and_word_option_declares_what_it_accepts():
     import typing
 
     from hf_layerprune.healing import HEALERS
-    from hf_layerprune.registry import options_of
+    from hf_layerprune.runtime.registry import options_of
     from hf_layerprune.scoring import METRICS
 
     missing = []

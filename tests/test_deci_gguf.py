@@ -18,7 +18,7 @@ import torch
 from gguf import GGUFReader
 from typer.testing import CliRunner
 
-from hf_layerprune.checkpoint import load_checkpoint
+from hf_layerprune.surgery.checkpoint import load_checkpoint
 from hf_layerprune.cli import app
 from tiny_models import sample_ids, save_word_tokenizer, tiny_model
 

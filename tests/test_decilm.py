@@ -16,8 +16,8 @@ import transformers.dynamic_module_utils as dynamic_module_utils
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.sublayer import (
+from hf_layerprune.runtime.errors import LayerPruneError
+from hf_layerprune.surgery.sublayer import (
     AUTO_MAP,
     export_decilm,
     ffn_mult_for,
@@ -142,7 +142,7 @@ def test_checkpoint_files_and_auto_map(exported):
     assert config["auto_map"] == AUTO_MAP
     assert config["architectures"] == ["DeciLMForCausalLM"]
     for name in ("configuration_decilm.py", "modeling_decilm.py"):
-        assert (out / name).read_text() == (Path(__file__).parents[1] / "hf_layerprune" / "decilm" / name).read_text()
+        assert (out / name).read_text() == (Path(__file__).parents[1] / "hf_layerprune" / "surgery" / "decilm" / name).read_text()
     assert "from .configuration_decilm import DeciLMConfig" in (out / "modeling_decilm.py").read_text()
     assert (out / "generation_config.json").exists()
 

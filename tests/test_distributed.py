@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hf_layerprune import distributed
+from hf_layerprune.runtime import distributed
 from tiny_models import save_word_tokenizer, tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent

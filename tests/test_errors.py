@@ -21,8 +21,8 @@ import typer
 from typer.testing import CliRunner
 
 import hf_layerprune
-from hf_layerprune import errors
-from hf_layerprune.errors import (
+from hf_layerprune.runtime import errors
+from hf_layerprune.runtime.errors import (
     CheckpointError,
     ConfigError,
     HubError,
@@ -54,7 +54,7 @@ def test_no_module_raises_the_bare_base_class():
     found = {f"{path.relative_to(PACKAGE.parent)}:{line}"
              for path in sorted(PACKAGE.rglob("*.py")) if path != PACKAGE / "errors.py"
              for line in bare_raises(path.read_text(encoding="utf-8"))}
-    assert not found, f"raise the class that says the cause (hf_layerprune/errors.py), not LayerPruneError: {sorted(found)}"
+    assert not found, f"raise the class that says the cause (hf_layerprune/runtime/errors.py), not LayerPruneError: {sorted(found)}"
 
 
 def error_classes() -> list[type[LayerPruneError]]:
@@ -128,11 +128,11 @@ def test_every_command_goes_through_cli_errors():
 
 
 def test_refusals_raise_the_class_of_their_cause(tmp_path):
-    from hf_layerprune.gguf_export import check_exportable
-    from hf_layerprune.gguf_surgery import read_header
+    from hf_layerprune.surgery.gguf_export import check_exportable
+    from hf_layerprune.surgery.gguf_surgery import read_header
     from hf_layerprune.hub import publish_folder
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.surgery import validate_removed
+    from hf_layerprune.surgery.layers import validate_removed
 
     with pytest.raises(ConfigError, match="out of range") as err:
         validate_removed([4], 4)
@@ -156,7 +156,7 @@ def test_refusals_raise_the_class_of_their_cause(tmp_path):
 def test_a_stage_inconsistency_is_a_stage_error():
     import torch
 
-    from hf_layerprune.streamed_merge import lora_factors
+    from hf_layerprune.surgery.streamed_merge import lora_factors
 
     with pytest.raises(StageError, match="not a LoRA weight"):
         lora_factors({"model.layers.0.mlp.down_proj.weight": torch.zeros(2, 2)})

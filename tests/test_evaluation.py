@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.runtime.errors import LayerPruneError
 from hf_layerprune.evaluation import (
     EvalSettings,
     compare,
@@ -301,9 +301,9 @@ def test_evaluate_pair_numbers_land_in_report_and_card(model, tok, tasks_dir, te
 
     from huggingface_hub import ModelCard
 
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
     from hf_layerprune.report import read_report, write_report
-    from hf_layerprune.surgery import remove_layers
+    from hf_layerprune.surgery.layers import remove_layers
 
     pruned = copy.deepcopy(model)
     remove_layers(pruned, [2])
@@ -336,7 +336,7 @@ def test_evaluate_pair_numbers_land_in_report_and_card(model, tok, tasks_dir, te
 def test_evaluate_cli_updates_report_and_card(model, tok, tasks_dir, text_file, tmp_path):
     from typer.testing import CliRunner
 
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
     from hf_layerprune.cli import app
     from hf_layerprune.report import read_report, write_report
 
@@ -436,7 +436,7 @@ def test_reheal_distils_a_pipeline_output_into_a_loadable_model(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from hf_layerprune.report import write_report
-    from hf_layerprune.surgery import remove_layers
+    from hf_layerprune.surgery.layers import remove_layers
 
     base = tiny_model("llama", num_layers=4, seed=3)
     with torch.no_grad():  # make the layer that is removed matter, so there is something to distil back
@@ -540,7 +540,7 @@ def test_task_below_its_majority_rate_is_excluded_from_the_headline_and_flagged(
 
 
 def test_implausible_speedup_is_flagged_not_reported(tmp_path):
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
     from hf_layerprune.evaluation.speed import plausibility
     from hf_layerprune.report import write_report
 
@@ -577,7 +577,7 @@ def test_implausible_speedup_is_flagged_not_reported(tmp_path):
 
 def test_speed_pair_interleaves_pins_threads_and_checks_the_bound(tok):
     from hf_layerprune.evaluation import measure_speed_pair
-    from hf_layerprune.surgery import remove_layers
+    from hf_layerprune.surgery.layers import remove_layers
 
     base = tiny_llama(num_layers=4)
     pruned = tiny_llama(num_layers=4)

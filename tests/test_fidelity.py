@@ -24,7 +24,7 @@ from hf_layerprune.evaluation.fidelity import (
     summarize,
 )
 from hf_layerprune.evaluation.perplexity import wikitext_rows
-from hf_layerprune.surgery import remove_layers
+from hf_layerprune.surgery.layers import remove_layers
 from test_evaluation import one_thread, tiny_llama, tiny_tokenizer  # noqa: F401  (one_thread: autouse fixture)
 
 ATOL = 1e-5
@@ -122,7 +122,7 @@ def test_a_model_against_itself_agrees_everywhere(rows, tok):
     s = out["summary"]
     assert s["top1"] == 1.0 and s["kl"] == pytest.approx(0.0, abs=ATOL) and s["nll_delta"] == pytest.approx(0.0, abs=ATOL)
     from hf_layerprune.evaluation.fidelity import DEFAULT_SEQ_LEN
-    from hf_layerprune.memory import FIDELITY_TOKENS
+    from hf_layerprune.flow.memory import FIDELITY_TOKENS
 
     assert FIDELITY_TOKENS == DEFAULT_SEQ_LEN  # the memory estimate plans for the default window
 
@@ -171,9 +171,9 @@ def test_evaluate_pair_stores_the_section_and_documents_too_short_are_skipped(ro
 def test_card_headline_section_limits_and_summary_give_both_retentions(rows, tok, tmp_path):
     import json
 
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
     from hf_layerprune.report import write_report
-    from hf_layerprune.summary import quality_line
+    from hf_layerprune.card.summary import quality_line
 
     base, pruned = cut_pair(4, 2)
     gen = generation_fidelity(base, pruned, tok, rows, source="/data/wikitext2_raw/wiki.test.raw", docs=3, seq_len=400,

@@ -17,10 +17,10 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from hf_layerprune.cli import app
-from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.gguf_export import export_gguf
-from hf_layerprune.gguf_surgery import prune_gguf, read_header
-from hf_layerprune.surgery import remove_layers
+from hf_layerprune.runtime.errors import LayerPruneError
+from hf_layerprune.surgery.gguf_export import export_gguf
+from hf_layerprune.surgery.gguf_surgery import prune_gguf, read_header
+from hf_layerprune.surgery.layers import remove_layers
 from tiny_models import sample_ids, tiny_model
 
 runner = CliRunner()
@@ -215,7 +215,7 @@ def test_gguf_source_writes_both_formats_with_equal_logits(llama_q8, tmp_path):
 
 
 def test_gguf_only_cut_never_loads_the_model(llama_q8, tmp_path, monkeypatch):
-    import hf_layerprune.stages as stages
+    import hf_layerprune.flow.stages as stages
 
     monkeypatch.setattr(stages, "load_model", lambda *a, **k: pytest.fail("the GGUF cut loaded the model"))
     out = tmp_path / "out"
@@ -248,7 +248,7 @@ def test_healed_tensors_are_requantized_to_the_source_type(llama_q8, tmp_path):
 
 
 def test_nearest_writable_type_for_dequantize_only_sources():
-    from hf_layerprune.gguf_route import _writable_type
+    from hf_layerprune.flow.gguf_route import _writable_type
 
     rows = np.zeros((2, 256), dtype=np.float32)
     Q = GGMLQuantizationType
@@ -268,8 +268,8 @@ def test_healer_that_adds_tensors_is_refused_for_gguf(llama_q8, tmp_path):
 
 def test_added_nonzero_tensors_are_refused_after_healing(llama_q8, tmp_path):
     """The backstop behind the early check: a tensor the healed model has and the GGUF file has not."""
-    from hf_layerprune.gguf_route import changed_tensors
-    from hf_layerprune.loading import resolve_source
+    from hf_layerprune.flow.gguf_route import changed_tensors
+    from hf_layerprune.surgery.loading import resolve_source
 
     model = load_gguf(llama_q8)
     remove_layers(model, [2])
@@ -353,7 +353,7 @@ def test_push_publishes_and_reads_back_the_gguf(hub_server, llama_q8, tmp_path):
     assert open(pushed, "rb").read() == (out / name).read_bytes()
     card = open(hf_hub_download(repo, "README.md", cache_dir=tmp_path / "cache"), encoding="utf-8").read()
     assert "library_name: gguf" in card and "- gguf" in card and f"llama-cli -m {name}" in card
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
 
     hub_card = rerender(out, repo_id=repo, plots=False, online=False).read_text(encoding="utf-8")
     assert f"llama-cli -hf {repo}" in hub_card and f"ollama run hf.co/{repo}" in hub_card
@@ -401,7 +401,7 @@ def expected_size_label(reader) -> str:
 
 
 def test_cut_gguf_says_it_is_pruned_on_every_family(q8_source, tmp_path):
-    from hf_layerprune.gguf_metadata import CardFields
+    from hf_layerprune.surgery.gguf_metadata import CardFields
 
     card = CardFields(base="acme/tiny-base", hub=True, license="apache-2.0", tags=["layer-pruning", "gguf"])
     # a source that already names a base (its own) and carries an old size label: both must be replaced

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_layerprune.errors import ConfigError, LayerPruneError
+from hf_layerprune.runtime.errors import ConfigError, LayerPruneError
 from hf_layerprune.healing import heal, heal_for_recipe
 from hf_layerprune.healing.training import _WallClock
 from hf_layerprune.recipe import Recipe, parse_duration

@@ -8,14 +8,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.runtime.errors import LayerPruneError
 from hf_layerprune.healing import DEFAULT_HEALER, HEALERS, as_cut, check_heal, heal, heal_and_cut, heal_for_recipe
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.compensation import ClosedFormOptions, enable_mlp_bias, fit_site, site_for_block
 from hf_layerprune.healing.lora import LoraOptions, merge_adapter, train_adapter
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import Report
-from hf_layerprune.surgery import kept_layers, remove_layers
+from hf_layerprune.surgery.layers import kept_layers, remove_layers
 from tiny_models import VOCAB, tiny_model
 
 LAYERS = 6
@@ -143,7 +143,7 @@ def test_qlora_on_the_cpu_trains_a_4bit_copy_and_merges_into_the_original_weight
 
 
 def test_qlora_and_4bit_teacher_fail_cleanly_without_a_4bit_backend_or_bitsandbytes(monkeypatch):
-    from hf_layerprune.third_party import allow_bitsandbytes
+    from hf_layerprune.runtime.third_party import allow_bitsandbytes
 
     bitsandbytes = allow_bitsandbytes()
     if bitsandbytes is None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from hf_layerprune import hub
 from hf_layerprune.cli import app
-from hf_layerprune.errors import LayerPruneError
+from hf_layerprune.runtime.errors import LayerPruneError
 
 REPO = f"{ORG}/tiny-llama-pruned"
 runner = CliRunner()

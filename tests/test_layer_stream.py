@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from hf_layerprune.layer_stream import StreamedModel
-from hf_layerprune.surgery import remove_layers
+from hf_layerprune.surgery.layer_stream import StreamedModel
+from hf_layerprune.surgery.layers import remove_layers
 from tiny_models import sample_ids, tiny_model
 
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from hf_layerprune import provenance
+from hf_layerprune.report import provenance
 from hf_layerprune.architectures import ARCHITECTURES
-from hf_layerprune.gguf_export import export_gguf
-from hf_layerprune.pipeline import run
+from hf_layerprune.surgery.gguf_export import export_gguf
+from hf_layerprune.flow.pipeline import run
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import read_report
-from hf_layerprune.surgery import plain_config, read_config, read_safetensors_header, write_config
+from hf_layerprune.surgery.layers import plain_config, read_config, read_safetensors_header, write_config
 from tiny_models import FAMILIES, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -182,7 +182,7 @@ def test_help_imports_neither_torch_nor_transformers():
 def test_kernel_copy_and_its_chunked_fallback_write_the_same_shards(tmp_path, monkeypatch):
     """Tensors are copied in source order to their planned offsets; without copy_file_range (another platform, a
     file system that refuses it) the chunked pread/pwrite fallback writes the same bytes."""
-    from hf_layerprune.surgery import prune_checkpoint
+    from hf_layerprune.surgery.layers import prune_checkpoint
 
     src = tmp_path / "src"
     tiny_model("llama").save_pretrained(src, max_shard_size="40KB")

@@ -12,15 +12,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from hf_layerprune import quantized, stages
-from hf_layerprune.base_view import SharedBase
-from hf_layerprune.checks import check_4bit_source
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.surgery import quantized
+
+from hf_layerprune.flow import stages
+from hf_layerprune.surgery.base_view import SharedBase
+from hf_layerprune.flow.checks import check_4bit_source
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.healing.lora import merge_adapter
-from hf_layerprune.loading import Source, load_model
-from hf_layerprune.pipeline import run
+from hf_layerprune.surgery.loading import Source, load_model
+from hf_layerprune.flow.pipeline import run
 from hf_layerprune.recipe import Recipe
-from hf_layerprune.surgery import checkpoint_files, remove_layers
+from hf_layerprune.surgery.layers import checkpoint_files, remove_layers
 from test_evaluation import DATA, TINY_TASK
 from tiny_models import VOCAB, save_word_tokenizer, tiny_model
 
@@ -160,7 +162,7 @@ def test_a_gguf_or_pickle_source_is_refused_before_loading(tmp_path):
 
 
 def test_sweep_refuses_4bit(src, tmp_path):
-    from hf_layerprune.sweep import run_sweep
+    from hf_layerprune.flow.sweep import run_sweep
 
     with pytest.raises(ConfigError, match="once per depth"):
         run_sweep(recipe(src), [1, 2], tmp_path / "sweep", **QUIET)

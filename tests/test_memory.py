@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from hf_layerprune.cli import app
-from hf_layerprune.memory import BUDGET_ENV, MemoryMeter, estimate, shape_of
+from hf_layerprune.flow.memory import BUDGET_ENV, MemoryMeter, estimate, shape_of
 from hf_layerprune.recipe import Recipe
 from tiny_models import FAMILIES, save_word_tokenizer, tiny_config, tiny_model
 
@@ -86,8 +86,8 @@ def test_a_7b_on_a_24gb_gpu_budget_is_offered_the_4bit_route(monkeypatch):
     whose own estimate is the NF4 weights (~0.3 x the bf16 bytes) plus small terms."""
     from transformers import LlamaConfig
 
-    from hf_layerprune.errors import ConfigError
-    from hf_layerprune.memory import GiB, check_fits
+    from hf_layerprune.runtime.errors import ConfigError
+    from hf_layerprune.flow.memory import GiB, check_fits
 
     config = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                          vocab_size=32000)

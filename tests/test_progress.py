@@ -12,9 +12,9 @@ from huggingface_hub import HfApi
 from test_evaluation import DATA, TEXT, TINY_TASK
 from typer.testing import CliRunner
 
-from hf_layerprune import progress
+from hf_layerprune.runtime import progress
 from hf_layerprune.cli import app
-from hf_layerprune.pipeline import run
+from hf_layerprune.flow.pipeline import run
 from hf_layerprune.recipe import Recipe
 from tiny_models import save_word_tokenizer, tiny_model
 

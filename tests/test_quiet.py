@@ -1,7 +1,7 @@
 """No third-party line on stderr in a plain run, and bitsandbytes imported only for 4-bit work (issue 31).
 
 peft imports bitsandbytes whenever it is installed, and bitsandbytes 0.50 on a CPU with AVX512-BF16 then tries to
-download a kernel from the Hub and warns when it cannot (hf_layerprune/third_party.py). The CLI hides bitsandbytes
+download a kernel from the Hub and warns when it cannot (hf_layerprune/runtime/third_party.py). The CLI hides bitsandbytes
 until a 4-bit route asks for it. Each command runs in a fresh process (`python -m hf_layerprune`), as a user runs
 it, with `kernels` installed (a dependency of transformers) and, for the 4-bit run, `kernels` patched so that
 whose `get_kernel` records any kernel request."""

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 
 from hf_layerprune.architectures import ARCHITECTURES
 from hf_layerprune.card import BIBLIOGRAPHY
-from hf_layerprune.finish import rerender
+from hf_layerprune.flow.finish import rerender
 from hf_layerprune.cli import app
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.healing import HEALERS
-from hf_layerprune.registry import Registry, split_spec
+from hf_layerprune.runtime.registry import Registry, split_spec
 from hf_layerprune.report import write_report
 from hf_layerprune.scoring import AutoSelection, TargetSelection
 from hf_layerprune.scoring import METRICS, get_metric
@@ -118,8 +118,8 @@ def test_an_output_format_in_one_file_reaches_format_save_verify_card_and_help(t
     from tiny_models import save_word_tokenizer, tiny_model
     from toy_format import FILE, registered
 
-    from hf_layerprune.publish import check_model_folder
-    from hf_layerprune.errors import CheckpointError
+    from hf_layerprune.flow.publish import check_model_folder
+    from hf_layerprune.runtime.errors import CheckpointError
 
     checkpoint = tmp_path / "tiny"
     tiny_model("llama", num_layers=4).save_pretrained(checkpoint)
@@ -147,6 +147,6 @@ def test_an_output_format_in_one_file_reaches_format_save_verify_card_and_help(t
 
 
 def test_the_formats_table_lists_what_the_registry_holds():
-    from hf_layerprune.formats import OUTPUT_FORMATS
+    from hf_layerprune.runtime.formats import OUTPUT_FORMATS
 
     assert table_names(ROOT / "docs" / "architecture.md", "| `--format` |") == list(OUTPUT_FORMATS)

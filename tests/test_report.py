@@ -109,8 +109,8 @@ def test_the_card_package_and_hub_do_not_import_each_other():
 
 
 def test_a_run_looks_the_base_card_up_once_and_writes_layerprune_json_once(tmp_path, monkeypatch):
-    from hf_layerprune import finish
-    from hf_layerprune.pipeline import run
+    from hf_layerprune.flow import finish
+    from hf_layerprune.flow.pipeline import run
     from hf_layerprune.recipe import Recipe
     from tiny_models import save_word_tokenizer, tiny_model
 
@@ -154,9 +154,9 @@ def test_replace_returns_a_new_cut_and_leaves_the_given_one():
 
 
 def test_a_sweep_looks_the_base_card_up_once_for_all_its_variants(tmp_path, monkeypatch):
-    from hf_layerprune import finish
+    from hf_layerprune.flow import finish
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.sweep import run_sweep
+    from hf_layerprune.flow.sweep import run_sweep
     from tiny_models import save_word_tokenizer, tiny_model
 
     ckpt = tmp_path / "tiny"

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from hf_layerprune import hub
 from hf_layerprune.cli import app
-from hf_layerprune.errors import HubError
-from hf_layerprune.outputs import OWNER_FILE, staging_dir
+from hf_layerprune.runtime.errors import HubError
+from hf_layerprune.runtime.outputs import OWNER_FILE, staging_dir
 from tiny_models import tiny_model
 
 runner = CliRunner()
@@ -112,13 +112,13 @@ def test_code_only_model_needs_trust_remote_code(tmp_path):
 
 def test_decilm_export_is_verified_with_the_packages_own_classes(tmp_path, monkeypatch):
     """Our sub-layer export loads without trust_remote_code; tampered .py files are not ours and not run."""
-    from hf_layerprune.checkpoint import is_our_decilm, load_checkpoint
-    from hf_layerprune.sublayer import export_decilm
+    from hf_layerprune.surgery.checkpoint import is_our_decilm, load_checkpoint
+    from hf_layerprune.surgery.sublayer import export_decilm
 
     out = tmp_path / "deci"
     export_decilm(tiny_model("llama", num_layers=4), [1], [], out)
     assert is_our_decilm(out)
-    assert type(load_checkpoint(out)).__module__ == "hf_layerprune.decilm.modeling_decilm"
+    assert type(load_checkpoint(out)).__module__ == "hf_layerprune.surgery.decilm.modeling_decilm"
     marker = tmp_path / "marker"
     (out / "modeling_decilm.py").write_text((out / "modeling_decilm.py").read_text()
                                             + f"\nimport pathlib\npathlib.Path({str(marker)!r}).touch()\n")
@@ -410,7 +410,7 @@ def test_published_files_carry_no_local_path(tmp_path):
     assert report["base_model"] == "./My-Model" and report["recipe"]["model"] == "My-Model"
     assert report["recipe"]["calibration"] == "calib.txt"
     gguf = hashlib.sha256(b"x").hexdigest()
-    from hf_layerprune.provenance import scrub
+    from hf_layerprune.report.provenance import scrub
 
     assert scrub({"command": f"hf-layerprune prune {tmp_path}/m.gguf -o /tmp/o", "hub": "org/name", "x": gguf}) == \
         {"command": "hf-layerprune prune m.gguf -o o", "hub": "org/name", "x": gguf}

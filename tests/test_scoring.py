@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
-from hf_layerprune.calibration import calibration_batches
-from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.selection import config_rule_layers
+from hf_layerprune.runtime.calibration import calibration_batches
+from hf_layerprune.runtime.errors import LayerPruneError
+from hf_layerprune.runtime.selection import config_rule_layers
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.scoring import ScoringContext, analyze, get_metric, select_for_recipe
 from hf_layerprune.scoring.capture import (
@@ -31,7 +31,7 @@ from hf_layerprune.scoring.capture import (
     zeroed_sublayers,
 )
 from hf_layerprune.scoring.prefix_cache import ActivationCache
-from hf_layerprune.surgery import remove_layers
+from hf_layerprune.surgery.layers import remove_layers
 from tiny_models import FAMILIES, sample_ids, tiny_model
 
 torch.set_num_threads(1)
@@ -405,9 +405,9 @@ def test_auto_keeps_the_candidate_closest_to_the_base_on_held_out_text(heal):
     """Identity layers 1 and 4 are not contiguous: only bi's top-k finds both, and removing them changes nothing,
     so `auto` must pick them over angular/cosine's best block, with or without the judging healer."""
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.auto import AUTO_METRICS, auto_select
+    from hf_layerprune.flow.auto import AUTO_METRICS, auto_select
     from hf_layerprune.recipe import DEFAULT_METRIC
-    from hf_layerprune.auto import HELD_OUT, ranking_healer
+    from hf_layerprune.flow.auto import HELD_OUT, ranking_healer
 
     assert DEFAULT_METRIC == "auto"
     assert ranking_healer("linear+distill") == "linear" and ranking_healer("lora") == "none"
@@ -431,7 +431,7 @@ def test_auto_keeps_the_candidate_closest_to_the_base_on_held_out_text(heal):
 
 def test_auto_refuses_sublayers():
     from hf_layerprune.recipe import Recipe
-    from hf_layerprune.auto import auto_select
+    from hf_layerprune.flow.auto import auto_select
 
     with pytest.raises(LayerPruneError, match="whole layers"):
         auto_select(planted("llama"), None, Recipe(model="tiny", drop=1, granularity="attention"), log=quiet)
@@ -439,7 +439,7 @@ def test_auto_refuses_sublayers():
 
 def test_auto_judges_nothing_when_the_metrics_agree(monkeypatch):
     """One distinct candidate: no held-out text is drawn and no healer runs (on a 7B CPU run that was 44 minutes)."""
-    from hf_layerprune import auto
+    from hf_layerprune.flow import auto
     from hf_layerprune.recipe import Recipe
 
     model = tiny_model("llama", num_layers=6)

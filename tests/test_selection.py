@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hf_layerprune.errors import LayerPruneError
-from hf_layerprune.selection import (
+from hf_layerprune.runtime.errors import LayerPruneError
+from hf_layerprune.runtime.selection import (
     check_strategy,
     contiguous,
     greedy,

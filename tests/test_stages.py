@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hf_layerprune import stages
-from hf_layerprune.pipeline import run
+from hf_layerprune.flow import stages
+from hf_layerprune.flow.pipeline import run
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import CutSection, RecipeSection, Report, read_report
 from tiny_models import save_word_tokenizer, tiny_model

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_layerprune.streamed_merge import lora_scaling, write_merged
-from hf_layerprune.surgery import checkpoint_files, remove_layers
+from hf_layerprune.surgery.streamed_merge import lora_scaling, write_merged
+from hf_layerprune.surgery.layers import checkpoint_files, remove_layers
 from tiny_models import tiny_model
 
 REMOVED = [2, 4]
@@ -61,7 +61,7 @@ def test_streamed_merge_equals_in_memory_merge(tmp_path, dtype):
 
 
 def test_an_adapter_for_a_missing_weight_is_refused(tmp_path):
-    from hf_layerprune.errors import LayerPruneError
+    from hf_layerprune.runtime.errors import LayerPruneError
 
     src = tmp_path / "src"
     tiny_model("llama", num_layers=4).save_pretrained(src)
@@ -79,7 +79,7 @@ def test_qlora_adapter_merged_by_streaming_on_cuda(tmp_path):
     of the same adapter into the bf16 pruned model in memory."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from hf_layerprune.third_party import allow_bitsandbytes
+    from hf_layerprune.runtime.third_party import allow_bitsandbytes
 
     if allow_bitsandbytes() is None:
         pytest.skip("needs bitsandbytes")

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from hf_layerprune.cli import app
-from hf_layerprune.layer_stream import StreamedModel
+from hf_layerprune.surgery.layer_stream import StreamedModel
 from hf_layerprune.scoring import get_metric, run_metric
 from hf_layerprune.scoring.base import ScoringContext
 from hf_layerprune.scoring.streamed import StreamedScoringContext
@@ -41,7 +41,7 @@ def test_offload_prune_never_loads_the_model(tmp_path, monkeypatch):
     model.save_pretrained(src)
     corpus = tmp_path / "calib.txt"
     corpus.write_text(" ".join(f"w{i % 97}" for i in range(4000)))
-    import hf_layerprune.stages as stages
+    import hf_layerprune.flow.stages as stages
 
     def refuse(*a, **k):
         raise AssertionError("the model must not be loaded in memory with --offload")
@@ -60,7 +60,7 @@ def test_offload_prune_never_loads_the_model(tmp_path, monkeypatch):
 
 def test_offload_prune_streams_scoring_and_surgery(pruned_model_dir, tmp_path, monkeypatch):
     """--offload --heal none --no-eval: scored and cut on disk; the model is never built in memory."""
-    import hf_layerprune.stages as stages
+    import hf_layerprune.flow.stages as stages
 
     def refuse(*a, **k):
         raise AssertionError("the model must not be loaded in memory with --offload")

@@ -65,17 +65,17 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_import_graph_has_no_cycle():
     graph = import_graph()
-    assert "hf_layerprune.stages" in graph and "hf_layerprune.recipe" in graph["hf_layerprune.stages"]
+    assert "hf_layerprune.flow.stages" in graph and "hf_layerprune.recipe" in graph["hf_layerprune.flow.stages"]
     assert cycles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]  # the check itself finds one
     assert [" -> ".join(c) for c in cycles(graph)] == []
 
 
 def test_recipe_is_a_leaf_and_scoring_knows_nothing_of_healing_or_surgery():
     graph = import_graph()
-    assert graph["hf_layerprune.recipe"] <= {"hf_layerprune.errors"}
+    assert graph["hf_layerprune.recipe"] <= {"hf_layerprune.runtime.errors"}
     for name, deps in graph.items():
         if name.startswith("hf_layerprune.scoring"):
-            assert not {d for d in deps if d.startswith(("hf_layerprune.healing", "hf_layerprune.surgery"))}, name
+            assert not {d for d in deps if d.startswith(("hf_layerprune.healing", "hf_layerprune.surgery.layers"))}, name
 
 
 def test_long_modules_say_why():
@@ -136,3 +136,42 @@ def test_every_python_name_the_architecture_page_cites_exists():
         if not hasattr(module, attr) and not (PACKAGE / head.replace(".", "/") / f"{attr}.py").exists():
             missing.append(dotted)
     assert len(names) > 10 and missing == []
+
+
+# --- issue 33: the parts and what they may import (docs/architecture.md, "Parts") ------------------------------------
+ALL = {"runtime", "architectures", "recipe", "report", "surgery", "scoring", "healing", "evaluation", "card", "hub",
+       "flow", "cli"}
+MAY_IMPORT = {
+    "runtime": set(),  # errors, registries, progress, ranks, calibration text, output folders: leaves
+    "architectures": {"runtime"},  # the families, described as data
+    "recipe": {"runtime"},  # typed inputs
+    "report": {"runtime"},  # the typed run record; never the Hub
+    "surgery": {"runtime", "architectures", "recipe"},  # weights in, weights out
+    "scoring": {"surgery", "runtime", "architectures", "recipe", "report"},
+    "healing": {"surgery", "runtime", "architectures", "recipe", "report"},  # a healer takes and returns sections
+    "evaluation": {"surgery", "runtime", "architectures", "recipe", "report"},
+    # renders a Report, no Hub; it reads the method registries (scoring, healing) for descriptions and citations,
+    # which import torch: a report that names no metric or healer renders without it (tests/test_report.py)
+    "card": {"report", "runtime", "recipe", "scoring", "healing"},
+    "hub": {"runtime", "surgery", "report"},  # every Hub call (verification reloads what it pushed)
+    "flow": ALL - {"cli"},  # the only part that calls several others
+    "cli": ALL,  # flags -> Recipe -> Flow
+}
+
+
+def part_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "root"
+
+
+def test_the_package_root_holds_only_part_folders():
+    entries = {p.name for p in PACKAGE.iterdir() if not p.name.startswith((".", "__pycache__"))}
+    assert entries - {"__init__.py", "__main__.py"} == ALL
+
+
+def test_parts_import_only_what_the_architecture_allows():
+    """Every import of a package module (top level, inside functions, in package __init__ files) goes along an arrow
+    of MAY_IMPORT; the package root (its __version__) may be imported by any part."""
+    wrong = sorted(f"{a} -> {b}" for a, deps in import_graph().items() for b in deps
+                   if part_of(a) in MAY_IMPORT and part_of(b) not in MAY_IMPORT[part_of(a)] | {part_of(a), "root"})
+    assert wrong == []

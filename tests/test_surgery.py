@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from hf_layerprune.surgery import kept_layers, prune_checkpoint, remove_layers
+from hf_layerprune.surgery.layers import kept_layers, prune_checkpoint, remove_layers
 from tiny_models import FAMILIES, sample_ids, skipped_reference_logits, tiny_model
 
 REMOVED = [0, 3, 5]  # first, a middle one and the last of 6 layers

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from transformers import AutoModelForCausalLM
 
 from hf_layerprune.cli import app
-from hf_layerprune.pipeline import round_sizes
+from hf_layerprune.flow.pipeline import round_sizes
 from test_evaluation import DATA, TEXT, TINY_TASK
 from tiny_models import tiny_model
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from hf_layerprune.errors import CheckpointError
-from hf_layerprune.formats import OUTPUT_FORMATS, OutputFormat
+from hf_layerprune.runtime.errors import CheckpointError
+from hf_layerprune.runtime.formats import OUTPUT_FORMATS, OutputFormat
 
 FILE = "model.npz"
 

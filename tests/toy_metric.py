@@ -8,7 +8,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from hf_layerprune.card import BIBLIOGRAPHY, Citation
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.scoring import METRICS, Metric, Scores
 
 PAPER = Citation(

@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from hf_layerprune.errors import UnsupportedArchitecture
-from hf_layerprune.registry import Registry
+from hf_layerprune.runtime.errors import UnsupportedArchitecture
+from hf_layerprune.runtime.registry import Registry
 
 # Fields every family may carry; rewritten whenever present (transformers 5 validates them against the depth).
 GENERIC_SLICED = ("layer_types", "mlp_layer_types", "no_rope_layers")

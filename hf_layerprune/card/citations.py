@@ -15,7 +15,7 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from hf_layerprune.card.formatting import codeblock
-from hf_layerprune.registry import Registry
+from hf_layerprune.runtime.registry import Registry
 from hf_layerprune.report import Report
 
 

@@ -21,7 +21,7 @@ from markupsafe import Markup
 from hf_layerprune.report import (
     EvalSettings, EvaluationSection, MetricResult, PairedSection, PairedTask, PerplexitySection, SpeedRecord, SpeedSection,
 )
-from hf_layerprune.results import compare, main_metric, plausibility, retentions
+from hf_layerprune.report.results import compare, main_metric, plausibility, retentions
 
 from hf_layerprune.card.formatting import (
     _num,

@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from markupsafe import Markup
 
-from hf_layerprune.provenance import HUB, HUB_ID, hub_id  # noqa: F401 - HUB_ID: the pattern, re-exported for the card
+from hf_layerprune.report.provenance import HUB, HUB_ID, hub_id  # noqa: F401 - HUB_ID: the pattern, re-exported for the card
 
 PERCENT_METRICS = ("acc", "acc_norm", "exact_match", "em", "f1", "mc1", "mc2", "accuracy")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]{}|~$])")

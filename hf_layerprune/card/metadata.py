@@ -9,7 +9,7 @@ from typing import Any
 
 from hf_layerprune.card.citations import heal_info, method_names, metric_entry
 from hf_layerprune.card.formatting import _num, hub_id, slug
-from hf_layerprune.formats import OUTPUT_FORMATS
+from hf_layerprune.runtime.formats import OUTPUT_FORMATS
 from hf_layerprune.report import (
     BaseCard, CalibrationRecord, EvaluationSection, HealingSection, PerplexityRecord, RecipeSection, Report,
 )

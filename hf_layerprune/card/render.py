@@ -15,8 +15,8 @@ from pathlib import Path
 from hf_layerprune.card.formatting import HUB, code, hub_id, md
 from hf_layerprune.card.metadata import card_data
 from hf_layerprune.card.view import PLOT_FILES, _published_repo, build_context
-from hf_layerprune.errors import ConfigError
-from hf_layerprune.provenance import CARD_FILENAME
+from hf_layerprune.runtime.errors import ConfigError
+from hf_layerprune.report.provenance import CARD_FILENAME
 from hf_layerprune.report import BaseCard, Report
 
 TEMPLATE_NAME = "model_card.md.j2"
@@ -41,7 +41,7 @@ def _environment():
     from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(
-        loader=FileSystemLoader(str(Path(__file__).parent.parent / "templates")),
+        loader=FileSystemLoader(str(Path(__file__).parent / "templates")),
         autoescape=True,
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -54,7 +54,7 @@ def _environment():
 
 def make_plots(report: Report, output_dir: Path) -> dict[str, str]:
     """Draw the plots the report has data for; returns {kind: file name relative to the card}."""
-    from hf_layerprune import plots
+    from hf_layerprune.card import plots
     from hf_layerprune.card.evaluation import evaluation_view
 
     made: dict[str, str] = {}
@@ -81,7 +81,7 @@ def card_text(report: Report, *, model_name: str, repo_id: str | None = None, im
               output_dir: Path | None = None) -> str:
     """The full README.md text (YAML header + body) for ``report`` (local paths reduced to names: provenance.py);
     the license is the report's ``base_card``."""
-    from hf_layerprune.provenance import portable_report
+    from hf_layerprune.report.provenance import portable_report
 
     report = Report.from_dict(portable_report(report.to_dict(), record_provenance=False))
     info = report.base_card or BaseCard()

@@ -29,7 +29,7 @@ from hf_layerprune.card.formatting import (
     model_link,
 )
 from hf_layerprune.card.metadata import _gguf_only, format_record
-from hf_layerprune.formats import OUTPUT_FORMATS
+from hf_layerprune.runtime.formats import OUTPUT_FORMATS
 from hf_layerprune.report import (
     BaseCard,
     EvalSettings,

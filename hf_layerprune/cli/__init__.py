@@ -1,6 +1,6 @@
 """Command-line interface. Each command lives in its own module and registers itself on `app`."""
 
-from hf_layerprune.third_party import hide_bitsandbytes
+from hf_layerprune.runtime.third_party import hide_bitsandbytes
 
 hide_bitsandbytes()  # before any command imports peft (which imports bitsandbytes); 4-bit routes allow it again
 

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, RECIPE_OPTIONS, build_recipe
-from hf_layerprune.errors import ConfigError, cli_errors
+from hf_layerprune.runtime.errors import ConfigError, cli_errors
 
 console = Console()
 log_console = Console(stderr=True)
@@ -49,12 +49,12 @@ def analyze(
     options: dict[str, Any],
 ) -> None:
     """Score every layer (or sub-layer) with one, several (comma-separated) or `all` metrics; suggest layers for --drop."""
-    from hf_layerprune.loading import load_model
+    from hf_layerprune.surgery.loading import load_model
     from hf_layerprune.scoring import analyze as run_analysis, default_metric
 
-    from hf_layerprune.loading import check_device, torch_dtype
-    from hf_layerprune.outputs import check_output_file, model_paths
-    from hf_layerprune.plots_scoring import check_plot_path
+    from hf_layerprune.surgery.loading import check_device, torch_dtype
+    from hf_layerprune.runtime.outputs import check_output_file, model_paths
+    from hf_layerprune.card.plots_scoring import check_plot_path
 
     metric_spec = options.pop("metric", None)
     recipe = build_recipe(model, options)
@@ -69,11 +69,11 @@ def analyze(
         raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
     metric_spec = metric_spec or default_metric(recipe.granularity)
     if metric_spec == "auto":  # the default pipeline's choice: show the metrics it chooses between
-        from hf_layerprune.auto import AUTO_METRICS
+        from hf_layerprune.flow.auto import AUTO_METRICS
 
         metric_spec = ",".join(AUTO_METRICS)
     log = lambda msg: log_console.print(msg, highlight=False)  # noqa: E731
-    from hf_layerprune.progress import Display
+    from hf_layerprune.runtime.progress import Display
 
     with Display("auto") as display:  # the libraries' bars and warnings go through our display, as in `prune`
         display.message(f"Loading {model}")
@@ -88,18 +88,18 @@ def analyze(
             batch_size=batch_size, log=display.message,
         )
     result = {"model": model, **result}
-    from hf_layerprune import distributed
+    from hf_layerprune.runtime import distributed
 
     if not distributed.is_main():  # several processes scored their shares; rank 0 prints and writes
         return
     print_tables(result)
     if json_path:
-        from hf_layerprune.outputs import write_text_atomic
+        from hf_layerprune.runtime.outputs import write_text_atomic
 
         write_text_atomic(json_path, json.dumps(result, indent=2) + "\n")
         log(f"[green]Wrote[/green] {json_path}")
     if plot:
-        from hf_layerprune.plots_scoring import plot_analysis
+        from hf_layerprune.card.plots_scoring import plot_analysis
 
         plot_analysis(result, plot)
         log(f"[green]Wrote[/green] {plot}")

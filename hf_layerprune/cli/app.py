@@ -34,7 +34,7 @@ def _one_line_usage_error(exc) -> None:
     assignment takes effect for every command); the help text keeps its rich formatting."""
     import sys
 
-    from hf_layerprune.errors import one_line
+    from hf_layerprune.runtime.errors import one_line
 
     if exc.__class__.__name__ == "NoArgsIsHelpError":
         return

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune.distributed import rank_zero_only
+from hf_layerprune.runtime.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
-from hf_layerprune.errors import CheckpointError, LayerPruneError, cli_errors
+from hf_layerprune.runtime.errors import CheckpointError, LayerPruneError, cli_errors
 
 console = Console(stderr=True)
 
@@ -26,7 +26,7 @@ def card(
     offline: Annotated[bool, typer.Option("--offline", help="Do not ask the Hub for the base model's card.")] = False,
 ) -> None:
     """Write README.md (YAML metadata + body) and its plots in DIR; needs no model, only layerprune.json."""
-    from hf_layerprune.finish import rerender
+    from hf_layerprune.flow.finish import rerender
 
     try:
         path = rerender(directory, repo_id=repo_id, base_card=base_card, plots=plots, online=False if offline else None,

@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.distributed import rank_zero_only
-from hf_layerprune.errors import CheckpointError, ConfigError, cli_errors
+from hf_layerprune.runtime.distributed import rank_zero_only
+from hf_layerprune.runtime.errors import CheckpointError, ConfigError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -32,7 +32,7 @@ def gather(repos: list[str], reports: dict[str, dict], title: str | None, *, tok
     those known already) plus the variants it holds; returns its URL."""
     from hf_layerprune import hub
     from hf_layerprune.report import REPORT_FILENAME
-    from hf_layerprune.summary import collection_note
+    from hf_layerprune.card.summary import collection_note
 
     namespace = repos[0].split("/")[0]
     base = str(reports[repos[0]].get("base_model") or repos[0]) if repos[0] in reports else repos[0]

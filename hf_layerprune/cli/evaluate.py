@@ -11,9 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hf_layerprune.distributed import rank_zero_only
+from hf_layerprune.runtime.distributed import rank_zero_only
 from hf_layerprune.cli.app import app
-from hf_layerprune.errors import ConfigError, LayerPruneError, cli_errors
+from hf_layerprune.runtime.errors import ConfigError, LayerPruneError, cli_errors
 from hf_layerprune.recipe import UPPER_BOUNDS
 
 console = Console(stderr=True)
@@ -35,7 +35,7 @@ def _limit(text: str | None) -> int | float | None:
 
 def summary_table(section: dict[str, Any]) -> Table:
     """A terminal table of the main numbers of an ``evaluation`` section."""
-    from hf_layerprune.results import retentions
+    from hf_layerprune.report.results import retentions
 
     has_base = section.get("base") is not None or bool((section.get("perplexity") or {}).get("base"))
     table = Table(title="Evaluation", show_lines=False)
@@ -112,10 +112,10 @@ def evaluate(
     """
 
     from hf_layerprune.evaluation import EvalSettings, check_tasks, reachable_text
-    from hf_layerprune.side_by_side import compare_models
+    from hf_layerprune.flow.side_by_side import compare_models
     from hf_layerprune.evaluation.fidelity import held_out_text
-    from hf_layerprune.loading import check_device, check_loadable, resolve_source, torch_dtype
-    from hf_layerprune.outputs import check_output_file, model_paths
+    from hf_layerprune.surgery.loading import check_device, check_loadable, resolve_source, torch_dtype
+    from hf_layerprune.runtime.outputs import check_output_file, model_paths
     from hf_layerprune.report import REPORT_FILENAME, EvaluationSection, load_report, write_report
 
     check_output_file(json_path, "--json", model_paths(model) + (model_paths(base) if base else []))
@@ -167,14 +167,14 @@ def evaluate(
         section["settings"]["base_revision"] = base_revision
     Console().print(summary_table(section))
     if json_path:
-        from hf_layerprune.outputs import write_text_atomic
+        from hf_layerprune.runtime.outputs import write_text_atomic
 
         write_text_atomic(json_path, json.dumps(section, indent=2) + "\n")
         console.print(f"Wrote {json_path}", highlight=False)
     if report is not None:
         report.evaluation = EvaluationSection.from_dict(section)
         if (out_dir / "README.md").is_file():
-            from hf_layerprune.finish import card
+            from hf_layerprune.flow.finish import card
 
             path = card(out_dir, report)  # layerprune.json and the card, from the report in memory
             console.print(f"Updated {out_dir / REPORT_FILENAME}", highlight=False)

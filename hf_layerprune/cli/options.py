@@ -105,7 +105,7 @@ def command_line(ctx: typer.Context, redact: tuple[str, ...] = ("token",)) -> st
 
 
 def _options(cls) -> str:
-    from hf_layerprune.registry import option_defaults
+    from hf_layerprune.runtime.registry import option_defaults
 
     listed = option_defaults(cls)
     return f"; options: {listed}" if listed else ""
@@ -117,7 +117,7 @@ class RegistryHelp(TyperCommand):
 
     def format_help(self, ctx, formatter) -> None:
         from hf_layerprune.scoring import AutoSelection
-        from hf_layerprune.formats import OUTPUT_FORMATS
+        from hf_layerprune.runtime.formats import OUTPUT_FORMATS
         from hf_layerprune.healing import HEALERS
         from hf_layerprune.scoring import METRICS
 
@@ -136,9 +136,9 @@ class RegistryHelp(TyperCommand):
 def open_display(options: dict[str, Any], model: str, output_dir: str | Path | None = None):
     """The run's progress display from the --quiet / --verbose / --log-json flags (progress.Display). The log is
     checked like every output (not in the source, nor in the output folder the run replaces)."""
-    from hf_layerprune import distributed
-    from hf_layerprune.outputs import check_output_file, model_paths
-    from hf_layerprune.progress import Display
+    from hf_layerprune.runtime import distributed
+    from hf_layerprune.runtime.outputs import check_output_file, model_paths
+    from hf_layerprune.runtime.progress import Display
 
     if not distributed.is_main():  # several processes: rank 0 shows the run, the others stay quiet
         return Display("quiet", stream=distributed.quiet_stream())
@@ -148,7 +148,7 @@ def open_display(options: dict[str, Any], model: str, output_dir: str | Path | N
 
 
 def show_summary(display, report: dict[str, Any], output: str | None, next_command: str | None) -> None:
-    from hf_layerprune.summary import closing
+    from hf_layerprune.card.summary import closing
 
     table, record = closing(report, output, next_command)
     display.summary(table, record)

@@ -8,11 +8,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune import distributed
+from hf_layerprune.runtime import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
-from hf_layerprune.errors import cli_errors
-from hf_layerprune.summary import removed_text
+from hf_layerprune.runtime.errors import cli_errors
+from hf_layerprune.card.summary import removed_text
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -29,7 +29,7 @@ def prune(
     recipe_options: dict[str, Any],
 ) -> None:
     """Remove decoder layers (chosen by a metric, or given exactly) and save a model stock transformers loads."""
-    from hf_layerprune.pipeline import run
+    from hf_layerprune.flow.pipeline import run
 
     recipe = build_recipe(model, recipe_options, output_dir=str(output_dir) if output_dir else None, overwrite=overwrite or None)
     with open_display(recipe_options, model, recipe.output_dir) as display:

@@ -8,11 +8,11 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune import distributed
+from hf_layerprune.runtime import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, show_summary, with_recipe_options
-from hf_layerprune.errors import LayerPruneError, cli_errors
-from hf_layerprune.outputs import release, work_dir
+from hf_layerprune.runtime.errors import LayerPruneError, cli_errors
+from hf_layerprune.runtime.outputs import release, work_dir
 
 PUSH_WORK_PREFIX = "hf-layerprune-push-"
 
@@ -43,10 +43,10 @@ def push(
 ) -> None:
     """Prune, heal, evaluate and card MODEL, then publish it to the Hub in one commit and verify it loads."""
     from hf_layerprune import hub
-    from hf_layerprune.publish import check_gguf_target, publish_and_verify, upload_flags
-    from hf_layerprune.gguf_publish import GgufPushError
-    from hf_layerprune.checks import check_recipe, planned_num_layers
-    from hf_layerprune.pipeline import run
+    from hf_layerprune.flow.publish import check_gguf_target, publish_and_verify, upload_flags
+    from hf_layerprune.flow.gguf_publish import GgufPushError
+    from hf_layerprune.flow.checks import check_recipe, planned_num_layers
+    from hf_layerprune.flow.pipeline import run
 
     hub.check_repo_id(repo_id)
     hub.check_repo_id(gguf_repo_id)

@@ -6,10 +6,10 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from hf_layerprune import distributed
+from hf_layerprune.runtime import distributed
 from hf_layerprune.cli.app import app
 from hf_layerprune.cli.options import RegistryHelp, build_recipe, command_line, open_display, with_recipe_options
-from hf_layerprune.errors import ConfigError, cli_errors
+from hf_layerprune.runtime.errors import ConfigError, cli_errors
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -42,7 +42,7 @@ def sweep(
     recipe_options: dict[str, Any],
 ) -> None:
     """Prune MODEL to several depths from ONE scoring pass; each output's card carries the sweep's Pareto plot."""
-    from hf_layerprune.sweep import run_sweep
+    from hf_layerprune.flow.sweep import run_sweep
 
     depths = parse_depths(drop)
     recipe = build_recipe(model, recipe_options, drop=max(depths) if depths else None, overwrite=overwrite or None)
@@ -61,7 +61,7 @@ def sweep(
         for out in outputs:
             display.message(f"[green]Saved[/green] {out}")
         if repo_prefix:
-            from hf_layerprune.publish import check_gguf_target, publish_and_verify
+            from hf_layerprune.flow.publish import check_gguf_target, publish_and_verify
             from hf_layerprune.report import load_report
 
             published = {}

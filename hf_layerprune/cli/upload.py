@@ -12,9 +12,9 @@ from typing import Annotated
 import typer
 
 from hf_layerprune.cli.app import app
-from hf_layerprune.distributed import rank_zero_only
-from hf_layerprune.errors import cli_errors
-from hf_layerprune.publish import check_gguf_target, check_model_folder, publish_and_verify, upload_flags
+from hf_layerprune.runtime.distributed import rank_zero_only
+from hf_layerprune.runtime.errors import cli_errors
+from hf_layerprune.flow.publish import check_gguf_target, check_model_folder, publish_and_verify, upload_flags
 
 
 @app.command()
@@ -47,7 +47,7 @@ def upload(
                                              report.cut.num_layers_after if report.cut else 0)
     gguf_repo_id = check_gguf_target(directory, repo_id, gguf_repo_id, gguf_only, token=token, private=private,
                                      revision=revision, create_pr=create_pr, exist_ok=exist_ok)
-    from hf_layerprune.gguf_publish import GgufPushError
+    from hf_layerprune.flow.gguf_publish import GgufPushError
 
     try:
         url = publish_and_verify(directory, report, repo_id, user=user, token=token, private=private,

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from hf_layerprune import quantized
-from hf_layerprune.base_view import as_base
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.surgery import quantized
+from hf_layerprune.surgery.base_view import as_base
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.evaluation.lm_eval_runner import (
     DEFAULT_TASKS,
     LOCAL_TASKS,
@@ -40,7 +40,7 @@ from hf_layerprune.evaluation.fidelity import (
 from hf_layerprune.evaluation.paired import paired_comparison
 from hf_layerprune.evaluation.perplexity import perplexity
 from hf_layerprune.evaluation.speed import kv_cache_bytes_per_token, measure_speed, measure_speed_pair
-from hf_layerprune.results import ACCURACY_METRICS, compare, headline, main_metric, plausibility  # noqa: F401 - re-exported
+from hf_layerprune.report.results import ACCURACY_METRICS, compare, headline, main_metric, plausibility  # noqa: F401 - re-exported
 
 Log = Callable[[str], None]
 
@@ -294,7 +294,7 @@ def settings_from_recipe(recipe) -> EvalSettings:
 def evaluate_for_recipe(base_model, model, tokenizer, recipe, *, log: Log = print) -> dict[str, Any]:
     """The pipeline's evaluation stage. When the recipe does not name a perplexity text and WikiText cannot be
     loaded (offline), perplexity is skipped with a note instead of failing the run."""
-    from hf_layerprune import distributed
+    from hf_layerprune.runtime import distributed
 
     if distributed.is_distributed():  # the pipeline calls this on rank 0 only (distributed.on_main)
         log(f"Evaluating on rank 0 alone ({distributed.world().size} processes): lm-eval shares out only models it loads itself")

@@ -31,11 +31,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
-from hf_layerprune.base_view import as_base
-from hf_layerprune.errors import ConfigError, LayerPruneError
+from hf_layerprune.surgery.base_view import as_base
+from hf_layerprune.runtime.errors import ConfigError, LayerPruneError
 from hf_layerprune.evaluation.paired import Z, compare_task, standard_error
 from hf_layerprune.evaluation.perplexity import load_text_rows
-from hf_layerprune.results import retentions  # noqa: F401 - re-exported
+from hf_layerprune.report.results import retentions  # noqa: F401 - re-exported
 
 DEFAULT_DOCS = 16
 DEFAULT_SEQ_LEN = 1024

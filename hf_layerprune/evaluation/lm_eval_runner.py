@@ -31,8 +31,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from hf_layerprune.cache import cache_root
-from hf_layerprune.errors import ConfigError, HubError, LayerPruneError, StageError
+from hf_layerprune.runtime.cache import cache_root
+from hf_layerprune.runtime.errors import ConfigError, HubError, LayerPruneError, StageError
 
 log_ = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from hf_layerprune.errors import ConfigError, HubError
+from hf_layerprune.runtime.errors import ConfigError, HubError
 
 WIKITEXT = "wikitext"
 WIKITEXT_HUB = ("wikitext", "wikitext-2-raw-v1", "test")  # datasets.load_dataset(path, name, split=...)

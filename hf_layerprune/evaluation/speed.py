@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.quantized import count_parameters
-from hf_layerprune.base_view import as_base
-from hf_layerprune.results import plausibility, plausible_speedup  # noqa: F401 - re-exported
+from hf_layerprune.surgery.quantized import count_parameters
+from hf_layerprune.surgery.base_view import as_base
+from hf_layerprune.report.results import plausibility, plausible_speedup  # noqa: F401 - re-exported
 
 NON_ATTENTION_LAYER_TYPES = {"linear_attention", "conv", "mamba", "mlp", "moe_only"}
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from hf_layerprune import distributed
-from hf_layerprune.base_view import as_base
-from hf_layerprune.errors import ConfigError, StageError, UnsupportedModel
+from hf_layerprune.runtime import distributed
+from hf_layerprune.surgery.base_view import as_base
+from hf_layerprune.runtime.errors import ConfigError, StageError, UnsupportedModel
 from hf_layerprune.healing.absorb import AbsorbOptions, heal_absorb
 from hf_layerprune.healing.base import Healer, HealContext, HealOptions, Log, build_options, split_spec
 from hf_layerprune.healing.compensation import (
@@ -32,7 +32,7 @@ from hf_layerprune.healing.distill import DistillOptions, heal_distill
 from hf_layerprune.healing.lora import LoraOptions, heal_lora, heal_qlora
 from hf_layerprune.healing.replacement import ReplaceOptions, heal_replace
 from hf_layerprune.recipe import DEFAULT_HEALER, DEFAULT_SUBLAYER_HEALER, default_healer
-from hf_layerprune.registry import Registry
+from hf_layerprune.runtime.registry import Registry
 from hf_layerprune.report import CutSection, HealingSection
 
 HEALERS: Registry[Healer] = Registry("healer", "--heal", extra=("none",))
@@ -237,7 +237,7 @@ def heal_for_recipe(model, tokenizer, recipe, cut: CutSection | dict[str, Any], 
     `seq_len` windows, then the healers of `chain` (default: `heal_chain(recipe.heal, recipe)`, which the
     pipeline's plan holds already) on the cut model. Returns the report's healing section (with the data
     description) and the cut section as it is afterwards (`replace` puts a layer back)."""
-    from hf_layerprune.calibration import calibration_batches, calibration_record
+    from hf_layerprune.runtime.calibration import calibration_batches, calibration_record
 
     plan = []  # (healer, options, training samples) per stage of the chain
     for step in heal_chain(recipe.heal, recipe) if chain is None else chain:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.healing.activations import iter_capture, layers_of
-from hf_layerprune.registry import option
+from hf_layerprune.runtime.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.compensation import Site, undo_unless_better
 from hf_layerprune.healing.replacement import BlockMSE, layer_mse

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import UnsupportedModel
+from hf_layerprune.runtime.errors import UnsupportedModel
 
 
 class _Stop(Exception):

@@ -16,10 +16,10 @@ from typing import Any, Callable
 
 import torch
 
-from hf_layerprune import registry
-from hf_layerprune.errors import ConfigError, StageError
+from hf_layerprune.runtime import registry
+from hf_layerprune.runtime.errors import ConfigError, StageError
 from hf_layerprune.recipe import parse_duration
-from hf_layerprune.registry import option, split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
+from hf_layerprune.runtime.registry import option, split_spec  # noqa: F401  (`--heal NAME:key=value,...`)
 from hf_layerprune.report import CutSection
 
 Log = Callable[[str], None]
@@ -115,20 +115,20 @@ class HealContext:
 
     def as_base(self):
         """`with ctx.as_base() as base:` the unpruned model (a `SharedBase` view run as base, or a separate model)."""
-        from hf_layerprune.base_view import as_base
+        from hf_layerprune.surgery.base_view import as_base
 
         return as_base(self.base_model)
 
     def protect(self, module: torch.nn.Module, names: list[str] | None = None) -> bool:
         """Copy-on-write before changing `module` of the pruned model (see base_view): True when newly kept."""
-        from hf_layerprune.base_view import protect
+        from hf_layerprune.surgery.base_view import protect
 
         return protect(self.base_model, module, names)
 
     def snapshot(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
         """`module`'s parameters as they are now, to put back later: the view's originals when this call is the
         first to protect them (no extra copy), else clones."""
-        from hf_layerprune.base_view import SharedBase
+        from hf_layerprune.surgery.base_view import SharedBase
 
         view, slots = self.base_model, _named_slots(module)
         if isinstance(view, SharedBase):

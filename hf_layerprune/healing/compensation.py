@@ -37,13 +37,13 @@ from typing import Iterator
 
 import torch
 
-from hf_layerprune import distributed
-from hf_layerprune.base_view import as_base
+from hf_layerprune.runtime import distributed
+from hf_layerprune.surgery.base_view import as_base
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.architectures.base import get_submodule
-from hf_layerprune.errors import ConfigError, StageError, UnsupportedModel
+from hf_layerprune.runtime.errors import ConfigError, StageError, UnsupportedModel
 from hf_layerprune.healing.activations import capture, check_additive
-from hf_layerprune.registry import option
+from hf_layerprune.runtime.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.training import lm_loss
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hf_layerprune.base_view import SharedBase, as_base, protect
-from hf_layerprune.errors import ConfigError, StageError
+from hf_layerprune.surgery.base_view import SharedBase, as_base, protect
+from hf_layerprune.runtime.errors import ConfigError, StageError
 from hf_layerprune.healing.activations import layers_of, recording
-from hf_layerprune.registry import option
+from hf_layerprune.runtime.registry import option
 from hf_layerprune.healing.base import HealContext
 from hf_layerprune.healing.lora import (
     LoraOptions, check_qlora_available, merge_in_place, quantized_copy, run_training, train_adapter, training_record,

@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import torch
 
-from hf_layerprune import quantized
+from hf_layerprune.surgery import quantized
 from hf_layerprune.architectures import ARCHITECTURES, Architecture, get_architecture
-from hf_layerprune.errors import ConfigError, StageError
-from hf_layerprune.registry import option
+from hf_layerprune.runtime.errors import ConfigError, StageError
+from hf_layerprune.runtime.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, options_record
 from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, gradient_checkpointing, lm_loss, train
 

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.healing.activations import capture, layer_call, layers_of
-from hf_layerprune.registry import option
+from hf_layerprune.runtime.registry import option
 from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
 from hf_layerprune.healing.training import LMLoss, Rows, TrainSettings, lm_loss, only_trainable, train
-from hf_layerprune.surgery import config_updates
+from hf_layerprune.surgery.layers import config_updates
 
 
 @dataclass
@@ -117,7 +117,7 @@ def put_back(ctx: HealContext, first: int) -> int:
 @torch.no_grad()
 def block_io(base_model, ids: torch.Tensor, block: list[int], batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """The base model's block input (point a) and output (point b + 1) for `ids`, on CPU."""
-    from hf_layerprune.base_view import as_base
+    from hf_layerprune.surgery.base_view import as_base
 
     a, b = block[0], block[-1] + 1
     ins, outs = [], []

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from hf_layerprune import distributed, progress
-from hf_layerprune.base_view import as_base
+from hf_layerprune.runtime import distributed, progress
+from hf_layerprune.surgery.base_view import as_base
 
 
 class Rows(torch.utils.data.Dataset):

@@ -6,7 +6,7 @@ capabilities, options). docs/scoring.md has the table (tests/test_registry.py ch
 
 ``select_for_recipe(model, tokenizer, recipe)`` scores with one metric and selects; ``analyze(...)`` scores several
 metrics for the `analyze` command. `auto` (the default) is not a metric: it is a selection strategy above scoring
-(hf_layerprune/auto.py) that compares the candidate cuts of several metrics. See docs/scoring.md.
+(hf_layerprune/flow/auto.py) that compares the candidate cuts of several metrics. See docs/scoring.md.
 """
 
 from hf_layerprune.scoring.base import (

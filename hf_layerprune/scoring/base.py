@@ -19,9 +19,9 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from hf_layerprune.architectures import get_architecture
-from hf_layerprune.errors import ConfigError, StageError
+from hf_layerprune.runtime.errors import ConfigError, StageError
 from hf_layerprune.recipe import GRANULARITIES
-from hf_layerprune.registry import Registry, build_options, split_spec
+from hf_layerprune.runtime.registry import Registry, build_options, split_spec
 
 
 @dataclass

@@ -245,7 +245,7 @@ class ResidualStats:
 
     def reduce(self) -> "ResidualStats":
         """Sum the statistics of every rank's share of the calibration set (float64; no-op in one process)."""
-        from hf_layerprune import distributed
+        from hf_layerprune.runtime import distributed
 
         if distributed.is_distributed():
             self.cos_sum = distributed.all_sum(self.cos_sum)

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 import torch
 
-from hf_layerprune import distributed
+from hf_layerprune.runtime import distributed
 from hf_layerprune.scoring.base import Metric, Scores, register
 from hf_layerprune.scoring.capture import (
     layer_output,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hf_layerprune.registry import option
+from hf_layerprune.runtime.registry import option
 from hf_layerprune.scoring.base import Metric, Scores, register
 
 

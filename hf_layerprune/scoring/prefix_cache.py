@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from hf_layerprune import distributed
+from hf_layerprune.runtime import distributed
 from hf_layerprune.scoring.capture import (
     BatchCapture,
     capture_batch,

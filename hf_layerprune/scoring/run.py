@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable
 
-from hf_layerprune import distributed
-from hf_layerprune.calibration import calibration_batches, calibration_record
-from hf_layerprune.errors import ConfigError
+from hf_layerprune.runtime import distributed
+from hf_layerprune.runtime.calibration import calibration_batches, calibration_record
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.scoring.base import Metric, Scores, ScoringContext, available_metrics, get_metric
-from hf_layerprune.selection import check_strategy, contiguous, greedy, parse_protect, ranking, topk, window_scores
+from hf_layerprune.runtime.selection import check_strategy, contiguous, greedy, parse_protect, ranking, topk, window_scores
 
 Log = Callable[[str], None]
 

@@ -18,8 +18,8 @@ from functools import cached_property
 
 import torch
 
-from hf_layerprune.errors import ConfigError
-from hf_layerprune.layer_stream import StreamedModel
+from hf_layerprune.runtime.errors import ConfigError
+from hf_layerprune.surgery.layer_stream import StreamedModel
 from hf_layerprune.scoring.base import METRICS, ScoringContext
 
 

@@ -1,0 +1,1 @@
+"""The flow part of hf-layerprune (docs/architecture.md, "Parts")."""

@@ -1,0 +1,1 @@
+"""The runtime part of hf-layerprune (docs/architecture.md, "Parts")."""

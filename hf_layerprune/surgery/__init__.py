@@ -1,0 +1,1 @@
+"""The surgery part of hf-layerprune (docs/architecture.md, "Parts")."""
