@@ -29,10 +29,9 @@ from hf_layerprune.runtime.outputs import staging_dir
 from hf_layerprune.flow.plan import Plan, make_plan
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import (
-    CutSection, ExportSection, GgufSection, PreflightSection, Report, RoundRecord, ScoringSection, SourceSection,
+    CutSection, GgufSection, PreflightSection, Report, RoundRecord, ScoringSection, SourceSection,
 )
 from hf_layerprune.flow.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
-from hf_layerprune.surgery.layers import kept_layers, remove_layers
 
 # `stages` (and through it torch, transformers, the healers and the evaluation) is imported by the routes that load
 # the model: the on-disk routes (streaming.py) start cutting without them.
@@ -169,11 +168,10 @@ def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: R
             removed_now, scoring = stages.select(model, tokenizer, step, log=log)
         removed_original = [cut.kept_layers[i] for i in removed_now]
         with timer.stage("cut"):
-            remove_layers(model, removed_now)
-        cut = CutSection(num_layers_after=model.config.num_hidden_layers,
+            now = stages.cut(model, removed_now, log=log)  # in this round's numbering; mapped back below
+        cut = CutSection(num_layers_after=now.num_layers_after, parameters_after=now.parameters_after,
                          removed_layers=sorted(cut.removed_layers + removed_original),
-                         kept_layers=[i for j, i in enumerate(cut.kept_layers) if j not in set(removed_now)],
-                         parameters_after=stages.count_parameters(model))
+                         kept_layers=[cut.kept_layers[i] for i in now.kept_layers])
         entry = RoundRecord(round=k, removed_layers=sorted(removed_original), scoring=scoring)
         if recipe.heal != "none":
             with timer.stage("heal"):
@@ -232,25 +230,11 @@ def finish_sublayer(model, tokenizer, base, removed_attention: list[int], remove
     checkpoint, healed after reload."""
     from hf_layerprune.flow import stages
 
-    from hf_layerprune.surgery.sublayer import export_decilm  # the DeciLM export (deferred with its modelling code)
-
     num_layers = model.config.num_hidden_layers
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("cut"):
-            what = " and ".join(f"{kind} sub-layers {units}" for kind, units in (("attention", removed_attention),
-                                                                               ("mlp", removed_mlp)) if units)
-            log(f"Removing {what} of {num_layers} (DeciLM / Nemotron-NAS export)")
-            summary = export_decilm(model, removed_attention, removed_mlp, tmp, max_shard_size=recipe.max_shard_size,
-                                    overwrite=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-        whole = summary["removed_layers"]
-        export = ExportSection(format="decilm", architecture="DeciLMForCausalLM", trust_remote_code=True,
-                               block_configs=summary["block_configs"],
-                               kv_cache_bytes_per_token=summary["kv_cache_bytes_per_token"])
-        report.cut = CutSection(
-            num_layers_after=num_layers - len(whole), removed_layers=whole, kept_layers=kept_layers(whole, num_layers),
-            removed_sublayers={"attention": summary["removed_attention"], "mlp": summary["removed_mlp"]}, export=export)
+            report.cut = stages.export_sublayers(model, tokenizer, removed_attention, removed_mlp, tmp, recipe, log=log)
+        whole = report.cut.removed_layers
         del model
         if recipe.heal != "none" or recipe.evaluate:
             pruned = load_checkpoint(tmp)  # our DeciLM classes from the package, never the folder's copy

@@ -37,7 +37,7 @@ from hf_layerprune.surgery.quantized import count_parameters  # packed 4-bit wei
 from hf_layerprune.hub import local_checkpoint
 from hf_layerprune.surgery.loading import Source, load_model, resolve_source
 from hf_layerprune.recipe import AUTO, Recipe
-from hf_layerprune.report import CutSection, EvaluationSection, HealingSection, ScoringSection, SourceSection
+from hf_layerprune.report import CutSection, EvaluationSection, ExportSection, HealingSection, ScoringSection, SourceSection
 from hf_layerprune.scoring import METRICS, select_for_recipe
 from hf_layerprune.flow.targets import explicit_or_rule, uses_metric  # noqa: F401  (part of the stages' API)
 from hf_layerprune.surgery.streamed_merge import write_merged
@@ -45,7 +45,7 @@ from hf_layerprune.surgery.layers import copy_side_files, kept_layers, remove_la
 
 Log = Callable[[str], None]
 
-__all__ = ["SharedBase", "card", "cut", "evaluate", "heal", "load", "publish", "save", "select"]
+__all__ = ["SharedBase", "card", "cut", "evaluate", "export_sublayers", "heal", "load", "publish", "save", "select"]
 
 
 def load(recipe: Recipe, source: Source | None = None, *, log: Log = print) -> tuple[Any, Any, SourceSection]:
@@ -105,6 +105,30 @@ def cut(model, removed: list[int], *, log: Log = print) -> CutSection:
     remove_layers(model, removed)
     return CutSection(num_layers_after=model.config.num_hidden_layers, removed_layers=removed,
                       kept_layers=kept_layers(removed, num_layers), parameters_after=count_parameters(model))
+
+
+def export_sublayers(model, tokenizer, removed_attention: list[int], removed_mlp: list[int], folder: str | Path,
+                     recipe: Recipe, *, log: Log = print) -> CutSection:
+    """The cut stage of a sub-layer plan: `model` without those attention / MLP sub-layers (a layer in both lists
+    goes whole) written into `folder` as a DeciLM / Nemotron-NAS checkpoint with the tokenizer
+    (surgery.sublayer.export_decilm); the report's cut section (`export`: the layout, KV cache per token)."""
+    from hf_layerprune.surgery.sublayer import export_decilm  # the DeciLM export (deferred with its modelling code)
+
+    num_layers = model.config.num_hidden_layers
+    what = " and ".join(f"{kind} sub-layers {units}" for kind, units in (("attention", removed_attention),
+                                                                       ("mlp", removed_mlp)) if units)
+    log(f"Removing {what} of {num_layers} (DeciLM / Nemotron-NAS export)")
+    summary = export_decilm(model, removed_attention, removed_mlp, folder, max_shard_size=recipe.max_shard_size,
+                            overwrite=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    whole = summary["removed_layers"]
+    export = ExportSection(format="decilm", architecture="DeciLMForCausalLM", trust_remote_code=True,
+                           block_configs=summary["block_configs"],
+                           kv_cache_bytes_per_token=summary["kv_cache_bytes_per_token"])
+    return CutSection(num_layers_after=num_layers - len(whole), removed_layers=whole,
+                      kept_layers=kept_layers(whole, num_layers), export=export,
+                      removed_sublayers={"attention": summary["removed_attention"], "mlp": summary["removed_mlp"]})
 
 
 def heal(model, tokenizer, recipe: Recipe, cut_section: CutSection, *, base=None, chain=None,
