@@ -80,7 +80,7 @@ BAD_INPUTS = [
     (["--layers", "-1"], "out of range"),
     (["--layers", "2,2"], "repeated"),
     (["--layers", "x"], "cannot read --layers"),
-    (["--drop", "1", "--layers", "2"], "either --drop or --layers"),
+    (["--drop", "1", "--layers", "2"], "not several"),
     ([], "--drop N or --layers"),
     (["--layers", "0-5"], "cannot remove all"),
     (["--layers", "1", "--granularity", "heads"], "unknown --granularity"),

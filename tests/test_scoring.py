@@ -417,15 +417,15 @@ def test_auto_keeps_the_candidate_closest_to_the_base_on_held_out_text(heal):
     before = copy.deepcopy(model.state_dict())
     recipe = Recipe(model="tiny", drop=2, heal=heal, calibration="self", calibration_samples=8, seq_len=32)
     selected, record = auto_select(model, None, recipe, log=quiet)
-    assert selected == [1, 4] and record["metric"] == "auto" and record["chosen_metric"] == "bi"
-    assert {m for c in record["candidates"] for m in c["metrics"]} == set(AUTO_METRICS)
-    assert len(record["candidates"]) >= 2 and record["judged_with"]["heal"] == heal
+    assert selected == [1, 4] and record.metric == "auto" and record.chosen_metric == "bi"  # a typed ScoringSection
+    assert {m for c in record.candidates for m in c.metrics} == set(AUTO_METRICS)
+    assert len(record.candidates) >= 2 and record.judged_with.heal == heal
     held_out = self_batches(model, samples=8 + HELD_OUT, seq_len=32)[-HELD_OUT:]
-    best = min(record["candidates"], key=lambda c: c["held_out_kl"])
-    assert best["selected"] == [1, 4] and best["held_out_kl"] == pytest.approx(0.0, abs=1e-6)  # identities: lossless
-    assert all(c["held_out_kl"] > 1e-3 for c in record["candidates"] if c is not best)
-    assert best["held_out_loss"] == pytest.approx(mean_loss(model, held_out), abs=1e-5)
-    assert record["judged_with"]["objective"] == "kl_to_base"
+    best = min(record.candidates, key=lambda c: c.held_out_kl)
+    assert best.selected == [1, 4] and best.held_out_kl == pytest.approx(0.0, abs=1e-6)  # identities: lossless
+    assert all(c.held_out_kl > 1e-3 for c in record.candidates if c is not best)
+    assert best.held_out_loss == pytest.approx(mean_loss(model, held_out), abs=1e-5)
+    assert record.judged_with.objective == "kl_to_base"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left unchanged
 
 
@@ -448,6 +448,6 @@ def test_auto_judges_nothing_when_the_metrics_agree(monkeypatch):
     monkeypatch.setattr(auto, "run_metric", lambda metric, ctx, **kw: {**same, "metric": metric.name})
     monkeypatch.setattr(auto, "_judge_all", lambda *a, **k: pytest.fail("judged a single candidate"))
     removed, record = auto.auto_select(model, None, recipe, log=lambda m: None)
-    assert removed == [3, 4] and record["judged_with"] is None
-    assert record["candidates"] == [{"metrics": ["angular", "cosine", "bi"], "selected": [3, 4], "held_out_loss": None,
-                                     "held_out_kl": None}]
+    assert removed == [3, 4] and record.judged_with is None
+    assert [c.to_dict() for c in record.candidates] == [{"metrics": ["angular", "cosine", "bi"], "selected": [3, 4],
+                                                         "held_out_loss": None, "held_out_kl": None}]
