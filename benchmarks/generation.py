@@ -16,8 +16,9 @@ On a GPU machine `benchmarks/generation_gpu.sh` runs the same levers at drop 6 a
 
 Models are specs as in `retention.py`: `cut:LAYERS` (the base with LAYERS removed, unhealed) or a saved model
 directory (a pipeline output says its metric, healer, removed layers and stage times), or
-`heal:HEAL@LAYERS[@DATA]`: the base cut at LAYERS and healed in this process as the pipeline's heal stage does
-(`heal_for_recipe`, healing text from DATA, default `self`), timed. `self` text is generated once per process and
+`heal:HEAL@LAYERS[@DATA[@SEQ_LEN]]`: the base cut at LAYERS and healed in this process as the pipeline's heal stage
+does (`heal_for_recipe`, healing text from DATA, default `self`, in SEQ_LEN-token windows, default the recipe's 256),
+timed. `self` text is generated once per process and
 shared by every `heal:` model (calibration.py's memo), which is why they are made here and not by separate runs. Per-document values are
 stored under ``--store`` (default ``benchmarks/generation_store``, committed) as ``NAME.json``, keyed by article
 index, so that runs over disjoint ``--docs`` ranges add up and a later session can pair a new model with these.
@@ -42,7 +43,7 @@ STORE = Path(__file__).resolve().parent / "generation_store"
 
 
 def healed(spec: str, base, tokenizer):
-    """`heal:HEAL@LAYERS[@DATA]` -> (a standalone healed copy, {"heal": s, "healer": s}); `base` is left as it was."""
+    """`heal:HEAL@LAYERS[@DATA[@SEQ_LEN]]` -> (a standalone healed copy, {"heal": s, "healer": s}); `base` is left as it was."""
     import copy
 
     from hf_layerprune.base_view import trial
@@ -50,10 +51,12 @@ def healed(spec: str, base, tokenizer):
     from hf_layerprune.recipe import Recipe, parse_layers
     from hf_layerprune.surgery import kept_layers, remove_layers
 
-    heal, layers, *data = spec[len("heal:"):].split("@")
+    heal, layers, *rest = spec[len("heal:"):].split("@")
+    data, seq_len = (rest + [None, None])[:2]
     removed = sorted(parse_layers(layers))
     num_layers = base.config.num_hidden_layers
-    recipe = Recipe(model="base", layers=removed, heal=heal, heal_data=data[0] if data else None)
+    recipe = Recipe(model="base", layers=removed, heal=heal, heal_data=data or None,
+                    **({"seq_len": int(seq_len)} if seq_len else {}))
     report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers), "num_layers_before": num_layers}
     start = time.perf_counter()
     with trial(base) as shared:
