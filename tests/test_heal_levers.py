@@ -128,12 +128,13 @@ def test_absorb_record_names_side_only_when_it_is_not_the_default():
 # ----------------------------------------------------------------------------------------------- tail
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_tail_lowers_kl_trains_only_the_tail_and_keeps_tied_weights(tied, tmp_path):
+@pytest.mark.parametrize("tied, positions", [(False, 8), (True, None)])  # KL at 8 random positions, or at all 32
+def test_tail_lowers_kl_trains_only_the_tail_and_keeps_tied_weights(tied, positions, tmp_path):
     base, model, report = pruned(removed=(2, 3), tie_word_embeddings=tied)
     base_before = {n: p.detach().clone() for n, p in base.state_dict().items()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    record = heal(model, "tail:layers=2,keep_if_better=false,learning_rate=1e-3", markov_ids(16), base_model=base,
+    spec = f"tail:layers=2,keep_if_better=false,learning_rate=1e-3{f',positions={positions}' if positions else ''}"
+    record = heal(model, spec, markov_ids(16), base_model=base,
                   report=report, eval_ids=markov_ids(8, seed=9), steps=30, **QUIET)
     assert record["kl_after"] < record["kl_before"] and record["head_trained"] == (not tied)
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
@@ -160,8 +161,9 @@ def test_tail_in_the_shared_base_view_leaves_the_base_bit_identical():
 
 
 def test_tail_options_are_checked():
-    with pytest.raises(LayerPruneError, match="layers >= 1"):
-        heal(None, "tail:layers=0", markov_ids(2))
+    for bad in ("tail:layers=0", "tail:positions=0", "tail:temperature=0"):
+        with pytest.raises(LayerPruneError, match="layers >= 1"):
+            heal(None, bad, markov_ids(2))
     base, model, report = pruned(removed=(2, 3))
     with pytest.raises(LayerPruneError, match="has 4 layers"):
         heal(model, "tail:layers=5", markov_ids(4), base_model=base, report=report, **QUIET)
