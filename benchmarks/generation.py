@@ -76,6 +76,24 @@ def stage_seconds(spec: str) -> dict[str, float]:
     return {k: round(v) for k, v in (json.loads(report.read_text()).get("timings") or {}).items()}
 
 
+def load_self_text(path: Path | None) -> dict:
+    """calibration.py's in-process memo of `self` text, filled from `path` (a pickle written by an earlier run)."""
+    import pickle
+
+    from hf_layerprune import calibration
+
+    if path and path.exists():
+        calibration._SELF_MEMO.update(pickle.loads(path.read_bytes()))
+    return calibration._SELF_MEMO
+
+
+def save_self_text(path: Path | None, memo: dict) -> None:
+    import pickle
+
+    if path:
+        path.write_bytes(pickle.dumps(dict(memo)))
+
+
 def measure(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,9 +109,11 @@ def measure(args) -> None:
     specs = dict(s.split("=", 1) for s in args.models)
     args.store.mkdir(parents=True, exist_ok=True)
     base_lps: dict[int, object] = {}  # per document, computed once (~200 MB each for SmolLM2's vocabulary)
+    memo = load_self_text(args.self_text)
     for name, spec in specs.items():  # one model at a time: made, scored and stored before the next is made
         if spec.startswith("heal:"):
             model, seconds = healed(spec, base, tokenizer)
+            save_self_text(args.self_text, memo)
         else:
             model, seconds = build(spec, base).eval().to(args.device), stage_seconds(spec)
         path = args.store / f"{name}.json"
@@ -157,6 +177,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (models, healing and scoring)")
     parser.add_argument("--store", type=Path, default=STORE)
+    parser.add_argument("--self-text", type=Path, help="a file that keeps the sampled `self` healing text between runs "
+                        "(sampling 68 x 256 tokens took 25 min on the loaded 2-core VM); read if present, written after each heal")
     parser.add_argument("--render", action="store_true", help="print the table over every stored document")
     parser.add_argument("--versus", help="comma-separated stored names to pair every model with")
     args = parser.parse_args()
