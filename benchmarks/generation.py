@@ -16,8 +16,9 @@ On a GPU machine `benchmarks/generation_gpu.sh` runs the same levers at drop 6 a
 
 Models are specs as in `retention.py`: `cut:LAYERS` (the base with LAYERS removed, unhealed) or a saved model
 directory (a pipeline output says its metric, healer, removed layers and stage times), or
-`heal:HEAL@LAYERS[@DATA]`: the base cut at LAYERS and healed in this process as the pipeline's heal stage does
-(`heal_for_recipe`, healing text from DATA, default `self`), timed. `self` text is generated once per process and
+`heal:HEAL@LAYERS[@DATA[@SEQ_LEN]]`: the base cut at LAYERS and healed in this process as the pipeline's heal stage
+does (`heal_for_recipe`, healing text from DATA, default `self`, in SEQ_LEN-token windows, default the recipe's 256),
+timed. `self` text is generated once per process and
 shared by every `heal:` model (calibration.py's memo), which is why they are made here and not by separate runs. Per-document values are
 stored under ``--store`` (default ``benchmarks/generation_store``, committed) as ``NAME.json``, keyed by article
 index, so that runs over disjoint ``--docs`` ranges add up and a later session can pair a new model with these.
@@ -42,7 +43,7 @@ STORE = Path(__file__).resolve().parent / "generation_store"
 
 
 def healed(spec: str, base, tokenizer):
-    """`heal:HEAL@LAYERS[@DATA]` -> (a standalone healed copy, {"heal": seconds}); `base` is left as it was."""
+    """`heal:HEAL@LAYERS[@DATA[@SEQ_LEN]]` -> (a standalone healed copy, {"heal": s, "healer": s}); `base` is left as it was."""
     import copy
 
     from hf_layerprune.surgery.base_view import trial
@@ -50,17 +51,21 @@ def healed(spec: str, base, tokenizer):
     from hf_layerprune.recipe import Recipe, parse_layers
     from hf_layerprune.surgery.layers import kept_layers, remove_layers
 
-    heal, layers, *data = spec[len("heal:"):].split("@")
+    heal, layers, *rest = spec[len("heal:"):].split("@")
+    data, seq_len = (rest + [None, None])[:2]
     removed = sorted(parse_layers(layers))
     num_layers = base.config.num_hidden_layers
-    recipe = Recipe(model="base", layers=removed, heal=heal, heal_data=data[0] if data else None)
+    recipe = Recipe(model="base", layers=removed, heal=heal, heal_data=data or None,
+                    **({"seq_len": int(seq_len)} if seq_len else {}))
     report = {"removed_layers": removed, "kept_layers": kept_layers(removed, num_layers), "num_layers_before": num_layers}
     start = time.perf_counter()
     with trial(base) as shared:
         remove_layers(base, removed)
-        heal_for_recipe(base, tokenizer, recipe, report, base_model=shared, log=print)
+        record = heal_for_recipe(base, tokenizer, recipe, report, base_model=shared, log=print)
         model = copy.deepcopy(base)
-    return model.eval(), {"heal": round(time.perf_counter() - start)}
+    # heal: wall seconds, sampling the `self` text included (the first heal: of a process pays it); healer: the
+    # healing record's own seconds (capture, fit or training, held-out checks)
+    return model.eval(), {"heal": round(time.perf_counter() - start), "healer": round(record["seconds"])}
 
 
 def stage_seconds(spec: str) -> dict[str, float]:
@@ -69,6 +74,24 @@ def stage_seconds(spec: str) -> dict[str, float]:
     if spec.startswith("cut:") or not report.exists():
         return {}
     return {k: round(v) for k, v in (json.loads(report.read_text()).get("timings") or {}).items()}
+
+
+def load_self_text(path: Path | None) -> dict:
+    """calibration.py's in-process memo of `self` text, filled from `path` (a pickle written by an earlier run)."""
+    import pickle
+
+    from hf_layerprune.runtime import calibration
+
+    if path and path.exists():
+        calibration._SELF_MEMO.update(pickle.loads(path.read_bytes()))
+    return calibration._SELF_MEMO
+
+
+def save_self_text(path: Path | None, memo: dict) -> None:
+    import pickle
+
+    if path:
+        path.write_bytes(pickle.dumps(dict(memo)))
 
 
 def measure(args) -> None:
@@ -84,27 +107,28 @@ def measure(args) -> None:
     base = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval().to(args.device)
     docs = prepare(tokenizer, rows, docs=hi, seq_len=args.seq_len)[lo:hi]
     specs = dict(s.split("=", 1) for s in args.models)
-    models, seconds = {}, {}
-    for name, spec in specs.items():
-        if spec.startswith("heal:"):
-            models[name], seconds[name] = healed(spec, base, tokenizer)
-        else:
-            models[name], seconds[name] = build(spec, base).eval().to(args.device), stage_seconds(spec)
     args.store.mkdir(parents=True, exist_ok=True)
-    stores = {}
-    for name, spec in specs.items():
+    base_lps: dict[int, object] = {}  # per document, computed once (~200 MB each for SmolLM2's vocabulary)
+    memo = load_self_text(args.self_text)
+    for name, spec in specs.items():  # one model at a time: made, scored and stored before the next is made
+        if spec.startswith("heal:"):
+            model, seconds = healed(spec, base, tokenizer)
+            save_self_text(args.self_text, memo)
+        else:
+            model, seconds = build(spec, base).eval().to(args.device), stage_seconds(spec)
         path = args.store / f"{name}.json"
-        stores[name] = json.loads(path.read_text()) if path.exists() else {"docs": {}}
+        store = json.loads(path.read_text()) if path.exists() else {"docs": {}}
         what = f"healed here: {spec[5:]}" if spec.startswith("heal:") else describe(spec)
-        stores[name].update(what=what, seq_len=args.seq_len, stage_seconds=seconds[name])
-    start = time.perf_counter()
-    for n, item in enumerate(docs, 1):
-        base_lp = logprobs(base, item["ids"])
-        for name, model in models.items():
-            rec = score_document(base_lp, logprobs(model, item["ids"]), item["ids"], item["targets"])
-            stores[name]["docs"][str(item["doc"])] = rec
-            (args.store / f"{name}.json").write_text(json.dumps(stores[name]) + "\n")
-        print(f"doc {item['doc']} ({n}/{len(docs)}) {time.perf_counter() - start:.0f}s", flush=True)
+        store.update(what=what, seq_len=args.seq_len, stage_seconds=seconds)
+        start = time.perf_counter()
+        for n, item in enumerate(docs, 1):
+            if item["doc"] not in base_lps:
+                base_lps[item["doc"]] = logprobs(base, item["ids"])
+            rec = score_document(base_lps[item["doc"]], logprobs(model, item["ids"]), item["ids"], item["targets"])
+            store["docs"][str(item["doc"])] = rec
+            path.write_text(json.dumps(store) + "\n")
+            print(f"{name}: doc {item['doc']} ({n}/{len(docs)}) {time.perf_counter() - start:.0f}s", flush=True)
+        del model
 
 
 def _paired(xs: list[float]) -> str:
@@ -153,6 +177,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (models, healing and scoring)")
     parser.add_argument("--store", type=Path, default=STORE)
+    parser.add_argument("--self-text", type=Path, help="a file that keeps the sampled `self` healing text between runs "
+                        "(sampling 68 x 256 tokens took 25 min on the loaded 2-core VM); read if present, written after each heal")
     parser.add_argument("--render", action="store_true", help="print the table over every stored document")
     parser.add_argument("--versus", help="comma-separated stored names to pair every model with")
     args = parser.parse_args()

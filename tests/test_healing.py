@@ -62,11 +62,13 @@ def assert_stock_reload(model, tmp_path) -> AutoModelForCausalLM:
 
 
 def test_registry_names_options_and_errors():
-    assert set(HEALERS) == {"lora", "qlora", "distill", "replace", "absorb", "bias", "linear", "projection"}
+    assert set(HEALERS) == {"lora", "qlora", "distill", "replace", "absorb", "tail", "bias", "linear", "projection",
+                            "rescale"}
     assert DEFAULT_HEALER in HEALERS
     assert HEALERS.has("distill:alpha=0.5", "needs_base") and HEALERS["linear"].needs_base_model
     assert not HEALERS["lora"].needs_base_model and HEALERS["lora"].trained and not HEALERS["linear"].trained
-    assert HEALERS.with_capability("needs_base") == ("distill", "replace", "absorb", "bias", "linear", "projection")
+    assert HEALERS.with_capability("needs_base") == ("distill", "replace", "absorb", "tail", "bias", "linear",
+                                                     "projection", "rescale")
     with pytest.raises(ValueError, match="already registered"):
         HEALERS.register(HEALERS["lora"])
     check_heal("distill:temperature=2,alpha=0.5")

@@ -31,6 +31,8 @@ from hf_layerprune.healing.compensation import (
 from hf_layerprune.healing.distill import DistillOptions, heal_distill
 from hf_layerprune.healing.lora import LoraOptions, heal_lora, heal_qlora
 from hf_layerprune.healing.replacement import ReplaceOptions, heal_replace
+from hf_layerprune.healing.rescale import RescaleOptions, heal_rescale
+from hf_layerprune.healing.tail import TailOptions, heal_tail
 from hf_layerprune.recipe import DEFAULT_HEALER, DEFAULT_SUBLAYER_HEALER, default_healer
 from hf_layerprune.runtime.registry import Registry
 from hf_layerprune.report import CutSection, HealingSection
@@ -59,6 +61,11 @@ register(Healer(
     "layer replacement at the requested depth)", ("streamline",), tags=("layer-absorption",), capabilities=NEEDS_BASE,
     proxy="linear"))
 register(Healer(
+    "tail", heal_tail, TailOptions, "the last layers and the final norm trained with KL to the unpruned model",
+    "the last kept layers and the final norm (and an untied output head) trained to match the unpruned model's "
+    "next-token distribution (KL), the layers before them frozen", ("lu2024",), tags=("distillation",),
+    capabilities=NEEDS_BASE))
+register(Healer(
     "bias", heal_bias, ClosedFormOptions, "Siddiqui: the block's mean update as a bias",
     "the removed block's mean update added back as a bias", ("siddiqui2024",), tags=("bias-compensation",),
     capabilities=CLOSED_FORM, refusal=fold_refusal))
@@ -70,6 +77,11 @@ register(Healer(
     "projection", heal_projection, ProjectionOptions, "GradMAP-style compensation of the most-drifted layer",
     "a projection compensation of the most-drifted layer folded into its down-projection", ("gradmap",),
     tags=("projection-compensation",), capabilities=CLOSED_FORM, refusal=fold_refusal))
+register(Healer(
+    "rescale", heal_rescale, RescaleOptions, "Prune&Comp: the stream's magnitude gap at each removed run, rescaled",
+    "training-free magnitude compensation: the residual stream before each removed run scaled by the run's "
+    "measured magnitude gain, folded into the weights that write it", ("prunecomp",), tags=("magnitude-compensation",),
+    capabilities=CLOSED_FORM, refusal=fold_refusal))
 
 # recipe field -> options field
 RECIPE_FIELDS = {"heal_steps": "steps", "heal_tokens": "tokens", "learning_rate": "learning_rate",

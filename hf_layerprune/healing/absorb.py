@@ -28,7 +28,7 @@ from hf_layerprune.architectures import get_architecture
 from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.healing.activations import iter_capture, layers_of
 from hf_layerprune.runtime.registry import option
-from hf_layerprune.healing.base import HealContext, HealOptions, contiguous_runs, options_record
+from hf_layerprune.healing.base import CycledOptions, HealContext, contiguous_runs, options_record
 from hf_layerprune.healing.compensation import Site, undo_unless_better
 from hf_layerprune.healing.replacement import BlockMSE, layer_mse
 from hf_layerprune.healing.training import Rows, TrainSettings, only_trainable, train
@@ -37,30 +37,21 @@ DEFAULT_ABSORB_STEPS = 200
 
 
 @dataclass
-class AbsorbOptions(HealOptions):
+class AbsorbOptions(CycledOptions):
     """steps: optimizer steps per removed run (default 200); samples: distinct healing sequences (cycled for
     epochs; None: steps x batch_size); layers: how many kept layers absorb each run (trained jointly);
     learning_rate default 1e-3; weight_decay / max_grad_norm as LLM-Streamline;
     keep_if_better: restore a layer whose training raised the held-out loss."""
 
     batch_size: int = option(8, at_least=1)
-    samples: int | None = option(64, at_least=1)
     layers: int = option(2, at_least=1)
+    side: str = option("before", one_of=("before", "both"))
     weight_decay: float = option(1e-3, at_least=0)
     max_grad_norm: float = option(5.0, above=0)
     keep_if_better: bool = True
 
     default_learning_rate = 1e-3
-
-    def training_samples(self, seq_len: int) -> int:
-        """Sequences the pipeline must provide for training."""
-        total = super().training_samples(seq_len)
-        return min(total, self.samples) if self.samples else total
-
-    def resolve_steps(self, seq_len: int) -> int:
-        if self.steps is None and self.tokens is None:
-            return DEFAULT_ABSORB_STEPS
-        return super().resolve_steps(seq_len)
+    default_steps = DEFAULT_ABSORB_STEPS
 
 
 @dataclass(frozen=True)
@@ -94,6 +85,19 @@ def spans(removed: list[int], num_layers: int, width: int = 1) -> list[Span]:
     return out
 
 
+def with_after(plan: list[Span], removed: list[int], num_layers: int, width: int) -> list[Span]:
+    """`side=both`: each span also takes up to `width` kept layers right after its run (never the next span's);
+    its target moves to the base stream after the last of them."""
+    out = []
+    for k, span in enumerate(plan):
+        limit = plan[k + 1].layers[0] if k + 1 < len(plan) else num_layers
+        after = []
+        while span.end + len(after) < limit and len(after) < width and span.end + len(after) not in removed:
+            after.append(span.end + len(after))
+        out.append(Span(span.run, span.layers + after, after[-1] + 1 if after else span.end))
+    return out
+
+
 @torch.no_grad()
 def stream_at(model, ids: torch.Tensor, point: int, batch_size: int) -> torch.Tensor:
     """Residual stream at `point` for `ids`, on CPU."""
@@ -112,6 +116,8 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
     train_ids = ctx.train_ids[: options.training_samples(seq_len)]
     chunk = max(1, options.batch_size)
     plan = spans(removed, num_before, options.layers)
+    if options.side == "both":
+        plan = with_after(plan, removed, num_before, options.layers)
     sites = [Site(f"{arch.layers}.{kept.index(i)}", 0, f"layer {i}") for s in plan for i in s.layers]
     budget = options.budget_seconds()
     record: dict = {"method": "absorb", "steps": 0, "learning_rate": options.lr(), "runs": []}
@@ -149,7 +155,7 @@ def heal_absorb(ctx: HealContext, options: AbsorbOptions) -> dict:
         samples=len(train_ids),
         seconds=round(time.perf_counter() - start, 3),
         tokens_per_second=round(tokens / max(train_seconds, 1e-9), 2),
-        options=options_record(options),
+        options={k: v for k, v in options_record(options).items() if k != "side" or v != "before"},  # as before side=
         losses=losses,
     )
     return record

@@ -92,6 +92,26 @@ class HealOptions:
 
 
 @dataclass
+class CycledOptions(HealOptions):
+    """Options of a trained healer whose loss is cheap per step (`absorb`, `tail`): `samples` distinct sequences
+    (None: steps x batch_size) cycled for as many epochs as the steps need; `default_steps` without steps/tokens."""
+
+    samples: int | None = option(64, at_least=1)
+
+    default_steps: typing.ClassVar[int] = DEFAULT_STEPS
+
+    def training_samples(self, seq_len: int) -> int:
+        """Sequences the pipeline must provide for training."""
+        total = super().training_samples(seq_len)
+        return min(total, self.samples) if self.samples else total
+
+    def resolve_steps(self, seq_len: int) -> int:
+        if self.steps is None and self.tokens is None:
+            return self.default_steps
+        return super().resolve_steps(seq_len)
+
+
+@dataclass
 class HealContext:
     """What a healer works on. `model` is the pruned model, healed in place; `base_model` the unpruned one: a
     `base_view.SharedBase` over the same weights (the pipeline's) or a separate model, read only through
