@@ -41,6 +41,9 @@ class Architecture:
     down_proj: str = "mlp.down_proj"  # last linear of the MLP branch (closed-form healers fuse into it)
     lora_targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")  # the MLP's linears (`--heal lora`'s default)
     tied_by_default: bool = False  # transformers' default `tie_word_embeddings` for the family (a config.json may omit it)
+    gguf_arch: str | None = None  # gguf's MODEL_ARCH name when a transformers model of the family exports to GGUF
+    gguf_permuted: bool = False  # the export permutes Q/K as convert_hf_to_gguf.py's LlamaModel does
+    sublayer_export: bool = False  # attention-only / MLP-only cuts export as DeciLM (Nemotron-NAS), vLLM's layout
     notes: str = ""
     aliases: tuple[str, ...] = field(default=())
 

@@ -25,8 +25,9 @@ def expand_sparse_step(config: Any) -> dict[str, Any]:
 
 LLAMA_LIKE = dict(layers="model.layers", attention="self_attn", mlp="mlp")
 
-register(Architecture("llama", **LLAMA_LIKE))
-register(Architecture("mistral", **LLAMA_LIKE, notes="sliding_window is global"))
+register(Architecture("llama", **LLAMA_LIKE, gguf_arch="LLAMA", gguf_permuted=True, sublayer_export=True))
+register(Architecture("mistral", **LLAMA_LIKE, notes="sliding_window is global", gguf_arch="LLAMA", gguf_permuted=True,
+                      sublayer_export=True))
 register(Architecture("phi3", **LLAMA_LIKE, mlp_bias_field=None, lora_targets=("gate_up_proj", "down_proj"), notes="fused qkv_proj / gate_up_proj; no MLP bias"))
 register(
     Architecture(
@@ -36,6 +37,8 @@ register(
         recounted=("max_window_layers",),
         mlp_bias_field=None,
         notes="layer_types derived from max_window_layers is written explicitly",
+        gguf_arch="QWEN2",
+        sublayer_export=True,
     )
 )
 register(
@@ -45,6 +48,7 @@ register(
         sliced=("layer_types",),
         recounted=("max_window_layers",),
         mlp_bias_field=None,
+        gguf_arch="QWEN3",
     )
 )
 register(

@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hf_layerprune.architectures import ARCHITECTURES
 from hf_layerprune.runtime.errors import ConfigError, UnsupportedModel
 
 EXPORT_TYPES = ("F32", "BF16", "Q8_0")
-# transformers model_type -> gguf MODEL_ARCH member name
-FAMILIES = {"llama": "LLAMA", "mistral": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3"}
-PERMUTED = ("llama", "mistral")  # convert_hf_to_gguf.py's LlamaModel.permute
+# transformers model_type -> gguf MODEL_ARCH member name, and the families whose Q/K are permuted as
+# convert_hf_to_gguf.py's LlamaModel.permute does: facts of each family's Architecture entry (architectures/)
+FAMILIES = {a.model_type: a.gguf_arch for a in ARCHITECTURES.values() if a.gguf_arch}
+PERMUTED = tuple(a.model_type for a in ARCHITECTURES.values() if a.gguf_permuted)
 
 
 def check_exportable(config) -> None:

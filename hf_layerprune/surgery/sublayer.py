@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from hf_layerprune.architectures import get_architecture
+from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import get_submodule
 from hf_layerprune.surgery.decilm import DeciLMConfig, DeciLMForCausalLM, ffn_mult_to_intermediate_size
 from hf_layerprune.runtime.errors import ConfigError, UnsupportedModel
@@ -29,7 +29,7 @@ from hf_layerprune.runtime.outputs import staging_dir
 
 # Families whose decoder layer is exactly a Llama layer (RMSNorm, rotary attention with optional q/k/v bias, gated
 # MLP): the only ones the DeciLM layout can describe. Qwen2's q/k/v bias maps to `qkv_bias` (vLLM reads it).
-SUBLAYER_MODEL_TYPES = ("llama", "mistral", "qwen2")
+SUBLAYER_MODEL_TYPES = tuple(a.model_type for a in ARCHITECTURES.values() if a.sublayer_export)  # architectures/
 DECILM_DIR = Path(__file__).parent / "decilm"
 DECILM_FILES = ("configuration_decilm.py", "modeling_decilm.py")
 AUTO_MAP = {
