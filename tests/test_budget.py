@@ -18,6 +18,25 @@ from tiny_models import save_word_tokenizer, tiny_model
 FAST = ["--no-eval", "--calibration-samples", "4", "--seq-len", "16"]
 
 
+@pytest.fixture(autouse=True)
+def judge_articles(tmp_path, monkeypatch):
+    """Held-out articles in the tiny vocabulary (WikiText layout: ` = Title = ` headings, sentences ending ` .`),
+    standing in for WikiText-2 validation, so that no test reads ../shared or the Hub."""
+    import random
+
+    from hf_layerprune.flow import budget as module
+
+    rng = random.Random(0)
+    lines = []
+    for d in range(3):
+        words = [f"w{rng.randrange(3, 40)}" for _ in range(600)]
+        lines += [f" = Article {d} = \n", " " + " ".join(" ".join(words[i:i + 12]) + " ." for i in range(0, 600, 12)) + " \n"]
+    path = tmp_path / "valid.tokens"
+    path.write_text("".join(lines), encoding="utf-8")
+    monkeypatch.setattr(module, "judge_text", lambda: str(path))
+    return path
+
+
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     path = tmp_path_factory.mktemp("budget") / "src"
@@ -59,7 +78,9 @@ def test_judging_the_plans_leaves_the_model_bit_identical(src):
     assert not any(m._forward_hooks for m in model.modules())
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, logits)
-    assert section["chosen"] == min(section["candidates"], key=lambda c: c["held_out_kl"])
+    assert section["judged_by"] == "last_word_nll" and "last-word NLL on 3 held-out articles" in section["judge"]
+    assert all(c["last_word_targets"] > 0 and c["last_word_nll"] > 0 for c in section["candidates"])
+    assert section["chosen"] == min(section["candidates"], key=lambda c: c["last_word_nll"])
     assert (section["chosen"]["whole_layers"], section["chosen"]["attention_only"]) == (whole, attn)
     sizes = unit_sizes(model)
     assert section["chosen"]["parameters_removed"] == sum(sizes[0][i] for i in whole) + sum(sizes[1][i] for i in attn)
@@ -80,6 +101,20 @@ def test_the_plans_take_the_planted_unimportant_units():
                     seq_len=16)
     layers, attn, section = plan_for_target(model, None, recipe, log=lambda _: None)
     assert (layers, attn) == ([2], [4]) and section["chosen"]["held_out_kl"] < 1e-6
+
+
+def test_without_natural_text_the_plans_are_judged_by_kl(src, monkeypatch, tmp_path):
+    from hf_layerprune.flow import budget as module
+    from hf_layerprune.surgery.loading import load_model
+
+    monkeypatch.setattr(module, "judge_text", lambda: str(tmp_path / "missing" / "valid.tokens"))
+    model, tokenizer = load_model(str(src))
+    logged = []
+    recipe = Recipe(model=str(src), target="params=0.8", calibration_samples=4, seq_len=16)
+    _, _, section = plan_for_target(model, tokenizer, recipe, log=logged.append)
+    assert section["judged_by"] == "held_out_kl" and "last_word_nll" not in section["candidates"][0]
+    assert section["chosen"] == min(section["candidates"], key=lambda c: c["held_out_kl"])
+    assert any("judging by KL" in line for line in logged)
 
 
 @pytest.mark.parametrize("target", ["params=0.8", "kv=0.5"])

@@ -6,10 +6,14 @@ whole layer, and the attention of a layer (its MLP kept; Siddiqui et al.: attent
 
 Candidate plans take the k least important whole layers (`bi` block scores, or the recipe's metric when it scores
 blocks) for k = 0, 1, ... and fill the rest of the budget with the least important attention sub-layers of the other
-layers (`bi` attention scores), so every candidate meets the budget within one unit. Each candidate is judged by
-KL(base ‖ candidate) on held-out calibration text, the sub-layers skipped by forward hooks (sublayer.skip_sublayers:
-the model is left bit-identical); the lowest KL wins. Plans are judged before healing (a closed-form healer for
-attention-only removals does not exist here); the chosen plan is then healed like any cut.
+layers (`bi` attention scores), so every candidate meets the budget within one unit. Each candidate runs with its
+sub-layers skipped by forward hooks (sublayer.skip_sublayers: the model is left bit-identical) and is judged by what
+it keeps of long-range next-word ability: the negative log-likelihood of the last word of sentences of held-out
+natural text (WikiText-2 *validation*, disjoint from the evaluation's test split: evaluation/fidelity.py's targets),
+the lowest winning; KL(base ‖ candidate) on held-out calibration text is recorded beside it and decides when no such
+text can be read (offline without a local copy). On SmolLM2 the mean KL over every token ranked plans the opposite
+way from the last-word test (benchmarks/RESULTS.md, "A budget instead of a depth"). Plans are judged before healing
+(a closed-form healer for attention-only removals does not exist here); the chosen plan is then healed like any cut.
 
 A plan with no attention-only removal is a whole-layer cut (stock architecture, default healer `absorb`); one with
 attention-only removals is exported as a DeciLM / Nemotron-NAS checkpoint like `--granularity attention` (default
@@ -19,7 +23,9 @@ healer: the sub-layer default).
 from __future__ import annotations
 
 import math
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -27,15 +33,42 @@ import torch.nn.functional as F
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.runtime.calibration import calibration_batches
-from hf_layerprune.runtime.errors import ConfigError
+from hf_layerprune.evaluation.fidelity import logprobs, prepare, score_document
+from hf_layerprune.evaluation.perplexity import load_text_rows
+from hf_layerprune.runtime.errors import ConfigError, LayerPruneError
 from hf_layerprune.recipe import parse_target
 from hf_layerprune.scoring import get_metric
 from hf_layerprune.scoring.run import build_context, run_metric
 from hf_layerprune.surgery.sublayer import _ATTENTION_PARTS, check_sublayer_support, skip_sublayers
 
 Log = Callable[[str], None]
-HELD_OUT = 8  # held-out calibration sequences each candidate is judged on (as `auto`)
+HELD_OUT = 8  # held-out calibration sequences each candidate's KL is measured on (as `auto`)
 MAX_CANDIDATES = 12
+JUDGE_DOCS, JUDGE_SEQ_LEN = 8, 512  # held-out articles (their first tokens) whose last words judge the candidates
+
+
+def judge_text() -> str:
+    """WikiText-2's validation split: a local copy (``$LAYERPRUNE_DATA_DIR/wikitext2_tokens/wiki.valid.tokens`` or
+    ``../shared/data`` beside a checkout), else the Hub dataset."""
+    roots = [os.environ.get("LAYERPRUNE_DATA_DIR"), Path(__file__).resolve().parents[3] / "shared" / "data"]
+    for root in filter(None, roots):
+        path = Path(root) / "wikitext2_tokens" / "wiki.valid.tokens"
+        if path.is_file():
+            return str(path)
+    return "wikitext:wikitext-2-raw-v1:validation"
+
+
+def long_range_documents(tokenizer, log: Log = print) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(documents with last-word targets, their source) to judge candidates on; (None, None) without text."""
+    if tokenizer is None:
+        return None, None
+    try:
+        rows, name = load_text_rows(judge_text())
+    except LayerPruneError as exc:
+        log(f"--target: no held-out natural text to judge the plans' last words ({exc}); judging by KL")
+        return None, None
+    docs = [d for d in prepare(tokenizer, rows, docs=JUDGE_DOCS, seq_len=JUDGE_SEQ_LEN) if d["targets"]]
+    return (docs or None), name
 
 
 def unit_sizes(model) -> tuple[list[int], list[int]]:
@@ -97,6 +130,23 @@ def _kl_with_skipped(model, ids: torch.Tensor, teacher: list[torch.Tensor], atte
     return total / count
 
 
+@torch.no_grad()
+def _judge_last_words(model, docs: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> None:
+    """Add each candidate's mean negative log-likelihood of the documents' last-word targets (and its last-word
+    accuracy): one document at a time, the base's log-probabilities computed once per document."""
+    totals = [[0.0, 0, 0] for _ in candidates]  # nll, correct, targets
+    for doc in docs:
+        base_lp = logprobs(model, doc["ids"])
+        for total, c in zip(totals, candidates):
+            with skip_sublayers(model, sorted(c["whole_layers"] + c["attention_only"]), c["whole_layers"]):
+                scored = score_document(base_lp, logprobs(model, doc["ids"]), doc["ids"], doc["targets"])
+            total[0] -= sum(t["logprob_pruned"] for t in scored["targets"])
+            total[1] += sum(t["pruned"] for t in scored["targets"])
+            total[2] += len(scored["targets"])
+    for (nll, correct, count), c in zip(totals, candidates):
+        c.update(last_word_nll=nll / count, last_word_accuracy=correct / count, last_word_targets=count)
+
+
 def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], list[int], dict[str, Any]]:
     """(whole layers, attention-only layers, the report's scoring section) meeting `recipe.target`; `model` is the
     unpruned model, left bit-identical."""
@@ -127,18 +177,27 @@ def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list
     with torch.no_grad():
         teacher = [F.log_softmax(model(input_ids=row[None], use_cache=False).logits.float(), dim=-1) for row in held_out]
     log(f"--target {recipe.target}: {amount:,} {'parameters' if kind == 'params' else 'attention layers'} to remove; "
-        f"comparing {len(plans)} plans by KL to the base on held-out text")
+        f"comparing {len(plans)} plans on held-out text")
     candidates = []
     for layers, attn in plans:
         kl = _kl_with_skipped(model, held_out, teacher, sorted(layers + attn), layers)
         removed_params = sum(whole[i] for i in layers) + sum(attention[i] for i in attn)
         candidates.append({"whole_layers": layers, "attention_only": attn, "parameters_removed": removed_params,
                            "attention_removed": len(layers) + len(attn), "held_out_kl": kl})
-        log(f"  {len(layers)} whole + {len(attn)} attention-only: KL {kl:.4f}")
-    best = min(candidates, key=lambda c: c["held_out_kl"])
+    docs, source = long_range_documents(tokenizer, log)
+    if docs:
+        _judge_last_words(model, docs, candidates)
+        key, judge = "last_word_nll", (f"last-word NLL on {len(docs)} held-out articles of {Path(source).name} "
+                                       f"({candidates[0]['last_word_targets']} targets), before healing")
+    else:
+        key, judge = "held_out_kl", "held-out KL before healing"
+    for c in candidates:
+        words = f", last-word NLL {c['last_word_nll']:.3f} (accuracy {c['last_word_accuracy']:.1%})" if docs else ""
+        log(f"  {len(c['whole_layers'])} whole + {len(c['attention_only'])} attention-only: KL {c['held_out_kl']:.4f}{words}")
+    best = min(candidates, key=lambda c: c[key])
     section = {"metric": "target", "target": recipe.target, "budget": {"kind": kind, "amount": amount,
                                                                        "total_parameters": total},
                "block_metric": block_metric, "attention_metric": "bi", "calibration": record,
-               "candidates": candidates, "chosen": best, "judge": "held-out KL before healing",
+               "candidates": candidates, "chosen": best, "judge": judge, "judged_by": key,
                "seconds": round(time.perf_counter() - start, 3)}
     return best["whole_layers"], best["attention_only"], section
