@@ -22,7 +22,8 @@ REMOVED = [2, 3]
 KEEP = dict(keep_if_better=False)  # keep the change even where it does not help the random model
 HEALER_OPTIONS = {"absorb": dict(steps=3, batch_size=2, samples=4, **KEEP), "linear": KEEP, "bias": KEEP, "projection": KEEP,
                   "lora": dict(steps=3, batch_size=2, learning_rate=1e-2),
-                  "distill": dict(steps=3, batch_size=2, hidden=1.0, learning_rate=1e-2), "replace": dict(steps=3, batch_size=2)}
+                  "distill": dict(steps=3, batch_size=2, hidden=1.0, learning_rate=1e-2), "replace": dict(steps=3, batch_size=2), "rescale": KEEP,
+                  "tail": dict(steps=3, batch_size=2, samples=4, **KEEP)}
 
 
 def layer_key(name: str, kept: list[int]) -> str:
