@@ -61,11 +61,11 @@ def healed(spec: str, base, tokenizer):
     start = time.perf_counter()
     with trial(base) as shared:
         remove_layers(base, removed)
-        record = heal_for_recipe(base, tokenizer, recipe, report, base_model=shared, log=print)
+        record, _ = heal_for_recipe(base, tokenizer, recipe, report, base_model=shared, log=print)  # (healing, cut)
         model = copy.deepcopy(base)
     # heal: wall seconds, sampling the `self` text included (the first heal: of a process pays it); healer: the
     # healing record's own seconds (capture, fit or training, held-out checks)
-    return model.eval(), {"heal": round(time.perf_counter() - start), "healer": round(record["seconds"])}
+    return model.eval(), {"heal": round(time.perf_counter() - start), "healer": round(record.seconds or 0)}
 
 
 def stage_seconds(spec: str) -> dict[str, float]:
