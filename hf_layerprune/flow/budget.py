@@ -44,7 +44,7 @@ from hf_layerprune.surgery.sublayer import _ATTENTION_PARTS, check_sublayer_supp
 Log = Callable[[str], None]
 HELD_OUT = 8  # held-out calibration sequences each candidate's KL is measured on (as `auto`)
 MAX_CANDIDATES = 12
-JUDGE_DOCS, JUDGE_SEQ_LEN = 8, 512  # held-out articles (their first tokens) whose last words judge the candidates
+JUDGE_DOCS, JUDGE_SEQ_LEN = 16, 1024  # held-out articles (their first tokens) whose last words judge the candidates
 
 
 def judge_text() -> str:
