@@ -44,6 +44,7 @@ from hf_layerprune.surgery.sublayer import _ATTENTION_PARTS, check_sublayer_supp
 Log = Callable[[str], None]
 HELD_OUT = 8  # held-out calibration sequences each candidate's KL is measured on (as `auto`)
 MAX_CANDIDATES = 12
+UNITS = {"params": "parameters", "kv": "attention layers"}  # what a budget of each kind counts
 JUDGE_DOCS, JUDGE_SEQ_LEN = 16, 1024  # held-out articles (their first tokens) whose last words judge the candidates
 
 
@@ -157,7 +158,7 @@ def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list
     kind, amount = budget(recipe.target, total, len(whole))
     most = sum(whole) - min(whole) + max(attention) if kind == "params" else len(whole) - 1
     if amount > most:  # before any calibration or scoring
-        raise ConfigError(f"--target {recipe.target}: {amount:,} {'parameters' if kind == 'params' else 'attention layers'} "
+        raise ConfigError(f"--target {recipe.target}: {amount:,} {UNITS[kind]} "
                           f"to remove, more than all layers but one can give ({most:,}); keep a larger fraction")
     block_metric = recipe.metric if recipe.metric and recipe.metric != "auto" else "bi"
     orders = {}
@@ -171,12 +172,12 @@ def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list
                             kind, amount)
     if not plans:
         raise ConfigError(f"--target {recipe.target}: no plan of whole layers and attention sub-layers removes "
-                          f"{amount:,} {'parameters' if kind == 'params' else 'attention layers'} from this model")
+                          f"{amount:,} {UNITS[kind]} from this model")
     held_out = calibration_batches(recipe.calibration, tokenizer, model=model, samples=recipe.calibration_samples + HELD_OUT,
                                    seq_len=recipe.seq_len, seed=recipe.seed, text_column=recipe.text_column)[-HELD_OUT:]
     with torch.no_grad():
         teacher = [F.log_softmax(model(input_ids=row[None], use_cache=False).logits.float(), dim=-1) for row in held_out]
-    log(f"--target {recipe.target}: {amount:,} {'parameters' if kind == 'params' else 'attention layers'} to remove; "
+    log(f"--target {recipe.target}: {amount:,} {UNITS[kind]} to remove; "
         f"comparing {len(plans)} plans on held-out text")
     candidates = []
     for layers, attn in plans:

@@ -28,9 +28,10 @@ from hf_layerprune.flow.targets import uses_metric
 Log = Callable[[str], None]
 
 
-def check_recipe(recipe: Recipe) -> None:
+def check_recipe(recipe: Recipe) -> tuple:
     """Every option of every stage, checked before the network and before any weight is read: the target, the
-    metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks."""
+    metric and its options, the selection, the heal chain and its options, the dtype and device, the tasks.
+    Returns the checked heal chain (healing.HealStep per healer; empty for `none`)."""
     recipe.validate_target()
     recipe.resolve_defaults()
     if recipe.target is not None:
@@ -45,10 +46,11 @@ def check_recipe(recipe: Recipe) -> None:
         get_metric(recipe.metric_name).check_granularity(recipe.granularity)
     if recipe.selection is not None:
         check_strategy(recipe.selection)
-    if recipe.heal not in (None, "none"):
+    heal = ()
+    if recipe.heal not in (None, "none"):  # the healers import torch: only a recipe that heals needs them
         from hf_layerprune.healing import check_heal
 
-        check_heal(recipe.heal, recipe)
+        heal = check_heal(recipe.heal, recipe)
     torch_dtype(recipe.dtype)
     check_device(recipe.device)
     check_shard_size(recipe.max_shard_size)
@@ -59,6 +61,7 @@ def check_recipe(recipe: Recipe) -> None:
         settings = settings_from_recipe(recipe)
         check_tasks(settings)
         check_held_out(settings.generation, calibration=recipe.calibration, heal_data=recipe.heal_data)
+    return heal
 
 
 def check_4bit(recipe: Recipe) -> None:

@@ -26,9 +26,6 @@ from hf_layerprune.recipe import Recipe
 from hf_layerprune.surgery.layers import side_files
 from hf_layerprune.flow.targets import uses_metric
 
-ROUTES = ("gguf", "streaming", "in-memory")
-
-
 @dataclass(frozen=True)
 class Plan:
     """What a run will do, checked: the recipe (defaults resolved), the source, the route (`gguf`: a GGUF file cut
@@ -48,8 +45,7 @@ def make_plan(recipe: Recipe) -> Plan:
     and the options are read before any library is asked for a task list or a file."""
     if not recipe.output_dir:
         raise ConfigError("give --output-dir DIR for the pruned model")
-    check_recipe(recipe)
-    heal = _heal_chain(recipe)
+    heal = check_recipe(recipe)  # the heal chain, read once
     distributed.check_recipe(recipe, any(step.healer.trained for step in heal))
     source = resolve_source(recipe.model, recipe.revision, allow_pickle=recipe.allow_pickle, check_files=False)
     fmt = resolve_format(recipe, source)
@@ -80,14 +76,6 @@ def make_plan(recipe: Recipe) -> Plan:
 
     base_revision = distributed.on_main(checks, share=True)
     return Plan(recipe, source, route, fmt, heal, base_revision)
-
-
-def _heal_chain(recipe: Recipe) -> tuple[Any, ...]:
-    if recipe.heal in (None, "none"):
-        return ()
-    from hf_layerprune.healing import heal_chain  # imports torch: only a recipe that heals needs it
-
-    return heal_chain(recipe.heal, recipe)
 
 
 def _needs_gguf_model(recipe: Recipe) -> bool:

@@ -535,13 +535,14 @@ def verify_pushed_gguf(repo_id: str, revision: str, directory: Path, token: str 
         with tempfile.TemporaryDirectory(prefix="layerprune-verify-gguf-") as cache:
             with hub_errors(f"downloading {name} from {repo_id}@{revision} to verify it", token):
                 pushed = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache, token=token))
-            if sha256(pushed) != sha256(local):
+            digest = sha256(local)  # each file is hashed once: a GGUF can be many GB
+            if sha256(pushed) != digest:
                 raise HubError(f"{repo_id}@{revision}: {name} differs from the local file after the push")
             mine, theirs = read_header(local), read_header(pushed)
             try:
                 if (theirs.block_count, len(theirs.tensors)) != (mine.block_count, len(mine.tensors)):
                     raise HubError(f"{repo_id}@{revision}: {name} does not read back as written")
-                checks.append({"file": name, "sha256": sha256(local), "block_count": theirs.block_count,
+                checks.append({"file": name, "sha256": digest, "block_count": theirs.block_count,
                                "tensors": len(theirs.tensors)})
             finally:
                 mine.buf.close()

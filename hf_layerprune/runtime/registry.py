@@ -190,13 +190,15 @@ def option(default: Any = dataclasses.MISSING, *, at_least: float | None = None,
     return dataclasses.field(default=default, metadata={"bounds": Bounds(at_least, at_most, above, below, one_of)})
 
 
-def check_bounds(options: Any, what: str) -> None:
-    """One ConfigError line naming the first field of `options` outside its declared range."""
-    for f in dataclasses.fields(options):
+def check_bounds(cls: type, values: dict[str, Any], what: str) -> None:
+    """One ConfigError line naming the first field of options dataclass `cls` whose value (given in `values`, else
+    its default) lies outside its declared range."""
+    for f in dataclasses.fields(cls):
         bounds = f.metadata.get("bounds")
-        why = bounds.refusal(getattr(options, f.name)) if bounds else None
+        value = values.get(f.name, f.default)
+        why = bounds.refusal(value) if bounds and value is not dataclasses.MISSING else None
         if why:
-            raise ConfigError(f"{what}: option {f.name}={getattr(options, f.name)!r} {why}")
+            raise ConfigError(f"{what}: option {f.name}={value!r} {why}")
 
 
 def build_options(cls: type | None, what: str, raw: dict[str, Any]) -> Any:
@@ -211,19 +213,8 @@ def build_options(cls: type | None, what: str, raw: dict[str, Any]) -> Any:
         return None
     hints = typing.get_type_hints(cls)
     values = {k: convert(v, hints[k], what, k) for k, v in raw.items()}
-    check_bounds(_with_defaults(cls, values), what)  # before __post_init__'s checks of combinations
+    check_bounds(cls, values, what)  # before __post_init__'s checks of combinations
     return cls(**values)
-
-
-def _with_defaults(cls: type, values: dict[str, Any]) -> Any:
-    """A stand-in with the fields `cls(**values)` would have, built without running its __post_init__."""
-    ns = {f.name: (f.default if f.default is not dataclasses.MISSING else
-                   f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-          for f in dataclasses.fields(cls)}
-    ns.update(values)
-    stub = object.__new__(cls)
-    stub.__dict__.update(ns)
-    return stub
 
 
 _WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
