@@ -116,6 +116,18 @@ def point_hub_client_at(url: str, cache_dir, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(transformers_hub, "_hf_api", None)  # transformers caches its own HfApi
 
 
+@pytest.fixture(autouse=True)
+def judge_articles(tmp_path, monkeypatch):
+    """Held-out articles in the tiny vocabulary (WikiText layout: ` = Title = ` headings, sentences ending ` .`)
+    standing in for WikiText-2 validation, the text `auto` and `--target` judge cuts on (flow/judge.py), so that
+    no test (nor a CLI it starts) reads ../shared or the Hub."""
+    from tiny_models import write_judge_articles
+
+    path = write_judge_articles(tmp_path / "judge-valid.tokens")
+    monkeypatch.setenv("LAYERPRUNE_JUDGE_TEXT", str(path))
+    return path
+
+
 @pytest.fixture
 def hub_server(tmp_path, monkeypatch):
     """A running local Hub with user `alice` (member of org `acme`): `WRITE_TOKEN` writes, `READ_TOKEN` reads.

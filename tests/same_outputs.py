@@ -117,7 +117,7 @@ def compare(name: str, got: dict, want: dict) -> list[str]:
 
 def setup(root: Path) -> dict[str, str]:
     from test_evaluation import DATA, TEXT, TINY_TASK
-    from tiny_models import save_word_tokenizer, tiny_model
+    from tiny_models import save_word_tokenizer, tiny_model, write_judge_articles
 
     ckpt = root / "tiny-llama"
     tiny_model("llama", num_layers=6).save_pretrained(ckpt)
@@ -127,7 +127,8 @@ def setup(root: Path) -> dict[str, str]:
     (tasks / "tiny_mc.yaml").write_text(TINY_TASK.format(path=json.dumps(str((DATA / "tiny_mc.jsonl").resolve()))))
     text = root / "text.raw"
     text.write_text(TEXT * 4, encoding="utf-8")
-    return {"ckpt": str(ckpt), "tasks": str(tasks), "text": str(text)}
+    judge = write_judge_articles(root / "judge-valid.tokens")  # what `auto` judges cuts on (flow/judge.py)
+    return {"ckpt": str(ckpt), "tasks": str(tasks), "text": str(text), "judge": str(judge)}
 
 
 def run_recipe(name: str, root: Path, paths: dict[str, str]) -> dict:
@@ -135,7 +136,7 @@ def run_recipe(name: str, root: Path, paths: dict[str, str]) -> dict:
 
     from hf_layerprune.cli import app
 
-    runner = CliRunner()
+    runner = CliRunner(env={"LAYERPRUNE_JUDGE_TEXT": paths["judge"]})
     if name == "sweep":
         result = runner.invoke(app, ["sweep", paths["ckpt"], *SWEEP, *COMMON, "-o", str(root / "sweep")])
         assert result.exit_code == 0, result.output

@@ -18,25 +18,6 @@ from tiny_models import save_word_tokenizer, tiny_model
 FAST = ["--no-eval", "--calibration-samples", "4", "--seq-len", "16"]
 
 
-@pytest.fixture(autouse=True)
-def judge_articles(tmp_path, monkeypatch):
-    """Held-out articles in the tiny vocabulary (WikiText layout: ` = Title = ` headings, sentences ending ` .`),
-    standing in for WikiText-2 validation, so that no test reads ../shared or the Hub."""
-    import random
-
-    from hf_layerprune.flow import budget as module
-
-    rng = random.Random(0)
-    lines = []
-    for d in range(3):
-        words = [f"w{rng.randrange(3, 40)}" for _ in range(600)]
-        lines += [f" = Article {d} = \n", " " + " ".join(" ".join(words[i:i + 12]) + " ." for i in range(0, 600, 12)) + " \n"]
-    path = tmp_path / "valid.tokens"
-    path.write_text("".join(lines), encoding="utf-8")
-    monkeypatch.setattr(module, "judge_text", lambda: str(path))
-    return path
-
-
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     path = tmp_path_factory.mktemp("budget") / "src"
@@ -104,10 +85,9 @@ def test_the_plans_take_the_planted_unimportant_units():
 
 
 def test_without_natural_text_the_plans_are_judged_by_kl(src, monkeypatch, tmp_path):
-    from hf_layerprune.flow import budget as module
     from hf_layerprune.surgery.loading import load_model
 
-    monkeypatch.setattr(module, "judge_text", lambda: str(tmp_path / "missing" / "valid.tokens"))
+    monkeypatch.setenv("LAYERPRUNE_JUDGE_TEXT", str(tmp_path / "missing" / "valid.tokens"))
     model, tokenizer = load_model(str(src))
     logged = []
     recipe = Recipe(model=str(src), target="params=0.8", calibration_samples=4, seq_len=16)

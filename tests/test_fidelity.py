@@ -18,6 +18,7 @@ from hf_layerprune.evaluation.fidelity import (
     documents,
     generation_fidelity,
     last_word_targets,
+    logprobs,
     prepare,
     retentions,
     score_document,
@@ -272,3 +273,21 @@ def test_the_pipelines_evaluation_measures_it_on_the_perplexity_text_or_says_why
     section = evaluate_for_recipe(base, pruned, tok, Recipe(model="x", layers=[1], tasks=[], perplexity=str(short)),
                                   log=lambda m: None)
     assert "generation" not in section and "long enough" in section["generation_skipped"]
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_the_long_range_judge_scores_the_fidelity_measures_last_words(rows, tok, monkeypatch, keep):
+    """flow/judge.py's last-word NLL and accuracy (LM head on the target rows only, or on every row for a model
+    without ``logits_to_keep``) equal what the fidelity measure computes from full log-probabilities per target."""
+    from hf_layerprune.flow import judge
+
+    monkeypatch.setattr(judge, "_keeps_logits", lambda model: keep)
+    base, pruned = cut_pair(4, 2)
+    docs = [d for d in prepare(tok, rows, docs=3, seq_len=400) if d["targets"]]
+    assert sum(len(d["targets"]) for d in docs) >= 5
+    got = judge.last_word_scores(pruned, docs)
+    scored = [t for d in docs for t in score_document(logprobs(base, d["ids"]), logprobs(pruned, d["ids"]), d["ids"],
+                                                        d["targets"])["targets"]]
+    assert got["last_word_targets"] == len(scored)
+    assert got["last_word_nll"] == pytest.approx(-sum(t["logprob_pruned"] for t in scored) / len(scored), abs=ATOL)
+    assert got["last_word_accuracy"] == sum(t["pruned"] for t in scored) / len(scored)

@@ -32,7 +32,7 @@ from hf_layerprune.scoring.capture import (
 )
 from hf_layerprune.scoring.prefix_cache import ActivationCache
 from hf_layerprune.surgery.layers import remove_layers
-from tiny_models import FAMILIES, sample_ids, tiny_model
+from tiny_models import FAMILIES, sample_ids, save_word_tokenizer, tiny_model
 
 torch.set_num_threads(1)
 
@@ -413,6 +413,7 @@ def test_auto_keeps_the_candidate_closest_to_the_base_on_held_out_text(heal):
     assert ranking_healer("linear+distill") == "linear" and ranking_healer("lora") == "none"
     assert ranking_healer("absorb") == "linear" == ranking_healer("linear+absorb")
     assert ranking_healer("bias+absorb") == "bias+linear" and ranking_healer("absorb", tiny_model("qwen2_moe")) == "none"
+    assert ranking_healer("absorb", long_range=True) == "none" and ranking_healer("bias+absorb", long_range=True) == "bias"
     model = planted("llama", identity=[1, 4])
     before = copy.deepcopy(model.state_dict())
     recipe = Recipe(model="tiny", drop=2, heal=heal, calibration="self", calibration_samples=8, seq_len=32)
@@ -427,6 +428,45 @@ def test_auto_keeps_the_candidate_closest_to_the_base_on_held_out_text(heal):
     assert best.held_out_loss == pytest.approx(mean_loss(model, held_out), abs=1e-5)
     assert record.judged_with.objective == "kl_to_base"
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is left unchanged
+
+
+@pytest.mark.parametrize("heal", ["linear", "absorb"])
+def test_auto_keeps_the_candidate_that_best_predicts_long_range_last_words(tmp_path, monkeypatch, heal):
+    """With held-out natural text (conftest's stand-in articles for WikiText-2 validation) `auto` judges by the
+    long-range judge (flow/judge.py), the KL recorded beside it: lossless identities win on both, and a judge that
+    prefers another candidate decides against the KL; the model is left bit-identical. A closed-form healer judges
+    after itself, a trained one (absorb) unhealed: no proxy."""
+    from transformers import AutoTokenizer
+
+    from hf_layerprune.flow import auto
+    from hf_layerprune.flow.judge import last_word_scores
+
+    save_word_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    model = planted("llama", identity=[1, 4])
+    before = copy.deepcopy(model.state_dict())
+    recipe = Recipe(model="tiny", drop=2, heal=heal, calibration="self", calibration_samples=8, seq_len=32)
+    selected, record = auto.auto_select(model, tokenizer, recipe, log=quiet)
+    assert record.judged_with.objective == "last_word_nll" and record.judged_with.long_range_docs == 3
+    assert record.judged_with.heal == {"linear": "linear", "absorb": "none"}[heal]
+    assert record.judged_with.long_range_text.endswith("judge-valid.tokens")
+    best = min(record.candidates, key=lambda c: c.last_word_nll)
+    assert selected == best.selected == [1, 4] and 0 <= best.last_word_accuracy <= 1
+    assert all(c.last_word_nll > best.last_word_nll + 1e-4 for c in record.candidates if c is not best)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+    worst_kl = max(record.candidates, key=lambda c: c.held_out_kl).selected  # now made the judge's favourite
+    monkeypatch.setattr(auto, "last_word_scores", lambda m, docs: {**last_word_scores(m, docs), "last_word_nll": (
+        0.0 if m.config.num_hidden_layers == 4 and _removed(m, before) == worst_kl else 9.0)})
+    selected, record = auto.auto_select(model, tokenizer, recipe, log=quiet)
+    assert selected == worst_kl != [1, 4]
+
+
+def _removed(model, before) -> list[int]:
+    """The layers of the 6-layer original missing from `model` (matched by their first weight)."""
+    kept = [p for name, p in model.state_dict().items() if name.endswith("q_proj.weight")]
+    originals = [v for name, v in before.items() if name.endswith("q_proj.weight")]
+    return [i for i, w in enumerate(originals) if not any(torch.equal(w, k) for k in kept)]
 
 
 def test_auto_refuses_sublayers():

@@ -81,6 +81,20 @@ def save_word_tokenizer(directory) -> None:
                             eos_token="</s>").save_pretrained(directory)
 
 
+def write_judge_articles(path):
+    """Three held-out articles in the tiny vocabulary (WikiText layout: `` = Title = `` headings, sentences ending
+    `` .``), standing in for WikiText-2 validation, the text `auto` and `--target` judge cuts on (flow/judge.py)."""
+    import random
+
+    rng = random.Random(0)
+    lines = []
+    for d in range(3):
+        words = [f"w{rng.randrange(3, 40)}" for _ in range(600)]
+        lines += [f" = Article {d} = \n", " " + " ".join(" ".join(words[i:i + 12]) + " ." for i in range(0, 600, 12)) + " \n"]
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
 def sample_ids(batch: int = 2, length: int = 12, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=g)

@@ -74,8 +74,9 @@ def build_context(report: Report, *, model_name: str, repo_id: str | None, licen
     entry = metric_entry(metric)
     metric_what = entry.description if entry is not None else None
     judged = scoring.judged_with or JudgedWith()
-    if judged.objective == "kl_to_base" and getattr(entry, "description_kl", None):  # `auto` since issue 35
-        metric_what = entry.description_kl
+    described = {"kl_to_base": "description_kl", "last_word_nll": "description_long_range"}.get(judged.objective or "")
+    if described and getattr(entry, described, None):  # `auto` since issue 35
+        metric_what = getattr(entry, described)
     chosen = scoring.chosen_metric
     if metric == "auto" and chosen is not None and entry is not None:  # name the metric whose selection won
         metric_what = f"{metric_what}; here the {chosen} selection won"

@@ -51,14 +51,18 @@ Log = Callable[[str], None]
 def held_out_text(given: str | None = None) -> str:
     """The held-out text: the one given (``--perplexity``), else a local WikiText-2 test file
     (``$LAYERPRUNE_DATA_DIR/wikitext2_raw/wiki.test.raw``, or ``../shared/data`` beside a checkout), else the Hub's."""
-    if given:
-        return given
+    return given or local_data_file("wikitext2_raw/wiki.test.raw") or "wikitext"
+
+
+def local_data_file(relative: str) -> str | None:
+    """``relative`` under ``$LAYERPRUNE_DATA_DIR``, else under ``../shared/data`` beside a checkout; None when
+    neither has it."""
     roots = [os.environ.get("LAYERPRUNE_DATA_DIR"), Path(__file__).resolve().parents[3] / "shared" / "data"]
     for root in filter(None, roots):
-        path = Path(root) / "wikitext2_raw" / "wiki.test.raw"
+        path = Path(root) / relative
         if path.is_file():
             return str(path)
-    return "wikitext"
+    return None
 
 
 def check_held_out(held_out: str, **texts: str | None) -> None:

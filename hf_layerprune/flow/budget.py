@@ -23,7 +23,6 @@ healer: the sub-layer default).
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,9 +32,8 @@ import torch.nn.functional as F
 
 from hf_layerprune.architectures import get_architecture
 from hf_layerprune.runtime.calibration import calibration_batches
-from hf_layerprune.evaluation.fidelity import logprobs, prepare, score_document
-from hf_layerprune.evaluation.perplexity import load_text_rows
-from hf_layerprune.runtime.errors import ConfigError, LayerPruneError
+from hf_layerprune.flow.judge import last_word_scores, long_range_documents
+from hf_layerprune.runtime.errors import ConfigError
 from hf_layerprune.recipe import parse_target
 from hf_layerprune.scoring import get_metric
 from hf_layerprune.scoring.run import build_context, run_metric
@@ -45,31 +43,6 @@ Log = Callable[[str], None]
 HELD_OUT = 8  # held-out calibration sequences each candidate's KL is measured on (as `auto`)
 MAX_CANDIDATES = 12
 UNITS = {"params": "parameters", "kv": "attention layers"}  # what a budget of each kind counts
-JUDGE_DOCS, JUDGE_SEQ_LEN = 16, 1024  # held-out articles (their first tokens) whose last words judge the candidates
-
-
-def judge_text() -> str:
-    """WikiText-2's validation split: a local copy (``$LAYERPRUNE_DATA_DIR/wikitext2_tokens/wiki.valid.tokens`` or
-    ``../shared/data`` beside a checkout), else the Hub dataset."""
-    roots = [os.environ.get("LAYERPRUNE_DATA_DIR"), Path(__file__).resolve().parents[3] / "shared" / "data"]
-    for root in filter(None, roots):
-        path = Path(root) / "wikitext2_tokens" / "wiki.valid.tokens"
-        if path.is_file():
-            return str(path)
-    return "wikitext:wikitext-2-raw-v1:validation"
-
-
-def long_range_documents(tokenizer, log: Log = print) -> tuple[list[dict[str, Any]] | None, str | None]:
-    """(documents with last-word targets, their source) to judge candidates on; (None, None) without text."""
-    if tokenizer is None:
-        return None, None
-    try:
-        rows, name = load_text_rows(judge_text())
-    except LayerPruneError as exc:
-        log(f"--target: no held-out natural text to judge the plans' last words ({exc}); judging by KL")
-        return None, None
-    docs = [d for d in prepare(tokenizer, rows, docs=JUDGE_DOCS, seq_len=JUDGE_SEQ_LEN) if d["targets"]]
-    return (docs or None), name
 
 
 def unit_sizes(model) -> tuple[list[int], list[int]]:
@@ -131,21 +104,12 @@ def _kl_with_skipped(model, ids: torch.Tensor, teacher: list[torch.Tensor], atte
     return total / count
 
 
-@torch.no_grad()
 def _judge_last_words(model, docs: list[dict[str, Any]], candidates: list[dict[str, Any]]) -> None:
-    """Add each candidate's mean negative log-likelihood of the documents' last-word targets (and its last-word
-    accuracy): one document at a time, the base's log-probabilities computed once per document."""
-    totals = [[0.0, 0, 0] for _ in candidates]  # nll, correct, targets
-    for doc in docs:
-        base_lp = logprobs(model, doc["ids"])
-        for total, c in zip(totals, candidates):
-            with skip_sublayers(model, sorted(c["whole_layers"] + c["attention_only"]), c["whole_layers"]):
-                scored = score_document(base_lp, logprobs(model, doc["ids"]), doc["ids"], doc["targets"])
-            total[0] -= sum(t["logprob_pruned"] for t in scored["targets"])
-            total[1] += sum(t["pruned"] for t in scored["targets"])
-            total[2] += len(scored["targets"])
-    for (nll, correct, count), c in zip(totals, candidates):
-        c.update(last_word_nll=nll / count, last_word_accuracy=correct / count, last_word_targets=count)
+    """Add each candidate's last-word NLL, accuracy and target count (judge.last_word_scores) with its sub-layers
+    skipped."""
+    for c in candidates:
+        with skip_sublayers(model, sorted(c["whole_layers"] + c["attention_only"]), c["whole_layers"]):
+            c.update(last_word_scores(model, docs))
 
 
 def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list[int], list[int], dict[str, Any]]:
@@ -185,7 +149,7 @@ def plan_for_target(model, tokenizer, recipe, *, log: Log = print) -> tuple[list
         removed_params = sum(whole[i] for i in layers) + sum(attention[i] for i in attn)
         candidates.append({"whole_layers": layers, "attention_only": attn, "parameters_removed": removed_params,
                            "attention_removed": len(layers) + len(attn), "held_out_kl": kl})
-    docs, source = long_range_documents(tokenizer, log)
+    docs, source = long_range_documents(tokenizer, model, who="--target", log=log)
     if docs:
         _judge_last_words(model, docs, candidates)
         key, judge = "last_word_nll", (f"last-word NLL on {len(docs)} held-out articles of {Path(source).name} "

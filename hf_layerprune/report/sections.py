@@ -77,14 +77,18 @@ class Candidate(Section):
     selected: list[int] = field(default_factory=list)
     held_out_loss: float | None = _null()
     held_out_kl: float | None = _null()
+    last_word_nll: float | None = None  # the long-range judge (flow/judge.py), since issue 35
+    last_word_accuracy: float | None = None
 
 
 @dataclass(kw_only=True)
 class JudgedWith(Section):
     heal: str | None = None
-    objective: str | None = None  # "kl_to_base" since issue 35; absent: the lowest loss won
+    objective: str | None = None  # "last_word_nll" | "kl_to_base" (issue 35); absent: the lowest loss won
     held_out_samples: int | None = None
     seq_len: int | None = None
+    long_range_text: str | None = None  # "last_word_nll": the articles' source (flow/judge.py)
+    long_range_docs: int | None = None
 
 
 @dataclass(kw_only=True)

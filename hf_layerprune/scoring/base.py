@@ -180,6 +180,8 @@ class AutoSelection:
     description = "the best of the angular, cosine and bi selections, judged by held-out calibration loss after healing"
     description_kl = ("the best of the angular, cosine and bi selections, judged after healing by the KL divergence "
                       "from the base model's next-token distribution on held-out calibration text")
+    description_long_range = ("the best of the angular, cosine and bi selections, judged by how well the cut "
+                              "model still predicts the last words of long held-out passages (WikiText-2 validation)")
     citations = ("gromov2024", "streamline", "shortgpt")
     tags = ("auto-selection",)
 
@@ -195,7 +197,7 @@ class TargetSelection:
     name = "target"
     summary = "the plan of whole layers and attention sub-layers that meets the --target budget"
     description = ("the plan of whole layers (ranked by bi) and attention sub-layers (ranked by bi) that meets the "
-                   "--target budget with the lowest KL divergence from the base model on held-out calibration text")
+                   "--target budget and best predicts the last words of long held-out passages (WikiText-2 validation)")
     citations = ("shortgpt", "siddiqui2024")
     tags = ("budget-selection",)
 
