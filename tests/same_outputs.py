@@ -8,7 +8,9 @@ candidate (its `held_out_loss` and `judged_with` are null where the three metric
 reports gain the generation-fidelity settings (`generation_skipped` here: the tiny text has no 256-token article),
 `recipe.heal_budget`, healer `options.budget`, and `auto`'s `held_out_kl` / `judged_with.objective`; the `rounds`
 recipe's second round now keeps the candidate closest to the base (KL), so its layers and weights changed.
-Session 12 (issue 31) added `tensors`, a fingerprint of every tensor. The recording is made on a CPU with
+Session 12 (issue 31) added `tensors`, a fingerprint of every tensor. Session 14 (issue 35): `auto` judges by the
+long-range judge on stand-in articles (tiny_models.write_judge_articles; `last_word_*` and `long_range_*` keys), a
+trained healer's candidates unhealed; the sweep's 4-layer variant now removes [1, 2]. The recording is made on a CPU with
 AVX512-BF16 under `ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 DNNL_MAX_CPU_ISA=AVX2`, with which every
 weight hash of the earlier recording (made on an AVX2 machine) came out identical.
 
