@@ -55,10 +55,11 @@ def evaluate(args) -> None:
     import torch
 
     from hf_layerprune.evaluation import EvalSettings, evaluation_section, perplexity, speed_of_pair
+    from hf_layerprune.evaluation.fidelity import fidelity_of_pair, held_out_text
     from hf_layerprune.evaluation.lm_eval_runner import run_lm_eval
-    from hf_layerprune.loading import load_model, resolve_source
-    from hf_layerprune.provenance import portable_command
     from hf_layerprune.report import read_report, write_report
+    from hf_layerprune.report.provenance import portable_command
+    from hf_layerprune.surgery.loading import load_model, resolve_source
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -89,12 +90,15 @@ def evaluate(args) -> None:
         run(pruned, ptok, [task], limit, "pruned")
         run(base, tok, [task], limit, "base")
     settings = EvalSettings(tasks=tasks + list(extra), limit=args.limit, perplexity=args.perplexity,
-                            ppl_max_tokens=args.perplexity_tokens, speed_threads=args.threads)
+                            ppl_max_tokens=args.perplexity_tokens, speed_threads=args.threads,
+                            generation=held_out_text(args.generation or (args.perplexity if args.perplexity != "wikitext" else None)))
     for who, model, tokenizer in (("base", base, tok), ("pruned", pruned, ptok)):
         out[who]["perplexity"] = perplexity(model, tokenizer, args.perplexity, seq_len=512, max_tokens=args.perplexity_tokens)
         print(f"{who}: perplexity {out[who]['perplexity']['perplexity']:.3f}")
     speed = speed_of_pair(base, pruned, ptok, settings, pruned_dir=pruned_dir, log=print)
-    section = evaluation_section(settings, out["base"], out["pruned"], time.perf_counter() - start, speed_pair=speed)
+    generation = fidelity_of_pair(base, pruned, ptok, settings, log=print)  # the evaluation stage's own measure
+    section = evaluation_section(settings, out["base"], out["pruned"], time.perf_counter() - start, speed_pair=speed,
+                                 generation=generation)
     if extra:
         section["settings"]["limit_per_task"] = {**{t: args.limit for t in tasks}, **extra}
     if reused:
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="TASK:N,... further tasks on their first N docs")
     parser.add_argument("--perplexity", default="wikitext")
     parser.add_argument("--perplexity-tokens", type=int, default=None)
+    parser.add_argument("--generation", default=None, help="held-out text of generation fidelity (default: as the "
+                        "pipeline, WikiText-2 test: --perplexity's file when given there)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--store", default=str(STORE))
     parser.add_argument("--out", default=str(Path(__file__).parent / "SmolLM2-135M-Instruct-pruned-24L"))

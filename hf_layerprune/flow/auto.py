@@ -34,6 +34,7 @@ from hf_layerprune.runtime import progress
 from hf_layerprune.surgery.base_view import trial
 from hf_layerprune.runtime.calibration import calibration_batches
 from hf_layerprune.runtime.errors import ConfigError
+from hf_layerprune.runtime.selection import contiguous_positions, parse_protect
 from hf_layerprune.healing import HEALERS, heal_chain, heal_for_recipe
 from hf_layerprune.healing.training import kl_to_base, lm_loss
 from hf_layerprune.recipe import AUTO
@@ -42,6 +43,7 @@ from hf_layerprune.scoring import build_context, get_metric, run_metric
 from hf_layerprune.surgery.layers import kept_layers, remove_layers
 
 AUTO_METRICS = ("angular", "cosine", "bi")
+BLOCK_POSITIONS = 2  # positions of a contiguous metric's block judged: its best and the runner-up
 HELD_OUT = 8
 
 Log = Callable[[str], None]
@@ -67,6 +69,17 @@ def ranking_healer(heal: str | None, model=None, *, long_range: bool = False) ->
             break
         head.append(step.spec)
     return "+".join(head) or "none"
+
+
+def _other_blocks(record: dict[str, Any], recipe, num_units: int) -> list[list[int]]:
+    """The next ``BLOCK_POSITIONS - 1`` best blocks of a contiguous selection (its block scores), best first
+    (labelled "(2nd block)": BLOCK_POSITIONS is 2)."""
+    blocks = ((record.get("scores") or {}).get("blocks") or {}).get(str(recipe.drop))
+    if record.get("selection") != "contiguous" or not blocks:
+        return []
+    return contiguous_positions(blocks, recipe.drop, BLOCK_POSITIONS,
+                                higher_is_more_important=record["higher_is_more_important"],
+                                protected=parse_protect(recipe.protect, num_units))[1:]
 
 
 def auto_context(model, tokenizer, recipe, log: Log = print):
@@ -131,10 +144,17 @@ def auto_select(model, tokenizer, recipe, *, shared=None, log: Log = print) -> t
     metrics = [get_metric(name) for name in AUTO_METRICS]
     ctx, calibration = shared or auto_context(model, tokenizer, recipe, log)
     candidates: dict[tuple[int, ...], dict[str, Any]] = {}
+    records = {}
     for metric in metrics:
-        record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection, protect=recipe.protect)
+        records[metric.name] = record = run_metric(metric, ctx, drop=recipe.drop, selection=recipe.selection,
+                                                   protect=recipe.protect)
         entry = candidates.setdefault(tuple(record["selected"]), {"metrics": [], "record": record})
         entry["metrics"].append(metric.name)
+    for metric in metrics:  # the runner-up positions of each contiguous block
+        record = records[metric.name]
+        for block in _other_blocks(record, recipe, ctx.num_units):
+            entry = candidates.setdefault(tuple(block), {"metrics": [], "record": {**record, "selected": block}})
+            entry["metrics"].append(f"{metric.name} (2nd block)")
     docs, source = None, None
     if len(candidates) == 1:  # every metric chose the same layers: nothing to judge (on a 7B CPU run, 44 minutes)
         (selected, entry), = candidates.items()

@@ -91,6 +91,14 @@ def contiguous(
     block_scores: Sequence[Score], n: int, *, higher_is_more_important: bool, protected: Iterable[int] = ()
 ) -> list[int]:
     """`block_scores[s]` scores the block s..s+n-1; return the best block that avoids protected units."""
+    return contiguous_positions(block_scores, n, 1, higher_is_more_important=higher_is_more_important,
+                                protected=protected)[0]
+
+
+def contiguous_positions(
+    block_scores: Sequence[Score], n: int, k: int, *, higher_is_more_important: bool, protected: Iterable[int] = ()
+) -> list[list[int]]:
+    """The `k` best blocks of `n` consecutive units that avoid protected units, best first."""
     protected = set(protected)
     starts = [
         s for s in range(len(block_scores))
@@ -100,8 +108,8 @@ def contiguous(
         raise ConfigError(f"--drop must be at least 1 (got {n})")
     if not starts:
         raise ConfigError(f"no block of {n} consecutive units avoids the protected units {sorted(protected)}")
-    best = min(starts, key=lambda s: (_key(block_scores[s], higher_is_more_important), s))
-    return list(range(best, best + n))
+    best = sorted(starts, key=lambda s: (_key(block_scores[s], higher_is_more_important), s))[:k]
+    return [list(range(s, s + n)) for s in best]
 
 
 def greedy(

@@ -180,8 +180,9 @@ class AutoSelection:
     description = "the best of the angular, cosine and bi selections, judged by held-out calibration loss after healing"
     description_kl = ("the best of the angular, cosine and bi selections, judged after healing by the KL divergence "
                       "from the base model's next-token distribution on held-out calibration text")
-    description_long_range = ("the best of the angular, cosine and bi selections, judged by how well the cut "
-                              "model still predicts the last words of long held-out passages (WikiText-2 validation)")
+    description_long_range = ("the best of the angular, cosine and bi selections and the runner-up positions of the "
+                              "contiguous blocks, judged by how well the cut model still predicts the last words of "
+                              "long held-out passages (WikiText-2 validation)")
     citations = ("gromov2024", "streamline", "shortgpt")
     tags = ("auto-selection",)
 
