@@ -116,9 +116,9 @@ def evaluate(args) -> None:
 
 
 def render(dest: Path) -> None:
-    from hf_layerprune.card import render_card
+    from hf_layerprune.flow.finish import rerender
 
-    print(f"wrote {render_card(dest, online=False)}")
+    print(f"wrote {rerender(dest, online=False)}")
 
 
 HTML = """<!doctype html><html><head><meta charset="utf-8"><style>

@@ -526,3 +526,34 @@ def test_no_machine_path_in_report_card_or_recipe_and_the_recipe_runs(tmp_path):
     result = CliRunner().invoke(app, ["prune", str(checkpoint), "--recipe", str(recipe), "-o", str(again)])
     assert result.exit_code == 0, result.output
     assert json.loads((again / "layerprune.json").read_text())["removed_layers"] == report["removed_layers"]
+
+
+@pytest.mark.parametrize("objective", ["last_word_nll", "kl_to_base"])
+def test_autos_judged_candidates_are_a_table_best_first(tmp_path, objective):
+    """The card shows what `auto` compared: each candidate's layers and the figures that decided, the winner first
+    and marked; an older report judged by KL shows the KL column alone."""
+    words = objective == "last_word_nll"
+    candidates = [
+        {"metrics": ["angular", "cosine"], "selected": [21, 22, 23, 24, 25, 26, 27, 28], "held_out_loss": 3.1,
+         "held_out_kl": 0.41, **({"last_word_nll": 3.862, "last_word_accuracy": 0.27} if words else {})},
+        {"metrics": ["bi"], "selected": [3, 21, 22, 23, 24, 25, 27, 28], "held_out_loss": 3.3, "held_out_kl": 0.98,
+         **({"last_word_nll": 3.625, "last_word_accuracy": 0.304} if words else {})},
+    ]
+    judged = {"heal": "none" if words else "linear", "objective": objective, "held_out_samples": 8, "seq_len": 256,
+              **({"long_range_text": "wiki.valid.tokens", "long_range_docs": 16} if words else {})}
+    winner = candidates[1] if words else candidates[0]
+    report = realistic_report(removed_layers=winner["selected"])
+    report["scoring"].update(metric="auto", chosen_metric=winner["metrics"][0], candidates=candidates,
+                             judged_with=judged, selected=winner["selected"])
+    text = rerender(write(tmp_path, report)).read_text()
+    ModelCard(text)  # the Hub's own parser accepts it
+    table = text[text.index("<summary>Candidate cuts compared</summary>"):]
+    table = table[: table.index("</details>")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "Candidate" not in line]
+    assert len(rows) == 2 and rows[0].startswith(f"| {', '.join(winner['metrics'])} |") and rows[0].endswith("| **chosen** |")
+    if words:
+        assert "16 held-out passages" in table and "unhealed" in table
+        assert "| 3.625 | 30.4% | 0.980 |" in rows[0] and "| 3.862 | 27.0% | 0.410 |" in rows[1]
+        assert "judged by how well the cut model still predicts the last words" in text
+    else:
+        assert "Last-word" not in table and "healed with `linear`" in table and "| 0.410 |" in rows[0]

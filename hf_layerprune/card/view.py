@@ -155,6 +155,7 @@ def build_context(report: Report, *, model_name: str, repo_id: str | None, licen
             "self": calibration.kind == "self" or calibration.source == "self",
         } if calibration else None,
         "scores_table": _scores_table(scoring.scores, set(removed), sub),
+        "candidates_table": _candidates_table(scoring, removed),
         "healing": {
             "method": code(heal_method),
             "what": md(healer[0]) if healer else None,
@@ -282,6 +283,31 @@ def _scores_table(scores: ScoresRecord | None, removed: set[int], sub: dict[str,
         {"layer": Markup(str(i)), "score": fmt_float(v, 4), "removed": Markup("removed" if i in gone else "")}
         for i, v in enumerate(values)
     ]
+
+
+def _candidates_table(scoring: ScoringSection, removed: list[int]) -> dict[str, Any] | None:
+    """`auto`'s judged candidates, best first by what decided (the long-range judge, else the KL); None when
+    nothing was judged."""
+    judged = scoring.judged_with
+    rows = [c for c in scoring.candidates or [] if c.held_out_kl is not None]
+    if judged is None or len(rows) < 2:
+        return None
+    words = judged.objective == "last_word_nll" and all(c.last_word_nll is not None for c in rows)
+    rows.sort(key=lambda c: (c.last_word_nll if words else 0.0, c.held_out_kl))
+    return {
+        "words": words,
+        "heal": code(judged.heal or "none"),
+        "healed": (judged.heal or "none") != "none",
+        "docs": judged.long_range_docs,
+        "rows": [{
+            "who": md(", ".join(c.metrics)),
+            "layers": fmt_layers(c.selected),
+            "nll": fmt_float(c.last_word_nll, 3) if words else None,
+            "accuracy": Markup(f"{100 * c.last_word_accuracy:.1f}%") if words and c.last_word_accuracy is not None else Markup("–"),
+            "kl": fmt_float(c.held_out_kl, 3),
+            "chosen": Markup("**chosen**" if list(c.selected) == list(removed) else ""),
+        } for c in rows],
+    }
 
 
 def _sweep_view(report: Report, output_dir: Path | None) -> dict[str, Any] | None:
