@@ -116,16 +116,20 @@ def point_hub_client_at(url: str, cache_dir, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(transformers_hub, "_hf_api", None)  # transformers caches its own HfApi
 
 
-@pytest.fixture(autouse=True)
-def judge_articles(tmp_path, monkeypatch):
-    """Held-out articles in the tiny vocabulary (WikiText layout: ` = Title = ` headings, sentences ending ` .`)
-    standing in for WikiText-2 validation, the text `auto` and `--target` judge cuts on (flow/judge.py), so that
-    no test (nor a CLI it starts) reads ../shared or the Hub."""
+@pytest.fixture(scope="session")
+def judge_articles_file(tmp_path_factory):
     from tiny_models import write_judge_articles
 
-    path = write_judge_articles(tmp_path / "judge-valid.tokens")
-    monkeypatch.setenv("LAYERPRUNE_JUDGE_TEXT", str(path))
-    return path
+    return write_judge_articles(tmp_path_factory.mktemp("judge") / "judge-valid.tokens")
+
+
+@pytest.fixture(autouse=True)
+def judge_articles(judge_articles_file, monkeypatch):
+    """Held-out articles in the tiny vocabulary standing in for WikiText-2 validation, the text `auto` and
+    `--target` judge cuts on (flow/judge.py), so that no test (nor a CLI it starts) reads ../shared or the Hub.
+    Outside the test's tmp_path, which some tests list."""
+    monkeypatch.setenv("LAYERPRUNE_JUDGE_TEXT", str(judge_articles_file))
+    return judge_articles_file
 
 
 @pytest.fixture
