@@ -136,3 +136,33 @@ def test_pickle_only_checkpoint_needs_allow_pickle(tmp_path):
     ids = sample_ids()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, skipped_reference_logits(model, [1], ids), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("route", ["in-memory", "streaming"])
+def test_outputs_get_the_modes_the_umask_gives(checkpoint, tmp_path, route):
+    """transformers' save_pretrained writes shards through mkstemp (0600) and the staging folder is a mkdtemp
+    (0700): the finished output must be as readable as anything else the user writes (here umask 022)."""
+    import os
+    import stat
+
+    import shutil
+
+    from tiny_models import save_word_tokenizer
+
+    source = tmp_path / "src"
+    shutil.copytree(checkpoint, source)
+    save_word_tokenizer(source)
+    out = tmp_path / "out"
+    extra = ("--heal", "linear", "--no-eval") if route == "in-memory" else FAST
+    old = os.umask(0o022)
+    try:
+        result = invoke("prune", source, "--layers", "4", "--calibration-samples", "2", "--seq-len", "8",
+                        "-o", out, *extra)
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "layerprune.json").read_text())["route"] == route
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}

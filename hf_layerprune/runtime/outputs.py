@@ -145,10 +145,25 @@ def temp_sibling(path: Path) -> Path:
             leftover.unlink(missing_ok=True)
     fd, name = tempfile.mkstemp(prefix=f"{mine}{os.getpid()}-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())  # the mode open(path, "w") would give, not mkstemp's 0600
+    return Path(name)
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # the mode open(path, "w") would give, not mkstemp's 0600
-    return Path(name)
+    return umask
+
+
+def usual_modes(folder: Path) -> None:
+    """Give `folder` and the files in it the modes `mkdir` / `open(path, "w")` would have given (not mkdtemp's and
+    mkstemp's 0700 / 0600: transformers' `save_pretrained` writes its shards through mkstemp), so that an output is
+    as readable as any other file the user writes."""
+    umask = _umask()
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @contextlib.contextmanager
@@ -248,6 +263,7 @@ def staging_dir(final: str | Path, overwrite: bool = False, sources: Iterable[st
     try:
         yield tmp
         (tmp / OWNER_FILE).unlink(missing_ok=True)
+        usual_modes(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
