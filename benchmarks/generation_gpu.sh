@@ -20,7 +20,9 @@ m.save_pretrained("/tmp/smol"); t.AutoTokenizer.from_pretrained(str(g.parent), g
 PY
 STORE="$OUT/generation_store"
 L9=5,12-17,25,26   # the default's layers at drop 9 on this model (benchmarks/RESULTS.md)
+B6=13,14,15,17,25,26   # the default's layers at drop 6 since the long-range judge (13-18 before it)
 timeout 230 python benchmarks/generation.py --model /tmp/smol --device cuda --docs 0:61 --store "$STORE" \
+  def6=heal:absorb@$B6 defdist6=heal:absorb+distill:steps=400@$B6 deftail6=heal:absorb+tail@$B6 \
   cut6=cut:13-18 lin6=heal:linear@13-18 abs6=heal:absorb@13-18 abs6x4=heal:absorb:steps=800@13-18 \
   abs6nat=heal:absorb@13-18@"${LAYERPRUNE_DATA_DIR:-../shared/data}"/wikitext2_tokens/wiki.valid.tokens \
   absdist6=heal:absorb+distill:steps=400@13-18 > "$OUT/generation6.txt" 2>&1
@@ -31,4 +33,4 @@ timeout 150 python benchmarks/generation.py --model /tmp/smol --device cuda --do
   rs6=heal:rescale@13-18 rsabs6=heal:rescale+absorb@13-18 both6=heal:absorb:side=both@13-18 tail6=heal:tail@13-18 \
   abstail6=heal:absorb+tail@13-18 abs6l512=heal:absorb:batch_size=4,samples=32@13-18@self@512 \
   > "$OUT/generation_levers.txt" 2>&1   # issue 35's healing levers (each model is stored as soon as it is scored)
-python benchmarks/generation.py --render --store "$STORE" --versus abs6,abs9 | tee "$OUT/generation_table.md"
+python benchmarks/generation.py --render --store "$STORE" --versus def6,abs6,abs9 | tee "$OUT/generation_table.md"
