@@ -422,3 +422,47 @@ def test_prune_cli_attention_drop_with_defaults(tmp_path, modules_cache):
     ids = sample_ids()
     with torch.no_grad():
         torch.testing.assert_close(pruned(ids).logits, reference_logits(model, ids, removed, []), atol=1e-5, rtol=1e-5)
+
+
+def test_the_view_runs_as_the_exported_folder_on_the_same_tensors(tmp_path):
+    """`decilm_view` is the exported model without a second copy: every parameter is the source's own storage, and
+    its logits equal the folder's loaded with our classes, bit for bit."""
+    from hf_layerprune.surgery.checkpoint import load_checkpoint
+    from hf_layerprune.surgery.sublayer import decilm_view
+
+    model = tiny_model("llama", num_layers=4).eval()
+    export_decilm(model, REMOVED_ATTENTION, REMOVED_MLP, tmp_path / "out")
+    view, _ = decilm_view(model, REMOVED_ATTENTION, REMOVED_MLP)
+    owned = {p.data_ptr() for p in model.parameters()}
+    assert all(p.data_ptr() in owned for p in view.parameters()) and not view.training
+    ids = sample_ids()
+    with torch.no_grad():
+        assert torch.equal(view(ids).logits, load_checkpoint(tmp_path / "out")(ids).logits)
+
+
+def test_an_unhealed_sublayer_cut_is_evaluated_without_reloading_it(tmp_path, monkeypatch):
+    """The sub-layer route with `--heal none` (its default) evaluates the view on the loaded weights: the output
+    folder is not read back into a second copy (issue 34's memory goal)."""
+    from typer.testing import CliRunner
+
+    from hf_layerprune.cli import app
+    from hf_layerprune.flow import pipeline
+    from test_evaluation import DATA, TEXT, TINY_TASK
+    from tiny_models import save_word_tokenizer
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(TINY_TASK.format(path=json.dumps(str((DATA / "tiny_mc.jsonl").resolve()))))
+    (tmp_path / "text.raw").write_text(TEXT * 4, encoding="utf-8")
+    src = tmp_path / "src"
+    tiny_model("llama", num_layers=4).save_pretrained(src)
+    save_word_tokenizer(src)
+    monkeypatch.setattr(pipeline, "load_checkpoint", lambda *a, **k: pytest.fail("reloaded the output"))
+    result = CliRunner().invoke(app, ["prune", str(src), "--granularity", "attention", "--metric", "bi", "--drop", "1",
+                                      "--tasks", "tiny_mc", "--limit", "4", "--include-path", str(tasks),
+                                      "--perplexity", str(tmp_path / "text.raw"), "--calibration-samples", "2",
+                                      "--seq-len", "8", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "layerprune.json").read_text())
+    assert report["granularity"] == "attention" and report["parameters_after"] < report["parameters_before"]
+    assert report["evaluation"]["pruned"]["tiny_mc"] and report["evaluation"]["perplexity"]["pruned"]["perplexity"] > 0

@@ -227,17 +227,22 @@ def run_target(model, tokenizer, recipe: Recipe, source: Source, report: Report,
 def finish_sublayer(model, tokenizer, base, removed_attention: list[int], removed_mlp: list[int], recipe: Recipe,
                     source: Source, report: Report, timer: Timer, log: Log, heal=None) -> None:
     """Attention-only / MLP-only removal (a layer in both lists goes whole): exported as a DeciLM (Nemotron-NAS)
-    checkpoint, healed after reload."""
+    checkpoint; evaluated unhealed as a view on the loaded weights (sublayer.decilm_view: no second copy), or
+    healed on a copy read back from the export."""
     from hf_layerprune.flow import stages
+    from hf_layerprune.surgery.sublayer import decilm_view  # torch and the DeciLM classes: not on the light routes
 
     num_layers = model.config.num_hidden_layers
     with staging_dir(recipe.output_dir, recipe.overwrite, source_paths(source)) as tmp:
         with timer.stage("cut"):
             report.cut = stages.export_sublayers(model, tokenizer, removed_attention, removed_mlp, tmp, recipe, log=log)
         whole = report.cut.removed_layers
+        if recipe.heal == "none" and recipe.evaluate:  # evaluated as is: a view on the loaded weights, no second copy
+            pruned = decilm_view(model, removed_attention, removed_mlp)[0]
+        elif recipe.heal != "none":  # trained: its own copy, read back with our DeciLM classes (not the folder's)
+            pruned = load_checkpoint(tmp)
         del model
         if recipe.heal != "none" or recipe.evaluate:
-            pruned = load_checkpoint(tmp)  # our DeciLM classes from the package, never the folder's copy
             report.cut.parameters_after = stages.count_parameters(pruned)
             heal_and_evaluate(pruned, tokenizer, base, recipe, report, timer, log, heal)
             if recipe.heal != "none":

@@ -182,6 +182,27 @@ def kv_cache_bytes_per_token(config, num_attention_layers: int, dtype: torch.dty
     return 2 * kv_heads * head_dim * dtype.itemsize * num_attention_layers
 
 
+def decilm_view(model, removed_attention: list[int], removed_mlp: list[int]):
+    """(`model` without those sub-layers as our DeciLM model, its blocks): every kept tensor is `model`'s own (no
+    copy), so the view must not be trained while `model` is still wanted, and it runs exactly as the exported folder
+    loaded with our classes (in eval mode)."""
+    source = model.config
+    check_sublayer_support(source.model_type)
+    blocks = plan_blocks(source.num_hidden_layers, list(removed_attention), list(removed_mlp))
+    config = build_decilm_config(source, blocks)
+    config.dtype = next(model.parameters()).dtype
+    with torch.device("meta"):  # no second copy of the weights: the source tensors are assigned below
+        pruned = DeciLMForCausalLM(config)
+    pruned.load_state_dict(decilm_state_dict(model.state_dict(), blocks), strict=True, assign=True)
+    if config.tie_word_embeddings:
+        pruned.lm_head.weight = pruned.model.embed_tokens.weight
+    if getattr(model, "generation_config", None) is not None:
+        pruned.generation_config = copy.deepcopy(model.generation_config)
+    # the rotary buffers are not in the state dict: made again, for real, where the weights are
+    pruned.model.rotary_emb = type(pruned.model.rotary_emb)(config=config).to(next(model.parameters()).device)
+    return pruned.eval(), blocks
+
+
 def export_decilm(
     model,
     removed_attention: list[int],
@@ -199,20 +220,9 @@ def export_decilm(
     Returns a summary (blocks, kept counts, KV-cache bytes per token before/after).
     """
     source = model.config
-    check_sublayer_support(source.model_type)
     removed_attention, removed_mlp = list(removed_attention), list(removed_mlp)
-    blocks = plan_blocks(source.num_hidden_layers, removed_attention, removed_mlp)
-    config = build_decilm_config(source, blocks)
+    pruned, blocks = decilm_view(model, removed_attention, removed_mlp)
     dtype = next(model.parameters()).dtype
-    config.dtype = dtype
-
-    with torch.device("meta"):  # no second copy of the weights: the source tensors are assigned below
-        pruned = DeciLMForCausalLM(config)
-    pruned.load_state_dict(decilm_state_dict(model.state_dict(), blocks), strict=True, assign=True)
-    if config.tie_word_embeddings:
-        pruned.lm_head.weight = pruned.model.embed_tokens.weight
-    if getattr(model, "generation_config", None) is not None:
-        pruned.generation_config = copy.deepcopy(model.generation_config)
 
     with staging_dir(output_dir, overwrite=overwrite) as tmp:
         pruned.save_pretrained(tmp, max_shard_size=max_shard_size)
