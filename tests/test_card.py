@@ -557,3 +557,25 @@ def test_autos_judged_candidates_are_a_table_best_first(tmp_path, objective):
         assert "judged by how well the cut model still predicts the last words" in text
     else:
         assert "Last-word" not in table and "healed with `linear`" in table and "| 0.410 |" in rows[0]
+
+
+def test_llama_cpp_speed_rows_are_marked_with_the_runtime(tmp_path):
+    """The GGUF output's throughput in llama.cpp (llama_cpp_speed.py) sits beside the transformers rows, named
+    as such, with its own speed-up and protocol sentence; a report without it renders no llama.cpp row."""
+    report = realistic_report()
+    rec = lambda name, pre, dec: {"file": name, "file_bytes": 98362432, "file_type": "3",  # noqa: E731
+                                  "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec}
+    report["evaluation"]["speed"]["llama_cpp"] = {
+        "runtime": "llama.cpp (llama-cpp-python 0.3.36)",
+        "base": rec("Llama-2-7b.Q4_1.gguf", 306.44, 101.41), "pruned": rec("Llama-2-7b.Q4_1-pruned-24L.gguf", 399.69, 138.55),
+        "speedup": {"prefill": {"median": 1.319, "spread": 0.038}, "decode": {"median": 1.369, "spread": 0.023}},
+        "protocol": {"warmup": 1, "repeats": 5, "threads": 2, "prompt_len": 128, "decode_tokens": 32},
+    }
+    text = rerender(write(tmp_path, report), online=False).read_text(encoding="utf-8")
+    ModelCard(text)  # the Hub's own parser accepts it
+    assert "| Prompt throughput in llama.cpp (tokens/s; 128-token prompt) | 306.4 | 399.7 | ×1.32 ± 0.04 |" in text
+    assert "| Generation throughput in llama.cpp (tokens/s; 32 tokens) | 101.4 | 138.6 | ×1.37 ± 0.02 |" in text
+    assert "with llama.cpp (llama-cpp-python 0.3.36) on the CPU, 2 thread(s)" in text
+    assert text.index("Decode throughput (tokens/s") < text.index("in llama.cpp (tokens/s")
+    plain = rerender(write(tmp_path, realistic_report(), "plain"), online=False).read_text(encoding="utf-8")
+    assert "llama.cpp" not in plain.split("### Speed and size")[1].split("\n## ")[0]

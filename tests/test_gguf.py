@@ -294,6 +294,28 @@ def test_safetensors_source_exports_gguf(tmp_path):
     assert torch.allclose(logits(gguf_model, ids), logits(pruned, ids), atol=0.05)
 
 
+def test_an_unrecognised_pre_tokenizer_is_written_as_default_with_a_warning(tmp_path):
+    """llama.cpp splits text by the regexes `tokenizer.ggml.pre` names, recognised as its converter does (by the
+    hash of a fixed text's token ids); a tokenizer it does not know gets "default", a warning and a null in the
+    report. (A known one, SmolLM2's "smollm", is checked in llama.cpp by tests/test_gguf_llamacpp.py.)"""
+    from gguf import GGUFReader
+
+    from hf_layerprune.surgery.gguf_export import pre_tokenizer
+
+    src = tmp_path / "src"
+    vocab = save_bpe_tokenizer(src)
+    tiny_model("llama", num_layers=3, vocab_size=vocab).save_pretrained(src)
+    assert pre_tokenizer(src) is None
+    out = tmp_path / "out"
+    result = invoke("prune", src, "--layers", "1", "-o", out, "--format", "gguf", "--heal", "none", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert "llama.cpp does not know this tokenizer's pre-tokenizer" in result.output
+    report = json.loads((out / "layerprune.json").read_text())
+    assert report["gguf"]["tokenizer"] is True and report["gguf"]["tokenizer_pre"] is None
+    reader = GGUFReader(out / report["gguf"]["file"])
+    assert reader.fields["tokenizer.ggml.pre"].contents() == "default"
+
+
 @pytest.mark.parametrize("args, message", [
     (("--format", "onnx"), "unknown --format"),
     (("--format", "gguf", "--granularity", "mlp"), "whole-layer cuts only"),

@@ -176,9 +176,31 @@ def test_replayed_layers_and_tail_reproduce_the_model_logits(family):
             assert torch.equal(hidden, cap.inputs[i + 1])
         expected = model(input_ids=ids, use_cache=False).logits
         assert torch.allclose(tail_logits(model, arch, hidden), expected, atol=1e-5)
-    # the point between attention and MLP: layer output = mid + MLP update (residual form holds per family)
-    assert all(m.shape == h.shape for m, h in zip(cap.mids, cap.inputs))
     assert "position_ids" in cap.kwargs[0] and "attention_mask" in cap.kwargs[0]
+    # the point between attention and MLP is what the layer outputs with its MLP update zeroed
+    with torch.no_grad(), zeroed_sublayers(model, arch, "mlp", range(len(layers))):
+        for i, layer in enumerate(layers):
+            out = layer(cap.inputs[i], *cap.args[i], **cap.kwargs[i])
+            assert torch.allclose(out[0] if isinstance(out, tuple) else out, cap.mids[i], atol=1e-6), i
+
+
+@pytest.mark.parametrize("granularity", ["block", "attention"])
+def test_capture_micro_batches_follow_the_points_budget_and_keep_the_statistics(monkeypatch, granularity):
+    """The capture holds every residual point of one micro-batch at once, so its rows are capped by a memory
+    budget (capture_rows); the statistics are the same however the calibration set is split."""
+    from hf_layerprune.scoring import capture
+
+    model = tiny_model("llama", 4)
+    batches = self_batches(model, samples=6, seq_len=16)
+    whole = ScoringContext(model, batches, granularity=granularity, batch_size=6)
+    assert len(whole.cache.captures) == 1
+    row_bytes = whole.num_points * 16 * model.config.hidden_size * 4  # float32 points of one sequence
+    monkeypatch.setattr(capture, "points_budget", lambda model: 2 * row_bytes + 1)
+    split = ScoringContext(model, batches, granularity=granularity, batch_size=6)
+    assert [c.ids.shape[0] for c in split.cache.captures] == [2, 2, 2]
+    assert torch.allclose(split.stats().cos_mean, whole.stats().cos_mean, atol=1e-6)
+    assert torch.allclose(split.stats().angular_mean, whole.stats().angular_mean, atol=1e-6)
+    assert torch.allclose(split.stats((1,)).cos_mean, whole.stats((1,)).cos_mean, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FOUR)

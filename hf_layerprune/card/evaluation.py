@@ -249,6 +249,7 @@ def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
             row(label, key, lambda v: fmt_float(v, 1), _ratio(speedup.get(phase)))
         else:
             row(label, key, lambda v: fmt_float(v, 1))
+    cpp = llama_cpp_rows(speed.llama_cpp, rows)
     kind = ref.peak_memory_kind
     peak = [v for v in (_num(b.peak_memory_bytes), _num(p.peak_memory_bytes)) if v is not None]
     if peak and not (kind == "cpu_rss_delta" and max(peak) < MEANINGLESS_BYTES):
@@ -271,7 +272,25 @@ def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
         "decode_tokens": md(steps),
         "threads": md(ref.torch_threads) if ref.torch_threads else None,
         "has_base": bool(b),
+        "llama_cpp": cpp,
     }
+
+
+def llama_cpp_rows(cpp: dict[str, Any] | None, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The GGUF files' throughput in llama.cpp (llama_cpp_speed.py), appended to `rows` marked with the runtime;
+    what the card says about how they were timed."""
+    if not cpp or not isinstance(cpp.get("base"), dict) or not isinstance(cpp.get("pruned"), dict):
+        return None
+    protocol, speedup = cpp.get("protocol") or {}, cpp.get("speedup") or {}
+    for phase, label in (("prefill", f"Prompt throughput in llama.cpp (tokens/s; {protocol.get('prompt_len')}-token prompt)"),
+                         ("decode", f"Generation throughput in llama.cpp (tokens/s; {protocol.get('decode_tokens')} tokens)")):
+        key = f"{phase}_tokens_per_s"
+        if _num(cpp["base"].get(key)) is not None or _num(cpp["pruned"].get(key)) is not None:
+            rows.append({"label": Markup(label), "base": fmt_float(cpp["base"].get(key), 1),
+                         "pruned": fmt_float(cpp["pruned"].get(key), 1), "change": _ratio(speedup.get(phase))})
+    return {"runtime": md(cpp.get("runtime")), "threads": md(protocol.get("threads")),
+            "warmup": md(protocol.get("warmup")), "repeats": md(protocol.get("repeats")),
+            "base_file": md(cpp["base"].get("file")), "pruned_file": md(cpp["pruned"].get("file"))}
 
 
 def generation_view(generation: dict[str, Any]) -> dict[str, Any] | None:

@@ -159,6 +159,15 @@ def evaluate(
     section = compare_models(model, base, settings, revision=revision, base_revision=base_revision, dtype=dtype,
                              allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                              log=lambda msg: console.print(msg, highlight=False))
+    if speed and base and report is not None and report.gguf is not None and section.get("speed") is not None:
+        from hf_layerprune.evaluation import llama_cpp_speed
+
+        if llama_cpp_speed.installed():  # the GGUF output in llama.cpp, beside the transformers figures
+            from hf_layerprune.flow.gguf_route import llama_cpp_gguf_speed
+
+            section["speed"]["llama_cpp"] = llama_cpp_gguf_speed(
+                report.gguf, settings, resolve_source(base, base_revision, allow_pickle=allow_pickle), out_dir, None,
+                lambda msg: console.print(msg, highlight=False))
     from hf_layerprune.cli.options import command_line
 
     section["command"] = command_line(ctx)

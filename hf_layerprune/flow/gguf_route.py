@@ -45,10 +45,6 @@ def check_gguf_recipe(recipe, source) -> None:
         if source.kind == "gguf":
             raise ConfigError("GGUF output of a .gguf source holds whole-layer cuts only; use --format "
                                   f"safetensors with --granularity {recipe.granularity}")
-        if recipe.granularity == "mlp":  # every block of an MLP cut keeps its attention and loses its FFN
-            from hf_layerprune.surgery.gguf_export import MLP_REMOVED_REFUSAL
-
-            raise ConfigError(MLP_REMOVED_REFUSAL)
     if source.kind == "gguf" and recipe.heal not in (None, "none"):  # (healing imports torch)
         from hf_layerprune.healing import heal_names
 
@@ -125,7 +121,7 @@ def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=None, c
         tokenizer_dir = tmp if (tmp / "tokenizer.json").exists() else None
         info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=_model_name(source.name),
                            card=card)
-        return {"route": "export", **info}
+        return {"route": "export", **_checked_tokenizer(info, log)}
     path = tmp / output_name(source, model.config.num_hidden_layers)
     replace, requantized = ({}, {}) if recipe.heal == "none" else changed_tensors(model, source, removed)
     log(f"Writing {path.name} from {source.gguf_file} ({len(replace)} re-quantized tensors)")
@@ -145,13 +141,67 @@ def write_deci_gguf(folder: Path, recipe, source, num_blocks: int, card=None, lo
     out_type = recipe.gguf_type or "BF16"
     path = folder / output_name(source, num_blocks, f".{out_type}")
     (log or _stderr_log())(f"Exporting {path.name} ({out_type}, llama.cpp's deci architecture)")
-    info = export_deci_gguf(folder, path, out_type=out_type, name=_model_name(source.name), card=card,
-                            tokenizer_dir=folder if (folder / "tokenizer.json").exists() else None)
+    info = _checked_tokenizer(export_deci_gguf(folder, path, out_type=out_type, name=_model_name(source.name), card=card,
+                                               tokenizer_dir=folder if (folder / "tokenizer.json").exists() else None),
+                              log or _stderr_log())
     if recipe.format == "gguf":
         for leftover in [*folder.glob("*.safetensors"), *folder.glob("*.py"), folder / "config.json",
                          folder / "model.safetensors.index.json"]:
             leftover.unlink(missing_ok=True)
     return {"route": "export", **info}
+
+
+def llama_cpp_gguf_speed(gguf, settings, source, folder: Path, base, log) -> dict[str, Any]:
+    """Prompt and generation tokens/s of the GGUF output `gguf` (a GgufSection, in `folder`) and of its base in
+    llama.cpp (evaluation/llama_cpp_speed.py), with the evaluation `settings`' lengths and rounds. The base is the
+    source file for a GGUF `source`; else the unpruned model `base` (a SharedBase view or a model; None: loaded from
+    `source`) exported in the output's type to a temporary file, removed after. An error is a warning and a
+    `skipped` record: the run's outputs stand without this measurement."""
+    import tempfile
+
+    from hf_layerprune.evaluation.llama_cpp_speed import measure_gguf_pair
+
+    pruned = Path(folder) / gguf.file
+    try:
+        with tempfile.TemporaryDirectory(dir=Path(folder).parent, prefix=".layerprune-base-gguf-") as scratch:
+            base_file = source_file(source) if source.kind == "gguf" else _base_gguf(gguf, source, folder, base,
+                                                                                    Path(scratch), log)
+            log(f"Speed in llama.cpp: base and pruned GGUF interleaved, prompt {settings.prompt_len} tokens, "
+                f"{settings.decode_tokens} generated")
+            return measure_gguf_pair(base_file, pruned, prompt_len=settings.prompt_len,
+                                     decode_tokens=settings.decode_tokens, warmup=settings.speed_warmup,
+                                     repeats=settings.speed_repeats, threads=settings.speed_threads)
+    except Exception as exc:  # an extra measurement: the run's outputs stand without it
+        reason = f"{type(exc).__name__}: {exc}".replace(str(Path(folder).parent), "…")
+        log(f"Warning: the GGUF's speed in llama.cpp was not measured ({reason})")
+        return {"skipped": reason}
+
+
+def _base_gguf(gguf, source, folder: Path, base, scratch: Path, log) -> Path:
+    """The unpruned model written as a GGUF of the output's type (with the output's tokenizer) in `scratch`."""
+    from hf_layerprune.hub import _model_name
+    from hf_layerprune.surgery.base_view import as_base
+    from hf_layerprune.surgery.gguf_export import export_gguf
+
+    if base is None:
+        from hf_layerprune.surgery.loading import load_model
+
+        log(f"Loading the base model {source.name} to export it as GGUF")
+        base = load_model(source, need_tokenizer=False)[0]
+    path = scratch / f"base.{gguf.type}.gguf"
+    log(f"Exporting the base model as {gguf.type} GGUF to time it in llama.cpp")
+    tokenizer_dir = folder if (Path(folder) / "tokenizer.json").exists() else None
+    with as_base(base) as model:
+        export_gguf(model, path, out_type=gguf.type, tokenizer_dir=tokenizer_dir, name=_model_name(source.name))
+    return path
+
+
+def _checked_tokenizer(info: dict[str, Any], log) -> dict[str, Any]:
+    """An exported GGUF's report entry, after warning when llama.cpp would not know its pre-tokenizer."""
+    if info.get("tokenizer") and info.get("tokenizer_pre") is None:
+        log("Warning: llama.cpp does not know this tokenizer's pre-tokenizer (its own converter would refuse it); "
+            "the GGUF says 'default', so llama.cpp may split text into other tokens than transformers does")
+    return info
 
 
 def _stderr_log():

@@ -20,7 +20,7 @@ from typing import Callable
 from hf_layerprune.runtime import distributed
 from hf_layerprune.surgery.checkpoint import load_checkpoint
 from hf_layerprune.flow.checks import preflight, source_paths
-from hf_layerprune.flow.gguf_route import card_fields, wants_gguf, write_deci_gguf
+from hf_layerprune.flow.gguf_route import card_fields, llama_cpp_gguf_speed, wants_gguf, write_deci_gguf
 from hf_layerprune.hub import local_checkpoint
 from hf_layerprune.surgery.loading import Source
 from hf_layerprune.flow.finish import Timer, write_outputs
@@ -29,7 +29,7 @@ from hf_layerprune.runtime.outputs import staging_dir
 from hf_layerprune.flow.plan import Plan, make_plan
 from hf_layerprune.recipe import Recipe
 from hf_layerprune.report import (
-    CutSection, GgufSection, PreflightSection, Report, RoundRecord, ScoringSection, SourceSection,
+    CutSection, GgufSection, PreflightSection, Report, RoundRecord, ScoringSection, SourceSection, SpeedSection,
 )
 from hf_layerprune.flow.streaming import checkpoint_parameters, run_gguf_surgery, run_streaming, streamed_selection
 
@@ -110,7 +110,7 @@ def run_in_memory(recipe: Recipe, source: Source, report: Report, timer: Timer, 
     with timer.stage("cut"):
         report.cut = stages.cut(model, removed, log=log)
     heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log, heal)
-    save(model, tokenizer, recipe, source, report, timer)
+    save(model, tokenizer, recipe, source, report, timer, base=base)
 
 
 def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, timer: Timer, log: Log,
@@ -126,12 +126,14 @@ def heal_and_evaluate(model, tokenizer, base, recipe: Recipe, report: Report, ti
             report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
 
 
-def save(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer) -> Path:
-    """One writer: rank 0 saves in a multi-process launch (the healed weights are whole on every rank)."""
-    return distributed.on_main(_save_here, model, tokenizer, recipe, source, report, timer) or Path(recipe.output_dir)
+def save(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer, base=None) -> Path:
+    """One writer: rank 0 saves in a multi-process launch (the healed weights are whole on every rank). `base`:
+    the unpruned model (a SharedBase view), for the GGUF's speed in llama.cpp."""
+    return (distributed.on_main(_save_here, model, tokenizer, recipe, source, report, timer, base)
+            or Path(recipe.output_dir))
 
 
-def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer) -> Path:
+def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report, timer: Timer, base=None) -> Path:
     """The save stage into a staging folder, then layerprune.json and the card; moved into place at the end."""
     from hf_layerprune.flow import stages
 
@@ -143,8 +145,21 @@ def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report,
             gguf = sections.pop("gguf", None)
             report.gguf = GgufSection.from_dict(gguf) if gguf is not None else None
             report.other.update(sections)  # sections of other registered formats (formats.OUTPUT_FORMATS)
+        gguf_speed(report, recipe, source, tmp, base, timer)
         write_outputs(tmp, report, recipe, timer)
     return Path(recipe.output_dir)
+
+
+def gguf_speed(report: Report, recipe: Recipe, source: Source, folder: Path, base, timer: Timer, log: Log = print) -> None:
+    """With llama-cpp-python installed, an evaluated run with a GGUF output also times it in llama.cpp against the
+    base (gguf_route.llama_cpp_speed): `evaluation.speed.llama_cpp`."""
+    from hf_layerprune.evaluation import llama_cpp_speed, settings_from_recipe
+
+    if recipe.evaluate and report.gguf is not None and report.evaluation is not None and llama_cpp_speed.installed():
+        with timer.stage("evaluate"):
+            speed = report.evaluation.speed or SpeedSection()
+            speed.llama_cpp = llama_cpp_gguf_speed(report.gguf, settings_from_recipe(recipe), source, folder, base, log)
+            report.evaluation.speed = speed
 
 
 def round_sizes(total: int, rounds: int) -> list[int]:
@@ -185,7 +200,7 @@ def run_rounds(model, tokenizer, base, recipe: Recipe, source: Source, report: R
     if recipe.evaluate:
         with timer.stage("evaluate"):
             report.evaluation = distributed.on_main(stages.evaluate, base, model, tokenizer, recipe, log=log)
-    save(model, tokenizer, recipe, source, report, timer)
+    save(model, tokenizer, recipe, source, report, timer, base=base)
 
 
 def _protect_in_current(protect: list, original: list[int]) -> list:
@@ -218,7 +233,7 @@ def run_target(model, tokenizer, recipe: Recipe, source: Source, report: Report,
         with timer.stage("cut"):
             report.cut = stages.cut(model, whole, log=log)
         heal_and_evaluate(model, tokenizer, base, recipe, report, timer, log)
-        return save(model, tokenizer, recipe, source, report, timer)
+        return save(model, tokenizer, recipe, source, report, timer, base=base)
     report.granularity = "mixed"
     distributed.on_main(finish_sublayer, model, tokenizer, model if needs_base else None, sorted(whole + attention),
                         whole, recipe, source, report, timer, log)
@@ -254,4 +269,5 @@ def finish_sublayer(model, tokenizer, base, removed_attention: list[int], remove
             with timer.stage("save"):
                 report.gguf = GgufSection.from_dict(write_deci_gguf(tmp, recipe, source, num_layers - len(whole),
                                                                     card=card_fields(report, recipe), log=log))
+            gguf_speed(report, recipe, source, tmp, base, timer, log)
         write_outputs(tmp, report, recipe, timer)

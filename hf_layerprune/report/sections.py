@@ -264,6 +264,7 @@ class SpeedSection(Section):
     protocol: dict[str, Any] | None = None
     speedup: dict[str, Any] | None = None  # {phase: {median, spread}}
     plausibility: dict[str, Any] | None = None
+    llama_cpp: dict[str, Any] | None = None  # the GGUF output in llama.cpp (evaluation/llama_cpp_speed.py)
 
 
 @dataclass(kw_only=True)

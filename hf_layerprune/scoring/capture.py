@@ -55,12 +55,15 @@ class BatchCapture:
 
 
 @contextmanager
-def record_updates(layers, arch, store: dict[int, torch.Tensor]) -> Iterator[None]:
-    """Record the attention residual update of each layer (output of ``arch.attention_out``) into `store`."""
+def record_mids(layers, arch, inputs: list, store: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Record the point between attention and MLP of each layer into `store`: its input ``inputs[i]`` (filled
+    before the layer runs) plus the attention residual update (output of ``arch.attention_out``). The sum is
+    taken in the hook, so the update itself is not kept alive beside it."""
     handles = []
     for i, layer in enumerate(layers):
         def hook(module, args, out, i=i):
-            store[i] = layer_output(out)
+            hidden = inputs[i]
+            store[i] = hidden + layer_output(out).detach().view_as(hidden)
         handles.append(get_submodule(layer, arch.attention_out).register_forward_hook(hook))
     try:
         yield
@@ -69,11 +72,28 @@ def record_updates(layers, arch, store: dict[int, torch.Tensor]) -> Iterator[Non
             h.remove()
 
 
+def capture_rows(model, num_points: int, seq_len: int, wanted: int) -> int:
+    """Sequences per capture micro-batch: at most `wanted`, and few enough that the residual points one capture
+    holds at once (`num_points` x rows x `seq_len` x hidden) fit in ``points_budget``."""
+    embed = model.get_input_embeddings().weight
+    row = num_points * seq_len * embed.shape[-1] * embed.element_size()
+    return max(1, min(wanted, points_budget(model) // max(row, 1)))
+
+
+def points_budget(model) -> int:
+    """Bytes of residual points one capture may hold: max(256 MiB, an eighth of the weights)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(POINTS_BUDGET, weights // 8)
+
+
+POINTS_BUDGET = 256 * 2**20
+
+
 def capture_batch(model, arch, ids: torch.Tensor, *, sublayers: bool = False) -> BatchCapture:
     """Run the model on `ids` once (no final norm, no lm_head) and record every layer's input and arguments."""
     layers = arch.get_layers(model)
     cap = BatchCapture(ids=ids)
-    updates: dict[int, torch.Tensor] = {}
+    mids: dict[int, torch.Tensor] = {}
 
     def pre_hook(module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -90,13 +110,13 @@ def capture_batch(model, arch, ids: torch.Tensor, *, sublayers: bool = False) ->
             stack.callback(layer.register_forward_pre_hook(pre_hook, with_kwargs=True).remove)
         stack.callback(layers[len(layers) - 1].register_forward_hook(last_hook, with_kwargs=True).remove)
         if sublayers:
-            stack.enter_context(record_updates(layers, arch, updates))
+            stack.enter_context(record_mids(layers, arch, cap.inputs, mids))
         try:
             model(input_ids=ids, use_cache=False)
         except _StopForward:
             pass
     if sublayers:
-        cap.mids = [h + updates[i].view_as(h).detach() for i, h in enumerate(cap.inputs[:-1])]
+        cap.mids = [mids[i] for i in range(len(layers))]
     return cap
 
 

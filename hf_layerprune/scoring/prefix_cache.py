@@ -26,7 +26,8 @@ from hf_layerprune.scoring.capture import (
     capture_batch,
     nll_sum,
     predicted_tokens,
-    record_updates,
+    capture_rows,
+    record_mids,
     run_layers,
     skipped_units,
     zeroed_sublayers,
@@ -46,7 +47,8 @@ class ActivationCache:
         on_points: Callable[[list[torch.Tensor]], None] | None = None,
         split: bool = False,
     ) -> None:
-        """`on_points(points)` sees every micro-batch's residual points during the capture pass (static metrics
+        """Micro-batches of `batch_size` sequences, fewer where the residual points one capture holds would pass
+        ``capture_rows``' budget. `on_points(points)` sees every micro-batch's residual points during the capture pass (static metrics
         accumulate their statistics there, so they need no pass of their own). With ``keep_states=False`` only
         each micro-batch's first input and layer arguments are kept (enough to replay the model).
 
@@ -59,7 +61,8 @@ class ActivationCache:
         device = next(model.parameters()).device
         self.captures: list[BatchCapture] = []
         self.split = split
-        micro = list(batches.split(batch_size))
+        points = (2 if granularity != "block" else 1) * self.num_layers + 1
+        micro = list(batches.split(capture_rows(model, points, batches.shape[1], batch_size)))
         with torch.no_grad():
             for ids in distributed.shard(micro) if split else micro:
                 cap = capture_batch(model, arch, ids.to(device), sublayers=granularity != "block")
@@ -141,15 +144,15 @@ class ActivationCache:
         with torch.no_grad(), self._skipping(removed) as skip:
             for cap in self.captures:
                 replay = BatchCapture(ids=cap.ids, inputs=[None] * (self.num_layers + 1))  # type: ignore[list-item]
-                updates: dict[int, torch.Tensor] = {}
+                mids: dict[int, torch.Tensor] = {}
 
                 def store(idx: int, hidden: torch.Tensor, inputs=replay.inputs) -> None:
                     inputs[idx] = hidden
 
-                with record_updates(self.layers, self.arch, updates) if sub else nullcontext():
+                with record_mids(self.layers, self.arch, replay.inputs, mids) if sub else nullcontext():
                     run_layers(self.layers, cap, cap.inputs[0], 0, skip=skip, on_input=store)  # input 0 never changes
                 if sub:
-                    replay.mids = [h + updates[i].view_as(h) for i, h in enumerate(replay.inputs[:-1])]
+                    replay.mids = [mids[i] for i in range(self.num_layers)]
                 on_points(replay.points())
 
     @contextmanager

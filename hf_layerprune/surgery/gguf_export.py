@@ -4,7 +4,8 @@ Tensor names come from the `gguf` package's own map (`gguf.get_tensor_name_map(M
 table llama.cpp's convert_hf_to_gguf.py uses) and metadata keys from its `GGUFWriter.add_*` helpers. As in
 convert_hf_to_gguf.py, llama/mistral Q and K rows are permuted to llama.cpp's rotary layout (transformers'
 GGUF loader undoes it), 1-D tensors (norms, biases) stay F32 and Q8_0 falls back to F16 for rows that are not
-a multiple of 32. The tokenizer is written when the model directory has a `tokenizer.json` (gguf.vocab).
+a multiple of 32. The tokenizer is written when the model directory has a BPE `tokenizer.json` (gguf.vocab), with
+the pre-tokenizer name llama.cpp's converter would give it (pre_tokenizer).
 """
 
 from __future__ import annotations
@@ -56,26 +57,48 @@ def _write_config(writer, config) -> None:
         writer.add_rope_freq_base(float(theta))
 
 
-def _write_tokenizer(writer, directory: Path | None) -> bool:
+def _write_tokenizer(writer, directory: Path | None) -> dict[str, Any]:
+    """Write the BPE tokenizer of `directory` (tokenizer.json); returns the report's keys: `tokenizer` (written or
+    not) and `tokenizer_pre` (what `tokenizer.ggml.pre` says, None where pre_tokenizer did not recognise it)."""
     if directory is None or not (Path(directory) / "tokenizer.json").exists():
-        return False
+        return {"tokenizer": False}
     import json
 
     from gguf import SpecialVocab
 
     model = json.loads((Path(directory) / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
     if model.get("type") != "BPE":
-        return False  # sentencepiece-style vocabularies need llama.cpp's own converter
+        return {"tokenizer": False}  # sentencepiece-style vocabularies need llama.cpp's own converter
     from gguf.vocab import BpeVocab
 
     vocab = BpeVocab(Path(directory))
     tokens, _, types = zip(*vocab.all_tokens())
+    pre = pre_tokenizer(directory)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre or UNKNOWN_PRE)
     writer.add_token_list(list(tokens))
     writer.add_token_types([int(t) for t in types])
     SpecialVocab(Path(directory), load_merges=True).add_to_gguf(writer)
-    return True
+    return {"tokenizer": True, "tokenizer_pre": pre}
+
+
+UNKNOWN_PRE = "default"
+
+
+def pre_tokenizer(directory: str | Path) -> str:
+    """llama.cpp's name for the BPE pre-tokenizer of the transformers tokenizer in `directory`, recognised as its
+    converter does: the SHA-256 of the token ids of a fixed text (gguf_pre_tokenizers.json). llama.cpp splits text
+    with the regexes of that name, so a wrong one gives other tokens than transformers (SmolLM2 is "smollm"; under
+    "default" its text starts with other tokens). None when not recognised (the file then says UNKNOWN_PRE, as
+    files made before llama.cpp knew a tokenizer do, and the route warns)."""
+    import hashlib
+    import json
+
+    from transformers import AutoTokenizer
+
+    table = json.loads((Path(__file__).with_name("gguf_pre_tokenizers.json")).read_text(encoding="utf-8"))
+    ids = AutoTokenizer.from_pretrained(directory).encode(table["chktxt"])
+    return table["pre"].get(hashlib.sha256(str(ids).encode()).hexdigest())
 
 
 def tensor_type(name: str, array, want: str):
@@ -134,7 +157,7 @@ def _write(writer, arch, num_blocks: int, tensors, heads, *, path, out_type: str
     writer.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "BF16": gguf.LlamaFileType.MOSTLY_BF16,
                           "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[out_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    has_tokenizer = _write_tokenizer(writer, Path(tokenizer_dir) if tokenizer_dir else None)
+    tokenizer = _write_tokenizer(writer, Path(tokenizer_dir) if tokenizer_dir else None)
     names = gguf.get_tensor_name_map(arch, num_blocks)
     types: dict[str, str] = {}
     for hf_name, tensor in tensors:
@@ -163,22 +186,31 @@ def _write(writer, arch, num_blocks: int, tensors, heads, *, path, out_type: str
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return {"file": Path(path).name, "type": out_type, "architecture": arch.name.lower(), "tokenizer": has_tokenizer,
+    return {"file": Path(path).name, "type": out_type, "architecture": arch.name.lower(), **tokenizer,
             "tensors": len(types), "general": general}
 
 
 # --- sub-layer cuts: llama.cpp's `deci` architecture ---------------------------------------------------------------
-MLP_REMOVED_REFUSAL = (
-    "GGUF output of MLP-removed blocks is refused: llama.cpp's deci graph drops the whole block, attention "
-    "included, when its feed-forward length is 0 (src/models/deci.cpp: `if (n_ff == 0) continue;`), so such "
-    "blocks would run as an identity; use --format safetensors (vLLM and transformers run it)")
+# llama.cpp's deci graph ends a block whose feed-forward length is 0 *before* adding its attention output to the
+# residual stream (src/models/deci.cpp: `if (n_ff == 0) continue;`), so an MLP-removed block that keeps attention
+# is written as an FFN of width 1 with zero weights: it adds exactly 0, and the attention is added as it should be.
+MLP_STANDIN_WIDTH = 1
+
+
+def mlp_standin(block: int, hidden: int):
+    """The tensors of block `block`'s zero FFN of width MLP_STANDIN_WIDTH (transformers names, as the export reads
+    them): silu(0) * 0 projected by zeros is exactly 0 in every GGUF type written here."""
+    import torch
+
+    width, prefix = MLP_STANDIN_WIDTH, f"model.layers.{block}"
+    yield f"{prefix}.post_attention_layernorm.weight", torch.ones(hidden)
+    yield f"{prefix}.mlp.gate_proj.weight", torch.zeros(width, hidden)
+    yield f"{prefix}.mlp.up_proj.weight", torch.zeros(width, hidden)
+    yield f"{prefix}.mlp.down_proj.weight", torch.zeros(hidden, width)
 
 
 def check_deci_exportable(config: dict) -> None:
     """What llama.cpp's deci loader and graph run as the DeciLM export computes it (docs/gguf.md, "Sub-layer cuts")."""
-    blocks = config.get("block_configs") or []
-    if any(b["ffn"]["no_op"] and not b["attention"]["no_op"] for b in blocks):
-        raise ConfigError(MLP_REMOVED_REFUSAL)
     if config.get("qkv_bias") or config.get("attention_bias") or config.get("mlp_bias"):
         raise UnsupportedModel("GGUF (deci) export of biased projections (Qwen2's q/k/v bias) is not supported; "
                               "use --format safetensors")
@@ -197,7 +229,8 @@ def export_deci_gguf(directory: str | Path, path: str | Path, *, out_type: str =
 
     As convert_hf_to_gguf.py's DeciModel: per-block `deci.attention.head_count` (0 where attention was removed),
     `head_count_kv` (0 there too: llama.cpp then allocates no attention tensor and no KV cache for the block) and
-    `feed_forward_length`; Q/K rows permuted per block. Weights are read one tensor at a time from the shards."""
+    `feed_forward_length` (MLP_STANDIN_WIDTH where only the MLP was removed: see mlp_standin); Q/K rows permuted
+    per block. Weights are read one tensor at a time from the shards."""
     import json
 
     import gguf
@@ -216,8 +249,12 @@ def export_deci_gguf(directory: str | Path, path: str | Path, *, out_type: str =
     for shard in shards:
         with safe_open(shard, "pt") as f:
             where.update({key: shard for key in f.keys()})
-    n_ff = []
-    for i in range(len(blocks)):
+    n_ff, standins = [], []
+    for i, block in enumerate(blocks):
+        if block["ffn"]["no_op"]:  # 0 only where attention goes too: deci.cpp then passes the block's input on
+            standins += [] if block["attention"]["no_op"] else [i]
+            n_ff.append(0 if block["attention"]["no_op"] else MLP_STANDIN_WIDTH)
+            continue
         gate = f"model.layers.{i}.mlp.gate_proj.weight"
         with safe_open(where[gate], "pt") as f:
             n_ff.append(f.get_slice(gate).get_shape()[0])
@@ -250,6 +287,8 @@ def export_deci_gguf(directory: str | Path, path: str | Path, *, out_type: str =
                 continue
             with safe_open(shard, "pt") as f:
                 yield key, f.get_tensor(key)
+        for block in standins:
+            yield from mlp_standin(block, hidden)
 
     info = _write(writer, arch, len(blocks), tensors(), heads, path=path, out_type=out_type,
                   tokenizer_dir=tokenizer_dir, name=name, card=card)

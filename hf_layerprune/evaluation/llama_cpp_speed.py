@@ -1,0 +1,86 @@
+"""Prompt and generation throughput of a base and a pruned GGUF file in llama.cpp (through llama-cpp-python).
+
+People run the GGUF output in llama.cpp, Ollama or LM Studio, whose kernels are not transformers': the card shows
+these figures beside the transformers ones, marked with the runtime. Measured only when `llama_cpp` is importable
+(an optional install that compiles llama.cpp: docs/gguf.md).
+
+The protocol is the transformers one (speed.py, docs/evaluation.md "Speed protocol"): both files loaded once
+(memory-mapped), ``warmup`` untimed runs of each, then ``repeats`` rounds that time one prompt evaluation of
+``prompt_len`` fixed random tokens and ``decode_tokens`` single-token steps after it, the order alternating between
+rounds; medians per file, and the median per-round speed-up with half its interquartile range. The steps feed fixed
+random tokens rather than greedy ones: llama-cpp-python keeps no logits without ``logits_all`` (which would cost a
+full-vocabulary copy per step), and a step costs the same whichever token it reads.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from hf_layerprune.evaluation.speed import _quartiles
+
+
+def installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def measure_gguf_pair(base_file: str | Path, pruned_file: str | Path, *, prompt_len: int = 128, decode_tokens: int = 32,
+                      warmup: int = 1, repeats: int = 5, threads: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The report's ``evaluation.speed.llama_cpp``: {"runtime", "protocol", "base", "pruned", "speedup"}."""
+    import llama_cpp
+
+    threads = threads or os.cpu_count() or 1
+    files = {"base": Path(base_file), "pruned": Path(pruned_file)}
+    models = {who: llama_cpp.Llama(model_path=str(path), n_ctx=prompt_len + decode_tokens, n_batch=prompt_len,
+                                   n_threads=threads, n_threads_batch=threads, seed=seed, verbose=False)
+              for who, path in files.items()}
+    vocab = min(m.n_vocab() for m in models.values())
+    rng = random.Random(seed)
+    prompt = [rng.randrange(vocab) for _ in range(prompt_len)]
+    steps = [rng.randrange(vocab) for _ in range(decode_tokens)]
+    times: dict[str, dict[str, list[float]]] = {w: {"prefill": [], "decode": []} for w in models}
+    for who in models:
+        for _ in range(max(0, warmup)):
+            _run(models[who], prompt, steps)
+    for r in range(max(1, repeats)):
+        for who in (("base", "pruned") if r % 2 == 0 else ("pruned", "base")):
+            prefill, decode = _run(models[who], prompt, steps)
+            times[who]["prefill"].append(prefill)
+            times[who]["decode"].append(decode)
+    out: dict[str, Any] = {"runtime": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"}
+    for who, path in files.items():
+        rec: dict[str, Any] = {"file": path.name, "file_bytes": path.stat().st_size,
+                               "file_type": models[who].metadata.get("general.file_type")}
+        for phase, tokens in (("prefill", prompt_len), ("decode", decode_tokens)):
+            q1, med, q3 = _quartiles(times[who][phase])
+            rec[f"{phase}_seconds"] = med
+            rec[f"{phase}_tokens_per_s"] = tokens / med if tokens and med else None
+            rec[f"{phase}_tokens_per_s_iqr"] = [tokens / q3, tokens / q1] if tokens and q1 and q3 else None
+        out[who] = rec
+    out["speedup"] = {}
+    for phase in ("prefill", "decode"):
+        ratios = [b / p for b, p in zip(times["base"][phase], times["pruned"][phase]) if p > 0]
+        if ratios and (phase == "prefill" or decode_tokens):
+            q1, med, q3 = _quartiles(ratios)
+            out["speedup"][phase] = {"median": med, "q1": q1, "q3": q3, "spread": (q3 - q1) / 2, "per_round": ratios}
+    out["protocol"] = {"warmup": max(0, warmup), "repeats": max(1, repeats), "order": "interleaved, alternating",
+                       "threads": threads, "prompt_len": prompt_len, "decode_tokens": decode_tokens}
+    for model in models.values():
+        model.close()
+    return out
+
+
+def _run(llm, prompt: list[int], steps: list[int]) -> tuple[float, float]:
+    """Seconds of one prompt evaluation and of one step per token of `steps` after it (a fresh context each time)."""
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    prefill = time.perf_counter() - start
+    start = time.perf_counter()
+    for token in steps:
+        llm.eval([token])
+    return prefill, time.perf_counter() - start
