@@ -172,6 +172,33 @@ def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_pat
     assert second["files"]["config.json"] == first["files"]["config.json"]
 
 
+def test_shards_are_hashed_once_each_by_parallel_threads(tmp_path, monkeypatch, fresh_hash_cache):
+    """hashed_alongside spreads the files over worker threads (one sha256 core is slower than the kernel's copy);
+    each file is hashed once, its digest is sha256sum's, and the digest store keeps every one of them."""
+    import threading
+    import time
+
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src, max_shard_size="40KB")
+    shards = sorted(src.glob("*.safetensors"))
+    threads: dict[str, str] = {}
+    real = provenance._hash_file
+
+    def slow(path, stop=None):  # long enough that every worker takes a file
+        threads[Path(path).name] = threading.current_thread().name
+        time.sleep(0.05)
+        return real(path, stop)
+
+    monkeypatch.setattr(provenance, "_hash_file", slow)
+    with provenance.hashed_alongside(shards, workers=2):
+        pass
+    assert sorted(threads) == sorted(p.name for p in shards) and len(set(threads.values())) == 2
+    new_process(monkeypatch)  # the digests come back from the store file alone
+    for shard in shards:
+        assert provenance.sha256_file(shard) == hashlib.sha256(shard.read_bytes()).hexdigest()
+    assert len(threads) == len(shards)  # nothing hashed twice
+
+
 def test_help_imports_neither_torch_nor_transformers():
     code = "import sys; from hf_layerprune.cli import app; print(sorted(m for m in {!r} if sys.modules.get(m) is not None))".format(HEAVY)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
