@@ -150,8 +150,10 @@ def logprobs(model, ids):
 
     device = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, :-1]
-    return torch.log_softmax(logits.float(), dim=-1).cpu()
+        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0, :-1].float()
+        for rows in logits.split(CHUNK):  # log-softmax in place, a chunk of rows at a time: one [T, vocab] tensor
+            rows -= rows.logsumexp(-1, keepdim=True)  # alive, not two (0.2 GB each at 1024 x 49k)
+    return logits.cpu()
 
 
 def score_document(base_lp, pruned_lp, ids: list[int], targets) -> dict[str, Any]:

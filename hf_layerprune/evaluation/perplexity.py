@@ -194,6 +194,7 @@ def perplexity(
     if ids.numel() < 2:
         raise ConfigError("the perplexity text has fewer than 2 tokens")
     device = next(model.parameters()).device
+    batch_size = logits_rows(model, seq_len, batch_size)
     spans = windows(ids.numel(), seq_len, stride)
     total_nll = 0.0
     total_tokens = 0
@@ -210,10 +211,8 @@ def perplexity(
                     groups.append([span])
             for group in groups:
                 batch = torch.stack([ids[b:e] for b, e, _ in group]).to(device)
-                logits = model(input_ids=batch, use_cache=False).logits.float()
-                logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-                targets = batch[:, 1:]
-                nll = -logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T-1]; nll[:, j] scores pos j+1
+                logits = model(input_ids=batch, use_cache=False).logits
+                nll = target_nll(logits[:, :-1], batch[:, 1:])  # [B, T-1]; nll[:, j] scores pos j+1
                 for row, (b, _end, first) in enumerate(group):
                     scored = nll[row, first - b - 1 :]
                     total_nll += float(scored.double().sum())
@@ -232,6 +231,31 @@ def perplexity(
         "max_tokens": max_tokens,
         "source": source,
     }
+
+
+NLL_CHUNK = 128  # positions per step of target_nll
+LOGITS_BUDGET = 256 * 2**20  # bytes of float32 logits one perplexity batch may produce
+
+
+def logits_rows(model, seq_len: int, wanted: int) -> int:
+    """Windows per batch: at most `wanted`, and few enough that their logits (rows x seq_len x vocabulary, float32)
+    fit LOGITS_BUDGET, one row at least: a 49k vocabulary makes 0.1 GB of logits per 512-token window, more than a
+    135M model's activations. The perplexity does not depend on the batching."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = head.weight.shape[0] if head is not None else getattr(model.config, "vocab_size", 1)
+    return max(1, min(wanted, LOGITS_BUDGET // max(1, seq_len * vocab * 4)))
+
+
+def target_nll(logits, targets):
+    """-log softmax(logits)[target] per position ([B, T, vocab], [B, T] -> [B, T], float32), as logsumexp minus the
+    target's logit over NLL_CHUNK positions at a time: no second [B, T, vocab] tensor (0.4 GB for 4 x 512 x 49k)."""
+    import torch
+
+    out = []
+    for chunk, want in zip(logits.split(NLL_CHUNK, dim=1), targets.split(NLL_CHUNK, dim=1)):
+        chunk = chunk.float()
+        out.append(chunk.logsumexp(-1) - chunk.gather(-1, want.unsqueeze(-1)).squeeze(-1))
+    return torch.cat(out, dim=1)
 
 
 def _width(span: tuple[int, int, int]) -> int:
