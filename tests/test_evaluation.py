@@ -253,6 +253,29 @@ def test_perplexity_matches_direct_computation(model, tok, text_file, seq_len, s
         assert out["tokens"] == ids.numel() - math.ceil(ids.numel() / seq_len) + (1 if ids.numel() % seq_len == 1 else 0)
 
 
+def test_perplexity_batches_fit_the_logits_budget_and_give_the_same_value(model, tok, text_file, monkeypatch):
+    """A large vocabulary makes the logits the biggest tensor of the run: the windows per batch are capped so that
+    they fit LOGITS_BUDGET (one at least), and the value does not depend on the batching."""
+    import importlib
+
+    ppl_module = importlib.import_module("hf_layerprune.evaluation.perplexity")
+
+    widths = []
+    handle = model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[0]),
+                                             with_kwargs=True)
+    try:
+        free = perplexity(model, tok, str(text_file), seq_len=16, batch_size=4)
+        assert max(widths) == 4
+        widths.clear()
+        vocab = model.get_output_embeddings().weight.shape[0]
+        monkeypatch.setattr(ppl_module, "LOGITS_BUDGET", 2 * 16 * vocab * 4)  # two windows of float32 logits
+        capped = perplexity(model, tok, str(text_file), seq_len=16, batch_size=4)
+        assert max(widths) == 2
+    finally:
+        handle.remove()
+    assert capped["perplexity"] == pytest.approx(free["perplexity"], rel=1e-6) and capped["tokens"] == free["tokens"]
+
+
 def test_perplexity_rows_and_sources(tmp_path):
     assert wikitext_rows(" = A = \n\n b c \n") == [" = A = \n", "", " b c \n"]
     jsonl = tmp_path / "t.jsonl"
