@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--layers", default="20-25", help="0-based layers to remove")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--scale", type=int, default=1, help="build a file with this many times the blocks")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (Linux, root): "
+                        "each run reads its source from the disk")
     parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests of earlier "
                         "ones (default: each run starts with an empty cache, so each hashes the source)")
     parser.add_argument("--peer", action="store_true", help="also time dequantize-and-save (imports torch)")
@@ -165,10 +167,12 @@ def main() -> None:
                 return folder / "x.gguf", folder
             return folder, folder
 
-        runs, ratios, inner = interleave(routes, args.repeat, tmp, kept / total, args.warm_hash, destination)
+        runs, ratios, inner = interleave(routes, args.repeat, tmp, kept / total, args.warm_hash, destination,
+                                         cold=args.cold)
         print(f"# GGUF surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
               f"python {platform.python_version()}, {args.repeat} interleaved runs ({', '.join(routes)}); "
-              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}")
+              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}"
+              f"{'; page cache dropped before every run' if args.cold else ''}")
         print(f"source: {src.name}, {total / 2**20:.0f} MiB; removing layers {removed} ({kept / 2**20:.0f} MiB kept)")
         print_table(routes, runs, ratios, inner, LABELS, digits=3)
 

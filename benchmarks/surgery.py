@@ -148,18 +148,30 @@ def kept_fraction(src: Path, removed: list[int]) -> tuple[int, int]:
     return kept, total
 
 
-def interleave(routes: dict, repeat: int, work: Path, kept_share: float, warm_hash: bool, destination) -> tuple:
+def drop_page_cache() -> None:
+    """Write back and drop the page cache (Linux, root): the next run reads its source from the disk."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+    except OSError as exc:
+        sys.exit(f"--cold needs root on Linux (/proc/sys/vm/drop_caches): {exc}")
+
+
+def interleave(routes: dict, repeat: int, work: Path, kept_share: float, warm_hash: bool, destination,
+               cold: bool = False) -> tuple:
     """Run every route `repeat` times in turn (cp, cut, cli, cp, cut, cli ...); each ratio is to the cp just before
     it (the page cache and the other load on the machine alike). `destination(name, r)` gives (the command's output
     path, the path to remove afterwards). Returns (runs, ratios, inner): per route the timed results, its ratios to
-    the cp, and the cut stage's own time (after its imports) over the cp."""
+    the cp, and the cut stage's own time (after its imports) over the cp. `cold`: every run starts with an empty
+    page cache (drop_page_cache), so each reads its source from the disk: the cache state left by the run before
+    (which of 2 x 12 GiB stayed cached on a 24 GiB machine) no longer decides the ratio."""
     runs: dict[str, list[dict]] = {name: [] for name in routes}
     ratios: dict[str, list[float]] = {name: [] for name in routes if name != "cp"}
     inner: list[float] = []
     for r in range(repeat):
         for name, command in routes.items():
             dst, remove = destination(name, r)
-            os.sync()
+            drop_page_cache() if cold else os.sync()
             cache = None if warm_hash else work / f"cache-{name}-{r}"
             result = timed(command(dst), cwd=work, cache=cache)  # cwd: `python -m` must not see another checkout
             if name == "cp":
@@ -196,6 +208,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--remove", default="5,6,7,8", help="0-based layers to remove")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (Linux, root): "
+                        "each run reads its source from the disk")
     parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests of earlier "
                         "ones (default: each run starts with an empty cache, so each hashes the source)")
     parser.add_argument("--naive", action="store_true", help="also time the from_pretrained + save_pretrained peer")
@@ -227,11 +241,13 @@ def main() -> None:
                 dst.mkdir()
             return dst, dst
 
-        runs, ratios, inner = interleave(routes, args.repeat, work, kept / total, args.warm_hash, destination)
+        runs, ratios, inner = interleave(routes, args.repeat, work, kept / total, args.warm_hash, destination,
+                                         cold=args.cold)
 
         print(f"# on-disk surgery vs cp, {time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
               f"python {platform.python_version()}, {args.repeat} interleaved runs (cp, cut, cli{', naive' if args.naive else ''}); "
-              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}")
+              f"{'digests reused across runs' if args.warm_hash else 'every run hashes the source (empty digest cache)'}"
+              f"{'; page cache dropped before every run' if args.cold else ''}")
         print(f"checkpoint: {params / 1e9:.2f}B parameters ({args.layers} layers of hidden {args.hidden}, intermediate "
               f"{args.intermediate}), {total / 2**30:.2f} GiB bf16 in 2 GB shards; removing layers {removed} "
               f"({kept / 2**30:.2f} GiB kept)")

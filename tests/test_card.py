@@ -579,3 +579,22 @@ def test_llama_cpp_speed_rows_are_marked_with_the_runtime(tmp_path):
     assert text.index("Decode throughput (tokens/s") < text.index("in llama.cpp (tokens/s")
     plain = rerender(write(tmp_path, realistic_report(), "plain"), online=False).read_text(encoding="utf-8")
     assert "llama.cpp" not in plain.split("### Speed and size")[1].split("\n## ")[0]
+
+
+def test_the_compiled_card_template_is_reused_and_an_unwritable_cache_is_no_error(tmp_path, monkeypatch):
+    """Compiling the template costs ~0.12 s of every run: it is kept in the cache folder (jinja's bytecode
+    cache, keyed by the template's checksum) and the next process only loads it."""
+    from jinja2 import Environment
+
+    from hf_layerprune.card import render
+
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
+    first = render._environment().get_template("model_card.md.j2")
+    assert list((tmp_path / "cache" / "jinja").iterdir())
+    monkeypatch.setattr(Environment, "compile", lambda *a, **k: pytest.fail("compiled again"))
+    again = render._environment().get_template("model_card.md.j2")
+    assert again.render is not None and first.name == again.name
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "file" / "below"))  # a file where a folder should be
+    assert render._environment().get_template("model_card.md.j2") is not None

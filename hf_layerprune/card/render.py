@@ -49,7 +49,36 @@ def _environment():
         keep_trailing_newline=True,
     )
     env.filters.update(md=md, code=code)
+    env.bytecode_cache = _bytecode_cache()
     return env
+
+
+def _bytecode_cache():
+    """The compiled template, kept in the cache folder (`jinja/`): compiling it costs ~0.12 s of every run, a sixth
+    of a GGUF cut's. Best effort: an unwritable cache folder means compiling each time."""
+    from jinja2 import FileSystemBytecodeCache
+
+    from hf_layerprune.runtime.cache import cache_root
+
+    class BestEffort(FileSystemBytecodeCache):
+        def load_bytecode(self, bucket) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except OSError:
+                pass
+
+        def dump_bytecode(self, bucket) -> None:
+            try:
+                super().dump_bytecode(bucket)
+            except OSError:
+                pass
+
+    folder = cache_root() / "jinja"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return BestEffort(str(folder))
 
 
 def make_plots(report: Report, output_dir: Path) -> dict[str, str]:
