@@ -97,7 +97,10 @@ def pre_tokenizer(directory: str | Path) -> str:
     from transformers import AutoTokenizer
 
     table = json.loads((Path(__file__).with_name("gguf_pre_tokenizers.json")).read_text(encoding="utf-8"))
-    ids = AutoTokenizer.from_pretrained(directory).encode(table["chktxt"])
+    try:
+        ids = AutoTokenizer.from_pretrained(directory).encode(table["chktxt"])
+    except Exception:  # a tokenizer transformers cannot load by itself (code of its own, a broken config): unknown
+        return None
     return table["pre"].get(hashlib.sha256(str(ids).encode()).hexdigest())
 
 
