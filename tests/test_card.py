@@ -561,20 +561,24 @@ def test_autos_judged_candidates_are_a_table_best_first(tmp_path, objective):
 
 def test_llama_cpp_speed_rows_are_marked_with_the_runtime(tmp_path):
     """The GGUF output's throughput in llama.cpp (llama_cpp_speed.py) sits beside the transformers rows, named
-    as such, with its own speed-up and protocol sentence; a report without it renders no llama.cpp row."""
+    as such, with its own speed-up and protocol sentence; a speed-up beyond what the removed layers explain is
+    flagged instead, as for transformers; a report without it renders no llama.cpp row."""
     report = realistic_report()
-    rec = lambda name, pre, dec: {"file": name, "file_bytes": 98362432, "file_type": "3",  # noqa: E731
-                                  "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec}
+    rec = lambda name, layers, pre, dec: {"file": name, "file_bytes": 98362432, "file_type": "3",  # noqa: E731
+                                          "num_layers": layers, "prefill_tokens_per_s": pre, "decode_tokens_per_s": dec}
     report["evaluation"]["speed"]["llama_cpp"] = {
         "runtime": "llama.cpp (llama-cpp-python 0.3.36)",
-        "base": rec("Llama-2-7b.Q4_1.gguf", 306.44, 101.41), "pruned": rec("Llama-2-7b.Q4_1-pruned-24L.gguf", 399.69, 138.55),
-        "speedup": {"prefill": {"median": 1.319, "spread": 0.038}, "decode": {"median": 1.369, "spread": 0.023}},
+        "base": rec("Llama-2-7b.Q4_1.gguf", 32, 306.44, 101.41),
+        "pruned": rec("Llama-2-7b.Q4_1-pruned-24L.gguf", 24, 399.69, 152.1),
+        "speedup": {"prefill": {"median": 1.319, "spread": 0.038}, "decode": {"median": 1.50, "spread": 0.02}},
         "protocol": {"warmup": 1, "repeats": 5, "threads": 2, "prompt_len": 128, "decode_tokens": 32},
     }
     text = rerender(write(tmp_path, report), online=False).read_text(encoding="utf-8")
     ModelCard(text)  # the Hub's own parser accepts it
     assert "| Prompt throughput in llama.cpp (tokens/s; 128-token prompt) | 306.4 | 399.7 | ×1.32 ± 0.04 |" in text
-    assert "| Generation throughput in llama.cpp (tokens/s; 32 tokens) | 101.4 | 138.6 | ×1.37 ± 0.02 |" in text
+    assert "Generation throughput in llama.cpp" not in text  # ×1.50 for 32 -> 24 layers (at most ×1.33)
+    assert "**Decode speed in llama.cpp not reported:** the measured speed-up (×1.50, spread 0.02) is larger than " \
+           "the ×1.33 that the removed layers can explain (decoder layers 32 → 24)" in text
     assert "with llama.cpp (llama-cpp-python 0.3.36) on the CPU, 2 thread(s)" in text
     assert text.index("Decode throughput (tokens/s") < text.index("in llama.cpp (tokens/s")
     plain = rerender(write(tmp_path, realistic_report(), "plain"), online=False).read_text(encoding="utf-8")

@@ -282,13 +282,21 @@ def llama_cpp_rows(cpp: dict[str, Any] | None, rows: list[dict[str, Any]]) -> di
     if not cpp or not isinstance(cpp.get("base"), dict) or not isinstance(cpp.get("pruned"), dict):
         return None
     protocol, speedup = cpp.get("protocol") or {}, cpp.get("speedup") or {}
+    check = cpp.get("plausibility") if isinstance(cpp.get("plausibility"), dict) else plausibility(cpp)
+    flags = []
     for phase, label in (("prefill", f"Prompt throughput in llama.cpp (tokens/s; {protocol.get('prompt_len')}-token prompt)"),
                          ("decode", f"Generation throughput in llama.cpp (tokens/s; {protocol.get('decode_tokens')} tokens)")):
         key = f"{phase}_tokens_per_s"
+        verdict = (check or {}).get(phase) if isinstance((check or {}).get(phase), dict) else None
+        if verdict and verdict.get("flagged"):  # as for the transformers rows: not presented as a result
+            flags.append({"phase": Markup(phase.capitalize()), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
+                          "spread": Markup(f"spread {verdict.get('spread') or 0.0:.2f}"),
+                          "bound": Markup(f"×{check['bound']:.2f}"), "basis": md(check.get("basis"))})
+            continue
         if _num(cpp["base"].get(key)) is not None or _num(cpp["pruned"].get(key)) is not None:
             rows.append({"label": Markup(label), "base": fmt_float(cpp["base"].get(key), 1),
                          "pruned": fmt_float(cpp["pruned"].get(key), 1), "change": _ratio(speedup.get(phase))})
-    return {"runtime": md(cpp.get("runtime")), "threads": md(protocol.get("threads")),
+    return {"runtime": md(cpp.get("runtime")), "threads": md(protocol.get("threads")), "flags": flags,
             "warmup": md(protocol.get("warmup")), "repeats": md(protocol.get("repeats")),
             "base_file": md(cpp["base"].get("file")), "pruned_file": md(cpp["pruned"].get("file"))}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_layerprune.evaluation.speed import _quartiles
+from hf_layerprune.report.results import plausibility
 
 
 def installed() -> bool:
@@ -30,7 +31,8 @@ def installed() -> bool:
 
 def measure_gguf_pair(base_file: str | Path, pruned_file: str | Path, *, prompt_len: int = 128, decode_tokens: int = 32,
                       warmup: int = 1, repeats: int = 5, threads: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """The report's ``evaluation.speed.llama_cpp``: {"runtime", "protocol", "base", "pruned", "speedup"}."""
+    """The report's ``evaluation.speed.llama_cpp``: {"runtime", "protocol", "base", "pruned", "speedup",
+    "plausibility"} (the bound of report.results.plausible_speedup, from each file's layers, parameters and bytes)."""
     import llama_cpp
 
     threads = threads or os.cpu_count() or 1
@@ -53,8 +55,13 @@ def measure_gguf_pair(base_file: str | Path, pruned_file: str | Path, *, prompt_
             times[who]["decode"].append(decode)
     out: dict[str, Any] = {"runtime": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"}
     for who, path in files.items():
+        meta = models[who].metadata
+        layers = meta.get(f"{meta.get('general.architecture')}.block_count")
         rec: dict[str, Any] = {"file": path.name, "file_bytes": path.stat().st_size,
-                               "file_type": models[who].metadata.get("general.file_type")}
+                               "file_type": meta.get("general.file_type"),
+                               "num_layers": int(layers) if layers and str(layers).isdigit() else None,
+                               "parameters": models[who]._model.n_params(),
+                               "weights_bytes": models[who]._model.size()}
         for phase, tokens in (("prefill", prompt_len), ("decode", decode_tokens)):
             q1, med, q3 = _quartiles(times[who][phase])
             rec[f"{phase}_seconds"] = med
@@ -67,6 +74,7 @@ def measure_gguf_pair(base_file: str | Path, pruned_file: str | Path, *, prompt_
         if ratios and (phase == "prefill" or decode_tokens):
             q1, med, q3 = _quartiles(ratios)
             out["speedup"][phase] = {"median": med, "q1": q1, "q3": q3, "spread": (q3 - q1) / 2, "per_round": ratios}
+    out["plausibility"] = plausibility(out)  # the transformers rows' bound: what the removed layers can explain
     out["protocol"] = {"warmup": max(0, warmup), "repeats": max(1, repeats), "order": "interleaved, alternating",
                        "threads": threads, "prompt_len": prompt_len, "decode_tokens": decode_tokens}
     for model in models.values():
