@@ -150,12 +150,16 @@ def _save_here(model, tokenizer, recipe: Recipe, source: Source, report: Report,
     return Path(recipe.output_dir)
 
 
-def gguf_speed(report: Report, recipe: Recipe, source: Source, folder: Path, base, timer: Timer, log: Log = print) -> None:
+def gguf_speed(report: Report, recipe: Recipe, source: Source, folder: Path, base, timer: Timer,
+               log: Log | None = None) -> None:
     """With llama-cpp-python installed, an evaluated run with a GGUF output also times it in llama.cpp against the
-    base (gguf_route.llama_cpp_speed): `evaluation.speed.llama_cpp`."""
+    base (gguf_route.llama_cpp_gguf_speed): `evaluation.speed.llama_cpp`. `log`: default the run's display, else
+    stderr (stdout is `push`'s URL)."""
     from hf_layerprune.evaluation import llama_cpp_speed, settings_from_recipe
+    from hf_layerprune.flow.gguf_route import _stderr_log
 
     if recipe.evaluate and report.gguf is not None and report.evaluation is not None and llama_cpp_speed.installed():
+        log = log or _stderr_log()
         with timer.stage("evaluate"):
             speed = report.evaluation.speed or SpeedSection()
             speed.llama_cpp = llama_cpp_gguf_speed(report.gguf, settings_from_recipe(recipe), source, folder, base, log)
