@@ -4,7 +4,8 @@ People run the GGUF output in llama.cpp, Ollama or LM Studio, whose kernels are 
 these figures beside the transformers ones, marked with the runtime. Measured only when `llama_cpp` is importable
 (an optional install that compiles llama.cpp: docs/gguf.md).
 
-The protocol is the transformers one (speed.py, docs/evaluation.md "Speed protocol"): both files loaded once
+The protocol is the transformers one, with its code (speed.interleaved_times, phase_figures, speedups; docs/evaluation.md
+"Speed and size"): both files loaded once
 (memory-mapped), ``warmup`` untimed runs of each, then ``repeats`` rounds that time one prompt evaluation of
 ``prompt_len`` fixed random tokens and ``decode_tokens`` single-token steps after it, the order alternating between
 rounds; medians per file, and the median per-round speed-up with half its interquartile range. The steps feed fixed
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hf_layerprune.evaluation.speed import _quartiles
+from hf_layerprune.evaluation.speed import interleaved_times, phase_figures, speedups
 from hf_layerprune.report.results import plausibility
 
 
@@ -44,15 +45,7 @@ def measure_gguf_pair(base_file: str | Path, pruned_file: str | Path, *, prompt_
     rng = random.Random(seed)
     prompt = [rng.randrange(vocab) for _ in range(prompt_len)]
     steps = [rng.randrange(vocab) for _ in range(decode_tokens)]
-    times: dict[str, dict[str, list[float]]] = {w: {"prefill": [], "decode": []} for w in models}
-    for who in models:
-        for _ in range(max(0, warmup)):
-            _run(models[who], prompt, steps)
-    for r in range(max(1, repeats)):
-        for who in (("base", "pruned") if r % 2 == 0 else ("pruned", "base")):
-            prefill, decode = _run(models[who], prompt, steps)
-            times[who]["prefill"].append(prefill)
-            times[who]["decode"].append(decode)
+    times = interleaved_times(lambda who: _run(models[who], prompt, steps), warmup, repeats)
     out: dict[str, Any] = {"runtime": f"llama.cpp (llama-cpp-python {llama_cpp.__version__})"}
     for who, path in files.items():
         meta = models[who].metadata
@@ -62,18 +55,8 @@ def measure_gguf_pair(base_file: str | Path, pruned_file: str | Path, *, prompt_
                                "num_layers": int(layers) if layers and str(layers).isdigit() else None,
                                "parameters": models[who]._model.n_params(),
                                "weights_bytes": models[who]._model.size()}
-        for phase, tokens in (("prefill", prompt_len), ("decode", decode_tokens)):
-            q1, med, q3 = _quartiles(times[who][phase])
-            rec[f"{phase}_seconds"] = med
-            rec[f"{phase}_tokens_per_s"] = tokens / med if tokens and med else None
-            rec[f"{phase}_tokens_per_s_iqr"] = [tokens / q3, tokens / q1] if tokens and q1 and q3 else None
-        out[who] = rec
-    out["speedup"] = {}
-    for phase in ("prefill", "decode"):
-        ratios = [b / p for b, p in zip(times["base"][phase], times["pruned"][phase]) if p > 0]
-        if ratios and (phase == "prefill" or decode_tokens):
-            q1, med, q3 = _quartiles(ratios)
-            out["speedup"][phase] = {"median": med, "q1": q1, "q3": q3, "spread": (q3 - q1) / 2, "per_round": ratios}
+        out[who] = {**rec, **phase_figures(times[who], prompt_len, decode_tokens)}
+    out["speedup"] = speedups(times, decode_tokens)
     out["plausibility"] = plausibility(out)  # the transformers rows' bound: what the removed layers can explain
     out["protocol"] = {"warmup": max(0, warmup), "repeats": max(1, repeats), "order": "interleaved, alternating",
                        "threads": threads, "prompt_len": prompt_len, "decode_tokens": decode_tokens}

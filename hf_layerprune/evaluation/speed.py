@@ -200,18 +200,12 @@ def measure_speed_pair(
         for who in models:
             with inside(who) as m:
                 runners[who] = _Runner(m, tokenizer, prompt_len, decode_tokens, batch_size, seed)
-        times: dict[str, dict[str, list[float]]] = {w: {"prefill": [], "decode": []} for w in runners}
+        def run(who: str) -> tuple[float, float]:
+            with inside(who):
+                return runners[who].run()
+
         try:
-            for who in ("base", "pruned"):
-                for _ in range(max(0, warmup)):
-                    with inside(who):
-                        runners[who].run()
-            for r in range(max(1, repeats)):
-                for who in (("base", "pruned") if r % 2 == 0 else ("pruned", "base")):
-                    with inside(who):
-                        pre, dec = runners[who].run()
-                    times[who]["prefill"].append(pre)
-                    times[who]["decode"].append(dec)
+            times = interleaved_times(run, warmup, repeats)
         finally:
             for runner in runners.values():
                 runner.restore()
@@ -224,29 +218,58 @@ def measure_speed_pair(
             rec = runners[who].describe()
             rec["layer_parameters"] = layer_parameters(model)
         rec["torch_threads"] = used_threads if rec["device"] == "cpu" else None  # as pinned while timing
-        for phase, tokens in (("prefill", batch_size * prompt_len), ("decode", batch_size * decode_tokens)):
-            q1, med, q3 = _quartiles(times[who][phase])
-            rec[f"{phase}_seconds"] = med
-            rec[f"{phase}_seconds_all"] = times[who][phase]
-            rec[f"{phase}_tokens_per_s"] = tokens / med if tokens and med else None
-            rec[f"{phase}_tokens_per_s_iqr"] = [tokens / q3, tokens / q1] if tokens and q1 and q3 else None
+        rec.update(phase_figures(times[who], batch_size * prompt_len, batch_size * decode_tokens))
         rec["decode_ms_per_token"] = 1000 * rec["decode_seconds"] / decode_tokens if decode_tokens else None
         if folder is not None and Path(folder).is_dir():
             rec.update(directory_size(folder))
         out[who] = rec
-    speedup = {}
-    for phase in ("prefill", "decode"):
-        ratios = [b / p for b, p in zip(times["base"][phase], times["pruned"][phase]) if p > 0]
-        if ratios and (phase == "prefill" or decode_tokens):
-            q1, med, q3 = _quartiles(ratios)
-            speedup[phase] = {"median": med, "q1": q1, "q3": q3, "spread": (q3 - q1) / 2, "per_round": ratios}
-    out["speedup"] = speedup
+    out["speedup"] = speedups(times, decode_tokens)
     out["protocol"] = {
         "warmup": max(0, warmup), "repeats": max(1, repeats), "order": "interleaved, alternating",
         "threads": used_threads if out["base"]["device"] == "cpu" else None,
         "batch_size": batch_size, "prompt_len": prompt_len, "decode_tokens": decode_tokens,
     }
     out["plausibility"] = plausibility(out)
+    return out
+
+
+def interleaved_times(run, warmup: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """The pair protocol's clock: ``warmup`` untimed ``run(who)`` of "base" then "pruned", then ``repeats`` rounds
+    timing both, base first in even rounds and pruned first in odd ones. ``run(who)`` -> (prefill s, decode s).
+    Returns {who: {"prefill": [s per round], "decode": [...]}}."""
+    times: dict[str, dict[str, list[float]]] = {w: {"prefill": [], "decode": []} for w in ("base", "pruned")}
+    for who in ("base", "pruned"):
+        for _ in range(max(0, warmup)):
+            run(who)
+    for r in range(max(1, repeats)):
+        for who in (("base", "pruned") if r % 2 == 0 else ("pruned", "base")):
+            pre, dec = run(who)
+            times[who]["prefill"].append(pre)
+            times[who]["decode"].append(dec)
+    return times
+
+
+def phase_figures(times: dict[str, list[float]], prefill_tokens: int, decode_tokens: int) -> dict[str, Any]:
+    """One model's record from its rounds: per phase the median seconds, every round's seconds, the median
+    tokens/s and its interquartile range."""
+    rec: dict[str, Any] = {}
+    for phase, tokens in (("prefill", prefill_tokens), ("decode", decode_tokens)):
+        q1, med, q3 = _quartiles(times[phase])
+        rec[f"{phase}_seconds"] = med
+        rec[f"{phase}_seconds_all"] = times[phase]
+        rec[f"{phase}_tokens_per_s"] = tokens / med if tokens and med else None
+        rec[f"{phase}_tokens_per_s_iqr"] = [tokens / q3, tokens / q1] if tokens and q1 and q3 else None
+    return rec
+
+
+def speedups(times: dict[str, dict[str, list[float]]], decode_tokens: int) -> dict[str, Any]:
+    """Per phase the per-round speed-up base/pruned: its median, quartiles, spread (half the IQR) and every ratio."""
+    out = {}
+    for phase in ("prefill", "decode"):
+        ratios = [b / p for b, p in zip(times["base"][phase], times["pruned"][phase]) if p > 0]
+        if ratios and (phase == "prefill" or decode_tokens):
+            q1, med, q3 = _quartiles(ratios)
+            out[phase] = {"median": med, "q1": q1, "q3": q3, "spread": (q3 - q1) / 2, "per_round": ratios}
     return out
 
 
