@@ -238,12 +238,9 @@ def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
         ("prefill", "prefill_tokens_per_s", f"Prefill throughput (tokens/s; batch {batch} × {prompt}-token prompt)"),
         ("decode", "decode_tokens_per_s", f"Decode throughput (tokens/s; batch {batch}, {steps} steps after the prompt)"),
     ):
-        verdict = (check or {}).get(phase) if isinstance((check or {}).get(phase), dict) else None
-        if verdict and verdict.get("flagged"):
-            spread = verdict.get("spread") or 0.0
-            flags.append({"phase": Markup(phase.capitalize()), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
-                          "spread": Markup(f"spread {spread:.2f}" if spread else "one measurement each, no spread"),
-                          "bound": Markup(f"×{check['bound']:.2f}")})
+        flag = _flag(check, phase)
+        if flag:
+            flags.append(flag)
             continue  # an implausible number is not presented as a result
         if phase in speedup:
             row(label, key, lambda v: fmt_float(v, 1), _ratio(speedup.get(phase)))
@@ -276,6 +273,17 @@ def speed_view(speed: SpeedSection | None) -> dict[str, Any] | None:
     }
 
 
+def _flag(check: dict[str, Any] | None, phase: str) -> dict[str, Any] | None:
+    """What the card says of a `phase` speed-up that `plausibility` flagged (None when it is not flagged)."""
+    verdict = (check or {}).get(phase) if isinstance((check or {}).get(phase), dict) else None
+    if not (verdict and verdict.get("flagged")):
+        return None
+    spread = verdict.get("spread") or 0.0
+    return {"phase": Markup(phase.capitalize()), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
+            "spread": Markup(f"spread {spread:.2f}" if spread else "one measurement each, no spread"),
+            "bound": Markup(f"×{check['bound']:.2f}"), "basis": md(check.get("basis"))}
+
+
 def llama_cpp_rows(cpp: dict[str, Any] | None, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The GGUF files' throughput in llama.cpp (llama_cpp_speed.py), appended to `rows` marked with the runtime;
     what the card says about how they were timed."""
@@ -287,11 +295,9 @@ def llama_cpp_rows(cpp: dict[str, Any] | None, rows: list[dict[str, Any]]) -> di
     for phase, label in (("prefill", f"Prompt throughput in llama.cpp (tokens/s; {protocol.get('prompt_len')}-token prompt)"),
                          ("decode", f"Generation throughput in llama.cpp (tokens/s; {protocol.get('decode_tokens')} tokens)")):
         key = f"{phase}_tokens_per_s"
-        verdict = (check or {}).get(phase) if isinstance((check or {}).get(phase), dict) else None
-        if verdict and verdict.get("flagged"):  # as for the transformers rows: not presented as a result
-            flags.append({"phase": Markup(phase.capitalize()), "speedup": Markup(f"×{verdict['speedup']:.2f}"),
-                          "spread": Markup(f"spread {verdict.get('spread') or 0.0:.2f}"),
-                          "bound": Markup(f"×{check['bound']:.2f}"), "basis": md(check.get("basis"))})
+        flag = _flag(check, phase)
+        if flag:  # as for the transformers rows: not presented as a result
+            flags.append(flag)
             continue
         if _num(cpp["base"].get(key)) is not None or _num(cpp["pruned"].get(key)) is not None:
             rows.append({"label": Markup(label), "base": fmt_float(cpp["base"].get(key), 1),

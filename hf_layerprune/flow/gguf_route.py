@@ -118,9 +118,8 @@ def write_gguf(model, tmp: Path, recipe, source, removed: list[int], log=None, c
         out_type = recipe.gguf_type or "BF16"
         path = tmp / output_name(source, model.config.num_hidden_layers, f".{out_type}")
         log(f"Exporting {path.name} ({out_type})")
-        tokenizer_dir = tmp if (tmp / "tokenizer.json").exists() else None
-        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_dir, name=_model_name(source.name),
-                           card=card)
+        info = export_gguf(model, path, out_type=out_type, tokenizer_dir=tokenizer_folder(tmp),
+                           name=_model_name(source.name), card=card)
         return {"route": "export", **_checked_tokenizer(info, log)}
     path = tmp / output_name(source, model.config.num_hidden_layers)
     replace, requantized = ({}, {}) if recipe.heal == "none" else changed_tensors(model, source, removed)
@@ -138,12 +137,11 @@ def write_deci_gguf(folder: Path, recipe, source, num_blocks: int, card=None, lo
     from hf_layerprune.surgery.gguf_export import export_deci_gguf
     from hf_layerprune.hub import _model_name
 
-    out_type = recipe.gguf_type or "BF16"
+    out_type, log = recipe.gguf_type or "BF16", log or _stderr_log()
     path = folder / output_name(source, num_blocks, f".{out_type}")
-    (log or _stderr_log())(f"Exporting {path.name} ({out_type}, llama.cpp's deci architecture)")
+    log(f"Exporting {path.name} ({out_type}, llama.cpp's deci architecture)")
     info = _checked_tokenizer(export_deci_gguf(folder, path, out_type=out_type, name=_model_name(source.name), card=card,
-                                               tokenizer_dir=folder if (folder / "tokenizer.json").exists() else None),
-                              log or _stderr_log())
+                                               tokenizer_dir=tokenizer_folder(folder)), log)
     if recipe.format == "gguf":
         for leftover in [*folder.glob("*.safetensors"), *folder.glob("*.py"), folder / "config.json",
                          folder / "model.safetensors.index.json"]:
@@ -190,10 +188,15 @@ def _base_gguf(gguf, source, folder: Path, base, scratch: Path, log) -> Path:
         base = load_model(source, need_tokenizer=False)[0]
     path = scratch / f"base.{gguf.type}.gguf"
     log(f"Exporting the base model as {gguf.type} GGUF to time it in llama.cpp")
-    tokenizer_dir = folder if (Path(folder) / "tokenizer.json").exists() else None
     with as_base(base) as model:
-        export_gguf(model, path, out_type=gguf.type, tokenizer_dir=tokenizer_dir, name=_model_name(source.name))
+        export_gguf(model, path, out_type=gguf.type, tokenizer_dir=tokenizer_folder(folder),
+                    name=_model_name(source.name))
     return path
+
+
+def tokenizer_folder(folder: Path) -> Path | None:
+    """`folder` when it holds a `tokenizer.json` (the GGUF exports write it into the file), else None."""
+    return folder if (Path(folder) / "tokenizer.json").exists() else None
 
 
 def _checked_tokenizer(info: dict[str, Any], log) -> dict[str, Any]:

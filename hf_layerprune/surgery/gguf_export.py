@@ -85,7 +85,7 @@ def _write_tokenizer(writer, directory: Path | None) -> dict[str, Any]:
 UNKNOWN_PRE = "default"
 
 
-def pre_tokenizer(directory: str | Path) -> str:
+def pre_tokenizer(directory: str | Path) -> str | None:
     """llama.cpp's name for the BPE pre-tokenizer of the transformers tokenizer in `directory`, recognised as its
     converter does: the SHA-256 of the token ids of a fixed text (gguf_pre_tokenizers.json). llama.cpp splits text
     with the regexes of that name, so a wrong one gives other tokens than transformers (SmolLM2 is "smollm"; under
