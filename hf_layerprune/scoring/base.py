@@ -158,7 +158,9 @@ class ScoringContext:
 
     @property
     def num_points(self) -> int:
-        return 2 * self.num_units + 1 if self.sublayers else self.num_units + 1
+        from hf_layerprune.scoring.capture import point_count
+
+        return point_count(self.num_units, self.sublayers)
 
     def stats(self, removed: tuple[int, ...] = ()):
         """ResidualStats of the model with `removed` skipped (the capture pass's own when nothing is)."""

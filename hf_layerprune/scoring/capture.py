@@ -72,6 +72,11 @@ def record_mids(layers, arch, inputs: list, store: dict[int, torch.Tensor]) -> I
             h.remove()
 
 
+def point_count(num_layers: int, sublayers: bool) -> int:
+    """Residual points of a capture: h_0..h_L, plus the mid point of every layer with sub-layers (BatchCapture.points)."""
+    return 2 * num_layers + 1 if sublayers else num_layers + 1
+
+
 def capture_rows(model, num_points: int, seq_len: int, wanted: int) -> int:
     """Sequences per capture micro-batch: at most `wanted`, and few enough that the residual points one capture
     holds at once (`num_points` x rows x `seq_len` x hidden) fit in ``points_budget``."""

@@ -25,6 +25,7 @@ from hf_layerprune.scoring.capture import (
     BatchCapture,
     capture_batch,
     nll_sum,
+    point_count,
     predicted_tokens,
     capture_rows,
     record_mids,
@@ -61,7 +62,7 @@ class ActivationCache:
         device = next(model.parameters()).device
         self.captures: list[BatchCapture] = []
         self.split = split
-        points = (2 if granularity != "block" else 1) * self.num_layers + 1
+        points = point_count(self.num_layers, granularity != "block")
         micro = list(batches.split(capture_rows(model, points, batches.shape[1], batch_size)))
         with torch.no_grad():
             for ids in distributed.shard(micro) if split else micro:
