@@ -221,3 +221,74 @@ def test_kernel_copy_and_its_chunked_fallback_write_the_same_shards(tmp_path, mo
     assert len(shards) > 1 and shards == sorted(p.name for p in (tmp_path / "chunks").glob("*.safetensors"))
     for name in shards:
         assert (tmp_path / "kernel" / name).read_bytes() == (tmp_path / "chunks" / name).read_bytes(), name
+
+
+def _source_places(src: Path) -> dict[str, tuple[str, int]]:
+    """Each tensor's (file, absolute byte offset) in a safetensors checkpoint directory."""
+    places = {}
+    for file in sorted(src.glob("*.safetensors")):
+        header, start = read_safetensors_header(file)
+        places.update({k: (file.name, start + v["data_offsets"][0]) for k, v in header.items() if k != "__metadata__"})
+    return places
+
+
+def test_output_shards_keep_source_shards_and_page_offsets(tmp_path):
+    """The streaming cut writes each source shard's kept tensors into shards of their own, in source order, with the
+    header padded so that every tensor lies at its source offset modulo the page size (the kernel then copies whole
+    pages): here all tensor sizes are page multiples, so every tensor is aligned, across the removed layer too. The
+    padded headers load in safetensors and transformers, and the tensors are the source's."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from hf_layerprune.surgery.layers import PAGE, prune_checkpoint
+
+    model = tiny_model("llama", num_layers=4, hidden_size=1024, intermediate_size=64, num_attention_heads=2,
+                       num_key_value_heads=2, head_dim=64)
+    src, out = tmp_path / "src", tmp_path / "out"
+    model.save_pretrained(src, max_shard_size="4MB")
+    out.mkdir()
+    prune_checkpoint(src, out, [1], max_shard_size="3MB")
+    before, after = _source_places(src), _source_places(out)
+    rename = {f"model.layers.{old}.": f"model.layers.{new}." for new, old in enumerate([0, 2, 3])}
+
+    def source_key(key: str) -> str:
+        return next((key.replace(n, o) for o, n in rename.items() if n in key), key)
+
+    shards = {file for file, _ in after.values()}
+    assert len(shards) > len(list(src.glob("*.safetensors")))  # split at --max-shard-size as well
+    for shard in shards:
+        keys = [k for k, (file, _) in after.items() if file == shard]
+        assert len({before[source_key(k)][0] for k in keys}) == 1, shard  # one source file per output shard
+        assert [before[source_key(k)][1] for k in sorted(keys, key=lambda k: after[k][1])] == sorted(
+            before[source_key(k)][1] for k in keys)  # in source order
+    for key, (_, offset) in after.items():
+        assert offset % PAGE == before[source_key(key)][1] % PAGE, key
+    for shard in shards:
+        with safe_open(out / shard, "pt") as f:
+            for key in f.keys():
+                with safe_open(src / before[source_key(key)][0], "pt") as g:
+                    assert torch.equal(f.get_tensor(key), g.get_tensor(source_key(key))), key
+    _, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_gguf_tensors_adjacent_in_the_source_are_one_copy(tmp_path):
+    """GGUF surgery copies each run of tensors that lie back to back in the source (zero padding between them) in one
+    call; padding the source does not hold as zeros is written, not copied, and a replaced tensor breaks the run."""
+    from hf_layerprune.surgery.gguf_surgery import _data_steps
+
+    data = bytearray(200)
+    data[10:16] = b"\0" * 6  # padding of a 10-byte tensor at 0 to 16 (alignment 8)
+    data[116:120] = b"junk"  # a 4-byte gap that is not zeros
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        items = [("a", 0, 10, False), ("b", 16, 100, False), ("c", 120, 8, False), ("d", 128, 8, True),
+                 ("e", 136, 8, False), ("f", 160, 8, False)]
+        steps = _data_steps(fd, items, 8)
+    finally:
+        os.close(fd)
+    assert steps == [("copy", 0, 116), ("zeros", 4), ("copy", 120, 8), ("tensor", "d"), ("copy", 136, 8),
+                     ("copy", 160, 8)]

@@ -141,6 +141,11 @@ def _skip_value(buf, vtype: int, pos: int) -> int:
         pos += 12
         if sub in SCALAR:
             return pos + count * struct.calcsize(SCALAR[sub])
+        if sub == STRING:  # a vocabulary: one length per string, walked without a call per element
+            length = struct.Struct("<Q").unpack_from
+            for _ in range(count):
+                pos += 8 + length(buf, pos)[0]
+            return pos
         for _ in range(count):
             pos = _skip_value(buf, sub, pos)
         return pos
@@ -262,6 +267,27 @@ def _pack_entry(e: Entry, value: Any) -> bytes:
     return out + b"".join(_pack_string(v) for v in value)
 
 
+def _data_steps(fin: int, items: list[tuple[str, int, int, bool]], align: int) -> list[tuple]:
+    """The output's data section, tensor after tensor (`items`: name, source offset, bytes, replaced), as steps:
+    ("copy", source offset, bytes) for tensors copied as they are, where tensors that lie back to back in the source
+    with its zero padding between them are one copy; ("tensor", name) for a replaced tensor; ("zeros", n) for
+    padding the source does not hold."""
+    steps: list[tuple] = []
+    for name, start, size, replaced in items:
+        gap = -size % align
+        if replaced:
+            steps.append(("tensor", name))
+        elif steps and steps[-1][0] == "copy" and steps[-1][1] + steps[-1][2] == start:
+            steps[-1] = ("copy", steps[-1][1], steps[-1][2] + size)
+        else:
+            steps.append(("copy", start, size))
+        if gap and steps[-1][0] == "copy" and os.pread(fin, gap, start + size) == bytes(gap):
+            steps[-1] = ("copy", steps[-1][1], steps[-1][2] + gap)  # the source's own padding, copied along
+        elif gap:
+            steps.append(("zeros", gap))
+    return steps
+
+
 def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, replace: dict | None = None,
                card=None) -> dict:
     """Write `dst`: `src` without the blocks in `removed`. `replace` maps an output tensor name to
@@ -336,12 +362,14 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(out, head)
-        for (name, t), size in zip(tensors, sizes):
-            if name in replace:
-                write_all(out, memoryview(np.ascontiguousarray(replace[name][0])).cast("B"))
-            else:  # the quantized blocks as they are, copied in the kernel
-                copy_range(fin, out, header.data_start + t.offset, size, what=src.name)
-            write_all(out, b"\0" * (pad(size) - size))
+        items = [(name, header.data_start + t.offset, size, name in replace) for (name, t), size in zip(tensors, sizes)]
+        for step, *args in _data_steps(fin, items, align):
+            if step == "copy":  # the quantized blocks as they are, copied in the kernel
+                copy_range(fin, out, *args, what=src.name)
+            elif step == "tensor":  # a re-quantized healed tensor
+                write_all(out, memoryview(np.ascontiguousarray(replace[args[0]][0])).cast("B"))
+            else:
+                write_all(out, bytes(args[0]))
     finally:
         os.close(out)
         os.close(fin)

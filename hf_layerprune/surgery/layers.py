@@ -275,12 +275,10 @@ def prune_checkpoint(
     names = {e.key for e in entries}
     if ties_embeddings(config) and "lm_head.weight" in names and arch.embed + ".weight" in names:
         entries = [e for e in entries if e.key != "lm_head.weight"]  # as save_pretrained does for tied weights
-    entries.sort(key=lambda e: _natural_key(e.key))
-
-    shards = _plan_shards(entries, parse_size(max_shard_size))
+    shards = _plan_shards(entries, sources, parse_size(max_shard_size))
     names = [SAFE_SINGLE if len(shards) == 1 else f"model-{n:05d}-of-{len(shards):05d}.safetensors"
              for n in range(1, len(shards) + 1)]
-    _write_shards([dst / name for name in names], shards, sources, copy_buffer)
+    _write_shards([dst / name for name in names], shards, copy_buffer)
     weight_map = {e.key: name for name, shard in zip(names, shards) for e in shard}
     total_size = sum(e.nbytes for e in entries)
     if len(shards) > 1:
@@ -328,15 +326,21 @@ def copy_side_files(src: Path, dst: Path) -> None:
         shutil.copy2(path, target)
 
 
-def _natural_key(key: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+PAGE = 4096  # the page cache's unit: the kernel copies whole pages when source and output offsets agree modulo it
 
 
-def _plan_shards(entries: list[_Entry], max_bytes: int) -> list[list[_Entry]]:
+def _plan_shards(entries: list[_Entry], sources: list[Path], max_bytes: int) -> list[list[_Entry]]:
+    """The output's shards: the kept tensors of each source file in the order they lie there, a new shard at every
+    source file and wherever `max_bytes` would be passed. A shard never mixes two source files, so one header
+    padding (`_shard_header`) puts its tensors at their source offsets modulo the page size, and the tensors that
+    were adjacent in the source are one copy (the kernel then copies whole pages; shifted copies measured ~1.6x
+    slower in the page cache, benchmarks/RESULTS.md). The shards are never larger than the source's."""
+    order = {path: i for i, path in enumerate(sources)}
     shards: list[list[_Entry]] = [[]]
     size = 0
-    for entry in entries:
-        if shards[-1] and size + entry.nbytes > max_bytes:
+    for entry in sorted(entries, key=lambda e: (order[e.src_file], e.start)):
+        last = shards[-1][-1] if shards[-1] else None
+        if last is not None and (last.src_file != entry.src_file or size + entry.nbytes > max_bytes):
             shards.append([])
             size = 0
         shards[-1].append(entry)
@@ -344,24 +348,40 @@ def _plan_shards(entries: list[_Entry], max_bytes: int) -> list[list[_Entry]]:
     return shards
 
 
+def _page_residue(entries: list[_Entry]) -> int | None:
+    """The data section's start modulo PAGE that puts the most bytes of `entries` (laid out back to back) at their
+    source offset modulo PAGE; None when no such start is a multiple of 8 (safetensors' alignment)."""
+    weight: dict[int, int] = {}
+    offset = 0
+    for e in entries:
+        residue = (e.start - offset) % PAGE
+        weight[residue] = weight.get(residue, 0) + e.nbytes
+        offset += e.nbytes
+    aligned = [(n, -r) for r, n in weight.items() if r % 8 == 0]
+    return -max(aligned)[1] if aligned else None
+
+
 def _shard_header(entries: list[_Entry]) -> bytes:
+    """The shard's 8-byte length and JSON header, padded with spaces (as safetensors pads it to 8 bytes) so that
+    its data starts at `_page_residue` modulo PAGE."""
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for e in entries:
         header[e.key] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.nbytes]}
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data section to 8 bytes
+    start, residue = 8 + len(raw), _page_residue(entries)
+    raw += b" " * ((-start % 8) if residue is None else (residue - start) % PAGE)
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _write_shards(paths: list[Path], shards: list[list[_Entry]], sources: list[Path], copy_buffer: int) -> None:
-    """Write each shard's header, then copy the kept tensors in the order they lie in the source files (each
-    source read front to back, as the provenance hash reads it beside the copy, so they share the pages read),
-    each to its planned place in its shard."""
+def _write_shards(paths: list[Path], shards: list[list[_Entry]], copy_buffer: int) -> None:
+    """Write each shard's header, then copy its tensors, each run of tensors that lie back to back in the source as
+    one copy, shard after shard: each source is read front to back, as the provenance hash reads it beside the
+    copy, so they share the pages read."""
     outputs: list[int] = []
     inputs: dict[Path, int] = {}
-    jobs: list[tuple[_Entry, int, int]] = []  # (entry, output fd, offset in the output)
+    runs: list[list] = []  # [source file, output fd, source offset, bytes, output offset]
     try:
         for path, shard in zip(paths, shards):
             outputs.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
@@ -369,14 +389,16 @@ def _write_shards(paths: list[Path], shards: list[list[_Entry]], sources: list[P
             write_all(outputs[-1], head)
             offset = len(head)
             for e in shard:
-                jobs.append((e, outputs[-1], offset))
+                last = runs[-1] if runs else None
+                if last and last[0] == e.src_file and last[1] == outputs[-1] and last[2] + last[3] == e.start:
+                    last[3] += e.nbytes
+                else:
+                    runs.append([e.src_file, outputs[-1], e.start, e.nbytes, offset])
                 offset += e.nbytes
-        order = {path: i for i, path in enumerate(sources)}
-        for e, out, offset in sorted(jobs, key=lambda job: (order[job[0].src_file], job[0].start)):
-            if e.src_file not in inputs:
-                inputs[e.src_file] = os.open(e.src_file, os.O_RDONLY)
-            copy_range(inputs[e.src_file], out, e.start, e.nbytes, out_offset=offset, what=e.src_file.name,
-                       chunk=copy_buffer)
+        for src_file, out, start, nbytes, offset in runs:
+            if src_file not in inputs:
+                inputs[src_file] = os.open(src_file, os.O_RDONLY)
+            copy_range(inputs[src_file], out, start, nbytes, out_offset=offset, what=src_file.name, chunk=copy_buffer)
     finally:
         for fd in [*outputs, *inputs.values()]:
             os.close(fd)
