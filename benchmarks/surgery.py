@@ -30,7 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+# PYTHONDONTWRITEBYTECODE (set on the project's VM) would make every run compile hf-layerprune's modules again
+# (~0.1 s); an installed tool has its bytecode, so the children may write it (the first run does)
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPATH": str(REPO),
+       "OMP_NUM_THREADS": "1"}
 
 CUT = r"""
 import json, sys, time
