@@ -135,7 +135,7 @@ class Recipe:
                            flag="--offload", panel="Runtime")
     device_map: str | None = option(help="accelerate device map for loading, e.g. auto (several GPUs).",
                                     panel="Runtime")
-    max_shard_size: str = option("5GB", help="Largest safetensors shard, e.g. 5GB (an on-disk cut also keeps the source's shard boundaries).", panel="Runtime")
+    max_shard_size: str = option("5GB", help="Largest safetensors shard, e.g. 5GB.", panel="Runtime")
     # output
     format: str | None = option(help="Output: safetensors, gguf or both (default: both for a .gguf MODEL, else "
                                      "safetensors).", panel="Output")
