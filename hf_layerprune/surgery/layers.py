@@ -13,6 +13,7 @@ Both paths give the same result: the original model minus the removed decoder la
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -332,7 +333,7 @@ PAGE = 4096  # the page cache's unit: the kernel copies whole pages when source 
 def _plan_shards(entries: list[_Entry], sources: list[Path], max_bytes: int) -> list[list[_Entry]]:
     """The output's shards: the kept tensors of each source file in the order they lie there, a new shard at every
     source file and wherever `max_bytes` would be passed. A shard never mixes two source files, so one header
-    padding (`_shard_header`) puts its tensors at their source offsets modulo the page size, and the tensors that
+    padding (`_shard_layout`) puts its tensors at their source offsets modulo the page size, and the tensors that
     were adjacent in the source are one copy (the kernel then copies whole pages; shifted copies measured ~1.6x
     slower in the page cache, benchmarks/RESULTS.md). The shards are never larger than the source's."""
     order = {path: i for i, path in enumerate(sources)}
@@ -348,31 +349,29 @@ def _plan_shards(entries: list[_Entry], sources: list[Path], max_bytes: int) -> 
     return shards
 
 
-def _page_residue(entries: list[_Entry]) -> int | None:
-    """The data section's start modulo PAGE that puts the most bytes of `entries` (laid out back to back) at their
-    source offset modulo PAGE; None when no such start is a multiple of 8 (safetensors' alignment)."""
+def _page_residue(entries: list[_Entry], offsets: list[int]) -> int | None:
+    """The data section's start modulo PAGE that puts the most bytes of `entries` (at `offsets` in the data section)
+    at their source offset modulo PAGE; None when no such start is a multiple of 8 (safetensors' alignment)."""
     weight: dict[int, int] = {}
-    offset = 0
-    for e in entries:
+    for e, offset in zip(entries, offsets):
         residue = (e.start - offset) % PAGE
         weight[residue] = weight.get(residue, 0) + e.nbytes
-        offset += e.nbytes
-    aligned = [(n, -r) for r, n in weight.items() if r % 8 == 0]
-    return -max(aligned)[1] if aligned else None
+    candidates = [r for r in weight if r % 8 == 0]
+    return max(candidates, key=lambda r: (weight[r], -r)) if candidates else None
 
 
-def _shard_header(entries: list[_Entry]) -> bytes:
+def _shard_layout(entries: list[_Entry]) -> tuple[bytes, list[int]]:
     """The shard's 8-byte length and JSON header, padded with spaces (as safetensors pads it to 8 bytes) so that
-    its data starts at `_page_residue` modulo PAGE."""
+    its data starts at `_page_residue` modulo PAGE, and each entry's offset in the file."""
+    offsets = list(itertools.accumulate((e.nbytes for e in entries), initial=0))
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in entries:
-        header[e.key] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, offset + e.nbytes]}
-        offset += e.nbytes
+    for e, begin, end in zip(entries, offsets, offsets[1:]):
+        header[e.key] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [begin, end]}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    start, residue = 8 + len(raw), _page_residue(entries)
+    start, residue = 8 + len(raw), _page_residue(entries, offsets)
     raw += b" " * ((-start % 8) if residue is None else (residue - start) % PAGE)
-    return struct.pack("<Q", len(raw)) + raw
+    head = struct.pack("<Q", len(raw)) + raw
+    return head, [len(head) + offset for offset in offsets[:-1]]
 
 
 def _write_shards(paths: list[Path], shards: list[list[_Entry]], copy_buffer: int) -> None:
@@ -385,16 +384,14 @@ def _write_shards(paths: list[Path], shards: list[list[_Entry]], copy_buffer: in
     try:
         for path, shard in zip(paths, shards):
             outputs.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-            head = _shard_header(shard)
+            head, offsets = _shard_layout(shard)
             write_all(outputs[-1], head)
-            offset = len(head)
-            for e in shard:
+            for e, offset in zip(shard, offsets):
                 last = runs[-1] if runs else None
                 if last and last[0] == e.src_file and last[1] == outputs[-1] and last[2] + last[3] == e.start:
                     last[3] += e.nbytes
                 else:
                     runs.append([e.src_file, outputs[-1], e.start, e.nbytes, offset])
-                offset += e.nbytes
         for src_file, out, start, nbytes, offset in runs:
             if src_file not in inputs:
                 inputs[src_file] = os.open(src_file, os.O_RDONLY)
