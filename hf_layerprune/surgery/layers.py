@@ -375,27 +375,30 @@ def _shard_layout(entries: list[_Entry]) -> tuple[bytes, list[int]]:
 
 
 def _write_shards(paths: list[Path], shards: list[list[_Entry]], copy_buffer: int) -> None:
-    """Write each shard's header, then copy its tensors, each run of tensors that lie back to back in the source as
-    one copy, shard after shard: each source is read front to back, as the provenance hash reads it beside the
-    copy, so they share the pages read."""
-    outputs: list[int] = []
+    """Write the shards one after the other, as `cp` writes files: the header, then the tensors, each run of tensors
+    that lie back to back in the source as one copy. Each source is read front to back, as the provenance hash reads
+    it beside the copy, so they share the pages read."""
     inputs: dict[Path, int] = {}
-    runs: list[list] = []  # [source file, output fd, source offset, bytes, output offset]
     try:
         for path, shard in zip(paths, shards):
-            outputs.append(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             head, offsets = _shard_layout(shard)
-            write_all(outputs[-1], head)
+            runs: list[list[int]] = []  # [source offset, bytes, output offset]
             for e, offset in zip(shard, offsets):
-                last = runs[-1] if runs else None
-                if last and last[0] == e.src_file and last[1] == outputs[-1] and last[2] + last[3] == e.start:
-                    last[3] += e.nbytes
+                if runs and runs[-1][0] + runs[-1][1] == e.start:
+                    runs[-1][1] += e.nbytes
                 else:
-                    runs.append([e.src_file, outputs[-1], e.start, e.nbytes, offset])
-        for src_file, out, start, nbytes, offset in runs:
-            if src_file not in inputs:
-                inputs[src_file] = os.open(src_file, os.O_RDONLY)
-            copy_range(inputs[src_file], out, start, nbytes, out_offset=offset, what=src_file.name, chunk=copy_buffer)
+                    runs.append([e.start, e.nbytes, offset])
+            source = shard[0].src_file  # one source file per shard (_plan_shards)
+            if source not in inputs:
+                inputs[source] = os.open(source, os.O_RDONLY)
+            out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                write_all(out, head)
+                for start, nbytes, offset in runs:
+                    copy_range(inputs[source], out, start, nbytes, out_offset=offset, what=source.name,
+                               chunk=copy_buffer)
+            finally:
+                os.close(out)
     finally:
-        for fd in [*outputs, *inputs.values()]:
+        for fd in inputs.values():
             os.close(fd)
