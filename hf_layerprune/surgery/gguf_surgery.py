@@ -12,6 +12,8 @@ memory about one chunk, not one model). What changes:
   to the kept blocks, in order;
 - `general.*` says what the file now is (gguf_metadata.py): size label from the kept tensors, a `-pruned-<N>L`
   name and finetune, the source as `general.base_model.0`, the card's licence and tags;
+- `hf_layerprune.page_padding` (zero bytes, `_page_padding`) puts the data section where the kept tensors lie
+  in the source modulo the 4 KiB page, so that the kernel copies them in whole pages;
 - nothing else: tokenizer, chat template, quantization version and the alignment are copied as they were.
 
 Architectures whose llama.cpp loader derives a layer's kind from its index with a fixed period (gemma2's
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hf_layerprune.surgery.checkpoint import check_layer_count, check_layer_set
-from hf_layerprune.surgery.byte_copy import copy_range, write_all
+from hf_layerprune.surgery.byte_copy import PAGE, copy_range, page_residue, write_all
 from hf_layerprune.runtime.cache import FileIdentity, file_identity
 from hf_layerprune.runtime.errors import CheckpointError, ConfigError, StageError, UnsupportedModel
 
@@ -267,6 +269,21 @@ def _pack_entry(e: Entry, value: Any) -> bytes:
     return out + b"".join(_pack_string(v) for v in value)
 
 
+PADDING_KEY = "hf_layerprune.page_padding"
+
+
+def _page_padding(length: int, residue: int | None, align: int) -> bytes:
+    """A metadata entry (PADDING_KEY: an array of zero bytes) that moves a header of `length` bytes so that the data
+    section starts at `residue` modulo PAGE, where the kept tensors lie in the source (`byte_copy.page_residue`):
+    their copy then goes through the page cache in whole pages. Nothing when the header already ends there, or
+    when the alignment does not divide PAGE."""
+    if residue is None or PAGE % align or (-(-length // align) * align) % PAGE == residue:
+        return b""
+    entry = _pack_string(PADDING_KEY) + struct.pack("<IIQ", ARRAY, 0, 0)  # u8[n], n filled in below
+    n = (residue - length - len(entry)) % PAGE
+    return entry[:-8] + struct.pack("<Q", n) + bytes(n)
+
+
 def _data_steps(fin: int, items: list[tuple[str, int, int, bool]], align: int) -> list[tuple]:
     """The output's data section, tensor after tensor (`items`: name, source offset, bytes, replaced), as steps:
     ("copy", source offset, bytes) for tensors copied as they are, where tensors that lie back to back in the source
@@ -323,28 +340,28 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
     shapes = [(name, tuple(reversed(t.dims))) for name, t in tensors]
     general = gguf_metadata.pruned_general(source_general, shapes, len(kept),
                                            card or gguf_metadata.CardFields(base=src.name))
-    kept_keys = {k for k in header.entries if not gguf_metadata.replaced(k, general)}
+    kept_keys = {k for k in header.entries if not gguf_metadata.replaced(k, general) and k != PADDING_KEY}
     pending = dict(general)
 
     def pad(n: int) -> int:
         return -(-n // align) * align
 
-    head = bytearray(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), len(kept_keys) + len(general)))
+    kv = bytearray()
     for key, e in header.entries.items():
         if key not in kept_keys:
             if key in pending:  # rewritten where the source had it
-                head += _pack_new(key, pending.pop(key))
+                kv += _pack_new(key, pending.pop(key))
             continue
         if key == f"{arch}.block_count":
-            head += _pack_entry(e, len(kept))
+            kv += _pack_entry(e, len(kept))
         elif key in sliced:
             values = header.value(key)
-            head += _pack_entry(e, [values[i] for i in kept])
+            kv += _pack_entry(e, [values[i] for i in kept])
         else:
-            head += header.buf[e.start : e.end]
+            kv += header.buf[e.start : e.end]
     for key, value in pending.items():  # keys the source did not have
-        head += _pack_new(key, value)
-    offset, sizes = 0, []
+        kv += _pack_new(key, value)
+    table, offset, sizes, pieces = bytearray(), 0, [], []
     for name, t in tensors:
         ggml_type, size = t.ggml_type, t.n_bytes
         if name in replace:
@@ -353,10 +370,15 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
             if math.prod(t.dims) * type_size // block != size:
                 raise StageError(f"replacement for {name} has {size} bytes, not a {t.dims} {qtype.name} tensor")
-        head += _pack_string(name) + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims)
-        head += struct.pack("<IQ", ggml_type, offset)
+        else:
+            pieces.append((header.data_start + t.offset, offset, size))
+        table += _pack_string(name) + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims)
+        table += struct.pack("<IQ", ggml_type, offset)
         offset += pad(size)
         sizes.append(size)
+    n_kv = len(kept_keys) + len(general)
+    padding = _page_padding(24 + len(kv) + len(table), page_residue(pieces, align), align)
+    head = struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), n_kv + bool(padding)) + kv + padding + table
     head += b"\0" * (pad(len(head)) - len(head))
     fin = os.open(src, os.O_RDONLY)
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
 from hf_layerprune.surgery.checkpoint import LAYER_KEY, check_checkpoint_layers, check_link, check_layer_count, layer_index
-from hf_layerprune.surgery.byte_copy import copy_range, write_all
+from hf_layerprune.surgery.byte_copy import PAGE, copy_range, page_residue, write_all
 from hf_layerprune.runtime.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -327,9 +327,6 @@ def copy_side_files(src: Path, dst: Path) -> None:
         shutil.copy2(path, target)
 
 
-PAGE = 4096  # the page cache's unit: the kernel copies whole pages when source and output offsets agree modulo it
-
-
 def _plan_shards(entries: list[_Entry], sources: list[Path], max_bytes: int) -> list[list[_Entry]]:
     """The output's shards: the kept tensors of each source file in the order they lie there, a new shard at every
     source file and wherever `max_bytes` would be passed. A shard never mixes two source files, so one header
@@ -349,26 +346,15 @@ def _plan_shards(entries: list[_Entry], sources: list[Path], max_bytes: int) -> 
     return shards
 
 
-def _page_residue(entries: list[_Entry], offsets: list[int]) -> int | None:
-    """The data section's start modulo PAGE that puts the most bytes of `entries` (at `offsets` in the data section)
-    at their source offset modulo PAGE; None when no such start is a multiple of 8 (safetensors' alignment)."""
-    weight: dict[int, int] = {}
-    for e, offset in zip(entries, offsets):
-        residue = (e.start - offset) % PAGE
-        weight[residue] = weight.get(residue, 0) + e.nbytes
-    candidates = [r for r in weight if r % 8 == 0]
-    return max(candidates, key=lambda r: (weight[r], -r)) if candidates else None
-
-
 def _shard_layout(entries: list[_Entry]) -> tuple[bytes, list[int]]:
     """The shard's 8-byte length and JSON header, padded with spaces (as safetensors pads it to 8 bytes) so that
-    its data starts at `_page_residue` modulo PAGE, and each entry's offset in the file."""
+    its data starts at `page_residue` modulo PAGE, and each entry's offset in the file."""
     offsets = list(itertools.accumulate((e.nbytes for e in entries), initial=0))
     header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     for e, begin, end in zip(entries, offsets, offsets[1:]):
         header[e.key] = {"dtype": e.dtype, "shape": e.shape, "data_offsets": [begin, end]}
     raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    start, residue = 8 + len(raw), _page_residue(entries, offsets)
+    start, residue = 8 + len(raw), page_residue(((e.start, o, e.nbytes) for e, o in zip(entries, offsets)), 8)
     raw += b" " * ((-start % 8) if residue is None else (residue - start) % PAGE)
     head = struct.pack("<Q", len(raw)) + raw
     return head, [len(head) + offset for offset in offsets[:-1]]
