@@ -123,20 +123,19 @@ def test_tied_by_default_is_transformers_default(model_type):
 @pytest.fixture
 def fresh_hash_cache(tmp_path, monkeypatch):
     """An empty sha256 cache (in memory and on disk) that keeps every file; the list of files actually hashed."""
+    from hf_layerprune.runtime.cache import FileResults
+
     monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(provenance, "_DIGESTS", {})
-    monkeypatch.setattr(provenance, "_STORE", None)
-    monkeypatch.setattr(provenance, "CACHED_FROM", 0)
+    monkeypatch.setattr(provenance, "DIGESTS", FileResults("sha256", persist_from=0))
     hashed: list[str] = []
     real = provenance._hash_file
     monkeypatch.setattr(provenance, "_hash_file", lambda path, stop=None: hashed.append(Path(path).name) or real(path, stop))
     return hashed
 
 
-def new_process(monkeypatch) -> None:
+def new_process() -> None:
     """What a new run starts with: nothing in memory, the cache file on disk."""
-    monkeypatch.setattr(provenance, "_DIGESTS", {})
-    monkeypatch.setattr(provenance, "_STORE", None)
+    provenance.DIGESTS.forget()
 
 
 def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_path, monkeypatch, fresh_hash_cache):
@@ -154,7 +153,7 @@ def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_pat
     assert first["files"]["model.safetensors"] == hashlib.sha256(shard.read_bytes()).hexdigest()  # = sha256sum, Hub LFS oid
 
     hashed.clear()
-    new_process(monkeypatch)
+    new_process()
     assert cut("again") == first and hashed == []  # the next run reuses the digests: no pass over the bytes at all
 
     header, data_start = read_safetensors_header(shard)
@@ -164,7 +163,7 @@ def test_provenance_hashes_each_file_once_and_changes_with_one_kept_byte(tmp_pat
     before = shard.stat()
     shard.write_bytes(bytes(data))
     os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size and mtime: only the ctime tells
-    new_process(monkeypatch)
+    new_process()
     second = cut("b")
     assert hashed == ["model.safetensors"]
     assert second["files"]["model.safetensors"] == hashlib.sha256(bytes(data)).hexdigest()
@@ -193,7 +192,7 @@ def test_shards_are_hashed_once_each_by_parallel_threads(tmp_path, monkeypatch, 
     with provenance.hashed_alongside(shards, workers=2):
         pass
     assert sorted(threads) == sorted(p.name for p in shards) and len(set(threads.values())) == 2
-    new_process(monkeypatch)  # the digests come back from the store file alone
+    new_process()  # the digests come back from the store file alone
     for shard in shards:
         assert provenance.sha256_file(shard) == hashlib.sha256(shard.read_bytes()).hexdigest()
     assert len(threads) == len(shards)  # nothing hashed twice
@@ -291,41 +290,44 @@ def test_gguf_tensors_adjacent_in_the_source_are_one_copy(tmp_path):
         steps = _data_steps(fd, items, 8)
     finally:
         os.close(fd)
-    assert steps == [("copy", 0, 116), ("zeros", 4), ("copy", 120, 8), ("tensor", "d"), ("copy", 136, 8),
+    assert steps == [("copy", 0, 116), ("bytes", bytes(4)), ("copy", 120, 8), ("tensor", "d"), ("copy", 136, 8),
                      ("copy", 160, 8)]
 
 
-def test_kernel_copy_starts_the_outputs_64k_pieces_on_a_64k_boundary(tmp_path, monkeypatch):
+def test_copies_start_the_outputs_64k_pieces_on_a_64k_boundary(tmp_path, monkeypatch):
     """The kernel copies through a 64 KiB pipe; its pieces fill one large page-cache folio each only when they start
     at a multiple of 64 KiB of the output (a copy started elsewhere measured ~1.45x slower). So copy_range's first
-    call ends at the next such boundary, at a given offset or appended, and the bytes are the source's."""
+    piece ends at the next such boundary, at a given offset or appended. Offsets that agree modulo the page go
+    through the kernel; others through a reused buffer (the kernel then copies page fragments), in pieces of at
+    most the buffer. The bytes are the source's either way, and an appended copy leaves the position after them."""
     from hf_layerprune.surgery import byte_copy
 
-    if not hasattr(os, "copy_file_range"):
-        pytest.skip("no copy_file_range on this platform")
     data = os.urandom(300_000)
     (tmp_path / "src").write_bytes(data)
-    calls = []
-    real = os.copy_file_range
-
-    def recorded(src, dst, count, offset_src=None, offset_dst=None):
-        calls.append(count)
-        return real(src, dst, count, offset_src, offset_dst)
-
-    monkeypatch.setattr(os, "copy_file_range", recorded)
+    kernel, buffered = [], []
+    real_copy, real_pwrite = getattr(os, "copy_file_range", None), os.pwrite
+    if real_copy is not None:
+        monkeypatch.setattr(os, "copy_file_range", lambda s, d, n, a=None, b=None: kernel.append(n) or real_copy(s, d, n, a, b))
+    monkeypatch.setattr(os, "pwrite", lambda fd, view, at: buffered.append(len(view)) or real_pwrite(fd, view, at))
     fin = os.open(tmp_path / "src", os.O_RDONLY)
     try:
-        for name, at in (("placed", 5000), ("appended", None), ("aligned", 2 * byte_copy.SPLICE_BYTES)):
-            calls.clear()
+        for name, start, at in (("placed", 5000 + byte_copy.PAGE, 5000), ("appended", 5000, None),
+                                ("aligned", 100, 2 * byte_copy.SPLICE_BYTES + 100), ("shifted", 100, 5000)):
+            kernel.clear(), buffered.clear()
             out = os.open(tmp_path / name, os.O_WRONLY | os.O_CREAT, 0o644)
             if at is None:
                 byte_copy.write_all(out, b"h" * 5000)
-            byte_copy.copy_range(fin, out, 100, 250_000, out_offset=at)
+            byte_copy.copy_range(fin, out, start, 250_000, out_offset=at, chunk=100_000)
+            if at is None:
+                byte_copy.write_all(out, b"t")
             os.close(out)
-            first = -(at if at is not None else 5000) % byte_copy.SPLICE_BYTES or 250_000
-            assert calls[0] == first and sum(calls) >= 250_000, (name, calls)
+            to = 5000 if at is None else at
+            calls = kernel if real_copy is not None and (start - to) % byte_copy.PAGE == 0 else buffered
+            assert calls[0] == (-to % byte_copy.SPLICE_BYTES or calls[0]) and sum(calls) == 250_000, (name, calls)
+            assert name != "shifted" or (calls is buffered and max(calls) <= 100_000)
             written = (tmp_path / name).read_bytes()
-            assert written[at if at is not None else 5000:] == data[100:250_100], name
+            assert written[to:to + 250_000] == data[start:start + 250_000], name
+            assert at is not None or written[to + 250_000:] == b"t"
     finally:
         os.close(fin)
 
@@ -363,3 +365,35 @@ def test_gguf_data_section_keeps_the_source_page_offset(tmp_path):
         for t in reader.tensors:
             assert np.asarray(t.data).tobytes() == np.asarray(origin[source_name(t.name)].data).tobytes(), t.name
         s.buf.close(), d.buf.close()
+
+
+def test_gguf_header_scan_is_kept_for_the_next_run(tmp_path, monkeypatch):
+    """The next run on the same GGUF (a sweep, another --layers) reads the header scan from the cache folder instead
+    of walking the vocabulary again, and writes the same bytes. A rewritten file, or a cached scan that does not
+    match the file's own counts, is scanned again."""
+    from hf_layerprune.runtime.cache import FileResults
+    from hf_layerprune.surgery import gguf_surgery
+
+    monkeypatch.setenv("LAYERPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_surgery, "SCANS", FileResults("gguf-headers", persist_from=0))
+    scans = []
+    real = gguf_surgery._scan
+    monkeypatch.setattr(gguf_surgery, "_scan", lambda buf: scans.append(1) or real(buf))
+    src = tmp_path / "src.gguf"
+    export_gguf(tiny_model("llama", num_layers=4), src, out_type="Q8_0")
+
+    def cut(name: str) -> bytes:
+        gguf_surgery.SCANS.forget()  # a new process
+        gguf_surgery.prune_gguf(src, tmp_path / name, [1])
+        return (tmp_path / name).read_bytes()
+
+    first = cut("a.gguf")
+    assert len(scans) == 1
+    assert cut("b.gguf") == first and len(scans) == 1
+    src.write_bytes(src.read_bytes())  # same bytes, a new ctime: not known any more
+    assert cut("c.gguf") == first and len(scans) == 2
+    store = tmp_path / "cache" / "gguf-headers.json"
+    data = json.loads(store.read_text())
+    data[os.path.realpath(src)][4]["tensors"].pop()  # a scan that does not match the file
+    store.write_text(json.dumps(data))
+    assert cut("d.gguf") == first and len(scans) == 3

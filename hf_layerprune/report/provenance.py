@@ -21,7 +21,6 @@ report written:
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import re
@@ -31,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from hf_layerprune.runtime.cache import FileIdentity, cache_root, file_identity
+from hf_layerprune.runtime.cache import FileResults, cache_root, file_identity
 
 HUB = "https://huggingface.co"
 CARD_FILENAME = "README.md"  # a model card, in a Hub repo and in an output folder
@@ -52,64 +51,12 @@ def hub_id(value: Any) -> str | None:
     return value
 
 
-# sha256 of files already hashed, by identity: (real path, size, mtime_ns, ctime_ns, inode). Any write to a file
-# changes its ctime (which no tool can set back), so a digest is reused only for the same bytes. Kept in memory for
-# the run (each file hashed at most once: while the cut reads it, `hashed_alongside`, or when the report is first
-# written) and, for files of CACHED_FROM bytes or more, in `sha256.json` of the cache folder (cache.py), so that
-# cutting the same checkpoint again (a sweep, another --layers) hashes nothing.
-_DIGESTS: dict[FileIdentity, str] = {}
-_STORE: dict[str, list] | None = None  # the cache file's entries: real path -> [size, mtime_ns, ctime_ns, inode, sha256]
+# sha256 of files already hashed (cache.FileResults): each file hashed at most once in a run (while the cut reads it,
+# `hashed_alongside`, or when the report is first written), and files of 1 MiB or more not again in the next runs
+# while their identity is unchanged (a sweep, another --layers). Any write to a file changes its ctime (which no tool
+# can set back), so a digest is reused only for the same bytes.
+DIGESTS = FileResults("sha256")
 _SLICE = 16 * 2**20
-CACHED_FROM = 2**20
-
-
-def _store_path() -> Path:
-    return cache_root() / "sha256.json"
-
-
-def _stored() -> dict[str, list]:
-    global _STORE
-    if _STORE is None:
-        try:
-            data = json.loads(_store_path().read_text(encoding="utf-8"))
-            _STORE = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            _STORE = {}
-    return _STORE
-
-
-def _lookup(key: FileIdentity) -> str | None:
-    if key in _DIGESTS:
-        return _DIGESTS[key]
-    entry = _stored().get(key[0])
-    if isinstance(entry, list) and len(entry) == 5 and tuple(entry[:4]) == key[1:]:
-        _DIGESTS[key] = entry[4]
-        return entry[4]
-    return None
-
-
-_STORE_LOCK = threading.Lock()  # hashed_alongside's threads keep digests at once
-
-
-def _keep(key: FileIdentity, digest: str) -> None:
-    _DIGESTS[key] = digest
-    if key[1] < CACHED_FROM:
-        return
-    with _STORE_LOCK:
-        _write_store(key, digest)
-
-
-def _write_store(key: FileIdentity, digest: str) -> None:
-    store = _stored()
-    store[key[0]] = [*key[1:], digest]
-    path = _store_path()
-    try:  # best effort: an unwritable cache only means hashing again next time
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(store, indent=0), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
 
 
 def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
@@ -129,12 +76,12 @@ def _hash_file(path: str | os.PathLike, stop: threading.Event | None = None) -> 
 
 def _remember(path: str | os.PathLike, stop: threading.Event | None = None) -> str | None:
     key = file_identity(path)
-    known = _lookup(key)
+    known = DIGESTS.get(key)
     if known is not None:
         return known
     digest = _hash_file(path, stop)
     if digest is not None and file_identity(path) == key:  # unchanged while it was read: the digest is the file's
-        _keep(key, digest)
+        DIGESTS.put(key, digest)
     return digest
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from hf_layerprune.architectures import ARCHITECTURES, get_architecture
 from hf_layerprune.architectures.base import GENERIC_SLICED
 from hf_layerprune.surgery.checkpoint import LAYER_KEY, check_checkpoint_layers, check_link, check_layer_count, layer_index
-from hf_layerprune.surgery.byte_copy import PAGE, copy_range, page_residue, write_all
+from hf_layerprune.surgery.byte_copy import CHUNK_BYTES, PAGE, copy_range, page_residue, write_all
 from hf_layerprune.runtime.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def prune_checkpoint(
     removed: Iterable[int],
     *,
     max_shard_size: int | str = "5GB",
-    copy_buffer: int = 16 * 2**20,
+    copy_buffer: int = CHUNK_BYTES,
 ) -> dict[str, Any]:
     """Write the pruned checkpoint of safetensors directory `src` into existing empty directory `dst`.
 
