@@ -332,41 +332,6 @@ def test_copies_start_the_outputs_64k_pieces_on_a_64k_boundary(tmp_path, monkeyp
         os.close(fin)
 
 
-def test_gguf_data_section_keeps_the_source_page_offset(tmp_path):
-    """The cut GGUF's header carries a padding entry (zero bytes) that puts its data section where the kept tensors
-    lie in the source modulo the page size, so that the kernel copies them in whole pages. Cutting the output again
-    leaves one padding entry, not two, and gguf's own reader reads both files with the source's tensor bytes."""
-    import numpy as np
-    from gguf import GGUFReader
-
-    from hf_layerprune.surgery.byte_copy import PAGE
-    from hf_layerprune.surgery.gguf_surgery import PADDING_KEY, prune_gguf, read_header
-
-    src = tmp_path / "src.gguf"
-    export_gguf(tiny_model("llama", num_layers=6, hidden_size=256, intermediate_size=512), src, out_type="Q8_0")
-    once, twice = tmp_path / "once.gguf", tmp_path / "twice.gguf"
-    prune_gguf(src, once, [5])
-    prune_gguf(once, twice, [0])
-    for path, removed, source in ((once, {5}, src), (twice, {0}, once)):
-        s, d = read_header(source), read_header(path)
-        kept = {old: new for new, old in enumerate(i for i in range(s.block_count) if i not in removed)}
-
-        def source_name(name: str) -> str:
-            parts = name.split(".")
-            if parts[0] == "blk":
-                parts[1] = str(next(old for old, new in kept.items() if new == int(parts[1])))
-            return ".".join(parts)
-
-        places = {t.name: (s.data_start + t.offset) % PAGE for t in s.tensors}
-        aligned = sum(t.n_bytes for t in d.tensors if (d.data_start + t.offset) % PAGE == places[source_name(t.name)])
-        assert aligned >= 0.9 * sum(t.n_bytes for t in d.tensors), path.name
-        reader, origin = GGUFReader(path), {t.name: t for t in GGUFReader(source).tensors}
-        assert [f for f in reader.fields if f == PADDING_KEY] == [PADDING_KEY]
-        for t in reader.tensors:
-            assert np.asarray(t.data).tobytes() == np.asarray(origin[source_name(t.name)].data).tobytes(), t.name
-        s.buf.close(), d.buf.close()
-
-
 def test_gguf_header_scan_is_kept_for_the_next_run(tmp_path, monkeypatch):
     """The next run on the same GGUF (a sweep, another --layers) reads the header scan from the cache folder instead
     of walking the vocabulary again, and writes the same bytes. A rewritten file, or a cached scan that does not

@@ -12,8 +12,6 @@ memory about one chunk, not one model). What changes:
   to the kept blocks, in order;
 - `general.*` says what the file now is (gguf_metadata.py): size label from the kept tensors, a `-pruned-<N>L`
   name and finetune, the source as `general.base_model.0`, the card's licence and tags;
-- `hf_layerprune.page_padding` (zero bytes, `_page_padding`) puts the data section where the kept tensors lie
-  in the source modulo the 4 KiB page, so that the kernel copies them in whole pages;
 - nothing else: tokenizer, chat template, quantization version and the alignment are copied as they were.
 
 Architectures whose llama.cpp loader derives a layer's kind from its index with a fixed period (gemma2's
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from hf_layerprune.surgery.checkpoint import check_layer_count, check_layer_set
-from hf_layerprune.surgery.byte_copy import PAGE, copy_range, page_residue, write_all
+from hf_layerprune.surgery.byte_copy import copy_range, write_all
 from hf_layerprune.runtime.cache import FileIdentity, FileResults, file_identity
 from hf_layerprune.runtime.errors import CheckpointError, ConfigError, StageError, UnsupportedModel
 
@@ -287,21 +285,6 @@ def _pack_entry(e: Entry, value: Any) -> bytes:
     return out + b"".join(_pack_string(v) for v in value)
 
 
-PADDING_KEY = "hf_layerprune.page_padding"
-
-
-def _page_padding(length: int, residue: int | None, align: int) -> bytes:
-    """A metadata entry (PADDING_KEY: an array of zero bytes) that moves a header of `length` bytes so that the data
-    section starts at `residue` modulo PAGE, where the kept tensors lie in the source (`byte_copy.page_residue`):
-    their copy then goes through the page cache in whole pages. Nothing when the header already ends there, or
-    when the alignment does not divide PAGE."""
-    if residue is None or PAGE % align or (-(-length // align) * align) % PAGE == residue:
-        return b""
-    entry = _pack_string(PADDING_KEY) + struct.pack("<IIQ", ARRAY, 0, 0)  # u8[n], n filled in below
-    n = (residue - length - len(entry)) % PAGE
-    return entry[:-8] + struct.pack("<Q", n) + bytes(n)
-
-
 def _add(steps: list[tuple], step: tuple) -> None:
     """Append a step of the output: ("bytes", new bytes), ("copy", source offset, length) or ("tensor", name) for a
     replaced tensor; new bytes join the new bytes before them, and a copy the copy of the source range just before."""
@@ -364,7 +347,7 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
     shapes = [(name, tuple(reversed(t.dims))) for name, t in tensors]
     general = gguf_metadata.pruned_general(source_general, shapes, len(kept),
                                            card or gguf_metadata.CardFields(base=src.name))
-    kept_keys = {k for k in header.entries if not gguf_metadata.replaced(k, general) and k != PADDING_KEY}
+    kept_keys = {k for k in header.entries if not gguf_metadata.replaced(k, general)}
     pending = dict(general)
 
     def pad(n: int) -> int:
@@ -385,7 +368,7 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
             _add(kv, ("copy", e.start, e.end - e.start))
     for key, value in pending.items():  # keys the source did not have
         _add(kv, ("bytes", _pack_new(key, value)))
-    table, offset, sizes, pieces = bytearray(), 0, [], []
+    table, offset, sizes = bytearray(), 0, []
     for name, t in tensors:
         ggml_type, size = t.ggml_type, t.n_bytes
         if name in replace:
@@ -394,18 +377,14 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
             block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
             if math.prod(t.dims) * type_size // block != size:
                 raise StageError(f"replacement for {name} has {size} bytes, not a {t.dims} {qtype.name} tensor")
-        else:
-            pieces.append((header.data_start + t.offset, offset, size))
         table += _pack_string(name) + struct.pack(f"<I{len(t.dims)}Q", len(t.dims), *t.dims)
         table += struct.pack("<IQ", ggml_type, offset)
         offset += pad(size)
         sizes.append(size)
     length = 24 + sum(len(step[1]) if step[0] == "bytes" else step[2] for step in kv) + len(table)
-    padding = _page_padding(length, page_residue(pieces, align), align)
-    length += len(padding)
-    n_kv = len(kept_keys) + len(general) + bool(padding)
-    steps = [("bytes", bytearray(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), n_kv)))]
-    for step in [*kv, ("bytes", padding), ("bytes", table), ("bytes", bytes(pad(length) - length))]:
+    steps = [("bytes", bytearray(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors),
+                                               len(kept_keys) + len(general))))]
+    for step in [*kv, ("bytes", table), ("bytes", bytes(pad(length) - length))]:
         _add(steps, step)
     fin = os.open(src, os.O_RDONLY)
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
