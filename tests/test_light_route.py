@@ -205,6 +205,20 @@ def test_help_imports_neither_torch_nor_transformers():
     assert out.strip() == "[]"
 
 
+def test_the_cli_loads_typers_rich_help_only_when_it_is_used():
+    """typer.rich_utils (rich's markdown and traceback renderers: ~130 modules) is loaded lazily: importing the CLI
+    does not import it, yet --help is rich and a usage error is still one line (the patch made before the load)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    code = "import sys; from hf_layerprune.cli import app; print(sorted(m for m in ('markdown_it', 'pygments') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    cli = [sys.executable, "-m", "hf_layerprune", "prune"]
+    bad = subprocess.run([*cli, "x", "--seq-len", "abc"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("Error: ") and "╭" not in bad.stderr
+    help_text = subprocess.run([*cli, "--help"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "╭─ Arguments" in help_text
+
+
 def test_kernel_copy_and_its_chunked_fallback_write_the_same_shards(tmp_path, monkeypatch):
     """Tensors are copied in source order to their planned offsets; without copy_file_range (another platform, a
     file system that refuses it) the chunked pread/pwrite fallback writes the same bytes."""
