@@ -10,7 +10,7 @@ report written:
   (perplexity text, calibration or healing data) the same way under ``files``. Recorded while the paths still exist.
   Each file is hashed once: the on-disk cuts hash the source on a second thread while they copy it
   (``hashed_alongside``), and ``sha256_file`` reuses a digest while the file's path, size, mtime, ctime and inode
-  are unchanged (in memory, and across runs in the cache folder's ``sha256.json``).
+  are unchanged (in memory, and across runs in the cache folder's ``sha256/`` entries, one per file).
 - ``base_model``: a local path becomes ``./name`` (plainly local, never read as a Hub id).
 - ``command`` and ``recipe``: local paths replaced by their file or folder name, so the recipe runs
   after replacing only the model path (and placing any named local file beside it). ``--include-path`` of the tasks

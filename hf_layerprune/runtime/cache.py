@@ -5,6 +5,7 @@ that light code (provenance, gguf_surgery) finds them without importing the eval
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -31,54 +32,46 @@ def file_identity(path: str | os.PathLike) -> FileIdentity:
 
 class FileResults:
     """Results computed from a file's bytes (its sha256, its GGUF header scan), by `file_identity`: in memory for the
-    run, and for files of `persist_from` bytes or more also in `<cache folder>/<name>.json` (real path -> [size,
-    mtime_ns, ctime_ns, inode, result]), so that the next run on the same bytes (a sweep, another --layers) reads
-    them instead of the file. A result comes back only while the file's identity is the one it was computed under;
-    an unreadable or unwritable cache file only means computing again. Values are JSON."""
+    run, and for files of `persist_from` bytes or more also in the cache folder, one small file per source file
+    (`<cache>/<name>/<sha256 of its real path>.json`: [real path, size, mtime_ns, ctime_ns, inode, result]), so that
+    the next run on the same bytes (a sweep, another --layers) reads one entry instead of the file, however many files
+    were cut before. A result comes back only while the file's identity is the one it was computed under; an
+    unreadable or unwritable cache only means computing again. Values are JSON."""
 
     def __init__(self, name: str, persist_from: int = 2**20):
         self.name, self.persist_from = name, persist_from
-        self._lock = threading.Lock()  # several threads keep results at once (the provenance hash)
         self.forget()
 
     def forget(self) -> None:
-        """What a new process starts with: nothing in memory, the cache file read again when first needed."""
+        """What a new process starts with: nothing in memory (the cache folder is read again when needed)."""
         self._memory: dict[FileIdentity, Any] = {}
-        self._stored: dict[str, list] | None = None
 
-    def _path(self) -> Path:
-        return cache_root() / f"{self.name}.json"
-
-    def _store(self) -> dict[str, list]:
-        if self._stored is None:
-            try:
-                data = json.loads(self._path().read_text(encoding="utf-8"))
-                self._stored = data if isinstance(data, dict) else {}
-            except (OSError, ValueError):
-                self._stored = {}
-        return self._stored
+    def _path(self, real_path: str) -> Path:
+        return cache_root() / self.name / f"{hashlib.sha256(real_path.encode('utf-8', 'surrogateescape')).hexdigest()}.json"
 
     def get(self, key: FileIdentity) -> Any | None:
         if key in self._memory:
             return self._memory[key]
-        entry = self._store().get(key[0])
-        if isinstance(entry, list) and len(entry) == 5 and tuple(entry[:4]) == key[1:]:
-            self._memory[key] = entry[4]
-            return entry[4]
+        if key[1] < self.persist_from:
+            return None
+        try:
+            entry = json.loads(self._path(key[0]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if isinstance(entry, list) and len(entry) == 6 and tuple(entry[:5]) == key:
+            self._memory[key] = entry[5]
+            return entry[5]
         return None
 
     def put(self, key: FileIdentity, value: Any) -> None:
         self._memory[key] = value
         if key[1] < self.persist_from:
             return
-        with self._lock:
-            store = self._store()
-            store[key[0]] = [*key[1:], value]
-            path = self._path()
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-                tmp.write_text(json.dumps(store, separators=(",", ":")), encoding="utf-8")
-                os.replace(tmp, path)
-            except OSError:
-                pass
+        path = self._path(key[0])
+        try:  # one file per source file, replaced whole: threads and processes never write the same entry halfway
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps([*key, value], separators=(",", ":")), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError:
+            pass
