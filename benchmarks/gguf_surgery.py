@@ -133,8 +133,9 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1, help="build a file with this many times the blocks")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (Linux, root): "
                         "each run reads its source from the disk")
-    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests (and GGUF header scans) of earlier "
-                        "ones (default: each run starts with an empty cache, so each hashes the source)")
+    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests (and GGUF "
+                        "header scans) of earlier ones (default: each run starts with an empty cache, so each hashes "
+                        "the source)")
     parser.add_argument("--peer", action="store_true", help="also time dequantize-and-save (imports torch)")
     args = parser.parse_args()
 

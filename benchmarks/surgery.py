@@ -213,8 +213,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cold", action="store_true", help="drop the page cache before every run (Linux, root): "
                         "each run reads its source from the disk")
-    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests (and GGUF header scans) of earlier "
-                        "ones (default: each run starts with an empty cache, so each hashes the source)")
+    parser.add_argument("--warm-hash", action="store_true", help="let runs reuse the provenance digests (and GGUF "
+                        "header scans) of earlier ones (default: each run starts with an empty cache, so each hashes "
+                        "the source)")
     parser.add_argument("--naive", action="store_true", help="also time the from_pretrained + save_pretrained peer")
     parser.add_argument("--workdir", default=None, help="where to write the checkpoints (default: a temp dir)")
     args = parser.parse_args()

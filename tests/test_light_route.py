@@ -134,7 +134,7 @@ def fresh_hash_cache(tmp_path, monkeypatch):
 
 
 def new_process() -> None:
-    """What a new run starts with: nothing in memory, the cache file on disk."""
+    """What a new run starts with: nothing in memory, the cache folder on disk."""
     provenance.DIGESTS.forget()
 
 

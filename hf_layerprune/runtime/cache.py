@@ -47,7 +47,8 @@ class FileResults:
         self._memory: dict[FileIdentity, Any] = {}
 
     def _path(self, real_path: str) -> Path:
-        return cache_root() / self.name / f"{hashlib.sha256(real_path.encode('utf-8', 'surrogateescape')).hexdigest()}.json"
+        digest = hashlib.sha256(real_path.encode("utf-8", "surrogateescape")).hexdigest()
+        return cache_root() / self.name / f"{digest}.json"
 
     def get(self, key: FileIdentity) -> Any | None:
         if key in self._memory:

@@ -381,10 +381,10 @@ def prune_gguf(src: str | Path, dst: str | Path, removed: Iterable[int], *, repl
         table += struct.pack("<IQ", ggml_type, offset)
         offset += pad(size)
         sizes.append(size)
-    length = 24 + sum(len(step[1]) if step[0] == "bytes" else step[2] for step in kv) + len(table)
-    steps = [("bytes", bytearray(struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors),
-                                               len(kept_keys) + len(general))))]
-    for step in [*kv, ("bytes", table), ("bytes", bytes(pad(length) - length))]:
+    prefix = struct.pack("<IIQQ", GGUF_MAGIC, header.version, len(tensors), len(kept_keys) + len(general))
+    length = len(prefix) + sum(len(step[1]) if step[0] == "bytes" else step[2] for step in kv) + len(table)
+    steps: list[tuple] = []
+    for step in [("bytes", prefix), *kv, ("bytes", table), ("bytes", bytes(pad(length) - length))]:
         _add(steps, step)
     fin = os.open(src, os.O_RDONLY)
     out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
